@@ -1,0 +1,21 @@
+//! The `SharedIP` custom resource (`sharedip.io/v1alpha1`), shared by the operator and the node
+//! agent.
+//!
+//! The CRD in `crds/` is generated from these types by `cargo run -p sharedip-operator --bin
+//! crdgen`; doc comments become `kubectl explain` text, so they are written for users.
+
+pub mod address;
+pub mod conditions;
+pub mod types;
+
+pub use address::{AddressError, SharedAddress};
+pub use types::*;
+
+/// API group of the SharedIP resource.
+pub const GROUP: &str = "sharedip.io";
+/// Finalizer the operator puts on every SharedIP so deletion unshares the address first.
+pub const FINALIZER: &str = "sharedip.io/unshare";
+/// Node annotation users set to drain a node: its agent withdraws every shared IP it announces.
+pub const DRAIN_ANNOTATION: &str = "sharedip.io/drain";
+/// Standard node label carrying the Linode region (the data center).
+pub const REGION_LABEL: &str = "topology.kubernetes.io/region";

@@ -1,0 +1,31 @@
+//! Path templates of the endpoints the client calls, as reported to [`crate::ApiObserver`]
+//! and in errors. Metrics can pre-register these labels.
+
+/// `GET /linode/instances` (paginated).
+pub const LINODES: &str = "/linode/instances";
+/// `GET /linode/instances/{linodeId}`.
+pub const LINODE: &str = "/linode/instances/{linodeId}";
+/// `GET /linode/instances/{linodeId}/ips`.
+pub const LINODE_IPS: &str = "/linode/instances/{linodeId}/ips";
+/// `GET /networking/ips` (paginated).
+pub const IPS: &str = "/networking/ips";
+/// `GET /networking/ips/{address}`.
+pub const IP: &str = "/networking/ips/{address}";
+/// `POST /networking/ips/share`.
+pub const IPS_SHARE: &str = "/networking/ips/share";
+/// `GET /networking/ipv6/ranges` (paginated).
+pub const IPV6_RANGES: &str = "/networking/ipv6/ranges";
+/// `GET /networking/ipv6/ranges/{range}`.
+pub const IPV6_RANGE: &str = "/networking/ipv6/ranges/{range}";
+
+/// Every template above.
+pub const ALL: &[&str] = &[
+    LINODES,
+    LINODE,
+    LINODE_IPS,
+    IPS,
+    IP,
+    IPS_SHARE,
+    IPV6_RANGES,
+    IPV6_RANGE,
+];

@@ -1,0 +1,51 @@
+//! Typed async client for the parts of the Linode API v4 that IP sharing needs.
+//!
+//! ```no_run
+//! # async fn demo() -> linode_client::Result<()> {
+//! use linode_client::{LinodeClient, TokenSource};
+//!
+//! let client = LinodeClient::builder(TokenSource::from_file("/etc/sharedip/linode/token"))
+//!     .build()?;
+//! client.check_token().await?; // fail fast if the Secret is missing
+//! let ips = client.get_linode_ips(123).await?;
+//! let mut shared = ips.shared_addresses();
+//! shared.insert("192.0.2.1".parse().unwrap());
+//! let list: Vec<_> = shared.into_iter().collect();
+//! client.share_ips(123, &list).await?; // sets the whole list
+//! # Ok(()) }
+//! ```
+//!
+//! - Auth: bearer token from a [`TokenSource`]; a token file is re-read when it changes
+//!   (Secret rotation). The token never appears in logs, errors or `Debug` output.
+//! - Retries: 5xx, 429 (honouring `Retry-After`, capped) and transport errors/timeouts are
+//!   retried with capped exponential backoff and jitter; other 4xx are not.
+//! - Lists follow `pages` and accept an `X-Filter`.
+//! - [`ApiObserver`] sees every HTTP attempt, for metrics.
+
+#![warn(missing_docs)]
+
+mod api;
+mod client;
+mod config;
+mod de;
+pub mod endpoints;
+mod error;
+mod filter;
+mod models;
+mod observer;
+mod retry;
+mod token;
+
+pub use client::LinodeClient;
+pub use config::{
+    ClientBuilder, DEFAULT_BASE_URL, DEFAULT_CONNECT_TIMEOUT, DEFAULT_REQUEST_TIMEOUT,
+    DEFAULT_USER_AGENT, MAX_PAGE_SIZE, MIN_PAGE_SIZE,
+};
+pub use error::{ApiErrorEntry, Error, Result, TokenProblem};
+pub use models::{
+    IpAddress, IpType, Ipv6Range, Ipv6RangeBgp, Linode, LinodeIps, LinodeIpv4, LinodeIpv6,
+    LinodeStatus,
+};
+pub use observer::ApiObserver;
+pub use retry::RetryPolicy;
+pub use token::{Token, TokenSource};

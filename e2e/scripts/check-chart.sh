@@ -1,0 +1,573 @@
+#!/usr/bin/env bash
+# Static checks of the Helm chart charts/sharedip (no cluster needed):
+#
+#   * `helm lint --strict` with the values files in charts/sharedip/ci/;
+#   * `helm template` of each, parsed and checked object by object (kinds, names, labels, the
+#     operator pod's security settings, env, probes, token mount, least-privilege RBAC, no token
+#     leaking outside its Secret, ...);
+#   * NOTES.txt renders;
+#   * values that must be rejected (by values.schema.json or by the templates) really are;
+#   * the CRD in the chart equals crds/ (written by `cargo run -p sharedip-operator --bin crdgen`),
+#     the examples validate against it, and the chart README documents every value;
+#   * `helm package` works.
+#
+# helm: $HELM, else ${SHAREDIP_CACHE_DIR:-$HOME/.cache/sharedip}/bin/helm (built by
+# e2e/scripts/build-control-plane.sh), else `helm` on PATH.
+# Needs python3 with PyYAML (and jsonschema for the example check; skipped without it).
+# Environment: SHAREDIP_REQUIRE_CRD=1 fails when the generated CRD is missing (default: skip);
+# SHAREDIP_KUBE_VERSION (default 1.34.0) is the Kubernetes version rendered for.
+#
+# Usage: e2e/scripts/check-chart.sh            exit 0 when every check passes
+set -euo pipefail
+
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
+CHART="${SHAREDIP_CHART_DIR:-$ROOT/charts/sharedip}"  # override: to check a modified copy
+CACHE_DIR="${SHAREDIP_CACHE_DIR:-$HOME/.cache/sharedip}"
+NS=sharedip-system
+RELEASE=sharedip
+# Kubernetes version to render for: helm's built-in default depends on how helm was built
+# (1.20 without release ldflags), so it is always given explicitly.
+KUBE_VERSION="${SHAREDIP_KUBE_VERSION:-1.34.0}"
+
+find_helm() {
+  if [[ -n "${HELM:-}" ]]; then echo "$HELM"; return; fi
+  if [[ -x "$CACHE_DIR/bin/helm" ]]; then echo "$CACHE_DIR/bin/helm"; return; fi
+  if command -v helm >/dev/null 2>&1; then command -v helm; return; fi
+  echo "check-chart: helm not found; run e2e/scripts/build-control-plane.sh (builds $CACHE_DIR/bin/helm) or set HELM=/path/to/helm" >&2
+  exit 2
+}
+HELM=$(find_helm)
+command -v python3 >/dev/null || { echo "check-chart: python3 is required" >&2; exit 2; }
+python3 -c 'import yaml' 2>/dev/null || { echo "check-chart: python3 PyYAML is required (apt-get install python3-yaml)" >&2; exit 2; }
+
+WORK=$(mktemp -d "${TMPDIR:-/tmp}/check-chart.XXXXXX")
+trap 'rm -rf "$WORK"' EXIT
+# Keep helm away from the user's helm config, cache and repositories.
+export HELM_CACHE_HOME="$WORK/helm/cache" HELM_CONFIG_HOME="$WORK/helm/config" HELM_DATA_HOME="$WORK/helm/data"
+
+FAILURES=0
+pass() { printf '  ok    %s\n' "$1"; }
+fail() { printf '  FAIL  %s\n' "$1"; FAILURES=$((FAILURES + 1)); }
+section() { printf '\n== %s\n' "$1"; }
+
+echo "check-chart: helm $("$HELM" version --short), Kubernetes $KUBE_VERSION, $CHART"
+
+# ------------------------------------------------------------------ python checks of rendered YAML
+cat >"$WORK/check_rendered.py" <<'PY'
+"""Checks of one `helm template` output. argv: scenario, file, release namespace."""
+import base64
+import sys
+
+import yaml
+
+scenario, path, ns = sys.argv[1], sys.argv[2], sys.argv[3]
+TOKEN = "0000000000000000000000000000000000000000000000000000000000000000"
+errors = []
+
+
+def check(cond, msg):
+    if not cond:
+        errors.append(msg)
+
+
+with open(path) as f:
+    docs = [d for d in yaml.safe_load_all(f) if d]
+
+objs = {}
+for d in docs:
+    check(isinstance(d, dict) and "kind" in d and "apiVersion" in d, f"not a Kubernetes object: {d!r:.80}")
+    key = (d["kind"], d["metadata"]["name"])
+    check(key not in objs, f"duplicate object {key}")
+    objs[key] = d
+
+
+def by_kind(kind):
+    return [o for (k, _), o in objs.items() if k == kind]
+
+
+def one(kind):
+    found = by_kind(kind)
+    check(len(found) == 1, f"expected exactly one {kind}, found {len(found)}")
+    return found[0] if found else {}
+
+
+CLUSTER_SCOPED = {"ClusterRole", "ClusterRoleBinding", "CustomResourceDefinition"}
+for (kind, name), o in objs.items():
+    md = o["metadata"]
+    check(len(name) <= 63, f"{kind}/{name}: name longer than 63 characters")
+    labels = md.get("labels") or {}
+    for label in ("app.kubernetes.io/name", "app.kubernetes.io/instance", "app.kubernetes.io/managed-by",
+                  "helm.sh/chart", "app.kubernetes.io/version"):
+        check(label in labels, f"{kind}/{name}: label {label} missing")
+    for k, v in labels.items():
+        check(isinstance(v, str) and len(v) <= 63, f"{kind}/{name}: label {k}={v!r} not a short string")
+    if kind in CLUSTER_SCOPED:
+        check("namespace" not in md, f"{kind}/{name}: cluster-scoped object with a namespace")
+    elif kind != "ServiceMonitor":
+        check(md.get("namespace") == ns, f"{kind}/{name}: namespace {md.get('namespace')!r}, want {ns!r}")
+
+# The token may appear only (base64) in its Secret: never in env, args, annotations or names.
+if TOKEN in open(path).read():
+    errors.append("the Linode token appears in clear text in the rendered output")
+
+kinds = sorted({k for k, _ in objs})
+expected_kinds = {
+    "token": ["ClusterRole", "ClusterRoleBinding", "Deployment", "PodDisruptionBudget", "Role", "RoleBinding",
+              "Secret", "ServiceAccount"],
+    "existing-secret": ["ClusterRole", "ClusterRoleBinding", "Deployment", "PodDisruptionBudget", "Role",
+                        "RoleBinding", "ServiceAccount"],
+    "full": ["ClusterRole", "ClusterRoleBinding", "Deployment", "PodDisruptionBudget", "Role", "RoleBinding",
+             "Service", "ServiceAccount", "ServiceMonitor"],
+    "single-replica": ["ClusterRole", "ClusterRoleBinding", "Deployment", "Role", "RoleBinding", "Secret",
+                       "ServiceAccount"],
+    "no-rbac": ["Deployment", "PodDisruptionBudget", "Secret"],
+}[scenario]
+check(kinds == expected_kinds, f"kinds {kinds}, want {expected_kinds}")
+
+# ---------------------------------------------------------------- operator Deployment
+dep = one("Deployment")
+spec = dep.get("spec", {})
+pod = spec.get("template", {}).get("spec", {})
+want_replicas = {"full": 3, "single-replica": 1}.get(scenario, 2)
+check(spec.get("replicas") == want_replicas, f"replicas {spec.get('replicas')}, want {want_replicas}")
+sel = spec.get("selector", {}).get("matchLabels", {})
+tpl_labels = spec.get("template", {}).get("metadata", {}).get("labels", {})
+check(sel and all(tpl_labels.get(k) == v for k, v in sel.items()), "pod labels do not match the selector")
+check(sel.get("app.kubernetes.io/component") == "operator", "selector lacks component=operator")
+
+containers = pod.get("containers", [])
+check(len(containers) == 1, "want one container")
+c = containers[0] if containers else {}
+image = c.get("image", "")
+if scenario == "full":
+    check(image.endswith("@sha256:" + "0123456789abcdef" * 4), f"image {image!r} not pinned by the digest")
+else:
+    check(image == "ghcr.io/sharedip/sharedip-operator:0.1.0", f"image {image!r}, want the appVersion tag")
+
+env = {}
+for e in c.get("env", []):
+    check("value" in e or "valueFrom" in e, f"env {e.get('name')} has neither value nor valueFrom")
+    if "value" in e:
+        check(isinstance(e["value"], str), f"env {e['name']} value is not a string: {e['value']!r}")
+    env[e["name"]] = e
+field_ref = lambda n: env.get(n, {}).get("valueFrom", {}).get("fieldRef", {}).get("fieldPath")
+check(field_ref("POD_NAME") == "metadata.name", "POD_NAME not from the downward API")
+check(field_ref("POD_NAMESPACE") == "metadata.namespace", "POD_NAMESPACE not from the downward API")
+val = lambda n: env.get(n, {}).get("value")
+check(val("LINODE_TOKEN_FILE") == "/etc/sharedip/linode/token", "LINODE_TOKEN_FILE")
+check(val("LEADER_ELECTION") == "true", "LEADER_ELECTION must be true")
+port = 9090 if scenario == "full" else 8080
+check(val("HTTP_ADDR") == ("[::]:9090" if scenario == "full" else "0.0.0.0:8080"), f"HTTP_ADDR {val('HTTP_ADDR')!r}")
+check(val("LOG_FORMAT") in ("json", "text"), "LOG_FORMAT")
+check(bool(val("RUST_LOG")), "RUST_LOG")
+if scenario == "full":
+    check(val("LINODE_API_URL") == "http://127.0.0.1:8090/v4", "LINODE_API_URL")
+    check(val("LEASE_NAME") == "my-lease", "LEASE_NAME")
+    check(val("SHARE_BATCH_WINDOW") == "250ms", "SHARE_BATCH_WINDOW")
+    check(val("EXTRA") == "1", "extraEnv")
+else:
+    check(val("LINODE_API_URL") == "https://api.linode.com/v4", "LINODE_API_URL")
+    check(val("LEASE_NAME") == "sharedip-operator", f"LEASE_NAME {val('LEASE_NAME')!r}")
+    check("SHARE_BATCH_WINDOW" not in env, "SHARE_BATCH_WINDOW set although empty")
+
+ports = {p["name"]: p["containerPort"] for p in c.get("ports", [])}
+check(ports.get("http") == port, f"container port http {ports.get('http')}, want {port}")
+for probe, path_ in (("livenessProbe", "/healthz"), ("readinessProbe", "/readyz")):
+    hg = c.get(probe, {}).get("httpGet", {})
+    check(hg.get("path") == path_ and hg.get("port") == "http", f"{probe} not on {path_} port http")
+    check("enabled" not in c.get(probe, {}), f"{probe} carries the values-only key 'enabled'")
+res = c.get("resources", {})
+check(res.get("requests", {}).get("memory") and res.get("limits", {}).get("memory"), "memory request/limit missing")
+
+sc = c.get("securityContext", {})
+check(sc.get("runAsNonRoot") is True, "container runAsNonRoot")
+check(sc.get("readOnlyRootFilesystem") is True, "readOnlyRootFilesystem")
+check(sc.get("allowPrivilegeEscalation") is False, "allowPrivilegeEscalation")
+check(sc.get("capabilities", {}).get("drop") == ["ALL"] and not sc.get("capabilities", {}).get("add"),
+      "capabilities must drop ALL and add none")
+check(sc.get("seccompProfile", {}).get("type") == "RuntimeDefault", "container seccomp RuntimeDefault")
+check("privileged" not in sc or sc["privileged"] is False, "privileged")
+psc = pod.get("securityContext", {})
+check(psc.get("runAsNonRoot") is True and psc.get("seccompProfile", {}).get("type") == "RuntimeDefault",
+      "pod securityContext: runAsNonRoot + seccomp RuntimeDefault")
+check(not pod.get("hostNetwork") and not pod.get("hostPID"), "operator must not use host namespaces")
+
+mounts = {m["name"]: m for m in c.get("volumeMounts", [])}
+tm = mounts.get("linode-token", {})
+check(tm.get("mountPath") == "/etc/sharedip/linode" and tm.get("readOnly") is True, "token mount")
+vols = {v["name"]: v for v in pod.get("volumes", [])}
+sv = vols.get("linode-token", {}).get("secret", {})
+want_secret, want_key = {
+    "existing-secret": ("my-linode-token", "api-token"),
+    "full": ("my-linode-token", "token"),
+}.get(scenario, ("sharedip-linode", "token"))
+check(sv.get("secretName") == want_secret, f"token volume secret {sv.get('secretName')!r}, want {want_secret!r}")
+check(sv.get("items") == [{"key": want_key, "path": "token"}], f"token volume items {sv.get('items')}")
+check(sv.get("defaultMode") == 0o440, f"token file mode {sv.get('defaultMode')}")
+
+sa_name = "custom-sa" if scenario == "full" else "sharedip-operator"
+check(pod.get("serviceAccountName") == sa_name, f"serviceAccountName {pod.get('serviceAccountName')!r}")
+check(pod.get("automountServiceAccountToken") is True, "the operator needs its ServiceAccount token")
+
+aff = pod.get("affinity", {}).get("podAntiAffinity", {})
+if scenario == "full":
+    req = aff.get("requiredDuringSchedulingIgnoredDuringExecution", [])
+    check(req and req[0]["labelSelector"]["matchLabels"] == sel, "hard anti-affinity on the operator pods")
+    tsc = pod.get("topologySpreadConstraints", [])
+    check(tsc and tsc[0].get("labelSelector", {}).get("matchLabels") == sel, "spread constraint gets the selector")
+    check(pod.get("imagePullSecrets") == [{"name": "registry-credentials"}], "imagePullSecrets")
+    check(pod.get("priorityClassName") == "system-cluster-critical", "priorityClassName")
+else:
+    pref = aff.get("preferredDuringSchedulingIgnoredDuringExecution", [])
+    check(pref and pref[0]["podAffinityTerm"]["labelSelector"]["matchLabels"] == sel
+          and pref[0]["podAffinityTerm"]["topologyKey"] == "kubernetes.io/hostname",
+          "soft anti-affinity over kubernetes.io/hostname")
+
+# ---------------------------------------------------------------- PDB
+for pdb in by_kind("PodDisruptionBudget"):
+    check(pdb["spec"]["selector"]["matchLabels"] == sel, "PDB selector != Deployment selector")
+    if scenario == "full":
+        check(pdb["spec"].get("maxUnavailable") == 1 and "minAvailable" not in pdb["spec"], "PDB maxUnavailable")
+    else:
+        check(pdb["spec"].get("minAvailable") == 1, "PDB minAvailable 1")
+
+# ---------------------------------------------------------------- token Secret
+for s in by_kind("Secret"):
+    data = s.get("data", {})
+    check(list(data) == ["token"], f"Secret keys {list(data)}")
+    check(base64.b64decode(data.get("token", "")).decode() == TOKEN, "Secret token value")
+    check(s["metadata"]["name"] == "sharedip-linode", "Secret name")
+
+# ---------------------------------------------------------------- RBAC: exactly the needed rules
+def norm(rules):
+    out = set()
+    for r in rules:
+        for g in r.get("apiGroups", []):
+            for res in r.get("resources", []):
+                for v in r.get("verbs", []):
+                    out.add((g, res, v))
+    return out
+
+
+def expand(table):
+    return {(g, r, v) for (g, r), verbs in table.items() for v in verbs}
+
+
+WANT_CLUSTER = expand({
+    ("sharedip.io", "sharedips"): ["get", "list", "watch", "patch", "update"],
+    ("sharedip.io", "sharedips/status"): ["get", "patch", "update"],
+    ("sharedip.io", "sharedips/finalizers"): ["update"],
+    ("", "nodes"): ["get", "list", "watch"],
+    ("events.k8s.io", "events"): ["create", "patch"],
+    ("", "events"): ["create", "patch"],
+})
+WANT_NS = expand({("coordination.k8s.io", "leases"): ["get", "list", "watch", "create", "update", "patch"]})
+for role in by_kind("ClusterRole") + by_kind("Role"):
+    rules = role.get("rules", [])
+    got = norm(rules)
+    want = WANT_CLUSTER if role["kind"] == "ClusterRole" else WANT_NS
+    check(got == want, f"{role['kind']} rules differ: extra {sorted(got - want)}, missing {sorted(want - got)}")
+    for g, res, v in got:
+        check("*" not in (g, res, v), f"{role['kind']}: wildcard in rule {(g, res, v)}")
+        check(res.split("/")[0] != "secrets", f"{role['kind']}: grants access to Secrets")
+for b in by_kind("ClusterRoleBinding") + by_kind("RoleBinding"):
+    ref_kind = "ClusterRole" if b["kind"] == "ClusterRoleBinding" else "Role"
+    check(b["roleRef"]["kind"] == ref_kind and (ref_kind, b["roleRef"]["name"]) in objs,
+          f"{b['kind']}/{b['metadata']['name']} refers to a missing {ref_kind}")
+    check(b["subjects"] == [{"kind": "ServiceAccount", "name": sa_name, "namespace": ns}],
+          f"{b['kind']} subjects {b['subjects']}")
+for sa in by_kind("ServiceAccount"):
+    check(sa["metadata"]["name"] == sa_name, f"ServiceAccount name {sa['metadata']['name']}")
+
+# ---------------------------------------------------------------- metrics
+if scenario == "full":
+    svc = one("Service")
+    check(svc["spec"]["selector"] == sel, "metrics Service selector")
+    check(svc["spec"]["ports"][0]["targetPort"] == "http" and svc["spec"]["ports"][0]["port"] == 9090, "Service port")
+    sm = one("ServiceMonitor")
+    check(sm["metadata"]["labels"].get("release") == "kube-prometheus-stack", "ServiceMonitor labels")
+    ep = sm["spec"]["endpoints"][0]
+    check(ep["port"] == "http-metrics" and ep["path"] == "/metrics", "ServiceMonitor endpoint")
+    check(all(svc["metadata"]["labels"].get(k) == v for k, v in sm["spec"]["selector"]["matchLabels"].items()),
+          "ServiceMonitor does not select the metrics Service")
+
+if errors:
+    for e in errors:
+        print(f"        {e}")
+    sys.exit(1)
+print(f"{len(docs)} objects ({', '.join(kinds)})")
+PY
+
+render() { # render <out-file> <helm args...>
+  local out=$1; shift
+  "$HELM" template "$RELEASE" "$CHART" --namespace "$NS" --kube-version "$KUBE_VERSION" "$@" >"$out" 2>"$out.err"
+}
+
+# ------------------------------------------------------------------ lint
+section "helm lint --strict"
+for values in "$CHART"/ci/*-values.yaml; do
+  name=$(basename "$values")
+  if "$HELM" lint --strict "$CHART" --namespace "$NS" --kube-version "$KUBE_VERSION" -f "$values" >"$WORK/lint.out" 2>&1; then
+    pass "lint $name"
+  else
+    fail "lint $name"; sed 's/^/        /' "$WORK/lint.out"
+  fi
+done
+
+# ------------------------------------------------------------------ render and check
+section "helm template: rendered objects"
+check_scenario() { # check_scenario <scenario> <label> <helm args...>
+  local scenario=$1 label=$2; shift 2
+  local out="$WORK/$scenario.yaml"
+  if ! render "$out" "$@"; then
+    fail "render $label"; sed 's/^/        /' "$out.err"; return
+  fi
+  if python3 "$WORK/check_rendered.py" "$scenario" "$out" "$NS" >"$out.check"; then
+    pass "render $label: $(cat "$out.check")"
+  else
+    fail "render $label"; cat "$out.check"
+  fi
+}
+check_scenario token "defaults + token" -f "$CHART/ci/token-values.yaml"
+check_scenario existing-secret "existingSecret" -f "$CHART/ci/existing-secret-values.yaml"
+check_scenario full "every option" -f "$CHART/ci/full-values.yaml"
+check_scenario single-replica "1 replica (no PDB)" -f "$CHART/ci/token-values.yaml" --set operator.replicaCount=1
+check_scenario no-rbac "rbac.create=false" -f "$CHART/ci/token-values.yaml" --set operator.rbac.create=false \
+  --set operator.serviceAccount.create=false --set operator.serviceAccount.name=sharedip-operator
+# A token passed with --set-file ends with a newline; the Secret must hold the bare token.
+printf '0000000000000000000000000000000000000000000000000000000000000000\n' >"$WORK/token-file"
+check_scenario token "token from --set-file (trailing newline)" --set-file linode.token="$WORK/token-file"
+# The oldest Kubernetes the chart supports (Chart.yaml kubeVersion) renders the same objects.
+check_scenario token "Kubernetes 1.27" -f "$CHART/ci/token-values.yaml" --kube-version 1.27.0
+
+# ------------------------------------------------------------------ NOTES.txt
+# `helm template` does not render NOTES.txt; render it through `tpl` in a scratch copy.
+section "NOTES.txt"
+check_notes() { # check_notes <label> <helm args...>
+  local label=$1; shift
+  local copy="$WORK/notes-chart"
+  rm -rf "$copy" && cp -r "$CHART" "$copy"
+  cp "$CHART/templates/NOTES.txt" "$copy/notes-source.txt"
+  printf 'notes: |\n  {{- tpl (.Files.Get "notes-source.txt") . | nindent 2 }}\n' >"$copy/templates/zz-notes.yaml"
+  if "$HELM" template "$RELEASE" "$copy" --namespace "$NS" --kube-version "$KUBE_VERSION" \
+      --show-only templates/zz-notes.yaml "$@" >"$WORK/notes.yaml" 2>"$WORK/notes.err" \
+    && python3 - "$WORK/notes.yaml" <<'PY'
+import sys, yaml
+notes = yaml.safe_load(open(sys.argv[1]))["notes"]
+need = ["kubectl get sharedips", "kubectl describe sharedip", "apiVersion: sharedip.io/v1alpha1",
+        "get lease sharedip-operator", "192.0.2.10"]
+missing = [n for n in need if n not in notes]
+bad = [b for b in ("<no value>", "%!") if b in notes]
+for m in missing:
+    print(f"        NOTES.txt lacks {m!r}")
+for b in bad:
+    print(f"        NOTES.txt contains {b!r}")
+sys.exit(1 if missing or bad else 0)
+PY
+  then
+    pass "NOTES.txt renders ($label)"
+  else
+    fail "NOTES.txt ($label)"; sed 's/^/        /' "$WORK/notes.err"
+  fi
+}
+check_notes "token" -f "$CHART/ci/token-values.yaml"
+check_notes "every option" -f "$CHART/ci/full-values.yaml" --set operator.leaderElection.leaseName=sharedip-operator
+
+# ------------------------------------------------------------------ values that must be rejected
+section "rejected values"
+expect_reject() { # expect_reject <description> <regex the error must match> <helm args...>
+  local what=$1 pattern=$2; shift 2
+  local out="$WORK/reject.yaml"
+  if render "$out" "$@"; then
+    fail "$what: accepted, must be rejected"
+  elif grep -Eqi -- "$pattern" "$out.err"; then
+    pass "$what"
+  else
+    fail "$what: rejected, but the error does not match /$pattern/:"; sed 's/^/        /' "$out.err"
+  fi
+}
+TOK=(--set linode.token=x)
+expect_reject "no token and no existingSecret" "Linode API token is required"
+expect_reject "token and existingSecret together" "only one of linode.existingSecret and linode.token" \
+  "${TOK[@]}" --set linode.existingSecret=s
+expect_reject "unknown top-level key" "additional properties 'operatr' not allowed" \
+  "${TOK[@]}" --set operatr.replicaCount=3
+expect_reject "typo in operator key (replicas)" "additional properties 'replicas' not allowed" "${TOK[@]}" --set operator.replicas=3
+expect_reject "typo in linode key (tokenkey)" "additional properties 'tokenkey' not allowed" "${TOK[@]}" --set linode.tokenkey=x
+expect_reject "replicaCount not an integer" "/operator/replicaCount.*want integer" "${TOK[@]}" --set-string operator.replicaCount=two
+expect_reject "negative replicaCount" "/operator/replicaCount.*minimum" "${TOK[@]}" --set operator.replicaCount=-1
+expect_reject "log format xml" "/operator/logging/format" "${TOK[@]}" --set operator.logging.format=xml
+expect_reject "bad pullPolicy" "/operator/image/pullPolicy" "${TOK[@]}" --set operator.image.pullPolicy=Sometimes
+expect_reject "bad image digest" "/operator/image/digest" "${TOK[@]}" --set operator.image.digest=latest
+expect_reject "port out of range" "/operator/http/port.*maximum" "${TOK[@]}" --set operator.http.port=70000
+expect_reject "bad batchWindow" "/operator/batchWindow" "${TOK[@]}" --set operator.batchWindow=soon
+expect_reject "bad podAntiAffinity preset" "/operator/podAntiAffinity" "${TOK[@]}" --set operator.podAntiAffinity=always
+expect_reject "apiURL not a URL" "/linode/apiURL" "${TOK[@]}" --set linode.apiURL=api.linode.com
+expect_reject "bad existingSecret name" "/linode/existingSecret" --set linode.existingSecret=Not_A_Name
+expect_reject "empty tokenKey" "/linode/tokenKey" "${TOK[@]}" --set linode.tokenKey=
+expect_reject "typo in nested key (serviceMonitor.enable)" "additional properties 'enable' not allowed" "${TOK[@]}" \
+  --set operator.metrics.serviceMonitor.enable=true
+expect_reject "2 replicas without leader election" "leaderElection.enabled must be true" "${TOK[@]}" \
+  --set operator.leaderElection.enabled=false
+expect_reject "no ServiceAccount name when create=false" "serviceAccount.name is required" "${TOK[@]}" \
+  --set operator.serviceAccount.create=false
+
+# ------------------------------------------------------------------ CRD and examples
+section "CRD and examples"
+CRD=sharedip.io_sharedips.yaml
+if [[ -f "$ROOT/crds/$CRD" && -f "$CHART/crds/$CRD" ]]; then
+  if cmp -s "$ROOT/crds/$CRD" "$CHART/crds/$CRD"; then
+    pass "charts/sharedip/crds/$CRD equals crds/$CRD"
+  else
+    fail "charts/sharedip/crds/$CRD differs from crds/$CRD (run: cargo run -p sharedip-operator --bin crdgen)"
+  fi
+  if render "$WORK/with-crds.yaml" -f "$CHART/ci/token-values.yaml" --include-crds \
+    && python3 - "$WORK/with-crds.yaml" <<'PY'
+import sys, yaml
+crds = [d for d in yaml.safe_load_all(open(sys.argv[1])) if d and d.get("kind") == "CustomResourceDefinition"]
+ok = [c for c in crds if c["metadata"]["name"] == "sharedips.sharedip.io"
+      and c["spec"]["scope"] == "Cluster"
+      and any(v["name"] == "v1alpha1" and v.get("subresources", {}).get("status") is not None for v in c["spec"]["versions"])]
+sys.exit(0 if ok else 1)
+PY
+  then
+    pass "helm template --include-crds ships sharedips.sharedip.io (cluster-scoped, v1alpha1, status)"
+  else
+    fail "the chart does not ship the SharedIP CRD as expected"
+  fi
+else
+  missing=()
+  [[ -f "$ROOT/crds/$CRD" ]] || missing+=("crds/$CRD")
+  [[ -f "$CHART/crds/$CRD" ]] || missing+=("charts/sharedip/crds/$CRD")
+  if [[ "${SHAREDIP_REQUIRE_CRD:-0}" == 1 ]]; then
+    fail "missing ${missing[*]} (run: cargo run -p sharedip-operator --bin crdgen)"
+  else
+    echo "  skip  CRD checks: ${missing[*]} not generated yet (SHAREDIP_REQUIRE_CRD=1 makes this a failure)"
+  fi
+fi
+
+if python3 - "$ROOT" "$CRD" <<'PY'
+"""The examples are SharedIPs with documentation addresses; once the CRD exists they must
+validate against its OpenAPI schema (structure and types; CEL rules are the apiserver's job)."""
+import copy, glob, ipaddress, os, sys, yaml
+root, crd_name = sys.argv[1], sys.argv[2]
+DOC_NETS = [ipaddress.ip_network(n) for n in ("192.0.2.0/24", "198.51.100.0/24", "203.0.113.0/24", "2001:db8::/32")]
+files = sorted(glob.glob(os.path.join(root, "examples", "sharedip-*.yaml")))
+errors = []
+if not files:
+    errors.append("no examples/sharedip-*.yaml")
+schema = None
+crd_path = os.path.join(root, "crds", crd_name)
+if os.path.exists(crd_path):
+    crd = yaml.safe_load(open(crd_path))
+    for v in crd["spec"]["versions"]:
+        if v["name"] == "v1alpha1":
+            schema = v["schema"]["openAPIV3Schema"]
+
+def to_jsonschema(s):
+    """OpenAPI v3 (Kubernetes structural schema) -> JSON Schema: drop x-kubernetes-* keys,
+    turn `nullable` into a null type, treat int-or-string as either, forbid unknown fields."""
+    if isinstance(s, list):
+        return [to_jsonschema(x) for x in s]
+    if not isinstance(s, dict):
+        return s
+    out = {}
+    for k, v in s.items():
+        if k.startswith("x-kubernetes-"):
+            continue
+        if k in ("properties", "patternProperties", "definitions"):
+            out[k] = {pk: to_jsonschema(pv) for pk, pv in v.items()}
+        else:
+            out[k] = to_jsonschema(v)
+    if s.get("x-kubernetes-int-or-string"):
+        out.pop("type", None)
+        out["anyOf"] = [{"type": "integer"}, {"type": "string"}]
+    if s.get("nullable") and "type" in out:
+        out["type"] = [out["type"], "null"]
+    out.pop("nullable", None)
+    # The apiserver prunes unknown fields and `kubectl apply` rejects them (strict field
+    # validation): treat them as errors here too.
+    if "properties" in s and "additionalProperties" not in s and not s.get("x-kubernetes-preserve-unknown-fields"):
+        out["additionalProperties"] = False
+    return out
+
+for f in files:
+    name = os.path.relpath(f, root)
+    docs = [d for d in yaml.safe_load_all(open(f)) if d]
+    for d in docs:
+        if d.get("apiVersion") != "sharedip.io/v1alpha1" or d.get("kind") != "SharedIP":
+            errors.append(f"{name}: not a sharedip.io/v1alpha1 SharedIP")
+            continue
+        spec = d.get("spec", {})
+        for field in ("address", "prefix", "primary"):
+            if field not in spec:
+                errors.append(f"{name}: spec.{field} missing")
+        try:
+            addr = ipaddress.ip_address(spec.get("address", ""))
+            if not any(addr in n for n in DOC_NETS):
+                errors.append(f"{name}: {addr} is not a documentation address")
+        except ValueError:
+            errors.append(f"{name}: spec.address is not an IP address")
+        if schema is not None:
+            try:
+                import jsonschema
+            except ImportError:
+                print("  skip  example schema check: python3 jsonschema not installed")
+                schema = None
+                continue
+            # spec only: apiVersion/kind/metadata are not in the CRD's schema.
+            spec_schema = to_jsonschema(copy.deepcopy(schema["properties"]["spec"]))
+            for e in jsonschema.Draft7Validator(spec_schema).iter_errors(spec):
+                errors.append(f"{name}: {'.'.join(['spec', *map(str, e.path)])}: {e.message}")
+for e in errors:
+    print("        " + e)
+sys.exit(1 if errors else 0)
+PY
+then
+  pass "examples/sharedip-*.yaml are SharedIPs with documentation addresses$([[ -f "$ROOT/crds/$CRD" ]] && echo ", valid against the CRD schema")"
+else
+  fail "examples"
+fi
+
+# ------------------------------------------------------------------ chart README documents every value
+section "chart README"
+if python3 - "$CHART/values.yaml" "$CHART/README.md" <<'PY'
+import sys, yaml
+values = yaml.safe_load(open(sys.argv[1]))
+readme = open(sys.argv[2]).read()
+# Maps documented as a whole (their keys are Kubernetes fields, not chart options).
+OPAQUE = {"operator.resources", "operator.podSecurityContext", "operator.securityContext"}
+def leaves(d, prefix=""):
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict) and v and key not in OPAQUE:
+            yield from leaves(v, key + ".")
+        else:
+            yield key
+missing = [k for k in leaves(values) if f"`{k}`" not in readme]
+for k in missing:
+    print(f"        value `{k}` is not documented in charts/sharedip/README.md")
+sys.exit(1 if missing else 0)
+PY
+then
+  pass "every value in values.yaml is documented in README.md"
+else
+  fail "README values table incomplete"
+fi
+
+# ------------------------------------------------------------------ package
+section "helm package"
+if "$HELM" package "$CHART" --destination "$WORK/pkg" >"$WORK/pkg.out" 2>&1 \
+  && tar -tzf "$WORK"/pkg/sharedip-*.tgz >"$WORK/pkg.list" \
+  && ! grep -q '^sharedip/ci/' "$WORK/pkg.list" && grep -q '^sharedip/values.schema.json$' "$WORK/pkg.list"; then
+  pass "helm package ($(basename "$WORK"/pkg/sharedip-*.tgz), without ci/)"
+else
+  fail "helm package"; sed 's/^/        /' "$WORK/pkg.out"
+fi
+
+echo
+if ((FAILURES > 0)); then
+  echo "check-chart: $FAILURES check(s) FAILED"
+  exit 1
+fi
+echo "check-chart: all checks passed"

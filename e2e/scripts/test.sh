@@ -1,0 +1,33 @@
+#!/usr/bin/env bash
+# The whole test suite, as CI runs it: installs what it needs, then formatting, lints, the
+# generated CRD, the Helm chart and Dockerfile checks, and every test tier (unit tests,
+# integration tests against a real kube-apiserver and the Linode API stand-in).
+#
+# Usage: e2e/scripts/test.sh
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/../.."
+
+step() { printf '\n==> %s\n' "$*"; }
+
+step "prerequisites"
+e2e/scripts/install-prereqs.sh
+export SHAREDIP_BIN_DIR="${SHAREDIP_BIN_DIR:-${SHAREDIP_CACHE_DIR:-$HOME/.cache/sharedip}/bin}"
+export HELM="${HELM:-$SHAREDIP_BIN_DIR/helm}"
+
+step "cargo fmt --check"
+cargo fmt --all -- --check
+
+step "cargo clippy (warnings are errors)"
+cargo clippy --workspace --all-targets --locked -- -D warnings
+
+step "generated CRD is up to date"
+cargo run --quiet --locked -p sharedip-operator --bin crdgen -- --check
+
+step "Helm chart"
+SHAREDIP_REQUIRE_CRD=1 e2e/scripts/check-chart.sh
+
+step "Dockerfile"
+e2e/scripts/check-dockerfile.sh
+
+step "tests: unit, integration (real kube-apiserver, Linode API stand-in)"
+cargo test --workspace --locked --no-fail-fast

@@ -1,0 +1,3 @@
+//! Test support for sharedip.
+pub mod controlplane;
+pub mod standin;

@@ -1,0 +1,235 @@
+//! Fault injection: rate limiting (429 + `Retry-After`), server errors, added latency,
+//! and failing share calls for chosen Linodes.
+
+use super::error::ApiError;
+use super::model::LinodeId;
+use axum::http::{Method, StatusCode};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::sync::Mutex;
+use std::time::Duration;
+
+/// What an injected fault answers.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum FaultKind {
+    /// 429 with `Retry-After: retry_after_secs`.
+    RateLimit {
+        /// Seconds for `Retry-After`.
+        retry_after_secs: u64,
+    },
+    /// A 5xx answer (500, 502, 503 or 504).
+    ServerError {
+        /// The status code.
+        status: u16,
+    },
+}
+
+/// A rule: the next `count` API requests that match answer with `kind`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FaultRule {
+    /// What to answer.
+    #[serde(flatten)]
+    pub kind: FaultKind,
+    /// How many matching requests still get the fault.
+    pub count: u32,
+    /// Only requests with this method (e.g. `POST`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub method: Option<String>,
+    /// Only requests whose path, with or without the `/v4` / `/v4beta` prefix, starts
+    /// with this (e.g. `/networking/ips/share`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path_prefix: Option<String>,
+}
+
+impl FaultRule {
+    /// The next `count` requests answer 429 with `Retry-After: retry_after_secs`.
+    pub fn rate_limit(count: u32, retry_after_secs: u64) -> Self {
+        Self {
+            kind: FaultKind::RateLimit { retry_after_secs },
+            count,
+            method: None,
+            path_prefix: None,
+        }
+    }
+
+    /// The next `count` requests answer `status` (a 5xx).
+    pub fn server_error(count: u32, status: u16) -> Self {
+        Self {
+            kind: FaultKind::ServerError { status },
+            count,
+            method: None,
+            path_prefix: None,
+        }
+    }
+
+    /// Restricts the rule to one method.
+    pub fn method(mut self, method: &str) -> Self {
+        self.method = Some(method.to_ascii_uppercase());
+        self
+    }
+
+    /// Restricts the rule to a path prefix.
+    pub fn path_prefix(mut self, prefix: &str) -> Self {
+        self.path_prefix = Some(prefix.to_owned());
+        self
+    }
+
+    /// Checks the rule is one the stand-in can answer.
+    pub fn validate(&self) -> Result<(), ApiError> {
+        if let FaultKind::ServerError { status } = self.kind {
+            if !matches!(status, 500 | 502 | 503 | 504) {
+                return Err(ApiError::bad_request(
+                    "status must be 500, 502, 503 or 504",
+                    "status",
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    fn matches(&self, method: &Method, path: &str, unversioned: &str) -> bool {
+        self.count > 0
+            && self
+                .method
+                .as_deref()
+                .is_none_or(|m| m.eq_ignore_ascii_case(method.as_str()))
+            && self
+                .path_prefix
+                .as_deref()
+                .is_none_or(|p| path.starts_with(p) || unversioned.starts_with(p))
+    }
+
+    fn answer(&self) -> ApiError {
+        match self.kind {
+            FaultKind::RateLimit { retry_after_secs } => {
+                let mut e = ApiError::new(StatusCode::TOO_MANY_REQUESTS, "Too many requests", None);
+                e.retry_after = Some(retry_after_secs);
+                e
+            }
+            FaultKind::ServerError { status } => ApiError::new(
+                StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
+                "Internal server error (injected by the stand-in)",
+                None,
+            ),
+        }
+    }
+}
+
+/// How share calls for one Linode fail.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ShareFailure {
+    /// Status code to answer (any 4xx or 5xx).
+    pub status: u16,
+    /// The `reason` in the error body.
+    pub reason: String,
+}
+
+impl Default for ShareFailure {
+    fn default() -> Self {
+        Self {
+            status: 500,
+            reason: "Internal server error (injected by the stand-in)".into(),
+        }
+    }
+}
+
+/// The current fault configuration.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FaultsView {
+    /// Pending rules, first match wins.
+    pub rules: Vec<FaultRule>,
+    /// Latency added to every API request, in milliseconds.
+    pub latency_ms: u64,
+    /// Linodes whose share calls fail.
+    pub share_failures: BTreeMap<LinodeId, ShareFailure>,
+}
+
+/// Fault knobs, shared by the server and tests.
+#[derive(Debug, Default)]
+pub struct Faults {
+    inner: Mutex<FaultsView>,
+}
+
+impl Faults {
+    fn lock(&self) -> std::sync::MutexGuard<'_, FaultsView> {
+        self.inner
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Adds a rule after the existing ones.
+    pub fn inject(&self, rule: FaultRule) -> Result<(), ApiError> {
+        rule.validate()?;
+        self.lock().rules.push(rule);
+        Ok(())
+    }
+
+    /// Sets the latency added to every API request.
+    pub fn set_latency(&self, latency: Duration) {
+        self.lock().latency_ms = u64::try_from(latency.as_millis()).unwrap_or(u64::MAX);
+    }
+
+    /// Makes share calls for `linode_id` fail until cleared.
+    pub fn fail_share_for(
+        &self,
+        linode_id: LinodeId,
+        failure: ShareFailure,
+    ) -> Result<(), ApiError> {
+        if !(400..=599).contains(&failure.status) {
+            return Err(ApiError::bad_request(
+                "status must be a 4xx or 5xx code",
+                "status",
+            ));
+        }
+        self.lock().share_failures.insert(linode_id, failure);
+        Ok(())
+    }
+
+    /// Lets share calls for `linode_id` through again.
+    pub fn clear_share_failure(&self, linode_id: LinodeId) {
+        self.lock().share_failures.remove(&linode_id);
+    }
+
+    /// Removes every fault.
+    pub fn clear(&self) {
+        *self.lock() = FaultsView::default();
+    }
+
+    /// The current configuration.
+    pub fn view(&self) -> FaultsView {
+        self.lock().clone()
+    }
+
+    /// Remaining requests that will get an injected 429/5xx.
+    pub fn pending(&self) -> u32 {
+        self.lock().rules.iter().map(|r| r.count).sum()
+    }
+
+    pub(crate) fn latency(&self) -> Duration {
+        Duration::from_millis(self.lock().latency_ms)
+    }
+
+    /// Consumes one count of the first matching rule, if any, and returns its answer.
+    pub(crate) fn take(&self, method: &Method, path: &str, unversioned: &str) -> Option<ApiError> {
+        let mut g = self.lock();
+        let rule = g
+            .rules
+            .iter_mut()
+            .find(|r| r.matches(method, path, unversioned))?;
+        rule.count -= 1;
+        let answer = rule.answer();
+        g.rules.retain(|r| r.count > 0);
+        Some(answer)
+    }
+
+    pub(crate) fn share_failure(&self, linode_id: LinodeId) -> Option<ApiError> {
+        self.lock().share_failures.get(&linode_id).map(|f| {
+            ApiError::new(
+                StatusCode::from_u16(f.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
+                f.reason.clone(),
+                None,
+            )
+        })
+    }
+}

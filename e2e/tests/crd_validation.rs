@@ -1,0 +1,231 @@
+//! The CRD's OpenAPI and CEL validation, through a real kube-apiserver: every bad spec is
+//! rejected at apply time with a message a user understands, and good specs are accepted.
+
+use kube::api::{Api, DynamicObject, PostParams};
+use kube::core::{ApiResource, GroupVersionKind};
+use kube::CustomResourceExt;
+use serde_json::{json, Value};
+use sharedip_api::SharedIP;
+use sharedip_e2e::controlplane::ControlPlane;
+
+fn api(cp: &ControlPlane) -> Api<DynamicObject> {
+    let gvk = GroupVersionKind::gvk("sharedip.io", "v1alpha1", "SharedIP");
+    Api::all_with(
+        cp.client(),
+        &ApiResource::from_gvk_with_plural(&gvk, "sharedips"),
+    )
+}
+
+fn object(name: &str, spec: Value) -> DynamicObject {
+    serde_json::from_value(json!({
+        "apiVersion": "sharedip.io/v1alpha1",
+        "kind": "SharedIP",
+        "metadata": {"name": name},
+        "spec": spec,
+    }))
+    .expect("valid object")
+}
+
+fn spec(address: &str, prefix: Option<i64>) -> Value {
+    let mut s = json!({
+        "address": address,
+        "primary": {"nodeSelector": {"matchLabels": {"sharedip.io/role": "primary"}}},
+        "secondary": {"nodeSelector": {"matchLabels": {"sharedip.io/role": "secondary"}}},
+    });
+    if let Some(p) = prefix {
+        s["prefix"] = json!(p);
+    }
+    s
+}
+
+async fn create(cp: &ControlPlane, name: &str, spec: Value) -> Result<(), String> {
+    match api(cp)
+        .create(&PostParams::default(), &object(name, spec))
+        .await
+    {
+        Ok(_) => Ok(()),
+        Err(kube::Error::Api(s)) => Err(s.message),
+        Err(e) => panic!("unexpected client error: {e}"),
+    }
+}
+
+async fn start() -> ControlPlane {
+    let cp = ControlPlane::start().await.expect("control plane starts");
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../crds");
+    cp.apply_crds(&dir).await.expect("CRDs apply");
+    cp
+}
+
+#[tokio::test]
+async fn rejects_bad_specs_with_clear_messages() {
+    let cp = tokio::time::timeout(std::time::Duration::from_secs(240), start())
+        .await
+        .expect("control plane within 240 s");
+    let cases: Vec<(&str, Value, &str)> = vec![
+        (
+            "not-ip",
+            spec("not-an-ip", None),
+            "spec.address must be an IPv4 or IPv6 address",
+        ),
+        (
+            "with-len",
+            spec("192.0.2.10/32", None),
+            "without a prefix length",
+        ),
+        (
+            "v4-prefix",
+            spec("192.0.2.10", Some(24)),
+            "IPv4 shared addresses must use prefix 32",
+        ),
+        (
+            "v6-prefix",
+            spec("2001:db8::1", Some(48)),
+            "IPv6 shared ranges must use prefix 64 or 56",
+        ),
+        (
+            "v6-128",
+            spec("2001:db8::1", Some(128)),
+            "IPv6 shared ranges must use prefix 64 or 56",
+        ),
+        (
+            "loopback4",
+            spec("127.0.0.1", None),
+            "must not be a loopback address",
+        ),
+        (
+            "loopback6",
+            spec("::1", None),
+            "must not be a loopback address",
+        ),
+        (
+            "unspec4",
+            spec("0.0.0.0", None),
+            "must not be the unspecified address",
+        ),
+        (
+            "unspec6",
+            spec("::", None),
+            "must not be the unspecified address",
+        ),
+        (
+            "mcast4",
+            spec("224.0.0.5", None),
+            "must not be a multicast address",
+        ),
+        (
+            "mcast6",
+            spec("ff02::1", None),
+            "must not be a link-local address",
+        ),
+        (
+            "mcast6g",
+            spec("ff0e::1", None),
+            "must not be a multicast address",
+        ),
+        (
+            "ll4",
+            spec("169.254.10.1", None),
+            "must not be a link-local address",
+        ),
+        (
+            "ll6",
+            spec("fe80::1", None),
+            "must not be a link-local address",
+        ),
+        (
+            "bcast",
+            spec("255.255.255.255", None),
+            "must not be the broadcast address",
+        ),
+        (
+            "no-primary",
+            json!({"address": "192.0.2.10"}),
+            "spec.primary: Required value",
+        ),
+        (
+            "no-selector",
+            json!({"address": "192.0.2.10", "primary": {}}),
+            "spec.primary.nodeSelector: Required value",
+        ),
+        (
+            "empty-selector",
+            json!({"address": "192.0.2.10", "primary": {"nodeSelector": {}}}),
+            "nodeSelector must set matchLabels or matchExpressions",
+        ),
+        (
+            "empty-secondary",
+            json!({"address": "192.0.2.10",
+                   "primary": {"nodeSelector": {"matchLabels": {"a": "b"}}},
+                   "secondary": {"nodeSelector": {"matchLabels": {}}}}),
+            "nodeSelector must set matchLabels or matchExpressions",
+        ),
+        (
+            "bad-community",
+            json!({"address": "192.0.2.10",
+                   "primary": {"nodeSelector": {"matchLabels": {"a": "b"}}},
+                   "bgp": {"primaryCommunity": "65536:1"}}),
+            "a community is either standard ASN:value",
+        ),
+        (
+            "bad-community-text",
+            json!({"address": "192.0.2.10",
+                   "primary": {"nodeSelector": {"matchLabels": {"a": "b"}}},
+                   "bgp": {"secondaryCommunity": "primary"}}),
+            "a community is either standard ASN:value",
+        ),
+    ];
+    let mut failures = Vec::new();
+    for (name, s, expected) in &cases {
+        match create(&cp, name, s.clone()).await {
+            Ok(()) => failures.push(format!(
+                "{name}: accepted, expected rejection with {expected:?}"
+            )),
+            Err(msg) if msg.contains(expected) => {}
+            Err(msg) => failures.push(format!("{name}: message {msg:?} lacks {expected:?}")),
+        }
+    }
+    assert!(
+        failures.is_empty(),
+        "validation mismatches:\n{}",
+        failures.join("\n")
+    );
+
+    // And the good ones pass.
+    let good: Vec<(&str, Value)> = vec![
+        ("ok-v4", spec("192.0.2.10", None)),
+        ("ok-v4-32", spec("198.51.100.7", Some(32))),
+        ("ok-v6-64", spec("2001:db8:1:2::1", Some(64))),
+        ("ok-v6-56", spec("2001:db8:1:200::", Some(56))),
+        (
+            "ok-full",
+            json!({"address": "192.0.2.11",
+                   "primary": {"nodeSelector": {"matchExpressions": [{"key": "pool", "operator": "In", "values": ["edge"]}]}},
+                   "failback": false,
+                   "readinessGate": {"namespace": "ingress-nginx", "podSelector": {"matchLabels": {"app": "ingress"}}},
+                   "bgp": {"primaryCommunity": "63949:1:1", "secondaryCommunity": "65000:2", "localAsn": 65001, "peerAsn": 65000}}),
+        ),
+    ];
+    for (name, s) in good {
+        create(&cp, name, s)
+            .await
+            .unwrap_or_else(|m| panic!("{name} rejected: {m}"));
+    }
+    // Defaults are applied by the apiserver.
+    let ok: Api<SharedIP> = Api::all(cp.client());
+    let o = ok.get("ok-v4").await.expect("get ok-v4");
+    assert!(o.spec.failback, "failback defaults to true");
+}
+
+#[tokio::test]
+async fn generated_crd_matches_committed_file() {
+    let committed = std::fs::read_to_string(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../crds/sharedip.io_sharedips.yaml"),
+    )
+    .expect("crds/sharedip.io_sharedips.yaml exists");
+    let generated = sharedip_operator::crd::crd_yaml().expect("renders");
+    assert_eq!(
+        committed, generated,
+        "crds/ is stale: run `cargo run -p sharedip-operator --bin crdgen`"
+    );
+    assert_eq!(SharedIP::crd_name(), "sharedips.sharedip.io");
+}

@@ -1,0 +1,3 @@
+//! SharedIP node agent.
+
+pub mod bgp;

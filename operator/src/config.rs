@@ -1,0 +1,128 @@
+//! Command-line flags and their environment variables.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Parser, ValueEnum};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+/// Reconciles SharedIP resources into Linode IP Sharing.
+#[derive(Debug, Clone, Parser)]
+#[command(name = "sharedip-operator", version, about)]
+pub struct Config {
+    /// File holding the Linode API token (a mounted Secret); re-read when it changes.
+    #[arg(
+        long,
+        env = "LINODE_TOKEN_FILE",
+        default_value = "/etc/sharedip/linode/token"
+    )]
+    pub linode_token_file: PathBuf,
+
+    /// Base URL of the Linode API.
+    #[arg(long, env = "LINODE_API_URL", default_value = linode_client::DEFAULT_BASE_URL)]
+    pub linode_api_url: String,
+
+    /// Timeout of one Linode API request, e.g. 30s.
+    #[arg(long, env = "LINODE_API_TIMEOUT", default_value = "30s", value_parser = parse_duration)]
+    pub linode_api_timeout: Duration,
+
+    /// Address of the HTTP server for /metrics, /healthz and /readyz.
+    #[arg(long, env = "HTTP_ADDR", default_value = "0.0.0.0:8080")]
+    pub http_addr: SocketAddr,
+
+    /// Elect one active replica through a Lease (required when running more than one).
+    #[arg(long, env = "LEADER_ELECTION", default_value_t = true, action = clap::ArgAction::Set)]
+    pub leader_election: bool,
+
+    /// Name of the leader election Lease.
+    #[arg(long, env = "LEASE_NAME", default_value = "sharedip-operator")]
+    pub lease_name: String,
+
+    /// Namespace of the Lease (the pod's namespace).
+    #[arg(long, env = "POD_NAMESPACE", default_value = "default")]
+    pub lease_namespace: String,
+
+    /// This replica's identity in the Lease (the pod's name); defaults to the host name.
+    #[arg(long, env = "POD_NAME")]
+    pub identity: Option<String>,
+
+    /// Log format.
+    #[arg(long, env = "LOG_FORMAT", value_enum, default_value = "text")]
+    pub log_format: LogFormat,
+
+    /// How long a share wave gathers changes before calling the Linode API, e.g. 250ms.
+    #[arg(long, env = "SHARE_BATCH_WINDOW", default_value = "250ms", value_parser = parse_duration)]
+    pub batch_window: Duration,
+
+    /// How often every SharedIP is re-checked against the Linode API to repair drift.
+    #[arg(long, env = "RESYNC_INTERVAL", default_value = "5m", value_parser = parse_duration)]
+    pub resync_interval: Duration,
+}
+
+impl Config {
+    pub fn identity(&self) -> String {
+        self.identity
+            .clone()
+            .filter(|s| !s.is_empty())
+            .or_else(|| std::env::var("HOSTNAME").ok().filter(|s| !s.is_empty()))
+            .unwrap_or_else(|| format!("sharedip-operator-{}", std::process::id()))
+    }
+}
+
+/// Parses durations such as `250ms`, `5s`, `2m`, `1h` (a bare number is seconds).
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let split = s
+        .find(|c: char| !c.is_ascii_digit() && c != '.')
+        .unwrap_or(s.len());
+    let (num, unit) = s.split_at(split);
+    let n: f64 = num
+        .parse()
+        .map_err(|_| format!("{s:?} is not a duration such as 250ms, 5s, 2m or 1h"))?;
+    let secs = match unit {
+        "ms" => n / 1000.0,
+        "" | "s" => n,
+        "m" => n * 60.0,
+        "h" => n * 3600.0,
+        _ => return Err(format!("{s:?}: unknown unit {unit:?}; use ms, s, m or h")),
+    };
+    if !secs.is_finite() || !(0.0..=1e9).contains(&secs) {
+        return Err(format!("{s:?} is out of range"));
+    }
+    Ok(Duration::from_secs_f64(secs))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
+        assert_eq!(parse_duration("5s"), Ok(Duration::from_secs(5)));
+        assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
+        assert_eq!(parse_duration("3"), Ok(Duration::from_secs(3)));
+        assert!(parse_duration("5 parsecs").is_err());
+        assert!(parse_duration("").is_err());
+    }
+
+    #[test]
+    fn flags_parse() {
+        let c = Config::try_parse_from([
+            "sharedip-operator",
+            "--leader-election",
+            "false",
+            "--batch-window",
+            "100ms",
+        ])
+        .unwrap();
+        assert!(!c.leader_election);
+        assert_eq!(c.batch_window, Duration::from_millis(100));
+    }
+}

@@ -1,0 +1,20 @@
+//! The sharedip operator: reconciles SharedIP resources into Linode IP Sharing.
+//!
+//! Layout: [`reconciler`] decides per SharedIP; [`selection`] maps nodes to Linodes;
+//! [`share_syncer`] turns every SharedIP's wish into at most one share call per Linode per wave;
+//! [`directory`] caches what the account holds; [`leader`] elects one active replica.
+
+pub mod config;
+pub mod controller;
+pub mod crd;
+pub mod directory;
+#[cfg(test)]
+mod fake_linode;
+pub mod http;
+pub mod leader;
+pub mod linode_api;
+pub mod metrics;
+pub mod reconciler;
+pub mod selection;
+pub mod share_syncer;
+pub mod telemetry;

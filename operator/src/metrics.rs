@@ -1,0 +1,209 @@
+//! Prometheus metrics of the operator, served on `/metrics`.
+
+use std::sync::atomic::AtomicI64;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::registry::Registry;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ResultLabels {
+    pub result: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReasonLabels {
+    pub reason: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ApiLabels {
+    pub endpoint: &'static str,
+    pub method: &'static str,
+    /// HTTP status, or "error" when no response arrived.
+    pub status: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct EndpointLabels {
+    pub endpoint: &'static str,
+}
+
+/// Every metric the operator exports.
+pub struct Metrics {
+    registry: Mutex<Registry>,
+    pub reconciles: Family<ResultLabels, Counter>,
+    pub reconcile_failures: Family<ReasonLabels, Counter>,
+    pub reconcile_duration: Histogram,
+    pub api_requests: Family<ApiLabels, Counter>,
+    pub api_duration: Family<EndpointLabels, Histogram>,
+    pub share_calls: Counter,
+    pub wave_requests: Histogram,
+    pub wave_duration: Histogram,
+    pub leader: Gauge<i64, AtomicI64>,
+}
+
+fn duration_histogram() -> Histogram {
+    Histogram::new(exponential_buckets(0.005, 2.0, 14))
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        let mut registry = Registry::with_prefix("sharedip");
+        let reconciles = Family::<ResultLabels, Counter>::default();
+        let reconcile_failures = Family::<ReasonLabels, Counter>::default();
+        let reconcile_duration = duration_histogram();
+        let api_requests = Family::<ApiLabels, Counter>::default();
+        let api_duration = Family::<EndpointLabels, Histogram>::new_with_constructor(
+            duration_histogram as fn() -> Histogram,
+        );
+        let share_calls = Counter::default();
+        let wave_requests = Histogram::new(exponential_buckets(1.0, 2.0, 12));
+        let wave_duration = duration_histogram();
+        let leader = Gauge::<i64, AtomicI64>::default();
+        registry.register(
+            "reconciles",
+            "SharedIP reconciles by result",
+            reconciles.clone(),
+        );
+        registry.register(
+            "reconcile_failures",
+            "Failed SharedIP reconciles by reason",
+            reconcile_failures.clone(),
+        );
+        registry.register(
+            "reconcile_duration_seconds",
+            "Time to reconcile one SharedIP, including its share wave",
+            reconcile_duration.clone(),
+        );
+        registry.register(
+            "linode_api_requests",
+            "Linode API requests (each HTTP attempt) by endpoint, method and status",
+            api_requests.clone(),
+        );
+        registry.register(
+            "linode_api_request_duration_seconds",
+            "Linode API request latency by endpoint",
+            api_duration.clone(),
+        );
+        registry.register(
+            "share_calls",
+            "Successful Linode share calls (POST /networking/ips/share)",
+            share_calls.clone(),
+        );
+        registry.register(
+            "share_wave_requests",
+            "SharedIP requests coalesced into one share wave",
+            wave_requests.clone(),
+        );
+        registry.register(
+            "share_wave_duration_seconds",
+            "Time to apply one share wave to the Linode API",
+            wave_duration.clone(),
+        );
+        registry.register(
+            "leader",
+            "1 while this replica holds the leader lease",
+            leader.clone(),
+        );
+        Self {
+            registry: Mutex::new(registry),
+            reconciles,
+            reconcile_failures,
+            reconcile_duration,
+            api_requests,
+            api_duration,
+            share_calls,
+            wave_requests,
+            wave_duration,
+            leader,
+        }
+    }
+}
+
+impl Metrics {
+    /// The metrics in the Prometheus text format.
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        let registry = match self.registry.lock() {
+            Ok(r) => r,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        // Writing into a String cannot fail.
+        let _ = prometheus_client::encoding::text::encode(&mut out, &registry);
+        out
+    }
+
+    pub fn observe_reconcile(&self, ok: bool, elapsed: Duration) {
+        self.reconciles
+            .get_or_create(&ResultLabels {
+                result: if ok { "ok" } else { "error" },
+            })
+            .inc();
+        self.reconcile_duration.observe(elapsed.as_secs_f64());
+    }
+
+    pub fn observe_failure(&self, reason: &str) {
+        self.reconcile_failures
+            .get_or_create(&ReasonLabels {
+                reason: reason.to_string(),
+            })
+            .inc();
+    }
+
+    pub fn observe_api(
+        &self,
+        endpoint: &'static str,
+        method: &'static str,
+        status: Option<u16>,
+        elapsed: Duration,
+    ) {
+        self.api_requests
+            .get_or_create(&ApiLabels {
+                endpoint,
+                method,
+                status: status.map_or_else(|| "error".to_string(), |s| s.to_string()),
+            })
+            .inc();
+        self.api_duration
+            .get_or_create(&EndpointLabels { endpoint })
+            .observe(elapsed.as_secs_f64());
+    }
+
+    pub fn observe_wave(&self, requests: usize, elapsed: Duration) {
+        self.wave_requests.observe(requests as f64);
+        self.wave_duration.observe(elapsed.as_secs_f64());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn encodes_named_metrics() {
+        let m = Metrics::default();
+        m.observe_reconcile(true, Duration::from_millis(3));
+        m.observe_api(
+            "/networking/ips/share",
+            "POST",
+            Some(429),
+            Duration::from_millis(1),
+        );
+        m.share_calls.inc();
+        let text = m.encode();
+        assert!(
+            text.contains("sharedip_reconciles_total{result=\"ok\"} 1"),
+            "{text}"
+        );
+        assert!(text.contains(
+            "sharedip_linode_api_requests_total{endpoint=\"/networking/ips/share\",method=\"POST\",status=\"429\"} 1"
+        ), "{text}");
+        assert!(text.contains("sharedip_share_calls_total 1"), "{text}");
+    }
+}

@@ -1,0 +1,784 @@
+//! Reconciles one SharedIP: which Linodes must share its address, through the share syncer,
+//! and what its status and events say about it.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::net::IpAddr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use k8s_openapi::api::core::v1::{Node, ObjectReference};
+use k8s_openapi::jiff::Timestamp;
+use kube::api::{Api, Patch, PatchParams};
+use kube::runtime::controller::Action;
+use kube::runtime::events::{Event, EventType, Recorder};
+use kube::runtime::finalizer::{finalizer, Event as Finalizer};
+use kube::runtime::reflector::Store;
+use kube::{Resource, ResourceExt};
+use serde_json::json;
+use sharedip_api::conditions::{self, Desired};
+use sharedip_api::{
+    ExcludedNode, OwnerStatus, Role, SharedAddress, SharedIP, SharedIPStatus, SharedLinode,
+    FINALIZER,
+};
+use tracing::{info, instrument, warn};
+
+use crate::directory::Directory;
+use crate::linode_api::ApiError;
+use crate::metrics::Metrics;
+use crate::selection::{self, linode_id_from_provider_id, place, select_nodes, Placement};
+use crate::share_syncer::{LinodeOutcome, Outcome, Request, ShareSyncer, SyncerError};
+
+/// Field manager of the operator's status writes; each node agent uses its own.
+pub const FIELD_MANAGER: &str = "sharedip-operator";
+
+/// Condition reasons.
+pub mod reason {
+    pub const SHARED: &str = "Shared";
+    pub const INVALID_SPEC: &str = "InvalidSpec";
+    pub const DUPLICATE: &str = "DuplicateAddress";
+    pub const NOT_IN_ACCOUNT: &str = "AddressNotInAccount";
+    pub const PREFIX_MISMATCH: &str = "PrefixMismatch";
+    pub const NO_NODES: &str = "NoNodesSelected";
+    pub const NO_USABLE_NODES: &str = "NoUsableNodes";
+    pub const API_ERROR: &str = "LinodeAPIError";
+    pub const OWNER_SELECTED: &str = "OwnerIsSelectedNode";
+}
+
+/// Timing of the reconciler.
+#[derive(Debug, Clone)]
+pub struct ReconcileConfig {
+    /// Re-check a healthy SharedIP this often, to repair drift made outside the operator.
+    pub resync: Duration,
+    /// Re-check a SharedIP blocked by its spec or the account (duplicate, unknown address).
+    pub blocked_retry: Duration,
+    /// Give up waiting for a share wave after this long.
+    pub wave_timeout: Duration,
+    /// First and largest delay after a failed reconcile.
+    pub backoff_base: Duration,
+    pub backoff_max: Duration,
+}
+
+impl Default for ReconcileConfig {
+    fn default() -> Self {
+        Self {
+            resync: Duration::from_secs(300),
+            blocked_retry: Duration::from_secs(60),
+            wave_timeout: Duration::from_secs(300),
+            backoff_base: Duration::from_secs(2),
+            backoff_max: Duration::from_secs(300),
+        }
+    }
+}
+
+/// Everything a reconcile needs.
+pub struct Context {
+    pub client: kube::Client,
+    pub recorder: Recorder,
+    pub metrics: Arc<Metrics>,
+    pub directory: Directory,
+    pub syncer: ShareSyncer,
+    pub nodes: Store<Node>,
+    pub sharedips: Store<SharedIP>,
+    pub config: ReconcileConfig,
+    /// Consecutive failures per SharedIP, for exponential backoff.
+    pub failures: Mutex<HashMap<String, u32>>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("Kubernetes API error: {0}")]
+    Kube(#[source] kube::Error),
+    #[error("finalizer error: {0}")]
+    Finalizer(#[source] Box<kube::runtime::finalizer::Error<Error>>),
+    #[error("Linode API error: {0}")]
+    Linode(#[source] ApiError),
+    #[error("sharing failed on {0}")]
+    Share(String),
+    #[error(transparent)]
+    Syncer(#[from] SyncerError),
+    #[error("no share wave result after {0:?}")]
+    WaveTimeout(Duration),
+}
+
+impl Error {
+    /// A short label for metrics.
+    pub fn metric_label(&self) -> &'static str {
+        match self {
+            Error::Kube(_) => "kube",
+            Error::Finalizer(e) => match e.as_ref() {
+                kube::runtime::finalizer::Error::ApplyFailed(e)
+                | kube::runtime::finalizer::Error::CleanupFailed(e) => e.metric_label(),
+                _ => "finalizer",
+            },
+            Error::Linode(_) => "linode_api",
+            Error::Share(_) => "share",
+            Error::Syncer(_) => "syncer",
+            Error::WaveTimeout(_) => "wave_timeout",
+        }
+    }
+}
+
+/// Entry point for the controller.
+#[instrument(skip_all, fields(sharedip = %sip.name_any()))]
+pub async fn reconcile(sip: Arc<SharedIP>, ctx: Arc<Context>) -> Result<Action, Error> {
+    let started = Instant::now();
+    let api: Api<SharedIP> = Api::all(ctx.client.clone());
+    let name = sip.name_any();
+    let result = finalizer(&api, FINALIZER, sip, |event| async {
+        match event {
+            Finalizer::Apply(s) => apply(s, &ctx).await,
+            Finalizer::Cleanup(s) => cleanup(s, &ctx).await,
+        }
+    })
+    .await
+    .map_err(|e| Error::Finalizer(Box::new(e)));
+    ctx.metrics
+        .observe_reconcile(result.is_ok(), started.elapsed());
+    if result.is_ok() {
+        lock(&ctx.failures).remove(&name);
+    }
+    result
+}
+
+/// Requeues a failed SharedIP with exponential backoff.
+pub fn error_policy(sip: Arc<SharedIP>, error: &Error, ctx: Arc<Context>) -> Action {
+    let name = sip.name_any();
+    ctx.metrics.observe_failure(error.metric_label());
+    let attempt = {
+        let mut f = lock(&ctx.failures);
+        let n = f.entry(name.clone()).or_insert(0);
+        *n = n.saturating_add(1);
+        *n
+    };
+    let delay = backoff(&ctx.config, attempt);
+    warn!(sharedip = %name, error = %error, attempt, retry_in = ?delay, "reconcile failed");
+    Action::requeue(delay)
+}
+
+fn backoff(config: &ReconcileConfig, attempt: u32) -> Duration {
+    let factor = 2u32.saturating_pow(attempt.saturating_sub(1).min(16));
+    config
+        .backoff_base
+        .saturating_mul(factor)
+        .min(config.backoff_max)
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    match m.lock() {
+        Ok(g) => g,
+        Err(p) => p.into_inner(),
+    }
+}
+
+/// What the status said last time: the address and the Linodes it was shared with.
+fn previous(status: &SharedIPStatus) -> (Option<IpAddr>, BTreeMap<u64, SharedLinode>) {
+    let addr = status
+        .shared_address
+        .as_deref()
+        .and_then(|a| a.parse().ok());
+    let linodes = status
+        .shared_with
+        .iter()
+        .filter_map(|s| u64::try_from(s.linode_id).ok().map(|id| (id, s.clone())))
+        .collect();
+    (addr, linodes)
+}
+
+/// The operator-owned part of the status, computed by one reconcile.
+struct StatusUpdate {
+    shared: Desired,
+    ready: Desired,
+    primary: Option<String>,
+    secondary: Option<String>,
+    owner: Option<OwnerStatus>,
+    shared_address: Option<String>,
+    shared_with: Vec<SharedLinode>,
+    excluded: Vec<ExcludedNode>,
+}
+
+impl StatusUpdate {
+    /// A SharedIP that cannot be shared at all, with Ready and Shared false for `reason`.
+    fn blocked(reason: &str, message: String) -> Self {
+        Self {
+            shared: Desired::new(conditions::SHARED, false, reason, message.clone()),
+            ready: Desired::new(conditions::READY, false, reason, message),
+            primary: None,
+            secondary: None,
+            owner: None,
+            shared_address: None,
+            shared_with: Vec::new(),
+            excluded: Vec::new(),
+        }
+    }
+}
+
+async fn write_status(sip: &SharedIP, ctx: &Context, update: StatusUpdate) -> Result<(), Error> {
+    let prev = sip.status.clone().unwrap_or_default();
+    let generation = sip.metadata.generation;
+    let conds = conditions::merge(
+        &prev.conditions,
+        &[update.ready, update.shared],
+        generation,
+        Timestamp::now(),
+    );
+    // Only the operator's own conditions go into its apply patch: node agents may own others.
+    let mine: Vec<_> = conds
+        .into_iter()
+        .filter(|c| c.type_ == conditions::READY || c.type_ == conditions::SHARED)
+        .collect();
+    let mut shared_with = update.shared_with;
+    shared_with.sort();
+    let mut excluded = update.excluded;
+    excluded.sort();
+    let next = SharedIPStatus {
+        observed_generation: generation,
+        conditions: mine,
+        primary: update.primary,
+        secondary: update.secondary,
+        owner: update.owner,
+        shared_address: update.shared_address,
+        shared_linode_count: Some(i32::try_from(shared_with.len()).unwrap_or(i32::MAX)),
+        shared_with,
+        excluded_nodes: excluded,
+        nodes: Vec::new(),
+    };
+    let unchanged = prev.observed_generation == next.observed_generation
+        && prev.primary == next.primary
+        && prev.secondary == next.secondary
+        && prev.owner == next.owner
+        && prev.shared_address == next.shared_address
+        && prev.shared_linode_count == next.shared_linode_count
+        && prev.shared_with == next.shared_with
+        && prev.excluded_nodes == next.excluded_nodes
+        && next.conditions.iter().all(|c| prev.conditions.contains(c));
+    if unchanged {
+        return Ok(());
+    }
+    let patch = json!({
+        "apiVersion": "sharedip.io/v1alpha1",
+        "kind": "SharedIP",
+        "status": next,
+    });
+    let api: Api<SharedIP> = Api::all(ctx.client.clone());
+    api.patch_status(
+        &sip.name_any(),
+        &PatchParams::apply(FIELD_MANAGER).force(),
+        &Patch::Apply(&patch),
+    )
+    .await
+    .map_err(Error::Kube)?;
+    Ok(())
+}
+
+/// A reference to a Node, as the related object of an event: the recorder folds events with
+/// the same reason and related object into one series, so each node gets its own.
+fn node_ref(name: &str) -> Option<ObjectReference> {
+    Some(ObjectReference {
+        api_version: Some("v1".into()),
+        kind: Some("Node".into()),
+        name: Some(name.into()),
+        ..Default::default()
+    })
+}
+
+async fn publish(
+    ctx: &Context,
+    sip: &SharedIP,
+    type_: EventType,
+    reason: &str,
+    note: String,
+    related: Option<ObjectReference>,
+) {
+    let ev = Event {
+        type_,
+        reason: reason.into(),
+        note: Some(note),
+        action: "Reconcile".into(),
+        secondary: related,
+    };
+    // Events are best effort: a failure to record one must not fail the reconcile.
+    if let Err(e) = ctx.recorder.publish(&ev, &sip.object_ref(&())).await {
+        warn!(error = %e, reason, "cannot publish event");
+    }
+}
+
+/// Stops managing the address without touching any share (a duplicate must not undo the
+/// sharing of the SharedIP that owns the address), or retires the previous address.
+async fn release(sip: &SharedIP, ctx: &Context, retire_previous: bool) -> Result<Outcome, Error> {
+    let (prev_addr, prev_linodes) = previous(&sip.status.clone().unwrap_or_default());
+    let request = Request {
+        owner: sip.name_any(),
+        claim: None,
+        retire: if retire_previous {
+            prev_addr.into_iter().collect()
+        } else {
+            BTreeSet::new()
+        },
+        examine: if retire_previous {
+            prev_linodes.keys().copied().collect()
+        } else {
+            BTreeSet::new()
+        },
+    };
+    submit(ctx, request).await
+}
+
+async fn submit(ctx: &Context, request: Request) -> Result<Outcome, Error> {
+    match tokio::time::timeout(ctx.config.wave_timeout, ctx.syncer.submit(request)).await {
+        Ok(r) => Ok(r?),
+        Err(_) => Err(Error::WaveTimeout(ctx.config.wave_timeout)),
+    }
+}
+
+/// The oldest SharedIP (by creation, then name) whose address overlaps this one's, other than
+/// itself: when two claim one address, the first one keeps it.
+fn earlier_duplicate(
+    sip: &SharedIP,
+    addr: &SharedAddress,
+    all: &[Arc<SharedIP>],
+) -> Option<String> {
+    let key = |s: &SharedIP| {
+        (
+            s.metadata.creation_timestamp.clone().map(|t| t.0),
+            s.name_any(),
+        )
+    };
+    let mine = key(sip);
+    all.iter()
+        .filter(|o| o.name_any() != sip.name_any() && o.metadata.deletion_timestamp.is_none())
+        .filter(|o| {
+            SharedAddress::from_spec(&o.spec)
+                .map(|a| a.overlaps(addr))
+                .unwrap_or(false)
+        })
+        .filter(|o| key(o) < mine)
+        .min_by_key(|o| key(o))
+        .map(|o| o.name_any())
+}
+
+async fn apply(sip: Arc<SharedIP>, ctx: &Context) -> Result<Action, Error> {
+    let name = sip.name_any();
+    let addr = match SharedAddress::from_spec(&sip.spec) {
+        Ok(a) => a,
+        Err(e) => {
+            release(&sip, ctx, true).await?;
+            write_status(
+                &sip,
+                ctx,
+                StatusUpdate::blocked(reason::INVALID_SPEC, e.to_string()),
+            )
+            .await?;
+            return Ok(Action::await_change());
+        }
+    };
+
+    if let Some(other) = earlier_duplicate(&sip, &addr, &ctx.sharedips.state()) {
+        release(&sip, ctx, false).await?;
+        let message = format!(
+            "{addr} is already managed by SharedIP {other:?}, created earlier; delete one of them"
+        );
+        write_status(&sip, ctx, StatusUpdate::blocked(reason::DUPLICATE, message)).await?;
+        return Ok(Action::requeue(ctx.config.blocked_retry));
+    }
+
+    let info = match ctx.directory.address(&addr).await {
+        Ok(Some(i)) => i,
+        Ok(None) => {
+            release(&sip, ctx, true).await?;
+            let message = format!(
+                "{} is not an IPv4 address or IPv6 range of this Linode account; add it in Cloud Manager (or with the API) first",
+                addr.address()
+            );
+            write_status(
+                &sip,
+                ctx,
+                StatusUpdate::blocked(reason::NOT_IN_ACCOUNT, message),
+            )
+            .await?;
+            return Ok(Action::requeue(ctx.config.blocked_retry));
+        }
+        Err(e) => return api_failure(&sip, ctx, e).await,
+    };
+    if !addr.is_ipv4() && info.prefix != addr.prefix() {
+        release(&sip, ctx, true).await?;
+        let message = format!(
+            "spec.prefix is {} but the account's range {}/{} is a /{}; set spec.prefix to {}",
+            addr.prefix(),
+            info.network,
+            info.prefix,
+            info.prefix,
+            info.prefix
+        );
+        write_status(
+            &sip,
+            ctx,
+            StatusUpdate::blocked(reason::PREFIX_MISMATCH, message),
+        )
+        .await?;
+        return Ok(Action::await_change());
+    }
+
+    let nodes = ctx.nodes.state();
+    let selected = match select_nodes(&sip.spec, nodes.iter().map(|n| n.as_ref())) {
+        Ok(s) => s,
+        Err(e) => {
+            release(&sip, ctx, true).await?;
+            write_status(
+                &sip,
+                ctx,
+                StatusUpdate::blocked(reason::INVALID_SPEC, e.to_string()),
+            )
+            .await?;
+            return Ok(Action::await_change());
+        }
+    };
+    let wanted: Vec<u64> = selected.iter().filter_map(|n| n.linode).collect();
+    let facts = match ctx.directory.linodes(&wanted).await {
+        Ok(f) => f,
+        Err(e) => return api_failure(&sip, ctx, e).await,
+    };
+    let placement = place(&selected, &info.region, info.owner, &facts);
+
+    let prev_status = sip.status.clone().unwrap_or_default();
+    let (prev_addr, prev_linodes) = previous(&prev_status);
+    let network = info.network;
+    let request = Request {
+        owner: name.clone(),
+        claim: Some((network, placement.linodes())),
+        retire: prev_addr.filter(|a| *a != network).into_iter().collect(),
+        examine: prev_linodes.keys().copied().collect(),
+    };
+    let outcome = submit(ctx, request).await?;
+
+    // What is shared now: wanted Linodes in sync, plus Linodes where removing the address
+    // failed (still shared as far as we know, so the next reconcile examines them again).
+    let mut shared_with: Vec<SharedLinode> = Vec::new();
+    for (linode, (node, role)) in &placement.share_with {
+        if matches!(outcome.linodes.get(linode), Some(LinodeOutcome::InSync)) {
+            shared_with.push(SharedLinode {
+                linode_id: *linode as i64,
+                node: node.clone(),
+                role: *role,
+            });
+        }
+    }
+    for (linode, entry) in &prev_linodes {
+        if !placement.share_with.contains_key(linode)
+            && matches!(outcome.linodes.get(linode), Some(LinodeOutcome::Failed(_)))
+        {
+            shared_with.push(entry.clone());
+        }
+    }
+
+    emit_changes(ctx, &sip, &addr, &placement, &prev_linodes, &outcome).await;
+
+    let owner_node = info.owner.and_then(|owner| {
+        nodes
+            .iter()
+            .find(|n| {
+                n.spec
+                    .as_ref()
+                    .and_then(|s| s.provider_id.as_deref())
+                    .and_then(linode_id_from_provider_id)
+                    == Some(owner)
+            })
+            .map(|n| n.name_any())
+    });
+    let had_owner_node = prev_status.owner.as_ref().and_then(|o| o.node.clone());
+    if let (Some(node), None) = (&owner_node, &had_owner_node) {
+        publish(
+            ctx,
+            &sip,
+            EventType::Warning,
+            reason::OWNER_SELECTED,
+            format!(
+                "the address is owned by Linode {} behind node {node}; recycling that node deletes the Linode and the address with it; assign the address to an IP holder Linode",
+                info.owner.unwrap_or_default()
+            ),
+            node_ref(node),
+        )
+        .await;
+    }
+
+    let failures: Vec<(u64, &ApiError)> = outcome.failures().collect();
+    let (shared, ready) = share_conditions(&selected, &placement, &failures, owner_node.as_deref());
+
+    write_status(
+        &sip,
+        ctx,
+        StatusUpdate {
+            shared,
+            ready,
+            primary: selection::summarize(&selected, Role::Primary),
+            secondary: selection::summarize(&selected, Role::Secondary),
+            owner: info.owner.map(|id| OwnerStatus {
+                linode_id: id as i64,
+                region: Some(info.region.clone()),
+                node: owner_node.clone(),
+            }),
+            shared_address: Some(network.to_string()),
+            shared_with,
+            excluded: placement.excluded.clone(),
+        },
+    )
+    .await?;
+
+    if failures.is_empty() {
+        Ok(Action::requeue(ctx.config.resync))
+    } else {
+        Err(Error::Share(describe_failures(&failures)))
+    }
+}
+
+fn describe_failures(failures: &[(u64, &ApiError)]) -> String {
+    failures
+        .iter()
+        .map(|(l, e)| format!("Linode {l}: {e}"))
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
+/// The Shared and Ready conditions for a reconcile's result.
+fn share_conditions(
+    selected: &[selection::SelectedNode],
+    placement: &Placement,
+    failures: &[(u64, &ApiError)],
+    owner_node: Option<&str>,
+) -> (Desired, Desired) {
+    let excluded_note = if placement.excluded.is_empty() {
+        String::new()
+    } else {
+        format!(
+            "; {} selected node(s) excluded: {}",
+            placement.excluded.len(),
+            placement
+                .excluded
+                .iter()
+                .map(|e| format!("{} ({})", e.name, e.reason))
+                .collect::<Vec<_>>()
+                .join(", ")
+        )
+    };
+    let owner_note = owner_node
+        .map(|n| format!("; warning: the owner Linode is node {n}, recycling it loses the address"))
+        .unwrap_or_default();
+    let (ok, reason, message) = if selected.is_empty() {
+        (
+            false,
+            reason::NO_NODES,
+            "no node matches the primary or secondary nodeSelector".to_string(),
+        )
+    } else if !failures.is_empty() {
+        (
+            false,
+            reason::API_ERROR,
+            format!(
+                "the Linode API refused or failed: {}",
+                describe_failures(failures)
+            ),
+        )
+    } else if placement.share_with.is_empty() && placement.owner_nodes.is_empty() {
+        (
+            false,
+            reason::NO_USABLE_NODES,
+            format!("no selected node can take the address{excluded_note}"),
+        )
+    } else {
+        (
+            true,
+            reason::SHARED,
+            format!(
+                "shared with {} Linode(s){}{excluded_note}{owner_note}",
+                placement.share_with.len(),
+                if placement.owner_nodes.is_empty() {
+                    String::new()
+                } else {
+                    format!(", owned by node(s) {}", placement.owner_nodes.join(", "))
+                }
+            ),
+        )
+    };
+    (
+        Desired::new(conditions::SHARED, ok, reason, message.clone()),
+        Desired::new(conditions::READY, ok, reason, message),
+    )
+}
+
+async fn emit_changes(
+    ctx: &Context,
+    sip: &SharedIP,
+    addr: &SharedAddress,
+    placement: &Placement,
+    prev: &BTreeMap<u64, SharedLinode>,
+    outcome: &Outcome,
+) {
+    for (linode, (node, role)) in &placement.share_with {
+        if !prev.contains_key(linode) && outcome.linodes.get(linode) == Some(&LinodeOutcome::InSync)
+        {
+            info!(%addr, linode, node = %node, role = %role, "shared");
+            publish(
+                ctx,
+                sip,
+                EventType::Normal,
+                "Shared",
+                format!("shared {addr} with Linode {linode} (node {node}, {role})"),
+                node_ref(node),
+            )
+            .await;
+        }
+    }
+    for (linode, entry) in prev {
+        if !placement.share_with.contains_key(linode)
+            && matches!(
+                outcome.linodes.get(linode),
+                Some(LinodeOutcome::InSync | LinodeOutcome::Gone)
+            )
+        {
+            info!(%addr, linode, node = %entry.node, "unshared");
+            publish(
+                ctx,
+                sip,
+                EventType::Normal,
+                "Unshared",
+                format!("unshared {addr} from Linode {linode} (node {})", entry.node),
+                node_ref(&entry.node),
+            )
+            .await;
+        }
+    }
+    let linode_node: BTreeMap<u64, &str> = placement
+        .share_with
+        .iter()
+        .map(|(l, (n, _))| (*l, n.as_str()))
+        .chain(prev.iter().map(|(l, e)| (*l, e.node.as_str())))
+        .collect();
+    for (linode, e) in outcome.failures() {
+        publish(
+            ctx,
+            sip,
+            EventType::Warning,
+            "ShareFailed",
+            format!("Linode {linode}: {e}"),
+            linode_node.get(&linode).and_then(|n| node_ref(n)),
+        )
+        .await;
+    }
+    let before: BTreeSet<&str> = sip
+        .status
+        .as_ref()
+        .map(|s| s.excluded_nodes.iter().map(|e| e.name.as_str()).collect())
+        .unwrap_or_default();
+    for e in &placement.excluded {
+        if !before.contains(e.name.as_str()) {
+            publish(
+                ctx,
+                sip,
+                EventType::Warning,
+                &e.reason,
+                format!("node {}: {}", e.name, e.message),
+                node_ref(&e.name),
+            )
+            .await;
+        }
+    }
+}
+
+async fn api_failure(sip: &SharedIP, ctx: &Context, e: ApiError) -> Result<Action, Error> {
+    let message = format!("cannot read the account from the Linode API: {e}");
+    // Keep what the status said about sharing: nothing changed on Linode's side.
+    let prev = sip.status.clone().unwrap_or_default();
+    let mut update = StatusUpdate::blocked(reason::API_ERROR, message);
+    update.primary = prev.primary;
+    update.secondary = prev.secondary;
+    update.owner = prev.owner;
+    update.shared_address = prev.shared_address;
+    update.shared_with = prev.shared_with;
+    update.excluded = prev.excluded_nodes;
+    write_status(sip, ctx, update).await?;
+    Err(Error::Linode(e))
+}
+
+async fn cleanup(sip: Arc<SharedIP>, ctx: &Context) -> Result<Action, Error> {
+    let name = sip.name_any();
+    let status = sip.status.clone().unwrap_or_default();
+    let (prev_addr, prev_linodes) = previous(&status);
+    let parsed = SharedAddress::from_spec(&sip.spec).ok();
+    // An earlier SharedIP with the same address owns it: a duplicate only drops its claim. (A
+    // later duplicate takes the address over on its next reconcile.)
+    let duplicate = parsed
+        .as_ref()
+        .and_then(|a| earlier_duplicate(&sip, a, &ctx.sharedips.state()));
+    let mut retire: BTreeSet<IpAddr> = prev_addr.into_iter().collect();
+    if duplicate.is_none() {
+        if let Some(a) = &parsed {
+            retire.insert(a.network());
+        }
+    }
+    if duplicate.is_some() {
+        retire.clear();
+    }
+    // Examine every Linode of the cluster too: the status may predate a share that a crash
+    // kept out of it.
+    let mut examine: BTreeSet<u64> = prev_linodes.keys().copied().collect();
+    if !retire.is_empty() {
+        examine.extend(ctx.nodes.state().iter().filter_map(|n| {
+            n.spec
+                .as_ref()
+                .and_then(|s| s.provider_id.as_deref())
+                .and_then(linode_id_from_provider_id)
+        }));
+    }
+    let outcome = submit(
+        ctx,
+        Request {
+            owner: name.clone(),
+            claim: None,
+            retire: retire.clone(),
+            examine,
+        },
+    )
+    .await?;
+    let failures: Vec<(u64, &ApiError)> = outcome.failures().collect();
+    if !failures.is_empty() {
+        let message = format!(
+            "cannot unshare before deletion: {}",
+            describe_failures(&failures)
+        );
+        let mut update = StatusUpdate::blocked(reason::API_ERROR, message);
+        update.shared_address = status.shared_address.clone();
+        update.shared_with = status.shared_with.clone();
+        write_status(&sip, ctx, update).await?;
+        return Err(Error::Share(describe_failures(&failures)));
+    }
+    if !retire.is_empty() {
+        let addrs: Vec<String> = retire.iter().map(|a| a.to_string()).collect();
+        info!(sharedip = %name, addresses = ?addrs, "unshared everywhere before deletion");
+        publish(
+            ctx,
+            &sip,
+            EventType::Normal,
+            "Unshared",
+            format!(
+                "unshared {} from every Linode before deletion",
+                addrs.join(", ")
+            ),
+            None,
+        )
+        .await;
+    }
+    Ok(Action::await_change())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_grows_and_caps() {
+        let c = ReconcileConfig::default();
+        assert_eq!(backoff(&c, 1), Duration::from_secs(2));
+        assert_eq!(backoff(&c, 2), Duration::from_secs(4));
+        assert_eq!(backoff(&c, 5), Duration::from_secs(32));
+        assert_eq!(backoff(&c, 30), Duration::from_secs(300));
+    }
+}

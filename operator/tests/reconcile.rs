@@ -1,0 +1,375 @@
+//! The operator against a real kube-apiserver and the Linode API stand-in.
+
+mod support;
+
+use std::time::Duration;
+
+use serde_json::json;
+use sharedip_e2e::standin::FaultRule;
+use support::*;
+
+/// Bounds a whole test, so a hang fails instead of blocking CI.
+async fn bounded<F: std::future::Future<Output = ()>>(f: F) {
+    tokio::time::timeout(Duration::from_secs(300), f)
+        .await
+        .expect("test finished within 300 s");
+}
+
+#[tokio::test]
+async fn create_update_delete() {
+    bounded(async {
+        let env = Env::start().await;
+        env.add_node("node-a", &[("role", "primary")], Some(101))
+            .await;
+        env.add_node("node-b", &[("role", "secondary")], Some(102))
+            .await;
+        env.add_node("node-c", &[("pool", "other")], Some(103))
+            .await;
+        let op = env.spawn_operator();
+
+        env.apply_sharedip("web", spec("192.0.2.10")).await;
+        env.eventually_shared("192.0.2.10", &[101, 102]).await;
+        let sip = env
+            .eventually_condition("web", "Ready", "True", "Shared")
+            .await;
+        let status = sip.status.expect("status");
+        assert_eq!(status.primary.as_deref(), Some("node-a"));
+        assert_eq!(status.secondary.as_deref(), Some("node-b"));
+        assert_eq!(status.shared_linode_count, Some(2));
+        assert_eq!(status.shared_address.as_deref(), Some("192.0.2.10"));
+        assert_eq!(status.owner.as_ref().map(|o| o.linode_id), Some(100));
+        assert!(sip
+            .metadata
+            .finalizers
+            .unwrap_or_default()
+            .contains(&sharedip_api::FINALIZER.to_string()));
+
+        // Move the secondary role to node-c's pool.
+        env.apply_sharedip(
+            "web",
+            json!({
+                "address": "192.0.2.10",
+                "primary": {"nodeSelector": {"matchLabels": {"role": "primary"}}},
+                "secondary": {"nodeSelector": {"matchLabels": {"pool": "other"}}},
+            }),
+        )
+        .await;
+        env.eventually_shared("192.0.2.10", &[101, 103]).await;
+        env.eventually_condition("web", "Shared", "True", "Shared")
+            .await;
+
+        let reasons = env.event_reasons("web").await;
+        assert!(
+            reasons
+                .iter()
+                .any(|(r, n)| r == "Shared" && n.contains("Linode 103")),
+            "{reasons:?}"
+        );
+        assert!(
+            reasons
+                .iter()
+                .any(|(r, n)| r == "Unshared" && n.contains("Linode 102")),
+            "{reasons:?}"
+        );
+
+        env.delete_sharedip("web").await;
+        eventually("SharedIP gone", || async {
+            match env.get("web").await {
+                None => Ok(()),
+                Some(_) => Err("still there".into()),
+            }
+        })
+        .await;
+        assert!(env.shared("192.0.2.10").is_empty());
+        assert!(
+            env.by_linode().is_empty(),
+            "nothing else shared: {:?}",
+            env.by_linode()
+        );
+        op.stop().await;
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn nodes_join_leave_relabel_and_get_provider_ids() {
+    bounded(async {
+        let env = Env::start().await;
+        env.add_node("node-a", &[("role", "primary")], Some(101))
+            .await;
+        let _op = env.spawn_operator();
+        env.apply_sharedip("web", spec("192.0.2.10")).await;
+        env.eventually_shared("192.0.2.10", &[101]).await;
+
+        // Joins.
+        env.add_node("node-d", &[("role", "secondary")], Some(104))
+            .await;
+        env.eventually_shared("192.0.2.10", &[101, 104]).await;
+
+        // A node without providerID is reported, then taken in when the CCM sets it.
+        env.add_node("node-e", &[("role", "secondary")], None).await;
+        let sip = env
+            .eventually_condition("web", "Ready", "True", "Shared")
+            .await;
+        eventually("node-e excluded", || async {
+            let sip = env.get("web").await.ok_or("missing")?;
+            let ex = sip.status.unwrap_or_default().excluded_nodes;
+            if ex
+                .iter()
+                .any(|e| e.name == "node-e" && e.reason == "NodeWithoutProviderID")
+            {
+                Ok(())
+            } else {
+                Err(format!("excluded: {ex:?}"))
+            }
+        })
+        .await;
+        drop(sip);
+        env.set_provider_id("node-e", 105).await;
+        env.eventually_shared("192.0.2.10", &[101, 104, 105]).await;
+
+        // Relabelled away.
+        env.set_role("node-a", None).await;
+        env.eventually_shared("192.0.2.10", &[104, 105]).await;
+        // Relabelled from secondary to primary keeps the share and updates the role.
+        env.set_role("node-d", Some("primary")).await;
+        eventually("node-d is primary in status", || async {
+            let s = env
+                .get("web")
+                .await
+                .ok_or("missing")?
+                .status
+                .unwrap_or_default();
+            if s.primary.as_deref() == Some("node-d") {
+                Ok(())
+            } else {
+                Err(format!("primary = {:?}", s.primary))
+            }
+        })
+        .await;
+
+        // Leaves.
+        env.delete_node("node-d").await;
+        env.delete_node("node-e").await;
+        env.eventually_shared("192.0.2.10", &[]).await;
+        env.eventually_condition("web", "Ready", "False", "NoNodesSelected")
+            .await;
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn union_over_sharedips_keeps_foreign_shares() {
+    bounded(async {
+        let seed = format!("{SEED}sharing:\n  - {{linode_id: 101, ips: [\"198.51.100.7\"]}}\n");
+        let env = Env::start_with_seed(&seed).await;
+        env.add_node("node-a", &[("role", "primary")], Some(101))
+            .await;
+        env.add_node("node-b", &[("role", "secondary")], Some(102))
+            .await;
+        let _op = env.spawn_operator();
+        env.apply_sharedip("web", spec("192.0.2.10")).await;
+        env.apply_sharedip("api", spec("192.0.2.11")).await;
+        env.apply_sharedip(
+            "v6",
+            json!({
+                "address": "2001:db8:1:2::1",
+                "prefix": 64,
+                "primary": {"nodeSelector": {"matchLabels": {"role": "primary"}}},
+            }),
+        )
+        .await;
+        env.eventually_shared("192.0.2.10", &[101, 102]).await;
+        env.eventually_shared("192.0.2.11", &[101, 102]).await;
+        env.eventually_shared("2001:db8:1:2::", &[101]).await;
+        let all = env.by_linode();
+        let expect_101: std::collections::BTreeSet<String> =
+            ["192.0.2.10", "192.0.2.11", "198.51.100.7", "2001:db8:1:2::"]
+                .into_iter()
+                .map(String::from)
+                .collect();
+        assert_eq!(all.get(&101), Some(&expect_101), "{all:?}");
+
+        env.delete_sharedip("web").await;
+        env.eventually_shared("192.0.2.10", &[]).await;
+        env.eventually_shared("192.0.2.11", &[101, 102]).await;
+        assert_eq!(
+            env.shared("198.51.100.7"),
+            [101].into(),
+            "the hand-made share survives"
+        );
+        env.delete_sharedip("v6").await;
+        env.eventually_shared("2001:db8:1:2::", &[]).await;
+        assert_eq!(
+            env.shared("198.51.100.7"),
+            [101].into(),
+            "the hand-made share survives"
+        );
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn failures_are_reported_in_status_and_events() {
+    bounded(async {
+        let env = Env::start().await;
+        env.add_node("node-a", &[("role", "primary")], Some(101))
+            .await;
+        env.add_node("node-far", &[("role", "secondary")], Some(201))
+            .await;
+        env.add_node("node-ghost", &[("role", "secondary")], Some(999))
+            .await;
+        let _op = env.spawn_operator();
+
+        // Not in the account.
+        env.apply_sharedip("missing", spec("192.0.2.99")).await;
+        let s = env
+            .eventually_condition("missing", "Ready", "False", "AddressNotInAccount")
+            .await;
+        let msg = &s.status.unwrap().conditions[0].message;
+        assert!(msg.contains("192.0.2.99"), "{msg}");
+
+        // Other region and unknown Linode are excluded; the rest is shared.
+        env.apply_sharedip("web", spec("192.0.2.10")).await;
+        env.eventually_shared("192.0.2.10", &[101]).await;
+        let s = env
+            .eventually_condition("web", "Shared", "True", "Shared")
+            .await;
+        let ex = s.status.unwrap().excluded_nodes;
+        let reasons: Vec<(&str, &str)> = ex
+            .iter()
+            .map(|e| (e.name.as_str(), e.reason.as_str()))
+            .collect();
+        assert_eq!(
+            reasons,
+            vec![
+                ("node-far", "LinodeInOtherRegion"),
+                ("node-ghost", "LinodeNotFound")
+            ]
+        );
+
+        // A second SharedIP with the same address does not touch it.
+        env.apply_sharedip(
+            "web-copy",
+            json!({
+                "address": "192.0.2.10",
+                "primary": {"nodeSelector": {"matchLabels": {"role": "secondary"}}},
+            }),
+        )
+        .await;
+        env.eventually_condition("web-copy", "Ready", "False", "DuplicateAddress")
+            .await;
+        env.eventually_shared("192.0.2.10", &[101]).await;
+
+        // The owner Linode is a selected node: allowed, with a warning.
+        env.apply_sharedip("owned", spec("192.0.2.12")).await;
+        let s = env
+            .eventually_condition("owned", "Ready", "True", "Shared")
+            .await;
+        let st = s.status.unwrap();
+        assert_eq!(st.owner.and_then(|o| o.node).as_deref(), Some("node-a"));
+        assert!(st
+            .conditions
+            .iter()
+            .any(|c| c.message.contains("recycling it loses the address")));
+        eventually("owner warning event", || async {
+            let r = env.event_reasons("owned").await;
+            if r.iter().any(|(reason, _)| reason == "OwnerIsSelectedNode") {
+                Ok(())
+            } else {
+                Err(format!("{r:?}"))
+            }
+        })
+        .await;
+        // Deleting the first claimant hands the address to the duplicate.
+        env.delete_sharedip("web").await;
+        env.eventually_condition("web-copy", "Ready", "False", "NoUsableNodes")
+            .await;
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn api_faults_converge_without_lost_or_extra_shares() {
+    bounded(async {
+        let env = Env::start().await;
+        for (n, id) in [("node-a", 101), ("node-b", 102), ("node-c", 103)] {
+            let role = if n == "node-a" {
+                "primary"
+            } else {
+                "secondary"
+            };
+            env.add_node(n, &[("role", role)], Some(id)).await;
+        }
+        let faults = env.standin.faults();
+        faults
+            .inject(FaultRule::rate_limit(8, 1).path_prefix("/networking/ips/share"))
+            .expect("fault");
+        faults
+            .inject(FaultRule::server_error(6, 503))
+            .expect("fault");
+        faults
+            .inject(
+                FaultRule::server_error(4, 500)
+                    .method("GET")
+                    .path_prefix("/linode/instances"),
+            )
+            .expect("fault");
+        let _op = env.spawn_operator();
+        env.apply_sharedip("web", spec("192.0.2.10")).await;
+        env.apply_sharedip("api", spec("192.0.2.11")).await;
+        env.eventually_shared("192.0.2.10", &[101, 102, 103]).await;
+        env.eventually_shared("192.0.2.11", &[101, 102, 103]).await;
+        env.eventually_condition("web", "Ready", "True", "Shared")
+            .await;
+        env.eventually_condition("api", "Ready", "True", "Shared")
+            .await;
+        assert_eq!(faults.pending(), 0, "every injected fault was hit");
+        let all = env.by_linode();
+        for l in [101u64, 102, 103] {
+            let got: Vec<&str> = all[&l].iter().map(String::as_str).collect();
+            assert_eq!(got, vec!["192.0.2.10", "192.0.2.11"], "Linode {l}");
+        }
+        assert_eq!(all.len(), 3, "no share anywhere else: {all:?}");
+        let log = env.standin.request_log();
+        assert!(log.count_status("POST", "/networking/ips/share", 429) > 0);
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn share_call_failure_is_retried_and_surfaced() {
+    bounded(async {
+        let env = Env::start().await;
+        env.add_node("node-a", &[("role", "primary")], Some(101))
+            .await;
+        env.add_node("node-b", &[("role", "secondary")], Some(102))
+            .await;
+        env.standin
+            .faults()
+            .fail_share_for(
+                102,
+                sharedip_e2e::standin::ShareFailure {
+                    status: 400,
+                    reason: "Linode is busy".into(),
+                },
+            )
+            .expect("fault");
+        let _op = env.spawn_operator();
+        env.apply_sharedip("web", spec("192.0.2.10")).await;
+        let s = env
+            .eventually_condition("web", "Ready", "False", "LinodeAPIError")
+            .await;
+        let msg = s.status.unwrap().conditions[0].message.clone();
+        assert!(
+            msg.contains("Linode 102") && msg.contains("Linode is busy"),
+            "{msg}"
+        );
+        env.eventually_shared("192.0.2.10", &[101]).await;
+        env.standin.faults().clear_share_failure(102);
+        env.eventually_shared("192.0.2.10", &[101, 102]).await;
+        env.eventually_condition("web", "Ready", "True", "Shared")
+            .await;
+    })
+    .await;
+}
