@@ -182,10 +182,8 @@ async fn honours_retry_after_on_429_then_succeeds() {
         assert_eq!(c.get_linode(5).await.unwrap().id, 5);
         let reqs = server.requests();
         assert_eq!(reqs.len(), 2);
-        // A lower bound only (a sleep never ends early): the retry waited for Retry-After,
-        // not for the 1-5 ms backoff.
-        let waited = reqs[1].at - reqs[0].at;
-        assert!(waited >= Duration::from_millis(900), "waited {waited:?}");
+        // How long the retry waits (Retry-After, capped) is unit-tested on RetryPolicy::delay;
+        // wall-clock timing stays out of pass/fail assertions.
         assert_eq!(obs.statuses(), vec![Some(429), Some(200)]);
     })
     .await
