@@ -17,8 +17,8 @@ use kube::{Resource, ResourceExt};
 use serde_json::json;
 use sharedip_api::conditions::{self, Desired};
 use sharedip_api::{
-    ExcludedNode, OwnerStatus, Role, SharedAddress, SharedIP, SharedIPStatus, SharedLinode,
-    FINALIZER,
+    ExcludedNode, NodeStatus, OwnerStatus, Role, SharedAddress, SharedIP, SharedIPStatus,
+    SharedLinode, FINALIZER,
 };
 use tracing::{info, instrument, warn};
 
@@ -42,6 +42,10 @@ pub mod reason {
     pub const NO_USABLE_NODES: &str = "NoUsableNodes";
     pub const API_ERROR: &str = "LinodeAPIError";
     pub const OWNER_SELECTED: &str = "OwnerIsSelectedNode";
+    pub const READY: &str = "Ready";
+    pub const PRIMARY_ANNOUNCES: &str = "PrimaryAnnounces";
+    pub const SECONDARY_ANNOUNCES: &str = "SecondaryAnnounces";
+    pub const NOT_ANNOUNCED: &str = "NotAnnounced";
 }
 
 /// Timing of the reconciler.
@@ -187,7 +191,10 @@ fn previous(status: &SharedIPStatus) -> (Option<IpAddr>, BTreeMap<u64, SharedLin
 /// The operator-owned part of the status, computed by one reconcile.
 struct StatusUpdate {
     shared: Desired,
+    /// Ready as far as sharing goes; announcement is folded in by [`ready_condition`].
     ready: Desired,
+    /// Names of the selected nodes, whose agents' entries count for Announced.
+    selected: BTreeSet<String>,
     primary: Option<String>,
     secondary: Option<String>,
     owner: Option<OwnerStatus>,
@@ -202,6 +209,7 @@ impl StatusUpdate {
         Self {
             shared: Desired::new(conditions::SHARED, false, reason, message.clone()),
             ready: Desired::new(conditions::READY, false, reason, message),
+            selected: BTreeSet::new(),
             primary: None,
             secondary: None,
             owner: None,
@@ -215,16 +223,22 @@ impl StatusUpdate {
 async fn write_status(sip: &SharedIP, ctx: &Context, update: StatusUpdate) -> Result<(), Error> {
     let prev = sip.status.clone().unwrap_or_default();
     let generation = sip.metadata.generation;
+    let announced = announced_condition(&prev.nodes, &update.selected);
+    let ready = ready_condition(&update.ready, &announced);
     let conds = conditions::merge(
         &prev.conditions,
-        &[update.ready, update.shared],
+        &[ready, update.shared, announced],
         generation,
         Timestamp::now(),
     );
     // Only the operator's own conditions go into its apply patch: node agents may own others.
     let mine: Vec<_> = conds
         .into_iter()
-        .filter(|c| c.type_ == conditions::READY || c.type_ == conditions::SHARED)
+        .filter(|c| {
+            c.type_ == conditions::READY
+                || c.type_ == conditions::SHARED
+                || c.type_ == conditions::ANNOUNCED
+        })
         .collect();
     let mut shared_with = update.shared_with;
     shared_with.sort();
@@ -509,6 +523,7 @@ async fn apply(sip: Arc<SharedIP>, ctx: &Context) -> Result<Action, Error> {
         StatusUpdate {
             shared,
             ready,
+            selected: selected.iter().map(|n| n.name.clone()).collect(),
             primary: selection::summarize(&selected, Role::Primary),
             secondary: selection::summarize(&selected, Role::Secondary),
             owner: info.owner.map(|id| OwnerStatus {
@@ -528,6 +543,78 @@ async fn apply(sip: Arc<SharedIP>, ctx: &Context) -> Result<Action, Error> {
     } else {
         Err(Error::Share(describe_failures(&failures)))
     }
+}
+
+/// Announced, from the entries the node agents write: which selected nodes announce now.
+fn announced_condition(nodes: &[NodeStatus], selected: &BTreeSet<String>) -> Desired {
+    let entries: Vec<&NodeStatus> = nodes
+        .iter()
+        .filter(|n| selected.contains(&n.name))
+        .collect();
+    let by_role = |role: Role| -> Vec<&str> {
+        entries
+            .iter()
+            .filter(|n| n.announcing && n.role == Some(role))
+            .map(|n| n.name.as_str())
+            .collect()
+    };
+    let primaries = by_role(Role::Primary);
+    let secondaries = by_role(Role::Secondary);
+    if !primaries.is_empty() {
+        let mut msg = format!("announced by primary {}", primaries.join(", "));
+        if !secondaries.is_empty() {
+            msg.push_str(&format!(" and secondary {}", secondaries.join(", ")));
+        }
+        return Desired::new(conditions::ANNOUNCED, true, reason::PRIMARY_ANNOUNCES, msg);
+    }
+    if !secondaries.is_empty() {
+        return Desired::new(
+            conditions::ANNOUNCED,
+            true,
+            reason::SECONDARY_ANNOUNCES,
+            format!(
+                "no primary announces; failed over to secondary {}",
+                secondaries.join(", ")
+            ),
+        );
+    }
+    let why: Vec<String> = entries
+        .iter()
+        .map(|n| {
+            format!(
+                "{}: {}",
+                n.name,
+                n.reason.as_deref().unwrap_or("not announcing")
+            )
+        })
+        .collect();
+    let message = if entries.is_empty() {
+        "no node agent of a selected node reports this address yet; is the node agent DaemonSet running on the selected nodes?".to_string()
+    } else {
+        format!("no selected node announces: {}", why.join("; "))
+    };
+    Desired::new(conditions::ANNOUNCED, false, reason::NOT_ANNOUNCED, message)
+}
+
+/// Ready: shared with the Linodes of the selected nodes, and announced by one of them.
+fn ready_condition(sharing: &Desired, announced: &Desired) -> Desired {
+    if !sharing.status {
+        return sharing.clone();
+    }
+    if !announced.status {
+        return Desired::new(
+            conditions::READY,
+            false,
+            announced.reason.clone(),
+            format!("{}; {}", sharing.message, announced.message),
+        );
+    }
+    Desired::new(
+        conditions::READY,
+        true,
+        reason::READY,
+        format!("{}; {}", sharing.message, announced.message),
+    )
 }
 
 fn describe_failures(failures: &[(u64, &ApiError)]) -> String {
@@ -772,6 +859,59 @@ async fn cleanup(sip: Arc<SharedIP>, ctx: &Context) -> Result<Action, Error> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn entry(name: &str, role: Role, announcing: bool, why: &str) -> NodeStatus {
+        NodeStatus {
+            name: name.into(),
+            role: Some(role),
+            announcing,
+            reason: Some(why.into()),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn announced_counts_only_selected_nodes() {
+        let nodes = vec![
+            entry("a", Role::Primary, false, "Draining"),
+            entry("b", Role::Secondary, true, "Announced"),
+            entry("gone", Role::Primary, true, "Announced"),
+        ];
+        let selected: BTreeSet<String> = ["a", "b"].into_iter().map(String::from).collect();
+        let c = announced_condition(&nodes, &selected);
+        assert!(c.status);
+        assert_eq!(c.reason, reason::SECONDARY_ANNOUNCES);
+        assert!(c.message.contains("secondary b"), "{}", c.message);
+
+        let only_a: BTreeSet<String> = ["a".to_string()].into();
+        let c = announced_condition(&nodes, &only_a);
+        assert!(!c.status);
+        assert!(c.message.contains("a: Draining"), "{}", c.message);
+
+        let c = announced_condition(&[], &only_a);
+        assert_eq!(c.reason, reason::NOT_ANNOUNCED);
+        assert!(c.message.contains("DaemonSet"));
+    }
+
+    #[test]
+    fn ready_needs_sharing_and_announcement() {
+        let shared = Desired::new(conditions::READY, true, "Shared", "shared with 2 Linode(s)");
+        let not_shared = Desired::new(conditions::READY, false, "LinodeAPIError", "boom");
+        let yes = Desired::new(
+            conditions::ANNOUNCED,
+            true,
+            reason::PRIMARY_ANNOUNCES,
+            "by a",
+        );
+        let no = Desired::new(conditions::ANNOUNCED, false, reason::NOT_ANNOUNCED, "none");
+        assert_eq!(ready_condition(&not_shared, &yes).reason, "LinodeAPIError");
+        let r = ready_condition(&shared, &no);
+        assert!(!r.status);
+        assert_eq!(r.reason, reason::NOT_ANNOUNCED);
+        let r = ready_condition(&shared, &yes);
+        assert!(r.status);
+        assert_eq!(r.reason, reason::READY);
+    }
 
     #[test]
     fn backoff_grows_and_caps() {

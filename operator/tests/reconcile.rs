@@ -30,7 +30,7 @@ async fn create_update_delete() {
         env.apply_sharedip("web", spec("192.0.2.10")).await;
         env.eventually_shared("192.0.2.10", &[101, 102]).await;
         let sip = env
-            .eventually_condition("web", "Ready", "True", "Shared")
+            .eventually_condition("web", "Shared", "True", "Shared")
             .await;
         let status = sip.status.expect("status");
         assert_eq!(status.primary.as_deref(), Some("node-a"));
@@ -109,7 +109,7 @@ async fn nodes_join_leave_relabel_and_get_provider_ids() {
         // A node without providerID is reported, then taken in when the CCM sets it.
         env.add_node("node-e", &[("role", "secondary")], None).await;
         let sip = env
-            .eventually_condition("web", "Ready", "True", "Shared")
+            .eventually_condition("web", "Shared", "True", "Shared")
             .await;
         eventually("node-e excluded", || async {
             let sip = env.get("web").await.ok_or("missing")?;
@@ -226,7 +226,7 @@ async fn failures_are_reported_in_status_and_events() {
         let s = env
             .eventually_condition("missing", "Ready", "False", "AddressNotInAccount")
             .await;
-        let msg = &s.status.unwrap().conditions[0].message;
+        let msg = &ready_message(&s);
         assert!(msg.contains("192.0.2.99"), "{msg}");
 
         // Other region and unknown Linode are excluded; the rest is shared.
@@ -264,7 +264,7 @@ async fn failures_are_reported_in_status_and_events() {
         // The owner Linode is a selected node: allowed, with a warning.
         env.apply_sharedip("owned", spec("192.0.2.12")).await;
         let s = env
-            .eventually_condition("owned", "Ready", "True", "Shared")
+            .eventually_condition("owned", "Shared", "True", "Shared")
             .await;
         let st = s.status.unwrap();
         assert_eq!(st.owner.and_then(|o| o.node).as_deref(), Some("node-a"));
@@ -320,9 +320,9 @@ async fn api_faults_converge_without_lost_or_extra_shares() {
         env.apply_sharedip("api", spec("192.0.2.11")).await;
         env.eventually_shared("192.0.2.10", &[101, 102, 103]).await;
         env.eventually_shared("192.0.2.11", &[101, 102, 103]).await;
-        env.eventually_condition("web", "Ready", "True", "Shared")
+        env.eventually_condition("web", "Shared", "True", "Shared")
             .await;
-        env.eventually_condition("api", "Ready", "True", "Shared")
+        env.eventually_condition("api", "Shared", "True", "Shared")
             .await;
         assert_eq!(faults.pending(), 0, "every injected fault was hit");
         let all = env.by_linode();
@@ -360,7 +360,7 @@ async fn share_call_failure_is_retried_and_surfaced() {
         let s = env
             .eventually_condition("web", "Ready", "False", "LinodeAPIError")
             .await;
-        let msg = s.status.unwrap().conditions[0].message.clone();
+        let msg = ready_message(&s);
         assert!(
             msg.contains("Linode 102") && msg.contains("Linode is busy"),
             "{msg}"
@@ -368,8 +368,104 @@ async fn share_call_failure_is_retried_and_surfaced() {
         env.eventually_shared("192.0.2.10", &[101]).await;
         env.standin.faults().clear_share_failure(102);
         env.eventually_shared("192.0.2.10", &[101, 102]).await;
-        env.eventually_condition("web", "Ready", "True", "Shared")
+        env.eventually_condition("web", "Shared", "True", "Shared")
             .await;
     })
     .await;
+}
+
+/// The agents' entries in status.nodes drive Announced and Ready; the operator's server-side
+/// apply never removes them, and an agent's apply never removes the operator's fields.
+#[tokio::test]
+async fn agents_status_entries_drive_announced_and_ready() {
+    bounded(async {
+        let env = Env::start().await;
+        env.add_node("node-a", &[("role", "primary")], Some(101))
+            .await;
+        env.add_node("node-b", &[("role", "secondary")], Some(102))
+            .await;
+        let _op = env.spawn_operator();
+        env.apply_sharedip("web", spec("192.0.2.10")).await;
+        env.eventually_condition("web", "Shared", "True", "Shared")
+            .await;
+        let s = env
+            .eventually_condition("web", "Ready", "False", "NotAnnounced")
+            .await;
+        let ann = s
+            .status
+            .unwrap()
+            .conditions
+            .into_iter()
+            .find(|c| c.type_ == "Announced")
+            .expect("Announced condition");
+        assert!(ann.message.contains("DaemonSet"), "{}", ann.message);
+
+        // What node agents write: each its own entry, with its own field manager.
+        let agent_apply =
+            |node: &'static str, role: &'static str, announcing: bool, why: &'static str| {
+                let api = env.sharedips();
+                async move {
+                    let patch = json!({
+                        "apiVersion": "sharedip.io/v1alpha1",
+                        "kind": "SharedIP",
+                        "status": {"nodes": [{
+                            "name": node, "role": role, "announcing": announcing, "reason": why,
+                            "sessionsEstablished": 4, "sessionsTotal": 4,
+                        }]},
+                    });
+                    api.patch_status(
+                        "web",
+                        &kube::api::PatchParams::apply(&format!("sharedip-node-agent/{node}"))
+                            .force(),
+                        &kube::api::Patch::Apply(&patch),
+                    )
+                    .await
+                    .expect("agent status apply");
+                }
+            };
+        agent_apply("node-b", "Secondary", true, "Announced").await;
+        env.eventually_condition("web", "Announced", "True", "SecondaryAnnounces")
+            .await;
+        agent_apply("node-a", "Primary", true, "Announced").await;
+        let s = env
+            .eventually_condition("web", "Ready", "True", "Ready")
+            .await;
+        let st = s.status.unwrap();
+        assert_eq!(
+            st.nodes.len(),
+            2,
+            "both agents' entries kept: {:?}",
+            st.nodes
+        );
+        assert_eq!(st.shared_linode_count, Some(2), "operator fields kept");
+        agent_apply("node-a", "Primary", false, "Draining").await;
+        env.eventually_condition("web", "Announced", "True", "SecondaryAnnounces")
+            .await;
+        agent_apply("node-b", "Secondary", false, "ReadinessGateFailed").await;
+        let s = env
+            .eventually_condition("web", "Ready", "False", "NotAnnounced")
+            .await;
+        let ready = s
+            .status
+            .unwrap()
+            .conditions
+            .into_iter()
+            .find(|c| c.type_ == "Ready")
+            .unwrap();
+        assert!(
+            ready.message.contains("node-a: Draining")
+                && ready.message.contains("node-b: ReadinessGateFailed"),
+            "{}",
+            ready.message
+        );
+    })
+    .await;
+}
+
+fn ready_message(s: &sharedip_api::SharedIP) -> String {
+    s.status
+        .as_ref()
+        .and_then(|st| st.conditions.iter().find(|c| c.type_ == "Ready"))
+        .map(|c| c.message.clone())
+        .unwrap_or_default()
 }

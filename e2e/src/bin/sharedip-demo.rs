@@ -223,6 +223,7 @@ async fn run() -> Result<()> {
     show_sharing(&standin);
     wait_ready(&cp).await?;
     kubectl(&cp, &["get", "sharedips"]).await?;
+    say("SHARED counts the Linodes the operator shared the address with. READY also needs a node\nagent to announce the address over BGP; no agent runs in this demo, so it stays False with\nreason NotAnnounced (see `kubectl describe` below).");
 
     step(
         5,
@@ -346,7 +347,7 @@ async fn wait_ready(cp: &ControlPlane) -> Result<()> {
                     && st
                         .conditions
                         .iter()
-                        .any(|c| c.type_ == "Ready" && c.status == "True")
+                        .any(|c| c.type_ == "Shared" && c.status == "True")
                     && st.primary.is_some()
             });
             if ready {
@@ -354,7 +355,7 @@ async fn wait_ready(cp: &ControlPlane) -> Result<()> {
             }
         }
         if start.elapsed() > Duration::from_secs(60) {
-            bail!("SharedIP not Ready within 60 s");
+            bail!("SharedIP not Shared within 60 s");
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
