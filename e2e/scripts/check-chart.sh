@@ -4,7 +4,10 @@
 #   * `helm lint --strict` with the values files in charts/sharedip/ci/;
 #   * `helm template` of each, parsed and checked object by object (kinds, names, labels, the
 #     operator pod's security settings, env, probes, token mount, least-privilege RBAC, no token
-#     leaking outside its Secret, ...);
+#     leaking outside its Secret; the node agent DaemonSet's host network, non-privileged
+#     NET_ADMIN-only security context, NODE_NAME from spec.nodeName, state hostPath,
+#     tolerations, priority class, probes, environment (each variable one the agent reads in
+#     node-agent/src/config.rs) and its exact RBAC, ...);
 #   * NOTES.txt renders;
 #   * values that must be rejected (by values.schema.json or by the templates) really are;
 #   * the CRD in the chart equals crds/ (written by `cargo run -p sharedip-operator --bin crdgen`),
@@ -54,13 +57,18 @@ echo "check-chart: helm $("$HELM" version --short), Kubernetes $KUBE_VERSION, $C
 
 # ------------------------------------------------------------------ python checks of rendered YAML
 cat >"$WORK/check_rendered.py" <<'PY'
-"""Checks of one `helm template` output. argv: scenario, file, release namespace."""
+"""Checks of one `helm template` output. argv: scenario, file, release namespace, and the node
+agent's config.rs (the environment variables it reads; may be missing)."""
 import base64
+import os
+import re
 import sys
 
 import yaml
 
-scenario, path, ns = sys.argv[1], sys.argv[2], sys.argv[3]
+scenario, path, ns, agent_config = sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4]
+# Scenarios without the node agent (agent.enabled=false); "no-rbac" has neither component's RBAC.
+AGENT = scenario != "agent-disabled"
 TOKEN = "0000000000000000000000000000000000000000000000000000000000000000"
 errors = []
 
@@ -83,6 +91,15 @@ for d in docs:
 
 def by_kind(kind):
     return [o for (k, _), o in objs.items() if k == kind]
+
+
+def component(o):
+    return (o["metadata"].get("labels") or {}).get("app.kubernetes.io/component")
+
+
+def of(kind, comp):
+    """Objects of `kind` that belong to component `comp` ("operator", "agent")."""
+    return [o for o in by_kind(kind) if component(o) == comp]
 
 
 def one(kind):
@@ -121,11 +138,30 @@ expected_kinds = {
     "single-replica": ["ClusterRole", "ClusterRoleBinding", "Deployment", "Role", "RoleBinding", "Secret",
                        "ServiceAccount"],
     "no-rbac": ["Deployment", "PodDisruptionBudget", "Secret"],
+    "agent-disabled": ["ClusterRole", "ClusterRoleBinding", "Deployment", "PodDisruptionBudget", "Role",
+                       "RoleBinding", "Secret", "ServiceAccount"],
 }[scenario]
+if AGENT:
+    expected_kinds = sorted(set(expected_kinds) | {"DaemonSet"})
 check(kinds == expected_kinds, f"kinds {kinds}, want {expected_kinds}")
+
+# Exactly these objects per component (names included): the agent adds a DaemonSet, and unless
+# RBAC is off its ServiceAccount, ClusterRole and ClusterRoleBinding; nothing namespaced-RBAC.
+agent_sa = "custom-agent-sa" if scenario == "full" else "sharedip-agent"
+want_agent = set()
+if AGENT:
+    want_agent = {("DaemonSet", "sharedip-agent")}
+    if scenario != "no-rbac":
+        want_agent |= {("ServiceAccount", agent_sa), ("ClusterRole", "sharedip-agent"),
+                       ("ClusterRoleBinding", "sharedip-agent")}
+got_agent = {k for k, o in objs.items() if component(o) == "agent"}
+check(got_agent == want_agent, f"agent objects {sorted(got_agent)}, want {sorted(want_agent)}")
+for k, o in objs.items():
+    check(component(o) in ("operator", "agent", None), f"{k}: unknown component {component(o)!r}")
 
 # ---------------------------------------------------------------- operator Deployment
 dep = one("Deployment")
+check(component(dep) == "operator", "the Deployment is not the operator's")
 spec = dep.get("spec", {})
 pod = spec.get("template", {}).get("spec", {})
 want_replicas = {"full": 3, "single-replica": 1}.get(scenario, 2)
@@ -262,22 +298,49 @@ WANT_CLUSTER = expand({
     ("", "events"): ["create", "patch"],
 })
 WANT_NS = expand({("coordination.k8s.io", "leases"): ["get", "list", "watch", "create", "update", "patch"]})
+# The node agent runs on every node: read-only on Nodes, SharedIPs and Pods, its status entry by
+# server-side apply (patch), Events. No Secrets, no Leases, no writes to Nodes or Pods.
+WANT_AGENT = expand({
+    ("", "nodes"): ["get", "list", "watch"],
+    ("sharedip.io", "sharedips"): ["get", "list", "watch"],
+    ("sharedip.io", "sharedips/status"): ["get", "patch"],
+    ("", "pods"): ["get", "list", "watch"],
+    ("events.k8s.io", "events"): ["create", "patch"],
+    ("", "events"): ["create", "patch"],
+})
+SA_OF = {"operator": sa_name, "agent": agent_sa}
 for role in by_kind("ClusterRole") + by_kind("Role"):
     rules = role.get("rules", [])
     got = norm(rules)
-    want = WANT_CLUSTER if role["kind"] == "ClusterRole" else WANT_NS
-    check(got == want, f"{role['kind']} rules differ: extra {sorted(got - want)}, missing {sorted(want - got)}")
+    comp = component(role)
+    if comp == "agent":
+        check(role["kind"] == "ClusterRole", f"agent {role['kind']}/{role['metadata']['name']}: only a ClusterRole")
+        want = WANT_AGENT
+    else:
+        want = WANT_CLUSTER if role["kind"] == "ClusterRole" else WANT_NS
+    what = f"{comp} {role['kind']}"
+    check(got == want, f"{what} rules differ: extra {sorted(got - want)}, missing {sorted(want - got)}")
     for g, res, v in got:
-        check("*" not in (g, res, v), f"{role['kind']}: wildcard in rule {(g, res, v)}")
-        check(res.split("/")[0] != "secrets", f"{role['kind']}: grants access to Secrets")
+        check("*" not in (g, res, v), f"{what}: wildcard in rule {(g, res, v)}")
+        check(res.split("/")[0] != "secrets", f"{what}: grants access to Secrets")
+        if comp == "agent":
+            check(res.split("/")[0] != "leases", f"{what}: grants access to Leases")
+            check(v in ("get", "list", "watch") or res in ("sharedips/status", "events"),
+                  f"{what}: write access {(g, res, v)}")
+    for r in rules:
+        check(not r.get("resourceNames") and not r.get("nonResourceURLs"), f"{what}: unexpected rule {r}")
 for b in by_kind("ClusterRoleBinding") + by_kind("RoleBinding"):
     ref_kind = "ClusterRole" if b["kind"] == "ClusterRoleBinding" else "Role"
     check(b["roleRef"]["kind"] == ref_kind and (ref_kind, b["roleRef"]["name"]) in objs,
           f"{b['kind']}/{b['metadata']['name']} refers to a missing {ref_kind}")
-    check(b["subjects"] == [{"kind": "ServiceAccount", "name": sa_name, "namespace": ns}],
+    check(component(objs.get((ref_kind, b["roleRef"]["name"]), {"metadata": {}})) == component(b),
+          f"{b['kind']}/{b['metadata']['name']} binds another component's {ref_kind}")
+    want_sa = SA_OF.get(component(b))
+    check(b["subjects"] == [{"kind": "ServiceAccount", "name": want_sa, "namespace": ns}],
           f"{b['kind']} subjects {b['subjects']}")
 for sa in by_kind("ServiceAccount"):
-    check(sa["metadata"]["name"] == sa_name, f"ServiceAccount name {sa['metadata']['name']}")
+    check(sa["metadata"]["name"] == SA_OF.get(component(sa)), f"ServiceAccount name {sa['metadata']['name']}")
+    check(sa["metadata"]["name"] != sa_name or component(sa) == "operator", "agent and operator share a ServiceAccount")
 
 # ---------------------------------------------------------------- metrics
 if scenario == "full":
@@ -290,6 +353,150 @@ if scenario == "full":
     check(ep["port"] == "http-metrics" and ep["path"] == "/metrics", "ServiceMonitor endpoint")
     check(all(svc["metadata"]["labels"].get(k) == v for k, v in sm["spec"]["selector"]["matchLabels"].items()),
           "ServiceMonitor does not select the metrics Service")
+
+# ---------------------------------------------------------------- node agent DaemonSet
+def agent_env_names():
+    """Environment variables the agent reads (`env = "X"` in node-agent/src/config.rs)."""
+    if not os.path.exists(agent_config):
+        return None
+    return set(re.findall(r'env\s*=\s*"([A-Z0-9_]+)"', open(agent_config).read()))
+
+
+def seconds(d):
+    m = re.fullmatch(r"([0-9]+)(ms|s|m)", d)
+    n, unit = int(m.group(1)), m.group(2)
+    return {"ms": -(-n // 1000), "s": n, "m": n * 60}[unit]
+
+
+for ds in by_kind("DaemonSet"):
+    full = scenario == "full"
+    check(ds["metadata"]["name"] == "sharedip-agent" and component(ds) == "agent", "DaemonSet name / component")
+    dspec = ds.get("spec", {})
+    dsel = dspec.get("selector", {}).get("matchLabels", {})
+    dtpl = dspec.get("template", {})
+    dlabels = dtpl.get("metadata", {}).get("labels", {})
+    check(dsel.get("app.kubernetes.io/component") == "agent", "agent selector lacks component=agent")
+    check(dsel and all(dlabels.get(k) == v for k, v in dsel.items()), "agent pod labels do not match its selector")
+    check(not all(dlabels.get(k) == v for k, v in sel.items()), "the operator's selector matches the agent pods")
+    check(not all(tpl_labels.get(k) == v for k, v in dsel.items()), "the agent's selector matches the operator pods")
+    us = dspec.get("updateStrategy", {})
+    ru = us.get("rollingUpdate", {})
+    check(us.get("type") == "RollingUpdate" and ru.get("maxUnavailable") == (2 if full else 1),
+          f"updateStrategy {us}")
+    check(ru.get("maxSurge", 0) == 0, "maxSurge must be 0 (two agents on one node)")
+    check(dspec.get("minReadySeconds") == (20 if full else 10), f"minReadySeconds {dspec.get('minReadySeconds')}")
+
+    apod = dtpl.get("spec", {})
+    check(apod.get("hostNetwork") is True, "agent: hostNetwork must be true")
+    check(apod.get("dnsPolicy") == "ClusterFirstWithHostNet", "agent: dnsPolicy ClusterFirstWithHostNet")
+    check(not apod.get("hostPID") and not apod.get("hostIPC"), "agent: no hostPID / hostIPC")
+    check(apod.get("serviceAccountName") == agent_sa, f"agent serviceAccountName {apod.get('serviceAccountName')!r}")
+    check(apod.get("automountServiceAccountToken") is True, "the agent needs its ServiceAccount token")
+    check(apod.get("priorityClassName") == ("custom-node-critical" if full else "system-node-critical"),
+          f"agent priorityClassName {apod.get('priorityClassName')!r}")
+    want_tol = ([{"key": "dedicated", "operator": "Equal", "value": "ingress", "effect": "NoSchedule"}]
+                if full else [{"operator": "Exists"}])
+    check(apod.get("tolerations") == want_tol, f"agent tolerations {apod.get('tolerations')}")
+    if full:
+        check(apod.get("nodeSelector") == {"sharedip.io/agent": "true"}, "agent nodeSelector")
+        check("nodeAffinity" in apod.get("affinity", {}), "agent affinity")
+        check(apod.get("imagePullSecrets") == [{"name": "registry-credentials"}], "agent imagePullSecrets")
+        check(dlabels.get("team") == "network", "agent podLabels")
+        check(dtpl["metadata"].get("annotations", {}).get("prometheus.io/scrape") == "false", "agent podAnnotations")
+        check(ds["metadata"].get("annotations", {}).get("example.com/owner") == "network", "daemonSetAnnotations")
+    else:
+        check("nodeSelector" not in apod and "affinity" not in apod, "agent: no node restriction by default")
+
+    acs = apod.get("containers", [])
+    check(len(acs) == 1, "agent: want one container")
+    ac = acs[0] if acs else {}
+    aimage = ac.get("image", "")
+    if full:
+        check(aimage == "ghcr.io/sharedip/sharedip-node-agent@sha256:" + "fedcba9876543210" * 4,
+              f"agent image {aimage!r} not pinned by the digest")
+    else:
+        check(aimage == "ghcr.io/sharedip/sharedip-node-agent:0.1.0", f"agent image {aimage!r}")
+    check(ac.get("args") == (["run", "--neighbor-count=2"] if full else ["run"]), f"agent args {ac.get('args')}")
+    check("command" not in ac, "agent: the image's entrypoint must not be replaced")
+
+    asc = ac.get("securityContext", {})
+    psc_a = apod.get("securityContext", {})
+    check(not asc.get("privileged") and not psc_a.get("privileged"), "agent must not be privileged")
+    check(asc.get("allowPrivilegeEscalation") is False, "agent allowPrivilegeEscalation")
+    check(asc.get("readOnlyRootFilesystem") is True, "agent readOnlyRootFilesystem")
+    check(asc.get("runAsUser") == 0, "agent runAsUser 0 (capabilities are only effective for root)")
+    caps = asc.get("capabilities", {})
+    check(caps.get("drop") == ["ALL"], f"agent capabilities drop {caps.get('drop')}, want [ALL]")
+    check(caps.get("add") == ["NET_ADMIN"], f"agent capabilities add {caps.get('add')}, want only NET_ADMIN")
+    check((asc.get("seccompProfile") or psc_a.get("seccompProfile") or {}).get("type") == "RuntimeDefault",
+          "agent seccomp RuntimeDefault")
+    check(not psc_a.get("sysctls"), "agent: no sysctls")
+
+    aenv = {}
+    for e in ac.get("env", []):
+        check("value" in e or "valueFrom" in e, f"agent env {e.get('name')} has neither value nor valueFrom")
+        if "value" in e:
+            check(isinstance(e["value"], str), f"agent env {e['name']} value is not a string: {e['value']!r}")
+        check(e["name"] not in aenv, f"agent env {e['name']} twice")
+        aenv[e["name"]] = e
+    aval = lambda n: aenv.get(n, {}).get("value")
+    check(aenv.get("NODE_NAME", {}).get("valueFrom", {}).get("fieldRef", {}).get("fieldPath") == "spec.nodeName",
+          "agent NODE_NAME not from the downward API's spec.nodeName")
+    aport = 9181 if full else 9180
+    want_env = {
+        "HTTP_ADDR": "127.0.0.1:9181" if full else "0.0.0.0:9180",
+        "STATE_FILE": "/var/lib/sharedip/bound.json",
+        "INTERFACE": "dummy0" if full else "lo",
+        "SHUTDOWN_TIMEOUT": "45s" if full else "20s",
+        "LOG_FORMAT": "text" if full else "json",
+        "LOG_LEVEL": "sharedip_node_agent=debug,info" if full else "info",
+    }
+    optional_env = {"DCID": "18", "NEIGHBOR_PATTERN": "2001:db8:%d:34::%d", "MULTIHOP_TTL": "10",
+                    "LOCAL_ASN": "4200000001", "PEER_ASN": "65000", "PRIMARY_COMMUNITY": "63949:1:1",
+                    "SECONDARY_COMMUNITY": "63949:1:2", "HOLD_TIME": "3", "UNBIND_DELAY": "3s"}
+    if full:
+        want_env.update(optional_env)
+    for n, v in want_env.items():
+        check(aval(n) == v, f"agent env {n}={aval(n)!r}, want {v!r}")
+    extra = set(aenv) - set(want_env) - {"NODE_NAME"}
+    check(not extra, f"agent env: unexpected {sorted(extra)} (unset options must not be passed)")
+    known = agent_env_names()
+    if known is not None:
+        unknown = set(aenv) - known
+        check(not unknown, f"agent env {sorted(unknown)} not read by the agent (node-agent/src/config.rs)")
+
+    aports = {p["name"]: p for p in ac.get("ports", [])}
+    check(aports.get("http", {}).get("containerPort") == aport, f"agent container port http, want {aport}")
+    check("hostPort" not in aports.get("http", {}) or aports["http"]["hostPort"] == aport, "agent hostPort")
+    for probe, path_ in (("livenessProbe", "/healthz"), ("readinessProbe", "/readyz")):
+        pr = ac.get(probe, {})
+        hg = pr.get("httpGet", {})
+        check(hg.get("path") == path_ and hg.get("port") == "http", f"agent {probe} not on {path_} port http")
+        check(hg.get("host") == ("127.0.0.1" if full else None), f"agent {probe} host {hg.get('host')!r}")
+        check("enabled" not in pr, f"agent {probe} carries the values-only key 'enabled'")
+    ares = ac.get("resources", {})
+    check(ares.get("requests", {}).get("memory") and ares.get("limits", {}).get("memory"),
+          "agent memory request/limit missing")
+    check("cpu" not in ares.get("limits", {}), "agent: no CPU limit (throttling delays keepalives)")
+
+    grace = apod.get("terminationGracePeriodSeconds")
+    check(grace == (60 if full else 30), f"agent terminationGracePeriodSeconds {grace}")
+    check(isinstance(grace, int) and grace > seconds(want_env["SHUTDOWN_TIMEOUT"]),
+          "agent grace period not longer than SHUTDOWN_TIMEOUT")
+
+    avols = {v["name"]: v for v in apod.get("volumes", [])}
+    amounts = {m["name"]: m for m in ac.get("volumeMounts", [])}
+    hp = avols.get("state", {}).get("hostPath", {})
+    check(hp == {"path": "/var/lib/custom-sharedip" if full else "/var/lib/sharedip", "type": "DirectoryOrCreate"},
+          f"agent state hostPath {hp}")
+    check(amounts.get("state", {}).get("mountPath") == "/var/lib/sharedip" and not amounts["state"].get("readOnly"),
+          "agent state mount at /var/lib/sharedip, writable")
+    check(os.path.dirname(want_env["STATE_FILE"]) == amounts.get("state", {}).get("mountPath"),
+          "STATE_FILE is not on the state volume")
+    host_paths = [n for n, v in avols.items() if "hostPath" in v]
+    check(host_paths == ["state"], f"agent hostPath volumes {host_paths}, want only the state directory")
+    if full:
+        check("tmp" in avols and amounts.get("tmp", {}).get("mountPath") == "/tmp", "agent extraVolumes/Mounts")
 
 if errors:
     for e in errors:
@@ -322,7 +529,7 @@ check_scenario() { # check_scenario <scenario> <label> <helm args...>
   if ! render "$out" "$@"; then
     fail "render $label"; sed 's/^/        /' "$out.err"; return
   fi
-  if python3 "$WORK/check_rendered.py" "$scenario" "$out" "$NS" >"$out.check"; then
+  if python3 "$WORK/check_rendered.py" "$scenario" "$out" "$NS" "$ROOT/node-agent/src/config.rs" >"$out.check"; then
     pass "render $label: $(cat "$out.check")"
   else
     fail "render $label"; cat "$out.check"
@@ -333,7 +540,10 @@ check_scenario existing-secret "existingSecret" -f "$CHART/ci/existing-secret-va
 check_scenario full "every option" -f "$CHART/ci/full-values.yaml"
 check_scenario single-replica "1 replica (no PDB)" -f "$CHART/ci/token-values.yaml" --set operator.replicaCount=1
 check_scenario no-rbac "rbac.create=false" -f "$CHART/ci/token-values.yaml" --set operator.rbac.create=false \
-  --set operator.serviceAccount.create=false --set operator.serviceAccount.name=sharedip-operator
+  --set operator.serviceAccount.create=false --set operator.serviceAccount.name=sharedip-operator \
+  --set agent.rbac.create=false --set agent.serviceAccount.create=false --set agent.serviceAccount.name=sharedip-agent
+check_scenario agent-disabled "agent.enabled=false (operator only)" -f "$CHART/ci/token-values.yaml" \
+  --set agent.enabled=false
 # A token passed with --set-file ends with a newline; the Secret must hold the bare token.
 printf '0000000000000000000000000000000000000000000000000000000000000000\n' >"$WORK/token-file"
 check_scenario token "token from --set-file (trailing newline)" --set-file linode.token="$WORK/token-file"
@@ -351,13 +561,21 @@ check_notes() { # check_notes <label> <helm args...>
   printf 'notes: |\n  {{- tpl (.Files.Get "notes-source.txt") . | nindent 2 }}\n' >"$copy/templates/zz-notes.yaml"
   if "$HELM" template "$RELEASE" "$copy" --namespace "$NS" --kube-version "$KUBE_VERSION" \
       --show-only templates/zz-notes.yaml "$@" >"$WORK/notes.yaml" 2>"$WORK/notes.err" \
-    && python3 - "$WORK/notes.yaml" <<'PY'
+    && python3 - "$WORK/notes.yaml" "$label" <<'PY'
 import sys, yaml
 notes = yaml.safe_load(open(sys.argv[1]))["notes"]
 need = ["kubectl get sharedips", "kubectl describe sharedip", "apiVersion: sharedip.io/v1alpha1",
         "get lease sharedip-operator", "192.0.2.10"]
+agent = ["get daemonset sharedip-agent", "app.kubernetes.io/component=agent", "sharedip-node-agent status",
+         "sharedip.io/drain=true"]
+if sys.argv[2] == "agent disabled":
+    need.append("agent.enabled=false")
+    bad_agent = [a for a in agent if a in notes]
+else:
+    need += agent
+    bad_agent = []
 missing = [n for n in need if n not in notes]
-bad = [b for b in ("<no value>", "%!") if b in notes]
+bad = [b for b in ("<no value>", "%!") if b in notes] + bad_agent
 for m in missing:
     print(f"        NOTES.txt lacks {m!r}")
 for b in bad:
@@ -372,6 +590,7 @@ PY
 }
 check_notes "token" -f "$CHART/ci/token-values.yaml"
 check_notes "every option" -f "$CHART/ci/full-values.yaml" --set operator.leaderElection.leaseName=sharedip-operator
+check_notes "agent disabled" -f "$CHART/ci/token-values.yaml" --set agent.enabled=false
 
 # ------------------------------------------------------------------ values that must be rejected
 section "rejected values"
@@ -411,6 +630,35 @@ expect_reject "2 replicas without leader election" "leaderElection.enabled must 
   --set operator.leaderElection.enabled=false
 expect_reject "no ServiceAccount name when create=false" "serviceAccount.name is required" "${TOK[@]}" \
   --set operator.serviceAccount.create=false
+# The node agent's section.
+expect_reject "typo in agent key (enable)" "additional properties 'enable' not allowed" "${TOK[@]}" --set agent.enable=false
+expect_reject "agent.enabled not a boolean" "/agent/enabled.*want boolean" "${TOK[@]}" --set-string agent.enabled=yes
+expect_reject "agent privileged" "/agent/securityContext/privileged" "${TOK[@]}" --set agent.securityContext.privileged=true
+expect_reject "agent dcid out of range" "/agent/dcid" "${TOK[@]}" --set agent.dcid=70000
+expect_reject "agent neighborPattern with one %d" "/agent/neighborPattern" "${TOK[@]}" \
+  --set 'agent.neighborPattern=2001:db8::%d'
+expect_reject "agent holdTime 2 (0 or >= 3)" "/agent/holdTime" "${TOK[@]}" --set agent.holdTime=2
+expect_reject "agent multihopTTL 256" "/agent/multihopTTL" "${TOK[@]}" --set agent.multihopTTL=256
+expect_reject "agent localASN 0" "/agent/localASN" "${TOK[@]}" --set agent.localASN=0
+expect_reject "agent peerASN above 32 bits" "/agent/peerASN" "${TOK[@]}" --set agent.peerASN=4294967296
+expect_reject "agent community not ASN:VALUE" "/agent/primaryCommunity" "${TOK[@]}" --set agent.primaryCommunity=65000-1
+expect_reject "agent interface name too long" "/agent/interface" "${TOK[@]}" --set agent.interface=a-very-long-interface0
+expect_reject "agent stateHostPath relative" "/agent/stateHostPath" "${TOK[@]}" --set agent.stateHostPath=var/lib/sharedip
+expect_reject "agent shutdownTimeout not a duration" "/agent/shutdownTimeout" "${TOK[@]}" --set agent.shutdownTimeout=soon
+expect_reject "agent grace period not above shutdownTimeout" "terminationGracePeriodSeconds \\(30\\) must be greater" \
+  "${TOK[@]}" --set agent.shutdownTimeout=30s
+expect_reject "agent grace period below shutdownTimeout in minutes" "must be greater than agent.shutdownTimeout" \
+  "${TOK[@]}" --set agent.shutdownTimeout=1m
+expect_reject "agent maxSurge (two agents per node)" "/agent/updateStrategy/rollingUpdate/maxSurge" "${TOK[@]}" \
+  --set agent.updateStrategy.rollingUpdate.maxSurge=1
+expect_reject "agent updateStrategy type" "/agent/updateStrategy/type" "${TOK[@]}" --set agent.updateStrategy.type=Recreate
+expect_reject "agent port out of range" "/agent/http/port.*minimum" "${TOK[@]}" --set agent.http.port=0
+expect_reject "agent bindAddress not an IP" "/agent/http/bindAddress" "${TOK[@]}" --set agent.http.bindAddress=localhost
+expect_reject "agent log format xml" "/agent/logging/format" "${TOK[@]}" --set agent.logging.format=xml
+expect_reject "agent bad image digest" "/agent/image/digest" "${TOK[@]}" --set agent.image.digest=latest
+expect_reject "agent tolerations not a list" "/agent/tolerations.*want array" "${TOK[@]}" --set agent.tolerations=all
+expect_reject "agent: no ServiceAccount name when create=false" "agent.serviceAccount.name is required" "${TOK[@]}" \
+  --set agent.serviceAccount.create=false
 
 # ------------------------------------------------------------------ CRD and examples
 section "CRD and examples"
@@ -536,7 +784,8 @@ import sys, yaml
 values = yaml.safe_load(open(sys.argv[1]))
 readme = open(sys.argv[2]).read()
 # Maps documented as a whole (their keys are Kubernetes fields, not chart options).
-OPAQUE = {"operator.resources", "operator.podSecurityContext", "operator.securityContext"}
+OPAQUE = {"operator.resources", "operator.podSecurityContext", "operator.securityContext",
+          "agent.resources", "agent.podSecurityContext", "agent.securityContext"}
 def leaves(d, prefix=""):
     for k, v in d.items():
         key = f"{prefix}{k}"

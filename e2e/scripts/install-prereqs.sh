@@ -17,6 +17,9 @@ cargo clippy --version >/dev/null 2>&1 || die "clippy is required: rustup compon
 
 # Debian packages: iproute2 for network namespaces, ca-certificates for the Go proxy.
 APT_PACKAGES=(iproute2 ca-certificates)
+# BGP route servers of the node agent's interop tests and the lab (e2e/src/routeserver),
+# sysctl (procps) for the network namespaces.
+APT_PACKAGES+=(bird2 gobgpd frr procps)
 missing=()
 for p in "${APT_PACKAGES[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

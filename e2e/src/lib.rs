@@ -1,3 +1,5 @@
 //! Test support for sharedip.
 pub mod controlplane;
+pub mod netns;
+pub mod routeserver;
 pub mod standin;

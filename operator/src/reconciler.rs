@@ -122,6 +122,16 @@ impl Error {
     }
 }
 
+/// The Linodes behind the cluster's nodes (those with a Linode providerID).
+fn cluster_linodes(nodes: &[Arc<Node>]) -> impl Iterator<Item = u64> + '_ {
+    nodes.iter().filter_map(|n| {
+        n.spec
+            .as_ref()
+            .and_then(|s| s.provider_id.as_deref())
+            .and_then(linode_id_from_provider_id)
+    })
+}
+
 /// Entry point for the controller.
 #[instrument(skip_all, fields(sharedip = %sip.name_any()))]
 pub async fn reconcile(sip: Arc<SharedIP>, ctx: Arc<Context>) -> Result<Action, Error> {
@@ -456,11 +466,17 @@ async fn apply(sip: Arc<SharedIP>, ctx: &Context) -> Result<Action, Error> {
     let prev_status = sip.status.clone().unwrap_or_default();
     let (prev_addr, prev_linodes) = previous(&prev_status);
     let network = info.network;
+    // Examine every Linode of the cluster, not only those the status names: a crash (or a
+    // leader change) between a share call and the status write leaves shares the status does
+    // not know, and a node deselected meanwhile would keep the address forever. The syncer's
+    // cached lists make this free for Linodes already in line.
+    let mut examine: BTreeSet<u64> = prev_linodes.keys().copied().collect();
+    examine.extend(cluster_linodes(&nodes));
     let request = Request {
         owner: name.clone(),
         claim: Some((network, placement.linodes())),
         retire: prev_addr.filter(|a| *a != network).into_iter().collect(),
-        examine: prev_linodes.keys().copied().collect(),
+        examine,
     };
     let outcome = submit(ctx, request).await?;
 
@@ -808,12 +824,7 @@ async fn cleanup(sip: Arc<SharedIP>, ctx: &Context) -> Result<Action, Error> {
     // kept out of it.
     let mut examine: BTreeSet<u64> = prev_linodes.keys().copied().collect();
     if !retire.is_empty() {
-        examine.extend(ctx.nodes.state().iter().filter_map(|n| {
-            n.spec
-                .as_ref()
-                .and_then(|s| s.provider_id.as_deref())
-                .and_then(linode_id_from_provider_id)
-        }));
+        examine.extend(cluster_linodes(&ctx.nodes.state()));
     }
     let outcome = submit(
         ctx,

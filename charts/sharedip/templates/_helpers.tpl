@@ -1,7 +1,7 @@
 {{/*
 Helpers shared by every component. Component-specific helpers take a dict
-`(dict "ctx" $ "component" "operator")` so the node agent (component "node-agent")
-reuses the same naming and labels.
+`(dict "ctx" $ "component" "operator")` so the node agent (component "agent") reuses the
+same naming and labels.
 */}}
 
 {{/* Chart name, truncated to the 63 characters of a label value. */}}
@@ -11,7 +11,7 @@ reuses the same naming and labels.
 
 {{/*
 Fully qualified name prefix. Component names are appended, so this is cut to 45 characters
-to leave room for "-node-agent" and friends within 63.
+to leave room for component suffixes ("-operator", "-agent", "-linode") within 63.
 */}}
 {{- define "sharedip.fullname" -}}
 {{- if .Values.fullnameOverride }}
@@ -107,6 +107,61 @@ the chart's appVersion. Call with (dict "ctx" $ "image" .Values.operator.image).
 {{- printf "[%s]:%d" $host (int .Values.operator.http.port) }}
 {{- else }}
 {{- printf "%s:%d" $host (int .Values.operator.http.port) }}
+{{- end }}
+{{- end }}
+
+{{/* ------------------------------------------------------------------ node agent */}}
+
+{{- define "sharedip.agent.fullname" -}}
+{{- include "sharedip.componentName" (dict "ctx" . "component" "agent") }}
+{{- end }}
+
+{{- define "sharedip.agent.labels" -}}
+{{- include "sharedip.componentLabels" (dict "ctx" . "component" "agent") }}
+{{- end }}
+
+{{- define "sharedip.agent.selectorLabels" -}}
+{{- include "sharedip.selectorLabels" (dict "ctx" . "component" "agent") }}
+{{- end }}
+
+{{- define "sharedip.agent.serviceAccountName" -}}
+{{- if .Values.agent.serviceAccount.create }}
+{{- default (include "sharedip.agent.fullname" .) .Values.agent.serviceAccount.name }}
+{{- else }}
+{{- required "agent.serviceAccount.name is required when agent.serviceAccount.create is false" .Values.agent.serviceAccount.name }}
+{{- end }}
+{{- end }}
+
+{{/* HTTP listen address "host:port" of the agent; IPv6 hosts get brackets. */}}
+{{- define "sharedip.agent.httpAddr" -}}
+{{- $host := .Values.agent.http.bindAddress }}
+{{- if and (contains ":" $host) (not (hasPrefix "[" $host)) }}
+{{- printf "[%s]:%d" $host (int .Values.agent.http.port) }}
+{{- else }}
+{{- printf "%s:%d" $host (int .Values.agent.http.port) }}
+{{- end }}
+{{- end }}
+
+{{/*
+Host the kubelet probes: empty (the pod IP, i.e. the node's address, since the pod uses the host
+network) unless the agent listens on loopback only.
+*/}}
+{{- define "sharedip.agent.probeHost" -}}
+{{- $host := .Values.agent.http.bindAddress }}
+{{- if or (hasPrefix "127." $host) (eq $host "::1") }}
+{{- $host }}
+{{- end }}
+{{- end }}
+
+{{/* agent.shutdownTimeout ("250ms", "20s", "2m") in whole seconds, rounded up. */}}
+{{- define "sharedip.agent.shutdownSeconds" -}}
+{{- $t := .Values.agent.shutdownTimeout }}
+{{- if hasSuffix "ms" $t }}
+{{- div (add (int (trimSuffix "ms" $t)) 999) 1000 }}
+{{- else if hasSuffix "m" $t }}
+{{- mul (int (trimSuffix "m" $t)) 60 }}
+{{- else }}
+{{- int (trimSuffix "s" $t) }}
 {{- end }}
 {{- end }}
 

@@ -124,27 +124,7 @@ impl Env {
 
     /// Starts the real `sharedip-operator` binary against this environment.
     pub fn spawn_binary(&self, kubeconfig: &Path, extra: &[&str], log: &Path) -> BinaryOperator {
-        let log_file = std::fs::File::create(log).expect("log file");
-        let err_file = log_file.try_clone().expect("clone log");
-        let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_sharedip-operator"));
-        cmd.env_clear()
-            .env("PATH", std::env::var("PATH").unwrap_or_default())
-            .env("KUBECONFIG", kubeconfig)
-            .env("LINODE_API_URL", self.standin.base_url())
-            .env("LINODE_TOKEN_FILE", self.token_file.path())
-            .env("RUST_LOG", "info,sharedip_operator=debug")
-            .env("SHARE_BATCH_WINDOW", "100ms")
-            .args(["--http-addr", "127.0.0.1:0"])
-            .args(extra)
-            .stdin(Stdio::null())
-            .stdout(log_file)
-            .stderr(err_file)
-            .kill_on_drop(true);
-        let child = cmd.spawn().expect("operator binary starts");
-        BinaryOperator {
-            child,
-            log: log.to_path_buf(),
-        }
+        self.spawn_binary_on(kubeconfig, "127.0.0.1:0", extra, log)
     }
 
     pub async fn add_node(&self, name: &str, labels: &[(&str, &str)], linode: Option<u64>) {
@@ -394,5 +374,129 @@ pub fn spec(address: &str) -> Value {
         "address": address,
         "primary": {"nodeSelector": {"matchLabels": {"role": "primary"}}},
         "secondary": {"nodeSelector": {"matchLabels": {"role": "secondary"}}},
+    })
+}
+
+impl Env {
+    /// Like [`Env::spawn_binary`], with the HTTP server (`/metrics`, `/healthz`, `/readyz`) on
+    /// `http_addr` (e.g. `127.0.0.1:<free_port()>`) so the test can scrape it.
+    pub fn spawn_binary_on(
+        &self,
+        kubeconfig: &Path,
+        http_addr: &str,
+        extra: &[&str],
+        log: &Path,
+    ) -> BinaryOperator {
+        let log_file = std::fs::File::create(log).expect("log file");
+        let err_file = log_file.try_clone().expect("clone log");
+        let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_sharedip-operator"));
+        cmd.env_clear()
+            .env("PATH", std::env::var("PATH").unwrap_or_default())
+            .env("KUBECONFIG", kubeconfig)
+            .env("LINODE_API_URL", self.standin.base_url())
+            .env("LINODE_TOKEN_FILE", self.token_file.path())
+            .env("RUST_LOG", "info,sharedip_operator=debug")
+            .env("SHARE_BATCH_WINDOW", "100ms")
+            .args(["--http-addr", http_addr])
+            .args(extra)
+            .stdin(Stdio::null())
+            .stdout(log_file)
+            .stderr(err_file)
+            .kill_on_drop(true);
+        let child = cmd.spawn().expect("operator binary starts");
+        BinaryOperator {
+            child,
+            log: log.to_path_buf(),
+        }
+    }
+
+    /// Creates a namespace (the control plane has no namespace controller: never delete it,
+    /// use a fresh name per test).
+    pub async fn create_namespace(&self, name: &str) {
+        use k8s_openapi::api::core::v1::Namespace;
+        let ns: Namespace = serde_json::from_value(json!({
+            "apiVersion": "v1",
+            "kind": "Namespace",
+            "metadata": {"name": name},
+        }))
+        .expect("namespace");
+        Api::<Namespace>::all(self.client())
+            .create(&PostParams::default(), &ns)
+            .await
+            .expect("create namespace");
+    }
+
+    /// The `holderIdentity` of Lease `namespace/name` (None: no Lease, or released).
+    pub async fn lease_holder(&self, namespace: &str, name: &str) -> Option<String> {
+        use k8s_openapi::api::coordination::v1::Lease;
+        Api::<Lease>::namespaced(self.client(), namespace)
+            .get_opt(name)
+            .await
+            .expect("get Lease")
+            .and_then(|l| l.spec)
+            .and_then(|s| s.holder_identity)
+            .filter(|h| !h.is_empty())
+    }
+}
+
+impl BinaryOperator {
+    /// Whether the process is still running (false once it exited, also if it was reaped).
+    pub fn is_running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+
+    /// SIGKILL, then reap it: no graceful shutdown, exactly like a node or OOM kill.
+    pub async fn sigkill(&mut self) -> Option<std::process::ExitStatus> {
+        let _ = self.child.start_kill();
+        tokio::time::timeout(Duration::from_secs(30), self.child.wait())
+            .await
+            .ok()
+            .and_then(|r| r.ok())
+    }
+}
+
+/// A loopback TCP port that was free a moment ago (the operator binds it right after; the
+/// kernel does not hand out a just-released ephemeral port again at once).
+pub fn free_port() -> u16 {
+    let l = std::net::TcpListener::bind(("127.0.0.1", 0)).expect("bind a free port");
+    l.local_addr().expect("local addr").port()
+}
+
+/// `GET http://{addr}{path}` with HTTP/1.0 over a plain socket (no HTTP client dependency):
+/// returns the status code and body.
+pub async fn http_get(addr: &str, path: &str) -> Result<(u16, String), String> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let io = async {
+        let mut s = tokio::net::TcpStream::connect(addr)
+            .await
+            .map_err(|e| format!("connect {addr}: {e}"))?;
+        s.write_all(format!("GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").as_bytes())
+            .await
+            .map_err(|e| format!("write: {e}"))?;
+        let mut buf = Vec::new();
+        s.read_to_end(&mut buf)
+            .await
+            .map_err(|e| format!("read: {e}"))?;
+        Ok::<_, String>(String::from_utf8_lossy(&buf).into_owned())
+    };
+    let text = tokio::time::timeout(Duration::from_secs(10), io)
+        .await
+        .map_err(|_| format!("GET {addr}{path} timed out"))??;
+    let (head, body) = text
+        .split_once("\r\n\r\n")
+        .ok_or_else(|| format!("no HTTP header in {text:?}"))?;
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(|| format!("no status in {head:?}"))?;
+    Ok((status, body.to_string()))
+}
+
+/// The value of an unlabelled metric in a Prometheus/OpenMetrics text exposition.
+pub fn metric_value(exposition: &str, name: &str) -> Option<f64> {
+    exposition.lines().find_map(|l| {
+        let (n, v) = l.split_once(' ')?;
+        (n == name).then(|| v.trim().parse().ok()).flatten()
     })
 }

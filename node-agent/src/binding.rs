@@ -1,0 +1,170 @@
+//! The agent's view of the address binder: what it needs, as a trait, so the orchestration is
+//! tested with an in-memory fake and runs with the rtnetlink [`crate::binder::Binder`] for real.
+
+use std::collections::BTreeSet;
+use std::future::Future;
+use std::net::IpAddr;
+
+/// A binding failure, reduced to its message: the agent only reports and retries it.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct BindingError(pub String);
+
+/// Puts shared addresses on the node and takes them off again.
+///
+/// Implementations are idempotent and never remove an address they did not add.
+pub trait AddressBinding: Send + Sync {
+    /// Binds `addr` (IPv4 as /32, IPv6 as /128).
+    fn bind(
+        &self,
+        addr: IpAddr,
+        prefix_len: u8,
+    ) -> impl Future<Output = Result<(), BindingError>> + Send;
+    /// Removes `addr` if this binder added it.
+    fn unbind(&self, addr: IpAddr) -> impl Future<Output = Result<(), BindingError>> + Send;
+    /// Removes addresses added by an earlier run that are not in `keep`; returns them.
+    fn reconcile_leftovers(
+        &self,
+        keep: &BTreeSet<IpAddr>,
+    ) -> impl Future<Output = Result<Vec<IpAddr>, BindingError>> + Send;
+}
+
+impl AddressBinding for crate::binder::Binder {
+    async fn bind(&self, addr: IpAddr, prefix_len: u8) -> Result<(), BindingError> {
+        crate::binder::Binder::bind(self, addr, prefix_len)
+            .await
+            .map(|outcome| {
+                tracing::debug!(%addr, ?outcome, "bound");
+            })
+            .map_err(|e| BindingError(e.to_string()))
+    }
+
+    async fn unbind(&self, addr: IpAddr) -> Result<(), BindingError> {
+        crate::binder::Binder::unbind(self, addr)
+            .await
+            .map_err(|e| BindingError(e.to_string()))
+    }
+
+    async fn reconcile_leftovers(
+        &self,
+        keep: &BTreeSet<IpAddr>,
+    ) -> Result<Vec<IpAddr>, BindingError> {
+        crate::binder::Binder::reconcile_leftovers(self, keep)
+            .await
+            .map_err(|e| BindingError(e.to_string()))
+    }
+}
+
+/// A binder that binds nothing: for standalone mode without `--address`, where the addresses
+/// are already on the interface (lelastic's behaviour).
+#[derive(Debug, Default, Clone, Copy)]
+pub struct NoBinding;
+
+impl AddressBinding for NoBinding {
+    async fn bind(&self, _addr: IpAddr, _prefix_len: u8) -> Result<(), BindingError> {
+        Ok(())
+    }
+
+    async fn unbind(&self, _addr: IpAddr) -> Result<(), BindingError> {
+        Ok(())
+    }
+
+    async fn reconcile_leftovers(
+        &self,
+        _keep: &BTreeSet<IpAddr>,
+    ) -> Result<Vec<IpAddr>, BindingError> {
+        Ok(Vec::new())
+    }
+}
+
+/// In-memory binder for tests: records every call in a shared log.
+pub mod fake {
+    use std::collections::BTreeSet;
+    use std::net::IpAddr;
+    use std::sync::{Arc, Mutex};
+
+    use super::{AddressBinding, BindingError};
+
+    /// One call to the fake binder or the fake announcer, in order.
+    #[derive(Debug, Clone, PartialEq, Eq)]
+    pub enum Op {
+        Bind(IpAddr),
+        Unbind(IpAddr),
+        Announce(String),
+        Withdraw(String),
+        Shutdown,
+    }
+
+    /// A shared, ordered log of operations.
+    pub type OpLog = Arc<Mutex<Vec<Op>>>;
+
+    /// Binder that keeps its addresses in memory.
+    #[derive(Debug, Default, Clone)]
+    pub struct FakeBinder {
+        /// Operations so far (shared with a fake announcer to check ordering).
+        pub log: OpLog,
+        /// Addresses currently bound.
+        pub bound: Arc<Mutex<BTreeSet<IpAddr>>>,
+        /// Addresses whose bind fails.
+        pub fail: Arc<Mutex<BTreeSet<IpAddr>>>,
+    }
+
+    impl FakeBinder {
+        /// A fake writing to `log`.
+        pub fn with_log(log: OpLog) -> Self {
+            Self {
+                log,
+                ..Default::default()
+            }
+        }
+
+        /// What is bound now.
+        pub fn bound(&self) -> BTreeSet<IpAddr> {
+            self.bound.lock().map(|b| b.clone()).unwrap_or_default()
+        }
+
+        fn push(&self, op: Op) {
+            if let Ok(mut l) = self.log.lock() {
+                l.push(op);
+            }
+        }
+    }
+
+    impl AddressBinding for FakeBinder {
+        async fn bind(&self, addr: IpAddr, _prefix_len: u8) -> Result<(), BindingError> {
+            if self.fail.lock().is_ok_and(|f| f.contains(&addr)) {
+                return Err(BindingError(format!(
+                    "cannot bind {addr}: injected failure"
+                )));
+            }
+            self.push(Op::Bind(addr));
+            if let Ok(mut b) = self.bound.lock() {
+                b.insert(addr);
+            }
+            Ok(())
+        }
+
+        async fn unbind(&self, addr: IpAddr) -> Result<(), BindingError> {
+            self.push(Op::Unbind(addr));
+            if let Ok(mut b) = self.bound.lock() {
+                b.remove(&addr);
+            }
+            Ok(())
+        }
+
+        async fn reconcile_leftovers(
+            &self,
+            keep: &BTreeSet<IpAddr>,
+        ) -> Result<Vec<IpAddr>, BindingError> {
+            let gone: Vec<IpAddr> = self
+                .bound()
+                .into_iter()
+                .filter(|a| !keep.contains(a))
+                .collect();
+            for a in &gone {
+                self.unbind(*a).await?;
+            }
+            Ok(gone)
+        }
+    }
+}

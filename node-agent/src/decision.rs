@@ -1,0 +1,674 @@
+//! What this node should do for one SharedIP: its role, whether to bind and announce, and why.
+//!
+//! Pure functions over the Node, the SharedIP and the pods on the node, so every rule is
+//! unit-tested. The rules:
+//!
+//! * A node matched by the primary selector is **primary**, else one matched by the secondary
+//!   selector is **secondary**, else it has no role. A node matched by **both** selectors is
+//!   primary: the user asked for it to be preferred, and the operator decides the same way.
+//! * With `failback: false` every role announces the **secondary** community, so the route
+//!   servers keep using whichever node carries the traffic (the guides' "same role on both
+//!   nodes"); the reported role still follows the selectors.
+//! * A selected node withdraws (and then unbinds) while the SharedIP is being deleted, while
+//!   the agent shuts down, while the node is drained (annotation `sharedip.io/drain` with any
+//!   value but `false`), while the readiness gate fails, or when the SharedIP asks for ASNs
+//!   this agent's sessions do not use.
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+use k8s_openapi::api::core::v1::Pod;
+use kube::core::{Selector, SelectorExt};
+use kube::ResourceExt;
+use sharedip_api::{ReadinessGate, Role, SharedAddress, SharedIPSpec};
+
+use crate::community::RoleCommunity;
+
+/// Why a node announces an address or not; written to `status.nodes[].reason`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Reason {
+    /// Bound and announced to at least one established session.
+    Announced,
+    /// Neither selector matches the node.
+    NotSelected,
+    /// The node carries the drain annotation.
+    Draining,
+    /// No Ready pod matching the readiness gate runs on the node.
+    ReadinessGateFailed,
+    /// Announced, but no BGP session is established, so no route server hears it.
+    NoSessions,
+    /// The SharedIP is being deleted.
+    Deleting,
+    /// The agent is stopping (SIGTERM).
+    ShuttingDown,
+    /// The spec cannot be used (bad address, bad selector).
+    InvalidSpec,
+    /// The spec asks for a local or peer ASN other than the agent's sessions use.
+    BgpOverrideUnsupported,
+    /// Binding the address on the node failed; nothing is announced.
+    BindFailed,
+}
+
+impl Reason {
+    /// The CamelCase name used in status and events.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Reason::Announced => "Announced",
+            Reason::NotSelected => "NotSelected",
+            Reason::Draining => "Draining",
+            Reason::ReadinessGateFailed => "ReadinessGateFailed",
+            Reason::NoSessions => "NoSessions",
+            Reason::Deleting => "Deleting",
+            Reason::ShuttingDown => "ShuttingDown",
+            Reason::InvalidSpec => "InvalidSpec",
+            Reason::BgpOverrideUnsupported => "BgpOverrideUnsupported",
+            Reason::BindFailed => "BindFailed",
+        }
+    }
+}
+
+impl fmt::Display for Reason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// The agent's BGP settings that a SharedIP may override or must agree with.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BgpDefaults {
+    /// Community of primary nodes (default 65000:1).
+    pub primary_community: RoleCommunity,
+    /// Community of secondary nodes (default 65000:2).
+    pub secondary_community: RoleCommunity,
+    /// The sessions' local ASN.
+    pub local_asn: u32,
+    /// The sessions' peer ASN.
+    pub peer_asn: u32,
+}
+
+impl Default for BgpDefaults {
+    fn default() -> Self {
+        Self {
+            primary_community: RoleCommunity::PRIMARY,
+            secondary_community: RoleCommunity::SECONDARY,
+            local_asn: 65001,
+            peer_asn: 65000,
+        }
+    }
+}
+
+/// The state of a SharedIP's readiness gate on this node.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum GateState {
+    /// The SharedIP has no readiness gate.
+    NotConfigured,
+    /// This Ready pod satisfies the gate.
+    Ready {
+        /// `namespace/name` of the pod.
+        pod: String,
+    },
+    /// No pod satisfies the gate.
+    NotReady {
+        /// Why, for the status message.
+        message: String,
+    },
+}
+
+/// What to bind and announce.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Target {
+    /// Address to bind and prefix to announce.
+    pub address: SharedAddress,
+    /// Community to announce it with.
+    pub community: RoleCommunity,
+}
+
+/// The decision for one SharedIP on this node.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Decision {
+    /// The node's role, None when no selector matches (or the spec is unusable).
+    pub role: Option<Role>,
+    /// Some: bind and announce this; None: withdraw and unbind.
+    pub target: Option<Target>,
+    /// Why.
+    pub reason: Reason,
+    /// Detail for humans.
+    pub message: String,
+}
+
+impl Decision {
+    fn withdraw(role: Option<Role>, reason: Reason, message: impl Into<String>) -> Self {
+        Self {
+            role,
+            target: None,
+            reason,
+            message: message.into(),
+        }
+    }
+}
+
+/// Facts outside the spec and the node that force a withdrawal.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Situation {
+    /// The SharedIP has a deletion timestamp (or is gone).
+    pub deleting: bool,
+    /// The agent is stopping.
+    pub shutting_down: bool,
+}
+
+/// Whether the node's annotations drain it: `sharedip.io/drain` with any value but `false`.
+pub fn is_draining(annotations: &BTreeMap<String, String>) -> bool {
+    annotations
+        .get(sharedip_api::DRAIN_ANNOTATION)
+        .is_some_and(|v| !v.trim().eq_ignore_ascii_case("false"))
+}
+
+/// The role the selectors give a node with `labels`; primary wins when both match.
+pub fn role_of(
+    spec: &SharedIPSpec,
+    labels: &BTreeMap<String, String>,
+) -> Result<Option<Role>, String> {
+    let primary = Selector::try_from(spec.primary.node_selector.clone())
+        .map_err(|e| format!("primary nodeSelector is invalid: {e}"))?;
+    if primary.matches(labels) {
+        return Ok(Some(Role::Primary));
+    }
+    if let Some(s) = &spec.secondary {
+        let secondary = Selector::try_from(s.node_selector.clone())
+            .map_err(|e| format!("secondary nodeSelector is invalid: {e}"))?;
+        if secondary.matches(labels) {
+            return Ok(Some(Role::Secondary));
+        }
+    }
+    Ok(None)
+}
+
+/// Decides role, target and reason for one SharedIP.
+pub fn decide(
+    spec: &SharedIPSpec,
+    labels: &BTreeMap<String, String>,
+    draining: bool,
+    gate: &GateState,
+    situation: Situation,
+    bgp: &BgpDefaults,
+) -> Decision {
+    let role = match role_of(spec, labels) {
+        Ok(r) => r,
+        Err(message) => return Decision::withdraw(None, Reason::InvalidSpec, message),
+    };
+    if situation.deleting {
+        return Decision::withdraw(role, Reason::Deleting, "the SharedIP is being deleted");
+    }
+    let Some(role) = role else {
+        return Decision::withdraw(
+            None,
+            Reason::NotSelected,
+            "neither the primary nor the secondary nodeSelector matches this node",
+        );
+    };
+    let address = match SharedAddress::from_spec(spec) {
+        Ok(a) => a,
+        Err(e) => return Decision::withdraw(Some(role), Reason::InvalidSpec, e.to_string()),
+    };
+    let overrides = spec.bgp.clone().unwrap_or_default();
+    if let Some(msg) = asn_mismatch(&overrides, bgp) {
+        return Decision::withdraw(Some(role), Reason::BgpOverrideUnsupported, msg);
+    }
+    let community = match community_for(role, spec.failback, &overrides, bgp) {
+        Ok(c) => c,
+        Err(msg) => return Decision::withdraw(Some(role), Reason::InvalidSpec, msg),
+    };
+    if situation.shutting_down {
+        return Decision::withdraw(
+            Some(role),
+            Reason::ShuttingDown,
+            "the node agent is stopping",
+        );
+    }
+    if draining {
+        return Decision::withdraw(
+            Some(role),
+            Reason::Draining,
+            format!(
+                "the node is drained (annotation {}); remove it or set it to \"false\" to announce again",
+                sharedip_api::DRAIN_ANNOTATION
+            ),
+        );
+    }
+    let message = match gate {
+        GateState::NotReady { message } => {
+            return Decision::withdraw(Some(role), Reason::ReadinessGateFailed, message.clone())
+        }
+        GateState::Ready { pod } => {
+            format!("announcing {address} with community {community}; readiness gate satisfied by pod {pod}")
+        }
+        GateState::NotConfigured => format!("announcing {address} with community {community}"),
+    };
+    Decision {
+        role: Some(role),
+        target: Some(Target { address, community }),
+        reason: Reason::Announced,
+        message,
+    }
+}
+
+fn asn_mismatch(o: &sharedip_api::BgpOverrides, bgp: &BgpDefaults) -> Option<String> {
+    let differs = |want: Option<i64>, have: u32| want.is_some_and(|w| w != i64::from(have));
+    if differs(o.local_asn, bgp.local_asn) || differs(o.peer_asn, bgp.peer_asn) {
+        Some(format!(
+            "spec.bgp asks for local ASN {} / peer ASN {}, but this agent's sessions use {} / {}; \
+             start the agents with --local-asn / --peer-asn to match",
+            o.local_asn.unwrap_or(i64::from(bgp.local_asn)),
+            o.peer_asn.unwrap_or(i64::from(bgp.peer_asn)),
+            bgp.local_asn,
+            bgp.peer_asn
+        ))
+    } else {
+        None
+    }
+}
+
+fn community_for(
+    role: Role,
+    failback: bool,
+    o: &sharedip_api::BgpOverrides,
+    bgp: &BgpDefaults,
+) -> Result<RoleCommunity, String> {
+    let parse = |s: &Option<String>, default: RoleCommunity, field: &str| match s {
+        Some(s) => s
+            .parse::<RoleCommunity>()
+            .map_err(|e| format!("spec.bgp.{field}: {e}")),
+        None => Ok(default),
+    };
+    // Without failback both roles use the secondary community: nothing is preferred, so the
+    // route servers stay on the current holder.
+    match (role, failback) {
+        (Role::Primary, true) => parse(
+            &o.primary_community,
+            bgp.primary_community,
+            "primaryCommunity",
+        ),
+        _ => parse(
+            &o.secondary_community,
+            bgp.secondary_community,
+            "secondaryCommunity",
+        ),
+    }
+}
+
+/// Whether a pod counts for a readiness gate on `node`: scheduled there, in the gate's
+/// namespace, matching its selector, not terminating, and with condition Ready=True.
+/// A terminating pod does not count even while still Ready, so the node withdraws while the
+/// pod can still serve, which makes the switchover lossless.
+fn pod_satisfies(pod: &Pod, node: &str, namespace: &str, selector: &Selector) -> bool {
+    let empty = BTreeMap::new();
+    let on_node = pod
+        .spec
+        .as_ref()
+        .and_then(|s| s.node_name.as_deref())
+        .is_some_and(|n| n == node);
+    let ready = pod
+        .status
+        .as_ref()
+        .and_then(|s| s.conditions.as_ref())
+        .is_some_and(|cs| cs.iter().any(|c| c.type_ == "Ready" && c.status == "True"));
+    on_node
+        && ready
+        && pod.metadata.deletion_timestamp.is_none()
+        && pod.metadata.namespace.as_deref() == Some(namespace)
+        && selector.matches(pod.metadata.labels.as_ref().unwrap_or(&empty))
+}
+
+/// Evaluates a SharedIP's readiness gate against the pods on this node.
+pub fn evaluate_gate<'a>(
+    gate: Option<&ReadinessGate>,
+    node: &str,
+    pods: impl IntoIterator<Item = &'a Pod>,
+) -> GateState {
+    let Some(gate) = gate else {
+        return GateState::NotConfigured;
+    };
+    let selector = match Selector::try_from(gate.pod_selector.clone()) {
+        Ok(s) => s,
+        Err(e) => {
+            return GateState::NotReady {
+                message: format!("readinessGate.podSelector is invalid: {e}"),
+            }
+        }
+    };
+    let mut ready: Vec<String> = pods
+        .into_iter()
+        .filter(|p| pod_satisfies(p, node, &gate.namespace, &selector))
+        .map(|p| format!("{}/{}", gate.namespace, p.name_any()))
+        .collect();
+    ready.sort();
+    match ready.into_iter().next() {
+        Some(pod) => GateState::Ready { pod },
+        None => GateState::NotReady {
+            message: format!(
+                "no Ready pod matching the readiness gate's podSelector in namespace {} runs on this node",
+                gate.namespace
+            ),
+        },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::bgp::wire::LargeCommunity;
+    use serde_json::json;
+
+    fn spec(v: serde_json::Value) -> SharedIPSpec {
+        serde_json::from_value(v).unwrap()
+    }
+
+    fn base() -> SharedIPSpec {
+        spec(json!({
+            "address": "192.0.2.10",
+            "primary": {"nodeSelector": {"matchLabels": {"role": "primary"}}},
+            "secondary": {"nodeSelector": {"matchLabels": {"role": "secondary"}}},
+        }))
+    }
+
+    fn labels(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    fn go(s: &SharedIPSpec, l: &[(&str, &str)]) -> Decision {
+        decide(
+            s,
+            &labels(l),
+            false,
+            &GateState::NotConfigured,
+            Situation::default(),
+            &BgpDefaults::default(),
+        )
+    }
+
+    #[test]
+    fn roles_from_selectors() {
+        let s = base();
+        let d = go(&s, &[("role", "primary")]);
+        assert_eq!(d.role, Some(Role::Primary));
+        assert_eq!(d.reason, Reason::Announced);
+        let t = d.target.unwrap();
+        assert_eq!(t.community, RoleCommunity::PRIMARY);
+        assert_eq!(t.address.to_string(), "192.0.2.10/32");
+
+        let d = go(&s, &[("role", "secondary")]);
+        assert_eq!(d.role, Some(Role::Secondary));
+        assert_eq!(d.target.unwrap().community, RoleCommunity::SECONDARY);
+
+        let d = go(&s, &[("role", "other")]);
+        assert_eq!(d.role, None);
+        assert_eq!(d.target, None);
+        assert_eq!(d.reason, Reason::NotSelected);
+        assert_eq!(go(&s, &[]).reason, Reason::NotSelected);
+    }
+
+    #[test]
+    fn primary_wins_when_both_match() {
+        let s = spec(json!({
+            "address": "192.0.2.10",
+            "primary": {"nodeSelector": {"matchLabels": {"a": "1"}}},
+            "secondary": {"nodeSelector": {"matchLabels": {"b": "1"}}},
+        }));
+        let d = go(&s, &[("a", "1"), ("b", "1")]);
+        assert_eq!(d.role, Some(Role::Primary));
+        assert_eq!(d.target.unwrap().community, RoleCommunity::PRIMARY);
+    }
+
+    #[test]
+    fn no_secondary_selector() {
+        let s = spec(json!({
+            "address": "192.0.2.10",
+            "primary": {"nodeSelector": {"matchExpressions": [{"key": "a", "operator": "Exists"}]}},
+        }));
+        assert_eq!(go(&s, &[("a", "x")]).role, Some(Role::Primary));
+        assert_eq!(go(&s, &[("b", "x")]).reason, Reason::NotSelected);
+    }
+
+    #[test]
+    fn failback_off_uses_secondary_community_for_both_roles() {
+        let mut s = base();
+        s.failback = false;
+        let p = go(&s, &[("role", "primary")]);
+        let q = go(&s, &[("role", "secondary")]);
+        assert_eq!(p.role, Some(Role::Primary));
+        assert_eq!(q.role, Some(Role::Secondary));
+        assert_eq!(p.target.unwrap().community, RoleCommunity::SECONDARY);
+        assert_eq!(q.target.unwrap().community, RoleCommunity::SECONDARY);
+    }
+
+    #[test]
+    fn community_overrides_standard_and_large() {
+        let mut s = base();
+        s.bgp = Some(sharedip_api::BgpOverrides {
+            primary_community: Some("63949:1:1".into()),
+            secondary_community: Some("65000:20".into()),
+            ..Default::default()
+        });
+        assert_eq!(
+            go(&s, &[("role", "primary")]).target.unwrap().community,
+            RoleCommunity::Large(LargeCommunity::new(63949, 1, 1))
+        );
+        assert_eq!(
+            go(&s, &[("role", "secondary")])
+                .target
+                .unwrap()
+                .community
+                .to_string(),
+            "65000:20"
+        );
+        s.failback = false;
+        assert_eq!(
+            go(&s, &[("role", "primary")])
+                .target
+                .unwrap()
+                .community
+                .to_string(),
+            "65000:20"
+        );
+        // Agent-level defaults apply when the spec has no override.
+        let bgp = BgpDefaults {
+            primary_community: "63949:1:1".parse().unwrap(),
+            secondary_community: "63949:1:2".parse().unwrap(),
+            ..Default::default()
+        };
+        let d = decide(
+            &base(),
+            &labels(&[("role", "secondary")]),
+            false,
+            &GateState::NotConfigured,
+            Situation::default(),
+            &bgp,
+        );
+        assert_eq!(d.target.unwrap().community.to_string(), "63949:1:2");
+    }
+
+    #[test]
+    fn bad_community_or_asn_override_withdraws() {
+        let mut s = base();
+        s.bgp = Some(sharedip_api::BgpOverrides {
+            primary_community: Some("nonsense".into()),
+            ..Default::default()
+        });
+        let d = go(&s, &[("role", "primary")]);
+        assert_eq!((d.reason, d.target), (Reason::InvalidSpec, None));
+        assert!(d.message.contains("primaryCommunity"), "{}", d.message);
+
+        s.bgp = Some(sharedip_api::BgpOverrides {
+            local_asn: Some(65001),
+            peer_asn: Some(65000),
+            ..Default::default()
+        });
+        assert_eq!(go(&s, &[("role", "primary")]).reason, Reason::Announced);
+        s.bgp = Some(sharedip_api::BgpOverrides {
+            peer_asn: Some(64512),
+            ..Default::default()
+        });
+        let d = go(&s, &[("role", "primary")]);
+        assert_eq!(d.reason, Reason::BgpOverrideUnsupported);
+        assert_eq!(d.role, Some(Role::Primary));
+        assert!(d.target.is_none());
+    }
+
+    #[test]
+    fn invalid_specs() {
+        let mut s = base();
+        s.address = "not-an-ip".into();
+        let d = go(&s, &[("role", "primary")]);
+        assert_eq!(d.reason, Reason::InvalidSpec);
+        assert_eq!(d.role, Some(Role::Primary));
+        // An unselected node stays quiet about a bad address: it is not its business.
+        assert_eq!(go(&s, &[]).reason, Reason::NotSelected);
+
+        let s = spec(json!({
+            "address": "192.0.2.10",
+            "primary": {"nodeSelector": {"matchExpressions": [{"key": "a", "operator": "In"}]}},
+        }));
+        let d = go(&s, &[("a", "1")]);
+        assert_eq!((d.reason, d.role), (Reason::InvalidSpec, None));
+    }
+
+    #[test]
+    fn withdraw_reasons_in_precedence_order() {
+        let s = base();
+        let l = labels(&[("role", "primary")]);
+        let bgp = BgpDefaults::default();
+        let not_ready = GateState::NotReady {
+            message: "no pod".into(),
+        };
+        let all = Situation {
+            deleting: true,
+            shutting_down: true,
+        };
+        let d = decide(&s, &l, true, &not_ready, all, &bgp);
+        assert_eq!((d.reason, d.target), (Reason::Deleting, None));
+        assert_eq!(d.role, Some(Role::Primary));
+        let d = decide(
+            &s,
+            &l,
+            true,
+            &not_ready,
+            Situation {
+                shutting_down: true,
+                ..Default::default()
+            },
+            &bgp,
+        );
+        assert_eq!(d.reason, Reason::ShuttingDown);
+        let d = decide(&s, &l, true, &not_ready, Situation::default(), &bgp);
+        assert_eq!(d.reason, Reason::Draining);
+        let d = decide(&s, &l, false, &not_ready, Situation::default(), &bgp);
+        assert_eq!(
+            (d.reason, d.message.as_str()),
+            (Reason::ReadinessGateFailed, "no pod")
+        );
+        let ready = GateState::Ready { pod: "ns/p".into() };
+        let d = decide(&s, &l, false, &ready, Situation::default(), &bgp);
+        assert_eq!(d.reason, Reason::Announced);
+        assert!(d.message.contains("ns/p"), "{}", d.message);
+        // Deleting wins over not selected, so the status says why the entry goes away.
+        let d = decide(&s, &labels(&[]), false, &ready, all, &bgp);
+        assert_eq!((d.reason, d.role), (Reason::Deleting, None));
+    }
+
+    #[test]
+    fn drain_annotation_values() {
+        let a = |v: Option<&str>| {
+            let mut m = BTreeMap::new();
+            if let Some(v) = v {
+                m.insert(sharedip_api::DRAIN_ANNOTATION.to_string(), v.to_string());
+            }
+            m.insert("other".into(), "true".into());
+            is_draining(&m)
+        };
+        assert!(!a(None));
+        assert!(!a(Some("false")));
+        assert!(!a(Some("False")));
+        assert!(a(Some("true")));
+        assert!(a(Some("")));
+        assert!(a(Some("maintenance until 5pm")));
+    }
+
+    #[test]
+    fn ipv6_prefixes() {
+        let mut s = base();
+        s.address = "2001:db8:1:2::1".into();
+        let t = go(&s, &[("role", "primary")]).target.unwrap();
+        assert_eq!(t.address.to_string(), "2001:db8:1:2::/64");
+        s.address = "2001:db8:1:2ff::1".into();
+        s.prefix = Some(56);
+        let t = go(&s, &[("role", "primary")]).target.unwrap();
+        assert_eq!(t.address.to_string(), "2001:db8:1:200::/56");
+        // The node binds the spec's address itself, not the range base.
+        assert_eq!(t.address.address().to_string(), "2001:db8:1:2ff::1");
+    }
+
+    fn pod(name: &str, ns: &str, node: &str, app: &str, ready: bool) -> Pod {
+        serde_json::from_value(json!({
+            "metadata": {"name": name, "namespace": ns, "labels": {"app": app}},
+            "spec": {"nodeName": node, "containers": []},
+            "status": {"conditions": [{"type": "Ready", "status": if ready {"True"} else {"False"}}]},
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn readiness_gate() {
+        let gate: ReadinessGate = serde_json::from_value(json!({
+            "namespace": "ingress",
+            "podSelector": {"matchLabels": {"app": "nginx"}},
+        }))
+        .unwrap();
+        let g = |pods: &[Pod]| evaluate_gate(Some(&gate), "n1", pods);
+        assert_eq!(
+            evaluate_gate(None, "n1", &[] as &[Pod]),
+            GateState::NotConfigured
+        );
+        assert!(matches!(g(&[]), GateState::NotReady { .. }));
+        assert_eq!(
+            g(&[pod("a", "ingress", "n1", "nginx", true)]),
+            GateState::Ready {
+                pod: "ingress/a".into()
+            }
+        );
+        // Each disqualifier on its own.
+        assert!(matches!(
+            g(&[pod("a", "ingress", "n1", "nginx", false)]),
+            GateState::NotReady { .. }
+        ));
+        assert!(matches!(
+            g(&[pod("a", "ingress", "n2", "nginx", true)]),
+            GateState::NotReady { .. }
+        ));
+        assert!(matches!(
+            g(&[pod("a", "default", "n1", "nginx", true)]),
+            GateState::NotReady { .. }
+        ));
+        assert!(matches!(
+            g(&[pod("a", "ingress", "n1", "haproxy", true)]),
+            GateState::NotReady { .. }
+        ));
+        let mut terminating = pod("a", "ingress", "n1", "nginx", true);
+        terminating.metadata.deletion_timestamp = Some(
+            k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(Default::default()),
+        );
+        assert!(matches!(g(&[terminating]), GateState::NotReady { .. }));
+        // One good pod among bad ones is enough.
+        assert_eq!(
+            g(&[
+                pod("b", "ingress", "n1", "nginx", false),
+                pod("c", "ingress", "n1", "nginx", true),
+            ]),
+            GateState::Ready {
+                pod: "ingress/c".into()
+            }
+        );
+    }
+}

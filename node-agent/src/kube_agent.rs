@@ -1,0 +1,450 @@
+//! Kubernetes mode: watch this node's Node, every SharedIP and the pods on this node; decide,
+//! apply (bind/announce, withdraw/unbind), write this node's status entry and events.
+
+use std::collections::{BTreeMap, HashMap};
+use std::future::Future;
+use std::net::IpAddr;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::StreamExt;
+use k8s_openapi::api::core::v1::{Node, ObjectReference, Pod};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use k8s_openapi::jiff::Timestamp;
+use kube::api::{Api, Patch, PatchParams};
+use kube::runtime::events::{Event, EventType, Recorder, Reporter};
+use kube::runtime::reflector::{self, Store};
+use kube::runtime::{watcher, WatchStreamExt};
+use kube::{Resource, ResourceExt};
+use sharedip_api::{NodeStatus, SharedIP};
+use tokio::sync::Notify;
+
+use crate::binder::{Binder, BinderConfig};
+use crate::binding::AddressBinding;
+use crate::config::RunArgs;
+use crate::decision::{self, BgpDefaults, Decision, Reason, Situation};
+use crate::http::{AgentReport, Shared};
+use crate::orchestrator::{Orchestrator, Transition};
+use crate::runtime::{self, AgentError};
+use crate::speaker::{Announcer, Speaker, SpeakerMonitor};
+use crate::status;
+
+/// Settings of the Kubernetes loop.
+#[derive(Debug, Clone)]
+pub struct KubeSettings {
+    /// This node's name.
+    pub node: String,
+    /// Community and ASN defaults.
+    pub bgp: BgpDefaults,
+    /// Re-evaluation period without changes.
+    pub resync: Duration,
+    /// Bound of the shutdown path.
+    pub shutdown_timeout: Duration,
+}
+
+/// Runs `sharedip-node-agent run` until SIGTERM.
+pub async fn run(args: RunArgs) -> Result<(), AgentError> {
+    let common = &args.common;
+    let client = kube::Client::try_default()
+        .await
+        .map_err(AgentError::Kube)?;
+    let node = Api::<Node>::all(client.clone())
+        .get(&args.node_name)
+        .await
+        .map_err(|source| AgentError::Node {
+            node: args.node_name.clone(),
+            source,
+        })?;
+    let region = node.labels().get(sharedip_api::REGION_LABEL).cloned();
+    let dcid = if common.neighbors.is_empty() {
+        Some(crate::dcid::resolve(common.dcid, region.as_deref())?)
+    } else {
+        common.dcid
+    };
+    let peers = common.peers(dcid)?;
+    let next_hop = runtime::next_hop(common, &peers)?;
+    let speaker_cfg = runtime::speaker_config(common, peers, next_hop);
+    tracing::info!(node = %args.node_name, ?region, ?dcid, %next_hop, peers = ?speaker_cfg.peers, "starting");
+    let speaker = Speaker::start(&speaker_cfg)?;
+    let binder = Binder::new(BinderConfig {
+        interface: common.interface.clone(),
+        state_file: common.state_file.clone(),
+    })
+    .await
+    .map_err(|e| AgentError::Binder(e.to_string()))?;
+    let monitor = speaker.monitor();
+    let shared = Shared::new(
+        AgentReport {
+            mode: "kubernetes".into(),
+            node: Some(args.node_name.clone()),
+            dcid,
+            local_as: common.local_asn,
+            next_hop: next_hop.to_string(),
+            ..Default::default()
+        },
+        monitor.clone(),
+    );
+    runtime::serve_http(common.http_addr, shared.clone()).await?;
+    let orchestrator = Orchestrator::new(binder, speaker, common.unbind_delay);
+    run_loop(
+        client,
+        KubeSettings {
+            node: args.node_name.clone(),
+            bgp: common.bgp_defaults(),
+            resync: args.resync_interval,
+            shutdown_timeout: common.shutdown_timeout,
+        },
+        orchestrator,
+        monitor,
+        shared,
+        runtime::shutdown_signal(),
+    )
+    .await
+}
+
+struct Stores {
+    node: Store<Node>,
+    sharedips: Store<SharedIP>,
+    pods: Store<Pod>,
+}
+
+/// Keeps a reflector store of `api` and pokes `notify` on every change.
+fn spawn_watch<K>(
+    api: Api<K>,
+    config: watcher::Config,
+    notify: Arc<Notify>,
+    what: &'static str,
+) -> (Store<K>, tokio::task::JoinHandle<()>)
+where
+    K: kube::Resource<DynamicType = ()>
+        + Clone
+        + std::fmt::Debug
+        + serde::de::DeserializeOwned
+        + Send
+        + Sync
+        + 'static,
+{
+    let (store, writer) = reflector::store::<K>();
+    let task = tokio::spawn(async move {
+        let stream = watcher(api, config).default_backoff().reflect(writer);
+        futures::pin_mut!(stream);
+        while let Some(ev) = stream.next().await {
+            match ev {
+                Ok(_) => notify.notify_one(),
+                Err(e) => tracing::warn!(error = %e, what, "watch error; retrying"),
+            }
+        }
+    });
+    (store, task)
+}
+
+/// What this agent last wrote for a SharedIP: the entry and the object's resourceVersion seen
+/// then, so a store that has not caught up with our own write does not cause a second one.
+type Written = HashMap<String, (Option<String>, Option<NodeStatus>)>;
+
+/// The Kubernetes loop: runs until `stop`, then withdraws, CEASEs, unbinds and writes a final
+/// status, all within `settings.shutdown_timeout`.
+pub async fn run_loop<B: AddressBinding, A: Announcer>(
+    client: kube::Client,
+    settings: KubeSettings,
+    mut orchestrator: Orchestrator<B, A>,
+    mut monitor: SpeakerMonitor,
+    shared: Arc<Shared>,
+    stop: impl Future<Output = ()> + Send,
+) -> Result<(), AgentError> {
+    let notify = Arc::new(Notify::new());
+    let node_name = settings.node.clone();
+    let (node, t1) = spawn_watch(
+        Api::<Node>::all(client.clone()),
+        watcher::Config::default().fields(&format!("metadata.name={node_name}")),
+        notify.clone(),
+        "node",
+    );
+    let (sharedips, t2) = spawn_watch(
+        Api::<SharedIP>::all(client.clone()),
+        watcher::Config::default(),
+        notify.clone(),
+        "sharedip",
+    );
+    let (pods, t3) = spawn_watch(
+        Api::<Pod>::all(client.clone()),
+        watcher::Config::default().fields(&format!("spec.nodeName={node_name}")),
+        notify.clone(),
+        "pod",
+    );
+    let tasks = [t1, t2, t3];
+    let stores = Stores {
+        node,
+        sharedips,
+        pods,
+    };
+    futures::pin_mut!(stop);
+    let synced = async {
+        stores
+            .node
+            .wait_until_ready()
+            .await
+            .map_err(|_| AgentError::Cache("Node"))?;
+        stores
+            .sharedips
+            .wait_until_ready()
+            .await
+            .map_err(|_| AgentError::Cache("SharedIP"))?;
+        stores
+            .pods
+            .wait_until_ready()
+            .await
+            .map_err(|_| AgentError::Cache("Pod"))
+    };
+    let stopped_early = tokio::select! {
+        r = synced => { r?; false }
+        () = &mut stop => true,
+    };
+    let recorder = Recorder::new(
+        client.clone(),
+        Reporter {
+            controller: "sharedip-node-agent".into(),
+            instance: Some(node_name.clone()),
+        },
+    );
+    let mut ctx = LoopCtx {
+        client,
+        settings,
+        stores,
+        recorder,
+        shared,
+        written: HashMap::new(),
+    };
+    if !stopped_early {
+        tracing::info!(node = %node_name, "caches synced");
+        let mut resync = tokio::time::interval(ctx.settings.resync);
+        resync.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            ctx.reconcile(&mut orchestrator, false).await;
+            ctx.shared.ready.store(true, Ordering::Relaxed);
+            tokio::select! {
+                () = notify.notified() => {}
+                () = monitor.changed() => {}
+                _ = resync.tick() => ctx.written.clear(),
+                () = &mut stop => break,
+            }
+        }
+    }
+    tracing::info!("stopping: withdrawing, closing sessions, unbinding");
+    let bound = ctx.settings.shutdown_timeout;
+    let shutdown = async {
+        let t = orchestrator.shutdown("node agent stopping").await;
+        ctx.after_transitions(&t).await;
+        ctx.shared.set_prefixes(orchestrator.report());
+        // Best effort: the status says why the node stopped announcing.
+        ctx.write_statuses(&orchestrator, true).await;
+    };
+    if tokio::time::timeout(bound, shutdown).await.is_err() {
+        tracing::error!(?bound, "shutdown did not finish in time");
+    }
+    for t in tasks {
+        t.abort();
+    }
+    Ok(())
+}
+
+struct LoopCtx {
+    client: kube::Client,
+    settings: KubeSettings,
+    stores: Stores,
+    recorder: Recorder,
+    shared: Arc<Shared>,
+    written: Written,
+}
+
+impl LoopCtx {
+    fn node_facts(&self) -> (BTreeMap<String, String>, bool) {
+        match self.stores.node.state().into_iter().next() {
+            Some(n) => (
+                n.metadata.labels.clone().unwrap_or_default(),
+                decision::is_draining(&n.metadata.annotations.clone().unwrap_or_default()),
+            ),
+            // Our Node is gone: nothing selects us.
+            None => (BTreeMap::new(), false),
+        }
+    }
+
+    fn decisions(&self, shutting_down: bool) -> BTreeMap<String, Decision> {
+        let (labels, draining) = self.node_facts();
+        let pods = self.stores.pods.state();
+        let mut sips = self.stores.sharedips.state();
+        sips.sort_by_key(|s| s.name_any());
+        let mut claimed: BTreeMap<IpAddr, String> = BTreeMap::new();
+        let mut out = BTreeMap::new();
+        for sip in sips {
+            let name = sip.name_any();
+            let gate = decision::evaluate_gate(
+                sip.spec.readiness_gate.as_ref(),
+                &self.settings.node,
+                pods.iter().map(AsRef::as_ref),
+            );
+            let situation = Situation {
+                deleting: sip.metadata.deletion_timestamp.is_some(),
+                shutting_down,
+            };
+            let mut d = decision::decide(
+                &sip.spec,
+                &labels,
+                draining,
+                &gate,
+                situation,
+                &self.settings.bgp,
+            );
+            if let Some(t) = d.target {
+                let addr = t.address.address();
+                if let Some(first) = claimed.get(&addr) {
+                    // Two SharedIPs for one address: the first by name keeps it (the operator
+                    // reports the duplicate).
+                    d = Decision {
+                        role: d.role,
+                        target: None,
+                        reason: Reason::InvalidSpec,
+                        message: format!("address {addr} is already managed by SharedIP {first}"),
+                    };
+                } else {
+                    claimed.insert(addr, name.clone());
+                }
+            }
+            out.insert(name, d);
+        }
+        out
+    }
+
+    async fn reconcile<B: AddressBinding, A: Announcer>(
+        &mut self,
+        orchestrator: &mut Orchestrator<B, A>,
+        shutting_down: bool,
+    ) {
+        let desired = self.decisions(shutting_down);
+        let transitions = orchestrator.apply(&desired).await;
+        self.after_transitions(&transitions).await;
+        self.shared.set_prefixes(orchestrator.report());
+        self.write_statuses(orchestrator, shutting_down).await;
+    }
+
+    async fn after_transitions(&self, transitions: &[Transition]) {
+        self.shared.metrics.observe_transitions(transitions);
+        let node = &self.settings.node;
+        for t in transitions {
+            let (name, type_, reason, action, note) = match t {
+                Transition::Announced {
+                    name,
+                    prefix,
+                    community,
+                } => {
+                    tracing::info!(sharedip = %name, %prefix, %community, "announced");
+                    (
+                        name,
+                        EventType::Normal,
+                        "Announced",
+                        "Announce",
+                        format!("node {node} announces {prefix} with community {community}"),
+                    )
+                }
+                Transition::Withdrawn {
+                    name,
+                    prefix,
+                    reason,
+                } => {
+                    tracing::info!(sharedip = %name, %prefix, %reason, "withdrawn");
+                    (
+                        name,
+                        EventType::Normal,
+                        "Withdrawn",
+                        "Withdraw",
+                        format!("node {node} withdrew {prefix}: {reason}"),
+                    )
+                }
+                Transition::BindFailed { name, error } => (
+                    name,
+                    EventType::Warning,
+                    "BindFailed",
+                    "Bind",
+                    format!("node {node} cannot bind the address: {error}"),
+                ),
+            };
+            let Some(sip) = self.stores.sharedips.get(&reflector::ObjectRef::new(name)) else {
+                continue;
+            };
+            let ev = Event {
+                type_,
+                reason: reason.into(),
+                note: Some(note),
+                action: action.into(),
+                secondary: Some(ObjectReference {
+                    api_version: Some("v1".into()),
+                    kind: Some("Node".into()),
+                    name: Some(node.clone()),
+                    ..Default::default()
+                }),
+            };
+            // Events are best effort.
+            if let Err(e) = self.recorder.publish(&ev, &sip.object_ref(&())).await {
+                tracing::warn!(error = %e, reason, "cannot publish event");
+            }
+        }
+    }
+
+    async fn write_statuses<B: AddressBinding, A: Announcer>(
+        &mut self,
+        orchestrator: &Orchestrator<B, A>,
+        shutting_down: bool,
+    ) {
+        let desired = self.decisions(shutting_down);
+        let sessions = (
+            orchestrator.announcer().established(),
+            orchestrator.announcer().total(),
+        );
+        let node = self.settings.node.clone();
+        let api: Api<SharedIP> = Api::all(self.client.clone());
+        let params = PatchParams::apply(&status::field_manager(&node)).force();
+        let now = Time(Timestamp::now());
+        for sip in self.stores.sharedips.state() {
+            let name = sip.name_any();
+            let Some(d) = desired.get(&name) else {
+                continue;
+            };
+            let previous = sip
+                .status
+                .as_ref()
+                .and_then(|s| s.nodes.iter().find(|n| n.name == node));
+            let applied = if shutting_down {
+                None
+            } else {
+                orchestrator.applied().get(&name)
+            };
+            let entry = status::node_entry(&node, d, applied, sessions, previous, now.clone());
+            if status::same_entry(entry.as_ref(), previous) {
+                continue;
+            }
+            let rv = sip.resource_version();
+            if let Some((seen_rv, written)) = self.written.get(&name) {
+                if *seen_rv == rv && status::same_entry(entry.as_ref(), written.as_ref()) {
+                    // Already written; the store has not seen our write yet.
+                    continue;
+                }
+            }
+            let patch = status::status_patch(entry.as_ref());
+            match api
+                .patch_status(&name, &params, &Patch::Apply(&patch))
+                .await
+            {
+                Ok(_) => {
+                    tracing::debug!(sharedip = %name, ?entry, "status written");
+                    self.written.insert(name, (rv, entry));
+                }
+                Err(kube::Error::Api(e)) if e.code == 404 => {}
+                Err(e) => {
+                    tracing::warn!(sharedip = %name, error = %e, "cannot write status; retrying");
+                    self.written.remove(&name);
+                }
+            }
+        }
+    }
+}

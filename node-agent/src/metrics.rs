@@ -1,0 +1,232 @@
+//! Prometheus metrics of the agent, served on `/metrics`.
+
+use std::collections::HashMap;
+use std::sync::atomic::AtomicI64;
+use std::sync::Mutex;
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
+
+use crate::orchestrator::Transition;
+use crate::speaker::{PeerReport, SpeakerMonitor};
+
+/// Every FSM state, so each peer exports one series per state (1 for the current one).
+const STATES: [&str; 6] = [
+    "idle",
+    "connect",
+    "active",
+    "opensent",
+    "openconfirm",
+    "established",
+];
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PeerLabels {
+    pub peer: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PeerStateLabels {
+    pub peer: String,
+    pub state: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TransitionLabels {
+    /// announce, withdraw or bind_failed.
+    pub action: &'static str,
+    pub reason: String,
+}
+
+/// Every metric the agent exports.
+pub struct Metrics {
+    registry: Mutex<Registry>,
+    pub session_state: Family<PeerStateLabels, Gauge<i64, AtomicI64>>,
+    pub session_established: Family<PeerLabels, Gauge<i64, AtomicI64>>,
+    pub updates_sent: Family<PeerLabels, Counter>,
+    pub updates_received: Family<PeerLabels, Counter>,
+    pub session_flaps: Family<PeerLabels, Counter>,
+    pub prefixes_announced: Gauge<i64, AtomicI64>,
+    pub transitions: Family<TransitionLabels, Counter>,
+    /// Counters already exported per peer: the sessions report totals, counters take deltas.
+    seen: Mutex<HashMap<String, (u64, u64, u64)>>,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        let mut registry = Registry::with_prefix("sharedip_agent");
+        let m = Self {
+            registry: Mutex::new(Registry::default()),
+            session_state: Family::default(),
+            session_established: Family::default(),
+            updates_sent: Family::default(),
+            updates_received: Family::default(),
+            session_flaps: Family::default(),
+            prefixes_announced: Gauge::default(),
+            transitions: Family::default(),
+            seen: Mutex::new(HashMap::new()),
+        };
+        registry.register(
+            "bgp_session_state",
+            "1 for the current BGP FSM state of each route server session",
+            m.session_state.clone(),
+        );
+        registry.register(
+            "bgp_session_established",
+            "1 while the session with the route server is established",
+            m.session_established.clone(),
+        );
+        registry.register(
+            "bgp_updates_sent",
+            "BGP UPDATE messages sent per route server",
+            m.updates_sent.clone(),
+        );
+        registry.register(
+            "bgp_updates_received",
+            "BGP UPDATE messages received (and discarded) per route server",
+            m.updates_received.clone(),
+        );
+        registry.register(
+            "bgp_sessions_established",
+            "Times the session with the route server reached Established",
+            m.session_flaps.clone(),
+        );
+        registry.register(
+            "prefixes_announced",
+            "Prefixes this node announces",
+            m.prefixes_announced.clone(),
+        );
+        registry.register(
+            "transitions",
+            "Announcements, withdrawals and bind failures by reason",
+            m.transitions.clone(),
+        );
+        if let Ok(mut r) = m.registry.lock() {
+            *r = registry;
+        }
+        m
+    }
+}
+
+impl Metrics {
+    /// Refreshes the session metrics from the speaker and returns the text format.
+    pub fn encode(&self, monitor: &SpeakerMonitor) -> String {
+        self.observe_peers(&monitor.reports());
+        let mut out = String::new();
+        let registry = match self.registry.lock() {
+            Ok(r) => r,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        // Writing into a String cannot fail.
+        let _ = prometheus_client::encoding::text::encode(&mut out, &registry);
+        out
+    }
+
+    /// Sets the per-peer series from a snapshot.
+    pub fn observe_peers(&self, peers: &[PeerReport]) {
+        let mut seen = match self.seen.lock() {
+            Ok(s) => s,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        for p in peers {
+            let peer = p.peer.clone();
+            for s in STATES {
+                self.session_state
+                    .get_or_create(&PeerStateLabels {
+                        peer: peer.clone(),
+                        state: s,
+                    })
+                    .set(i64::from(p.state == s));
+            }
+            self.session_established
+                .get_or_create(&PeerLabels { peer: peer.clone() })
+                .set(i64::from(p.state == "established"));
+            let prev = seen.entry(peer.clone()).or_default();
+            let labels = PeerLabels { peer };
+            self.updates_sent
+                .get_or_create(&labels)
+                .inc_by(p.updates_sent.saturating_sub(prev.0));
+            self.updates_received
+                .get_or_create(&labels)
+                .inc_by(p.updates_received.saturating_sub(prev.1));
+            self.session_flaps
+                .get_or_create(&labels)
+                .inc_by(p.established_count.saturating_sub(prev.2));
+            *prev = (
+                prev.0.max(p.updates_sent),
+                prev.1.max(p.updates_received),
+                prev.2.max(p.established_count),
+            );
+        }
+    }
+
+    /// Counts transitions.
+    pub fn observe_transitions(&self, transitions: &[Transition]) {
+        for t in transitions {
+            let labels = match t {
+                Transition::Announced { .. } => TransitionLabels {
+                    action: "announce",
+                    reason: "Announced".into(),
+                },
+                Transition::Withdrawn { reason, .. } => TransitionLabels {
+                    action: "withdraw",
+                    reason: reason.as_str().into(),
+                },
+                Transition::BindFailed { .. } => TransitionLabels {
+                    action: "bind_failed",
+                    reason: "BindFailed".into(),
+                },
+            };
+            self.transitions.get_or_create(&labels).inc();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn peer(state: &str, sent: u64) -> PeerReport {
+        PeerReport {
+            peer: "2001:db8:18:34::1".into(),
+            port: 179,
+            peer_as: 65000,
+            state: state.into(),
+            uptime_seconds: None,
+            hold_time: None,
+            advertised: 1,
+            updates_sent: sent,
+            updates_received: 0,
+            established_count: 1,
+            last_error: None,
+        }
+    }
+
+    #[test]
+    fn session_series_and_deltas() {
+        let m = Metrics::default();
+        m.observe_peers(&[peer("established", 3)]);
+        m.observe_peers(&[peer("established", 5)]);
+        m.prefixes_announced.set(2);
+        m.observe_transitions(&[Transition::Withdrawn {
+            name: "a".into(),
+            prefix: crate::bgp::wire::Prefix::new("192.0.2.10".parse().unwrap(), 32).unwrap(),
+            reason: crate::decision::Reason::Draining,
+        }]);
+        let text = m.encode(&SpeakerMonitor::empty());
+        for want in [
+            "sharedip_agent_bgp_session_state{peer=\"2001:db8:18:34::1\",state=\"established\"} 1",
+            "sharedip_agent_bgp_session_state{peer=\"2001:db8:18:34::1\",state=\"idle\"} 0",
+            "sharedip_agent_bgp_session_established{peer=\"2001:db8:18:34::1\"} 1",
+            "sharedip_agent_bgp_updates_sent_total{peer=\"2001:db8:18:34::1\"} 5",
+            "sharedip_agent_bgp_sessions_established_total{peer=\"2001:db8:18:34::1\"} 1",
+            "sharedip_agent_prefixes_announced 2",
+            "sharedip_agent_transitions_total{action=\"withdraw\",reason=\"Draining\"} 1",
+        ] {
+            assert!(text.contains(want), "missing {want} in\n{text}");
+        }
+    }
+}

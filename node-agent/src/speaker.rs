@@ -1,0 +1,375 @@
+//! The BGP speaker of the agent: one session per route server, the same Adj-RIB-Out on all.
+
+use std::future::Future;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::time::{Duration, SystemTime};
+
+use serde::{Deserialize, Serialize};
+use tokio::sync::watch;
+
+use crate::bgp::fsm::{ConfigError, FsmConfig, State};
+use crate::bgp::session::{self, Route, SessionConfig, SessionHandle, SessionStatus, Transport};
+use crate::bgp::wire::Prefix;
+
+/// How to reach the route servers and what to tell them.
+#[derive(Debug, Clone)]
+pub struct SpeakerConfig {
+    /// The route servers (address and port, normally 179).
+    pub peers: Vec<SocketAddr>,
+    /// Source address of the sessions, if not the kernel's choice.
+    pub source: Option<IpAddr>,
+    /// eBGP multihop TTL / hop limit.
+    pub multihop_ttl: Option<u32>,
+    /// ASNs, router id, timers, families.
+    pub fsm: FsmConfig,
+    /// Next hop of every route: the node's global IPv6 address.
+    pub next_hop: Ipv6Addr,
+    /// IPv4 next hop for peers without extended next hop.
+    pub next_hop_v4: Option<Ipv4Addr>,
+}
+
+/// Why the speaker cannot start.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SpeakerError {
+    #[error("invalid BGP settings: {0}")]
+    Config(#[from] ConfigError),
+}
+
+/// What the orchestration needs from a speaker; the real one is [`Speaker`], tests use a fake.
+pub trait Announcer: Send {
+    /// Announces (or re-announces with new communities) a route on every session.
+    fn announce(&mut self, route: Route);
+    /// Withdraws a prefix on every session.
+    fn withdraw(&mut self, prefix: Prefix);
+    /// Sessions established now.
+    fn established(&self) -> usize;
+    /// Sessions configured.
+    fn total(&self) -> usize;
+    /// Ends every session with CEASE / Administrative Shutdown; announced routes are
+    /// withdrawn explicitly before, by the caller.
+    fn shutdown(&mut self, message: &str) -> impl Future<Output = ()> + Send;
+}
+
+/// One session per route server.
+pub struct Speaker {
+    sessions: Vec<(SocketAddr, SessionHandle)>,
+    monitor: SpeakerMonitor,
+}
+
+impl Speaker {
+    /// Starts one session per peer; they connect in the background and keep retrying.
+    pub fn start(config: &SpeakerConfig) -> Result<Self, SpeakerError> {
+        let mut sessions = Vec::with_capacity(config.peers.len());
+        for peer in &config.peers {
+            let handle = session::spawn(SessionConfig {
+                fsm: config.fsm.clone(),
+                transport: Transport::Connect {
+                    remote: *peer,
+                    local: config.source,
+                    ttl: config.multihop_ttl,
+                },
+                next_hop: config.next_hop,
+                next_hop_v4: config.next_hop_v4,
+                write_timeout: Duration::from_secs(5),
+                observer: None,
+            })?;
+            sessions.push((*peer, handle));
+        }
+        let monitor = SpeakerMonitor {
+            peers: sessions.iter().map(|(a, h)| (*a, h.status())).collect(),
+            peer_as: config.fsm.peer_as,
+        };
+        Ok(Self { sessions, monitor })
+    }
+
+    /// A read-only view of the sessions for HTTP, metrics and status.
+    pub fn monitor(&self) -> SpeakerMonitor {
+        self.monitor.clone()
+    }
+}
+
+impl Announcer for Speaker {
+    fn announce(&mut self, route: Route) {
+        for (peer, h) in &self.sessions {
+            if h.announce(route.clone()).is_err() {
+                tracing::error!(%peer, prefix = %route.prefix, "BGP session task ended; cannot announce");
+            }
+        }
+    }
+
+    fn withdraw(&mut self, prefix: Prefix) {
+        for (peer, h) in &self.sessions {
+            if h.withdraw(prefix).is_err() {
+                tracing::error!(%peer, %prefix, "BGP session task ended; cannot withdraw");
+            }
+        }
+    }
+
+    fn established(&self) -> usize {
+        self.monitor.established()
+    }
+
+    fn total(&self) -> usize {
+        self.sessions.len()
+    }
+
+    async fn shutdown(&mut self, message: &str) {
+        let handles: Vec<_> = self.sessions.drain(..).map(|(_, h)| h).collect();
+        futures::future::join_all(
+            handles
+                .into_iter()
+                .map(|h| h.shutdown(Some(message.to_string()))),
+        )
+        .await;
+    }
+}
+
+/// Cloneable view of every session's status.
+#[derive(Clone)]
+pub struct SpeakerMonitor {
+    peers: Vec<(SocketAddr, watch::Receiver<SessionStatus>)>,
+    peer_as: u32,
+}
+
+impl SpeakerMonitor {
+    /// A monitor of no sessions (before the speaker starts).
+    pub fn empty() -> Self {
+        Self {
+            peers: Vec::new(),
+            peer_as: 0,
+        }
+    }
+
+    /// Sessions established now.
+    pub fn established(&self) -> usize {
+        self.peers
+            .iter()
+            .filter(|(_, rx)| rx.borrow().state == State::Established)
+            .count()
+    }
+
+    /// Sessions configured.
+    pub fn total(&self) -> usize {
+        self.peers.len()
+    }
+
+    /// A snapshot per peer.
+    pub fn reports(&self) -> Vec<PeerReport> {
+        let now = SystemTime::now();
+        self.peers
+            .iter()
+            .map(|(addr, rx)| {
+                let s = rx.borrow();
+                PeerReport {
+                    peer: addr.ip().to_string(),
+                    port: addr.port(),
+                    peer_as: self.peer_as,
+                    state: s.state.as_str().to_string(),
+                    uptime_seconds: s
+                        .established_since
+                        .and_then(|t| now.duration_since(t).ok())
+                        .map(|d| d.as_secs()),
+                    hold_time: s.hold_time,
+                    advertised: s.prefixes,
+                    updates_sent: s.updates_sent,
+                    updates_received: s.updates_received,
+                    established_count: s.established_count,
+                    last_error: s.last_error.clone(),
+                }
+            })
+            .collect()
+    }
+
+    /// Resolves when any session's status changes (or never, with no sessions).
+    pub async fn changed(&mut self) {
+        if self.peers.is_empty() {
+            return std::future::pending().await;
+        }
+        let futs = self.peers.iter_mut().map(|(_, rx)| Box::pin(rx.changed()));
+        let (res, _, _) = futures::future::select_all(futs).await;
+        if res.is_err() {
+            // A session task ended (shutdown); do not spin on a closed channel.
+            std::future::pending::<()>().await;
+        }
+    }
+}
+
+/// One session, for `/status` and the `status` subcommand.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PeerReport {
+    /// Route server address.
+    pub peer: String,
+    /// Its TCP port.
+    pub port: u16,
+    /// Its AS number.
+    pub peer_as: u32,
+    /// FSM state (idle, connect, active, opensent, openconfirm, established).
+    pub state: String,
+    /// Seconds since the session came up, while established.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub uptime_seconds: Option<u64>,
+    /// Negotiated hold time.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hold_time: Option<u16>,
+    /// Prefixes in the Adj-RIB-Out.
+    pub advertised: usize,
+    /// UPDATEs sent.
+    pub updates_sent: u64,
+    /// UPDATEs received (and discarded by the import policy).
+    pub updates_received: u64,
+    /// Times the session reached Established.
+    pub established_count: u64,
+    /// Why the session last went down.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_error: Option<String>,
+}
+
+/// A fake announcer for orchestration tests.
+pub mod fake {
+    use super::Announcer;
+    use crate::bgp::session::Route;
+    use crate::bgp::wire::Prefix;
+    use crate::binding::fake::{Op, OpLog};
+
+    /// Records announce/withdraw/shutdown into the shared log.
+    #[derive(Debug, Clone)]
+    pub struct FakeAnnouncer {
+        /// Shared with the fake binder.
+        pub log: OpLog,
+        /// Sessions reported as established.
+        pub established: usize,
+        /// Sessions reported as configured.
+        pub total: usize,
+    }
+
+    impl FakeAnnouncer {
+        /// A fake with 4 of 4 sessions up.
+        pub fn new(log: OpLog) -> Self {
+            Self {
+                log,
+                established: 4,
+                total: 4,
+            }
+        }
+
+        fn push(&self, op: Op) {
+            if let Ok(mut l) = self.log.lock() {
+                l.push(op);
+            }
+        }
+    }
+
+    impl Announcer for FakeAnnouncer {
+        fn announce(&mut self, route: Route) {
+            let c: Vec<String> = route
+                .communities
+                .iter()
+                .map(ToString::to_string)
+                .chain(route.large_communities.iter().map(ToString::to_string))
+                .collect();
+            self.push(Op::Announce(format!("{} {}", route.prefix, c.join(","))));
+        }
+
+        fn withdraw(&mut self, prefix: Prefix) {
+            self.push(Op::Withdraw(prefix.to_string()));
+        }
+
+        fn established(&self) -> usize {
+            self.established
+        }
+
+        fn total(&self) -> usize {
+            self.total
+        }
+
+        async fn shutdown(&mut self, _message: &str) {
+            self.push(Op::Shutdown);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Arc;
+    use tokio::net::TcpListener;
+
+    /// The speaker against a route server made of our own session in accept mode, on ::1.
+    #[tokio::test]
+    async fn announces_to_every_peer_and_reports() {
+        let mut servers = Vec::new();
+        let mut peers = Vec::new();
+        let mut observers = Vec::new();
+        for i in 0..2u8 {
+            let l = Arc::new(TcpListener::bind("[::1]:0").await.unwrap());
+            peers.push(l.local_addr().unwrap());
+            let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+            observers.push(rx);
+            servers.push(
+                session::spawn(SessionConfig {
+                    fsm: FsmConfig {
+                        local_as: 65000,
+                        peer_as: 65001,
+                        router_id: Ipv4Addr::new(192, 0, 2, 250 + i),
+                        ..FsmConfig::default()
+                    },
+                    transport: Transport::Accept(l),
+                    next_hop: "2001:db8::fe".parse().unwrap(),
+                    next_hop_v4: None,
+                    write_timeout: Duration::from_secs(5),
+                    observer: Some(tx),
+                })
+                .unwrap(),
+            );
+        }
+        let mut speaker = Speaker::start(&SpeakerConfig {
+            peers: peers.clone(),
+            source: None,
+            multihop_ttl: Some(16),
+            fsm: FsmConfig {
+                router_id: Ipv4Addr::new(192, 0, 2, 1),
+                ..FsmConfig::default()
+            },
+            next_hop: "2001:db8::1".parse().unwrap(),
+            next_hop_v4: None,
+        })
+        .unwrap();
+        let mut mon = speaker.monitor();
+        assert_eq!(mon.total(), 2);
+        tokio::time::timeout(Duration::from_secs(20), async {
+            while mon.established() < 2 {
+                mon.changed().await;
+            }
+        })
+        .await
+        .expect("both sessions establish");
+        let prefix = Prefix::new("192.0.2.10".parse().unwrap(), 32).unwrap();
+        speaker.announce(crate::community::RoleCommunity::PRIMARY.route(prefix));
+        for rx in &mut observers {
+            let u = tokio::time::timeout(Duration::from_secs(10), rx.recv())
+                .await
+                .unwrap()
+                .unwrap();
+            assert!(u.announced().any(|p| *p == prefix), "{u:?}");
+        }
+        let reports = speaker.monitor().reports();
+        assert_eq!(reports.len(), 2);
+        assert!(reports.iter().all(|r| r.state == "established"
+            && r.peer == "::1"
+            && r.peer_as == 65000
+            && r.hold_time == Some(9)));
+        speaker.withdraw(prefix);
+        for rx in &mut observers {
+            let u = tokio::time::timeout(Duration::from_secs(10), rx.recv())
+                .await
+                .unwrap()
+                .unwrap();
+            assert!(u.withdrawn_all().any(|p| *p == prefix), "{u:?}");
+        }
+        speaker.shutdown("test over").await;
+        for s in servers {
+            s.shutdown(None).await;
+        }
+    }
+}

@@ -1,0 +1,334 @@
+//! Standalone mode: lelastic's job on a plain Linode, without Kubernetes.
+//!
+//! With `--address`, the agent binds each address on `--interface` and announces it; without,
+//! it announces the public addresses already configured on `lo` (every interface with
+//! `-allifs`), as lelastic does, and binds nothing. IPv4 is announced as /32, IPv6 as the /64
+//! around the address (/56 with `-send56`).
+
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+use std::sync::atomic::Ordering;
+
+use sharedip_api::{Role, SharedAddress};
+
+use crate::binder::{Binder, BinderConfig};
+use crate::binding::{AddressBinding, NoBinding};
+use crate::community::RoleCommunity;
+use crate::config::StandaloneArgs;
+use crate::decision::{Decision, Reason, Target};
+use crate::http::{AgentReport, Shared};
+use crate::orchestrator::Orchestrator;
+use crate::runtime::{self, AgentError};
+use crate::speaker::{Announcer, Speaker};
+
+/// One interface address, as `getifaddrs` reports it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IfAddr {
+    /// Interface name.
+    pub interface: String,
+    /// The address.
+    pub address: IpAddr,
+    /// Its prefix length.
+    pub prefix_len: u8,
+}
+
+/// Every address of every interface.
+pub fn interface_addresses() -> std::io::Result<Vec<IfAddr>> {
+    let mut out = Vec::new();
+    let mut head: *mut libc::ifaddrs = std::ptr::null_mut();
+    // SAFETY: getifaddrs fills `head` with a list we free below with freeifaddrs.
+    if unsafe { libc::getifaddrs(&mut head) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    let mut cur = head;
+    while !cur.is_null() {
+        // SAFETY: `cur` is a node of the list getifaddrs returned and is not freed yet.
+        let ifa = unsafe { &*cur };
+        cur = ifa.ifa_next;
+        if ifa.ifa_addr.is_null() || ifa.ifa_name.is_null() {
+            continue;
+        }
+        // SAFETY: ifa_name is a NUL-terminated string owned by the list.
+        let name = unsafe { std::ffi::CStr::from_ptr(ifa.ifa_name) }
+            .to_string_lossy()
+            .into_owned();
+        // SAFETY: the family tells which sockaddr type ifa_addr / ifa_netmask point to.
+        let (addr, mask) = unsafe {
+            match i32::from((*ifa.ifa_addr).sa_family) {
+                libc::AF_INET => {
+                    let a = &*(ifa.ifa_addr as *const libc::sockaddr_in);
+                    let m = (!ifa.ifa_netmask.is_null()).then(|| {
+                        (*(ifa.ifa_netmask as *const libc::sockaddr_in))
+                            .sin_addr
+                            .s_addr
+                    });
+                    (
+                        IpAddr::from(u32::from_be(a.sin_addr.s_addr).to_be_bytes()),
+                        m.map_or(32, |m| u32::from_be(m).count_ones()),
+                    )
+                }
+                libc::AF_INET6 => {
+                    let a = &*(ifa.ifa_addr as *const libc::sockaddr_in6);
+                    let m = (!ifa.ifa_netmask.is_null()).then(|| {
+                        (*(ifa.ifa_netmask as *const libc::sockaddr_in6))
+                            .sin6_addr
+                            .s6_addr
+                    });
+                    (
+                        IpAddr::from(a.sin6_addr.s6_addr),
+                        m.map_or(128, |m| u128::from_be_bytes(m).count_ones()),
+                    )
+                }
+                _ => continue,
+            }
+        };
+        out.push(IfAddr {
+            interface: name,
+            address: addr,
+            prefix_len: u8::try_from(mask).unwrap_or(0),
+        });
+    }
+    // SAFETY: `head` came from getifaddrs and is freed once.
+    unsafe { libc::freeifaddrs(head) };
+    Ok(out)
+}
+
+fn is_announceable(a: IpAddr) -> bool {
+    match a {
+        IpAddr::V4(v4) => {
+            !(v4.is_loopback()
+                || v4.is_private()
+                || v4.is_link_local()
+                || v4.is_unspecified()
+                || v4.is_multicast()
+                || v4.is_broadcast()
+                || v4.octets()[0] == 100 && (v4.octets()[1] & 0xc0) == 64)
+        }
+        IpAddr::V6(v6) => {
+            let s = v6.segments()[0];
+            !(v6.is_loopback()
+                || v6.is_unspecified()
+                || v6.is_multicast()
+                || (s & 0xffc0) == 0xfe80
+                || (s & 0xfe00) == 0xfc00)
+        }
+    }
+}
+
+/// lelastic's address discovery: public addresses on `interface` (every interface with
+/// `all_ifs`). On other interfaces only host addresses (/32, /128) count, so the node's own
+/// subnet addresses (SLAAC /64, the public /24) are never announced.
+pub fn discover(addrs: &[IfAddr], interface: &str, all_ifs: bool) -> Vec<IpAddr> {
+    let mut out: Vec<IpAddr> = addrs
+        .iter()
+        .filter(|a| is_announceable(a.address))
+        .filter(|a| {
+            if a.interface == interface {
+                true
+            } else {
+                all_ifs && (a.prefix_len == 32 && a.address.is_ipv4() || a.prefix_len == 128)
+            }
+        })
+        .map(|a| a.address)
+        .collect();
+    out.sort();
+    out.dedup();
+    out
+}
+
+/// The decisions for the standalone addresses: everything announced with the role's community.
+pub fn decisions(
+    addresses: &[IpAddr],
+    role: Role,
+    community: RoleCommunity,
+    send56: bool,
+) -> Result<BTreeMap<String, Decision>, sharedip_api::AddressError> {
+    let mut out = BTreeMap::new();
+    for a in addresses {
+        let prefix = match a {
+            IpAddr::V4(_) => 32,
+            IpAddr::V6(_) if send56 => 56,
+            IpAddr::V6(_) => 64,
+        };
+        let address = SharedAddress::parse(&a.to_string(), Some(prefix))?;
+        out.insert(
+            a.to_string(),
+            Decision {
+                role: Some(role),
+                target: Some(Target { address, community }),
+                reason: Reason::Announced,
+                message: format!("announcing {address} with community {community}"),
+            },
+        );
+    }
+    Ok(out)
+}
+
+/// Runs `sharedip-node-agent standalone` until SIGTERM.
+pub async fn run(args: StandaloneArgs) -> Result<(), AgentError> {
+    let common = &args.common;
+    let role = if args.primary {
+        Role::Primary
+    } else {
+        Role::Secondary
+    };
+    let community = match role {
+        Role::Primary => common.primary_community,
+        Role::Secondary => common.secondary_community,
+    };
+    let (addresses, bind) = if args.addresses.is_empty() {
+        let found = discover(
+            &interface_addresses().map_err(AgentError::Interfaces)?,
+            &common.interface,
+            args.all_ifs,
+        );
+        if found.is_empty() {
+            return Err(AgentError::NoAddresses(if args.all_ifs {
+                "any interface".into()
+            } else {
+                common.interface.clone()
+            }));
+        }
+        (found, false)
+    } else {
+        (args.addresses.clone(), true)
+    };
+    let desired = decisions(&addresses, role, community, args.send56)
+        .map_err(|e| AgentError::Binder(e.to_string()))?;
+    let peers = common.peers(common.dcid)?;
+    let next_hop = runtime::next_hop(common, &peers)?;
+    let speaker_cfg = runtime::speaker_config(common, peers, next_hop);
+    tracing::info!(?addresses, %role, %community, %next_hop, peers = ?speaker_cfg.peers, bind, "starting standalone");
+    let speaker = Speaker::start(&speaker_cfg)?;
+    let shared = Shared::new(
+        AgentReport {
+            mode: "standalone".into(),
+            dcid: common.dcid,
+            local_as: common.local_asn,
+            next_hop: next_hop.to_string(),
+            ..Default::default()
+        },
+        speaker.monitor(),
+    );
+    runtime::serve_http(common.http_addr, shared.clone()).await?;
+    if bind {
+        let binder = Binder::new(BinderConfig {
+            interface: common.interface.clone(),
+            state_file: common.state_file.clone(),
+        })
+        .await
+        .map_err(|e| AgentError::Binder(e.to_string()))?;
+        let o = Orchestrator::new(binder, speaker, common.unbind_delay);
+        serve(o, &desired, &shared, common.shutdown_timeout).await;
+    } else {
+        let o = Orchestrator::new(NoBinding, speaker, common.unbind_delay);
+        serve(o, &desired, &shared, common.shutdown_timeout).await;
+    }
+    Ok(())
+}
+
+async fn serve<B: AddressBinding, A: Announcer>(
+    mut o: Orchestrator<B, A>,
+    desired: &BTreeMap<String, Decision>,
+    shared: &Shared,
+    shutdown_timeout: std::time::Duration,
+) {
+    let t = o.apply(desired).await;
+    shared.metrics.observe_transitions(&t);
+    shared.set_prefixes(o.report());
+    shared.ready.store(true, Ordering::Relaxed);
+    // Retry failed binds now and then until stopped.
+    let mut retry = tokio::time::interval(std::time::Duration::from_secs(30));
+    retry.tick().await;
+    let stop = runtime::shutdown_signal();
+    futures::pin_mut!(stop);
+    loop {
+        tokio::select! {
+            () = &mut stop => break,
+            _ = retry.tick() => {
+                let t = o.apply(desired).await;
+                shared.metrics.observe_transitions(&t);
+                shared.set_prefixes(o.report());
+            }
+        }
+    }
+    tracing::info!("stopping: withdrawing, closing sessions, unbinding");
+    match tokio::time::timeout(shutdown_timeout, o.shutdown("sharedip-node-agent stopping")).await {
+        Ok(t) => shared.metrics.observe_transitions(&t),
+        Err(_) => tracing::error!("shutdown did not finish in time"),
+    }
+    shared.set_prefixes(o.report());
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ifa(i: &str, a: &str, l: u8) -> IfAddr {
+        IfAddr {
+            interface: i.into(),
+            address: a.parse().unwrap(),
+            prefix_len: l,
+        }
+    }
+
+    #[test]
+    fn discovery_like_lelastic() {
+        let addrs = vec![
+            ifa("lo", "127.0.0.1", 8),
+            ifa("lo", "::1", 128),
+            ifa("lo", "192.0.2.10", 32),
+            ifa("lo", "2001:db8:1:2::1", 64),
+            ifa("eth0", "198.51.100.20", 24),
+            ifa("eth0", "10.0.0.5", 24),
+            ifa("eth0", "2001:db8:5::abcd", 64),
+            ifa("eth0", "fe80::1", 64),
+            ifa("dummy0", "198.51.100.7", 32),
+            ifa("dummy0", "fd00::7", 128),
+        ];
+        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+        assert_eq!(
+            discover(&addrs, "lo", false),
+            vec![ip("192.0.2.10"), ip("2001:db8:1:2::1")]
+        );
+        assert_eq!(
+            discover(&addrs, "lo", true),
+            vec![ip("192.0.2.10"), ip("198.51.100.7"), ip("2001:db8:1:2::1")]
+        );
+        assert_eq!(discover(&addrs, "dummy0", false), vec![ip("198.51.100.7")]);
+    }
+
+    #[test]
+    fn decisions_follow_role_and_send56() {
+        let addrs: Vec<IpAddr> = vec![
+            "192.0.2.10".parse().unwrap(),
+            "2001:db8:1:2::1".parse().unwrap(),
+        ];
+        let d = decisions(&addrs, Role::Secondary, RoleCommunity::SECONDARY, true).unwrap();
+        let t = d["2001:db8:1:2::1"].target.unwrap();
+        assert_eq!(t.address.to_string(), "2001:db8:1::/56");
+        assert_eq!(t.community, RoleCommunity::SECONDARY);
+        let d = decisions(&addrs, Role::Primary, RoleCommunity::PRIMARY, false).unwrap();
+        assert_eq!(
+            d["2001:db8:1:2::1"].target.unwrap().address.to_string(),
+            "2001:db8:1:2::/64"
+        );
+        assert_eq!(
+            d["192.0.2.10"].target.unwrap().address.to_string(),
+            "192.0.2.10/32"
+        );
+        assert!(decisions(
+            &["127.0.0.1".parse().unwrap()],
+            Role::Primary,
+            RoleCommunity::PRIMARY,
+            false
+        )
+        .is_err());
+    }
+
+    #[test]
+    fn lists_this_machines_addresses() {
+        let all = interface_addresses().unwrap();
+        assert!(all.iter().any(|a| a.address.is_loopback()), "{all:?}");
+    }
+}

@@ -1,0 +1,356 @@
+//! The agent's Kubernetes loop against a real kube-apiserver, with a fake binder and the real
+//! speaker talking to a route server made of our own BGP session on ::1.
+//!
+//! Checks: the agent writes only its own status entry with server-side apply (the operator's
+//! fields survive), drain and the readiness gate withdraw with the right reason, events are
+//! recorded, and SIGTERM (the stop future) withdraws, unbinds and reports ShuttingDown.
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use k8s_openapi::api::core::v1::{Node, Pod};
+use kube::api::{Api, Patch, PatchParams, PostParams};
+use serde_json::json;
+use sharedip_api::{NodeStatus, SharedIP};
+use sharedip_e2e::controlplane::ControlPlane;
+use sharedip_node_agent::bgp::fsm::FsmConfig;
+use sharedip_node_agent::bgp::session::{self, SessionConfig, SessionHandle, Transport};
+use sharedip_node_agent::bgp::wire::{Community, Prefix, Update};
+use sharedip_node_agent::binding::fake::FakeBinder;
+use sharedip_node_agent::decision::BgpDefaults;
+use sharedip_node_agent::http::{AgentReport, Shared};
+use sharedip_node_agent::kube_agent::{run_loop, KubeSettings};
+use sharedip_node_agent::orchestrator::Orchestrator;
+use sharedip_node_agent::speaker::{Speaker, SpeakerConfig};
+use tokio::net::TcpListener;
+use tokio::sync::{mpsc, oneshot};
+
+const NODE: &str = "node-a";
+const WAIT: Duration = Duration::from_secs(60);
+
+async fn eventually<F, Fut, T>(what: &str, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<T, String>>,
+{
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let last = match check().await {
+            Ok(v) => return v,
+            Err(e) => e,
+        };
+        if tokio::time::Instant::now() >= deadline {
+            panic!("timed out after {WAIT:?} waiting for {what}: {last}");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// A route server on ::1: our own session in accept mode, reporting every UPDATE.
+async fn route_server() -> (SocketAddr, SessionHandle, mpsc::UnboundedReceiver<Update>) {
+    let listener = Arc::new(TcpListener::bind("[::1]:0").await.unwrap());
+    let addr = listener.local_addr().unwrap();
+    let (tx, rx) = mpsc::unbounded_channel();
+    let h = session::spawn(SessionConfig {
+        fsm: FsmConfig {
+            local_as: 65000,
+            peer_as: 65001,
+            router_id: Ipv4Addr::new(192, 0, 2, 254),
+            ..FsmConfig::default()
+        },
+        transport: Transport::Accept(listener),
+        next_hop: "2001:db8::fe".parse().unwrap(),
+        next_hop_v4: None,
+        write_timeout: Duration::from_secs(5),
+        observer: Some(tx),
+    })
+    .unwrap();
+    (addr, h, rx)
+}
+
+/// Waits for an UPDATE about `prefix`: Some(communities) for an announcement, None for a
+/// withdrawal.
+async fn next_about(
+    rx: &mut mpsc::UnboundedReceiver<Update>,
+    prefix: Prefix,
+) -> Option<Vec<Community>> {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let u = tokio::time::timeout_at(deadline, rx.recv())
+            .await
+            .expect("UPDATE within bound")
+            .expect("route server running");
+        if u.announced().any(|p| *p == prefix) {
+            return Some(u.communities().to_vec());
+        }
+        if u.withdrawn_all().any(|p| *p == prefix) {
+            return None;
+        }
+    }
+}
+
+fn entry(sip: &SharedIP) -> Option<NodeStatus> {
+    sip.status
+        .as_ref()
+        .and_then(|s| s.nodes.iter().find(|n| n.name == NODE).cloned())
+}
+
+async fn wait_entry(api: &Api<SharedIP>, announcing: bool, reason: &str) -> SharedIP {
+    eventually(
+        &format!("status entry announcing={announcing} reason={reason}"),
+        || async {
+            let sip = api.get("web").await.map_err(|e| e.to_string())?;
+            match entry(&sip) {
+                Some(e) if e.announcing == announcing && e.reason.as_deref() == Some(reason) => {
+                    Ok(sip)
+                }
+                other => Err(format!("entry is {other:?}")),
+            }
+        },
+    )
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn agent_against_a_real_apiserver() {
+    let cp = ControlPlane::start().await.expect("control plane starts");
+    let crds = Path::new(env!("CARGO_MANIFEST_DIR")).join("../crds");
+    cp.apply_crds(&crds).await.expect("CRDs apply");
+    let client = cp.client();
+
+    let node: Node = serde_json::from_value(json!({
+        "apiVersion": "v1", "kind": "Node",
+        "metadata": {"name": NODE, "labels": {"role": "primary", "topology.kubernetes.io/region": "us-ord"}},
+    }))
+    .unwrap();
+    let nodes: Api<Node> = Api::all(client.clone());
+    nodes.create(&PostParams::default(), &node).await.unwrap();
+
+    let sips: Api<SharedIP> = Api::all(client.clone());
+    let apply_sip = |spec: serde_json::Value| {
+        let sips = sips.clone();
+        async move {
+            let obj = json!({
+                "apiVersion": "sharedip.io/v1alpha1", "kind": "SharedIP",
+                "metadata": {"name": "web"}, "spec": spec,
+            });
+            sips.patch(
+                "web",
+                &PatchParams::apply("test").force(),
+                &Patch::Apply(&obj),
+            )
+            .await
+            .expect("apply SharedIP");
+        }
+    };
+    let base = json!({
+        "address": "192.0.2.10",
+        "primary": {"nodeSelector": {"matchLabels": {"role": "primary"}}},
+        "secondary": {"nodeSelector": {"matchLabels": {"role": "secondary"}}},
+    });
+    apply_sip(base.clone()).await;
+    // What the operator owns in the status.
+    let operator_status = json!({
+        "apiVersion": "sharedip.io/v1alpha1", "kind": "SharedIP",
+        "status": {"primary": NODE, "sharedLinodeCount": 1},
+    });
+    sips.patch_status(
+        "web",
+        &PatchParams::apply("sharedip-operator").force(),
+        &Patch::Apply(&operator_status),
+    )
+    .await
+    .unwrap();
+
+    let (rs_addr, rs, mut updates) = route_server().await;
+    let speaker = Speaker::start(&SpeakerConfig {
+        peers: vec![rs_addr],
+        source: None,
+        multihop_ttl: Some(16),
+        fsm: FsmConfig {
+            router_id: Ipv4Addr::new(192, 0, 2, 1),
+            hold_time: 3,
+            connect_retry: Duration::from_millis(200),
+            ..FsmConfig::default()
+        },
+        next_hop: "2001:db8::1".parse().unwrap(),
+        next_hop_v4: None,
+    })
+    .unwrap();
+    let monitor = speaker.monitor();
+    let binder = FakeBinder::default();
+    let shared = Shared::new(
+        AgentReport {
+            mode: "kubernetes".into(),
+            node: Some(NODE.into()),
+            ..Default::default()
+        },
+        monitor.clone(),
+    );
+    let (stop_tx, stop_rx) = oneshot::channel::<()>();
+    let agent = tokio::spawn(run_loop(
+        client.clone(),
+        KubeSettings {
+            node: NODE.into(),
+            bgp: BgpDefaults::default(),
+            resync: Duration::from_secs(5),
+            shutdown_timeout: Duration::from_secs(20),
+        },
+        Orchestrator::new(binder.clone(), speaker, Duration::ZERO),
+        monitor,
+        shared.clone(),
+        async move {
+            let _ = stop_rx.await;
+        },
+    ));
+    let prefix = Prefix::new("192.0.2.10".parse().unwrap(), 32).unwrap();
+    let ip: IpAddr = "192.0.2.10".parse().unwrap();
+
+    // Announced with the primary community; the entry is ours alone.
+    assert_eq!(
+        next_about(&mut updates, prefix).await,
+        Some(vec![Community::new(65000, 1)])
+    );
+    let sip = wait_entry(&sips, true, "Announced").await;
+    let e = entry(&sip).unwrap();
+    assert_eq!(e.role, Some(sharedip_api::Role::Primary));
+    assert_eq!(
+        (e.sessions_established, e.sessions_total),
+        (Some(1), Some(1))
+    );
+    assert!(e.since.is_some());
+    let status = sip.status.clone().unwrap();
+    assert_eq!(status.primary.as_deref(), Some(NODE), "operator field kept");
+    assert_eq!(status.shared_linode_count, Some(1), "operator field kept");
+    let managers: Vec<String> = sip
+        .metadata
+        .managed_fields
+        .iter()
+        .flatten()
+        .filter_map(|m| m.manager.clone())
+        .collect();
+    assert!(
+        managers.iter().any(|m| m == "sharedip-node-agent/node-a"),
+        "{managers:?}"
+    );
+    assert!(binder.bound().contains(&ip));
+    assert!(shared.ready.load(std::sync::atomic::Ordering::Relaxed));
+    assert_eq!(shared.report().prefixes.len(), 1);
+
+    // The operator writes again: the agent's entry survives, and vice versa.
+    sips.patch_status(
+        "web",
+        &PatchParams::apply("sharedip-operator").force(),
+        &Patch::Apply(&operator_status),
+    )
+    .await
+    .unwrap();
+    let sip = sips.get("web").await.unwrap();
+    assert!(entry(&sip).is_some_and(|e| e.announcing));
+
+    // Drain: withdraw, then unbind; reason Draining.
+    let drain = |v: &'static str| {
+        let nodes = nodes.clone();
+        async move {
+            let p = json!({"metadata": {"annotations": {"sharedip.io/drain": v}}});
+            nodes
+                .patch(NODE, &PatchParams::default(), &Patch::Merge(&p))
+                .await
+                .unwrap();
+        }
+    };
+    drain("true").await;
+    assert_eq!(next_about(&mut updates, prefix).await, None);
+    let sip = wait_entry(&sips, false, "Draining").await;
+    assert_eq!(sip.status.unwrap().primary.as_deref(), Some(NODE));
+    eventually("address unbound after drain", || async {
+        if binder.bound().contains(&ip) {
+            Err("still bound".to_string())
+        } else {
+            Ok(())
+        }
+    })
+    .await;
+    drain("false").await;
+    assert!(next_about(&mut updates, prefix).await.is_some());
+    wait_entry(&sips, true, "Announced").await;
+
+    // Readiness gate: no pod yet → withdrawn.
+    let mut gated = base.clone();
+    gated["readinessGate"] =
+        json!({"namespace": "default", "podSelector": {"matchLabels": {"app": "ingress"}}});
+    apply_sip(gated).await;
+    assert_eq!(next_about(&mut updates, prefix).await, None);
+    wait_entry(&sips, false, "ReadinessGateFailed").await;
+
+    let pods: Api<Pod> = Api::namespaced(client.clone(), "default");
+    let pod: Pod = serde_json::from_value(json!({
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": "ingress-1", "labels": {"app": "ingress"}},
+        "spec": {"nodeName": NODE, "containers": [{"name": "c", "image": "example.invalid/c"}]},
+    }))
+    .unwrap();
+    pods.create(&PostParams::default(), &pod).await.unwrap();
+    let set_ready = |ready: &'static str| {
+        let pods = pods.clone();
+        async move {
+            let p = json!({"status": {"conditions": [{"type": "Ready", "status": ready}]}});
+            pods.patch_status("ingress-1", &PatchParams::default(), &Patch::Merge(&p))
+                .await
+                .unwrap();
+        }
+    };
+    set_ready("True").await;
+    assert!(next_about(&mut updates, prefix).await.is_some());
+    wait_entry(&sips, true, "Announced").await;
+    set_ready("False").await;
+    assert_eq!(next_about(&mut updates, prefix).await, None);
+    wait_entry(&sips, false, "ReadinessGateFailed").await;
+    set_ready("True").await;
+    assert!(next_about(&mut updates, prefix).await.is_some());
+    wait_entry(&sips, true, "Announced").await;
+
+    // Events for announce and withdraw, regarding the SharedIP.
+    let reasons: BTreeMap<String, usize> = eventually("events", || async {
+        use k8s_openapi::api::events::v1::Event;
+        let list = Api::<Event>::all(client.clone())
+            .list(&Default::default())
+            .await
+            .map_err(|e| e.to_string())?;
+        let mut m = BTreeMap::new();
+        for e in list.items {
+            if e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some("web") {
+                *m.entry(e.reason.unwrap_or_default()).or_insert(0) += 1;
+            }
+        }
+        if m.contains_key("Announced") && m.contains_key("Withdrawn") {
+            Ok(m)
+        } else {
+            Err(format!("{m:?}"))
+        }
+    })
+    .await;
+    assert!(reasons["Announced"] >= 1);
+
+    // SIGTERM: withdraw, CEASE, unbind, final status.
+    stop_tx.send(()).unwrap();
+    tokio::time::timeout(WAIT, agent)
+        .await
+        .expect("agent stops within bound")
+        .expect("agent task")
+        .expect("agent ok");
+    assert_eq!(next_about(&mut updates, prefix).await, None);
+    assert!(binder.bound().is_empty());
+    let sip = sips.get("web").await.unwrap();
+    let e = entry(&sip).expect("entry kept");
+    assert_eq!(
+        (e.announcing, e.reason.as_deref()),
+        (false, Some("ShuttingDown"))
+    );
+    assert_eq!(sip.status.unwrap().primary.as_deref(), Some(NODE));
+    rs.shutdown(None).await;
+}
