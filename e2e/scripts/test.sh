@@ -27,7 +27,7 @@ step "Helm chart"
 SHAREDIP_REQUIRE_CRD=1 e2e/scripts/check-chart.sh
 
 step "Dockerfile"
-e2e/scripts/check-dockerfile.sh
+SHAREDIP_REQUIRE_ALL_BINS=1 e2e/scripts/check-dockerfile.sh
 
 step "tests: unit, integration (real kube-apiserver, Linode API stand-in)"
 cargo test --workspace --locked --no-fail-fast

@@ -1,0 +1,7 @@
+//! Our BGP speaker against four GoBGP (gobgpd) route servers configured like Linode's.
+//! Root only (skipped otherwise); see `interop_common` for the topology.
+
+#[macro_use]
+mod interop_common;
+
+interop_suite!(sharedip_e2e::routeserver::Flavor::Gobgp);
