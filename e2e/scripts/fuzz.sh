@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Fuzzes the BGP message decoder (node-agent/fuzz, target decode_message) for a bounded time
+# Fuzzes the BGP message decoder (crates/bgp/fuzz, target decode_message) for a bounded time
 # and prints executions and crashes. Needs a nightly toolchain for cargo-fuzz's sanitizer
 # flags; cargo-fuzz itself is installed from crates.io when missing. Without nightly (it cannot
 # be downloaded on a machine that reaches only package registries) the run is skipped with a
@@ -7,7 +7,7 @@
 #
 # Usage: e2e/scripts/fuzz.sh [SECONDS]   (default 60)
 set -euo pipefail
-cd "$(dirname "${BASH_SOURCE[0]}")/../../node-agent/fuzz"
+cd "$(dirname "${BASH_SOURCE[0]}")/../../crates/bgp/fuzz"
 SECONDS_TO_RUN=${1:-60}
 
 if ! rustup run nightly rustc --version >/dev/null 2>&1; then

@@ -1,6 +1,10 @@
-//! SharedIP node agent.
+//! The sharedip node agent: binds shared IPs on the node ([`binder`]) and announces them over
+//! BGP ([`bgp`], the `sharedip-bgp` crate) with the community of the node's role
+//! ([`decision`]), following the cluster ([`kube_agent`]) or, standalone, its flags
+//! ([`standalone`]).
 
-pub mod bgp;
+/// The embedded BGP speaker (its own crate, so the codec and its fuzz target build alone).
+pub use sharedip_bgp as bgp;
 pub mod binder;
 pub mod binding;
 pub mod community;

@@ -3,7 +3,7 @@
 
 use std::net::Ipv4Addr;
 
-use sharedip_node_agent::bgp::wire::{
+use sharedip_bgp::wire::{
     decode_message, Afi, Capability, Community, Family, LargeCommunity, Message, MpNextHop, Open,
     Origin, Prefix, Update, WireOptions,
 };

@@ -4,7 +4,7 @@
 
 use bytes::BytesMut;
 use libfuzzer_sys::fuzz_target;
-use sharedip_node_agent::bgp::wire::{decode_from, decode_message, WireOptions};
+use sharedip_bgp::wire::{decode_from, decode_message, WireOptions};
 
 fuzz_target!(|data: &[u8]| {
     // First byte picks the session option so both AS_PATH encodings are covered.

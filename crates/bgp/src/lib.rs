@@ -1,4 +1,4 @@
-//! Embedded BGP speaker.
+//! Embedded BGP speaker of the sharedip node agent.
 //!
 //! Modelled on holo-bgp and routecore: [`wire`] encodes and decodes messages and
 //! knows nothing of sessions; the session FSM (sans-IO) and the tokio driver

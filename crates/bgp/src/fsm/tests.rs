@@ -1,7 +1,7 @@
 //! Transition tests for the session FSM.
 
 use super::*;
-use crate::bgp::wire::{cease, update_subcode, UpdateSessionReset, AS_TRANS};
+use crate::wire::{cease, update_subcode, UpdateSessionReset, AS_TRANS};
 
 const S: fn(u64) -> Duration = Duration::from_secs;
 
@@ -494,7 +494,7 @@ fn route_refresh_requests() {
     );
     let other = Family {
         afi: Afi::IPV4,
-        safi: crate::bgp::wire::Safi(2),
+        safi: crate::wire::Safi(2),
     };
     assert_eq!(
         f.handle(rr(other, 0)),

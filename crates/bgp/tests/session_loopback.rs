@@ -7,9 +7,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::BytesMut;
-use sharedip_node_agent::bgp::fsm::{FsmConfig, State};
-use sharedip_node_agent::bgp::session::{spawn, Route, SessionConfig, SessionHandle, Transport};
-use sharedip_node_agent::bgp::wire::{
+use sharedip_bgp::fsm::{FsmConfig, State};
+use sharedip_bgp::session::{spawn, Route, SessionConfig, SessionHandle, Transport};
+use sharedip_bgp::wire::{
     cease, decode_from, Afi, Capability, Community, ErrorCode, ExtendedNextHop, Family,
     LargeCommunity, Message, MpNextHop, Open, Origin, Prefix, RouteRefresh, Update, WireOptions,
 };

@@ -3,7 +3,7 @@
 # vectors next to this script. Root only; everything lives in two network
 # namespaces with documentation addresses and is removed on exit, also on failure.
 #
-#   sudo bash node-agent/tests/captures/capture.sh
+#   sudo bash crates/bgp/tests/captures/capture.sh
 #
 # Needs: bird2, gobgpd (with the gobgp CLI), tcpdump, iproute2, python3.
 set -euo pipefail
