@@ -7,7 +7,7 @@
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/../.."
 
-step() { printf '\n==> %s\n' "$*"; }
+step() { printf '\n==> %s  (%ds so far)\n' "$*" "$SECONDS"; }
 
 step "prerequisites"
 e2e/scripts/install-prereqs.sh
@@ -29,5 +29,10 @@ SHAREDIP_REQUIRE_CRD=1 e2e/scripts/check-chart.sh
 step "Dockerfile"
 SHAREDIP_REQUIRE_ALL_BINS=1 e2e/scripts/check-dockerfile.sh
 
-step "tests: unit, integration (real kube-apiserver, Linode API stand-in)"
+step "tests: unit, integration (real kube-apiserver, Linode API stand-in), BGP interop (BIRD, GoBGP, FRR)"
 cargo test --workspace --locked --no-fail-fast
+
+step "fuzz the BGP decoder for 60 s"
+e2e/scripts/fuzz.sh 60
+
+step "all passed"
