@@ -30,9 +30,14 @@ step "Dockerfile"
 SHAREDIP_REQUIRE_ALL_BINS=1 e2e/scripts/check-dockerfile.sh
 
 step "tests: unit, integration (real kube-apiserver, Linode API stand-in), BGP interop (BIRD, GoBGP, FRR)"
-cargo test --workspace --locked --no-fail-fast
+results=$(mktemp)
+trap 'rm -f "$results"' EXIT
+cargo test --workspace --locked --no-fail-fast 2>&1 | tee "$results"
 
 step "fuzz the BGP decoder for 60 s"
 e2e/scripts/fuzz.sh 60
 
-step "all passed"
+step "summary"
+# One closing line over every test binary: cargo prints one "test result" line per binary.
+awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($(i+1) ~ /^passed/) p += $i; if ($(i+1) ~ /^failed/) f += $i; if ($(i+1) ~ /^ignored/) s += $i } }
+     END { printf "tests: %d passed, %d failed, %d skipped\n", p, f, s }' "$results"
