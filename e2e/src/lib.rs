@@ -1,5 +1,6 @@
 //! Test support for sharedip.
 pub mod controlplane;
+pub mod kubebridge;
 pub mod netns;
 pub mod routeserver;
 pub mod standin;

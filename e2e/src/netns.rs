@@ -256,6 +256,27 @@ impl Netns {
     }
 }
 
+impl Netns {
+    /// Runs `f` on a short-lived thread that entered the namespace, and returns its result.
+    /// Sockets `f` creates stay in the namespace for their whole life, whichever thread
+    /// (or tokio runtime) uses them afterwards: e.g. a listener bound to the namespace's
+    /// own 127.0.0.1, served from a runtime in the root namespace.
+    pub fn in_namespace<T: Send>(&self, f: impl FnOnce() -> T + Send) -> Result<T, NetnsError> {
+        std::thread::scope(|scope| {
+            let thread = std::thread::Builder::new()
+                .name(format!("in-{}", self.name))
+                .spawn_scoped(scope, || enter(&self.name).map(|()| f()))
+                .map_err(|source| NetnsError::Enter {
+                    name: self.name.clone(),
+                    source,
+                })?;
+            thread
+                .join()
+                .map_err(|_| NetnsError::ThreadGone(self.name.clone()))?
+        })
+    }
+}
+
 /// Moves the calling thread into the named network namespace.
 fn enter(name: &str) -> Result<(), NetnsError> {
     let err = |source| NetnsError::Enter {

@@ -240,11 +240,12 @@ pub async fn run_loop<B: AddressBinding, A: Announcer>(
         // Best effort: the status says why the node stopped announcing.
         ctx.write_statuses(&orchestrator, true).await;
     };
-    if tokio::time::timeout(bound, shutdown).await.is_err() {
-        tracing::error!(?bound, "shutdown did not finish in time");
-    }
+    let finished = tokio::time::timeout(bound, shutdown).await.is_ok();
     for t in tasks {
         t.abort();
+    }
+    if !finished {
+        return Err(AgentError::ShutdownTimeout(bound));
     }
     Ok(())
 }

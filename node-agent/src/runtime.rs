@@ -42,6 +42,10 @@ pub enum AgentError {
     NoAddresses(String),
     #[error("cannot list interface addresses: {0}")]
     Interfaces(#[source] std::io::Error),
+    /// Withdraw, CEASE and unbind did not finish within the shutdown timeout: routes or
+    /// addresses may be left behind, so the exit status must say so.
+    #[error("shutdown did not finish within {0:?}; routes or addresses may be left behind")]
+    ShutdownTimeout(std::time::Duration),
 }
 
 /// The node's address toward `peer` as the kernel would pick it (a connected UDP socket sends

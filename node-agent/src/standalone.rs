@@ -219,12 +219,11 @@ pub async fn run(args: StandaloneArgs) -> Result<(), AgentError> {
         .await
         .map_err(|e| AgentError::Binder(e.to_string()))?;
         let o = Orchestrator::new(binder, speaker, common.unbind_delay);
-        serve(o, &desired, &shared, common.shutdown_timeout).await;
+        serve(o, &desired, &shared, common.shutdown_timeout).await
     } else {
         let o = Orchestrator::new(NoBinding, speaker, common.unbind_delay);
-        serve(o, &desired, &shared, common.shutdown_timeout).await;
+        serve(o, &desired, &shared, common.shutdown_timeout).await
     }
-    Ok(())
 }
 
 async fn serve<B: AddressBinding, A: Announcer>(
@@ -232,7 +231,7 @@ async fn serve<B: AddressBinding, A: Announcer>(
     desired: &BTreeMap<String, Decision>,
     shared: &Shared,
     shutdown_timeout: std::time::Duration,
-) {
+) -> Result<(), AgentError> {
     let t = o.apply(desired).await;
     shared.metrics.observe_transitions(&t);
     shared.set_prefixes(o.report());
@@ -253,11 +252,18 @@ async fn serve<B: AddressBinding, A: Announcer>(
         }
     }
     tracing::info!("stopping: withdrawing, closing sessions, unbinding");
-    match tokio::time::timeout(shutdown_timeout, o.shutdown("sharedip-node-agent stopping")).await {
-        Ok(t) => shared.metrics.observe_transitions(&t),
-        Err(_) => tracing::error!("shutdown did not finish in time"),
-    }
+    let result =
+        match tokio::time::timeout(shutdown_timeout, o.shutdown("sharedip-node-agent stopping"))
+            .await
+        {
+            Ok(t) => {
+                shared.metrics.observe_transitions(&t);
+                Ok(())
+            }
+            Err(_) => Err(AgentError::ShutdownTimeout(shutdown_timeout)),
+        };
     shared.set_prefixes(o.report());
+    result
 }
 
 #[cfg(test)]

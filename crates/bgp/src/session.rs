@@ -172,7 +172,11 @@ pub fn spawn(config: SessionConfig) -> Result<SessionHandle, ConfigError> {
         established_count: 0,
         stopping: false,
     };
-    let task = tokio::spawn(driver.run(rx));
+    // Instrumented rather than entered inside `run`: a span entered across `.await` stays
+    // entered while the task is parked, so other tasks polled on that thread logged under
+    // this session's peer (nested `bgp_session{peer=A}:bgp_session{peer=B}`).
+    let span = tracing::info_span!("bgp_session", peer = %driver.remote_label());
+    let task = tokio::spawn(tracing::Instrument::instrument(driver.run(rx), span));
     Ok(SessionHandle { tx, status, task })
 }
 
@@ -232,9 +236,6 @@ async fn sleep_until(deadline: Option<Instant>) {
 
 impl Driver {
     async fn run(mut self, mut rx: mpsc::UnboundedReceiver<Command>) {
-        let remote = self.remote_label();
-        let span = tracing::info_span!("bgp_session", peer = %remote);
-        let _enter = span.enter();
         self.event(Event::ManualStart).await;
         while !self.stopping {
             let next = self.deadlines.iter().flatten().min().copied();

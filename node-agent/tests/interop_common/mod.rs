@@ -19,6 +19,8 @@
 
 #![allow(dead_code)]
 
+pub mod agent_binary;
+
 use std::future::Future;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::time::Duration;
@@ -125,11 +127,15 @@ pub struct PeerView {
     pub last_error: Option<String>,
 }
 
-/// What the tests need from the node: the speaker API today, the agent binary later.
+/// What the tests need from the node, whether it is the speaker API ([`EmbeddedNode`]) or
+/// the real agent binary ([`agent_binary::AgentBinary`], whose prefixes come from its flags
+/// or from Kubernetes, so announcing is not part of the trait).
 pub trait NodeSide {
-    fn announce(&self, route: Route);
-    fn withdraw(&self, prefix: Prefix);
     fn peers(&self) -> Vec<PeerView>;
+    /// The node's own log, for failure messages (empty when it has none).
+    fn logs(&self) -> String {
+        String::new()
+    }
     /// Withdraws nothing by itself: CEASE / Administrative Shutdown to every peer.
     fn shutdown(self, message: &str) -> impl Future<Output = ()>;
 }
@@ -190,19 +196,21 @@ impl EmbeddedNode {
     }
 }
 
-impl NodeSide for EmbeddedNode {
-    fn announce(&self, route: Route) {
+impl EmbeddedNode {
+    pub fn announce(&self, route: Route) {
         for (_, h) in &self.sessions {
             h.announce(route.clone()).expect("session running");
         }
     }
 
-    fn withdraw(&self, prefix: Prefix) {
+    pub fn withdraw(&self, prefix: Prefix) {
         for (_, h) in &self.sessions {
             h.withdraw(prefix).expect("session running");
         }
     }
+}
 
+impl NodeSide for EmbeddedNode {
     fn peers(&self) -> Vec<PeerView> {
         self.sessions
             .iter()
@@ -248,6 +256,17 @@ impl Lab<EmbeddedNode> {
     /// Four route servers of `flavor` (index `skip_rs` gets a namespace but no
     /// daemon, for a scripted peer) and our node connecting to all four.
     pub fn start(flavor: Flavor, params: NodeParams, skip_rs: Option<usize>) -> Self {
+        let mut lab = Self::topology(flavor, skip_rs);
+        lab.node = Some(EmbeddedNode::start(&lab.node_ns, &lab.rs_addrs, &params));
+        lab
+    }
+}
+
+impl<N: NodeSide> Lab<N> {
+    /// The namespaces and the four route servers of `flavor` (index `skip_rs` gets a
+    /// namespace but no daemon), without a node: the caller starts its [`NodeSide`] in
+    /// `node_ns` and stores it in `node`.
+    pub fn topology(flavor: Flavor, skip_rs: Option<usize>) -> Self {
         let router = Netns::create("rtr").unwrap();
         router.enable_forwarding().unwrap();
         let node_ns = Netns::create("node").unwrap();
@@ -292,9 +311,8 @@ impl Lab<EmbeddedNode> {
             rs_addrs.push(addr);
             route_servers.push(rs);
         }
-        let node = EmbeddedNode::start(&node_ns, &rs_addrs, &params);
         Lab {
-            node: Some(node),
+            node: None,
             route_servers,
             rs_addrs,
             rs_ns,
@@ -325,7 +343,15 @@ impl<N: NodeSide> Lab<N> {
 
     /// Everything the daemons logged (for failure messages).
     pub fn logs(&self) -> String {
-        self.daemons()
+        let node = self
+            .node
+            .as_ref()
+            .map(NodeSide::logs)
+            .filter(|l| !l.is_empty())
+            .map(|l| format!("=== node ===\n{l}\n"))
+            .unwrap_or_default();
+        node + &self
+            .daemons()
             .map(|(i, rs)| {
                 format!(
                     "=== rs{} ({}) ===\n{}",
@@ -377,10 +403,10 @@ impl<N: NodeSide> Lab<N> {
             match res {
                 Ok(()) => return,
                 Err(reason) if Instant::now() >= deadline => {
+                    // The logs follow from Lab's Drop.
                     panic!(
-                        "{what}: not reached within {BOUND:?}: {reason}\nnode: {:#?}\n{}",
+                        "{what}: not reached within {BOUND:?}: {reason}\nnode: {:#?}",
                         self.node.as_ref().map(NodeSide::peers),
-                        self.logs()
                     )
                 }
                 Err(_) => sleep(Duration::from_millis(200)).await,
@@ -416,6 +442,15 @@ impl<N: NodeSide> Lab<N> {
         }
         if let Some(node) = self.node.take() {
             node.shutdown("test finished").await;
+        }
+    }
+}
+
+impl<N: NodeSide> Drop for Lab<N> {
+    fn drop(&mut self) {
+        // A failed assertion anywhere in a test: show what the daemons (and the node) said.
+        if std::thread::panicking() {
+            eprintln!("{}", self.logs());
         }
     }
 }
@@ -466,7 +501,7 @@ pub fn check_route(r: &ReceivedRoute, want: &Route) -> Result<(), String> {
 
 /// Waits until every daemon holds exactly `want` from the node (as its best routes),
 /// with the expected attributes and local preferences.
-pub async fn wait_routes(lab: &Lab, want: &[(Route, u32)]) {
+pub async fn wait_routes<N: NodeSide>(lab: &Lab<N>, want: &[(Route, u32)]) {
     lab.wait("routes at every route server", |lab| {
         for (i, _) in lab.daemons() {
             let routes = lab.rs_routes(i);

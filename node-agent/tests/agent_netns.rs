@@ -1,0 +1,543 @@
+//! The real `sharedip-node-agent` binary in a node network namespace against four real
+//! route servers (BIRD 2; the standalone primary case also against GoBGP and FRR), in the
+//! topology of `interop_common`: node 2001:db8:1::10, route servers 2001:db8:1:34::1..4
+//! (neighbor pattern `2001:db8:%d:34::%d`, dcid 1).
+//!
+//! Standalone mode (lelastic's command line) and Kubernetes mode (`run`, against a real
+//! kube-apiserver in the root namespace reached through [`sharedip_e2e::kubebridge`]).
+//!
+//! Root only (skipped with a message otherwise). Every wait is bounded; the agent process,
+//! daemons and namespaces are removed by Drop guards on every path, and on failure the
+//! agent's and the daemons' logs are printed.
+
+mod interop_common;
+
+use std::future::Future;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::Path;
+use std::time::Duration;
+
+use interop_common::agent_binary::{agent_dir, AgentBinary};
+use interop_common::{preflight, route, wait_routes, Lab, NodeSide, BOUND, NODE, PATTERN};
+use k8s_openapi::api::core::v1::{Node, Pod};
+use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
+use serde_json::json;
+use sharedip_api::{NodeStatus, Role, SharedIP, DRAIN_ANNOTATION};
+use sharedip_e2e::controlplane::ControlPlane;
+use sharedip_e2e::kubebridge::KubeBridge;
+use sharedip_e2e::netns::Netns;
+use sharedip_e2e::routeserver::Flavor;
+use sharedip_node_agent::bgp::session::Route;
+
+/// Bound of the agent's SIGTERM path as the tests configure it (`--shutdown-timeout`),
+/// and how long the test waits for the exit: that timeout plus a little for the process
+/// to end (a bound, not a timing assertion: the path normally takes well under a second).
+const SHUTDOWN_TIMEOUT: &str = "10s";
+const EXIT_BOUND: Duration = Duration::from_secs(12);
+
+/// Flags every test agent gets: quick reconnects so a route server that was not listening
+/// yet is retried soon, and a short unbind delay (the order withdraw → unbind stays).
+const COMMON_FLAGS: &[&str] = &[
+    "--connect-retry",
+    "1s",
+    "--unbind-delay",
+    "300ms",
+    "--shutdown-timeout",
+    SHUTDOWN_TIMEOUT,
+];
+
+/// The addresses on the namespace's `lo`, as `addr/len`.
+fn lo_addrs(ns: &Netns) -> Vec<String> {
+    ns.ip(&["-o", "addr", "show", "dev", "lo"])
+        .expect("ip addr show lo")
+        .lines()
+        .filter_map(|l| {
+            let mut w = l.split_whitespace();
+            w.find(|t| *t == "inet" || *t == "inet6")?;
+            w.next().map(str::to_owned)
+        })
+        .collect()
+}
+
+async fn wait_lo<N: NodeSide>(lab: &Lab<N>, addr: &str, present: bool) {
+    lab.wait(
+        &format!("{addr} {} lo", if present { "on" } else { "gone from" }),
+        |lab| {
+            let have = lo_addrs(&lab.node_ns);
+            if have.iter().any(|a| a == addr) == present {
+                Ok(())
+            } else {
+                Err(format!("lo has {have:?}"))
+            }
+        },
+    )
+    .await;
+}
+
+/// Starts the lab's route servers and the agent with `args` (plus [`COMMON_FLAGS`]).
+fn lab_with_agent(flavor: Flavor, args: &[&str]) -> Lab<AgentBinary> {
+    let mut lab = Lab::<AgentBinary>::topology(flavor, None);
+    let mut all: Vec<&str> = args.to_vec();
+    all.extend_from_slice(COMMON_FLAGS);
+    let agent = AgentBinary::start(&lab.node_ns, &lab.rs_addrs, agent_dir(), &all, &[]);
+    lab.node = Some(agent);
+    lab
+}
+
+fn agent(lab: &mut Lab<AgentBinary>) -> &mut AgentBinary {
+    lab.node.as_mut().expect("agent running")
+}
+
+/// SIGTERM: the process exits 0 within its shutdown timeout, every route server saw CEASE
+/// (Administrative Shutdown) and holds no route of the node, and `addrs` left `lo`.
+async fn sigterm_withdraws_ceases_unbinds(lab: &mut Lab<AgentBinary>, addrs: &[&str]) {
+    let status = agent(lab).terminate(EXIT_BOUND);
+    let status = status.unwrap_or_else(|| {
+        panic!(
+            "agent did not exit within {EXIT_BOUND:?} of SIGTERM\n{}",
+            lab.logs()
+        )
+    });
+    assert!(
+        status.success(),
+        "agent exit status {status}\n{}",
+        lab.logs()
+    );
+    lab.wait("CEASE seen and routes gone at every route server", |lab| {
+        for (i, _) in lab.daemons() {
+            let p = lab.rs_peer(i).ok_or("no peer entry")?;
+            let err = p.last_error.clone().unwrap_or_default().to_lowercase();
+            if p.established || !err.contains("administrative shutdown") {
+                return Err(format!("rs{}: {p:?}", i + 1));
+            }
+            if !lab.rs_routes(i).is_empty() {
+                return Err(format!("rs{} still has routes", i + 1));
+            }
+        }
+        Ok(())
+    })
+    .await;
+    // The agent has exited: what it bound must already be gone.
+    let have = lo_addrs(&lab.node_ns);
+    for a in addrs {
+        assert!(!have.iter().any(|h| h == a), "{a} left on lo: {have:?}");
+    }
+}
+
+/// The `status` table: four Established peers, and `prefix` with `community` and `role`,
+/// bound and announced.
+async fn wait_status_table(lab: &Lab<AgentBinary>, prefix: &str, community: &str, role: &str) {
+    lab.wait("status table: 4 established peers and the prefix", |lab| {
+        let text = lab.node().status_text()?;
+        let established = text
+            .lines()
+            .filter(|l| {
+                let w: Vec<&str> = l.split_whitespace().collect();
+                w.len() >= 4
+                    && lab.rs_addrs.iter().any(|a| a.to_string() == w[0])
+                    && w[1] == "65000"
+                    && w[3] == "Established"
+            })
+            .count();
+        if established != 4 {
+            return Err(format!("{established} established peers in\n{text}"));
+        }
+        let found = text.lines().any(|l| {
+            let w: Vec<&str> = l.split_whitespace().collect();
+            w.len() == 7
+                && w[0] == prefix
+                && w[2] == community
+                && w[3] == role
+                && w[5] == "yes"
+                && w[6] == "yes"
+        });
+        if !found {
+            return Err(format!(
+                "no bound+announced {prefix} {community} {role} in\n{text}"
+            ));
+        }
+        if !text.contains(&format!("local AS 65001, next hop {NODE}")) {
+            return Err(format!(
+                "header without local AS / next hop {NODE}:\n{text}"
+            ));
+        }
+        Ok(())
+    })
+    .await;
+}
+
+fn v4(community: (u16, u16)) -> Route {
+    route("192.0.2.10/32", &[community], &[])
+}
+
+async fn standalone_primary(flavor: Flavor) {
+    if !preflight(Some(flavor)) {
+        return;
+    }
+    // lelastic's own command line, no subcommand, single-dash flags.
+    let mut lab = lab_with_agent(
+        flavor,
+        &[
+            "-dcid",
+            "1",
+            "-primary",
+            "-neighborpattern",
+            PATTERN,
+            "--address",
+            "192.0.2.10",
+        ],
+    );
+    wait_lo(&lab, "192.0.2.10/32", true).await;
+    lab.wait_all_established().await;
+    wait_routes(&lab, &[(v4((65000, 1)), 200)]).await;
+    wait_status_table(&lab, "192.0.2.10/32", "65000:1", "Primary").await;
+    let text = lab.node().status_text().expect("status");
+    assert!(text.starts_with("standalone mode, dcid 1, "), "{text}");
+
+    sigterm_withdraws_ceases_unbinds(&mut lab, &["192.0.2.10/32"]).await;
+    lab.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn standalone_primary_binds_announces_reports_and_stops_cleanly_bird() {
+    standalone_primary(Flavor::Bird).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn standalone_primary_binds_announces_reports_and_stops_cleanly_gobgp() {
+    standalone_primary(Flavor::Gobgp).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn standalone_primary_binds_announces_reports_and_stops_cleanly_frr() {
+    standalone_primary(Flavor::Frr).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn standalone_secondary_send56() {
+    if !preflight(Some(Flavor::Bird)) {
+        return;
+    }
+    let mut lab = lab_with_agent(
+        Flavor::Bird,
+        &[
+            "-dcid",
+            "1",
+            "-secondary",
+            "-send56",
+            "-neighborpattern",
+            PATTERN,
+            "--address",
+            "192.0.2.10,2001:db8:1:200::1",
+        ],
+    );
+    wait_lo(&lab, "192.0.2.10/32", true).await;
+    wait_lo(&lab, "2001:db8:1:200::1/128", true).await;
+    lab.wait_all_established().await;
+    let v6 = route("2001:db8:1:200::/56", &[(65000, 2)], &[]);
+    wait_routes(&lab, &[(v4((65000, 2)), 100), (v6, 100)]).await;
+    wait_status_table(&lab, "2001:db8:1:200::/56", "65000:2", "Secondary").await;
+    sigterm_withdraws_ceases_unbinds(&mut lab, &["192.0.2.10/32", "2001:db8:1:200::1/128"]).await;
+    lab.finish().await;
+}
+
+// ---------------------------------------------------------------------------
+// Kubernetes mode: `sharedip-node-agent run` in the node namespace, the kube-apiserver in
+// the root namespace reached through a `KubeBridge` on the namespace's 127.0.0.1.
+
+const NODE_NAME: &str = "node-a";
+const SIP: &str = "web";
+
+/// The control plane, the bridge and the lab. Field order is drop order: the agent and the
+/// namespaces first, then the bridge, then the apiserver. On failure the apiserver's and
+/// etcd's log tails are printed (the lab prints the agent's and the daemons').
+struct KubeLab {
+    lab: Lab<AgentBinary>,
+    _bridge: KubeBridge,
+    cp: ControlPlane,
+    client: kube::Client,
+}
+
+impl Drop for KubeLab {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!("=== control plane ===\n{}", self.cp.log_tails());
+        }
+    }
+}
+
+async fn eventually<F, Fut, T>(what: &str, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<T, String>>,
+{
+    let deadline = tokio::time::Instant::now() + BOUND;
+    loop {
+        let last = match check().await {
+            Ok(v) => return v,
+            Err(e) => e,
+        };
+        if tokio::time::Instant::now() >= deadline {
+            panic!("{what}: not reached within {BOUND:?}: {last}");
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+impl KubeLab {
+    async fn start() -> KubeLab {
+        let cp = ControlPlane::start().await.expect("control plane starts");
+        let crds = Path::new(env!("CARGO_MANIFEST_DIR")).join("../crds");
+        cp.apply_crds(&crds).await.expect("CRDs apply");
+        let client = cp.client();
+        // The region label gives dcid 6 (us-east); the agent's --dcid 1 overrides it so the
+        // route servers of the test's pattern are used.
+        let node: Node = serde_json::from_value(json!({
+            "apiVersion": "v1", "kind": "Node",
+            "metadata": {"name": NODE_NAME, "labels": {
+                "role": "primary",
+                "topology.kubernetes.io/region": "us-east",
+            }},
+        }))
+        .unwrap();
+        Api::<Node>::all(client.clone())
+            .create(&PostParams::default(), &node)
+            .await
+            .expect("create Node");
+
+        let mut lab = Lab::<AgentBinary>::topology(Flavor::Bird, None);
+        let port: u16 = cp
+            .server_url()
+            .rsplit(':')
+            .next()
+            .and_then(|p| p.parse().ok())
+            .expect("apiserver URL https://127.0.0.1:<port>");
+        let target = SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), port);
+        let bridge = KubeBridge::start(&lab.node_ns, 0, target).expect("kube bridge");
+        let dir = agent_dir();
+        let kubeconfig = dir.path().join("kubeconfig");
+        bridge
+            .write_kubeconfig(cp.kubeconfig_path(), &kubeconfig)
+            .expect("bridge kubeconfig");
+        let kubeconfig = kubeconfig.to_str().expect("utf-8 path").to_owned();
+        let mut args = vec![
+            "run",
+            "--dcid",
+            "1",
+            "-neighborpattern",
+            PATTERN,
+            "--resync-interval",
+            "5s",
+        ];
+        args.extend_from_slice(COMMON_FLAGS);
+        let agent = AgentBinary::start(
+            &lab.node_ns,
+            &lab.rs_addrs,
+            dir,
+            &args,
+            &[("NODE_NAME", NODE_NAME), ("KUBECONFIG", &kubeconfig)],
+        );
+        lab.node = Some(agent);
+        KubeLab {
+            lab,
+            _bridge: bridge,
+            cp,
+            client,
+        }
+    }
+
+    fn sips(&self) -> Api<SharedIP> {
+        Api::all(self.client.clone())
+    }
+
+    fn nodes(&self) -> Api<Node> {
+        Api::all(self.client.clone())
+    }
+
+    async fn apply_sip(&self, spec: serde_json::Value) {
+        let obj = json!({
+            "apiVersion": "sharedip.io/v1alpha1", "kind": "SharedIP",
+            "metadata": {"name": SIP}, "spec": spec,
+        });
+        self.sips()
+            .patch(
+                SIP,
+                &PatchParams::apply("test").force(),
+                &Patch::Apply(&obj),
+            )
+            .await
+            .expect("apply SharedIP");
+    }
+
+    async fn patch_node(&self, patch: serde_json::Value) {
+        self.nodes()
+            .patch(NODE_NAME, &PatchParams::default(), &Patch::Merge(&patch))
+            .await
+            .expect("patch Node");
+    }
+
+    /// This node's status entry of the SharedIP (None: no entry, or no SharedIP).
+    async fn entry(&self) -> Result<Option<NodeStatus>, String> {
+        let sip = self.sips().get_opt(SIP).await.map_err(|e| e.to_string())?;
+        Ok(sip
+            .and_then(|s| s.status)
+            .and_then(|s| s.nodes.into_iter().find(|n| n.name == NODE_NAME)))
+    }
+
+    async fn wait_entry(&self, what: &str, want: impl Fn(&Option<NodeStatus>) -> bool) {
+        eventually(&format!("status entry: {what}"), || async {
+            let e = self.entry().await?;
+            if want(&e) {
+                Ok(())
+            } else {
+                Err(format!("entry is {e:?}"))
+            }
+        })
+        .await;
+    }
+
+    /// Announced with `community` (local preference `pref` at the route servers), bound on
+    /// lo, and the status entry says so with `role` and 4/4 sessions.
+    async fn expect_announced(&self, community: (u16, u16), pref: u32, role: Role) {
+        wait_lo(&self.lab, "192.0.2.10/32", true).await;
+        wait_routes(&self.lab, &[(v4(community), pref)]).await;
+        self.wait_entry(&format!("announcing as {role}, 4/4 sessions"), |e| {
+            e.as_ref().is_some_and(|e| {
+                e.announcing
+                    && e.reason.as_deref() == Some("Announced")
+                    && e.role == Some(role)
+                    && e.sessions_established == Some(4)
+                    && e.sessions_total == Some(4)
+                    && e.since.is_some()
+            })
+        })
+        .await;
+    }
+
+    /// Withdrawn at every route server, gone from lo, and the entry says `reason` (None: the
+    /// entry is gone, as when the node is no longer selected or the SharedIP is deleted).
+    async fn expect_withdrawn(&self, reason: Option<&str>) {
+        wait_routes(&self.lab, &[]).await;
+        wait_lo(&self.lab, "192.0.2.10/32", false).await;
+        // The sessions stay up: only the route goes.
+        self.lab.wait_all_established().await;
+        match reason {
+            Some(r) => {
+                self.wait_entry(&format!("withdrawn, reason {r}"), |e| {
+                    e.as_ref()
+                        .is_some_and(|e| !e.announcing && e.reason.as_deref() == Some(r))
+                })
+                .await
+            }
+            None => self.wait_entry("no entry", Option::is_none).await,
+        }
+    }
+}
+
+fn base_spec() -> serde_json::Value {
+    json!({
+        "address": "192.0.2.10",
+        "primary": {"nodeSelector": {"matchLabels": {"role": "primary"}}},
+        "secondary": {"nodeSelector": {"matchLabels": {"role": "secondary"}}},
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kubernetes_mode_announces_and_withdraws_on_every_path() {
+    if !preflight(Some(Flavor::Bird)) {
+        return;
+    }
+    let mut k = KubeLab::start().await;
+    k.lab.wait_all_established().await;
+    let report = k.lab.node().report().expect("status --json");
+    assert_eq!(report.mode, "kubernetes");
+    assert_eq!(report.node.as_deref(), Some(NODE_NAME));
+    assert_eq!(report.dcid, Some(1), "--dcid overrides the region's 6");
+    assert_eq!(report.next_hop, NODE.to_string());
+
+    // Selected as primary: bound, announced with 65000:1, reported.
+    k.apply_sip(base_spec()).await;
+    k.expect_announced((65000, 1), 200, Role::Primary).await;
+    wait_status_table(&k.lab, "192.0.2.10/32", "65000:1", "Primary").await;
+
+    // Drain.
+    assert_eq!(DRAIN_ANNOTATION, "sharedip.io/drain");
+    assert_eq!(sharedip_api::REGION_LABEL, "topology.kubernetes.io/region");
+    k.patch_node(json!({"metadata": {"annotations": {"sharedip.io/drain": "true"}}}))
+        .await;
+    k.expect_withdrawn(Some("Draining")).await;
+    k.patch_node(json!({"metadata": {"annotations": {"sharedip.io/drain": null}}}))
+        .await;
+    k.expect_announced((65000, 1), 200, Role::Primary).await;
+
+    // Readiness gate: no matching pod on the node, then Ready / NotReady / Ready.
+    let mut gated = base_spec();
+    gated["readinessGate"] =
+        json!({"namespace": "default", "podSelector": {"matchLabels": {"app": "ingress"}}});
+    k.apply_sip(gated).await;
+    k.expect_withdrawn(Some("ReadinessGateFailed")).await;
+    let pods: Api<Pod> = Api::namespaced(k.client.clone(), "default");
+    let pod: Pod = serde_json::from_value(json!({
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": "ingress-1", "labels": {"app": "ingress"}},
+        "spec": {"nodeName": NODE_NAME, "containers": [{"name": "c", "image": "example.invalid/c"}]},
+    }))
+    .unwrap();
+    pods.create(&PostParams::default(), &pod)
+        .await
+        .expect("create Pod");
+    let set_ready = |ready: &'static str| {
+        let pods = pods.clone();
+        async move {
+            let p = json!({"status": {"conditions": [{"type": "Ready", "status": ready}]}});
+            pods.patch_status("ingress-1", &PatchParams::default(), &Patch::Merge(&p))
+                .await
+                .expect("pod status");
+        }
+    };
+    set_ready("True").await;
+    k.expect_announced((65000, 1), 200, Role::Primary).await;
+    set_ready("False").await;
+    k.expect_withdrawn(Some("ReadinessGateFailed")).await;
+    set_ready("True").await;
+    k.expect_announced((65000, 1), 200, Role::Primary).await;
+
+    // Failback off: the primary announces the secondary community.
+    let mut no_failback = base_spec();
+    no_failback["failback"] = json!(false);
+    k.apply_sip(no_failback).await;
+    k.expect_announced((65000, 2), 100, Role::Primary).await;
+    k.apply_sip(base_spec()).await;
+    k.expect_announced((65000, 1), 200, Role::Primary).await;
+
+    // Relabelled secondary: 65000:2.
+    k.patch_node(json!({"metadata": {"labels": {"role": "secondary"}}}))
+        .await;
+    k.expect_announced((65000, 2), 100, Role::Secondary).await;
+    wait_status_table(&k.lab, "192.0.2.10/32", "65000:2", "Secondary").await;
+
+    // Deselected: withdrawn, unbound, entry removed; selected again.
+    k.patch_node(json!({"metadata": {"labels": {"role": "none"}}}))
+        .await;
+    k.expect_withdrawn(None).await;
+    k.patch_node(json!({"metadata": {"labels": {"role": "primary"}}}))
+        .await;
+    k.expect_announced((65000, 1), 200, Role::Primary).await;
+
+    // SharedIP deleted; created again.
+    k.sips()
+        .delete(SIP, &DeleteParams::default())
+        .await
+        .expect("delete SharedIP");
+    k.expect_withdrawn(None).await;
+    k.apply_sip(base_spec()).await;
+    k.expect_announced((65000, 1), 200, Role::Primary).await;
+
+    // SIGTERM: withdraw, CEASE, unbind, exit 0, final status entry.
+    sigterm_withdraws_ceases_unbinds(&mut k.lab, &["192.0.2.10/32"]).await;
+    k.wait_entry("ShuttingDown after SIGTERM", |e| {
+        e.as_ref()
+            .is_some_and(|e| !e.announcing && e.reason.as_deref() == Some("ShuttingDown"))
+    })
+    .await;
+}
