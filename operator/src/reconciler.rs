@@ -380,51 +380,59 @@ fn earlier_duplicate(
         .map(|o| o.name_any())
 }
 
+/// Stops sharing for a SharedIP that cannot be shared (see [`release`]), and says why.
+async fn block(
+    sip: &SharedIP,
+    ctx: &Context,
+    retire_previous: bool,
+    reason: &str,
+    message: String,
+    then: Action,
+) -> Result<Action, Error> {
+    release(sip, ctx, retire_previous).await?;
+    write_status(sip, ctx, StatusUpdate::blocked(reason, message)).await?;
+    Ok(then)
+}
+
 async fn apply(sip: Arc<SharedIP>, ctx: &Context) -> Result<Action, Error> {
     let name = sip.name_any();
+    let retry = Action::requeue(ctx.config.blocked_retry);
     let addr = match SharedAddress::from_spec(&sip.spec) {
         Ok(a) => a,
         Err(e) => {
-            release(&sip, ctx, true).await?;
-            write_status(
+            let msg = e.to_string();
+            return block(
                 &sip,
                 ctx,
-                StatusUpdate::blocked(reason::INVALID_SPEC, e.to_string()),
+                true,
+                reason::INVALID_SPEC,
+                msg,
+                Action::await_change(),
             )
-            .await?;
-            return Ok(Action::await_change());
+            .await;
         }
     };
 
     if let Some(other) = earlier_duplicate(&sip, &addr, &ctx.sharedips.state()) {
-        release(&sip, ctx, false).await?;
         let message = format!(
             "{addr} is already managed by SharedIP {other:?}, created earlier; delete one of them"
         );
-        write_status(&sip, ctx, StatusUpdate::blocked(reason::DUPLICATE, message)).await?;
-        return Ok(Action::requeue(ctx.config.blocked_retry));
+        // A duplicate must not undo the sharing of the SharedIP that owns the address.
+        return block(&sip, ctx, false, reason::DUPLICATE, message, retry).await;
     }
 
     let info = match ctx.directory.address(&addr).await {
         Ok(Some(i)) => i,
         Ok(None) => {
-            release(&sip, ctx, true).await?;
             let message = format!(
                 "{} is not an IPv4 address or IPv6 range of this Linode account; add it in Cloud Manager (or with the API) first",
                 addr.address()
             );
-            write_status(
-                &sip,
-                ctx,
-                StatusUpdate::blocked(reason::NOT_IN_ACCOUNT, message),
-            )
-            .await?;
-            return Ok(Action::requeue(ctx.config.blocked_retry));
+            return block(&sip, ctx, true, reason::NOT_IN_ACCOUNT, message, retry).await;
         }
         Err(e) => return api_failure(&sip, ctx, e).await,
     };
     if !addr.is_ipv4() && info.prefix != addr.prefix() {
-        release(&sip, ctx, true).await?;
         let message = format!(
             "spec.prefix is {} but the account's range {}/{} is a /{}; set spec.prefix to {}",
             addr.prefix(),
@@ -433,27 +441,24 @@ async fn apply(sip: Arc<SharedIP>, ctx: &Context) -> Result<Action, Error> {
             info.prefix,
             info.prefix
         );
-        write_status(
-            &sip,
-            ctx,
-            StatusUpdate::blocked(reason::PREFIX_MISMATCH, message),
-        )
-        .await?;
-        return Ok(Action::await_change());
+        let then = Action::await_change();
+        return block(&sip, ctx, true, reason::PREFIX_MISMATCH, message, then).await;
     }
 
     let nodes = ctx.nodes.state();
     let selected = match select_nodes(&sip.spec, nodes.iter().map(|n| n.as_ref())) {
         Ok(s) => s,
         Err(e) => {
-            release(&sip, ctx, true).await?;
-            write_status(
+            let msg = e.to_string();
+            return block(
                 &sip,
                 ctx,
-                StatusUpdate::blocked(reason::INVALID_SPEC, e.to_string()),
+                true,
+                reason::INVALID_SPEC,
+                msg,
+                Action::await_change(),
             )
-            .await?;
-            return Ok(Action::await_change());
+            .await;
         }
     };
     let wanted: Vec<u64> = selected.iter().filter_map(|n| n.linode).collect();
