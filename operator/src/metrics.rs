@@ -43,6 +43,7 @@ pub struct Metrics {
     pub api_requests: Family<ApiLabels, Counter>,
     pub api_duration: Family<EndpointLabels, Histogram>,
     pub share_calls: Counter,
+    pub waves: Counter,
     pub wave_requests: Histogram,
     pub wave_duration: Histogram,
     pub leader: Gauge<i64, AtomicI64>,
@@ -63,6 +64,7 @@ impl Default for Metrics {
             duration_histogram as fn() -> Histogram,
         );
         let share_calls = Counter::default();
+        let waves = Counter::default();
         let wave_requests = Histogram::new(exponential_buckets(1.0, 2.0, 12));
         let wave_duration = duration_histogram();
         let leader = Gauge::<i64, AtomicI64>::default();
@@ -97,6 +99,11 @@ impl Default for Metrics {
             share_calls.clone(),
         );
         registry.register(
+            "share_waves",
+            "Share waves processed (each makes at most one share call per affected Linode)",
+            waves.clone(),
+        );
+        registry.register(
             "share_wave_requests",
             "SharedIP requests coalesced into one share wave",
             wave_requests.clone(),
@@ -119,6 +126,7 @@ impl Default for Metrics {
             api_requests,
             api_duration,
             share_calls,
+            waves,
             wave_requests,
             wave_duration,
             leader,
@@ -176,6 +184,7 @@ impl Metrics {
     }
 
     pub fn observe_wave(&self, requests: usize, elapsed: Duration) {
+        self.waves.inc();
         self.wave_requests.observe(requests as f64);
         self.wave_duration.observe(elapsed.as_secs_f64());
     }
