@@ -20,6 +20,8 @@ APT_PACKAGES=(iproute2 ca-certificates)
 # BGP route servers of the node agent's interop tests and the lab (e2e/src/routeserver),
 # sysctl (procps) for the network namespaces.
 APT_PACKAGES+=(bird2 gobgpd frr procps)
+# A TrueType font for the text of the lab's PNG plots (e2e/src/lab/report.rs).
+APT_PACKAGES+=(fonts-dejavu-core)
 missing=()
 for p in "${APT_PACKAGES[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -1,6 +1,7 @@
 //! Test support for sharedip.
 pub mod controlplane;
 pub mod kubebridge;
+pub mod lab;
 pub mod netns;
 pub mod routeserver;
 pub mod standin;
