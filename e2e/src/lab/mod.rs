@@ -1,5 +1,11 @@
-//! The end-to-end lab (issue 4): traffic through the shared IP and reports of what it saw.
-//! The lab itself (topology, routing, processes) lands separately.
-
+//! The end-to-end lab (issue 4): a real control plane, the Linode API stand-in, four route
+//! servers and a router, node namespaces with the real agent, two real operators and a
+//! client; see [`cluster`] and [`Lab::start`].
+pub mod cluster;
+pub mod processes;
 pub mod report;
+pub mod routing;
+pub mod topology;
 pub mod traffic;
+
+pub use cluster::{role_spec, Lab, LabConfig, LabError, NodeSpec};
