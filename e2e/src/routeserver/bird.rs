@@ -68,6 +68,9 @@ pub(super) fn config(rs: &RouteServer) -> String {
          else if ({sa},{sb}) ~ bgp_community || ({sl1},{sl2},{sl3}) ~ bgp_large_community then bgp_local_pref = 100;\n  \
          else bgp_local_pref = 50;\n}}"
     );
+    // `prefer older`: between equal routes from different nodes (both secondary, i.e.
+    // failback off) keep the one already in use instead of breaking the tie by router id,
+    // as Linode's route servers do ("same role on both nodes => no failback"; RFC 5004).
     for p in &c.peers {
         let name = proto_name(p);
         let split = split_families(&p.allowed);
@@ -92,6 +95,7 @@ pub(super) fn config(rs: &RouteServer) -> String {
              keepalive time {ka};\n  \
              connect retry time {retry};\n  \
              error wait time {retry}, {max};\n  \
+             prefer older on;\n  \
              ipv4 {{ extended next hop on; import filter {name}_in4; export none; igp table master6; }};\n  \
              ipv6 {{ import filter {name}_in6; export none; }};\n}}",
             local = c.address,

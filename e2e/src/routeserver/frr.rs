@@ -120,9 +120,12 @@ pub(super) fn config(rs: &RouteServer) -> String {
             let _ = writeln!(out, "{line}");
         }
     }
+    // Without `compare-routerid` FRR keeps the older of equal eBGP paths, so a node that
+    // comes back with the same role does not take the address over (failback off), as on
+    // Linode; said explicitly so no defaults profile can turn it on.
     let _ = writeln!(
         out,
-        "!\nrouter bgp {}\n bgp router-id {}\n no bgp ebgp-requires-policy\n no bgp default ipv4-unicast\n bgp route-map delay-timer 0",
+        "!\nrouter bgp {}\n bgp router-id {}\n no bgp ebgp-requires-policy\n no bgp default ipv4-unicast\n bgp route-map delay-timer 0\n no bgp bestpath compare-routerid",
         c.asn, c.router_id
     );
     for p in &c.peers {

@@ -68,6 +68,10 @@ pub(super) fn config(rs: &RouteServer) -> String {
         "[global.config]\n  as = {}\n  router-id = \"{}\"\n  port = 179\n  local-address-list = [\"{}\"]",
         c.asn, c.router_id, c.address
     );
+    // Between equal eBGP paths GoBGP keeps the older one unless it compares router ids;
+    // said explicitly: a node that comes back with the same role must not take the address
+    // over (failback off), as on Linode.
+    out.push_str("[global.route-selection-options.config]\n  external-compare-router-id = false\n");
     out.push_str(
         "[global.apply-policy.config]\n  import-policy-list = [\"rs-import\"]\n  \
          default-import-policy = \"reject-route\"\n  default-export-policy = \"reject-route\"\n",
