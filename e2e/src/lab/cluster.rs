@@ -738,6 +738,16 @@ impl Lab {
             .is_some_and(Process::is_running))
     }
 
+    /// The process id of the node's agent while it runs (`None`: stopped or never started).
+    /// `ip netns exec` execs the agent in place, so this is the agent itself (for
+    /// `/proc/<pid>/status` and `/proc/<pid>/stat` in benchmarks).
+    pub fn agent_pid(&mut self, node: &str) -> Result<Option<u32>, LabError> {
+        let Some(agent) = self.agent_mut(node)?.agent.as_mut() else {
+            return Ok(None);
+        };
+        Ok(agent.is_running().then(|| agent.pid()))
+    }
+
     /// Cuts the node's link at the router (`false`) or restores it: nothing tells the node
     /// or the route servers; its sessions die by hold timer.
     pub fn set_link(&self, node: &str, up: bool) -> Result<(), LabError> {

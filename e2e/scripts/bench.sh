@@ -1,0 +1,40 @@
+#!/usr/bin/env bash
+# The benchmark: one lab (real kube-apiserver, two operator replicas, two nodes with the real
+# agent, four BIRD route servers, a client probing the shared IP every 20 ms); each failure
+# mode repeated K times (planned: drain annotation, agent SIGTERM; hard: agent SIGKILL, link
+# cut; the failback after each), the agents' RSS and idle CPU, and SharedIP apply → announced.
+# Prints a table next to DESIGN.md's targets and writes JSON, the probe log and a PNG plot.
+#
+# The agent and the operator are built in RELEASE (what ships, and what the footprint target
+# is about); the benchmark driver itself in debug. `--debug-binaries` measures debug builds.
+# The operator's scale benchmark is separate: cargo bench -p sharedip-operator --bench scale
+#
+# Usage (root): e2e/scripts/bench.sh [--debug-binaries] [--runs K] [--out DIR] [other sharedip-bench flags]
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/../.."
+
+profile=release
+args=()
+for a in "$@"; do
+    if [[ $a == --debug-binaries ]]; then profile=debug; else args+=("$a"); fi
+done
+
+[[ $(id -u) == 0 ]] || { echo "bench.sh: run as root (the lab uses network namespaces)" >&2; exit 1; }
+
+echo "==> installing prerequisites (first run builds kube-apiserver, etcd, kubectl, helm: ~15 min)"
+e2e/scripts/install-prereqs.sh
+export SHAREDIP_BIN_DIR="${SHAREDIP_BIN_DIR:-${SHAREDIP_CACHE_DIR:-$HOME/.cache/sharedip}/bin}"
+
+echo "==> building the agent and the operator ($profile) and the benchmark driver (debug)"
+profile_flag=()
+[[ $profile == release ]] && profile_flag=(--release)
+cargo build --quiet --locked "${profile_flag[@]}" -p sharedip-node-agent --bin sharedip-node-agent
+cargo build --quiet --locked "${profile_flag[@]}" -p sharedip-operator --bin sharedip-operator
+cargo build --quiet --locked -p sharedip-e2e --bin sharedip-bench
+TARGET_DIR=$(cargo metadata --format-version 1 --no-deps | python3 -c 'import json,sys; print(json.load(sys.stdin)["target_directory"])')
+export SHAREDIP_AGENT_BIN="$TARGET_DIR/$profile/sharedip-node-agent"
+export SHAREDIP_OPERATOR_BIN="$TARGET_DIR/$profile/sharedip-operator"
+export SHAREDIP_BENCH_PROFILE="$profile"
+
+echo "==> running (default: 3 runs per mode, about 5 minutes)"
+exec "$TARGET_DIR/debug/sharedip-bench" "${args[@]}"
