@@ -7,16 +7,22 @@
 #
 # The agent and the operator are built in RELEASE (what ships, and what the footprint target
 # is about); the benchmark driver itself in debug. `--debug-binaries` measures debug builds.
-# The operator's scale benchmark is separate: cargo bench -p sharedip-operator --bench scale
+# Then the operator's scale benchmark (1,000 SharedIPs × 100 nodes: time to converge, share calls
+# per Linode per wave): cargo bench -p sharedip-operator --bench scale; `--no-scale` skips it.
 #
-# Usage (root): e2e/scripts/bench.sh [--debug-binaries] [--runs K] [--out DIR] [other sharedip-bench flags]
+# Usage (root): e2e/scripts/bench.sh [--debug-binaries] [--no-scale] [--runs K] [--out DIR] [other sharedip-bench flags]
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/../.."
 
 profile=release
+scale=1
 args=()
 for a in "$@"; do
-    if [[ $a == --debug-binaries ]]; then profile=debug; else args+=("$a"); fi
+    case $a in
+        --debug-binaries) profile=debug ;;
+        --no-scale) scale=0 ;;
+        *) args+=("$a") ;;
+    esac
 done
 
 [[ $(id -u) == 0 ]] || { echo "bench.sh: run as root (the lab uses network namespaces)" >&2; exit 1; }
@@ -36,5 +42,11 @@ export SHAREDIP_AGENT_BIN="$TARGET_DIR/$profile/sharedip-node-agent"
 export SHAREDIP_OPERATOR_BIN="$TARGET_DIR/$profile/sharedip-operator"
 export SHAREDIP_BENCH_PROFILE="$profile"
 
-echo "==> running (default: 3 runs per mode, about 5 minutes)"
-exec "$TARGET_DIR/debug/sharedip-bench" "${args[@]}"
+echo "==> the lab: failure modes, footprint, apply latency (default: 3 runs per mode, about 5 minutes)"
+"$TARGET_DIR/debug/sharedip-bench" "${args[@]}"
+
+if ((scale)); then
+    echo
+    echo "==> the operator at scale (release build, about 2 minutes)"
+    cargo bench --quiet --locked -p sharedip-operator --bench scale
+fi

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures::StreamExt;
-use k8s_openapi::api::core::v1::{Node, ObjectReference, Pod};
+use k8s_openapi::api::core::v1::{Node, ObjectReference, Pod, PodSpec, PodStatus};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{Api, Patch, PatchParams};
@@ -115,6 +115,7 @@ fn spawn_watch<K>(
     config: watcher::Config,
     notify: Arc<Notify>,
     what: &'static str,
+    trim: fn(&mut K),
 ) -> (Store<K>, tokio::task::JoinHandle<()>)
 where
     K: kube::Resource<DynamicType = ()>
@@ -127,7 +128,15 @@ where
 {
     let (store, writer) = reflector::store::<K>();
     let task = tokio::spawn(async move {
-        let stream = watcher(api, config).default_backoff().reflect(writer);
+        let stream = watcher(api, config)
+            .default_backoff()
+            .modify(move |o| {
+                // Nothing reads managedFields; with one field manager per agent on every
+                // SharedIP they are the largest part of the cached objects.
+                o.managed_fields_mut().clear();
+                trim(o);
+            })
+            .reflect(writer);
         futures::pin_mut!(stream);
         while let Some(ev) = stream.next().await {
             match ev {
@@ -137,6 +146,32 @@ where
         }
     });
     (store, task)
+}
+
+/// Keeps what the decisions read of the Node (labels, annotations, providerID): a Node's
+/// status lists every image on the host and can be larger than everything else together.
+fn trim_node(node: &mut Node) {
+    if let Some(st) = node.status.as_mut() {
+        st.images = None;
+        st.volumes_attached = None;
+        st.volumes_in_use = None;
+    }
+}
+
+/// Keeps what the readiness gate reads of a Pod (metadata, spec.nodeName, status.conditions).
+fn trim_pod(pod: &mut Pod) {
+    if let Some(spec) = pod.spec.as_mut() {
+        *spec = PodSpec {
+            node_name: spec.node_name.take(),
+            ..Default::default()
+        };
+    }
+    if let Some(st) = pod.status.as_mut() {
+        *st = PodStatus {
+            conditions: st.conditions.take(),
+            ..Default::default()
+        };
+    }
 }
 
 /// What this agent last wrote for a SharedIP: the entry and the object's resourceVersion seen
@@ -160,18 +195,21 @@ pub async fn run_loop<B: AddressBinding, A: Announcer>(
         watcher::Config::default().fields(&format!("metadata.name={node_name}")),
         notify.clone(),
         "node",
+        trim_node,
     );
     let (sharedips, t2) = spawn_watch(
         Api::<SharedIP>::all(client.clone()),
         watcher::Config::default(),
         notify.clone(),
         "sharedip",
+        |_| {},
     );
     let (pods, t3) = spawn_watch(
         Api::<Pod>::all(client.clone()),
         watcher::Config::default().fields(&format!("spec.nodeName={node_name}")),
         notify.clone(),
         "pod",
+        trim_pod,
     );
     let tasks = [t1, t2, t3];
     let stores = Stores {
