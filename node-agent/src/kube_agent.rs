@@ -3,7 +3,6 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::future::Future;
-use std::net::IpAddr;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
@@ -17,7 +16,7 @@ use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::runtime::reflector::{self, Store};
 use kube::runtime::{watcher, WatchStreamExt};
 use kube::{Resource, ResourceExt};
-use sharedip_api::{NodeStatus, SharedIP};
+use sharedip_api::{NodeStatus, SharedAddress, SharedIP};
 use tokio::sync::Notify;
 
 use crate::binder::{Binder, BinderConfig};
@@ -313,8 +312,15 @@ impl LoopCtx {
         let (labels, draining) = self.node_facts();
         let pods = self.stores.pods.state();
         let mut sips = self.stores.sharedips.state();
-        sips.sort_by_key(|s| s.name_any());
-        let mut claimed: BTreeMap<IpAddr, String> = BTreeMap::new();
+        // Oldest first, as the operator decides duplicates: the SharedIP created first keeps
+        // an address (or an overlapping range) and the later one is refused on every node.
+        sips.sort_by_key(|s| {
+            (
+                s.metadata.creation_timestamp.as_ref().map(|t| t.0),
+                s.name_any(),
+            )
+        });
+        let mut claimed: Vec<(SharedAddress, String)> = Vec::new();
         let mut out = BTreeMap::new();
         for sip in sips {
             let name = sip.name_any();
@@ -336,18 +342,19 @@ impl LoopCtx {
                 &self.settings.bgp,
             );
             if let Some(t) = d.target {
-                let addr = t.address.address();
-                if let Some(first) = claimed.get(&addr) {
-                    // Two SharedIPs for one address: the first by name keeps it (the operator
-                    // reports the duplicate).
+                let addr = t.address;
+                if let Some((_, first)) = claimed.iter().find(|(a, _)| a.overlaps(&addr)) {
+                    // The operator reports the duplicate in the later SharedIP's status too.
                     d = Decision {
                         role: d.role,
                         target: None,
                         reason: Reason::InvalidSpec,
-                        message: format!("address {addr} is already managed by SharedIP {first}"),
+                        message: format!(
+                            "{addr} is already managed by SharedIP {first}, created earlier"
+                        ),
                     };
                 } else {
-                    claimed.insert(addr, name.clone());
+                    claimed.push((addr, name.clone()));
                 }
             }
             out.insert(name, d);
