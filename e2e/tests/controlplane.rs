@@ -596,8 +596,8 @@ async fn killed_test_process_leaves_nothing_running() {
                 "process {pid} outlived its killed owner"
             );
         }
-        // Its directory is still there, and goes at the next start.
-        assert!(dir.exists());
+        // Its directory goes at the next start (possibly already at another test's start in
+        // this binary, which is why its presence in between is not asserted).
         let _next = start().await;
         assert!(!dir.exists(), "stale {} was not removed", dir.display());
     })
