@@ -6,6 +6,7 @@
 
 pub mod address;
 pub mod conditions;
+pub mod duration;
 pub mod types;
 
 pub use address::{AddressError, SharedAddress};
