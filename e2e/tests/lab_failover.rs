@@ -8,40 +8,15 @@
 //! (a lab is most of a 2-core machine). Every wait is bounded; the lab tears itself down on
 //! every path and prints every process's log when a test fails.
 
-use std::net::IpAddr;
+mod lab_common;
 
+use lab_common::{delete_and_expect_nothing_left, preflight, shared, SERIAL, SIP};
 use sharedip_e2e::lab::cluster::{BOUND, SHARED_V4};
 use sharedip_e2e::lab::{role_spec, Lab, LabConfig};
-use sharedip_e2e::netns;
 use sharedip_e2e::routeserver::Flavor;
 
-/// One lab at a time in this binary.
-static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
-
-const SIP: &str = "web";
-
-fn preflight() -> bool {
-    if !netns::is_root() {
-        eprintln!("SKIPPED: the lab needs root (network namespaces); run as root");
-        return false;
-    }
-    if let Some(p) = Flavor::Bird.missing_program() {
-        panic!("the lab's route servers need {p}: run e2e/scripts/install-prereqs.sh as root");
-    }
-    true
-}
-
-fn shared() -> IpAddr {
-    IpAddr::V4(SHARED_V4)
-}
-
 async fn start() -> Lab {
-    let lab = Lab::start(LabConfig::default())
-        .await
-        .unwrap_or_else(|e| panic!("lab starts: {e}"));
-    // Information only, never asserted.
-    eprintln!("lab started in {:?}", lab.startup_time());
-    lab
+    lab_common::start(LabConfig::default()).await
 }
 
 /// Applies the SharedIP and waits until node-a (primary) answers, with the address shared
@@ -67,25 +42,9 @@ async fn announce(lab: &Lab) {
     );
 }
 
-/// Deletes the SharedIP and waits until it is gone everywhere: the object (finalizer done),
-/// every node's `lo`, the stand-in's shares, the route servers and the router; nobody answers.
-async fn delete_and_expect_nothing_left(lab: &Lab) {
-    lab.delete_sharedip(SIP).await.expect("delete SharedIP");
-    sharedip_e2e::lab::cluster::eventually("SharedIP gone", BOUND, || async {
-        match lab.sharedip(SIP).await.map_err(|e| e.to_string())? {
-            None => Ok(()),
-            Some(s) => Err(format!("still there: {:?}", s.metadata.finalizers)),
-        }
-    })
-    .await
-    .expect("finalizer completes");
-    lab.wait_no_leaks(BOUND).await.expect("nothing left behind");
-    assert_eq!(lab.who_answers(shared()).await, None, "nobody answers");
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn primary_answers_secondary_takes_over_on_sigterm_failback_and_delete() {
-    if !preflight() {
+    if !preflight(Flavor::Bird) {
         return;
     }
     let _serial = SERIAL.lock().await;
@@ -127,7 +86,7 @@ async fn primary_answers_secondary_takes_over_on_sigterm_failback_and_delete() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn secondary_takes_over_when_the_primary_agent_is_killed() {
-    if !preflight() {
+    if !preflight(Flavor::Bird) {
         return;
     }
     let _serial = SERIAL.lock().await;
@@ -151,7 +110,7 @@ async fn secondary_takes_over_when_the_primary_agent_is_killed() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn secondary_takes_over_when_the_primary_link_is_cut() {
-    if !preflight() {
+    if !preflight(Flavor::Bird) {
         return;
     }
     let _serial = SERIAL.lock().await;
@@ -174,7 +133,7 @@ async fn secondary_takes_over_when_the_primary_link_is_cut() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn drain_annotation_moves_traffic_and_back() {
-    if !preflight() {
+    if !preflight(Flavor::Bird) {
         return;
     }
     let _serial = SERIAL.lock().await;

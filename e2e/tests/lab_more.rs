@@ -4,37 +4,25 @@
 //! root only (skipped with a message otherwise); one lab at a time in this binary; every
 //! wait bounded; the lab tears itself down (and prints every log) on every path.
 
+mod lab_common;
+
 use std::collections::BTreeSet;
 use std::net::{IpAddr, Ipv6Addr};
 
+use lab_common::{
+    delete_and_expect_nothing_left, delete_and_wait_gone, expect_shared_with, names, preflight,
+    start, SERIAL, SIP,
+};
 use serde_json::json;
 use sharedip_e2e::lab::cluster::{eventually, BOUND, SHARED_V4, SPARE_V4};
 use sharedip_e2e::lab::{role_spec, Lab, LabConfig, NodeSpec};
-use sharedip_e2e::netns;
 use sharedip_e2e::routeserver::{Flavor, IpPrefix};
 
-/// One lab at a time in this binary.
-static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
-
-const SIP: &str = "web";
 const SIP2: &str = "web2";
 /// Local preference the route servers give the secondary community.
 const SECONDARY_PREF: u32 = 100;
 /// Probes in a row that must all name the same node to call a holder stable.
 const STABLE_PROBES: usize = 10;
-
-fn preflight(flavor: Flavor) -> bool {
-    if !netns::is_root() {
-        eprintln!("SKIPPED: the lab needs root (network namespaces); run as root");
-        return false;
-    }
-    if let Some(p) = flavor.missing_program() {
-        panic!(
-            "the lab's {flavor} route servers need {p}: run e2e/scripts/install-prereqs.sh as root"
-        );
-    }
-    true
-}
 
 fn v4(a: std::net::Ipv4Addr) -> IpAddr {
     IpAddr::V4(a)
@@ -45,31 +33,6 @@ fn host_prefix(a: std::net::Ipv4Addr) -> IpPrefix {
         addr: IpAddr::V4(a),
         len: 32,
     }
-}
-
-async fn start(config: LabConfig) -> Lab {
-    Lab::start(config)
-        .await
-        .unwrap_or_else(|e| panic!("lab starts: {e}"))
-}
-
-fn names(nodes: &[&str]) -> BTreeSet<String> {
-    nodes.iter().map(|s| s.to_string()).collect()
-}
-
-/// Waits until `ip` is shared with exactly `nodes`' Linodes.
-async fn expect_shared_with(lab: &Lab, ip: &str, nodes: &[&str]) {
-    let want = names(nodes);
-    eventually(&format!("{ip} shared with {want:?}"), BOUND, || async {
-        let got = lab.shared_with(ip);
-        if got == want {
-            Ok(())
-        } else {
-            Err(format!("shared with {got:?}"))
-        }
-    })
-    .await
-    .expect("sharing follows the selection");
 }
 
 /// Waits until every route server holds, for `prefix`, a route from each node in `from`
@@ -178,26 +141,6 @@ async fn wait_one_of(lab: &Lab, addr: IpAddr, candidates: &[&str]) -> String {
     )
     .await
     .expect("one of the candidates answers")
-}
-
-/// Deletes SharedIP `name` and waits until its finalizer has run.
-async fn delete_and_wait_gone(lab: &Lab, name: &str) {
-    lab.delete_sharedip(name).await.expect("delete SharedIP");
-    eventually(&format!("SharedIP {name} gone"), BOUND, || async {
-        match lab.sharedip(name).await.map_err(|e| e.to_string())? {
-            None => Ok(()),
-            Some(s) => Err(format!("still there: {:?}", s.metadata.finalizers)),
-        }
-    })
-    .await
-    .expect("finalizer completes");
-}
-
-/// Deletes SharedIP [`SIP`] and waits until nothing is left anywhere; nobody answers.
-async fn delete_and_expect_nothing_left(lab: &Lab) {
-    delete_and_wait_gone(lab, SIP).await;
-    lab.wait_no_leaks(BOUND).await.expect("nothing left behind");
-    assert_eq!(lab.who_answers(v4(SHARED_V4)).await, None, "nobody answers");
 }
 
 /// Applies the default SharedIP and waits for node-a (primary) to answer, routed there.

@@ -3,71 +3,21 @@
 //! `lab_failover.rs`: assert WHO answers and that nothing is left behind, never timings; root
 //! only (skipped with a message otherwise); one lab at a time; every wait bounded.
 
-use std::collections::BTreeMap;
-use std::net::IpAddr;
+mod lab_common;
 
-use sharedip_e2e::lab::cluster::{eventually, BOUND, ROLE_LABEL, SHARED_V4};
-use sharedip_e2e::lab::{role_spec, Lab, LabConfig, NodeSpec};
-use sharedip_e2e::netns;
+use std::collections::BTreeMap;
+
+use lab_common::{
+    delete_and_expect_nothing_left, expect_shared_with, preflight, shared, start, SERIAL, SIP,
+};
+use sharedip_e2e::lab::cluster::{BOUND, ROLE_LABEL, SHARED_V4};
+use sharedip_e2e::lab::{role_spec, LabConfig, NodeSpec};
 use sharedip_e2e::routeserver::Flavor;
 use sharedip_e2e::standin::FaultRule;
 
-static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
-
-const SIP: &str = "web";
-
-fn preflight() -> bool {
-    if !netns::is_root() {
-        eprintln!("SKIPPED: the lab needs root (network namespaces); run as root");
-        return false;
-    }
-    if let Some(p) = Flavor::Bird.missing_program() {
-        panic!("the lab's route servers need {p}: run e2e/scripts/install-prereqs.sh as root");
-    }
-    true
-}
-
-fn shared() -> IpAddr {
-    IpAddr::V4(SHARED_V4)
-}
-
-async fn start(config: LabConfig) -> Lab {
-    Lab::start(config)
-        .await
-        .unwrap_or_else(|e| panic!("lab starts: {e}"))
-}
-
-async fn delete_and_expect_nothing_left(lab: &Lab) {
-    lab.delete_sharedip(SIP).await.expect("delete SharedIP");
-    eventually("SharedIP gone", BOUND, || async {
-        match lab.sharedip(SIP).await.map_err(|e| e.to_string())? {
-            None => Ok(()),
-            Some(s) => Err(format!("still there: {:?}", s.metadata.finalizers)),
-        }
-    })
-    .await
-    .expect("finalizer completes");
-    lab.wait_no_leaks(BOUND).await.expect("nothing left behind");
-    assert_eq!(lab.who_answers(shared()).await, None, "nobody answers");
-}
-
-async fn expect_shared_with(lab: &Lab, nodes: &[&str]) {
-    let want: std::collections::BTreeSet<String> = nodes.iter().map(|s| s.to_string()).collect();
-    eventually(&format!("shared with {want:?}"), BOUND, || async {
-        let got = lab.shared_with(&SHARED_V4.to_string());
-        if got == want {
-            Ok(())
-        } else {
-            Err(format!("shared with {got:?}"))
-        }
-    })
-    .await
-    .expect("sharing follows the selection");
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn readiness_gate_failing_and_recovering_moves_traffic() {
-    if !preflight() {
+    if !preflight(Flavor::Bird) {
         return;
     }
     let _serial = SERIAL.lock().await;
@@ -79,7 +29,7 @@ async fn readiness_gate_failing_and_recovering_moves_traffic() {
         "podSelector": {"matchLabels": {"app": "ingress"}},
     });
     lab.apply_sharedip(SIP, spec).await.expect("apply");
-    expect_shared_with(&lab, &["node-a", "node-b"]).await;
+    expect_shared_with(&lab, &SHARED_V4.to_string(), &["node-a", "node-b"]).await;
     // No ready ingress pod anywhere: nobody announces.
     lab.wait_answers(shared(), None, BOUND)
         .await
@@ -115,7 +65,7 @@ async fn readiness_gate_failing_and_recovering_moves_traffic() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn relabelled_primary_becomes_secondary() {
-    if !preflight() {
+    if !preflight(Flavor::Bird) {
         return;
     }
     let _serial = SERIAL.lock().await;
@@ -136,7 +86,7 @@ async fn relabelled_primary_becomes_secondary() {
     lab.wait_answers(shared(), Some("node-b"), BOUND)
         .await
         .expect("node-b, now primary, answers");
-    expect_shared_with(&lab, &["node-a", "node-b"]).await;
+    expect_shared_with(&lab, &SHARED_V4.to_string(), &["node-a", "node-b"]).await;
     delete_and_expect_nothing_left(&lab).await;
 }
 
@@ -145,7 +95,7 @@ async fn relabelled_primary_becomes_secondary() {
 /// operator, change the selection, and the standby must finish the job.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn standby_operator_finishes_a_change_after_the_leader_dies_and_api_errors() {
-    if !preflight() {
+    if !preflight(Flavor::Bird) {
         return;
     }
     let _serial = SERIAL.lock().await;
@@ -158,7 +108,7 @@ async fn standby_operator_finishes_a_change_after_the_leader_dies_and_api_errors
     lab.wait_answers(shared(), Some("node-a"), BOUND)
         .await
         .expect("node-a (primary) answers");
-    expect_shared_with(&lab, &["node-a", "node-b"]).await;
+    expect_shared_with(&lab, &SHARED_V4.to_string(), &["node-a", "node-b"]).await;
 
     let killed = lab.kill_leader().await.expect("a leader to kill");
     // The Linode API fails for a while too: rate limits and server errors on the share call.
@@ -181,7 +131,7 @@ async fn standby_operator_finishes_a_change_after_the_leader_dies_and_api_errors
     lab.wait_answers(shared(), Some("node-c"), BOUND)
         .await
         .unwrap_or_else(|e| panic!("node-c answers after {killed} died: {e}"));
-    expect_shared_with(&lab, &["node-b", "node-c"]).await;
+    expect_shared_with(&lab, &SHARED_V4.to_string(), &["node-b", "node-c"]).await;
     assert_eq!(
         lab.lo_addresses("node-a").unwrap(),
         Vec::<String>::new(),
