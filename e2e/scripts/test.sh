@@ -9,6 +9,23 @@ cd "$(dirname "${BASH_SOURCE[0]}")/../.."
 
 step() { printf '\n==> %s  (%ds so far)\n' "$*" "$SECONDS"; }
 
+# Incremental compilation only pays off across edits; here it would add gigabytes of target/.
+export CARGO_INCREMENTAL=0
+
+# A build that runs out of disk half-way fails with an error about some random crate; say it
+# up front instead. NEED_GB is what a cold run of this script takes in target/ plus headroom.
+NEED_GB=${SHAREDIP_TEST_NEED_GB:-12}
+target_dir=${CARGO_TARGET_DIR:-target}
+mkdir -p "$target_dir"
+free_gb=$(df -Pk "$target_dir" | awk 'NR == 2 { print int($4 / 1048576) }')
+target_gb=$(du -sk "$target_dir" | awk '{ print int($1 / 1048576) }')
+echo "disk: ${free_gb} GB free where $target_dir is (it holds ${target_gb} GB); a cold run needs about ${NEED_GB} GB"
+if ((free_gb + target_gb < NEED_GB)); then
+    echo "error: not enough disk space for the build (${free_gb} GB free, about ${NEED_GB} GB needed)" >&2
+    echo "       free some space, or point CARGO_TARGET_DIR at a larger filesystem" >&2
+    exit 1
+fi
+
 step "prerequisites"
 e2e/scripts/install-prereqs.sh
 export SHAREDIP_BIN_DIR="${SHAREDIP_BIN_DIR:-${SHAREDIP_CACHE_DIR:-$HOME/.cache/sharedip}/bin}"
