@@ -13,8 +13,9 @@ step() { printf '\n==> %s  (%ds so far)\n' "$*" "$SECONDS"; }
 export CARGO_INCREMENTAL=0
 
 # A build that runs out of disk half-way fails with an error about some random crate; say it
-# up front instead. NEED_GB is what a cold run of this script takes in target/ plus headroom.
-NEED_GB=${SHAREDIP_TEST_NEED_GB:-12}
+# up front instead. A cold run takes about 3 GB of target/, and building the control plane
+# (first run only) about 5 GB of Go caches.
+NEED_GB=${SHAREDIP_TEST_NEED_GB:-8}
 target_dir=${CARGO_TARGET_DIR:-target}
 mkdir -p "$target_dir"
 free_gb=$(df -Pk "$target_dir" | awk 'NR == 2 { print int($4 / 1048576) }')
