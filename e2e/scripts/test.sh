@@ -12,25 +12,28 @@ step() { printf '\n==> %s  (%ds so far)\n' "$*" "$SECONDS"; }
 # Incremental compilation only pays off across edits; here it would add gigabytes of target/.
 export CARGO_INCREMENTAL=0
 
+export SHAREDIP_BIN_DIR="${SHAREDIP_BIN_DIR:-${SHAREDIP_CACHE_DIR:-$HOME/.cache/sharedip}/bin}"
+export HELM="${HELM:-$SHAREDIP_BIN_DIR/helm}"
+
 # A build that runs out of disk half-way fails with an error about some random crate; say it
-# up front instead. A cold run takes about 3 GB of target/, and building the control plane
-# (first run only) about 5 GB of Go caches.
-NEED_GB=${SHAREDIP_TEST_NEED_GB:-8}
+# up front instead. A cold run takes about 3 GB of target/; building the control plane (first
+# run only) about 5 GB more of Go caches.
+need_gb=4
+[[ -x $SHAREDIP_BIN_DIR/kube-apiserver ]] || need_gb=$((need_gb + 5))
+need_gb=${SHAREDIP_TEST_NEED_GB:-$need_gb}
 target_dir=${CARGO_TARGET_DIR:-target}
 mkdir -p "$target_dir"
 free_gb=$(df -Pk "$target_dir" | awk 'NR == 2 { print int($4 / 1048576) }')
 target_gb=$(du -sk "$target_dir" | awk '{ print int($1 / 1048576) }')
-echo "disk: ${free_gb} GB free where $target_dir is (it holds ${target_gb} GB); a cold run needs about ${NEED_GB} GB"
-if ((free_gb + target_gb < NEED_GB)); then
-    echo "error: not enough disk space for the build (${free_gb} GB free, about ${NEED_GB} GB needed)" >&2
+echo "disk: ${free_gb} GB free where $target_dir is (it holds ${target_gb} GB); this run needs about ${need_gb} GB"
+if ((free_gb + target_gb < need_gb)); then
+    echo "error: not enough disk space (${free_gb} GB free, about ${need_gb} GB needed)" >&2
     echo "       free some space, or point CARGO_TARGET_DIR at a larger filesystem" >&2
     exit 1
 fi
 
 step "prerequisites"
 e2e/scripts/install-prereqs.sh
-export SHAREDIP_BIN_DIR="${SHAREDIP_BIN_DIR:-${SHAREDIP_CACHE_DIR:-$HOME/.cache/sharedip}/bin}"
-export HELM="${HELM:-$SHAREDIP_BIN_DIR/helm}"
 
 step "cargo fmt --check"
 cargo fmt --all -- --check
