@@ -33,7 +33,8 @@ COPY node-agent ./node-agent
 COPY e2e ./e2e
 
 # ---------------------------------------------------------------------------------------------
-# One build stage per binary, so `--target operator` never compiles the agent. The cache
+# One build stage per binary, so `--target operator` never compiles the agent. The agent uses
+# the size-optimised `agent` profile of Cargo.toml (its RSS is mostly its code). The cache
 # mounts keep the registry and target dir between builds; the binary is copied out of the
 # cached target dir in the same step.
 FROM source AS build-operator
@@ -47,8 +48,8 @@ FROM source AS build-node-agent
 RUN --mount=type=cache,target=/usr/local/cargo/registry \
     --mount=type=cache,target=/usr/local/cargo/git \
     --mount=type=cache,target=/src/target,id=sharedip-target \
-    cargo build --locked --release -p sharedip-node-agent --bin sharedip-node-agent \
- && install -D -m 0755 target/release/sharedip-node-agent /out/sharedip-node-agent
+    cargo build --locked --profile agent -p sharedip-node-agent --bin sharedip-node-agent \
+ && install -D -m 0755 target/agent/sharedip-node-agent /out/sharedip-node-agent
 
 # ---------------------------------------------------------------------------------------------
 # Node agent: root (see above), capabilities are granted by the DaemonSet (NET_ADMIN only).

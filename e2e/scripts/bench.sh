@@ -5,8 +5,9 @@
 # cut; the failback after each), the agents' RSS and idle CPU, and SharedIP apply → announced.
 # Prints a table next to DESIGN.md's targets and writes JSON, the probe log and a PNG plot.
 #
-# The agent and the operator are built in RELEASE (what ships, and what the footprint target
-# is about); the benchmark driver itself in debug. `--debug-binaries` measures debug builds.
+# The agent and the operator are built as they ship (the agent with the size-optimised `agent`
+# profile, the operator in release: the footprint target is about what ships); the benchmark
+# driver itself in debug. `--debug-binaries` measures debug builds.
 # Then the operator's scale benchmark (1,000 SharedIPs × 100 nodes: time to converge, share calls
 # per Linode per wave): cargo bench -p sharedip-operator --bench scale; `--no-scale` skips it.
 #
@@ -31,16 +32,19 @@ echo "==> installing prerequisites (first run builds kube-apiserver, etcd, kubec
 e2e/scripts/install-prereqs.sh
 export SHAREDIP_BIN_DIR="${SHAREDIP_BIN_DIR:-${SHAREDIP_CACHE_DIR:-$HOME/.cache/sharedip}/bin}"
 
-echo "==> building the agent and the operator ($profile) and the benchmark driver (debug)"
-profile_flag=()
-[[ $profile == release ]] && profile_flag=(--release)
-cargo build --quiet --locked "${profile_flag[@]}" -p sharedip-node-agent --bin sharedip-node-agent
-cargo build --quiet --locked "${profile_flag[@]}" -p sharedip-operator --bin sharedip-operator
+# As shipped: the agent with Cargo.toml's size-optimised `agent` profile (as the Dockerfile builds
+# it), the operator with `release`.
+agent_profile=agent operator_profile=release
+[[ $profile == debug ]] && agent_profile=debug operator_profile=debug
+echo "==> building the agent ($agent_profile), the operator ($operator_profile) and the benchmark driver (debug)"
+echo "    (a first release build of the agent takes a few minutes: it is optimised for size with LTO)"
+cargo build --quiet --locked --profile "${agent_profile/debug/dev}" -p sharedip-node-agent --bin sharedip-node-agent
+cargo build --quiet --locked --profile "${operator_profile/debug/dev}" -p sharedip-operator --bin sharedip-operator
 cargo build --quiet --locked -p sharedip-e2e --bin sharedip-bench
 TARGET_DIR=$(cargo metadata --format-version 1 --no-deps | python3 -c 'import json,sys; print(json.load(sys.stdin)["target_directory"])')
-export SHAREDIP_AGENT_BIN="$TARGET_DIR/$profile/sharedip-node-agent"
-export SHAREDIP_OPERATOR_BIN="$TARGET_DIR/$profile/sharedip-operator"
-export SHAREDIP_BENCH_PROFILE="$profile"
+export SHAREDIP_AGENT_BIN="$TARGET_DIR/$agent_profile/sharedip-node-agent"
+export SHAREDIP_OPERATOR_BIN="$TARGET_DIR/$operator_profile/sharedip-operator"
+export SHAREDIP_BENCH_PROFILE="agent: $agent_profile, operator: $operator_profile"
 
 echo "==> the lab: failure modes, footprint, apply latency (default: 3 runs per mode, about 5 minutes)"
 "$TARGET_DIR/debug/sharedip-bench" "${args[@]}"

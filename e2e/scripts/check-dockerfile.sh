@@ -6,7 +6,8 @@
 #     latest), ARG defaults included; the targets `operator` and `node-agent` exist;
 #   * every local COPY source exists and is not excluded by .dockerignore; every workspace
 #     member is copied (cargo cannot load the workspace otherwise); COPY --from names a stage;
-#   * every `cargo build` is `--locked --release` and its `-p` / `--bin` are a package of the
+#   * every `cargo build` is `--locked` and `--release` (or `--profile` of a profile that
+#     inherits release, copied from target/<profile>/), and its `-p` / `--bin` are a package of the
 #     workspace and a binary of that package (from `cargo metadata`);
 #   * the ENTRYPOINT of each target is a file a COPY put there;
 #   * the operator target runs as a non-root user.
@@ -34,8 +35,20 @@ import os
 import re
 import shlex
 import sys
+import tomllib
 
 root, meta_path = sys.argv[1], sys.argv[2]
+
+# Custom profiles of the workspace that inherit (directly or not) from release: a Dockerfile may
+# build with `--profile NAME` for those, and then copies from target/NAME/.
+with open(os.path.join(root, "Cargo.toml"), "rb") as f:
+    profile_tables = tomllib.load(f).get("profile", {})
+def inherits_release(name, seen=()):
+    if name == "release":
+        return True
+    parent = profile_tables.get(name, {}).get("inherits")
+    return parent is not None and parent not in seen and inherits_release(parent, seen + (name,))
+release_profiles = {n for n in profile_tables if n not in ("dev", "test", "bench", "release") and inherits_release(n)}
 require_all = os.environ.get("SHAREDIP_REQUIRE_ALL_BINS") == "1"
 errors, pending = [], []
 ok = lambda msg: print(f"  ok    {msg}")
@@ -174,9 +187,19 @@ for s in stages:
             toks = shlex.split(cmd)
             if "cargo" not in toks or "build" not in toks:
                 continue
-            for flag in ("--locked", "--release"):
-                if flag not in toks:
-                    errors.append(f"stage {s['name']}: cargo build without {flag}")
+            if "--locked" not in toks:
+                errors.append(f"stage {s['name']}: cargo build without --locked")
+            profiles = [toks[i + 1] for i, t in enumerate(toks) if t == "--profile" and i + 1 < len(toks)]
+            if "--release" in toks and not profiles:
+                out_dir = "release"
+            elif len(profiles) == 1 and "--release" not in toks and profiles[0] in release_profiles:
+                out_dir = profiles[0]
+            else:
+                errors.append(
+                    f"stage {s['name']}: cargo build needs --release or one --profile that inherits "
+                    f"release (defined: {sorted(release_profiles)})"
+                )
+                continue
             pkgs = [toks[i + 1] for i, t in enumerate(toks) if t in ("-p", "--package")]
             wanted = [toks[i + 1] for i, t in enumerate(toks) if t == "--bin"]
             if len(pkgs) != 1 or len(wanted) != 1:
@@ -191,9 +214,9 @@ for s in stages:
                 msg = f"stage {s['name']}: {pkg} has no binary {b} (binaries: {sorted(bins[pkg]) or 'none yet'})"
                 (pending if bins[pkg] == set() and not require_all else errors).append(msg)
             else:
-                ok(f"stage {s['name']}: cargo build --locked --release -p {pkg} --bin {b}")
-            if f"target/release/{b}" not in r:
-                errors.append(f"stage {s['name']}: the RUN does not copy target/release/{b} out of the cache mount")
+                ok(f"stage {s['name']}: cargo build --locked ({out_dir} profile) -p {pkg} --bin {b}")
+            if f"target/{out_dir}/{b}" not in r:
+                errors.append(f"stage {s['name']}: the RUN does not copy target/{out_dir}/{b} out of the cache mount")
 
 # ---------------------------------------------------------------- runtime targets
 for target in ("operator", "node-agent"):

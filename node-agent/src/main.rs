@@ -3,7 +3,10 @@ use std::process::ExitCode;
 use sharedip_node_agent::config::{self, Command};
 use sharedip_node_agent::{kube_agent, standalone, status_cmd, telemetry};
 
-#[tokio::main]
+// One thread: the agent's work is a few sockets and timers, nothing CPU-bound, and the default
+// runtime's worker thread per core (each with its own malloc arena) would make the footprint grow
+// with the node's core count. The binder's state-file writes still go to tokio's blocking pool.
+#[tokio::main(flavor = "current_thread")]
 async fn main() -> ExitCode {
     let cli = config::parse();
     let result = match cli.command {

@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 use clap::Parser;
 use serde::Serialize;
-use sharedip_e2e::lab::cluster::{eventually, BOUND, SHARED_V4};
+use sharedip_e2e::lab::cluster::{eventually, extra_v4, BOUND, EXTRA_V4_COUNT, SHARED_V4};
 use sharedip_e2e::lab::report::{
     plot_png, write_json, BenchmarkReport, Metric, ModeResult, RunResult, Stats,
 };
@@ -160,6 +160,10 @@ struct Footprint {
     node: String,
     pid: u32,
     rss_kib: u64,
+    /// Of `rss_kib`: heap and stacks.
+    rss_anon_kib: u64,
+    /// Of `rss_kib`: pages of the binary and libraries.
+    rss_file_kib: u64,
     cpu_ms: f64,
     window_s: f64,
 }
@@ -287,15 +291,18 @@ fn negotiated_hold(lab: &Lab) -> (u16, &'static str) {
     }
 }
 
-/// `VmRSS` of a process in KiB.
-fn rss_kib(pid: u32) -> Result<u64> {
+/// `VmRSS`, `RssAnon` and `RssFile` of a process in KiB.
+fn rss_kib(pid: u32) -> Result<(u64, u64, u64)> {
     let path = format!("/proc/{pid}/status");
     let text = std::fs::read_to_string(&path).with_context(|| format!("reading {path}"))?;
-    text.lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.split_whitespace().next())
-        .and_then(|v| v.parse().ok())
-        .with_context(|| format!("no VmRSS in {path}"))
+    let field = |name: &str| {
+        text.lines()
+            .find_map(|l| l.strip_prefix(name))
+            .and_then(|v| v.split_whitespace().next())
+            .and_then(|v| v.parse().ok())
+            .with_context(|| format!("no {name} in {path}"))
+    };
+    Ok((field("VmRSS:")?, field("RssAnon:")?, field("RssFile:")?))
 }
 
 /// utime + stime of a process, in clock ticks.
@@ -401,6 +408,80 @@ async fn measure_apply(lab: &Lab, prober: &Prober, k: u32) -> Result<ApplyRun> {
     })
 }
 
+/// The name of the `i`th extra SharedIP of the footprint phase.
+fn extra_name(i: u8) -> String {
+    format!("{SIP}-extra-{i}")
+}
+
+/// Applies a SharedIP for each extra address and waits until every node's `lo` holds all
+/// `prefixes` addresses (the agents bind before they announce) and each SharedIP is Ready.
+async fn apply_extra(lab: &Lab, prefixes: usize) -> Result<()> {
+    for i in 0..EXTRA_V4_COUNT {
+        lab.apply_sharedip(&extra_name(i), role_spec(&extra_v4(i).to_string()))
+            .await?;
+    }
+    eventually("every extra SharedIP Ready and bound", BOUND, || async {
+        for node in [PRIMARY, SECONDARY] {
+            let bound = lab.lo_addresses(node).map_err(|e| e.to_string())?.len();
+            if bound < prefixes {
+                return Err(format!("{node} has {bound} of {prefixes} addresses"));
+            }
+        }
+        for i in 0..EXTRA_V4_COUNT {
+            let s = lab
+                .sharedip(&extra_name(i))
+                .await
+                .map_err(|e| e.to_string())?;
+            if !s.as_ref().is_some_and(is_ready) {
+                return Err(format!("{} not Ready", extra_name(i)));
+            }
+        }
+        Ok(())
+    })
+    .await?;
+    Ok(())
+}
+
+/// Deletes the footprint phase's SharedIPs and waits until they are gone everywhere: objects,
+/// addresses on the nodes, routes on the router (a failure mode measured while the agents and
+/// route servers still work through the deletions would measure them too).
+async fn delete_extra(lab: &Lab) -> Result<()> {
+    for i in 0..EXTRA_V4_COUNT {
+        lab.delete_sharedip(&extra_name(i)).await?;
+    }
+    let extra: Vec<IpAddr> = (0..EXTRA_V4_COUNT).map(|i| extra_v4(i).into()).collect();
+    eventually("extra SharedIPs gone everywhere", BOUND, || async {
+        for i in 0..EXTRA_V4_COUNT {
+            if lab
+                .sharedip(&extra_name(i))
+                .await
+                .map_err(|e| e.to_string())?
+                .is_some()
+            {
+                return Err(format!("{} still there", extra_name(i)));
+            }
+        }
+        for node in [PRIMARY, SECONDARY] {
+            let left = lab.lo_addresses(node).map_err(|e| e.to_string())?;
+            if left.len() > 1 {
+                return Err(format!("{node} still has {left:?}"));
+            }
+        }
+        if let Some(p) = lab
+            .router_routes()
+            .into_keys()
+            .find(|p| extra.contains(&p.addr))
+        {
+            return Err(format!("the router still routes {p}"));
+        }
+        Ok(())
+    })
+    .await?;
+    steady(lab).await?;
+    tokio::time::sleep(SETTLE).await;
+    Ok(())
+}
+
 async fn delete_and_wait_clean(lab: &Lab) -> Result<()> {
     lab.delete_sharedip(SIP).await?;
     eventually("SharedIP gone", BOUND, || async {
@@ -500,10 +581,12 @@ async fn run(args: Args) -> Result<()> {
     steady(&lab).await?;
     tokio::time::sleep(SETTLE).await;
 
+    let prefixes = 1 + usize::from(EXTRA_V4_COUNT);
     println!(
-        "== agent footprint: RSS and CPU over {} s idle",
+        "== agent footprint: RSS and CPU over {} s idle, announcing {prefixes} prefixes",
         args.idle_secs
     );
+    apply_extra(&lab, prefixes).await?;
     let mut pids = Vec::new();
     for node in [PRIMARY, SECONDARY] {
         let pid = lab
@@ -525,21 +608,27 @@ async fn run(args: Args) -> Result<()> {
     let mut footprint = Vec::new();
     for (node, pid, before) in pids {
         let after = cpu_ticks(pid)?;
+        let (rss_kib, rss_anon_kib, rss_file_kib) = rss_kib(pid)?;
         let f = Footprint {
             node: node.to_owned(),
             pid,
-            rss_kib: rss_kib(pid)?,
+            rss_kib,
+            rss_anon_kib,
+            rss_file_kib,
             cpu_ms: after.saturating_sub(before) as f64 / tick * 1000.0,
             window_s: window.as_secs_f64(),
         };
         println!(
-            "   {node}: RSS {:.1} MiB, CPU {:.0} ms in {:.1} s",
+            "   {node}: RSS {:.1} MiB (heap and stacks {:.1}, binary and libraries {:.1}), CPU {:.0} ms in {:.1} s",
             f.rss_kib as f64 / 1024.0,
+            f.rss_anon_kib as f64 / 1024.0,
+            f.rss_file_kib as f64 / 1024.0,
             f.cpu_ms,
             f.window_s
         );
         footprint.push(f);
     }
+    delete_extra(&lab).await?;
 
     let mut episodes: Vec<(Failure, Episode)> = Vec::new();
     for k in 1..=args.runs {
@@ -683,7 +772,10 @@ async fn run(args: Args) -> Result<()> {
     for f in &footprint {
         let mib = f.rss_kib as f64 / 1024.0;
         report.metrics.push(Metric {
-            name: format!("agent {} steady RSS (4 BGP peers, 1 prefix)", f.node),
+            name: format!(
+                "agent {} steady RSS (4 BGP peers, {prefixes} prefixes)",
+                f.node
+            ),
             value: format!("{mib:.1} MiB"),
             target: "<= 10 MiB (4 peers, 16 prefixes)".into(),
         });
@@ -699,7 +791,7 @@ async fn run(args: Args) -> Result<()> {
         verdicts.push(Verdict {
             what: format!("agent {} RSS", f.node),
             met: mib <= RSS_TARGET_MIB,
-            detail: format!("{mib:.1} MiB ({} build)", args.profile),
+            detail: format!("{mib:.1} MiB ({})", args.profile),
         });
     }
     report.metrics.push(Metric {
@@ -765,7 +857,7 @@ async fn run(args: Args) -> Result<()> {
     )?;
 
     println!(
-        "\n== results: {} runs per mode, a probe every {} ms, {} build, {} CPUs, load {} -> {}\n",
+        "\n== results: {} runs per mode, a probe every {} ms, builds: {}, {} CPUs, load {} -> {}\n",
         args.runs,
         args.interval_ms,
         args.profile,
