@@ -292,7 +292,7 @@ fn negotiated_hold(lab: &Lab) -> (u16, &'static str) {
 }
 
 /// `VmRSS`, `RssAnon` and `RssFile` of a process in KiB.
-fn rss_kib(pid: u32) -> Result<(u64, u64, u64)> {
+fn rss_parts_kib(pid: u32) -> Result<(u64, u64, u64)> {
     let path = format!("/proc/{pid}/status");
     let text = std::fs::read_to_string(&path).with_context(|| format!("reading {path}"))?;
     let field = |name: &str| {
@@ -608,7 +608,7 @@ async fn run(args: Args) -> Result<()> {
     let mut footprint = Vec::new();
     for (node, pid, before) in pids {
         let after = cpu_ticks(pid)?;
-        let (rss_kib, rss_anon_kib, rss_file_kib) = rss_kib(pid)?;
+        let (rss_kib, rss_anon_kib, rss_file_kib) = rss_parts_kib(pid)?;
         let f = Footprint {
             node: node.to_owned(),
             pid,
