@@ -32,22 +32,15 @@ use tokio::sync::{mpsc, oneshot};
 const NODE: &str = "node-a";
 const WAIT: Duration = Duration::from_secs(60);
 
-async fn eventually<F, Fut, T>(what: &str, mut check: F) -> T
+/// The lab's bounded poll, failing the test when it runs out.
+async fn eventually<F, Fut, T>(what: &str, check: F) -> T
 where
     F: FnMut() -> Fut,
     Fut: Future<Output = Result<T, String>>,
 {
-    let deadline = tokio::time::Instant::now() + WAIT;
-    loop {
-        let last = match check().await {
-            Ok(v) => return v,
-            Err(e) => e,
-        };
-        if tokio::time::Instant::now() >= deadline {
-            panic!("timed out after {WAIT:?} waiting for {what}: {last}");
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    sharedip_e2e::lab::cluster::eventually(what, WAIT, check)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"))
 }
 
 /// A route server on ::1: our own session in accept mode, reporting every UPDATE.

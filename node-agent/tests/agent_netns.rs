@@ -266,22 +266,15 @@ impl Drop for KubeLab {
     }
 }
 
-async fn eventually<F, Fut, T>(what: &str, mut check: F) -> T
+/// The lab's bounded poll, failing the test when it runs out.
+async fn eventually<F, Fut, T>(what: &str, check: F) -> T
 where
     F: FnMut() -> Fut,
     Fut: Future<Output = Result<T, String>>,
 {
-    let deadline = tokio::time::Instant::now() + BOUND;
-    loop {
-        let last = match check().await {
-            Ok(v) => return v,
-            Err(e) => e,
-        };
-        if tokio::time::Instant::now() >= deadline {
-            panic!("{what}: not reached within {BOUND:?}: {last}");
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    sharedip_e2e::lab::cluster::eventually(what, BOUND, check)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"))
 }
 
 impl KubeLab {
