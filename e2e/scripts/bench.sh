@@ -3,7 +3,7 @@
 # agent, four BIRD route servers, a client probing the shared IP every 20 ms); each failure
 # mode repeated K times (planned: drain annotation, agent SIGTERM; hard: agent SIGKILL, link
 # cut; the failback after each), the agents' RSS and idle CPU, and SharedIP apply → announced.
-# Prints a table next to DESIGN.md's targets and writes JSON, the probe log and a PNG plot.
+# Prints a table next to the targets of docs/ARCHITECTURE.md and writes JSON, the probe log and a PNG plot.
 #
 # The agent and the operator are built as they ship (the agent with the size-optimised `agent`
 # profile, the operator in release: the footprint target is about what ships); the benchmark

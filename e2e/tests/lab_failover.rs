@@ -1,4 +1,4 @@
-//! Failover scenarios in the whole lab (issue 4): real kube-apiserver, two real operators,
+//! Failover scenarios in the whole lab: real kube-apiserver, two real operators,
 //! the Linode API stand-in driving four BIRD route servers' allow-lists, a router following
 //! their best routes, the real agent in every node namespace, and a client asking who
 //! answers on 192.0.2.10.

@@ -1,4 +1,4 @@
-//! More lab scenarios (issue 4): failback off, a second SharedIP on the same nodes, three
+//! More lab scenarios: failback off, a second SharedIP on the same nodes, three
 //! nodes with two secondaries, and the lab with GoBGP / FRR route servers. Same rules as
 //! `lab_failover.rs`: assert WHO answers and that nothing is left behind, never timings;
 //! root only (skipped with a message otherwise); one lab at a time in this binary; every

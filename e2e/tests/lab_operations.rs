@@ -1,4 +1,4 @@
-//! Day-2 scenarios in the whole lab (issue 4): readiness gate, relabelling, the leading
+//! Day-2 scenarios in the whole lab: readiness gate, relabelling, the leading
 //! operator killed during a change, and the Linode API failing for a while. Same rules as
 //! `lab_failover.rs`: assert WHO answers and that nothing is left behind, never timings; root
 //! only (skipped with a message otherwise); one lab at a time; every wait bounded.

@@ -12,15 +12,14 @@ use std::path::PathBuf;
 
 fn spec_path() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("../../shared/linode-api/openapi-ip-sharing.yaml")
+        .join("../crates/linode/openapi/openapi-ip-sharing.yaml")
 }
 
 fn spec() -> OpenApiSpec {
     let path = spec_path();
     assert!(
         path.is_file(),
-        "the Linode OpenAPI subset is missing at {}: the repository must be checked out as \
-         <root>/main with <root>/shared/linode-api/openapi-ip-sharing.yaml beside it",
+        "the Linode OpenAPI subset is missing at {} (vendored in crates/linode/openapi)",
         path.display()
     );
     OpenApiSpec::load(&path).expect("spec loads")

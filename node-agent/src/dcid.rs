@@ -73,7 +73,8 @@ mod tests {
 
     #[test]
     fn table_matches_design() {
-        // Every pair of DESIGN.md's table, verbatim.
+        // Every pair of the region table (the former CCM's map, which matches Linode's guide),
+        // verbatim.
         let design =
             "nl-ams 22, us-southeast 4, in-maa 25, us-ord 18, us-central 2, eu-central 10, \
             us-west 3, id-cgk 29, eu-west 7, gb-lon 44, us-lax 30, es-mad 24, au-mel 45, \

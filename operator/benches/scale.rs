@@ -1,5 +1,5 @@
-//! Scale benchmark (DESIGN.md target: 1,000 SharedIPs × 100 nodes converge within 60 s, with at
-//! most one share call per affected Linode per change wave).
+//! Scale benchmark (target in docs/ARCHITECTURE.md: 1,000 SharedIPs × 100 nodes converge
+//! within 60 s, with at most one share call per affected Linode per change wave).
 //!
 //! A real kube-apiserver, the Linode API stand-in and the operator (in process, production
 //! settings). Phase 1 applies every SharedIP at once; phase 2 relabels one pool of nodes, a

@@ -1,11 +1,11 @@
-//! The benchmark command (issue 4, item 4): one lab (two nodes, BIRD route servers, real
+//! The benchmark command: one lab (two nodes, BIRD route servers, real
 //! agents and operators), a SharedIP, a client probing it every 20 ms, and each failure mode
 //! repeated `--runs` times — planned switchover (drain annotation, agent SIGTERM), hard
 //! failure (agent SIGKILL, link cut) and the failback after each. Also the agents' steady
 //! RSS and idle CPU, and how long a SharedIP takes from `apply` to answering and to `Ready`.
 //!
-//! Prints a table next to DESIGN.md's targets, writes `bench.json` (and the whole probe
-//! log, `probes.json`) and `failover.png` (one hard failure and its failback) into `--out`.
+//! Prints a table next to the targets of docs/ARCHITECTURE.md, writes `bench.json` (and the
+//! whole probe log, `probes.json`) and `failover.png` (one hard failure and its failback) into `--out`.
 //! Timings are measured, not asserted: the exit code only says whether the run completed.
 //!
 //! Run it with `e2e/scripts/bench.sh` (root), which builds what it needs first.
@@ -34,17 +34,18 @@ const SECONDARY: &str = "node-b";
 /// Quiet time before a failure and after each change settled, so every run's log window
 /// starts and ends in a steady state.
 const SETTLE: Duration = Duration::from_secs(1);
-/// DESIGN.md: the new holder answers within this after a planned switchover; a hard
+/// docs/ARCHITECTURE.md: the new holder answers within this after a planned switchover; a hard
 /// failure's outage is at most the hold time plus this.
 const SLACK: Duration = Duration::from_millis(500);
-/// DESIGN.md: SharedIP applied → shared + announced by its primary.
+/// docs/ARCHITECTURE.md: SharedIP applied → shared + announced by its primary.
 const APPLY_TARGET: Duration = Duration::from_secs(2);
-/// DESIGN.md's footprint target.
+/// The footprint target of docs/ARCHITECTURE.md.
 const RSS_TARGET_MIB: f64 = 10.0;
 /// Where the operator's scale benchmark lives (not re-run here).
 const SCALE_COMMAND: &str = "cargo bench -p sharedip-operator --bench scale";
 
-/// Repeats each failure mode in the lab and reports against DESIGN.md's targets.
+/// Repeats each failure mode in the lab and reports against the targets of
+/// docs/ARCHITECTURE.md.
 #[derive(Debug, Parser)]
 #[command(name = "sharedip-bench", version)]
 struct Args {
@@ -867,7 +868,7 @@ async fn run(args: Args) -> Result<()> {
     );
     println!("lost = failed probes in the run's window; outage = longest run of failed probes after the mark\n");
     print!("{}", report.table());
-    println!("\ntargets (DESIGN.md):");
+    println!("\ntargets (docs/ARCHITECTURE.md):");
     for v in &verdicts {
         let mark = if v.met { "met    " } else { "MISSED " };
         println!("  {mark} {}: {}", v.what, v.detail);

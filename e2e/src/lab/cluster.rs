@@ -1,4 +1,4 @@
-//! [`Lab`]: everything of issue 4 together, started by [`Lab::start`].
+//! [`Lab`]: the whole system on one machine, started by [`Lab::start`].
 //!
 //! - a real etcd + kube-apiserver ([`ControlPlane`]) with the CRDs, one `Node` per lab node
 //!   (labels, `providerID: linode://<id>`, region label `us-east`);
@@ -49,7 +49,8 @@ pub const SPARE_V4_B: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 200);
 /// An IPv6 range routed to the IP holder.
 pub const SPARE_V6_RANGE: &str = "2001:db8:ff::/64";
 /// How many more IPv4 addresses the IP holder owns, for runs with many prefixes (the
-/// benchmark measures an agent announcing 16, as DESIGN.md's footprint target says).
+/// benchmark measures an agent announcing 16, as the footprint target in
+/// docs/ARCHITECTURE.md says).
 pub const EXTRA_V4_COUNT: u8 = 15;
 
 /// The `i`th (from 0, below [`EXTRA_V4_COUNT`]) of the extra addresses: 192.0.2.200 + `i`.

@@ -1,4 +1,4 @@
-//! The end-to-end lab (issue 4): a real control plane, the Linode API stand-in, four route
+//! The end-to-end lab: a real control plane, the Linode API stand-in, four route
 //! servers and a router, node namespaces with the real agent, two real operators and a
 //! client; see [`cluster`] and [`Lab::start`].
 pub mod cluster;

@@ -1,6 +1,6 @@
 //! Reports of the lab's runs: statistics over repeated runs, the benchmark table next to
-//! DESIGN.md's targets, JSON (serde) files, and a PNG plot of who answered the client's
-//! probes over time.
+//! the targets of docs/ARCHITECTURE.md, JSON (serde) files, and a PNG plot of who answered
+//! the client's probes over time.
 
 use std::fmt::Write as _;
 use std::path::Path;
@@ -125,7 +125,7 @@ impl RunResult {
 pub struct ModeResult {
     /// The failure mode (`"planned: drain"`, `"hard: SIGKILL"`, `"failback"`, …).
     pub mode: String,
-    /// DESIGN.md's target for it, as text.
+    /// the target in docs/ARCHITECTURE.md for it, as text.
     pub target: String,
     /// Probe interval of the runs.
     #[serde(rename = "interval_us", with = "crate::lab::traffic::micros")]
@@ -153,7 +153,7 @@ pub struct Metric {
     pub name: String,
     /// The value, with its unit (`"6.2 MiB"`).
     pub value: String,
-    /// DESIGN.md's target, as text.
+    /// the target in docs/ARCHITECTURE.md, as text.
     pub target: String,
 }
 

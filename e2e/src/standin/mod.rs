@@ -1,5 +1,5 @@
 //! A stand-in for the Linode API v4 subset that IP sharing needs, following
-//! `shared/linode-api/openapi-ip-sharing.yaml`.
+//! `crates/linode/openapi/openapi-ip-sharing.yaml`.
 //!
 //! - API under `/v4` and `/v4beta`: bearer auth, Linode's error bodies, pagination,
 //!   `X-Filter`, the share calls with Linode's rules (see [`account::Account::set_shared`]).

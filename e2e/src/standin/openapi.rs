@@ -1,5 +1,5 @@
 //! Validates JSON bodies against the response schemas of an OpenAPI 3.0 document (the
-//! Linode subset in `shared/linode-api/openapi-ip-sharing.yaml`).
+//! Linode subset in `crates/linode/openapi/openapi-ip-sharing.yaml`).
 //!
 //! Each operation's response schema is turned into a self-contained JSON Schema
 //! (draft 2020-12) and compiled with the `jsonschema` crate:
