@@ -75,6 +75,45 @@ async fn assert_steady(
     }
 }
 
+/// Waits until the SharedIP's status says what the lab holds: shared with exactly `nodes`'
+/// Linodes, and Shared and Ready true.
+async fn expect_reported(lab: &Lab, nodes: &[&str], why: &str) {
+    let want: std::collections::BTreeSet<String> = nodes.iter().map(|n| n.to_string()).collect();
+    eventually(
+        &format!("the status reports sharing with {want:?}, Shared and Ready"),
+        BOUND,
+        || async {
+            let status = lab
+                .sharedip(SIP)
+                .await
+                .map_err(|e| e.to_string())?
+                .and_then(|s| s.status)
+                .ok_or("no status")?;
+            let with: std::collections::BTreeSet<String> =
+                status.shared_with.iter().map(|s| s.node.clone()).collect();
+            let condition = |t: &str| {
+                status
+                    .conditions
+                    .iter()
+                    .find(|c| c.type_ == t)
+                    .map(|c| (c.status.clone(), c.reason.clone(), c.message.clone()))
+            };
+            let true_ = |t: &str| condition(t).is_some_and(|c| c.0 == "True");
+            if with == want && true_("Shared") && true_("Ready") {
+                Ok(())
+            } else {
+                Err(format!(
+                    "sharedWith {with:?}, Shared {:?}, Ready {:?}",
+                    condition("Shared"),
+                    condition("Ready")
+                ))
+            }
+        },
+    )
+    .await
+    .unwrap_or_else(|e| panic!("{why}: {e}"));
+}
+
 /// How many BGP sessions `node`'s agent reports established in its status entry, once it
 /// reports `want` of 4.
 async fn expect_sessions(lab: &Lab, node: &str, want: i32, why: &str) {
@@ -114,31 +153,36 @@ async fn route_servers_and_apiserver_failing_leave_nothing_behind() {
     let wanted = active(&["node-a", "node-b"], "node-a");
     expect(&lab, &wanted, "initial announcement").await;
 
-    // 1. rs1 restarts: it forgets every session and route. The other three keep the
-    //    traffic on node-a; the agents reconnect and announce again, to rs1 too.
-    lab.restart_route_server(0).expect("rs1 restarts");
-    lab.wait_sessions(BOUND)
-        .await
-        .expect("every agent's session to rs1 comes back");
-    expect(
-        &lab,
-        &wanted,
-        "after rs1 restarted, both routes are announced to it again",
-    )
-    .await;
+    // 1. The route servers restart one after the other, as in a maintenance: each forgets
+    //    every session and route while the others keep the traffic on node-a; the agents
+    //    reconnect and announce again, and the restarted one prefers the primary again.
     let node_a = lab.node_address("node-a").unwrap();
-    assert_eq!(
-        lab.routing().best(prefix()),
-        vec![Some(node_a); 4],
-        "every route server, rs1 included, prefers the primary"
-    );
+    for i in 0..4 {
+        let rs = format!("rs{}", i + 1);
+        lab.restart_route_server(i)
+            .unwrap_or_else(|e| panic!("{rs} restarts: {e}"));
+        lab.wait_sessions(BOUND)
+            .await
+            .unwrap_or_else(|e| panic!("every agent's session to {rs} comes back: {e}"));
+        expect(
+            &lab,
+            &wanted,
+            &format!("after {rs} restarted, both routes are announced to it again"),
+        )
+        .await;
+        assert_eq!(
+            lab.routing().best(prefix()),
+            vec![Some(node_a); 4],
+            "after {rs} restarted, every route server prefers the primary"
+        );
+    }
     assert_steady(
         &lab,
         STEADY_PROBES,
         &wanted,
         "node-a",
         &[],
-        "after rs1 restarted",
+        "after every route server restarted",
     )
     .await;
 
@@ -232,6 +276,12 @@ async fn route_servers_and_apiserver_failing_leave_nothing_behind() {
         .expect("unlabel node-b");
     let wanted = active(&["node-a", "node-c"], "node-a");
     expect(&lab, &wanted, "a change after the apiserver returned").await;
+    expect_reported(
+        &lab,
+        &["node-a", "node-c"],
+        "a change after the apiserver returned",
+    )
+    .await;
     lab.set_drain("node-a", true).await.expect("drain");
     expect(
         &lab,
@@ -302,6 +352,12 @@ async fn our_processes_failing_mid_change_leave_nothing_behind() {
         .expect("node-a answers");
     lab.standin().faults().clear_share_failure(node_b);
     expect(&lab, &wanted, "the operator shares once the API accepts").await;
+    expect_reported(
+        &lab,
+        &["node-a", "node-b"],
+        "the operator shares once the API accepts",
+    )
+    .await;
 
     // 1. The leader dies mid-wave. node-c replaces node-b as secondary: one wave shares
     //    the address with node-c's Linode and takes it from node-b's. The stand-in applies
@@ -350,6 +406,7 @@ async fn our_processes_failing_mid_change_leave_nothing_behind() {
     );
     let wanted = active(&["node-a", "node-c"], "node-a");
     expect(&lab, &wanted, "the standby finishes the wave").await;
+    expect_reported(&lab, &["node-a", "node-c"], "the standby finishes the wave").await;
     let leader = lab.operator_leader().await.expect("lease");
     assert!(
         leader.as_deref().is_some_and(|l| l != killed),
@@ -397,6 +454,7 @@ async fn our_processes_failing_mid_change_leave_nothing_behind() {
         .expect("fault");
     let wanted = active(&["node-c"], "node-c");
     expect(&lab, &wanted, "the operator retries through the bursts").await;
+    expect_reported(&lab, &["node-c"], "the operator retries through the bursts").await;
     assert_eq!(
         lab.standin().faults().pending(),
         0,
