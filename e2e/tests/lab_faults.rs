@@ -230,7 +230,8 @@ async fn route_servers_and_apiserver_failing_leave_nothing_behind() {
     expect(&lab, &wanted, "after rs2 came back").await;
 
     // 3. The apiserver goes away. Agents and operators lose their watches and the leader
-    //    its lease; nothing on the network may change while it is down.
+    //    its lease; nothing on the network may change while it is down, unless a node
+    //    fails.
     lab.stop_apiserver();
     assert_steady(
         &lab,
@@ -247,7 +248,20 @@ async fn route_servers_and_apiserver_failing_leave_nothing_behind() {
             "{node}'s agent rides out the apiserver's absence"
         );
     }
+    //    A failover needs no apiserver: node-a's agent dies, node-b takes the traffic.
+    lab.sigkill_agent("node-a").expect("node-a known");
+    expect(
+        &lab,
+        &Wanted::nothing().with(
+            prefix(),
+            WantedAddress::active(&["node-a", "node-b"], "node-b").announced_by(&["node-b"]),
+        ),
+        "node-b takes over while the apiserver is down",
+    )
+    .await;
     lab.start_apiserver().await.expect("the apiserver restarts");
+    lab.start_agent("node-a").expect("agent starts");
+    expect(&lab, &wanted, "node-a's agent is back: failback").await;
     // A leader that could not renew its lease steps down and exits, as in client-go; the
     // kubelet restarts it (here: the lab), and it becomes a candidate again.
     eprintln!(
@@ -304,7 +318,8 @@ async fn route_servers_and_apiserver_failing_leave_nothing_behind() {
 
 /// A share call failing for one Linode, the leading operator killed in the middle of a
 /// share wave, 429 and 5xx bursts from the Linode API during a failover, an agent killed
-/// while it withdraws: the end state is exactly what the SharedIPs want each time.
+/// while it withdraws, the leader killed in the middle of a deletion: the end state is
+/// exactly what the SharedIPs want each time.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn our_processes_failing_mid_change_leave_nothing_behind() {
     if !preflight(Flavor::Bird) {
@@ -502,6 +517,51 @@ async fn our_processes_failing_mid_change_leave_nothing_behind() {
     lab.set_drain("node-a", false).await.expect("undrain");
     expect(&lab, &wanted, "node-a undrained").await;
 
-    delete_and_expect_nothing_left(&lab).await;
+    // 4. The leader dies in the middle of the deletion's wave: the address is taken from
+    //    node-c's Linode (answer held back), node-a's refuses; the finalizer is still on
+    //    the object when the leader dies, and the standby finishes the deletion.
+    let node_a = lab.linode_of("node-a").unwrap();
+    lab.standin()
+        .faults()
+        .set_reply_delay(std::time::Duration::from_secs(8));
+    lab.standin()
+        .faults()
+        .fail_share_for(node_a, ShareFailure::default())
+        .expect("fault");
+    lab.delete_sharedip(SIP).await.expect("delete");
+    eventually("the deletion's wave is in flight", BOUND, || async {
+        let with = lab.shared_with(&SHARED_V4.to_string());
+        let in_flight = lab.standin().request_log().in_flight("POST", SHARE);
+        if !with.contains("node-c") && in_flight > 0 {
+            Ok(())
+        } else {
+            Err(format!(
+                "shared with {with:?}, {in_flight} share calls in flight"
+            ))
+        }
+    })
+    .await
+    .expect("the leader's deletion wave reaches the stand-in");
+    lab.kill_leader().await.expect("a leader to kill");
+    lab.standin()
+        .faults()
+        .set_reply_delay(std::time::Duration::ZERO);
+    lab.standin().faults().clear_share_failure(node_a);
+    assert!(
+        lab.sharedip(SIP).await.expect("get").is_some(),
+        "the killed leader did not finish the deletion"
+    );
+    eventually("the standby finishes the finalizer", BOUND, || async {
+        match lab.sharedip(SIP).await.map_err(|e| e.to_string())? {
+            None => Ok(()),
+            Some(s) => Err(format!("still there: {:?}", s.metadata.finalizers)),
+        }
+    })
+    .await
+    .expect("the SharedIP goes");
+    lab.wait_no_leaks(BOUND).await.expect("nothing left behind");
+    assert_eq!(lab.who_answers(shared()).await, None, "nobody answers");
+    lab.restart_operators()
+        .expect("the killed operator restarts");
     eprintln!("scenario wall time {:?}", begun.elapsed());
 }
