@@ -18,6 +18,9 @@
 //! destructor runs), etcd and kube-apiserver still die with it (parent-death signal) and the
 //! next [`ControlPlane::start`] removes the orphaned temp dir.
 //!
+//! [`ControlPlane::stop_apiserver`] and [`ControlPlane::start_apiserver`] take kube-apiserver
+//! away and bring it back on the same port (etcd and its data stay), for outage scenarios.
+//!
 //! Tests reach it as an admin through [`ControlPlane::client`], [`ControlPlane::kubeconfig_path`]
 //! (for our binaries and kubectl/helm), [`ControlPlane::kubectl`] and [`ControlPlane::helm`];
 //! as a ServiceAccount through [`ControlPlane::service_account_token`] plus

@@ -12,6 +12,11 @@
 //! - two real `sharedip-operator` replicas (leader election) in the root namespace;
 //! - a client namespace behind the router ([`Lab::client_ns`]) for probes.
 //!
+//! [`Lab::unwanted`] and [`Lab::wait_state`] compare every place an address can be left in
+//! with what the SharedIPs want ([`super::expect`]); [`Lab::leaks`] with nothing wanted.
+//! Faults of the platform: [`Lab::restart_route_server`], [`Lab::silence_route_server`],
+//! [`Lab::stop_apiserver`] / [`Lab::start_apiserver`], and the stand-in's fault knobs.
+//!
 //! Dropping the lab stops everything in reverse order, also while a test panics (then the
 //! logs of every process are printed first). Every wait is bounded.
 
