@@ -20,6 +20,8 @@ APT_PACKAGES=(iproute2 ca-certificates)
 # BGP route servers of the node agent's interop tests and the lab (e2e/src/routeserver),
 # sysctl (procps) for the network namespaces.
 APT_PACKAGES+=(bird2 gobgpd frr procps)
+# nft: the lab's fault scenarios make a route server silent (e2e/tests/lab_faults.rs).
+APT_PACKAGES+=(nftables)
 # A TrueType font for the text of the lab's PNG plots (e2e/src/lab/report.rs).
 APT_PACKAGES+=(fonts-dejavu-core)
 missing=()

@@ -18,6 +18,9 @@
 //! destructor runs), etcd and kube-apiserver still die with it (parent-death signal) and the
 //! next [`ControlPlane::start`] removes the orphaned temp dir.
 //!
+//! [`ControlPlane::stop_apiserver`] and [`ControlPlane::start_apiserver`] take kube-apiserver
+//! away and bring it back on the same port (etcd and its data stay), for outage scenarios.
+//!
 //! Tests reach it as an admin through [`ControlPlane::client`], [`ControlPlane::kubeconfig_path`]
 //! (for our binaries and kubectl/helm), [`ControlPlane::kubectl`] and [`ControlPlane::helm`];
 //! as a ServiceAccount through [`ControlPlane::service_account_token`] plus
@@ -228,6 +231,9 @@ pub struct ControlPlane {
     // Field order matters for Drop: processes die before their directory is removed.
     apiserver: ManagedProcess,
     etcd: ManagedProcess,
+    /// How kube-apiserver was started, for [`Self::start_apiserver`].
+    apiserver_command: (PathBuf, Vec<OsString>),
+    startup_timeout: Duration,
     client: kube::Client,
     server_url: String,
     kubeconfig: PathBuf,
@@ -372,20 +378,7 @@ impl ControlPlane {
             .wait_until(
                 &mut [&mut etcd, &mut apiserver],
                 "kube-apiserver /readyz",
-                || async {
-                    let request = http::Request::get("/readyz").body(Vec::new());
-                    match request {
-                        Ok(request) => matches!(
-                            tokio::time::timeout(
-                                Duration::from_secs(5),
-                                client.request_text(request)
-                            )
-                            .await,
-                            Ok(Ok(_))
-                        ),
-                        Err(_) => false,
-                    }
-                },
+                || readyz(&client),
             )
             .await?;
         let namespaces: Api<Namespace> = Api::all(client.clone());
@@ -407,6 +400,8 @@ impl ControlPlane {
         Ok(Self {
             apiserver,
             etcd,
+            apiserver_command: (apiserver_bin.to_path_buf(), apiserver_args),
+            startup_timeout: options.startup_timeout,
             client,
             server_url,
             kubeconfig,
@@ -415,6 +410,48 @@ impl ControlPlane {
             kubeconfig_seq: AtomicU64::new(0),
             dir,
         })
+    }
+
+    /// Kills kube-apiserver (SIGKILL, as when it crashes or its node reboots); etcd and its
+    /// data stay. Clients get connection errors until [`Self::start_apiserver`].
+    pub fn stop_apiserver(&mut self) {
+        self.apiserver.kill();
+        tracing::info!(server = %self.server_url, "kube-apiserver stopped");
+    }
+
+    /// Whether kube-apiserver runs.
+    pub fn apiserver_running(&mut self) -> bool {
+        self.apiserver.exit_status().is_none()
+    }
+
+    /// Starts kube-apiserver again, on the same port with the same flags and certificates
+    /// (clients and kubeconfigs keep working), and waits (bounded by the start options'
+    /// startup timeout) until `/readyz` answers. Does nothing while it runs.
+    pub async fn start_apiserver(&mut self) -> Result<(), Error> {
+        if self.apiserver_running() {
+            return Ok(());
+        }
+        let (program, args) = &self.apiserver_command;
+        self.apiserver = ManagedProcess::spawn(
+            "kube-apiserver",
+            program,
+            args,
+            self.dir.path().join("kube-apiserver.log"),
+        )?;
+        let startup = Startup {
+            deadline: tokio::time::Instant::now() + self.startup_timeout,
+            timeout: self.startup_timeout,
+        };
+        let client = self.client.clone();
+        startup
+            .wait_until(
+                &mut [&mut self.etcd, &mut self.apiserver],
+                "kube-apiserver /readyz after a restart",
+                || readyz(&client),
+            )
+            .await?;
+        tracing::info!(server = %self.server_url, pid = self.apiserver.pid(), "kube-apiserver started again");
+        Ok(())
     }
 
     /// An admin (`system:masters`) client.
@@ -731,6 +768,17 @@ fn format_logs<'a>(
         ));
     }
     out
+}
+
+/// Whether `/readyz` answers 200 within 5 s.
+async fn readyz(client: &kube::Client) -> bool {
+    let Ok(request) = http::Request::get("/readyz").body(Vec::new()) else {
+        return false;
+    };
+    matches!(
+        tokio::time::timeout(Duration::from_secs(5), client.request_text(request)).await,
+        Ok(Ok(_))
+    )
 }
 
 async fn client_from_kubeconfig(path: &Path) -> Result<kube::Client, Error> {

@@ -590,6 +590,43 @@ async fn injected_429_and_5xx_then_recovery_and_counts() {
     .await;
 }
 
+/// A call held back by the reply delay has taken effect before its answer leaves, counts
+/// as in flight until then, and stops counting when its client goes away.
+#[tokio::test]
+async fn reply_delay_applies_first_and_counts_the_call_in_flight() {
+    bounded(async {
+        let s = start().await;
+        s.faults()
+            .set_reply_delay(std::time::Duration::from_secs(3600));
+        let call = {
+            let api = Api::new(&s);
+            tokio::spawn(async move { api.share(2, &["192.0.2.10"]).await })
+        };
+        let log = s.request_log();
+        while !(s.sharing().shared_with("192.0.2.10").contains(&2)
+            && log.in_flight("POST", "/networking/ips/share") == 1)
+        {
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+        assert!(!call.is_finished(), "the answer is held back");
+        let view = s.faults().view();
+        assert_eq!(view.reply_delay_ms, 3_600_000);
+        // The client gives up: the request is dropped and no longer in flight.
+        call.abort();
+        while log.in_flight("POST", "/networking/ips/share") != 0 {
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+        assert_eq!(log.in_flight_counts(), vec![]);
+        // Without the delay, answers come at once again.
+        s.faults().set_reply_delay(std::time::Duration::ZERO);
+        assert_eq!(
+            Api::new(&s).share(2, &["192.0.2.11"]).await.status,
+            StatusCode::OK
+        );
+    })
+    .await;
+}
+
 #[tokio::test]
 async fn admin_http_api_seeds_reads_and_injects() {
     bounded(async {

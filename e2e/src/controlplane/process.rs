@@ -31,8 +31,13 @@ impl ManagedProcess {
         args: &[OsString],
         log_path: PathBuf,
     ) -> Result<Self, Error> {
-        let log = File::create(&log_path)
-            .map_err(|e| Error::io(format!("creating {}", log_path.display()), e))?;
+        // Appending: a restarted process (see `ControlPlane::start_apiserver`) keeps the
+        // log of the one before it.
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log_path)
+            .map_err(|e| Error::io(format!("opening {}", log_path.display()), e))?;
         let log_err = log
             .try_clone()
             .map_err(|e| Error::io(format!("duplicating {}", log_path.display()), e))?;

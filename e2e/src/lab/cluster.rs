@@ -12,6 +12,11 @@
 //! - two real `sharedip-operator` replicas (leader election) in the root namespace;
 //! - a client namespace behind the router ([`Lab::client_ns`]) for probes.
 //!
+//! [`Lab::unwanted`] and [`Lab::wait_state`] compare every place an address can be left in
+//! with what the SharedIPs want ([`super::expect`]); [`Lab::leaks`] with nothing wanted.
+//! Faults of the platform: [`Lab::restart_route_server`], [`Lab::silence_route_server`],
+//! [`Lab::stop_apiserver`] / [`Lab::start_apiserver`], and the stand-in's fault knobs.
+//!
 //! Dropping the lab stops everything in reverse order, also while a test panics (then the
 //! logs of every process are printed first). Every wait is bounded.
 
@@ -28,6 +33,7 @@ use serde_json::{json, Value};
 use sharedip_api::{SharedIP, DRAIN_ANNOTATION, REGION_LABEL};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
+use super::expect::{differences, HeardRoute, Observed, Wanted};
 use super::processes::{
     self, start_agent, start_operator, AgentSettings, OperatorSettings, Process, ProcessError,
 };
@@ -224,6 +230,8 @@ pub fn role_spec(address: &str) -> Value {
 /// One lab node. Field order is drop order: the agent stops before its bridge.
 #[derive(Debug)]
 struct LabNode {
+    /// `--unbind-delay` of this node's agent from its next start on, instead of the lab's.
+    unbind_delay: Option<String>,
     agent: Option<Process>,
     responder: Option<Responder>,
     _bridge: KubeBridge,
@@ -401,6 +409,7 @@ impl Lab {
             let responder = Responder::start(&net.ns, config.port, &spec.name)?;
             let agent = start_agent(&agent_settings, &net.ns, &spec.name, dir.path())?;
             nodes.push(LabNode {
+                unbind_delay: None,
                 agent: Some(agent),
                 responder: Some(responder),
                 _bridge: bridge,
@@ -730,13 +739,28 @@ impl Lab {
             }
         }
         // Keep the old log: the new process appends to the same file.
+        let mut settings = self.agent_settings.clone();
+        if let Some(d) = &self.nodes[i].unbind_delay {
+            settings.unbind_delay = Some(d.clone());
+        }
         let agent = start_agent(
-            &self.agent_settings,
+            &settings,
             &self.topo.nodes[i].ns,
             &self.nodes[i].spec.name,
             self.nodes[i].dir.path(),
         )?;
         self.nodes[i].agent = Some(agent);
+        Ok(())
+    }
+
+    /// Gives the node's agent `--unbind-delay <delay>` from its next [`Lab::start_agent`]
+    /// on (`None`: what the lab's configuration says again).
+    pub fn set_agent_unbind_delay(
+        &mut self,
+        node: &str,
+        delay: Option<&str>,
+    ) -> Result<(), LabError> {
+        self.agent_mut(node)?.unbind_delay = delay.map(str::to_owned);
         Ok(())
     }
 
@@ -829,6 +853,84 @@ impl Lab {
             }
         }
         Ok(())
+    }
+
+    /// Whether every operator replica runs (one that lost its lease exits, as in a pod
+    /// that the kubelet then restarts: [`Lab::restart_operators`]).
+    pub fn operators_running(&mut self) -> Vec<(String, bool)> {
+        self.operators
+            .iter_mut()
+            .map(|p| (p.label().to_owned(), p.is_running()))
+            .collect()
+    }
+
+    // -----------------------------------------------------------------------------------
+    // Faults of the platform: route servers, the apiserver
+
+    /// Restarts route server `i` (0-based, `rs<i+1>`): its sessions drop, its routes go,
+    /// and it comes back with the allow-list in force; the agents must reconnect and
+    /// announce again.
+    pub fn restart_route_server(&self, i: usize) -> Result<(), LabError> {
+        self.routing.restart_server(i)?;
+        tracing::info!(rs = i + 1, "route server restarted");
+        Ok(())
+    }
+
+    /// Makes route server `i` (0-based) silent (`true`): nftables in its namespace drops
+    /// every packet on its link, both ways, so no FIN or RST leaves or arrives and its
+    /// sessions die by hold timer on both ends. `false` lets packets through again.
+    pub fn silence_route_server(&self, i: usize, silent: bool) -> Result<(), LabError> {
+        const TABLE: &str = "sharedip_lab_silence";
+        let ns = self
+            .topo
+            .rs
+            .get(i)
+            .ok_or_else(|| LabError::Config(format!("no route server rs{}", i + 1)))?;
+        if !std::env::var_os("PATH")
+            .is_some_and(|path| std::env::split_paths(&path).any(|d| d.join("nft").is_file()))
+        {
+            return Err(LabError::Config(
+                "silencing a route server needs nft (Debian package nftables): run e2e/scripts/install-prereqs.sh".into(),
+            ));
+        }
+        let script = if silent {
+            format!(
+                "add table inet {TABLE}; \
+                 add chain inet {TABLE} in {{ type filter hook input priority -300; policy accept; }}; \
+                 add rule inet {TABLE} in iifname \"eth0\" drop; \
+                 add chain inet {TABLE} out {{ type filter hook output priority -300; policy accept; }}; \
+                 add rule inet {TABLE} out oifname \"eth0\" drop"
+            )
+        } else {
+            format!("delete table inet {TABLE}")
+        };
+        ns.exec("nft", &[script.as_str()])?;
+        tracing::info!(rs = i + 1, silent, "route server link");
+        Ok(())
+    }
+
+    /// Kills kube-apiserver (etcd stays): agents and operators see connection errors.
+    pub fn stop_apiserver(&mut self) {
+        self.cp.stop_apiserver();
+    }
+
+    /// Starts kube-apiserver again on the same address; returns once it is ready.
+    pub async fn start_apiserver(&mut self) -> Result<(), LabError> {
+        self.cp.start_apiserver().await?;
+        Ok(())
+    }
+
+    /// The node's entry in SharedIP `name`'s status, as its agent wrote it.
+    pub async fn node_status(
+        &self,
+        name: &str,
+        node: &str,
+    ) -> Result<Option<sharedip_api::NodeStatus>, LabError> {
+        Ok(self
+            .sharedip(name)
+            .await?
+            .and_then(|s| s.status)
+            .and_then(|s| s.nodes.into_iter().find(|n| n.name == node)))
     }
 
     // -----------------------------------------------------------------------------------
@@ -936,32 +1038,109 @@ impl Lab {
             .collect()
     }
 
-    /// Everything left behind: addresses on a node's `lo`, shares in the stand-in, routes on
-    /// the router, route servers holding routes. Empty: clean.
+    /// Everything left behind: addresses on a node's `lo`, shares in the stand-in, routes
+    /// the nodes announce to a route server (accepted or rejected), routes on the router.
+    /// Empty: clean. The same as [`Lab::unwanted`] with [`Wanted::nothing`].
     pub fn leaks(&self) -> Vec<String> {
-        let mut out = Vec::new();
-        for n in &self.nodes {
-            match self.lo_addresses(&n.spec.name) {
-                Ok(a) if a.is_empty() => {}
-                Ok(a) => out.push(format!("{} has {a:?} on lo", n.spec.name)),
-                Err(e) => out.push(format!("{}: {e}", n.spec.name)),
+        self.unwanted(&Wanted::nothing())
+    }
+
+    /// Every difference between the lab and `wanted` (see [`super::expect`]): addresses
+    /// on a node's `lo`, shares, announcements and routes that no SharedIP wants, and
+    /// wanted ones that are missing. Empty: the lab is exactly what the SharedIPs want.
+    pub fn unwanted(&self, wanted: &Wanted) -> Vec<String> {
+        differences(wanted, &self.observe())
+            .into_iter()
+            .map(|d| d.0)
+            .collect()
+    }
+
+    /// Waits until [`Lab::unwanted`] is empty, then until every wanted host address with
+    /// a serving node is answered by that node.
+    pub async fn wait_state(&self, wanted: &Wanted, bound: Duration) -> Result<(), LabError> {
+        eventually("the lab is what the SharedIPs want", bound, || async {
+            let left = self.unwanted(wanted);
+            if left.is_empty() {
+                Ok(())
+            } else {
+                Err(left.join("; "))
+            }
+        })
+        .await?;
+        for (prefix, w) in &wanted.addresses {
+            let host = if prefix.is_ipv4() { 32 } else { 128 };
+            if let (Some(node), true) = (&w.serving, prefix.len == host) {
+                self.wait_answers(prefix.addr, Some(node), bound).await?;
             }
         }
-        let by_linode = self.standin.sharing().by_linode();
-        if !by_linode.is_empty() {
-            out.push(format!("stand-in still shares {by_linode:?}"));
+        Ok(())
+    }
+
+    /// One reading of every place an address can be left in (see [`Observed`]).
+    pub fn observe(&self) -> Observed {
+        let lo = self
+            .nodes
+            .iter()
+            .map(|n| {
+                let addrs = self
+                    .lo_addresses(&n.spec.name)
+                    .map_err(|e| e.to_string())
+                    .and_then(|list| {
+                        list.iter()
+                            .map(|a| a.parse::<IpPrefix>().map_err(|e| e.to_string()))
+                            .collect::<Result<Vec<_>, _>>()
+                    });
+                (n.spec.name.clone(), addrs)
+            })
+            .collect();
+        let name_of = |l: LinodeId| {
+            self.nodes
+                .iter()
+                .find(|n| n.linode == l)
+                .map_or_else(|| format!("linode {l}"), |n| n.spec.name.clone())
+        };
+        let snapshot = self.standin.sharing();
+        let shares = snapshot
+            .ips
+            .iter()
+            .filter(|(_, s)| !s.shared_with.is_empty())
+            .filter_map(|(ip, s)| {
+                let addr: IpAddr = ip.parse().ok()?;
+                let len = match s.kind {
+                    crate::standin::IpKind::Ipv4 => 32,
+                    crate::standin::IpKind::Ipv6Range => s.prefix,
+                };
+                let with = s.shared_with.iter().map(|l| name_of(*l)).collect();
+                Some((IpPrefix { addr, len }, with))
+            })
+            .collect();
+        let route_servers = self
+            .routing
+            .received()
+            .into_iter()
+            .map(|r| {
+                r.map_err(|e| e.to_string()).map(|heard| {
+                    heard
+                        .into_iter()
+                        .map(|a| HeardRoute {
+                            prefix: a.prefix,
+                            node: match a.from {
+                                IpAddr::V6(v6) => self.node_at(v6).map(str::to_owned),
+                                IpAddr::V4(_) => None,
+                            }
+                            .unwrap_or_else(|| format!("address {}", a.from)),
+                            accepted: a.accepted,
+                        })
+                        .collect()
+                })
+            })
+            .collect();
+        Observed {
+            lo,
+            shares,
+            route_servers,
+            router: self.router_routes(),
         }
-        let routes = self.router_routes();
-        if !routes.is_empty() {
-            out.push(format!("router still routes {routes:?}"));
-        }
-        for (i, routes) in self.routing.routes().iter().enumerate() {
-            if !routes.is_empty() {
-                let p: Vec<String> = routes.iter().map(|r| r.prefix.to_string()).collect();
-                out.push(format!("rs{} still holds {p:?}", i + 1));
-            }
-        }
-        out
     }
 
     /// Waits until [`Lab::leaks`] is empty.

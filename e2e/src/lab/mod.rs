@@ -2,6 +2,7 @@
 //! servers and a router, node namespaces with the real agent, two real operators and a
 //! client; see [`cluster`] and [`Lab::start`].
 pub mod cluster;
+pub mod expect;
 pub mod processes;
 pub mod report;
 pub mod routing;
@@ -9,3 +10,4 @@ pub mod topology;
 pub mod traffic;
 
 pub use cluster::{role_spec, Lab, LabConfig, LabError, NodeSpec};
+pub use expect::{Wanted, WantedAddress};

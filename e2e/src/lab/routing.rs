@@ -24,7 +24,8 @@ use tokio::sync::watch;
 use super::topology::{route_server_address, Topology, NODES_BRIDGE, ROUTER_RS_SIDE};
 use crate::netns::Netns;
 use crate::routeserver::{
-    Flavor, IpPrefix, Peer, ReceivedRoute, RouteServer, RouteServerConfig, RouteServerError,
+    Announcement, Flavor, IpPrefix, Peer, ReceivedRoute, RouteServer, RouteServerConfig,
+    RouteServerError,
 };
 use crate::standin::{IpKind, LinodeId, SharingSnapshot};
 
@@ -151,6 +152,25 @@ pub struct Routing {
     threads: Vec<JoinHandle<()>>,
     servers: Arc<Vec<Mutex<RouteServer>>>,
     nodes: Vec<NodePeer>,
+    owner: Mutex<std::sync::mpsc::Sender<OwnerRequest>>,
+}
+
+/// Work only the thread that started the daemons may do: a daemon dies with the thread
+/// that spawned it (`PR_SET_PDEATHSIG`), so one restarted from a short-lived thread would
+/// die with that thread.
+enum OwnerRequest {
+    Restart {
+        index: usize,
+        done: std::sync::mpsc::Sender<Result<(), RoutingError>>,
+    },
+}
+
+impl std::fmt::Debug for OwnerRequest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Restart { index, .. } => write!(f, "Restart(rs{})", index + 1),
+        }
+    }
 }
 
 /// Errors setting up the routing.
@@ -164,6 +184,12 @@ pub enum RoutingError {
         /// Why.
         source: RouteServerError,
     },
+    /// No route server with that (0-based) index.
+    #[error("no route server rs{0}")]
+    NoSuchServer(usize),
+    /// The thread owning the daemons is gone (the lab is stopping).
+    #[error("the route server thread has stopped")]
+    OwnerGone,
     /// A thread could not be started.
     #[error("cannot start the {what} thread: {source}")]
     Thread {
@@ -189,6 +215,7 @@ impl Routing {
         // The daemons die with the thread that spawned them (PR_SET_PDEATHSIG), so a thread
         // that lives as long as the lab starts them, and then follows the sharing state.
         let (tx, rx) = std::sync::mpsc::channel();
+        let (requests_tx, requests) = std::sync::mpsc::channel();
         let rs_namespaces: Vec<Arc<Netns>> = topo.rs.clone();
         let (st, owned_nodes) = (stop.clone(), nodes.clone());
         let owner = std::thread::Builder::new()
@@ -198,7 +225,7 @@ impl Routing {
                     Ok(servers) => {
                         let servers = Arc::new(servers);
                         let _ = tx.send(Ok(servers.clone()));
-                        follow_sharing(&servers, &owned_nodes, &mut sharing, &st);
+                        follow_sharing(&servers, &owned_nodes, &mut sharing, &requests, &st);
                     }
                     Err(e) => {
                         let _ = tx.send(Err(e));
@@ -227,6 +254,7 @@ impl Routing {
             threads: vec![owner],
             servers: servers.clone(),
             nodes,
+            owner: Mutex::new(requests_tx),
         };
 
         let router = topo.router.name().to_owned();
@@ -269,6 +297,12 @@ impl Routing {
             .collect()
     }
 
+    /// What the nodes announced to every route server, accepted by its import policy or
+    /// not.
+    pub fn received(&self) -> Vec<Result<Vec<Announcement>, RouteServerError>> {
+        self.servers.iter().map(|s| lock(s).received()).collect()
+    }
+
     /// The node each route server considers best for `prefix`.
     pub fn best(&self, prefix: IpPrefix) -> Vec<Option<Ipv6Addr>> {
         self.servers
@@ -281,6 +315,25 @@ impl Routing {
                     .and_then(|r| next_hop(&r))
             })
             .collect()
+    }
+
+    /// Restarts route server `i` (0-based) with its current configuration and allow-list:
+    /// its sessions drop, it forgets every route, and the nodes must connect and announce
+    /// again. Returns once its control interface answers.
+    pub fn restart_server(&self, i: usize) -> Result<(), RoutingError> {
+        if i >= self.servers.len() {
+            return Err(RoutingError::NoSuchServer(i + 1));
+        }
+        let (done, result) = std::sync::mpsc::channel();
+        self.owner
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .send(OwnerRequest::Restart { index: i, done })
+            .map_err(|_| RoutingError::OwnerGone)?;
+        // Bounded: stopping takes at most 5 s, starting at most 15 s (FRR).
+        result
+            .recv_timeout(Duration::from_secs(60))
+            .map_err(|_| RoutingError::OwnerGone)?
     }
 
     /// The daemons' logs (for failure messages).
@@ -345,10 +398,34 @@ fn follow_sharing(
     servers: &[Mutex<RouteServer>],
     nodes: &[NodePeer],
     sharing: &mut watch::Receiver<SharingSnapshot>,
+    requests: &std::sync::mpsc::Receiver<OwnerRequest>,
     stop: &AtomicBool,
 ) {
     let mut applied: Option<Vec<Peer>> = None;
     while !stop.load(Ordering::Relaxed) {
+        while let Ok(request) = requests.try_recv() {
+            match request {
+                OwnerRequest::Restart { index, done } => {
+                    let result = match servers.get(index) {
+                        // Restarted with the allow-list in force (set_peers keeps it in
+                        // the configuration).
+                        Some(s) => lock(s)
+                            .restart()
+                            .map_err(|source| RoutingError::RouteServer {
+                                index: index + 1,
+                                source,
+                            }),
+                        None => Err(RoutingError::NoSuchServer(index + 1)),
+                    };
+                    tracing::info!(
+                        rs = index + 1,
+                        ok = result.is_ok(),
+                        "route server restarted"
+                    );
+                    let _ = done.send(result);
+                }
+            }
+        }
         match sharing.has_changed() {
             Ok(true) => {
                 let peers = allow_lists(&sharing.borrow_and_update(), nodes);

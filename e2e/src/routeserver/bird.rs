@@ -68,6 +68,8 @@ pub(super) fn config(rs: &RouteServer) -> String {
          else if ({sa},{sb}) ~ bgp_community || ({sl1},{sl2},{sl3}) ~ bgp_large_community then bgp_local_pref = 100;\n  \
          else bgp_local_pref = 50;\n}}"
     );
+    // `import keep filtered`: rejected routes stay in the table, hidden, so
+    // [`RouteServer::received`] sees what a node announces without being allowed to.
     // `prefer older`: between equal routes from different nodes (both secondary, i.e.
     // failback off) keep the one already in use instead of breaking the tie by router id,
     // as Linode's route servers do ("same role on both nodes => no failback"; RFC 5004).
@@ -96,8 +98,8 @@ pub(super) fn config(rs: &RouteServer) -> String {
              connect retry time {retry};\n  \
              error wait time {retry}, {max};\n  \
              prefer older on;\n  \
-             ipv4 {{ extended next hop on; import filter {name}_in4; export none; igp table master6; }};\n  \
-             ipv6 {{ import filter {name}_in6; export none; }};\n}}",
+             ipv4 {{ extended next hop on; import filter {name}_in4; import keep filtered on; export none; igp table master6; }};\n  \
+             ipv6 {{ import filter {name}_in6; import keep filtered on; export none; }};\n}}",
             local = c.address,
             asn = c.asn,
             peer = p.address,
@@ -165,6 +167,23 @@ pub(super) fn reconfigure(rs: &RouteServer) -> Result<(), RouteServerError> {
 pub(super) fn routes(rs: &RouteServer) -> Result<Vec<ReceivedRoute>, RouteServerError> {
     let text = birdc(&socket(rs), &["show", "route", "all"])?;
     Ok(parse_routes(&text, &rs.config.peers))
+}
+
+/// Accepted and rejected routes (kept hidden by `import keep filtered`).
+pub(super) fn adj_rib_in(rs: &RouteServer) -> Result<Vec<(IpPrefix, IpAddr)>, RouteServerError> {
+    let mut out = Vec::new();
+    for args in [
+        &["show", "route", "all"][..],
+        &["show", "route", "all", "filtered"],
+    ] {
+        let text = birdc(&socket(rs), args)?;
+        out.extend(
+            parse_routes(&text, &rs.config.peers)
+                .into_iter()
+                .map(|r| (r.prefix, r.from)),
+        );
+    }
+    Ok(out)
 }
 
 fn parse_routes(text: &str, peers: &[Peer]) -> Vec<ReceivedRoute> {
@@ -387,6 +406,28 @@ Table master6:
     }
 
     #[test]
+    fn parses_show_route_all_filtered() {
+        // BIRD 2.0.12 `show route all filtered`: the route of a node whose address is not
+        // shared with its Linode, kept hidden by `import keep filtered`.
+        let text = "BIRD 2.0.12 ready.
+Table master4:
+192.0.2.10/32        unicast [n_2001_db8_1__11 00:24:01.197 from 2001:db8:1::11] (100/?) [AS65001?]
+\tvia 2001:db8:1:34::ff on eth0
+\tType: BGP univ
+\tBGP.origin: Incomplete
+\tBGP.as_path: 65001
+\tBGP.next_hop: 2001:db8:1::11
+\tBGP.local_pref: 100
+\tBGP.community: (65000,2)
+";
+        let peers = vec![Peer::any("2001:db8:1::11".parse().unwrap())];
+        let routes = parse_routes(text, &peers);
+        assert_eq!(routes.len(), 1, "{routes:#?}");
+        assert_eq!(routes[0].prefix.to_string(), "192.0.2.10/32");
+        assert_eq!(routes[0].from.to_string(), "2001:db8:1::11");
+    }
+
+    #[test]
     fn config_has_one_protocol_per_peer_with_filters() {
         let dir = tempfile::tempdir().unwrap();
         let rs = RouteServer {
@@ -422,5 +463,6 @@ Table master6:
             "{c}"
         );
         assert!(c.contains("passive on;"), "{c}");
+        assert!(c.contains("import keep filtered on;"), "{c}");
     }
 }

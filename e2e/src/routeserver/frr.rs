@@ -94,6 +94,8 @@ fn peer_neighbor(rs: &RouteServer, p: &Peer) -> Vec<String> {
         out.push(format!(" address-family {af} unicast"));
         out.push(format!("  neighbor {a} activate"));
         out.push(format!("  neighbor {a} route-map {name}-in{fam} in"));
+        // Keeps the Adj-RIB-In, so `received-routes` shows what the route-map rejected.
+        out.push(format!("  neighbor {a} soft-reconfiguration inbound"));
         out.push(format!("  neighbor {a} route-map rs-deny-all out"));
         out.push(" exit-address-family".to_owned());
     }
@@ -243,6 +245,50 @@ pub(super) fn routes(rs: &RouteServer) -> Result<Vec<ReceivedRoute>, RouteServer
     Ok(out)
 }
 
+/// What each established peer sent, before the route-maps (`soft-reconfiguration
+/// inbound` keeps it).
+pub(super) fn adj_rib_in(rs: &RouteServer) -> Result<Vec<(IpPrefix, IpAddr)>, RouteServerError> {
+    let mut out = Vec::new();
+    for p in peers(rs)?.into_iter().filter(|p| p.established) {
+        for afi in ["ipv4", "ipv6"] {
+            let text = vtysh(
+                rs,
+                &[&format!(
+                    "show bgp {afi} unicast neighbors {} received-routes json",
+                    p.address
+                )],
+            )?;
+            out.extend(parse_received_routes(&text, p.address)?);
+        }
+    }
+    Ok(out)
+}
+
+/// `received-routes json`: `{"receivedRoutes": {"<prefix>": {...}}, ...}`, or `{}` when
+/// the peer sent nothing.
+fn parse_received_routes(
+    text: &str,
+    from: IpAddr,
+) -> Result<Vec<(IpPrefix, IpAddr)>, RouteServerError> {
+    let bad = |d: String| RouteServerError::parse(Flavor::Frr, "received-routes", d);
+    let v: Value = serde_json::from_str(text).map_err(|e| bad(e.to_string()))?;
+    let Some(routes) = v.get("receivedRoutes").and_then(Value::as_object) else {
+        return Ok(Vec::new());
+    };
+    routes
+        .iter()
+        .map(|(key, r)| {
+            let text = r
+                .get("network")
+                .and_then(Value::as_str)
+                .unwrap_or(key.as_str());
+            text.parse::<IpPrefix>()
+                .map(|p| (p, from))
+                .map_err(|e| bad(e.to_string()))
+        })
+        .collect()
+}
+
 fn parse_prefix_detail(text: &str) -> Result<Vec<ReceivedRoute>, RouteServerError> {
     let bad = |d: String| RouteServerError::parse(Flavor::Frr, "prefix detail", d);
     let v: Value = serde_json::from_str(text).map_err(|e| bad(e.to_string()))?;
@@ -364,6 +410,21 @@ pub(super) fn peers(rs: &RouteServer) -> Result<Vec<PeerStatus>, RouteServerErro
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn parses_received_routes() {
+        // FRR 8.4 `show bgp ipv4 unicast neighbors 2001:db8:1::11 received-routes json`,
+        // the route rejected by the route-map (`filteredPrefixCounter`).
+        let text = r#"{"bgpTableVersion":1,"bgpLocalRouterId":"192.0.2.101","defaultLocPrf":100,"localAS":65000,
+        "receivedRoutes":{"192.0.2.10/32":{"addrPrefix":"192.0.2.10","prefixLen":32,"network":"192.0.2.10/32",
+        "nextHopGlobal":"2001:db8:1::11","weight":0,"path":"65001","bgpOriginCode":"?","appliedStatusSymbols":{"*":true,">":true}}},
+        "totalPrefixCounter":1,"filteredPrefixCounter":1}"#;
+        let from: IpAddr = "2001:db8:1::11".parse().unwrap();
+        let r = parse_received_routes(text, from).unwrap();
+        assert_eq!(r, vec![("192.0.2.10/32".parse().unwrap(), from)]);
+        assert_eq!(parse_received_routes("{}", from).unwrap(), vec![]);
+        assert!(parse_received_routes("not json", from).is_err());
+    }
 
     #[test]
     fn parses_prefix_detail() {

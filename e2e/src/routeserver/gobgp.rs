@@ -234,6 +234,52 @@ pub(super) fn routes(rs: &RouteServer) -> Result<Vec<ReceivedRoute>, RouteServer
     Ok(out)
 }
 
+/// What each established peer sent, before the import policy (GoBGP always keeps the
+/// Adj-RIB-In).
+pub(super) fn adj_rib_in(rs: &RouteServer) -> Result<Vec<(IpPrefix, IpAddr)>, RouteServerError> {
+    let mut out = Vec::new();
+    for p in peers(rs)?.into_iter().filter(|p| p.established) {
+        let addr = p.address.to_string();
+        for family in ["ipv4", "ipv6"] {
+            let text = gobgp(rs, &["neighbor", &addr, "adj-in", "-a", family, "-j"])?;
+            out.extend(parse_adj_in(&text, p.address)?);
+        }
+    }
+    Ok(out)
+}
+
+/// `gobgp neighbor <addr> adj-in -j`: the same map of prefix to paths as the global RIB
+/// (or a list of destinations in some versions); the peer is known from the question.
+fn parse_adj_in(text: &str, from: IpAddr) -> Result<Vec<(IpPrefix, IpAddr)>, RouteServerError> {
+    let bad = |d: String| RouteServerError::parse(Flavor::Gobgp, "adj-in", d);
+    let text = text.trim();
+    if text.is_empty() || text == "Network not in table" || text == "null" {
+        return Ok(Vec::new());
+    }
+    let v: Value = serde_json::from_str(text).map_err(|e| bad(e.to_string()))?;
+    let prefixes: Vec<String> = match &v {
+        Value::Object(map) => map.keys().cloned().collect(),
+        Value::Array(list) => list
+            .iter()
+            .filter_map(|d| {
+                d.get("prefix")
+                    .or_else(|| d.pointer("/nlri/prefix"))
+                    .and_then(Value::as_str)
+                    .map(str::to_owned)
+            })
+            .collect(),
+        other => return Err(bad(format!("unexpected {other}"))),
+    };
+    prefixes
+        .iter()
+        .map(|p| {
+            p.parse::<IpPrefix>()
+                .map(|p| (p, from))
+                .map_err(|e| bad(e.to_string()))
+        })
+        .collect()
+}
+
 fn parse_rib(text: &str) -> Result<Vec<ReceivedRoute>, RouteServerError> {
     let bad = |d: String| RouteServerError::parse(Flavor::Gobgp, "rib", d);
     let text = text.trim();
@@ -429,6 +475,21 @@ mod tests {
         assert_eq!(r.large_communities, vec![(63949, 1, 1)]);
         assert_eq!(r.next_hop[0].to_string(), "2001:db8:1::10");
         assert!(r.best);
+    }
+
+    #[test]
+    fn parses_adj_in_json() {
+        // gobgp 3.10 `neighbor 2001:db8:1::11 adj-in -a ipv4 -j`, the route rejected by the
+        // import policy.
+        let text = r#"{"192.0.2.10/32":[{"nlri":{"prefix":"192.0.2.10/32"},"age":1796084670,"best":false,"attrs":[{"type":1,"value":2},{"type":2,"as_paths":[{"segment_type":2,"num":1,"asns":[65001]}]},{"type":8,"communities":[4259840002]},{"type":14,"nexthop":"2001:db8:1::11","afi":1,"safi":1,"value":[{"prefix":"192.0.2.10/32"}]}],"stale":false,"source-id":"0.0.0.17","neighbor-ip":"2001:db8:1::11"}]}"#;
+        let from: IpAddr = "2001:db8:1::11".parse().unwrap();
+        let r = parse_adj_in(text, from).unwrap();
+        assert_eq!(r, vec![("192.0.2.10/32".parse().unwrap(), from)]);
+        assert_eq!(
+            parse_adj_in("Network not in table\n", from).unwrap(),
+            vec![]
+        );
+        assert!(parse_adj_in("{\"not a prefix\": []}", from).is_err());
     }
 
     #[test]

@@ -13,14 +13,17 @@
 //!
 //! [`RouteServer::routes`] reads what the daemon received, with communities, large
 //! communities, origin, next hop and local preference, via `birdc show route all`,
-//! `gobgp global rib -j` or `vtysh -c 'show bgp … json'`; [`RouteServer::peers`]
-//! reads the sessions.
+//! `gobgp global rib -j` or `vtysh -c 'show bgp … json'`; [`RouteServer::received`]
+//! reads every route the nodes sent, also those the import policy rejected (a node
+//! announcing an address that is not shared with its Linode is invisible in the RIB);
+//! [`RouteServer::peers`] reads the sessions.
 
 mod bird;
 mod daemon;
 mod frr;
 mod gobgp;
 
+use std::collections::BTreeSet;
 use std::fmt;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::path::PathBuf;
@@ -264,6 +267,17 @@ pub struct ReceivedRoute {
     pub valid: bool,
 }
 
+/// A route a node sent, whether or not the import policy accepted it (the Adj-RIB-In).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Announcement {
+    /// The prefix.
+    pub prefix: IpPrefix,
+    /// The node it came from (session remote address).
+    pub from: IpAddr,
+    /// The import policy accepted it (it is in the RIB).
+    pub accepted: bool,
+}
+
 /// A session as the route server sees it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PeerStatus {
@@ -409,6 +423,32 @@ impl RouteServer {
             Flavor::Gobgp => gobgp::routes(self),
             Flavor::Frr => frr::routes(self),
         }
+    }
+
+    /// Every route the nodes sent, accepted or rejected by the import policy.
+    pub fn received(&self) -> Result<Vec<Announcement>, RouteServerError> {
+        self.ensure_running()?;
+        let heard = match self.config.flavor {
+            Flavor::Bird => bird::adj_rib_in(self)?,
+            Flavor::Gobgp => gobgp::adj_rib_in(self)?,
+            Flavor::Frr => frr::adj_rib_in(self)?,
+        };
+        // Accepted is what reached the RIB; read after the Adj-RIB-In so a route that
+        // arrived in between is listed as accepted rather than missed.
+        let accepted: BTreeSet<(IpPrefix, IpAddr)> = self
+            .routes()?
+            .into_iter()
+            .map(|r| (r.prefix, r.from))
+            .collect();
+        let all: BTreeSet<(IpPrefix, IpAddr)> = heard.into_iter().chain(accepted.clone()).collect();
+        Ok(all
+            .into_iter()
+            .map(|(prefix, from)| Announcement {
+                prefix,
+                from,
+                accepted: accepted.contains(&(prefix, from)),
+            })
+            .collect())
     }
 
     /// The best route for `prefix`, if any.

@@ -38,6 +38,7 @@ pub(crate) fn routes() -> Router<Arc<App>> {
         .route("/_standin/faults", get(faults).delete(clear_faults))
         .route("/_standin/faults/http", post(add_fault))
         .route("/_standin/faults/latency", put(set_latency))
+        .route("/_standin/faults/reply-delay", put(set_reply_delay))
         .route(
             "/_standin/faults/share/{id}",
             put(fail_share).delete(clear_share_failure),
@@ -140,6 +141,7 @@ async fn requests(State(app): State<Arc<App>>) -> AdminResult {
     Ok(Json(json!({
         "counts": app.log.counts(),
         "share_calls": app.log.share_calls(),
+        "in_flight": app.log.in_flight_counts(),
     })))
 }
 
@@ -180,6 +182,12 @@ struct Latency {
 async fn set_latency(State(app): State<Arc<App>>, body: Bytes) -> AdminResult {
     let l: Latency = parse(&body)?;
     app.faults.set_latency(Duration::from_millis(l.ms));
+    Ok(Json(json!({})))
+}
+
+async fn set_reply_delay(State(app): State<Arc<App>>, body: Bytes) -> AdminResult {
+    let l: Latency = parse(&body)?;
+    app.faults.set_reply_delay(Duration::from_millis(l.ms));
     Ok(Json(json!({})))
 }
 

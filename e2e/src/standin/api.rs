@@ -104,6 +104,9 @@ pub(crate) async fn api_layer(State(app): State<Arc<App>>, req: Request, next: N
         .get::<MatchedPath>()
         .map_or(UNMATCHED, |m| strip_version(m.as_str()))
         .to_owned();
+    // Counted until the answer leaves, or until the client goes away and the request is
+    // dropped.
+    let _in_flight = app.log.begin(method.as_str(), &template);
     let latency = app.faults.latency();
     if !latency.is_zero() {
         tokio::time::sleep(latency).await;
@@ -119,6 +122,10 @@ pub(crate) async fn api_layer(State(app): State<Arc<App>>, req: Request, next: N
     let status = resp.status().as_u16();
     tracing::debug!(%method, %path, %template, status, "api request");
     app.log.record(method.as_str(), &template, status);
+    let delay = app.faults.reply_delay();
+    if !delay.is_zero() {
+        tokio::time::sleep(delay).await;
+    }
     resp
 }
 

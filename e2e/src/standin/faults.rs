@@ -1,5 +1,6 @@
-//! Fault injection: rate limiting (429 + `Retry-After`), server errors, added latency,
-//! and failing share calls for chosen Linodes.
+//! Fault injection: rate limiting (429 + `Retry-After`), server errors, added latency
+//! (before handling) and reply delay (after handling), and failing share calls for chosen
+//! Linodes.
 
 use super::error::ApiError;
 use super::model::LinodeId;
@@ -141,6 +142,11 @@ pub struct FaultsView {
     pub rules: Vec<FaultRule>,
     /// Latency added to every API request, in milliseconds.
     pub latency_ms: u64,
+    /// Delay between handling an API request and answering it, in milliseconds: the
+    /// state has changed but the client does not know yet (a client that dies meanwhile
+    /// never learns that its call took effect).
+    #[serde(default)]
+    pub reply_delay_ms: u64,
     /// Linodes whose share calls fail.
     pub share_failures: BTreeMap<LinodeId, ShareFailure>,
 }
@@ -168,6 +174,11 @@ impl Faults {
     /// Sets the latency added to every API request.
     pub fn set_latency(&self, latency: Duration) {
         self.lock().latency_ms = u64::try_from(latency.as_millis()).unwrap_or(u64::MAX);
+    }
+
+    /// Sets the delay between handling every API request and answering it.
+    pub fn set_reply_delay(&self, delay: Duration) {
+        self.lock().reply_delay_ms = u64::try_from(delay.as_millis()).unwrap_or(u64::MAX);
     }
 
     /// Makes share calls for `linode_id` fail until cleared.
@@ -208,6 +219,10 @@ impl Faults {
 
     pub(crate) fn latency(&self) -> Duration {
         Duration::from_millis(self.lock().latency_ms)
+    }
+
+    pub(crate) fn reply_delay(&self) -> Duration {
+        Duration::from_millis(self.lock().reply_delay_ms)
     }
 
     /// Consumes one count of the first matching rule, if any, and returns its answer.

@@ -41,7 +41,7 @@ pub use account::{Account, Pools};
 pub use error::{ApiError, ErrorObject, StandInError};
 pub use faults::{FaultKind, FaultRule, Faults, FaultsView, ShareFailure};
 pub use model::{Ipv4Address, Ipv6Range, Linode, LinodeId, NewIpv4, NewIpv6Range, NewLinode};
-pub use request_log::{RequestCount, RequestLog, ShareCall};
+pub use request_log::{InFlight, RequestCount, RequestLog, ShareCall};
 pub use seed::{Seed, SeedShare};
 pub use server::{StandIn, StandInBuilder, StandInHandle};
 pub use sharing::{IpKind, SharedIp, SharingSnapshot};

@@ -1,4 +1,5 @@
-//! Counts of API requests per (method, path template, status), and every share call.
+//! Counts of API requests per (method, path template, status), every share call, and the
+//! requests in flight.
 
 use super::model::LinodeId;
 use serde::{Deserialize, Serialize};
@@ -35,10 +36,22 @@ pub struct ShareCall {
     pub status: u16,
 }
 
+/// API requests received and not answered yet, per method and template.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InFlight {
+    /// HTTP method.
+    pub method: String,
+    /// The path template, as in [`RequestCount`].
+    pub template: String,
+    /// How many.
+    pub count: u64,
+}
+
 #[derive(Debug, Default)]
 struct Inner {
     counts: BTreeMap<(String, String, u16), u64>,
     shares: Vec<ShareCall>,
+    in_flight: BTreeMap<(String, String), u64>,
 }
 
 /// The request log.
@@ -47,11 +60,60 @@ pub struct RequestLog {
     inner: Mutex<Inner>,
 }
 
+/// Counts one request as in flight until dropped.
+#[derive(Debug)]
+pub(crate) struct InFlightGuard<'a> {
+    log: &'a RequestLog,
+    key: (String, String),
+}
+
+impl Drop for InFlightGuard<'_> {
+    fn drop(&mut self) {
+        let mut g = self.log.lock();
+        if let Some(n) = g.in_flight.get_mut(&self.key) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                g.in_flight.remove(&self.key);
+            }
+        }
+    }
+}
+
 impl RequestLog {
     fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
         self.inner
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    pub(crate) fn begin(&self, method: &str, template: &str) -> InFlightGuard<'_> {
+        let key = (method.to_owned(), template.to_owned());
+        *self.lock().in_flight.entry(key.clone()).or_default() += 1;
+        InFlightGuard { log: self, key }
+    }
+
+    /// Requests with this method and template received and not answered yet (waiting
+    /// out injected latency or reply delay, or being handled).
+    pub fn in_flight(&self, method: &str, template: &str) -> u64 {
+        self.lock()
+            .in_flight
+            .iter()
+            .filter(|((m, t), _)| m.eq_ignore_ascii_case(method) && t == template)
+            .map(|(_, c)| *c)
+            .sum()
+    }
+
+    /// Every request in flight, sorted by method and template.
+    pub fn in_flight_counts(&self) -> Vec<InFlight> {
+        self.lock()
+            .in_flight
+            .iter()
+            .map(|((method, template), count)| InFlight {
+                method: method.clone(),
+                template: template.clone(),
+                count: *count,
+            })
+            .collect()
     }
 
     pub(crate) fn record(&self, method: &str, template: &str, status: u16) {
@@ -115,8 +177,14 @@ impl RequestLog {
         out
     }
 
-    /// Forgets everything.
+    /// Forgets the counts and share calls (requests in flight stay counted until they
+    /// end).
     pub fn reset(&self) {
-        *self.lock() = Inner::default();
+        let mut g = self.lock();
+        let in_flight = std::mem::take(&mut g.in_flight);
+        *g = Inner {
+            in_flight,
+            ..Inner::default()
+        };
     }
 }
