@@ -342,7 +342,7 @@ impl LoopCtx {
                 &self.settings.bgp,
             );
             if let Some(t) = d.target {
-                let addr = t.address;
+                let addr = t.address();
                 if let Some((_, first)) = claimed.iter().find(|(a, _)| a.overlaps(&addr)) {
                     // The operator reports the duplicate in the later SharedIP's status too.
                     d = Decision {

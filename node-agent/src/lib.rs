@@ -15,6 +15,7 @@ pub mod http;
 pub mod kube_agent;
 pub mod metrics;
 pub mod orchestrator;
+pub mod prefix;
 pub mod runtime;
 pub mod speaker;
 pub mod standalone;

@@ -11,10 +11,10 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use sharedip_api::Role;
 
-use crate::bgp::wire::Prefix;
 use crate::binding::AddressBinding;
 use crate::community::RoleCommunity;
 use crate::decision::{Decision, Reason, Target};
+use crate::prefix::AnnouncedPrefix;
 use crate::speaker::Announcer;
 
 /// What is applied for one name.
@@ -38,13 +38,13 @@ pub enum Transition {
     /// The route is announced (first time or with a new community).
     Announced {
         name: String,
-        prefix: Prefix,
+        prefix: AnnouncedPrefix,
         community: RoleCommunity,
     },
     /// The route is withdrawn.
     Withdrawn {
         name: String,
-        prefix: Prefix,
+        prefix: AnnouncedPrefix,
         reason: Reason,
     },
     /// Binding failed; nothing is announced for it.
@@ -82,21 +82,6 @@ pub struct Orchestrator<B, A> {
     applied: BTreeMap<String, Applied>,
     unbind_delay: Duration,
     leftovers_checked: bool,
-}
-
-fn prefix_of(t: &Target) -> Prefix {
-    // SharedAddress guarantees a valid length for the family, so this cannot fail; the
-    // fallback keeps the function total.
-    Prefix::new(t.address.network(), t.address.prefix())
-        .or_else(|_| Prefix::new(t.address.address(), 0))
-        .unwrap_or_else(|_| unreachable_prefix())
-}
-
-fn unreachable_prefix() -> Prefix {
-    match Prefix::new(IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED), 0) {
-        Ok(p) => p,
-        Err(_) => unreachable!("0.0.0.0/0 is a valid prefix"),
-    }
 }
 
 fn host_len(addr: IpAddr) -> u8 {
@@ -140,9 +125,9 @@ impl<B: AddressBinding, A: Announcer> Orchestrator<B, A> {
             .iter()
             .map(|(name, a)| PrefixReport {
                 name: name.clone(),
-                address: a.target.address.address().to_string(),
-                prefix: prefix_of(&a.target).to_string(),
-                community: a.target.community.to_string(),
+                address: a.target.address().address().to_string(),
+                prefix: a.target.prefix().to_string(),
+                community: a.target.community().to_string(),
                 role: a.role,
                 bound: a.bound,
                 announced: a.announced,
@@ -164,14 +149,14 @@ impl<B: AddressBinding, A: Announcer> Orchestrator<B, A> {
             let keep = want
                 .and_then(|d| d.target)
                 .zip(self.applied.get(&name))
-                .is_some_and(|(t, a)| t.address == a.target.address);
+                .is_some_and(|(t, a)| t.address() == a.target.address());
             if keep {
                 continue;
             }
             let Some(a) = self.applied.remove(&name) else {
                 continue;
             };
-            let prefix = prefix_of(&a.target);
+            let prefix = a.target.prefix();
             if a.announced {
                 self.announcer.withdraw(prefix);
                 withdrew = true;
@@ -182,13 +167,13 @@ impl<B: AddressBinding, A: Announcer> Orchestrator<B, A> {
                 });
             }
             if a.bound {
-                unbind.insert(a.target.address.address());
+                unbind.insert(a.target.address().address());
             }
         }
         // Another name may still want an address being unbound (a change of name or prefix).
         for d in desired.values() {
             if let Some(t) = &d.target {
-                unbind.remove(&t.address.address());
+                unbind.remove(&t.address().address());
             }
         }
         // 2. Unbind, after giving the route servers time to move the traffic elsewhere.
@@ -206,7 +191,7 @@ impl<B: AddressBinding, A: Announcer> Orchestrator<B, A> {
         if !self.leftovers_checked {
             let keep: BTreeSet<IpAddr> = desired
                 .values()
-                .filter_map(|d| d.target.map(|t| t.address.address()))
+                .filter_map(|d| d.target.map(|t| t.address().address()))
                 .collect();
             match self.binder.reconcile_leftovers(&keep).await {
                 Ok(removed) => {
@@ -234,7 +219,7 @@ impl<B: AddressBinding, A: Announcer> Orchestrator<B, A> {
             });
             entry.role = d.role;
             if !entry.bound {
-                let addr = target.address.address();
+                let addr = target.address().address();
                 match self.binder.bind(addr, host_len(addr)).await {
                     Ok(()) => {
                         entry.bound = true;
@@ -253,16 +238,16 @@ impl<B: AddressBinding, A: Announcer> Orchestrator<B, A> {
                     }
                 }
             }
-            let community_changed = entry.target.community != target.community;
+            let community_changed = entry.target.community() != target.community();
             if !entry.announced || community_changed {
                 entry.target = target;
-                let prefix = prefix_of(&target);
-                self.announcer.announce(target.community.route(prefix));
+                let prefix = target.prefix();
+                self.announcer.announce(prefix, target.community());
                 entry.announced = true;
                 transitions.push(Transition::Announced {
                     name: name.clone(),
                     prefix,
-                    community: target.community,
+                    community: target.community(),
                 });
             }
         }
@@ -276,7 +261,7 @@ impl<B: AddressBinding, A: Announcer> Orchestrator<B, A> {
         let mut withdrew = false;
         for (name, a) in &self.applied {
             if a.announced {
-                let prefix = prefix_of(&a.target);
+                let prefix = a.target.prefix();
                 self.announcer.withdraw(prefix);
                 withdrew = true;
                 transitions.push(Transition::Withdrawn {
@@ -293,7 +278,7 @@ impl<B: AddressBinding, A: Announcer> Orchestrator<B, A> {
         }
         let applied = std::mem::take(&mut self.applied);
         for a in applied.values().filter(|a| a.bound) {
-            let addr = a.target.address.address();
+            let addr = a.target.address().address();
             if let Err(error) = self.binder.unbind(addr).await {
                 tracing::warn!(%addr, %error, "cannot unbind at shutdown");
             }
@@ -312,10 +297,7 @@ mod tests {
     fn announce(addr: &str, prefix: Option<i32>, c: RoleCommunity) -> Decision {
         Decision {
             role: Some(Role::Primary),
-            target: Some(Target {
-                address: SharedAddress::parse(addr, prefix).unwrap(),
-                community: c,
-            }),
+            target: Some(Target::new(SharedAddress::parse(addr, prefix).unwrap(), c).unwrap()),
             reason: Reason::Announced,
             message: String::new(),
         }

@@ -136,13 +136,22 @@ pub fn discover(addrs: &[IfAddr], interface: &str, all_ifs: bool) -> Vec<IpAddr>
     out
 }
 
+/// Why a standalone address cannot be announced.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum StandaloneAddressError {
+    #[error(transparent)]
+    Address(#[from] sharedip_api::AddressError),
+    #[error(transparent)]
+    Prefix(#[from] crate::prefix::AnnouncedPrefixError),
+}
+
 /// The decisions for the standalone addresses: everything announced with the role's community.
 pub fn decisions(
     addresses: &[IpAddr],
     role: Role,
     community: RoleCommunity,
     send56: bool,
-) -> Result<BTreeMap<String, Decision>, sharedip_api::AddressError> {
+) -> Result<BTreeMap<String, Decision>, StandaloneAddressError> {
     let mut out = BTreeMap::new();
     for a in addresses {
         let prefix = match a {
@@ -155,7 +164,7 @@ pub fn decisions(
             a.to_string(),
             Decision {
                 role: Some(role),
-                target: Some(Target { address, community }),
+                target: Some(Target::new(address, community)?),
                 reason: Reason::Announced,
                 message: format!("announcing {address} with community {community}"),
             },
@@ -312,15 +321,16 @@ mod tests {
         ];
         let d = decisions(&addrs, Role::Secondary, RoleCommunity::SECONDARY, true).unwrap();
         let t = d["2001:db8:1:2::1"].target.unwrap();
-        assert_eq!(t.address.to_string(), "2001:db8:1::/56");
-        assert_eq!(t.community, RoleCommunity::SECONDARY);
+        assert_eq!(t.address().to_string(), "2001:db8:1::/56");
+        assert_eq!(t.prefix().to_string(), "2001:db8:1::/56");
+        assert_eq!(t.community(), RoleCommunity::SECONDARY);
         let d = decisions(&addrs, Role::Primary, RoleCommunity::PRIMARY, false).unwrap();
         assert_eq!(
-            d["2001:db8:1:2::1"].target.unwrap().address.to_string(),
+            d["2001:db8:1:2::1"].target.unwrap().address().to_string(),
             "2001:db8:1:2::/64"
         );
         assert_eq!(
-            d["192.0.2.10"].target.unwrap().address.to_string(),
+            d["192.0.2.10"].target.unwrap().address().to_string(),
             "192.0.2.10/32"
         );
         assert!(decisions(

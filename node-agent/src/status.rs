@@ -32,7 +32,7 @@ pub fn node_entry(
             Reason::BindFailed,
             format!(
                 "cannot bind {}: {}",
-                a.target.address.address(),
+                a.target.address().address(),
                 a.bind_error.as_deref().unwrap_or_default()
             ),
         ),
@@ -98,10 +98,11 @@ mod tests {
     use sharedip_api::{Role, SharedAddress};
 
     fn target() -> Target {
-        Target {
-            address: SharedAddress::parse("192.0.2.10", None).unwrap(),
-            community: RoleCommunity::PRIMARY,
-        }
+        Target::new(
+            SharedAddress::parse("192.0.2.10", None).unwrap(),
+            RoleCommunity::PRIMARY,
+        )
+        .unwrap()
     }
 
     fn decision(target: bool, reason: Reason) -> Decision {
