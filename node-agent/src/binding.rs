@@ -55,12 +55,14 @@ impl AddressBinding for crate::binder::Binder {
     }
 }
 
-/// A binder that binds nothing: for standalone mode without `--address`, where the addresses
-/// are already on the interface (lelastic's behaviour).
-#[derive(Debug, Default, Clone, Copy)]
-pub struct NoBinding;
+/// For standalone mode without `--address` (lelastic's behaviour): the addresses are already
+/// on the node, put there by the user, so nothing is bound or unbound. What an earlier run of
+/// the agent bound (with `--address`, before a crash or a restart without it) is not the
+/// user's: the inner binder removes all of it as leftovers, whatever `keep` says.
+#[derive(Debug)]
+pub struct UserConfigured<B>(pub B);
 
-impl AddressBinding for NoBinding {
+impl<B: AddressBinding> AddressBinding for UserConfigured<B> {
     async fn bind(&self, _addr: IpAddr, _prefix_len: u8) -> Result<(), BindingError> {
         Ok(())
     }
@@ -73,7 +75,7 @@ impl AddressBinding for NoBinding {
         &self,
         _keep: &BTreeSet<IpAddr>,
     ) -> Result<Vec<IpAddr>, BindingError> {
-        Ok(Vec::new())
+        self.0.reconcile_leftovers(&BTreeSet::new()).await
     }
 }
 

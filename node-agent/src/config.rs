@@ -124,6 +124,13 @@ pub struct CommonArgs {
     )]
     pub state_file: PathBuf,
 
+    /// How the addresses the agent binds are marked in the kernel, so they are recognised as
+    /// its own after a crash: `native` sets the address protocol (Linux 6.1 and later) and
+    /// the fallback marker (IPv4 label `<interface>:sharedip`, IPv6 metric 5458256);
+    /// `fallback` sets only the latter, as an older kernel keeps it.
+    #[arg(long, env = "ADDRESS_MARKER", value_enum, default_value = "native")]
+    pub address_marker: crate::binder::MarkerMode,
+
     /// HTTP address for /metrics, /healthz, /readyz and /status.
     #[arg(long, env = "HTTP_ADDR", default_value = DEFAULT_HTTP_ADDR)]
     pub http_addr: SocketAddr,

@@ -69,6 +69,7 @@ pub async fn run(args: RunArgs) -> Result<(), AgentError> {
     let binder = Binder::new(BinderConfig {
         interface: common.interface.clone(),
         state_file: common.state_file.clone(),
+        marker: common.address_marker,
     })
     .await
     .map_err(|e| AgentError::Binder(e.to_string()))?;

@@ -283,6 +283,16 @@ impl<B: AddressBinding, A: Announcer> Orchestrator<B, A> {
                 tracing::warn!(%addr, %error, "cannot unbind at shutdown");
             }
         }
+        // Anything else this agent marked as its own (a bind that failed half-way, an
+        // unbind that failed earlier) was never announced by this run: remove it too, so
+        // a clean stop leaves nothing of ours on the node.
+        match self.binder.reconcile_leftovers(&BTreeSet::new()).await {
+            Ok(removed) if !removed.is_empty() => {
+                tracing::info!(?removed, "removed other addresses of ours at shutdown")
+            }
+            Ok(_) => {}
+            Err(error) => tracing::warn!(%error, "cannot remove leftover addresses at shutdown"),
+        }
         transitions
     }
 }
@@ -533,6 +543,67 @@ mod tests {
         );
         assert_eq!(t.len(), 2);
         assert!(o.binder().bound().is_empty());
+    }
+
+    #[tokio::test]
+    async fn shutdown_also_removes_other_addresses_of_ours() {
+        let (log, mut o) = setup();
+        o.apply(&map(&[(
+            "a",
+            announce("192.0.2.10", None, RoleCommunity::PRIMARY),
+        )]))
+        .await;
+        // Bound by this agent but not applied (an unbind that failed earlier).
+        o.binder().bound.lock().unwrap().insert(ip("198.51.100.7"));
+        take(&log);
+        o.shutdown("agent stopping").await;
+        assert_eq!(
+            take(&log),
+            vec![
+                Op::Withdraw("192.0.2.10/32".into()),
+                Op::Shutdown,
+                Op::Unbind(ip("192.0.2.10")),
+                Op::Unbind(ip("198.51.100.7")),
+            ]
+        );
+        assert!(o.binder().bound().is_empty());
+    }
+
+    #[tokio::test]
+    async fn user_configured_addresses_are_announced_and_ours_removed() {
+        use crate::binding::UserConfigured;
+        let log = OpLog::default();
+        let inner = FakeBinder::with_log(log.clone());
+        // Left by an earlier run with --address: one of them is discovered now too.
+        inner
+            .bound
+            .lock()
+            .unwrap()
+            .extend([ip("192.0.2.10"), ip("198.51.100.7")]);
+        let mut o = Orchestrator::new(
+            UserConfigured(inner),
+            FakeAnnouncer::new(log.clone()),
+            Duration::ZERO,
+        );
+        o.apply(&map(&[(
+            "2001:db8:1:2::1",
+            announce("2001:db8:1:2::1", None, RoleCommunity::PRIMARY),
+        )]))
+        .await;
+        // Every leftover of ours goes, nothing is bound, the user's address is announced.
+        assert_eq!(
+            take(&log),
+            vec![
+                Op::Unbind(ip("192.0.2.10")),
+                Op::Unbind(ip("198.51.100.7")),
+                Op::Announce("2001:db8:1:2::/64 65000:1".into()),
+            ]
+        );
+        o.shutdown("agent stopping").await;
+        assert_eq!(
+            take(&log),
+            vec![Op::Withdraw("2001:db8:1:2::/64".into()), Op::Shutdown]
+        );
     }
 
     #[tokio::test(start_paused = true)]

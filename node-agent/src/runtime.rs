@@ -41,7 +41,7 @@ pub enum AgentError {
     #[error("no address to announce: none given with --address and none found on {0}")]
     NoAddresses(String),
     #[error("cannot list interface addresses: {0}")]
-    Interfaces(#[source] std::io::Error),
+    Interfaces(#[source] crate::binder::BindError),
     /// Withdraw, CEASE and unbind did not finish within the shutdown timeout: routes or
     /// addresses may be left behind, so the exit status must say so.
     #[error("shutdown did not finish within {0:?}; routes or addresses may be left behind")]

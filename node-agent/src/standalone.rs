@@ -11,8 +11,8 @@ use std::sync::atomic::Ordering;
 
 use sharedip_api::{Role, SharedAddress};
 
-use crate::binder::{Binder, BinderConfig};
-use crate::binding::{AddressBinding, NoBinding};
+use crate::binder::{Binder, BinderConfig, InterfaceAddress};
+use crate::binding::{AddressBinding, UserConfigured};
 use crate::community::RoleCommunity;
 use crate::config::StandaloneArgs;
 use crate::decision::{Decision, Reason, Target};
@@ -20,78 +20,6 @@ use crate::http::{AgentReport, Shared};
 use crate::orchestrator::Orchestrator;
 use crate::runtime::{self, AgentError};
 use crate::speaker::{Announcer, Speaker};
-
-/// One interface address, as `getifaddrs` reports it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct IfAddr {
-    /// Interface name.
-    pub interface: String,
-    /// The address.
-    pub address: IpAddr,
-    /// Its prefix length.
-    pub prefix_len: u8,
-}
-
-/// Every address of every interface.
-pub fn interface_addresses() -> std::io::Result<Vec<IfAddr>> {
-    let mut out = Vec::new();
-    let mut head: *mut libc::ifaddrs = std::ptr::null_mut();
-    // SAFETY: getifaddrs fills `head` with a list we free below with freeifaddrs.
-    if unsafe { libc::getifaddrs(&mut head) } != 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    let mut cur = head;
-    while !cur.is_null() {
-        // SAFETY: `cur` is a node of the list getifaddrs returned and is not freed yet.
-        let ifa = unsafe { &*cur };
-        cur = ifa.ifa_next;
-        if ifa.ifa_addr.is_null() || ifa.ifa_name.is_null() {
-            continue;
-        }
-        // SAFETY: ifa_name is a NUL-terminated string owned by the list.
-        let name = unsafe { std::ffi::CStr::from_ptr(ifa.ifa_name) }
-            .to_string_lossy()
-            .into_owned();
-        // SAFETY: the family tells which sockaddr type ifa_addr / ifa_netmask point to.
-        let (addr, mask) = unsafe {
-            match i32::from((*ifa.ifa_addr).sa_family) {
-                libc::AF_INET => {
-                    let a = &*(ifa.ifa_addr as *const libc::sockaddr_in);
-                    let m = (!ifa.ifa_netmask.is_null()).then(|| {
-                        (*(ifa.ifa_netmask as *const libc::sockaddr_in))
-                            .sin_addr
-                            .s_addr
-                    });
-                    (
-                        IpAddr::from(u32::from_be(a.sin_addr.s_addr).to_be_bytes()),
-                        m.map_or(32, |m| u32::from_be(m).count_ones()),
-                    )
-                }
-                libc::AF_INET6 => {
-                    let a = &*(ifa.ifa_addr as *const libc::sockaddr_in6);
-                    let m = (!ifa.ifa_netmask.is_null()).then(|| {
-                        (*(ifa.ifa_netmask as *const libc::sockaddr_in6))
-                            .sin6_addr
-                            .s6_addr
-                    });
-                    (
-                        IpAddr::from(a.sin6_addr.s6_addr),
-                        m.map_or(128, |m| u128::from_be_bytes(m).count_ones()),
-                    )
-                }
-                _ => continue,
-            }
-        };
-        out.push(IfAddr {
-            interface: name,
-            address: addr,
-            prefix_len: u8::try_from(mask).unwrap_or(0),
-        });
-    }
-    // SAFETY: `head` came from getifaddrs and is freed once.
-    unsafe { libc::freeifaddrs(head) };
-    Ok(out)
-}
 
 fn is_announceable(a: IpAddr) -> bool {
     match a {
@@ -117,11 +45,13 @@ fn is_announceable(a: IpAddr) -> bool {
 
 /// lelastic's address discovery: public addresses on `interface` (every interface with
 /// `all_ifs`). On other interfaces only host addresses (/32, /128) count, so the node's own
-/// subnet addresses (SLAAC /64, the public /24) are never announced.
-pub fn discover(addrs: &[IfAddr], interface: &str, all_ifs: bool) -> Vec<IpAddr> {
+/// subnet addresses (SLAAC /64, the public /24) are never announced. Addresses the agent
+/// itself bound in an earlier run (with `--address`) are not the user's and are skipped: they
+/// are removed as leftovers instead.
+pub fn discover(addrs: &[InterfaceAddress], interface: &str, all_ifs: bool) -> Vec<IpAddr> {
     let mut out: Vec<IpAddr> = addrs
         .iter()
-        .filter(|a| is_announceable(a.address))
+        .filter(|a| !a.ours && is_announceable(a.address))
         .filter(|a| {
             if a.interface == interface {
                 true
@@ -185,9 +115,21 @@ pub async fn run(args: StandaloneArgs) -> Result<(), AgentError> {
         Role::Primary => common.primary_community,
         Role::Secondary => common.secondary_community,
     };
+    // The binder also in discovery mode: it lists the interfaces and recognises (and removes)
+    // what an earlier run bound.
+    let binder = Binder::new(BinderConfig {
+        interface: common.interface.clone(),
+        state_file: common.state_file.clone(),
+        marker: common.address_marker,
+    })
+    .await
+    .map_err(|e| AgentError::Binder(e.to_string()))?;
     let (addresses, bind) = if args.addresses.is_empty() {
         let found = discover(
-            &interface_addresses().map_err(AgentError::Interfaces)?,
+            &binder
+                .interface_addresses()
+                .await
+                .map_err(AgentError::Interfaces)?,
             &common.interface,
             args.all_ifs,
         );
@@ -221,16 +163,10 @@ pub async fn run(args: StandaloneArgs) -> Result<(), AgentError> {
     );
     runtime::serve_http(common.http_addr, shared.clone()).await?;
     if bind {
-        let binder = Binder::new(BinderConfig {
-            interface: common.interface.clone(),
-            state_file: common.state_file.clone(),
-        })
-        .await
-        .map_err(|e| AgentError::Binder(e.to_string()))?;
         let o = Orchestrator::new(binder, speaker, common.unbind_delay);
         serve(o, &desired, &shared, common.shutdown_timeout).await
     } else {
-        let o = Orchestrator::new(NoBinding, speaker, common.unbind_delay);
+        let o = Orchestrator::new(UserConfigured(binder), speaker, common.unbind_delay);
         serve(o, &desired, &shared, common.shutdown_timeout).await
     }
 }
@@ -279,11 +215,12 @@ async fn serve<B: AddressBinding, A: Announcer>(
 mod tests {
     use super::*;
 
-    fn ifa(i: &str, a: &str, l: u8) -> IfAddr {
-        IfAddr {
+    fn ifa(i: &str, a: &str, l: u8) -> InterfaceAddress {
+        InterfaceAddress {
             interface: i.into(),
             address: a.parse().unwrap(),
             prefix_len: l,
+            ours: false,
         }
     }
 
@@ -300,6 +237,15 @@ mod tests {
             ifa("eth0", "fe80::1", 64),
             ifa("dummy0", "198.51.100.7", 32),
             ifa("dummy0", "fd00::7", 128),
+            // Bound by an earlier run of the agent: not the user's.
+            InterfaceAddress {
+                ours: true,
+                ..ifa("lo", "198.51.100.9", 32)
+            },
+            InterfaceAddress {
+                ours: true,
+                ..ifa("dummy0", "2001:db8:9::9", 128)
+            },
         ];
         let ip = |s: &str| s.parse::<IpAddr>().unwrap();
         assert_eq!(
@@ -340,11 +286,5 @@ mod tests {
             false
         )
         .is_err());
-    }
-
-    #[test]
-    fn lists_this_machines_addresses() {
-        let all = interface_addresses().unwrap();
-        assert!(all.iter().any(|a| a.address.is_loopback()), "{all:?}");
     }
 }

@@ -241,6 +241,110 @@ async fn standalone_secondary_send56() {
     lab.finish().await;
 }
 
+/// The leftovers of a crash in lelastic-style discovery mode: started with `--address A,B`,
+/// SIGKILLed, restarted without `--address` (and with a fresh state file, so only the kernel
+/// markers can tell). The restarted agent announces only what the user configured (C), removes
+/// A and B from `lo` and leaves C there after a clean stop. `marker` is the
+/// `--address-marker` flag, if any.
+async fn crash_then_discovery(marker: Option<&str>) {
+    if !preflight(Some(Flavor::Bird)) {
+        return;
+    }
+    let mut lab = Lab::<AgentBinary>::topology(Flavor::Bird, None);
+    // C, configured by the user, as lelastic's guide does.
+    lab.node_ns
+        .ip(&[
+            "address",
+            "add",
+            "2001:db8:1:200::1/128",
+            "dev",
+            "lo",
+            "nodad",
+        ])
+        .expect("user address on lo");
+    let marker_flags: Vec<&str> = marker.map_or(vec![], |m| vec!["--address-marker", m]);
+    let mut first: Vec<&str> = vec![
+        "-dcid",
+        "1",
+        "-primary",
+        "-neighborpattern",
+        PATTERN,
+        "--address",
+        "192.0.2.10,2001:db8:1:100::1",
+    ];
+    first.extend_from_slice(&marker_flags);
+    first.extend_from_slice(COMMON_FLAGS);
+    lab.node = Some(AgentBinary::start(
+        &lab.node_ns,
+        &lab.rs_addrs,
+        agent_dir(),
+        &first,
+        &[],
+    ));
+    wait_lo(&lab, "192.0.2.10/32", true).await;
+    wait_lo(&lab, "2001:db8:1:100::1/128", true).await;
+    lab.wait_all_established().await;
+    let b = route("2001:db8:1:100::/64", &[(65000, 1)], &[]);
+    wait_routes(&lab, &[(v4((65000, 1)), 200), (b, 200)]).await;
+
+    // Crash: nothing withdrawn or unbound; the route servers drop the routes with the
+    // sessions.
+    agent(&mut lab).kill();
+    wait_routes(&lab, &[]).await;
+    let have = lo_addrs(&lab.node_ns);
+    assert!(
+        have.iter().any(|a| a == "192.0.2.10/32")
+            && have.iter().any(|a| a == "2001:db8:1:100::1/128"),
+        "the crash left A and B on lo: {have:?}"
+    );
+
+    // Restart in discovery mode, /56 as the user's C is a /56 range.
+    let mut second: Vec<&str> = vec![
+        "-dcid",
+        "1",
+        "-primary",
+        "-send56",
+        "-neighborpattern",
+        PATTERN,
+    ];
+    second.extend_from_slice(&marker_flags);
+    second.extend_from_slice(COMMON_FLAGS);
+    lab.node = Some(AgentBinary::start(
+        &lab.node_ns,
+        &lab.rs_addrs,
+        agent_dir(),
+        &second,
+        &[],
+    ));
+    lab.wait_all_established().await;
+    let c = route("2001:db8:1:200::/56", &[(65000, 1)], &[]);
+    wait_routes(&lab, &[(c, 200)]).await;
+    wait_lo(&lab, "192.0.2.10/32", false).await;
+    wait_lo(&lab, "2001:db8:1:100::1/128", false).await;
+    let report = lab.node().report().expect("status --json");
+    let prefixes: Vec<&str> = report.prefixes.iter().map(|p| p.prefix.as_str()).collect();
+    assert_eq!(prefixes, ["2001:db8:1:200::/56"], "{report:?}");
+
+    // A clean stop leaves the user's C, and nothing of ours.
+    sigterm_withdraws_ceases_unbinds(&mut lab, &["192.0.2.10/32", "2001:db8:1:100::1/128"]).await;
+    let have = lo_addrs(&lab.node_ns);
+    assert!(
+        have.iter().any(|a| a == "2001:db8:1:200::1/128"),
+        "the user's address was removed: {have:?}"
+    );
+    lab.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn crash_then_discovery_mode_cleans_up_by_the_native_marker() {
+    crash_then_discovery(None).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn crash_then_discovery_mode_cleans_up_by_the_fallback_marker() {
+    crash_then_discovery(Some("fallback")).await;
+}
+
 // ---------------------------------------------------------------------------
 // Kubernetes mode: `sharedip-node-agent run` in the node namespace, the kube-apiserver in
 // the root namespace reached through a `KubeBridge` on the namespace's 127.0.0.1.
