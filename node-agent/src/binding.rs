@@ -5,6 +5,16 @@ use std::collections::BTreeSet;
 use std::future::Future;
 use std::net::IpAddr;
 
+/// Who put an address on the node.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum BoundBy {
+    /// The agent bound it, and removes it when it is no longer wanted.
+    Agent,
+    /// It was there already, configured by the user (or the system): the agent announces it
+    /// but never removes it.
+    User,
+}
+
 /// A binding failure, reduced to its message: the agent only reports and retries it.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{0}")]
@@ -14,12 +24,13 @@ pub struct BindingError(pub String);
 ///
 /// Implementations are idempotent and never remove an address they did not add.
 pub trait AddressBinding: Send + Sync {
-    /// Binds `addr` (IPv4 as /32, IPv6 as /128).
+    /// Binds `addr` (IPv4 as /32, IPv6 as /128), unless it is on the node already; says who
+    /// put it there.
     fn bind(
         &self,
         addr: IpAddr,
         prefix_len: u8,
-    ) -> impl Future<Output = Result<(), BindingError>> + Send;
+    ) -> impl Future<Output = Result<BoundBy, BindingError>> + Send;
     /// Removes `addr` if this binder added it.
     fn unbind(&self, addr: IpAddr) -> impl Future<Output = Result<(), BindingError>> + Send;
     /// Removes addresses added by an earlier run that are not in `keep`; returns them.
@@ -30,13 +41,17 @@ pub trait AddressBinding: Send + Sync {
 }
 
 impl AddressBinding for crate::binder::Binder {
-    async fn bind(&self, addr: IpAddr, prefix_len: u8) -> Result<(), BindingError> {
-        crate::binder::Binder::bind(self, addr, prefix_len)
+    async fn bind(&self, addr: IpAddr, prefix_len: u8) -> Result<BoundBy, BindingError> {
+        let outcome = crate::binder::Binder::bind(self, addr, prefix_len)
             .await
-            .map(|outcome| {
-                tracing::debug!(%addr, ?outcome, "bound");
-            })
-            .map_err(|e| BindingError(e.to_string()))
+            .map_err(|e| BindingError(e.to_string()))?;
+        tracing::debug!(%addr, ?outcome, "bound");
+        Ok(match outcome {
+            crate::binder::BindOutcome::Added | crate::binder::BindOutcome::AlreadyOurs => {
+                BoundBy::Agent
+            }
+            crate::binder::BindOutcome::PresentNotOurs => BoundBy::User,
+        })
     }
 
     async fn unbind(&self, addr: IpAddr) -> Result<(), BindingError> {
@@ -63,8 +78,8 @@ impl AddressBinding for crate::binder::Binder {
 pub struct UserConfigured<B>(pub B);
 
 impl<B: AddressBinding> AddressBinding for UserConfigured<B> {
-    async fn bind(&self, _addr: IpAddr, _prefix_len: u8) -> Result<(), BindingError> {
-        Ok(())
+    async fn bind(&self, _addr: IpAddr, _prefix_len: u8) -> Result<BoundBy, BindingError> {
+        Ok(BoundBy::User)
     }
 
     async fn unbind(&self, _addr: IpAddr) -> Result<(), BindingError> {
@@ -85,7 +100,7 @@ pub mod fake {
     use std::net::IpAddr;
     use std::sync::{Arc, Mutex};
 
-    use super::{AddressBinding, BindingError};
+    use super::{AddressBinding, BindingError, BoundBy};
 
     /// One call to the fake binder or the fake announcer, in order.
     #[derive(Debug, Clone, PartialEq, Eq)]
@@ -109,6 +124,8 @@ pub mod fake {
         pub bound: Arc<Mutex<BTreeSet<IpAddr>>>,
         /// Addresses whose bind fails.
         pub fail: Arc<Mutex<BTreeSet<IpAddr>>>,
+        /// Addresses already on the node, configured by the user.
+        pub user: Arc<Mutex<BTreeSet<IpAddr>>>,
     }
 
     impl FakeBinder {
@@ -133,17 +150,20 @@ pub mod fake {
     }
 
     impl AddressBinding for FakeBinder {
-        async fn bind(&self, addr: IpAddr, _prefix_len: u8) -> Result<(), BindingError> {
+        async fn bind(&self, addr: IpAddr, _prefix_len: u8) -> Result<BoundBy, BindingError> {
             if self.fail.lock().is_ok_and(|f| f.contains(&addr)) {
                 return Err(BindingError(format!(
                     "cannot bind {addr}: injected failure"
                 )));
             }
+            if self.user.lock().is_ok_and(|u| u.contains(&addr)) {
+                return Ok(BoundBy::User);
+            }
             self.push(Op::Bind(addr));
             if let Ok(mut b) = self.bound.lock() {
                 b.insert(addr);
             }
-            Ok(())
+            Ok(BoundBy::Agent)
         }
 
         async fn unbind(&self, addr: IpAddr) -> Result<(), BindingError> {

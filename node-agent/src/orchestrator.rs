@@ -11,7 +11,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use sharedip_api::Role;
 
-use crate::binding::AddressBinding;
+use crate::binding::{AddressBinding, BoundBy};
 use crate::community::RoleCommunity;
 use crate::decision::{Decision, Reason, Target};
 use crate::prefix::AnnouncedPrefix;
@@ -24,8 +24,8 @@ pub struct Applied {
     pub target: Target,
     /// The role the decision gave.
     pub role: Option<Role>,
-    /// The address is on the interface.
-    pub bound: bool,
+    /// The address is on the node, and who put it there (None: not yet).
+    pub bound: Option<BoundBy>,
     /// The route is in the speaker's Adj-RIB-Out.
     pub announced: bool,
     /// The last bind failure, while binding fails.
@@ -66,8 +66,12 @@ pub struct PrefixReport {
     /// Primary or Secondary.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub role: Option<Role>,
-    /// Bound on the interface.
+    /// Bound on the interface by the agent.
     pub bound: bool,
+    /// On the node already, configured by the user: announced, never bound or removed by the
+    /// agent.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub configured_by_user: bool,
     /// In the Adj-RIB-Out.
     pub announced: bool,
     /// Why binding fails, if it does.
@@ -129,7 +133,8 @@ impl<B: AddressBinding, A: Announcer> Orchestrator<B, A> {
                 prefix: a.target.prefix().to_string(),
                 community: a.target.community().to_string(),
                 role: a.role,
-                bound: a.bound,
+                bound: a.bound == Some(BoundBy::Agent),
+                configured_by_user: a.bound == Some(BoundBy::User),
                 announced: a.announced,
                 bind_error: a.bind_error.clone(),
             })
@@ -166,7 +171,7 @@ impl<B: AddressBinding, A: Announcer> Orchestrator<B, A> {
                     reason: want.map_or(Reason::Deleting, |d| d.reason),
                 });
             }
-            if a.bound {
+            if a.bound == Some(BoundBy::Agent) {
                 unbind.insert(a.target.address().address());
             }
         }
@@ -213,16 +218,16 @@ impl<B: AddressBinding, A: Announcer> Orchestrator<B, A> {
             let entry = self.applied.entry(name.clone()).or_insert(Applied {
                 target,
                 role: d.role,
-                bound: false,
+                bound: None,
                 announced: false,
                 bind_error: None,
             });
             entry.role = d.role;
-            if !entry.bound {
+            if entry.bound.is_none() {
                 let addr = target.address().address();
                 match self.binder.bind(addr, host_len(addr)).await {
-                    Ok(()) => {
-                        entry.bound = true;
+                    Ok(by) => {
+                        entry.bound = Some(by);
                         entry.bind_error = None;
                     }
                     Err(e) => {
@@ -277,7 +282,7 @@ impl<B: AddressBinding, A: Announcer> Orchestrator<B, A> {
             tokio::time::sleep(self.unbind_delay).await;
         }
         let applied = std::mem::take(&mut self.applied);
-        for a in applied.values().filter(|a| a.bound) {
+        for a in applied.values().filter(|a| a.bound == Some(BoundBy::Agent)) {
             let addr = a.target.address().address();
             if let Err(error) = self.binder.unbind(addr).await {
                 tracing::warn!(%addr, %error, "cannot unbind at shutdown");
@@ -543,6 +548,34 @@ mod tests {
         );
         assert_eq!(t.len(), 2);
         assert!(o.binder().bound().is_empty());
+    }
+
+    #[tokio::test]
+    async fn report_says_who_bound_each_address() {
+        let (log, mut o) = setup();
+        o.binder().user.lock().unwrap().insert(ip("198.51.100.7"));
+        o.apply(&map(&[
+            ("a", announce("192.0.2.10", None, RoleCommunity::PRIMARY)),
+            ("b", announce("198.51.100.7", None, RoleCommunity::PRIMARY)),
+        ]))
+        .await;
+        let report = o.report();
+        assert!(report[0].bound && !report[0].configured_by_user);
+        assert!(!report[1].bound && report[1].configured_by_user);
+        assert!(report.iter().all(|p| p.announced));
+        // The user's address is announced and withdrawn, never bound or unbound.
+        o.apply(&BTreeMap::new()).await;
+        assert_eq!(
+            take(&log),
+            vec![
+                Op::Bind(ip("192.0.2.10")),
+                Op::Announce("192.0.2.10/32 65000:1".into()),
+                Op::Announce("198.51.100.7/32 65000:1".into()),
+                Op::Withdraw("192.0.2.10/32".into()),
+                Op::Withdraw("198.51.100.7/32".into()),
+                Op::Unbind(ip("192.0.2.10")),
+            ]
+        );
     }
 
     #[tokio::test]

@@ -116,7 +116,9 @@ impl Announcer for Speaker {
     }
 
     fn total(&self) -> usize {
-        self.sessions.len()
+        // The configured sessions, also after shutdown has ended them, so the final status
+        // still says how many there were.
+        self.monitor.total()
     }
 
     async fn shutdown(&mut self, message: &str) {
@@ -378,6 +380,8 @@ mod tests {
             assert!(u.withdrawn_all().any(|p| *p == prefix), "{u:?}");
         }
         speaker.shutdown("test over").await;
+        // The sessions are closed but still configured: the final status reports them.
+        assert_eq!((speaker.established(), speaker.total()), (0, 2));
         for s in servers {
             s.shutdown(None).await;
         }

@@ -122,7 +122,9 @@ mod tests {
         Applied {
             target: target(),
             role: Some(Role::Primary),
-            bound: bind_error.is_none(),
+            bound: bind_error
+                .is_none()
+                .then_some(crate::binding::BoundBy::Agent),
             announced,
             bind_error: bind_error.map(str::to_string),
         }

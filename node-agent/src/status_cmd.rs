@@ -127,7 +127,12 @@ pub fn render(r: &AgentReport) -> String {
                 p.community.clone(),
                 p.role.map_or_else(|| "-".into(), |r| r.to_string()),
                 p.name.clone(),
-                if p.bound { "yes" } else { "no" }.into(),
+                match (p.bound, p.configured_by_user) {
+                    (true, _) => "yes",
+                    (false, true) => "no (configured by the user)",
+                    (false, false) => "no",
+                }
+                .into(),
                 if p.announced { "yes" } else { "no" }.into(),
             ]
         })
@@ -219,16 +224,30 @@ mod tests {
                 established_count: 1,
                 last_error: None,
             }],
-            prefixes: vec![PrefixReport {
-                name: "web".into(),
-                address: "192.0.2.10".into(),
-                prefix: "192.0.2.10/32".into(),
-                community: "65000:1".into(),
-                role: Some(sharedip_api::Role::Primary),
-                bound: true,
-                announced: true,
-                bind_error: None,
-            }],
+            prefixes: vec![
+                PrefixReport {
+                    name: "web".into(),
+                    address: "192.0.2.10".into(),
+                    prefix: "192.0.2.10/32".into(),
+                    community: "65000:1".into(),
+                    role: Some(sharedip_api::Role::Primary),
+                    bound: true,
+                    configured_by_user: false,
+                    announced: true,
+                    bind_error: None,
+                },
+                PrefixReport {
+                    name: "198.51.100.7".into(),
+                    address: "198.51.100.7".into(),
+                    prefix: "198.51.100.7/32".into(),
+                    community: "65000:1".into(),
+                    role: Some(sharedip_api::Role::Primary),
+                    bound: false,
+                    configured_by_user: true,
+                    announced: true,
+                    bind_error: None,
+                },
+            ],
         };
         let text = render(&r);
         let lines: Vec<&str> = text.lines().collect();
@@ -242,7 +261,15 @@ mod tests {
             "{text}"
         );
         assert!(
-            text.contains("192.0.2.10/32  192.0.2.10  65000:1    Primary  web   yes    yes"),
+            text.contains(
+                "192.0.2.10/32    192.0.2.10    65000:1    Primary  web           yes                          yes"
+            ),
+            "{text}"
+        );
+        assert!(
+            text.contains(
+                "198.51.100.7/32  198.51.100.7  65000:1    Primary  198.51.100.7  no (configured by the user)  yes"
+            ),
             "{text}"
         );
     }

@@ -344,6 +344,11 @@ async fn agent_against_a_real_apiserver() {
         (e.announcing, e.reason.as_deref()),
         (false, Some("ShuttingDown"))
     );
+    // The sessions are closed, but they were configured: the totals stay true.
+    assert_eq!(
+        (e.sessions_established, e.sessions_total),
+        (Some(0), Some(1))
+    );
     assert_eq!(sip.status.unwrap().primary.as_deref(), Some(NODE));
     rs.shutdown(None).await;
 }

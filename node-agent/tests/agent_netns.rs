@@ -241,6 +241,47 @@ async fn standalone_secondary_send56() {
     lab.finish().await;
 }
 
+/// lelastic's discovery mode: the user's address on `lo` is announced, reported as not bound
+/// by the agent ("configured by the user"), and left on `lo` after the agent stops.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn standalone_discovery_reports_the_users_address_as_not_bound() {
+    if !preflight(Some(Flavor::Bird)) {
+        return;
+    }
+    let mut lab = Lab::<AgentBinary>::topology(Flavor::Bird, None);
+    lab.node_ns
+        .ip(&["address", "add", "192.0.2.10/32", "dev", "lo"])
+        .expect("user address on lo");
+    let mut args = vec!["-dcid", "1", "-primary", "-neighborpattern", PATTERN];
+    args.extend_from_slice(COMMON_FLAGS);
+    lab.node = Some(AgentBinary::start(
+        &lab.node_ns,
+        &lab.rs_addrs,
+        agent_dir(),
+        &args,
+        &[],
+    ));
+    lab.wait_all_established().await;
+    wait_routes(&lab, &[(v4((65000, 1)), 200)]).await;
+    let report = lab.node().report().expect("status --json");
+    assert_eq!(report.prefixes.len(), 1, "{report:?}");
+    let p = &report.prefixes[0];
+    assert!(p.announced && !p.bound && p.configured_by_user, "{p:?}");
+    let text = lab.node().status_text().expect("status");
+    assert!(
+        text.lines()
+            .any(|l| l.starts_with("192.0.2.10/32") && l.contains("no (configured by the user)")),
+        "{text}"
+    );
+    sigterm_withdraws_ceases_unbinds(&mut lab, &[]).await;
+    let have = lo_addrs(&lab.node_ns);
+    assert!(
+        have.iter().any(|a| a == "192.0.2.10/32"),
+        "the user's address was removed: {have:?}"
+    );
+    lab.finish().await;
+}
+
 /// The leftovers of a crash in lelastic-style discovery mode: started with `--address A,B`,
 /// SIGKILLed, restarted without `--address` (and with a fresh state file, so only the kernel
 /// markers can tell). The restarted agent announces only what the user configured (C), removes
