@@ -5,6 +5,8 @@ use std::collections::BTreeSet;
 use std::future::Future;
 use std::net::IpAddr;
 
+use crate::binder::InterfaceAddress;
+
 /// Who put an address on the node.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum BoundBy {
@@ -38,6 +40,10 @@ pub trait AddressBinding: Send + Sync {
         &self,
         keep: &BTreeSet<IpAddr>,
     ) -> impl Future<Output = Result<Vec<IpAddr>, BindingError>> + Send;
+    /// Every address on every interface of the node, with whether the agent bound it.
+    fn interface_addresses(
+        &self,
+    ) -> impl Future<Output = Result<Vec<InterfaceAddress>, BindingError>> + Send;
 }
 
 impl AddressBinding for crate::binder::Binder {
@@ -68,6 +74,12 @@ impl AddressBinding for crate::binder::Binder {
             .await
             .map_err(|e| BindingError(e.to_string()))
     }
+
+    async fn interface_addresses(&self) -> Result<Vec<InterfaceAddress>, BindingError> {
+        crate::binder::Binder::interface_addresses(self)
+            .await
+            .map_err(|e| BindingError(e.to_string()))
+    }
 }
 
 /// For standalone mode without `--address` (lelastic's behaviour): the addresses are already
@@ -92,6 +104,10 @@ impl<B: AddressBinding> AddressBinding for UserConfigured<B> {
     ) -> Result<Vec<IpAddr>, BindingError> {
         self.0.reconcile_leftovers(&BTreeSet::new()).await
     }
+
+    async fn interface_addresses(&self) -> Result<Vec<InterfaceAddress>, BindingError> {
+        self.0.interface_addresses().await
+    }
 }
 
 /// In-memory binder for tests: records every call in a shared log.
@@ -101,6 +117,7 @@ pub mod fake {
     use std::sync::{Arc, Mutex};
 
     use super::{AddressBinding, BindingError, BoundBy};
+    use crate::binder::InterfaceAddress;
 
     /// One call to the fake binder or the fake announcer, in order.
     #[derive(Debug, Clone, PartialEq, Eq)]
@@ -126,6 +143,9 @@ pub mod fake {
         pub fail: Arc<Mutex<BTreeSet<IpAddr>>>,
         /// Addresses already on the node, configured by the user.
         pub user: Arc<Mutex<BTreeSet<IpAddr>>>,
+        /// What [`AddressBinding::interface_addresses`] reports (the bound addresses are added
+        /// on `lo`, as ours).
+        pub interfaces: Arc<Mutex<Vec<InterfaceAddress>>>,
     }
 
     impl FakeBinder {
@@ -187,6 +207,21 @@ pub mod fake {
                 self.unbind(*a).await?;
             }
             Ok(gone)
+        }
+
+        async fn interface_addresses(&self) -> Result<Vec<InterfaceAddress>, BindingError> {
+            let mut out = self
+                .interfaces
+                .lock()
+                .map(|i| i.clone())
+                .unwrap_or_default();
+            out.extend(self.bound().into_iter().map(|address| InterfaceAddress {
+                interface: "lo".into(),
+                address,
+                prefix_len: crate::binder::host_prefix_len(address),
+                ours: true,
+            }));
+            Ok(out)
         }
     }
 }

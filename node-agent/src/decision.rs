@@ -48,6 +48,9 @@ pub enum Reason {
     BgpOverrideUnsupported,
     /// Binding the address on the node failed; nothing is announced.
     BindFailed,
+    /// The address is one of the node's own, or its announced prefix contains one: nothing is
+    /// bound or announced.
+    AddressIsNodeAddress,
 }
 
 impl Reason {
@@ -64,6 +67,7 @@ impl Reason {
             Reason::InvalidSpec => "InvalidSpec",
             Reason::BgpOverrideUnsupported => "BgpOverrideUnsupported",
             Reason::BindFailed => "BindFailed",
+            Reason::AddressIsNodeAddress => "AddressIsNodeAddress",
         }
     }
 }

@@ -14,6 +14,7 @@ pub mod decision;
 pub mod http;
 pub mod kube_agent;
 pub mod metrics;
+pub mod node_addresses;
 pub mod orchestrator;
 pub mod prefix;
 pub mod runtime;

@@ -40,6 +40,8 @@ pub enum AgentError {
     Cache(&'static str),
     #[error("no address to announce: none given with --address and none found on {0}")]
     NoAddresses(String),
+    #[error("no address to announce: every one is refused: {0}")]
+    AllAddressesRefused(String),
     #[error("cannot list interface addresses: {0}")]
     Interfaces(#[source] crate::binder::BindError),
     /// Withdraw, CEASE and unbind did not finish within the shutdown timeout: routes or
@@ -84,6 +86,16 @@ pub fn next_hop(common: &CommonArgs, peers: &[SocketAddr]) -> Result<Ipv6Addr, A
         }),
         Err(reason) => Err(AgentError::NextHop { peer, reason }),
     }
+}
+
+/// The sessions' source addresses: `--source-address`, and the kernel's choice toward each
+/// route server (asking the routing table; nothing is sent).
+pub fn session_sources(common: &CommonArgs, peers: &[SocketAddr]) -> Vec<IpAddr> {
+    let mut out: Vec<IpAddr> = common.source_address.into_iter().collect();
+    out.extend(peers.iter().filter_map(|p| source_toward(*p).ok()));
+    out.sort();
+    out.dedup();
+    out
 }
 
 /// The speaker's settings from the flags.

@@ -17,6 +17,7 @@ use crate::community::RoleCommunity;
 use crate::config::StandaloneArgs;
 use crate::decision::{Decision, Reason, Target};
 use crate::http::{AgentReport, Shared};
+use crate::node_addresses::{self, OwnAddresses};
 use crate::orchestrator::Orchestrator;
 use crate::runtime::{self, AgentError};
 use crate::speaker::{Announcer, Speaker};
@@ -148,6 +149,28 @@ pub async fn run(args: StandaloneArgs) -> Result<(), AgentError> {
         .map_err(|e| AgentError::Binder(e.to_string()))?;
     let peers = common.peers(common.dcid)?;
     let next_hop = runtime::next_hop(common, &peers)?;
+    let mut session_addresses = OwnAddresses::default();
+    session_addresses.add_session(next_hop, runtime::session_sources(common, &peers));
+    let mut guard = OwnAddressGuard {
+        session_addresses,
+        interface: common.interface.clone(),
+        // What discovery found, the user configured for sharing.
+        user_configured: !bind,
+        interfaces: Vec::new(),
+        refused: BTreeMap::new(),
+    };
+    // Refuse the node's own addresses before anything starts; if nothing is left, the
+    // configuration is wrong and running would only hide it.
+    let listing = binder
+        .interface_addresses()
+        .await
+        .map_err(AgentError::Interfaces)?;
+    guard.interfaces = listing;
+    let allowed = guard.filter(&desired);
+    if allowed.values().all(|d| d.target.is_none()) {
+        let why: Vec<String> = allowed.values().map(|d| d.message.clone()).collect();
+        return Err(AgentError::AllAddressesRefused(why.join("; ")));
+    }
     let speaker_cfg = runtime::speaker_config(common, peers, next_hop);
     tracing::info!(?addresses, %role, %community, %next_hop, peers = ?speaker_cfg.peers, bind, "starting standalone");
     let speaker = Speaker::start(&speaker_cfg)?;
@@ -164,20 +187,84 @@ pub async fn run(args: StandaloneArgs) -> Result<(), AgentError> {
     runtime::serve_http(common.http_addr, shared.clone()).await?;
     if bind {
         let o = Orchestrator::new(binder, speaker, common.unbind_delay);
-        serve(o, &desired, &shared, common.shutdown_timeout).await
+        serve(o, &desired, guard, &shared, common.shutdown_timeout).await
     } else {
         let o = Orchestrator::new(UserConfigured(binder), speaker, common.unbind_delay);
-        serve(o, &desired, &shared, common.shutdown_timeout).await
+        serve(o, &desired, guard, &shared, common.shutdown_timeout).await
+    }
+}
+
+/// Keeps the node's own addresses out of what standalone mode binds and announces.
+struct OwnAddressGuard {
+    /// The sessions' addresses (next hop, sources).
+    session_addresses: OwnAddresses,
+    /// `--interface`.
+    interface: String,
+    /// The addresses were discovered on the interfaces, so they may be there themselves.
+    user_configured: bool,
+    /// The last listing of the interfaces that worked.
+    interfaces: Vec<InterfaceAddress>,
+    /// Refused addresses, with the reason last logged.
+    refused: BTreeMap<String, String>,
+}
+
+impl OwnAddressGuard {
+    /// Lists the interfaces again (keeping the last listing if that fails).
+    async fn refresh<B: AddressBinding>(&mut self, binder: &B) {
+        match binder.interface_addresses().await {
+            Ok(list) => self.interfaces = list,
+            Err(error) => tracing::warn!(
+                %error,
+                "cannot list the node's interface addresses; checking against the last list"
+            ),
+        }
+    }
+
+    /// `desired` with every address that is the node's own turned into a refusal, logged
+    /// once at error level when it starts.
+    fn filter(&mut self, desired: &BTreeMap<String, Decision>) -> BTreeMap<String, Decision> {
+        let mut own = self.session_addresses.clone();
+        own.add_interfaces(&self.interfaces, &self.interface);
+        let mut out = BTreeMap::new();
+        for (name, d) in desired {
+            let conflict = d.target.and_then(|t| {
+                node_addresses::check(&t.address(), &own, self.user_configured).err()
+            });
+            let d = match conflict {
+                Some(c) => {
+                    let message = c.to_string();
+                    if self.refused.get(name) != Some(&message) {
+                        tracing::error!(address = %name, reason = %Reason::AddressIsNodeAddress, "{message}");
+                        self.refused.insert(name.clone(), message.clone());
+                    }
+                    Decision {
+                        role: d.role,
+                        target: None,
+                        reason: Reason::AddressIsNodeAddress,
+                        message,
+                    }
+                }
+                None => {
+                    if self.refused.remove(name).is_some() {
+                        tracing::info!(address = %name, "no longer the node's own address");
+                    }
+                    d.clone()
+                }
+            };
+            out.insert(name.clone(), d);
+        }
+        out
     }
 }
 
 async fn serve<B: AddressBinding, A: Announcer>(
     mut o: Orchestrator<B, A>,
     desired: &BTreeMap<String, Decision>,
+    mut guard: OwnAddressGuard,
     shared: &Shared,
     shutdown_timeout: std::time::Duration,
 ) -> Result<(), AgentError> {
-    let t = o.apply(desired).await;
+    let t = o.apply(&guard.filter(desired)).await;
     shared.metrics.observe_transitions(&t);
     shared.set_prefixes(o.report());
     shared.ready.store(true, Ordering::Relaxed);
@@ -190,7 +277,8 @@ async fn serve<B: AddressBinding, A: Announcer>(
         tokio::select! {
             () = &mut stop => break,
             _ = retry.tick() => {
-                let t = o.apply(desired).await;
+                guard.refresh(o.binder()).await;
+                let t = o.apply(&guard.filter(desired)).await;
                 shared.metrics.observe_transitions(&t);
                 shared.set_prefixes(o.report());
             }
@@ -286,5 +374,45 @@ mod tests {
             false
         )
         .is_err());
+    }
+
+    #[test]
+    fn the_guard_turns_the_nodes_own_addresses_into_refusals() {
+        let mut session = OwnAddresses::default();
+        session.add_session("2001:db8:1::10".parse().unwrap(), []);
+        let mut guard = OwnAddressGuard {
+            session_addresses: session,
+            interface: "lo".into(),
+            user_configured: false,
+            interfaces: vec![
+                ifa("eth0", "198.51.100.66", 26),
+                ifa("lo", "192.0.2.10", 32),
+            ],
+            refused: BTreeMap::new(),
+        };
+        let addrs: Vec<IpAddr> = ["192.0.2.10", "198.51.100.66", "2001:db8:1::99"]
+            .iter()
+            .map(|a| a.parse().unwrap())
+            .collect();
+        let desired = decisions(&addrs, Role::Primary, RoleCommunity::PRIMARY, false).unwrap();
+        let out = guard.filter(&desired);
+        assert_eq!(out["192.0.2.10"], desired["192.0.2.10"]);
+        for refused in ["198.51.100.66", "2001:db8:1::99"] {
+            let d = &out[refused];
+            assert_eq!((d.reason, d.target), (Reason::AddressIsNodeAddress, None));
+            assert_eq!(d.role, Some(Role::Primary));
+        }
+        assert_eq!(guard.refused.len(), 2);
+        // The address leaves eth0: no longer refused.
+        guard.interfaces.clear();
+        let out = guard.filter(&desired);
+        assert_eq!(out["198.51.100.66"], desired["198.51.100.66"]);
+        assert_eq!(guard.refused.len(), 1);
+        // Discovered addresses may be on an interface themselves, never the next hop's /64.
+        guard.user_configured = true;
+        guard.interfaces = vec![ifa("dummy0", "198.51.100.66", 32)];
+        let out = guard.filter(&desired);
+        assert_eq!(out["198.51.100.66"], desired["198.51.100.66"]);
+        assert_eq!(out["2001:db8:1::99"].reason, Reason::AddressIsNodeAddress);
     }
 }

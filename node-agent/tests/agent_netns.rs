@@ -48,8 +48,13 @@ const COMMON_FLAGS: &[&str] = &[
 
 /// The addresses on the namespace's `lo`, as `addr/len`.
 fn lo_addrs(ns: &Netns) -> Vec<String> {
-    ns.ip(&["-o", "addr", "show", "dev", "lo"])
-        .expect("ip addr show lo")
+    dev_addrs(ns, "lo")
+}
+
+/// The addresses on `dev`, as `addr/len`.
+fn dev_addrs(ns: &Netns, dev: &str) -> Vec<String> {
+    ns.ip(&["-o", "addr", "show", "dev", dev])
+        .expect("ip addr show")
         .lines()
         .filter_map(|l| {
             let mut w = l.split_whitespace();
@@ -238,6 +243,101 @@ async fn standalone_secondary_send56() {
     wait_routes(&lab, &[(v4((65000, 2)), 100), (v6, 100)]).await;
     wait_status_table(&lab, "2001:db8:1:200::/56", "65000:2", "Secondary").await;
     sigterm_withdraws_ceases_unbinds(&mut lab, &["192.0.2.10/32", "2001:db8:1:200::1/128"]).await;
+    lab.finish().await;
+}
+
+/// The node's own addresses given as shared addresses: eth0's IPv4 address, and an IPv6
+/// address inside eth0's /64 (whose /64 holds the next hop). Both are refused, logged at error
+/// level and left untouched (not bound on lo, not announced), while a good address next to
+/// them is announced. Given only refused addresses, the agent exits with an error.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn standalone_refuses_the_nodes_own_addresses() {
+    if !preflight(Some(Flavor::Bird)) {
+        return;
+    }
+    let mut lab = Lab::<AgentBinary>::topology(Flavor::Bird, None);
+    lab.node_ns
+        .ip(&["address", "add", "198.51.100.66/26", "dev", "eth0"])
+        .expect("IPv4 on eth0");
+    let eth0_before = dev_addrs(&lab.node_ns, "eth0");
+    let lo_before = lo_addrs(&lab.node_ns);
+    let mut args = vec![
+        "-dcid",
+        "1",
+        "-primary",
+        "-neighborpattern",
+        PATTERN,
+        "--address",
+        "192.0.2.10,198.51.100.66,2001:db8:1::99",
+    ];
+    args.extend_from_slice(COMMON_FLAGS);
+    lab.node = Some(AgentBinary::start(
+        &lab.node_ns,
+        &lab.rs_addrs,
+        agent_dir(),
+        &args,
+        &[],
+    ));
+    lab.wait_all_established().await;
+    wait_routes(&lab, &[(v4((65000, 1)), 200)]).await;
+    wait_lo(&lab, "192.0.2.10/32", true).await;
+    let lo = lo_addrs(&lab.node_ns);
+    let mut want = lo_before.clone();
+    want.push("192.0.2.10/32".into());
+    want.sort();
+    let mut have = lo.clone();
+    have.sort();
+    assert_eq!(have, want, "only the good address is bound on lo");
+    assert_eq!(dev_addrs(&lab.node_ns, "eth0"), eth0_before, "eth0 touched");
+    let report = lab.node().report().expect("status --json");
+    let prefixes: Vec<&str> = report.prefixes.iter().map(|p| p.prefix.as_str()).collect();
+    assert_eq!(prefixes, ["192.0.2.10/32"], "{report:?}");
+    let log = lab.node().logs();
+    for line in [
+        "198.51.100.66 is this node's own address (configured on interface eth0)",
+        "the announced prefix 2001:db8:1::/64 of 2001:db8:1::99 contains this node's own address \
+         2001:db8:1::10",
+    ] {
+        let found: Vec<&str> = log.lines().filter(|l| l.contains(line)).collect();
+        assert_eq!(found.len(), 1, "one line with {line:?} in\n{log}");
+        assert!(
+            found[0].contains("ERROR") && found[0].contains("AddressIsNodeAddress"),
+            "{}",
+            found[0]
+        );
+    }
+    sigterm_withdraws_ceases_unbinds(&mut lab, &["192.0.2.10/32"]).await;
+    assert_eq!(dev_addrs(&lab.node_ns, "eth0"), eth0_before, "eth0 touched");
+
+    // Nothing but the node's own addresses: a clear error, nothing touched.
+    let mut args = vec![
+        "-dcid",
+        "1",
+        "-primary",
+        "-neighborpattern",
+        PATTERN,
+        "--address",
+        "198.51.100.66",
+    ];
+    args.extend_from_slice(COMMON_FLAGS);
+    lab.node = Some(AgentBinary::start(
+        &lab.node_ns,
+        &lab.rs_addrs,
+        agent_dir(),
+        &args,
+        &[],
+    ));
+    let status = agent(&mut lab)
+        .wait_exit(EXIT_BOUND)
+        .unwrap_or_else(|| panic!("agent did not exit\n{}", lab.logs()));
+    assert!(!status.success(), "{}", lab.logs());
+    let log = lab.node().logs();
+    assert!(
+        log.contains("every one is refused: 198.51.100.66 is this node's own address"),
+        "{log}"
+    );
+    assert_eq!(lo_addrs(&lab.node_ns), lo_before);
+    assert_eq!(dev_addrs(&lab.node_ns, "eth0"), eth0_before, "eth0 touched");
     lab.finish().await;
 }
 
