@@ -108,7 +108,9 @@ pub struct CommonArgs {
     #[arg(long, env = "SOURCE_ADDRESS")]
     pub source_address: Option<IpAddr>,
 
-    /// BGP identifier. Default: the low 32 bits of the next hop.
+    /// BGP identifier. Default: an IPv4 address of the node (the Node's ExternalIP, else
+    /// InternalIP; standalone: a global IPv4 address of an interface), else the low 32 bits of
+    /// the next hop.
     #[arg(long, env = "ROUTER_ID")]
     pub router_id: Option<Ipv4Addr>,
 

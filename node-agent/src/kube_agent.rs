@@ -71,8 +71,14 @@ pub async fn run(args: RunArgs) -> Result<(), AgentError> {
     let next_hop = runtime::next_hop(common, &peers)?;
     let mut session_addresses = OwnAddresses::default();
     session_addresses.add_session(next_hop, runtime::session_sources(common, &peers));
-    let speaker_cfg = runtime::speaker_config(common, peers, next_hop);
-    tracing::info!(node = %args.node_name, ?region, ?dcid, %next_hop, peers = ?speaker_cfg.peers, "starting");
+    let speaker_cfg = runtime::speaker_config(
+        common,
+        peers,
+        next_hop,
+        node_addresses::router_id_from_node(&node),
+    );
+    let router_id = speaker_cfg.fsm.router_id;
+    tracing::info!(node = %args.node_name, ?region, ?dcid, %next_hop, %router_id, peers = ?speaker_cfg.peers, "starting");
     let speaker = Speaker::start(&speaker_cfg)?;
     let binder = Binder::new(BinderConfig {
         interface: common.interface.clone(),
@@ -89,6 +95,7 @@ pub async fn run(args: RunArgs) -> Result<(), AgentError> {
             dcid,
             local_as: common.local_asn,
             next_hop: next_hop.to_string(),
+            router_id: Some(router_id.to_string()),
             ..Default::default()
         },
         monitor.clone(),

@@ -1,4 +1,5 @@
-//! The node's own addresses: what a shared address must never be.
+//! The node's own addresses: what a shared address must never be, and where the default router
+//! ID comes from.
 //!
 //! A shared address that is one of the node's own addresses (for example eth0's) would be
 //! bound again on `lo` and announced, and an IPv6 range around the node's own address would
@@ -21,7 +22,7 @@
 //! sessions' source or next hop, and nothing else of the node may be inside its prefix.
 
 use std::fmt;
-use std::net::{IpAddr, Ipv6Addr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use k8s_openapi::api::core::v1::Node;
 use sharedip_api::SharedAddress;
@@ -206,6 +207,40 @@ fn collides(shared: &SharedAddress, own: IpAddr) -> bool {
     }
 }
 
+/// The IPv4 router ID the Node's addresses suggest: its first IPv4 ExternalIP, else its first
+/// IPv4 InternalIP. Public addresses come first because they are unique among every peer of
+/// the route servers; private and VPC addresses repeat across customers.
+pub fn router_id_from_node(node: &Node) -> Option<Ipv4Addr> {
+    ["ExternalIP", "InternalIP"].into_iter().find_map(|kind| {
+        node_addresses(node)
+            .iter()
+            .filter(|a| a.type_ == kind)
+            .filter_map(|a| a.address.parse::<Ipv4Addr>().ok())
+            .find(|a| usable_router_id(*a))
+    })
+}
+
+/// The IPv4 router ID the interfaces suggest: the first global IPv4 address on an interface
+/// other than `bind_interface` that is neither the agent's own binding nor one of `shared`.
+pub fn router_id_from_interfaces(
+    addresses: &[InterfaceAddress],
+    bind_interface: &str,
+    shared: &[IpAddr],
+) -> Option<Ipv4Addr> {
+    addresses
+        .iter()
+        .filter(|a| a.interface != bind_interface && !a.ours && !shared.contains(&a.address))
+        .filter_map(|a| match a.address {
+            IpAddr::V4(v4) if crate::standalone::is_announceable(a.address) => Some(v4),
+            _ => None,
+        })
+        .find(|a| usable_router_id(*a))
+}
+
+fn usable_router_id(a: Ipv4Addr) -> bool {
+    !(a.is_unspecified() || a.is_loopback() || a.is_multicast() || a.is_broadcast())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -363,5 +398,50 @@ mod tests {
         assert!(check(&shared("2001:db8:1:2::1", None), &own, true).is_ok());
         own.add_interfaces(&[ifa("eth0", "2001:db8:1:2::10", 64, false)], "lo");
         assert!(check(&shared("2001:db8:1:2::1", None), &own, true).is_err());
+    }
+
+    #[test]
+    fn router_id_prefers_the_nodes_public_ipv4() {
+        let n = node(json!([
+            {"type": "InternalIP", "address": "192.168.130.5"},
+            {"type": "Hostname", "address": "lke-1"},
+            {"type": "ExternalIP", "address": "2001:db8:5::abcd"},
+            {"type": "ExternalIP", "address": "198.51.100.20"},
+        ]));
+        assert_eq!(
+            router_id_from_node(&n),
+            Some(Ipv4Addr::new(198, 51, 100, 20))
+        );
+        let n = node(json!([
+            {"type": "InternalIP", "address": "192.168.130.5"},
+            {"type": "ExternalIP", "address": "2001:db8:5::abcd"},
+        ]));
+        assert_eq!(
+            router_id_from_node(&n),
+            Some(Ipv4Addr::new(192, 168, 130, 5))
+        );
+        let n = node(json!([{"type": "ExternalIP", "address": "2001:db8:5::abcd"}]));
+        assert_eq!(router_id_from_node(&n), None);
+        assert_eq!(router_id_from_node(&Node::default()), None);
+    }
+
+    #[test]
+    fn router_id_from_a_global_ipv4_of_an_interface() {
+        let list = [
+            ifa("lo", "127.0.0.1", 8, false),
+            ifa("lo", "192.0.2.10", 32, false),
+            ifa("eth0", "192.168.130.5", 17, false),
+            ifa("dummy0", "192.0.2.99", 32, true),
+            ifa("dummy0", "192.0.2.11", 32, false),
+            ifa("eth0", "2001:db8:5::abcd", 64, false),
+            ifa("eth0", "198.51.100.20", 24, false),
+        ];
+        let shared = [ip("192.0.2.11")];
+        assert_eq!(
+            router_id_from_interfaces(&list, "lo", &shared),
+            Some(Ipv4Addr::new(198, 51, 100, 20))
+        );
+        // Only private or shared addresses: none.
+        assert_eq!(router_id_from_interfaces(&list[..5], "lo", &shared), None);
     }
 }

@@ -98,11 +98,13 @@ pub fn session_sources(common: &CommonArgs, peers: &[SocketAddr]) -> Vec<IpAddr>
     out
 }
 
-/// The speaker's settings from the flags.
+/// The speaker's settings from the flags. The router ID is `--router-id`, else `node_ipv4`
+/// (an IPv4 address of the node), else the low 32 bits of the next hop.
 pub fn speaker_config(
     common: &CommonArgs,
     peers: Vec<SocketAddr>,
     next_hop: Ipv6Addr,
+    node_ipv4: Option<std::net::Ipv4Addr>,
 ) -> SpeakerConfig {
     SpeakerConfig {
         peers,
@@ -111,7 +113,10 @@ pub fn speaker_config(
         fsm: FsmConfig {
             local_as: common.local_asn,
             peer_as: common.peer_asn,
-            router_id: common.router_id.unwrap_or_else(|| router_id_from(next_hop)),
+            router_id: common
+                .router_id
+                .or(node_ipv4)
+                .unwrap_or_else(|| router_id_from(next_hop)),
             hold_time: common.hold_time,
             connect_retry: common.connect_retry,
             ..FsmConfig::default()

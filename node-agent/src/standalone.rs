@@ -22,7 +22,7 @@ use crate::orchestrator::Orchestrator;
 use crate::runtime::{self, AgentError};
 use crate::speaker::{Announcer, Speaker};
 
-fn is_announceable(a: IpAddr) -> bool {
+pub(crate) fn is_announceable(a: IpAddr) -> bool {
     match a {
         IpAddr::V4(v4) => {
             !(v4.is_loopback()
@@ -171,8 +171,11 @@ pub async fn run(args: StandaloneArgs) -> Result<(), AgentError> {
         let why: Vec<String> = allowed.values().map(|d| d.message.clone()).collect();
         return Err(AgentError::AllAddressesRefused(why.join("; ")));
     }
-    let speaker_cfg = runtime::speaker_config(common, peers, next_hop);
-    tracing::info!(?addresses, %role, %community, %next_hop, peers = ?speaker_cfg.peers, bind, "starting standalone");
+    let node_ipv4 =
+        node_addresses::router_id_from_interfaces(&guard.interfaces, &common.interface, &addresses);
+    let speaker_cfg = runtime::speaker_config(common, peers, next_hop, node_ipv4);
+    let router_id = speaker_cfg.fsm.router_id;
+    tracing::info!(?addresses, %role, %community, %next_hop, %router_id, peers = ?speaker_cfg.peers, bind, "starting standalone");
     let speaker = Speaker::start(&speaker_cfg)?;
     let shared = Shared::new(
         AgentReport {
@@ -180,6 +183,7 @@ pub async fn run(args: StandaloneArgs) -> Result<(), AgentError> {
             dcid: common.dcid,
             local_as: common.local_asn,
             next_hop: next_hop.to_string(),
+            router_id: Some(router_id.to_string()),
             ..Default::default()
         },
         speaker.monitor(),

@@ -144,8 +144,13 @@ pub fn render(r: &AgentReport) -> String {
         (None, Some(d)) => format!("dcid {d}, "),
         (None, None) => String::new(),
     };
+    let router_id = r
+        .router_id
+        .as_ref()
+        .map(|id| format!(", router ID {id}"))
+        .unwrap_or_default();
     out.push_str(&format!(
-        "{} mode, {who}local AS {}, next hop {}\n\n",
+        "{} mode, {who}local AS {}, next hop {}{router_id}\n\n",
         r.mode, r.local_as, r.next_hop
     ));
     out.push_str(&table(
@@ -211,6 +216,7 @@ mod tests {
             dcid: Some(18),
             local_as: 65001,
             next_hop: "2001:db8::1".into(),
+            router_id: Some("198.51.100.20".into()),
             peers: vec![PeerReport {
                 peer: "2001:db8:18:34::1".into(),
                 port: 179,
@@ -253,7 +259,8 @@ mod tests {
         let lines: Vec<&str> = text.lines().collect();
         assert_eq!(
             lines[0],
-            "kubernetes mode, node n1, dcid 18, local AS 65001, next hop 2001:db8::1"
+            "kubernetes mode, node n1, dcid 18, local AS 65001, next hop 2001:db8::1, router ID \
+             198.51.100.20"
         );
         assert!(lines[2].starts_with("Peer"), "{text}");
         assert!(

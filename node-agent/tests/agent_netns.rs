@@ -342,7 +342,8 @@ async fn standalone_refuses_the_nodes_own_addresses() {
 }
 
 /// lelastic's discovery mode: the user's address on `lo` is announced, reported as not bound
-/// by the agent ("configured by the user"), and left on `lo` after the agent stops.
+/// by the agent ("configured by the user"), and left on `lo` after the agent stops. The router
+/// ID is the node's public IPv4 address, not the low bits of its IPv6 next hop.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn standalone_discovery_reports_the_users_address_as_not_bound() {
     if !preflight(Some(Flavor::Bird)) {
@@ -352,6 +353,10 @@ async fn standalone_discovery_reports_the_users_address_as_not_bound() {
     lab.node_ns
         .ip(&["address", "add", "192.0.2.10/32", "dev", "lo"])
         .expect("user address on lo");
+    // The node's public IPv4: the default router ID.
+    lab.node_ns
+        .ip(&["address", "add", "198.51.100.66/26", "dev", "eth0"])
+        .expect("IPv4 on eth0");
     let mut args = vec!["-dcid", "1", "-primary", "-neighborpattern", PATTERN];
     args.extend_from_slice(COMMON_FLAGS);
     lab.node = Some(AgentBinary::start(
@@ -371,6 +376,12 @@ async fn standalone_discovery_reports_the_users_address_as_not_bound() {
     assert!(
         text.lines()
             .any(|l| l.starts_with("192.0.2.10/32") && l.contains("no (configured by the user)")),
+        "{text}"
+    );
+    assert!(
+        text.starts_with(&format!(
+            "standalone mode, dcid 1, local AS 65001, next hop {NODE}, router ID 198.51.100.66\n"
+        )),
         "{text}"
     );
     sigterm_withdraws_ceases_unbinds(&mut lab, &[]).await;
@@ -542,6 +553,21 @@ impl KubeLab {
             .create(&PostParams::default(), &node)
             .await
             .expect("create Node");
+        // As the CCM reports it: the default router ID is the node's ExternalIP IPv4.
+        let addresses = json!({"status": {"addresses": [
+            {"type": "Hostname", "address": NODE_NAME},
+            {"type": "InternalIP", "address": "192.168.130.5"},
+            {"type": "ExternalIP", "address": "198.51.100.20"},
+            {"type": "ExternalIP", "address": NODE.to_string()},
+        ]}});
+        Api::<Node>::all(client.clone())
+            .patch_status(
+                NODE_NAME,
+                &PatchParams::default(),
+                &Patch::Merge(&addresses),
+            )
+            .await
+            .expect("Node addresses");
 
         let mut lab = Lab::<AgentBinary>::topology(Flavor::Bird, None);
         let port: u16 = cp
@@ -692,6 +718,7 @@ async fn kubernetes_mode_announces_and_withdraws_on_every_path() {
     assert_eq!(report.node.as_deref(), Some(NODE_NAME));
     assert_eq!(report.dcid, Some(1), "--dcid overrides the region's 6");
     assert_eq!(report.next_hop, NODE.to_string());
+    assert_eq!(report.router_id.as_deref(), Some("198.51.100.20"));
 
     // Selected as primary: bound, announced with 65000:1, reported.
     k.apply_sip(base_spec()).await;
