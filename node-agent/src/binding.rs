@@ -5,6 +5,18 @@ use std::collections::BTreeSet;
 use std::future::Future;
 use std::net::IpAddr;
 
+use crate::binder::InterfaceAddress;
+
+/// Who put an address on the node.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum BoundBy {
+    /// The agent bound it, and removes it when it is no longer wanted.
+    Agent,
+    /// It was there already, configured by the user (or the system): the agent announces it
+    /// but never removes it.
+    User,
+}
+
 /// A binding failure, reduced to its message: the agent only reports and retries it.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{0}")]
@@ -14,12 +26,13 @@ pub struct BindingError(pub String);
 ///
 /// Implementations are idempotent and never remove an address they did not add.
 pub trait AddressBinding: Send + Sync {
-    /// Binds `addr` (IPv4 as /32, IPv6 as /128).
+    /// Binds `addr` (IPv4 as /32, IPv6 as /128), unless it is on the node already; says who
+    /// put it there.
     fn bind(
         &self,
         addr: IpAddr,
         prefix_len: u8,
-    ) -> impl Future<Output = Result<(), BindingError>> + Send;
+    ) -> impl Future<Output = Result<BoundBy, BindingError>> + Send;
     /// Removes `addr` if this binder added it.
     fn unbind(&self, addr: IpAddr) -> impl Future<Output = Result<(), BindingError>> + Send;
     /// Removes addresses added by an earlier run that are not in `keep`; returns them.
@@ -27,16 +40,24 @@ pub trait AddressBinding: Send + Sync {
         &self,
         keep: &BTreeSet<IpAddr>,
     ) -> impl Future<Output = Result<Vec<IpAddr>, BindingError>> + Send;
+    /// Every address on every interface of the node, with whether the agent bound it.
+    fn interface_addresses(
+        &self,
+    ) -> impl Future<Output = Result<Vec<InterfaceAddress>, BindingError>> + Send;
 }
 
 impl AddressBinding for crate::binder::Binder {
-    async fn bind(&self, addr: IpAddr, prefix_len: u8) -> Result<(), BindingError> {
-        crate::binder::Binder::bind(self, addr, prefix_len)
+    async fn bind(&self, addr: IpAddr, prefix_len: u8) -> Result<BoundBy, BindingError> {
+        let outcome = crate::binder::Binder::bind(self, addr, prefix_len)
             .await
-            .map(|outcome| {
-                tracing::debug!(%addr, ?outcome, "bound");
-            })
-            .map_err(|e| BindingError(e.to_string()))
+            .map_err(|e| BindingError(e.to_string()))?;
+        tracing::debug!(%addr, ?outcome, "bound");
+        Ok(match outcome {
+            crate::binder::BindOutcome::Added | crate::binder::BindOutcome::AlreadyOurs => {
+                BoundBy::Agent
+            }
+            crate::binder::BindOutcome::PresentNotOurs => BoundBy::User,
+        })
     }
 
     async fn unbind(&self, addr: IpAddr) -> Result<(), BindingError> {
@@ -53,16 +74,24 @@ impl AddressBinding for crate::binder::Binder {
             .await
             .map_err(|e| BindingError(e.to_string()))
     }
+
+    async fn interface_addresses(&self) -> Result<Vec<InterfaceAddress>, BindingError> {
+        crate::binder::Binder::interface_addresses(self)
+            .await
+            .map_err(|e| BindingError(e.to_string()))
+    }
 }
 
-/// A binder that binds nothing: for standalone mode without `--address`, where the addresses
-/// are already on the interface (lelastic's behaviour).
-#[derive(Debug, Default, Clone, Copy)]
-pub struct NoBinding;
+/// For standalone mode without `--address` (lelastic's behaviour): the addresses are already
+/// on the node, put there by the user, so nothing is bound or unbound. What an earlier run of
+/// the agent bound (with `--address`, before a crash or a restart without it) is not the
+/// user's: the inner binder removes all of it as leftovers, whatever `keep` says.
+#[derive(Debug)]
+pub struct UserConfigured<B>(pub B);
 
-impl AddressBinding for NoBinding {
-    async fn bind(&self, _addr: IpAddr, _prefix_len: u8) -> Result<(), BindingError> {
-        Ok(())
+impl<B: AddressBinding> AddressBinding for UserConfigured<B> {
+    async fn bind(&self, _addr: IpAddr, _prefix_len: u8) -> Result<BoundBy, BindingError> {
+        Ok(BoundBy::User)
     }
 
     async fn unbind(&self, _addr: IpAddr) -> Result<(), BindingError> {
@@ -73,7 +102,11 @@ impl AddressBinding for NoBinding {
         &self,
         _keep: &BTreeSet<IpAddr>,
     ) -> Result<Vec<IpAddr>, BindingError> {
-        Ok(Vec::new())
+        self.0.reconcile_leftovers(&BTreeSet::new()).await
+    }
+
+    async fn interface_addresses(&self) -> Result<Vec<InterfaceAddress>, BindingError> {
+        self.0.interface_addresses().await
     }
 }
 
@@ -83,7 +116,8 @@ pub mod fake {
     use std::net::IpAddr;
     use std::sync::{Arc, Mutex};
 
-    use super::{AddressBinding, BindingError};
+    use super::{AddressBinding, BindingError, BoundBy};
+    use crate::binder::InterfaceAddress;
 
     /// One call to the fake binder or the fake announcer, in order.
     #[derive(Debug, Clone, PartialEq, Eq)]
@@ -107,6 +141,11 @@ pub mod fake {
         pub bound: Arc<Mutex<BTreeSet<IpAddr>>>,
         /// Addresses whose bind fails.
         pub fail: Arc<Mutex<BTreeSet<IpAddr>>>,
+        /// Addresses already on the node, configured by the user.
+        pub user: Arc<Mutex<BTreeSet<IpAddr>>>,
+        /// What [`AddressBinding::interface_addresses`] reports (the bound addresses are added
+        /// on `lo`, as ours).
+        pub interfaces: Arc<Mutex<Vec<InterfaceAddress>>>,
     }
 
     impl FakeBinder {
@@ -131,17 +170,20 @@ pub mod fake {
     }
 
     impl AddressBinding for FakeBinder {
-        async fn bind(&self, addr: IpAddr, _prefix_len: u8) -> Result<(), BindingError> {
+        async fn bind(&self, addr: IpAddr, _prefix_len: u8) -> Result<BoundBy, BindingError> {
             if self.fail.lock().is_ok_and(|f| f.contains(&addr)) {
                 return Err(BindingError(format!(
                     "cannot bind {addr}: injected failure"
                 )));
             }
+            if self.user.lock().is_ok_and(|u| u.contains(&addr)) {
+                return Ok(BoundBy::User);
+            }
             self.push(Op::Bind(addr));
             if let Ok(mut b) = self.bound.lock() {
                 b.insert(addr);
             }
-            Ok(())
+            Ok(BoundBy::Agent)
         }
 
         async fn unbind(&self, addr: IpAddr) -> Result<(), BindingError> {
@@ -165,6 +207,21 @@ pub mod fake {
                 self.unbind(*a).await?;
             }
             Ok(gone)
+        }
+
+        async fn interface_addresses(&self) -> Result<Vec<InterfaceAddress>, BindingError> {
+            let mut out = self
+                .interfaces
+                .lock()
+                .map(|i| i.clone())
+                .unwrap_or_default();
+            out.extend(self.bound().into_iter().map(|address| InterfaceAddress {
+                interface: "lo".into(),
+                address,
+                prefix_len: crate::binder::host_prefix_len(address),
+                ours: true,
+            }));
+            Ok(out)
         }
     }
 }

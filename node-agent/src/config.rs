@@ -108,7 +108,9 @@ pub struct CommonArgs {
     #[arg(long, env = "SOURCE_ADDRESS")]
     pub source_address: Option<IpAddr>,
 
-    /// BGP identifier. Default: the low 32 bits of the next hop.
+    /// BGP identifier. Default: an IPv4 address of the node (the Node's ExternalIP, else
+    /// InternalIP; standalone: a global IPv4 address of an interface), else the low 32 bits of
+    /// the next hop.
     #[arg(long, env = "ROUTER_ID")]
     pub router_id: Option<Ipv4Addr>,
 
@@ -123,6 +125,13 @@ pub struct CommonArgs {
         default_value = "/var/lib/sharedip/bound.json"
     )]
     pub state_file: PathBuf,
+
+    /// How the addresses the agent binds are marked in the kernel, so they are recognised as
+    /// its own after a crash: `native` sets the address protocol (Linux 6.1 and later) and
+    /// the fallback marker (IPv4 label `<interface>:sharedip`, IPv6 metric 5458256);
+    /// `fallback` sets only the latter, as an older kernel keeps it.
+    #[arg(long, env = "ADDRESS_MARKER", value_enum, default_value = "native")]
+    pub address_marker: crate::binder::MarkerMode,
 
     /// HTTP address for /metrics, /healthz, /readyz and /status.
     #[arg(long, env = "HTTP_ADDR", default_value = DEFAULT_HTTP_ADDR)]

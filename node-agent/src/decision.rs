@@ -23,6 +23,7 @@ use kube::ResourceExt;
 use sharedip_api::{ReadinessGate, Role, SharedAddress, SharedIPSpec};
 
 use crate::community::RoleCommunity;
+use crate::prefix::{AnnouncedPrefix, AnnouncedPrefixError};
 
 /// Why a node announces an address or not; written to `status.nodes[].reason`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -47,6 +48,9 @@ pub enum Reason {
     BgpOverrideUnsupported,
     /// Binding the address on the node failed; nothing is announced.
     BindFailed,
+    /// The address is one of the node's own, or its announced prefix contains one: nothing is
+    /// bound or announced.
+    AddressIsNodeAddress,
 }
 
 impl Reason {
@@ -63,6 +67,7 @@ impl Reason {
             Reason::InvalidSpec => "InvalidSpec",
             Reason::BgpOverrideUnsupported => "BgpOverrideUnsupported",
             Reason::BindFailed => "BindFailed",
+            Reason::AddressIsNodeAddress => "AddressIsNodeAddress",
         }
     }
 }
@@ -114,13 +119,42 @@ pub enum GateState {
     },
 }
 
-/// What to bind and announce.
+/// What to bind and announce. The announced prefix is derived once, here, from the validated
+/// address, and the fields are private so it cannot drift from the address afterwards.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Target {
-    /// Address to bind and prefix to announce.
-    pub address: SharedAddress,
-    /// Community to announce it with.
-    pub community: RoleCommunity,
+    address: SharedAddress,
+    prefix: AnnouncedPrefix,
+    community: RoleCommunity,
+}
+
+impl Target {
+    /// The target announcing `address` with `community`.
+    pub fn new(
+        address: SharedAddress,
+        community: RoleCommunity,
+    ) -> Result<Self, AnnouncedPrefixError> {
+        Ok(Self {
+            address,
+            prefix: AnnouncedPrefix::of(&address)?,
+            community,
+        })
+    }
+
+    /// The address to bind (and its announced prefix length).
+    pub fn address(&self) -> SharedAddress {
+        self.address
+    }
+
+    /// The prefix to announce.
+    pub fn prefix(&self) -> AnnouncedPrefix {
+        self.prefix
+    }
+
+    /// The community to announce it with.
+    pub fn community(&self) -> RoleCommunity {
+        self.community
+    }
 }
 
 /// The decision for one SharedIP on this node.
@@ -244,11 +278,14 @@ pub fn decide(
         }
         GateState::NotConfigured => format!("announcing {address} with community {community}"),
     };
-    Decision {
-        role: Some(role),
-        target: Some(Target { address, community }),
-        reason: Reason::Announced,
-        message,
+    match Target::new(address, community) {
+        Ok(target) => Decision {
+            role: Some(role),
+            target: Some(target),
+            reason: Reason::Announced,
+            message,
+        },
+        Err(e) => Decision::withdraw(Some(role), Reason::InvalidSpec, e.to_string()),
     }
 }
 
@@ -396,12 +433,12 @@ mod tests {
         assert_eq!(d.role, Some(Role::Primary));
         assert_eq!(d.reason, Reason::Announced);
         let t = d.target.unwrap();
-        assert_eq!(t.community, RoleCommunity::PRIMARY);
-        assert_eq!(t.address.to_string(), "192.0.2.10/32");
+        assert_eq!(t.community(), RoleCommunity::PRIMARY);
+        assert_eq!(t.address().to_string(), "192.0.2.10/32");
 
         let d = go(&s, &[("role", "secondary")]);
         assert_eq!(d.role, Some(Role::Secondary));
-        assert_eq!(d.target.unwrap().community, RoleCommunity::SECONDARY);
+        assert_eq!(d.target.unwrap().community(), RoleCommunity::SECONDARY);
 
         let d = go(&s, &[("role", "other")]);
         assert_eq!(d.role, None);
@@ -419,7 +456,7 @@ mod tests {
         }));
         let d = go(&s, &[("a", "1"), ("b", "1")]);
         assert_eq!(d.role, Some(Role::Primary));
-        assert_eq!(d.target.unwrap().community, RoleCommunity::PRIMARY);
+        assert_eq!(d.target.unwrap().community(), RoleCommunity::PRIMARY);
     }
 
     #[test]
@@ -440,8 +477,8 @@ mod tests {
         let q = go(&s, &[("role", "secondary")]);
         assert_eq!(p.role, Some(Role::Primary));
         assert_eq!(q.role, Some(Role::Secondary));
-        assert_eq!(p.target.unwrap().community, RoleCommunity::SECONDARY);
-        assert_eq!(q.target.unwrap().community, RoleCommunity::SECONDARY);
+        assert_eq!(p.target.unwrap().community(), RoleCommunity::SECONDARY);
+        assert_eq!(q.target.unwrap().community(), RoleCommunity::SECONDARY);
     }
 
     #[test]
@@ -453,14 +490,14 @@ mod tests {
             ..Default::default()
         });
         assert_eq!(
-            go(&s, &[("role", "primary")]).target.unwrap().community,
+            go(&s, &[("role", "primary")]).target.unwrap().community(),
             RoleCommunity::Large(LargeCommunity::new(63949, 1, 1))
         );
         assert_eq!(
             go(&s, &[("role", "secondary")])
                 .target
                 .unwrap()
-                .community
+                .community()
                 .to_string(),
             "65000:20"
         );
@@ -469,7 +506,7 @@ mod tests {
             go(&s, &[("role", "primary")])
                 .target
                 .unwrap()
-                .community
+                .community()
                 .to_string(),
             "65000:20"
         );
@@ -487,7 +524,7 @@ mod tests {
             Situation::default(),
             &bgp,
         );
-        assert_eq!(d.target.unwrap().community.to_string(), "63949:1:2");
+        assert_eq!(d.target.unwrap().community().to_string(), "63949:1:2");
     }
 
     #[test]
@@ -601,13 +638,13 @@ mod tests {
         let mut s = base();
         s.address = "2001:db8:1:2::1".into();
         let t = go(&s, &[("role", "primary")]).target.unwrap();
-        assert_eq!(t.address.to_string(), "2001:db8:1:2::/64");
+        assert_eq!(t.address().to_string(), "2001:db8:1:2::/64");
         s.address = "2001:db8:1:2ff::1".into();
         s.prefix = Some(56);
         let t = go(&s, &[("role", "primary")]).target.unwrap();
-        assert_eq!(t.address.to_string(), "2001:db8:1:200::/56");
+        assert_eq!(t.address().to_string(), "2001:db8:1:200::/56");
         // The node binds the spec's address itself, not the range base.
-        assert_eq!(t.address.address().to_string(), "2001:db8:1:2ff::1");
+        assert_eq!(t.address().address().to_string(), "2001:db8:1:2ff::1");
     }
 
     fn pod(name: &str, ns: &str, node: &str, app: &str, ready: bool) -> Pod {

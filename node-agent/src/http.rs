@@ -31,6 +31,9 @@ pub struct AgentReport {
     pub local_as: u32,
     /// Next hop announced.
     pub next_hop: String,
+    /// BGP identifier.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub router_id: Option<String>,
     /// One entry per route server.
     pub peers: Vec<PeerReport>,
     /// What this node binds and announces.

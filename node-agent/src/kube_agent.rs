@@ -24,6 +24,7 @@ use crate::binding::AddressBinding;
 use crate::config::RunArgs;
 use crate::decision::{self, BgpDefaults, Decision, Reason, Situation};
 use crate::http::{AgentReport, Shared};
+use crate::node_addresses::{self, OwnAddresses};
 use crate::orchestrator::{Orchestrator, Transition};
 use crate::runtime::{self, AgentError};
 use crate::speaker::{Announcer, Speaker, SpeakerMonitor};
@@ -40,6 +41,11 @@ pub struct KubeSettings {
     pub resync: Duration,
     /// Bound of the shutdown path.
     pub shutdown_timeout: Duration,
+    /// The interface shared addresses are bound on (`--interface`).
+    pub interface: String,
+    /// The sessions' own addresses (next hop, sources); every round adds the interfaces' and
+    /// the Node's, and no shared address may be one of them.
+    pub session_addresses: OwnAddresses,
 }
 
 /// Runs `sharedip-node-agent run` until SIGTERM.
@@ -63,12 +69,21 @@ pub async fn run(args: RunArgs) -> Result<(), AgentError> {
     };
     let peers = common.peers(dcid)?;
     let next_hop = runtime::next_hop(common, &peers)?;
-    let speaker_cfg = runtime::speaker_config(common, peers, next_hop);
-    tracing::info!(node = %args.node_name, ?region, ?dcid, %next_hop, peers = ?speaker_cfg.peers, "starting");
+    let mut session_addresses = OwnAddresses::default();
+    session_addresses.add_session(next_hop, runtime::session_sources(common, &peers));
+    let speaker_cfg = runtime::speaker_config(
+        common,
+        peers,
+        next_hop,
+        node_addresses::router_id_from_node(&node),
+    );
+    let router_id = speaker_cfg.fsm.router_id;
+    tracing::info!(node = %args.node_name, ?region, ?dcid, %next_hop, %router_id, peers = ?speaker_cfg.peers, "starting");
     let speaker = Speaker::start(&speaker_cfg)?;
     let binder = Binder::new(BinderConfig {
         interface: common.interface.clone(),
         state_file: common.state_file.clone(),
+        marker: common.address_marker,
     })
     .await
     .map_err(|e| AgentError::Binder(e.to_string()))?;
@@ -80,6 +95,7 @@ pub async fn run(args: RunArgs) -> Result<(), AgentError> {
             dcid,
             local_as: common.local_asn,
             next_hop: next_hop.to_string(),
+            router_id: Some(router_id.to_string()),
             ..Default::default()
         },
         monitor.clone(),
@@ -93,6 +109,8 @@ pub async fn run(args: RunArgs) -> Result<(), AgentError> {
             bgp: common.bgp_defaults(),
             resync: args.resync_interval,
             shutdown_timeout: common.shutdown_timeout,
+            interface: common.interface.clone(),
+            session_addresses,
         },
         orchestrator,
         monitor,
@@ -252,6 +270,9 @@ pub async fn run_loop<B: AddressBinding, A: Announcer>(
         recorder,
         shared,
         written: HashMap::new(),
+        interfaces: Vec::new(),
+        own: OwnAddresses::default(),
+        refused: HashMap::new(),
     };
     if !stopped_early {
         tracing::info!(node = %node_name, "caches synced");
@@ -294,6 +315,12 @@ struct LoopCtx {
     recorder: Recorder,
     shared: Arc<Shared>,
     written: Written,
+    /// The last listing of the node's interface addresses that worked.
+    interfaces: Vec<crate::binder::InterfaceAddress>,
+    /// The node's own addresses, as of this round.
+    own: OwnAddresses,
+    /// SharedIPs refused as the node's own address, with the reason last reported.
+    refused: HashMap<String, String>,
 }
 
 impl LoopCtx {
@@ -342,7 +369,7 @@ impl LoopCtx {
                 &self.settings.bgp,
             );
             if let Some(t) = d.target {
-                let addr = t.address;
+                let addr = t.address();
                 if let Some((_, first)) = claimed.iter().find(|(a, _)| a.overlaps(&addr)) {
                     // The operator reports the duplicate in the later SharedIP's status too.
                     d = Decision {
@@ -355,6 +382,24 @@ impl LoopCtx {
                     };
                 } else {
                     claimed.push((addr, name.clone()));
+                    // The owner Linode, when it is this node, has the address configured by
+                    // Network Helper and listed by the CCM: that is not a conflict.
+                    let owner_is_this_node = sip
+                        .status
+                        .as_ref()
+                        .and_then(|s| s.owner.as_ref())
+                        .and_then(|o| o.node.as_deref())
+                        == Some(self.settings.node.as_str());
+                    if let Err(conflict) =
+                        node_addresses::check(&addr, &self.own, owner_is_this_node)
+                    {
+                        d = Decision {
+                            role: d.role,
+                            target: None,
+                            reason: Reason::AddressIsNodeAddress,
+                            message: conflict.to_string(),
+                        };
+                    }
                 }
             }
             out.insert(name, d);
@@ -362,12 +407,62 @@ impl LoopCtx {
         out
     }
 
+    /// Gathers the node's own addresses for this round: the sessions', the interfaces' and
+    /// the Node's.
+    async fn refresh_own<B: AddressBinding>(&mut self, binder: &B) {
+        match binder.interface_addresses().await {
+            Ok(list) => self.interfaces = list,
+            Err(error) => tracing::warn!(
+                %error,
+                "cannot list the node's interface addresses; checking against the last list"
+            ),
+        }
+        let mut own = self.settings.session_addresses.clone();
+        own.add_interfaces(&self.interfaces, &self.settings.interface);
+        if let Some(node) = self.stores.node.state().into_iter().next() {
+            own.add_node(&node);
+        }
+        self.own = own;
+    }
+
+    /// One error line and one warning event when a SharedIP starts being refused as the
+    /// node's own address (or for another reason), one line when it no longer is.
+    async fn report_refusals(&mut self, desired: &BTreeMap<String, Decision>) {
+        let node = self.settings.node.clone();
+        for (name, d) in desired {
+            let refused = d.reason == Reason::AddressIsNodeAddress;
+            match (refused, self.refused.get(name)) {
+                (true, Some(m)) if *m == d.message => {}
+                (true, _) => {
+                    tracing::error!(sharedip = %name, reason = %d.reason, "{}", d.message);
+                    self.refused.insert(name.clone(), d.message.clone());
+                    self.publish(
+                        name,
+                        EventType::Warning,
+                        Reason::AddressIsNodeAddress.as_str(),
+                        "Bind",
+                        format!("node {node}: {}", d.message),
+                    )
+                    .await;
+                }
+                (false, Some(_)) => {
+                    tracing::info!(sharedip = %name, "no longer the node's own address");
+                    self.refused.remove(name);
+                }
+                (false, None) => {}
+            }
+        }
+        self.refused.retain(|name, _| desired.contains_key(name));
+    }
+
     async fn reconcile<B: AddressBinding, A: Announcer>(
         &mut self,
         orchestrator: &mut Orchestrator<B, A>,
         shutting_down: bool,
     ) {
+        self.refresh_own(orchestrator.binder()).await;
         let desired = self.decisions(shutting_down);
+        self.report_refusals(&desired).await;
         let transitions = orchestrator.apply(&desired).await;
         self.after_transitions(&transitions).await;
         self.shared.set_prefixes(orchestrator.report());
@@ -415,25 +510,37 @@ impl LoopCtx {
                     format!("node {node} cannot bind the address: {error}"),
                 ),
             };
-            let Some(sip) = self.stores.sharedips.get(&reflector::ObjectRef::new(name)) else {
-                continue;
-            };
-            let ev = Event {
-                type_,
-                reason: reason.into(),
-                note: Some(note),
-                action: action.into(),
-                secondary: Some(ObjectReference {
-                    api_version: Some("v1".into()),
-                    kind: Some("Node".into()),
-                    name: Some(node.clone()),
-                    ..Default::default()
-                }),
-            };
-            // Events are best effort.
-            if let Err(e) = self.recorder.publish(&ev, &sip.object_ref(&())).await {
-                tracing::warn!(error = %e, reason, "cannot publish event");
-            }
+            self.publish(name, type_, reason, action, note).await;
+        }
+    }
+
+    /// Records an event on SharedIP `name`, with this Node as the related object.
+    async fn publish(
+        &self,
+        name: &str,
+        type_: EventType,
+        reason: &str,
+        action: &str,
+        note: String,
+    ) {
+        let Some(sip) = self.stores.sharedips.get(&reflector::ObjectRef::new(name)) else {
+            return;
+        };
+        let ev = Event {
+            type_,
+            reason: reason.into(),
+            note: Some(note),
+            action: action.into(),
+            secondary: Some(ObjectReference {
+                api_version: Some("v1".into()),
+                kind: Some("Node".into()),
+                name: Some(self.settings.node.clone()),
+                ..Default::default()
+            }),
+        };
+        // Events are best effort.
+        if let Err(e) = self.recorder.publish(&ev, &sip.object_ref(&())).await {
+            tracing::warn!(error = %e, reason, "cannot publish event");
         }
     }
 

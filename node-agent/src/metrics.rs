@@ -213,7 +213,10 @@ mod tests {
         m.prefixes_announced.set(2);
         m.observe_transitions(&[Transition::Withdrawn {
             name: "a".into(),
-            prefix: crate::bgp::wire::Prefix::new("192.0.2.10".parse().unwrap(), 32).unwrap(),
+            prefix: crate::prefix::AnnouncedPrefix::of(
+                &sharedip_api::SharedAddress::parse("192.0.2.10", None).unwrap(),
+            )
+            .unwrap(),
             reason: crate::decision::Reason::Draining,
         }]);
         let text = m.encode(&SpeakerMonitor::empty());

@@ -11,10 +11,10 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use sharedip_api::Role;
 
-use crate::bgp::wire::Prefix;
-use crate::binding::AddressBinding;
+use crate::binding::{AddressBinding, BoundBy};
 use crate::community::RoleCommunity;
 use crate::decision::{Decision, Reason, Target};
+use crate::prefix::AnnouncedPrefix;
 use crate::speaker::Announcer;
 
 /// What is applied for one name.
@@ -24,8 +24,8 @@ pub struct Applied {
     pub target: Target,
     /// The role the decision gave.
     pub role: Option<Role>,
-    /// The address is on the interface.
-    pub bound: bool,
+    /// The address is on the node, and who put it there (None: not yet).
+    pub bound: Option<BoundBy>,
     /// The route is in the speaker's Adj-RIB-Out.
     pub announced: bool,
     /// The last bind failure, while binding fails.
@@ -38,13 +38,13 @@ pub enum Transition {
     /// The route is announced (first time or with a new community).
     Announced {
         name: String,
-        prefix: Prefix,
+        prefix: AnnouncedPrefix,
         community: RoleCommunity,
     },
     /// The route is withdrawn.
     Withdrawn {
         name: String,
-        prefix: Prefix,
+        prefix: AnnouncedPrefix,
         reason: Reason,
     },
     /// Binding failed; nothing is announced for it.
@@ -66,8 +66,12 @@ pub struct PrefixReport {
     /// Primary or Secondary.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub role: Option<Role>,
-    /// Bound on the interface.
+    /// Bound on the interface by the agent.
     pub bound: bool,
+    /// On the node already, configured by the user: announced, never bound or removed by the
+    /// agent.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub configured_by_user: bool,
     /// In the Adj-RIB-Out.
     pub announced: bool,
     /// Why binding fails, if it does.
@@ -82,21 +86,6 @@ pub struct Orchestrator<B, A> {
     applied: BTreeMap<String, Applied>,
     unbind_delay: Duration,
     leftovers_checked: bool,
-}
-
-fn prefix_of(t: &Target) -> Prefix {
-    // SharedAddress guarantees a valid length for the family, so this cannot fail; the
-    // fallback keeps the function total.
-    Prefix::new(t.address.network(), t.address.prefix())
-        .or_else(|_| Prefix::new(t.address.address(), 0))
-        .unwrap_or_else(|_| unreachable_prefix())
-}
-
-fn unreachable_prefix() -> Prefix {
-    match Prefix::new(IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED), 0) {
-        Ok(p) => p,
-        Err(_) => unreachable!("0.0.0.0/0 is a valid prefix"),
-    }
 }
 
 fn host_len(addr: IpAddr) -> u8 {
@@ -140,11 +129,12 @@ impl<B: AddressBinding, A: Announcer> Orchestrator<B, A> {
             .iter()
             .map(|(name, a)| PrefixReport {
                 name: name.clone(),
-                address: a.target.address.address().to_string(),
-                prefix: prefix_of(&a.target).to_string(),
-                community: a.target.community.to_string(),
+                address: a.target.address().address().to_string(),
+                prefix: a.target.prefix().to_string(),
+                community: a.target.community().to_string(),
                 role: a.role,
-                bound: a.bound,
+                bound: a.bound == Some(BoundBy::Agent),
+                configured_by_user: a.bound == Some(BoundBy::User),
                 announced: a.announced,
                 bind_error: a.bind_error.clone(),
             })
@@ -164,14 +154,14 @@ impl<B: AddressBinding, A: Announcer> Orchestrator<B, A> {
             let keep = want
                 .and_then(|d| d.target)
                 .zip(self.applied.get(&name))
-                .is_some_and(|(t, a)| t.address == a.target.address);
+                .is_some_and(|(t, a)| t.address() == a.target.address());
             if keep {
                 continue;
             }
             let Some(a) = self.applied.remove(&name) else {
                 continue;
             };
-            let prefix = prefix_of(&a.target);
+            let prefix = a.target.prefix();
             if a.announced {
                 self.announcer.withdraw(prefix);
                 withdrew = true;
@@ -181,14 +171,14 @@ impl<B: AddressBinding, A: Announcer> Orchestrator<B, A> {
                     reason: want.map_or(Reason::Deleting, |d| d.reason),
                 });
             }
-            if a.bound {
-                unbind.insert(a.target.address.address());
+            if a.bound == Some(BoundBy::Agent) {
+                unbind.insert(a.target.address().address());
             }
         }
         // Another name may still want an address being unbound (a change of name or prefix).
         for d in desired.values() {
             if let Some(t) = &d.target {
-                unbind.remove(&t.address.address());
+                unbind.remove(&t.address().address());
             }
         }
         // 2. Unbind, after giving the route servers time to move the traffic elsewhere.
@@ -206,7 +196,7 @@ impl<B: AddressBinding, A: Announcer> Orchestrator<B, A> {
         if !self.leftovers_checked {
             let keep: BTreeSet<IpAddr> = desired
                 .values()
-                .filter_map(|d| d.target.map(|t| t.address.address()))
+                .filter_map(|d| d.target.map(|t| t.address().address()))
                 .collect();
             match self.binder.reconcile_leftovers(&keep).await {
                 Ok(removed) => {
@@ -228,16 +218,16 @@ impl<B: AddressBinding, A: Announcer> Orchestrator<B, A> {
             let entry = self.applied.entry(name.clone()).or_insert(Applied {
                 target,
                 role: d.role,
-                bound: false,
+                bound: None,
                 announced: false,
                 bind_error: None,
             });
             entry.role = d.role;
-            if !entry.bound {
-                let addr = target.address.address();
+            if entry.bound.is_none() {
+                let addr = target.address().address();
                 match self.binder.bind(addr, host_len(addr)).await {
-                    Ok(()) => {
-                        entry.bound = true;
+                    Ok(by) => {
+                        entry.bound = Some(by);
                         entry.bind_error = None;
                     }
                     Err(e) => {
@@ -253,16 +243,16 @@ impl<B: AddressBinding, A: Announcer> Orchestrator<B, A> {
                     }
                 }
             }
-            let community_changed = entry.target.community != target.community;
+            let community_changed = entry.target.community() != target.community();
             if !entry.announced || community_changed {
                 entry.target = target;
-                let prefix = prefix_of(&target);
-                self.announcer.announce(target.community.route(prefix));
+                let prefix = target.prefix();
+                self.announcer.announce(prefix, target.community());
                 entry.announced = true;
                 transitions.push(Transition::Announced {
                     name: name.clone(),
                     prefix,
-                    community: target.community,
+                    community: target.community(),
                 });
             }
         }
@@ -276,7 +266,7 @@ impl<B: AddressBinding, A: Announcer> Orchestrator<B, A> {
         let mut withdrew = false;
         for (name, a) in &self.applied {
             if a.announced {
-                let prefix = prefix_of(&a.target);
+                let prefix = a.target.prefix();
                 self.announcer.withdraw(prefix);
                 withdrew = true;
                 transitions.push(Transition::Withdrawn {
@@ -292,11 +282,21 @@ impl<B: AddressBinding, A: Announcer> Orchestrator<B, A> {
             tokio::time::sleep(self.unbind_delay).await;
         }
         let applied = std::mem::take(&mut self.applied);
-        for a in applied.values().filter(|a| a.bound) {
-            let addr = a.target.address.address();
+        for a in applied.values().filter(|a| a.bound == Some(BoundBy::Agent)) {
+            let addr = a.target.address().address();
             if let Err(error) = self.binder.unbind(addr).await {
                 tracing::warn!(%addr, %error, "cannot unbind at shutdown");
             }
+        }
+        // Anything else this agent marked as its own (a bind that failed half-way, an
+        // unbind that failed earlier) was never announced by this run: remove it too, so
+        // a clean stop leaves nothing of ours on the node.
+        match self.binder.reconcile_leftovers(&BTreeSet::new()).await {
+            Ok(removed) if !removed.is_empty() => {
+                tracing::info!(?removed, "removed other addresses of ours at shutdown")
+            }
+            Ok(_) => {}
+            Err(error) => tracing::warn!(%error, "cannot remove leftover addresses at shutdown"),
         }
         transitions
     }
@@ -312,10 +312,7 @@ mod tests {
     fn announce(addr: &str, prefix: Option<i32>, c: RoleCommunity) -> Decision {
         Decision {
             role: Some(Role::Primary),
-            target: Some(Target {
-                address: SharedAddress::parse(addr, prefix).unwrap(),
-                community: c,
-            }),
+            target: Some(Target::new(SharedAddress::parse(addr, prefix).unwrap(), c).unwrap()),
             reason: Reason::Announced,
             message: String::new(),
         }
@@ -551,6 +548,95 @@ mod tests {
         );
         assert_eq!(t.len(), 2);
         assert!(o.binder().bound().is_empty());
+    }
+
+    #[tokio::test]
+    async fn report_says_who_bound_each_address() {
+        let (log, mut o) = setup();
+        o.binder().user.lock().unwrap().insert(ip("198.51.100.7"));
+        o.apply(&map(&[
+            ("a", announce("192.0.2.10", None, RoleCommunity::PRIMARY)),
+            ("b", announce("198.51.100.7", None, RoleCommunity::PRIMARY)),
+        ]))
+        .await;
+        let report = o.report();
+        assert!(report[0].bound && !report[0].configured_by_user);
+        assert!(!report[1].bound && report[1].configured_by_user);
+        assert!(report.iter().all(|p| p.announced));
+        // The user's address is announced and withdrawn, never bound or unbound.
+        o.apply(&BTreeMap::new()).await;
+        assert_eq!(
+            take(&log),
+            vec![
+                Op::Bind(ip("192.0.2.10")),
+                Op::Announce("192.0.2.10/32 65000:1".into()),
+                Op::Announce("198.51.100.7/32 65000:1".into()),
+                Op::Withdraw("192.0.2.10/32".into()),
+                Op::Withdraw("198.51.100.7/32".into()),
+                Op::Unbind(ip("192.0.2.10")),
+            ]
+        );
+    }
+
+    #[tokio::test]
+    async fn shutdown_also_removes_other_addresses_of_ours() {
+        let (log, mut o) = setup();
+        o.apply(&map(&[(
+            "a",
+            announce("192.0.2.10", None, RoleCommunity::PRIMARY),
+        )]))
+        .await;
+        // Bound by this agent but not applied (an unbind that failed earlier).
+        o.binder().bound.lock().unwrap().insert(ip("198.51.100.7"));
+        take(&log);
+        o.shutdown("agent stopping").await;
+        assert_eq!(
+            take(&log),
+            vec![
+                Op::Withdraw("192.0.2.10/32".into()),
+                Op::Shutdown,
+                Op::Unbind(ip("192.0.2.10")),
+                Op::Unbind(ip("198.51.100.7")),
+            ]
+        );
+        assert!(o.binder().bound().is_empty());
+    }
+
+    #[tokio::test]
+    async fn user_configured_addresses_are_announced_and_ours_removed() {
+        use crate::binding::UserConfigured;
+        let log = OpLog::default();
+        let inner = FakeBinder::with_log(log.clone());
+        // Left by an earlier run with --address: one of them is discovered now too.
+        inner
+            .bound
+            .lock()
+            .unwrap()
+            .extend([ip("192.0.2.10"), ip("198.51.100.7")]);
+        let mut o = Orchestrator::new(
+            UserConfigured(inner),
+            FakeAnnouncer::new(log.clone()),
+            Duration::ZERO,
+        );
+        o.apply(&map(&[(
+            "2001:db8:1:2::1",
+            announce("2001:db8:1:2::1", None, RoleCommunity::PRIMARY),
+        )]))
+        .await;
+        // Every leftover of ours goes, nothing is bound, the user's address is announced.
+        assert_eq!(
+            take(&log),
+            vec![
+                Op::Unbind(ip("192.0.2.10")),
+                Op::Unbind(ip("198.51.100.7")),
+                Op::Announce("2001:db8:1:2::/64 65000:1".into()),
+            ]
+        );
+        o.shutdown("agent stopping").await;
+        assert_eq!(
+            take(&log),
+            vec![Op::Withdraw("2001:db8:1:2::/64".into()), Op::Shutdown]
+        );
     }
 
     #[tokio::test(start_paused = true)]

@@ -40,8 +40,10 @@ pub enum AgentError {
     Cache(&'static str),
     #[error("no address to announce: none given with --address and none found on {0}")]
     NoAddresses(String),
+    #[error("no address to announce: every one is refused: {0}")]
+    AllAddressesRefused(String),
     #[error("cannot list interface addresses: {0}")]
-    Interfaces(#[source] std::io::Error),
+    Interfaces(#[source] crate::binder::BindError),
     /// Withdraw, CEASE and unbind did not finish within the shutdown timeout: routes or
     /// addresses may be left behind, so the exit status must say so.
     #[error("shutdown did not finish within {0:?}; routes or addresses may be left behind")]
@@ -86,11 +88,23 @@ pub fn next_hop(common: &CommonArgs, peers: &[SocketAddr]) -> Result<Ipv6Addr, A
     }
 }
 
-/// The speaker's settings from the flags.
+/// The sessions' source addresses: `--source-address`, and the kernel's choice toward each
+/// route server (asking the routing table; nothing is sent).
+pub fn session_sources(common: &CommonArgs, peers: &[SocketAddr]) -> Vec<IpAddr> {
+    let mut out: Vec<IpAddr> = common.source_address.into_iter().collect();
+    out.extend(peers.iter().filter_map(|p| source_toward(*p).ok()));
+    out.sort();
+    out.dedup();
+    out
+}
+
+/// The speaker's settings from the flags. The router ID is `--router-id`, else `node_ipv4`
+/// (an IPv4 address of the node), else the low 32 bits of the next hop.
 pub fn speaker_config(
     common: &CommonArgs,
     peers: Vec<SocketAddr>,
     next_hop: Ipv6Addr,
+    node_ipv4: Option<std::net::Ipv4Addr>,
 ) -> SpeakerConfig {
     SpeakerConfig {
         peers,
@@ -99,7 +113,10 @@ pub fn speaker_config(
         fsm: FsmConfig {
             local_as: common.local_asn,
             peer_as: common.peer_asn,
-            router_id: common.router_id.unwrap_or_else(|| router_id_from(next_hop)),
+            router_id: common
+                .router_id
+                .or(node_ipv4)
+                .unwrap_or_else(|| router_id_from(next_hop)),
             hold_time: common.hold_time,
             connect_retry: common.connect_retry,
             ..FsmConfig::default()

@@ -8,8 +8,9 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
 use crate::bgp::fsm::{ConfigError, FsmConfig, State};
-use crate::bgp::session::{self, Route, SessionConfig, SessionHandle, SessionStatus, Transport};
-use crate::bgp::wire::Prefix;
+use crate::bgp::session::{self, SessionConfig, SessionHandle, SessionStatus, Transport};
+use crate::community::RoleCommunity;
+use crate::prefix::AnnouncedPrefix;
 
 /// How to reach the route servers and what to tell them.
 #[derive(Debug, Clone)]
@@ -36,11 +37,15 @@ pub enum SpeakerError {
 }
 
 /// What the orchestration needs from a speaker; the real one is [`Speaker`], tests use a fake.
+///
+/// It takes only [`AnnouncedPrefix`]es, never raw BGP routes, so nothing but a shared
+/// address's own prefix can be announced.
 pub trait Announcer: Send {
-    /// Announces (or re-announces with new communities) a route on every session.
-    fn announce(&mut self, route: Route);
+    /// Announces (or re-announces with a new community) a shared address's prefix on every
+    /// session.
+    fn announce(&mut self, prefix: AnnouncedPrefix, community: RoleCommunity);
     /// Withdraws a prefix on every session.
-    fn withdraw(&mut self, prefix: Prefix);
+    fn withdraw(&mut self, prefix: AnnouncedPrefix);
     /// Sessions established now.
     fn established(&self) -> usize;
     /// Sessions configured.
@@ -89,7 +94,8 @@ impl Speaker {
 }
 
 impl Announcer for Speaker {
-    fn announce(&mut self, route: Route) {
+    fn announce(&mut self, prefix: AnnouncedPrefix, community: RoleCommunity) {
+        let route = community.route(prefix.prefix());
         for (peer, h) in &self.sessions {
             if h.announce(route.clone()).is_err() {
                 tracing::error!(%peer, prefix = %route.prefix, "BGP session task ended; cannot announce");
@@ -97,9 +103,9 @@ impl Announcer for Speaker {
         }
     }
 
-    fn withdraw(&mut self, prefix: Prefix) {
+    fn withdraw(&mut self, prefix: AnnouncedPrefix) {
         for (peer, h) in &self.sessions {
-            if h.withdraw(prefix).is_err() {
+            if h.withdraw(prefix.prefix()).is_err() {
                 tracing::error!(%peer, %prefix, "BGP session task ended; cannot withdraw");
             }
         }
@@ -110,7 +116,9 @@ impl Announcer for Speaker {
     }
 
     fn total(&self) -> usize {
-        self.sessions.len()
+        // The configured sessions, also after shutdown has ended them, so the final status
+        // still says how many there were.
+        self.monitor.total()
     }
 
     async fn shutdown(&mut self, message: &str) {
@@ -228,9 +236,9 @@ pub struct PeerReport {
 /// A fake announcer for orchestration tests.
 pub mod fake {
     use super::Announcer;
-    use crate::bgp::session::Route;
-    use crate::bgp::wire::Prefix;
     use crate::binding::fake::{Op, OpLog};
+    use crate::community::RoleCommunity;
+    use crate::prefix::AnnouncedPrefix;
 
     /// Records announce/withdraw/shutdown into the shared log.
     #[derive(Debug, Clone)]
@@ -261,7 +269,8 @@ pub mod fake {
     }
 
     impl Announcer for FakeAnnouncer {
-        fn announce(&mut self, route: Route) {
+        fn announce(&mut self, prefix: AnnouncedPrefix, community: RoleCommunity) {
+            let route = community.route(prefix.prefix());
             let c: Vec<String> = route
                 .communities
                 .iter()
@@ -271,7 +280,7 @@ pub mod fake {
             self.push(Op::Announce(format!("{} {}", route.prefix, c.join(","))));
         }
 
-        fn withdraw(&mut self, prefix: Prefix) {
+        fn withdraw(&mut self, prefix: AnnouncedPrefix) {
             self.push(Op::Withdraw(prefix.to_string()));
         }
 
@@ -344,8 +353,11 @@ mod tests {
         })
         .await
         .expect("both sessions establish");
-        let prefix = Prefix::new("192.0.2.10".parse().unwrap(), 32).unwrap();
-        speaker.announce(crate::community::RoleCommunity::PRIMARY.route(prefix));
+        let announced =
+            AnnouncedPrefix::of(&sharedip_api::SharedAddress::parse("192.0.2.10", None).unwrap())
+                .unwrap();
+        let prefix = announced.prefix();
+        speaker.announce(announced, RoleCommunity::PRIMARY);
         for rx in &mut observers {
             let u = tokio::time::timeout(Duration::from_secs(10), rx.recv())
                 .await
@@ -359,7 +371,7 @@ mod tests {
             && r.peer == "::1"
             && r.peer_as == 65000
             && r.hold_time == Some(9)));
-        speaker.withdraw(prefix);
+        speaker.withdraw(announced);
         for rx in &mut observers {
             let u = tokio::time::timeout(Duration::from_secs(10), rx.recv())
                 .await
@@ -368,6 +380,8 @@ mod tests {
             assert!(u.withdrawn_all().any(|p| *p == prefix), "{u:?}");
         }
         speaker.shutdown("test over").await;
+        // The sessions are closed but still configured: the final status reports them.
+        assert_eq!((speaker.established(), speaker.total()), (0, 2));
         for s in servers {
             s.shutdown(None).await;
         }

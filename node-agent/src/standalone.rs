@@ -11,89 +11,18 @@ use std::sync::atomic::Ordering;
 
 use sharedip_api::{Role, SharedAddress};
 
-use crate::binder::{Binder, BinderConfig};
-use crate::binding::{AddressBinding, NoBinding};
+use crate::binder::{Binder, BinderConfig, InterfaceAddress};
+use crate::binding::{AddressBinding, UserConfigured};
 use crate::community::RoleCommunity;
 use crate::config::StandaloneArgs;
 use crate::decision::{Decision, Reason, Target};
 use crate::http::{AgentReport, Shared};
+use crate::node_addresses::{self, OwnAddresses};
 use crate::orchestrator::Orchestrator;
 use crate::runtime::{self, AgentError};
 use crate::speaker::{Announcer, Speaker};
 
-/// One interface address, as `getifaddrs` reports it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct IfAddr {
-    /// Interface name.
-    pub interface: String,
-    /// The address.
-    pub address: IpAddr,
-    /// Its prefix length.
-    pub prefix_len: u8,
-}
-
-/// Every address of every interface.
-pub fn interface_addresses() -> std::io::Result<Vec<IfAddr>> {
-    let mut out = Vec::new();
-    let mut head: *mut libc::ifaddrs = std::ptr::null_mut();
-    // SAFETY: getifaddrs fills `head` with a list we free below with freeifaddrs.
-    if unsafe { libc::getifaddrs(&mut head) } != 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    let mut cur = head;
-    while !cur.is_null() {
-        // SAFETY: `cur` is a node of the list getifaddrs returned and is not freed yet.
-        let ifa = unsafe { &*cur };
-        cur = ifa.ifa_next;
-        if ifa.ifa_addr.is_null() || ifa.ifa_name.is_null() {
-            continue;
-        }
-        // SAFETY: ifa_name is a NUL-terminated string owned by the list.
-        let name = unsafe { std::ffi::CStr::from_ptr(ifa.ifa_name) }
-            .to_string_lossy()
-            .into_owned();
-        // SAFETY: the family tells which sockaddr type ifa_addr / ifa_netmask point to.
-        let (addr, mask) = unsafe {
-            match i32::from((*ifa.ifa_addr).sa_family) {
-                libc::AF_INET => {
-                    let a = &*(ifa.ifa_addr as *const libc::sockaddr_in);
-                    let m = (!ifa.ifa_netmask.is_null()).then(|| {
-                        (*(ifa.ifa_netmask as *const libc::sockaddr_in))
-                            .sin_addr
-                            .s_addr
-                    });
-                    (
-                        IpAddr::from(u32::from_be(a.sin_addr.s_addr).to_be_bytes()),
-                        m.map_or(32, |m| u32::from_be(m).count_ones()),
-                    )
-                }
-                libc::AF_INET6 => {
-                    let a = &*(ifa.ifa_addr as *const libc::sockaddr_in6);
-                    let m = (!ifa.ifa_netmask.is_null()).then(|| {
-                        (*(ifa.ifa_netmask as *const libc::sockaddr_in6))
-                            .sin6_addr
-                            .s6_addr
-                    });
-                    (
-                        IpAddr::from(a.sin6_addr.s6_addr),
-                        m.map_or(128, |m| u128::from_be_bytes(m).count_ones()),
-                    )
-                }
-                _ => continue,
-            }
-        };
-        out.push(IfAddr {
-            interface: name,
-            address: addr,
-            prefix_len: u8::try_from(mask).unwrap_or(0),
-        });
-    }
-    // SAFETY: `head` came from getifaddrs and is freed once.
-    unsafe { libc::freeifaddrs(head) };
-    Ok(out)
-}
-
-fn is_announceable(a: IpAddr) -> bool {
+pub(crate) fn is_announceable(a: IpAddr) -> bool {
     match a {
         IpAddr::V4(v4) => {
             !(v4.is_loopback()
@@ -117,11 +46,13 @@ fn is_announceable(a: IpAddr) -> bool {
 
 /// lelastic's address discovery: public addresses on `interface` (every interface with
 /// `all_ifs`). On other interfaces only host addresses (/32, /128) count, so the node's own
-/// subnet addresses (SLAAC /64, the public /24) are never announced.
-pub fn discover(addrs: &[IfAddr], interface: &str, all_ifs: bool) -> Vec<IpAddr> {
+/// subnet addresses (SLAAC /64, the public /24) are never announced. Addresses the agent
+/// itself bound in an earlier run (with `--address`) are not the user's and are skipped: they
+/// are removed as leftovers instead.
+pub fn discover(addrs: &[InterfaceAddress], interface: &str, all_ifs: bool) -> Vec<IpAddr> {
     let mut out: Vec<IpAddr> = addrs
         .iter()
-        .filter(|a| is_announceable(a.address))
+        .filter(|a| !a.ours && is_announceable(a.address))
         .filter(|a| {
             if a.interface == interface {
                 true
@@ -136,13 +67,22 @@ pub fn discover(addrs: &[IfAddr], interface: &str, all_ifs: bool) -> Vec<IpAddr>
     out
 }
 
+/// Why a standalone address cannot be announced.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum StandaloneAddressError {
+    #[error(transparent)]
+    Address(#[from] sharedip_api::AddressError),
+    #[error(transparent)]
+    Prefix(#[from] crate::prefix::AnnouncedPrefixError),
+}
+
 /// The decisions for the standalone addresses: everything announced with the role's community.
 pub fn decisions(
     addresses: &[IpAddr],
     role: Role,
     community: RoleCommunity,
     send56: bool,
-) -> Result<BTreeMap<String, Decision>, sharedip_api::AddressError> {
+) -> Result<BTreeMap<String, Decision>, StandaloneAddressError> {
     let mut out = BTreeMap::new();
     for a in addresses {
         let prefix = match a {
@@ -155,7 +95,7 @@ pub fn decisions(
             a.to_string(),
             Decision {
                 role: Some(role),
-                target: Some(Target { address, community }),
+                target: Some(Target::new(address, community)?),
                 reason: Reason::Announced,
                 message: format!("announcing {address} with community {community}"),
             },
@@ -176,9 +116,21 @@ pub async fn run(args: StandaloneArgs) -> Result<(), AgentError> {
         Role::Primary => common.primary_community,
         Role::Secondary => common.secondary_community,
     };
+    // The binder also in discovery mode: it lists the interfaces and recognises (and removes)
+    // what an earlier run bound.
+    let binder = Binder::new(BinderConfig {
+        interface: common.interface.clone(),
+        state_file: common.state_file.clone(),
+        marker: common.address_marker,
+    })
+    .await
+    .map_err(|e| AgentError::Binder(e.to_string()))?;
     let (addresses, bind) = if args.addresses.is_empty() {
         let found = discover(
-            &interface_addresses().map_err(AgentError::Interfaces)?,
+            &binder
+                .interface_addresses()
+                .await
+                .map_err(AgentError::Interfaces)?,
             &common.interface,
             args.all_ifs,
         );
@@ -197,8 +149,33 @@ pub async fn run(args: StandaloneArgs) -> Result<(), AgentError> {
         .map_err(|e| AgentError::Binder(e.to_string()))?;
     let peers = common.peers(common.dcid)?;
     let next_hop = runtime::next_hop(common, &peers)?;
-    let speaker_cfg = runtime::speaker_config(common, peers, next_hop);
-    tracing::info!(?addresses, %role, %community, %next_hop, peers = ?speaker_cfg.peers, bind, "starting standalone");
+    let mut session_addresses = OwnAddresses::default();
+    session_addresses.add_session(next_hop, runtime::session_sources(common, &peers));
+    let mut guard = OwnAddressGuard {
+        session_addresses,
+        interface: common.interface.clone(),
+        // What discovery found, the user configured for sharing.
+        user_configured: !bind,
+        interfaces: Vec::new(),
+        refused: BTreeMap::new(),
+    };
+    // Refuse the node's own addresses before anything starts; if nothing is left, the
+    // configuration is wrong and running would only hide it.
+    let listing = binder
+        .interface_addresses()
+        .await
+        .map_err(AgentError::Interfaces)?;
+    guard.interfaces = listing;
+    let allowed = guard.filter(&desired);
+    if allowed.values().all(|d| d.target.is_none()) {
+        let why: Vec<String> = allowed.values().map(|d| d.message.clone()).collect();
+        return Err(AgentError::AllAddressesRefused(why.join("; ")));
+    }
+    let node_ipv4 =
+        node_addresses::router_id_from_interfaces(&guard.interfaces, &common.interface, &addresses);
+    let speaker_cfg = runtime::speaker_config(common, peers, next_hop, node_ipv4);
+    let router_id = speaker_cfg.fsm.router_id;
+    tracing::info!(?addresses, %role, %community, %next_hop, %router_id, peers = ?speaker_cfg.peers, bind, "starting standalone");
     let speaker = Speaker::start(&speaker_cfg)?;
     let shared = Shared::new(
         AgentReport {
@@ -206,33 +183,92 @@ pub async fn run(args: StandaloneArgs) -> Result<(), AgentError> {
             dcid: common.dcid,
             local_as: common.local_asn,
             next_hop: next_hop.to_string(),
+            router_id: Some(router_id.to_string()),
             ..Default::default()
         },
         speaker.monitor(),
     );
     runtime::serve_http(common.http_addr, shared.clone()).await?;
     if bind {
-        let binder = Binder::new(BinderConfig {
-            interface: common.interface.clone(),
-            state_file: common.state_file.clone(),
-        })
-        .await
-        .map_err(|e| AgentError::Binder(e.to_string()))?;
         let o = Orchestrator::new(binder, speaker, common.unbind_delay);
-        serve(o, &desired, &shared, common.shutdown_timeout).await
+        serve(o, &desired, guard, &shared, common.shutdown_timeout).await
     } else {
-        let o = Orchestrator::new(NoBinding, speaker, common.unbind_delay);
-        serve(o, &desired, &shared, common.shutdown_timeout).await
+        let o = Orchestrator::new(UserConfigured(binder), speaker, common.unbind_delay);
+        serve(o, &desired, guard, &shared, common.shutdown_timeout).await
+    }
+}
+
+/// Keeps the node's own addresses out of what standalone mode binds and announces.
+struct OwnAddressGuard {
+    /// The sessions' addresses (next hop, sources).
+    session_addresses: OwnAddresses,
+    /// `--interface`.
+    interface: String,
+    /// The addresses were discovered on the interfaces, so they may be there themselves.
+    user_configured: bool,
+    /// The last listing of the interfaces that worked.
+    interfaces: Vec<InterfaceAddress>,
+    /// Refused addresses, with the reason last logged.
+    refused: BTreeMap<String, String>,
+}
+
+impl OwnAddressGuard {
+    /// Lists the interfaces again (keeping the last listing if that fails).
+    async fn refresh<B: AddressBinding>(&mut self, binder: &B) {
+        match binder.interface_addresses().await {
+            Ok(list) => self.interfaces = list,
+            Err(error) => tracing::warn!(
+                %error,
+                "cannot list the node's interface addresses; checking against the last list"
+            ),
+        }
+    }
+
+    /// `desired` with every address that is the node's own turned into a refusal, logged
+    /// once at error level when it starts.
+    fn filter(&mut self, desired: &BTreeMap<String, Decision>) -> BTreeMap<String, Decision> {
+        let mut own = self.session_addresses.clone();
+        own.add_interfaces(&self.interfaces, &self.interface);
+        let mut out = BTreeMap::new();
+        for (name, d) in desired {
+            let conflict = d.target.and_then(|t| {
+                node_addresses::check(&t.address(), &own, self.user_configured).err()
+            });
+            let d = match conflict {
+                Some(c) => {
+                    let message = c.to_string();
+                    if self.refused.get(name) != Some(&message) {
+                        tracing::error!(address = %name, reason = %Reason::AddressIsNodeAddress, "{message}");
+                        self.refused.insert(name.clone(), message.clone());
+                    }
+                    Decision {
+                        role: d.role,
+                        target: None,
+                        reason: Reason::AddressIsNodeAddress,
+                        message,
+                    }
+                }
+                None => {
+                    if self.refused.remove(name).is_some() {
+                        tracing::info!(address = %name, "no longer the node's own address");
+                    }
+                    d.clone()
+                }
+            };
+            out.insert(name.clone(), d);
+        }
+        out
     }
 }
 
 async fn serve<B: AddressBinding, A: Announcer>(
     mut o: Orchestrator<B, A>,
     desired: &BTreeMap<String, Decision>,
+    mut guard: OwnAddressGuard,
     shared: &Shared,
     shutdown_timeout: std::time::Duration,
 ) -> Result<(), AgentError> {
-    let t = o.apply(desired).await;
+    let t = o.apply(&guard.filter(desired)).await;
     shared.metrics.observe_transitions(&t);
     shared.set_prefixes(o.report());
     shared.ready.store(true, Ordering::Relaxed);
@@ -245,7 +281,8 @@ async fn serve<B: AddressBinding, A: Announcer>(
         tokio::select! {
             () = &mut stop => break,
             _ = retry.tick() => {
-                let t = o.apply(desired).await;
+                guard.refresh(o.binder()).await;
+                let t = o.apply(&guard.filter(desired)).await;
                 shared.metrics.observe_transitions(&t);
                 shared.set_prefixes(o.report());
             }
@@ -270,11 +307,12 @@ async fn serve<B: AddressBinding, A: Announcer>(
 mod tests {
     use super::*;
 
-    fn ifa(i: &str, a: &str, l: u8) -> IfAddr {
-        IfAddr {
+    fn ifa(i: &str, a: &str, l: u8) -> InterfaceAddress {
+        InterfaceAddress {
             interface: i.into(),
             address: a.parse().unwrap(),
             prefix_len: l,
+            ours: false,
         }
     }
 
@@ -291,6 +329,15 @@ mod tests {
             ifa("eth0", "fe80::1", 64),
             ifa("dummy0", "198.51.100.7", 32),
             ifa("dummy0", "fd00::7", 128),
+            // Bound by an earlier run of the agent: not the user's.
+            InterfaceAddress {
+                ours: true,
+                ..ifa("lo", "198.51.100.9", 32)
+            },
+            InterfaceAddress {
+                ours: true,
+                ..ifa("dummy0", "2001:db8:9::9", 128)
+            },
         ];
         let ip = |s: &str| s.parse::<IpAddr>().unwrap();
         assert_eq!(
@@ -312,15 +359,16 @@ mod tests {
         ];
         let d = decisions(&addrs, Role::Secondary, RoleCommunity::SECONDARY, true).unwrap();
         let t = d["2001:db8:1:2::1"].target.unwrap();
-        assert_eq!(t.address.to_string(), "2001:db8:1::/56");
-        assert_eq!(t.community, RoleCommunity::SECONDARY);
+        assert_eq!(t.address().to_string(), "2001:db8:1::/56");
+        assert_eq!(t.prefix().to_string(), "2001:db8:1::/56");
+        assert_eq!(t.community(), RoleCommunity::SECONDARY);
         let d = decisions(&addrs, Role::Primary, RoleCommunity::PRIMARY, false).unwrap();
         assert_eq!(
-            d["2001:db8:1:2::1"].target.unwrap().address.to_string(),
+            d["2001:db8:1:2::1"].target.unwrap().address().to_string(),
             "2001:db8:1:2::/64"
         );
         assert_eq!(
-            d["192.0.2.10"].target.unwrap().address.to_string(),
+            d["192.0.2.10"].target.unwrap().address().to_string(),
             "192.0.2.10/32"
         );
         assert!(decisions(
@@ -333,8 +381,42 @@ mod tests {
     }
 
     #[test]
-    fn lists_this_machines_addresses() {
-        let all = interface_addresses().unwrap();
-        assert!(all.iter().any(|a| a.address.is_loopback()), "{all:?}");
+    fn the_guard_turns_the_nodes_own_addresses_into_refusals() {
+        let mut session = OwnAddresses::default();
+        session.add_session("2001:db8:1::10".parse().unwrap(), []);
+        let mut guard = OwnAddressGuard {
+            session_addresses: session,
+            interface: "lo".into(),
+            user_configured: false,
+            interfaces: vec![
+                ifa("eth0", "198.51.100.66", 26),
+                ifa("lo", "192.0.2.10", 32),
+            ],
+            refused: BTreeMap::new(),
+        };
+        let addrs: Vec<IpAddr> = ["192.0.2.10", "198.51.100.66", "2001:db8:1::99"]
+            .iter()
+            .map(|a| a.parse().unwrap())
+            .collect();
+        let desired = decisions(&addrs, Role::Primary, RoleCommunity::PRIMARY, false).unwrap();
+        let out = guard.filter(&desired);
+        assert_eq!(out["192.0.2.10"], desired["192.0.2.10"]);
+        for refused in ["198.51.100.66", "2001:db8:1::99"] {
+            let d = &out[refused];
+            assert_eq!((d.reason, d.target), (Reason::AddressIsNodeAddress, None));
+            assert_eq!(d.role, Some(Role::Primary));
+        }
+        assert_eq!(guard.refused.len(), 2);
+        // The address leaves eth0: no longer refused.
+        guard.interfaces.clear();
+        let out = guard.filter(&desired);
+        assert_eq!(out["198.51.100.66"], desired["198.51.100.66"]);
+        assert_eq!(guard.refused.len(), 1);
+        // Discovered addresses may be on an interface themselves, never the next hop's /64.
+        guard.user_configured = true;
+        guard.interfaces = vec![ifa("dummy0", "198.51.100.66", 32)];
+        let out = guard.filter(&desired);
+        assert_eq!(out["198.51.100.66"], desired["198.51.100.66"]);
+        assert_eq!(out["2001:db8:1::99"].reason, Reason::AddressIsNodeAddress);
     }
 }

@@ -32,7 +32,7 @@ pub fn node_entry(
             Reason::BindFailed,
             format!(
                 "cannot bind {}: {}",
-                a.target.address.address(),
+                a.target.address().address(),
                 a.bind_error.as_deref().unwrap_or_default()
             ),
         ),
@@ -98,10 +98,11 @@ mod tests {
     use sharedip_api::{Role, SharedAddress};
 
     fn target() -> Target {
-        Target {
-            address: SharedAddress::parse("192.0.2.10", None).unwrap(),
-            community: RoleCommunity::PRIMARY,
-        }
+        Target::new(
+            SharedAddress::parse("192.0.2.10", None).unwrap(),
+            RoleCommunity::PRIMARY,
+        )
+        .unwrap()
     }
 
     fn decision(target: bool, reason: Reason) -> Decision {
@@ -121,7 +122,9 @@ mod tests {
         Applied {
             target: target(),
             role: Some(Role::Primary),
-            bound: bind_error.is_none(),
+            bound: bind_error
+                .is_none()
+                .then_some(crate::binding::BoundBy::Agent),
             announced,
             bind_error: bind_error.map(str::to_string),
         }

@@ -127,7 +127,12 @@ pub fn render(r: &AgentReport) -> String {
                 p.community.clone(),
                 p.role.map_or_else(|| "-".into(), |r| r.to_string()),
                 p.name.clone(),
-                if p.bound { "yes" } else { "no" }.into(),
+                match (p.bound, p.configured_by_user) {
+                    (true, _) => "yes",
+                    (false, true) => "no (configured by the user)",
+                    (false, false) => "no",
+                }
+                .into(),
                 if p.announced { "yes" } else { "no" }.into(),
             ]
         })
@@ -139,8 +144,13 @@ pub fn render(r: &AgentReport) -> String {
         (None, Some(d)) => format!("dcid {d}, "),
         (None, None) => String::new(),
     };
+    let router_id = r
+        .router_id
+        .as_ref()
+        .map(|id| format!(", router ID {id}"))
+        .unwrap_or_default();
     out.push_str(&format!(
-        "{} mode, {who}local AS {}, next hop {}\n\n",
+        "{} mode, {who}local AS {}, next hop {}{router_id}\n\n",
         r.mode, r.local_as, r.next_hop
     ));
     out.push_str(&table(
@@ -206,6 +216,7 @@ mod tests {
             dcid: Some(18),
             local_as: 65001,
             next_hop: "2001:db8::1".into(),
+            router_id: Some("198.51.100.20".into()),
             peers: vec![PeerReport {
                 peer: "2001:db8:18:34::1".into(),
                 port: 179,
@@ -219,22 +230,37 @@ mod tests {
                 established_count: 1,
                 last_error: None,
             }],
-            prefixes: vec![PrefixReport {
-                name: "web".into(),
-                address: "192.0.2.10".into(),
-                prefix: "192.0.2.10/32".into(),
-                community: "65000:1".into(),
-                role: Some(sharedip_api::Role::Primary),
-                bound: true,
-                announced: true,
-                bind_error: None,
-            }],
+            prefixes: vec![
+                PrefixReport {
+                    name: "web".into(),
+                    address: "192.0.2.10".into(),
+                    prefix: "192.0.2.10/32".into(),
+                    community: "65000:1".into(),
+                    role: Some(sharedip_api::Role::Primary),
+                    bound: true,
+                    configured_by_user: false,
+                    announced: true,
+                    bind_error: None,
+                },
+                PrefixReport {
+                    name: "198.51.100.7".into(),
+                    address: "198.51.100.7".into(),
+                    prefix: "198.51.100.7/32".into(),
+                    community: "65000:1".into(),
+                    role: Some(sharedip_api::Role::Primary),
+                    bound: false,
+                    configured_by_user: true,
+                    announced: true,
+                    bind_error: None,
+                },
+            ],
         };
         let text = render(&r);
         let lines: Vec<&str> = text.lines().collect();
         assert_eq!(
             lines[0],
-            "kubernetes mode, node n1, dcid 18, local AS 65001, next hop 2001:db8::1"
+            "kubernetes mode, node n1, dcid 18, local AS 65001, next hop 2001:db8::1, router ID \
+             198.51.100.20"
         );
         assert!(lines[2].starts_with("Peer"), "{text}");
         assert!(
@@ -242,7 +268,15 @@ mod tests {
             "{text}"
         );
         assert!(
-            text.contains("192.0.2.10/32  192.0.2.10  65000:1    Primary  web   yes    yes"),
+            text.contains(
+                "192.0.2.10/32    192.0.2.10    65000:1    Primary  web           yes                          yes"
+            ),
+            "{text}"
+        );
+        assert!(
+            text.contains(
+                "198.51.100.7/32  198.51.100.7  65000:1    Primary  198.51.100.7  no (configured by the user)  yes"
+            ),
             "{text}"
         );
     }

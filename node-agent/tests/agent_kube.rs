@@ -24,6 +24,7 @@ use sharedip_node_agent::binding::fake::FakeBinder;
 use sharedip_node_agent::decision::BgpDefaults;
 use sharedip_node_agent::http::{AgentReport, Shared};
 use sharedip_node_agent::kube_agent::{run_loop, KubeSettings};
+use sharedip_node_agent::node_addresses::OwnAddresses;
 use sharedip_node_agent::orchestrator::Orchestrator;
 use sharedip_node_agent::speaker::{Speaker, SpeakerConfig};
 use tokio::net::TcpListener;
@@ -192,6 +193,8 @@ async fn agent_against_a_real_apiserver() {
             bgp: BgpDefaults::default(),
             resync: Duration::from_secs(5),
             shutdown_timeout: Duration::from_secs(20),
+            interface: "lo".into(),
+            session_addresses: OwnAddresses::default(),
         },
         Orchestrator::new(binder.clone(), speaker, Duration::ZERO),
         monitor,
@@ -344,6 +347,159 @@ async fn agent_against_a_real_apiserver() {
         (e.announcing, e.reason.as_deref()),
         (false, Some("ShuttingDown"))
     );
+    // The sessions are closed, but they were configured: the totals stay true.
+    assert_eq!(
+        (e.sessions_established, e.sessions_total),
+        (Some(0), Some(1))
+    );
     assert_eq!(sip.status.unwrap().primary.as_deref(), Some(NODE));
+    rs.shutdown(None).await;
+}
+
+/// A Node whose `status.addresses` holds the SharedIP's address: the agent refuses it (status
+/// entry AddressIsNodeAddress, a warning event, nothing bound or announced) until the
+/// SharedIP's owner is this node, which then announces it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_nodes_own_address_is_refused_unless_it_is_the_owner() {
+    let cp = ControlPlane::start().await.expect("control plane starts");
+    let crds = Path::new(env!("CARGO_MANIFEST_DIR")).join("../crds");
+    cp.apply_crds(&crds).await.expect("CRDs apply");
+    let client = cp.client();
+
+    let node: Node = serde_json::from_value(json!({
+        "apiVersion": "v1", "kind": "Node",
+        "metadata": {"name": NODE, "labels": {"role": "primary"}},
+    }))
+    .unwrap();
+    let nodes: Api<Node> = Api::all(client.clone());
+    nodes.create(&PostParams::default(), &node).await.unwrap();
+    // As the Linode CCM reports a Linode: its public IPv4 and IPv6, its private IPv4.
+    let addresses = json!({"status": {"addresses": [
+        {"type": "Hostname", "address": NODE},
+        {"type": "ExternalIP", "address": "198.51.100.20"},
+        {"type": "ExternalIP", "address": "2001:db8:5::abcd"},
+        {"type": "InternalIP", "address": "192.168.130.5"},
+    ]}});
+    nodes
+        .patch_status(NODE, &PatchParams::default(), &Patch::Merge(&addresses))
+        .await
+        .unwrap();
+
+    let sips: Api<SharedIP> = Api::all(client.clone());
+    let obj = json!({
+        "apiVersion": "sharedip.io/v1alpha1", "kind": "SharedIP",
+        "metadata": {"name": "web"},
+        "spec": {
+            "address": "198.51.100.20",
+            "primary": {"nodeSelector": {"matchLabels": {"role": "primary"}}},
+        },
+    });
+    sips.patch(
+        "web",
+        &PatchParams::apply("test").force(),
+        &Patch::Apply(&obj),
+    )
+    .await
+    .unwrap();
+
+    let (rs_addr, rs, mut updates) = route_server().await;
+    let speaker = Speaker::start(&SpeakerConfig {
+        peers: vec![rs_addr],
+        source: None,
+        multihop_ttl: Some(16),
+        fsm: FsmConfig {
+            router_id: Ipv4Addr::new(192, 0, 2, 1),
+            hold_time: 3,
+            connect_retry: Duration::from_millis(200),
+            ..FsmConfig::default()
+        },
+        next_hop: "2001:db8::1".parse().unwrap(),
+        next_hop_v4: None,
+    })
+    .unwrap();
+    let monitor = speaker.monitor();
+    let binder = FakeBinder::default();
+    let shared = Shared::new(AgentReport::default(), monitor.clone());
+    let mut session_addresses = OwnAddresses::default();
+    session_addresses.add_session("2001:db8::1".parse().unwrap(), []);
+    let (stop_tx, stop_rx) = oneshot::channel::<()>();
+    let agent = tokio::spawn(run_loop(
+        client.clone(),
+        KubeSettings {
+            node: NODE.into(),
+            bgp: BgpDefaults::default(),
+            resync: Duration::from_secs(5),
+            shutdown_timeout: Duration::from_secs(20),
+            interface: "lo".into(),
+            session_addresses,
+        },
+        Orchestrator::new(binder.clone(), speaker, Duration::ZERO),
+        monitor,
+        shared.clone(),
+        async move {
+            let _ = stop_rx.await;
+        },
+    ));
+    let prefix = Prefix::new("198.51.100.20".parse().unwrap(), 32).unwrap();
+    let ip: IpAddr = "198.51.100.20".parse().unwrap();
+
+    // Refused: reported, nothing bound, nothing announced.
+    let sip = wait_entry(&sips, false, "AddressIsNodeAddress").await;
+    let e = entry(&sip).unwrap();
+    assert_eq!(
+        e.message.as_deref(),
+        Some(
+            "198.51.100.20 is this node's own address (the Node's ExternalIP address); refusing \
+             to bind or announce it"
+        )
+    );
+    assert_eq!(e.role, Some(sharedip_api::Role::Primary));
+    assert!(binder.bound().is_empty());
+    assert!(shared.report().prefixes.is_empty());
+    eventually("a warning event AddressIsNodeAddress", || async {
+        use k8s_openapi::api::events::v1::Event;
+        let list = Api::<Event>::all(client.clone())
+            .list(&Default::default())
+            .await
+            .map_err(|e| e.to_string())?;
+        list.items
+            .iter()
+            .find(|e| {
+                e.reason.as_deref() == Some("AddressIsNodeAddress")
+                    && e.type_.as_deref() == Some("Warning")
+                    && e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some("web")
+            })
+            .map(|_| ())
+            .ok_or_else(|| format!("{} events, none AddressIsNodeAddress", list.items.len()))
+    })
+    .await;
+
+    // The owner is this node (Network Helper put the address on its eth0, the CCM lists it):
+    // it announces.
+    let owner = json!({
+        "apiVersion": "sharedip.io/v1alpha1", "kind": "SharedIP",
+        "status": {"owner": {"linodeId": 100, "node": NODE}},
+    });
+    sips.patch_status(
+        "web",
+        &PatchParams::apply("sharedip-operator").force(),
+        &Patch::Apply(&owner),
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        next_about(&mut updates, prefix).await,
+        Some(vec![Community::new(65000, 1)])
+    );
+    wait_entry(&sips, true, "Announced").await;
+    assert!(binder.bound().contains(&ip));
+
+    stop_tx.send(()).unwrap();
+    tokio::time::timeout(WAIT, agent)
+        .await
+        .expect("agent stops within bound")
+        .expect("agent task")
+        .expect("agent ok");
+    assert!(binder.bound().is_empty());
     rs.shutdown(None).await;
 }

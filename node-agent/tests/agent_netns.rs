@@ -48,8 +48,13 @@ const COMMON_FLAGS: &[&str] = &[
 
 /// The addresses on the namespace's `lo`, as `addr/len`.
 fn lo_addrs(ns: &Netns) -> Vec<String> {
-    ns.ip(&["-o", "addr", "show", "dev", "lo"])
-        .expect("ip addr show lo")
+    dev_addrs(ns, "lo")
+}
+
+/// The addresses on `dev`, as `addr/len`.
+fn dev_addrs(ns: &Netns, dev: &str) -> Vec<String> {
+    ns.ip(&["-o", "addr", "show", "dev", dev])
+        .expect("ip addr show")
         .lines()
         .filter_map(|l| {
             let mut w = l.split_whitespace();
@@ -241,6 +246,257 @@ async fn standalone_secondary_send56() {
     lab.finish().await;
 }
 
+/// The node's own addresses given as shared addresses: eth0's IPv4 address, and an IPv6
+/// address inside eth0's /64 (whose /64 holds the next hop). Both are refused, logged at error
+/// level and left untouched (not bound on lo, not announced), while a good address next to
+/// them is announced. Given only refused addresses, the agent exits with an error.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn standalone_refuses_the_nodes_own_addresses() {
+    if !preflight(Some(Flavor::Bird)) {
+        return;
+    }
+    let mut lab = Lab::<AgentBinary>::topology(Flavor::Bird, None);
+    lab.node_ns
+        .ip(&["address", "add", "198.51.100.66/26", "dev", "eth0"])
+        .expect("IPv4 on eth0");
+    let eth0_before = dev_addrs(&lab.node_ns, "eth0");
+    let lo_before = lo_addrs(&lab.node_ns);
+    let mut args = vec![
+        "-dcid",
+        "1",
+        "-primary",
+        "-neighborpattern",
+        PATTERN,
+        "--address",
+        "192.0.2.10,198.51.100.66,2001:db8:1::99",
+    ];
+    args.extend_from_slice(COMMON_FLAGS);
+    lab.node = Some(AgentBinary::start(
+        &lab.node_ns,
+        &lab.rs_addrs,
+        agent_dir(),
+        &args,
+        &[],
+    ));
+    lab.wait_all_established().await;
+    wait_routes(&lab, &[(v4((65000, 1)), 200)]).await;
+    wait_lo(&lab, "192.0.2.10/32", true).await;
+    let lo = lo_addrs(&lab.node_ns);
+    let mut want = lo_before.clone();
+    want.push("192.0.2.10/32".into());
+    want.sort();
+    let mut have = lo.clone();
+    have.sort();
+    assert_eq!(have, want, "only the good address is bound on lo");
+    assert_eq!(dev_addrs(&lab.node_ns, "eth0"), eth0_before, "eth0 touched");
+    let report = lab.node().report().expect("status --json");
+    let prefixes: Vec<&str> = report.prefixes.iter().map(|p| p.prefix.as_str()).collect();
+    assert_eq!(prefixes, ["192.0.2.10/32"], "{report:?}");
+    let log = lab.node().logs();
+    for line in [
+        "198.51.100.66 is this node's own address (configured on interface eth0)",
+        "the announced prefix 2001:db8:1::/64 of 2001:db8:1::99 contains this node's own address \
+         2001:db8:1::10",
+    ] {
+        let found: Vec<&str> = log.lines().filter(|l| l.contains(line)).collect();
+        assert_eq!(found.len(), 1, "one line with {line:?} in\n{log}");
+        assert!(
+            found[0].contains("ERROR") && found[0].contains("AddressIsNodeAddress"),
+            "{}",
+            found[0]
+        );
+    }
+    sigterm_withdraws_ceases_unbinds(&mut lab, &["192.0.2.10/32"]).await;
+    assert_eq!(dev_addrs(&lab.node_ns, "eth0"), eth0_before, "eth0 touched");
+
+    // Nothing but the node's own addresses: a clear error, nothing touched.
+    let mut args = vec![
+        "-dcid",
+        "1",
+        "-primary",
+        "-neighborpattern",
+        PATTERN,
+        "--address",
+        "198.51.100.66",
+    ];
+    args.extend_from_slice(COMMON_FLAGS);
+    lab.node = Some(AgentBinary::start(
+        &lab.node_ns,
+        &lab.rs_addrs,
+        agent_dir(),
+        &args,
+        &[],
+    ));
+    let status = agent(&mut lab)
+        .wait_exit(EXIT_BOUND)
+        .unwrap_or_else(|| panic!("agent did not exit\n{}", lab.logs()));
+    assert!(!status.success(), "{}", lab.logs());
+    let log = lab.node().logs();
+    assert!(
+        log.contains("every one is refused: 198.51.100.66 is this node's own address"),
+        "{log}"
+    );
+    assert_eq!(lo_addrs(&lab.node_ns), lo_before);
+    assert_eq!(dev_addrs(&lab.node_ns, "eth0"), eth0_before, "eth0 touched");
+    lab.finish().await;
+}
+
+/// lelastic's discovery mode: the user's address on `lo` is announced, reported as not bound
+/// by the agent ("configured by the user"), and left on `lo` after the agent stops. The router
+/// ID is the node's public IPv4 address, not the low bits of its IPv6 next hop.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn standalone_discovery_reports_the_users_address_as_not_bound() {
+    if !preflight(Some(Flavor::Bird)) {
+        return;
+    }
+    let mut lab = Lab::<AgentBinary>::topology(Flavor::Bird, None);
+    lab.node_ns
+        .ip(&["address", "add", "192.0.2.10/32", "dev", "lo"])
+        .expect("user address on lo");
+    // The node's public IPv4: the default router ID.
+    lab.node_ns
+        .ip(&["address", "add", "198.51.100.66/26", "dev", "eth0"])
+        .expect("IPv4 on eth0");
+    let mut args = vec!["-dcid", "1", "-primary", "-neighborpattern", PATTERN];
+    args.extend_from_slice(COMMON_FLAGS);
+    lab.node = Some(AgentBinary::start(
+        &lab.node_ns,
+        &lab.rs_addrs,
+        agent_dir(),
+        &args,
+        &[],
+    ));
+    lab.wait_all_established().await;
+    wait_routes(&lab, &[(v4((65000, 1)), 200)]).await;
+    let report = lab.node().report().expect("status --json");
+    assert_eq!(report.prefixes.len(), 1, "{report:?}");
+    let p = &report.prefixes[0];
+    assert!(p.announced && !p.bound && p.configured_by_user, "{p:?}");
+    let text = lab.node().status_text().expect("status");
+    assert!(
+        text.lines()
+            .any(|l| l.starts_with("192.0.2.10/32") && l.contains("no (configured by the user)")),
+        "{text}"
+    );
+    assert!(
+        text.starts_with(&format!(
+            "standalone mode, dcid 1, local AS 65001, next hop {NODE}, router ID 198.51.100.66\n"
+        )),
+        "{text}"
+    );
+    sigterm_withdraws_ceases_unbinds(&mut lab, &[]).await;
+    let have = lo_addrs(&lab.node_ns);
+    assert!(
+        have.iter().any(|a| a == "192.0.2.10/32"),
+        "the user's address was removed: {have:?}"
+    );
+    lab.finish().await;
+}
+
+/// The leftovers of a crash in lelastic-style discovery mode: started with `--address A,B`,
+/// SIGKILLed, restarted without `--address` (and with a fresh state file, so only the kernel
+/// markers can tell). The restarted agent announces only what the user configured (C), removes
+/// A and B from `lo` and leaves C there after a clean stop. `marker` is the
+/// `--address-marker` flag, if any.
+async fn crash_then_discovery(marker: Option<&str>) {
+    if !preflight(Some(Flavor::Bird)) {
+        return;
+    }
+    let mut lab = Lab::<AgentBinary>::topology(Flavor::Bird, None);
+    // C, configured by the user, as lelastic's guide does.
+    lab.node_ns
+        .ip(&[
+            "address",
+            "add",
+            "2001:db8:1:200::1/128",
+            "dev",
+            "lo",
+            "nodad",
+        ])
+        .expect("user address on lo");
+    let marker_flags: Vec<&str> = marker.map_or(vec![], |m| vec!["--address-marker", m]);
+    let mut first: Vec<&str> = vec![
+        "-dcid",
+        "1",
+        "-primary",
+        "-neighborpattern",
+        PATTERN,
+        "--address",
+        "192.0.2.10,2001:db8:1:100::1",
+    ];
+    first.extend_from_slice(&marker_flags);
+    first.extend_from_slice(COMMON_FLAGS);
+    lab.node = Some(AgentBinary::start(
+        &lab.node_ns,
+        &lab.rs_addrs,
+        agent_dir(),
+        &first,
+        &[],
+    ));
+    wait_lo(&lab, "192.0.2.10/32", true).await;
+    wait_lo(&lab, "2001:db8:1:100::1/128", true).await;
+    lab.wait_all_established().await;
+    let b = route("2001:db8:1:100::/64", &[(65000, 1)], &[]);
+    wait_routes(&lab, &[(v4((65000, 1)), 200), (b, 200)]).await;
+
+    // Crash: nothing withdrawn or unbound; the route servers drop the routes with the
+    // sessions.
+    agent(&mut lab).kill();
+    wait_routes(&lab, &[]).await;
+    let have = lo_addrs(&lab.node_ns);
+    assert!(
+        have.iter().any(|a| a == "192.0.2.10/32")
+            && have.iter().any(|a| a == "2001:db8:1:100::1/128"),
+        "the crash left A and B on lo: {have:?}"
+    );
+
+    // Restart in discovery mode, /56 as the user's C is a /56 range.
+    let mut second: Vec<&str> = vec![
+        "-dcid",
+        "1",
+        "-primary",
+        "-send56",
+        "-neighborpattern",
+        PATTERN,
+    ];
+    second.extend_from_slice(&marker_flags);
+    second.extend_from_slice(COMMON_FLAGS);
+    lab.node = Some(AgentBinary::start(
+        &lab.node_ns,
+        &lab.rs_addrs,
+        agent_dir(),
+        &second,
+        &[],
+    ));
+    lab.wait_all_established().await;
+    let c = route("2001:db8:1:200::/56", &[(65000, 1)], &[]);
+    wait_routes(&lab, &[(c, 200)]).await;
+    wait_lo(&lab, "192.0.2.10/32", false).await;
+    wait_lo(&lab, "2001:db8:1:100::1/128", false).await;
+    let report = lab.node().report().expect("status --json");
+    let prefixes: Vec<&str> = report.prefixes.iter().map(|p| p.prefix.as_str()).collect();
+    assert_eq!(prefixes, ["2001:db8:1:200::/56"], "{report:?}");
+
+    // A clean stop leaves the user's C, and nothing of ours.
+    sigterm_withdraws_ceases_unbinds(&mut lab, &["192.0.2.10/32", "2001:db8:1:100::1/128"]).await;
+    let have = lo_addrs(&lab.node_ns);
+    assert!(
+        have.iter().any(|a| a == "2001:db8:1:200::1/128"),
+        "the user's address was removed: {have:?}"
+    );
+    lab.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn crash_then_discovery_mode_cleans_up_by_the_native_marker() {
+    crash_then_discovery(None).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn crash_then_discovery_mode_cleans_up_by_the_fallback_marker() {
+    crash_then_discovery(Some("fallback")).await;
+}
+
 // ---------------------------------------------------------------------------
 // Kubernetes mode: `sharedip-node-agent run` in the node namespace, the kube-apiserver in
 // the root namespace reached through a `KubeBridge` on the namespace's 127.0.0.1.
@@ -297,6 +553,21 @@ impl KubeLab {
             .create(&PostParams::default(), &node)
             .await
             .expect("create Node");
+        // As the CCM reports it: the default router ID is the node's ExternalIP IPv4.
+        let addresses = json!({"status": {"addresses": [
+            {"type": "Hostname", "address": NODE_NAME},
+            {"type": "InternalIP", "address": "192.168.130.5"},
+            {"type": "ExternalIP", "address": "198.51.100.20"},
+            {"type": "ExternalIP", "address": NODE.to_string()},
+        ]}});
+        Api::<Node>::all(client.clone())
+            .patch_status(
+                NODE_NAME,
+                &PatchParams::default(),
+                &Patch::Merge(&addresses),
+            )
+            .await
+            .expect("Node addresses");
 
         let mut lab = Lab::<AgentBinary>::topology(Flavor::Bird, None);
         let port: u16 = cp
@@ -447,6 +718,7 @@ async fn kubernetes_mode_announces_and_withdraws_on_every_path() {
     assert_eq!(report.node.as_deref(), Some(NODE_NAME));
     assert_eq!(report.dcid, Some(1), "--dcid overrides the region's 6");
     assert_eq!(report.next_hop, NODE.to_string());
+    assert_eq!(report.router_id.as_deref(), Some("198.51.100.20"));
 
     // Selected as primary: bound, announced with 65000:1, reported.
     k.apply_sip(base_spec()).await;

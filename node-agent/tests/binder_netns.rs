@@ -20,7 +20,12 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{mpsc, Arc};
 use std::time::Duration;
 
-use sharedip_node_agent::binder::{BindError, BindOutcome, Binder, BinderConfig};
+use futures::TryStreamExt;
+use rtnetlink::packet_route::address::{AddressAttribute, AddressMessage, AddressProtocol};
+use sharedip_node_agent::binder::marker::{ADDRESS_PROTOCOL, IPV6_METRIC};
+use sharedip_node_agent::binder::{
+    BindError, BindOutcome, Binder, BinderConfig, InterfaceAddress, MarkerMode,
+};
 
 /// Bound for one test body; the real work takes milliseconds.
 const TEST_TIMEOUT: Duration = Duration::from_secs(60);
@@ -184,9 +189,14 @@ struct Ctx {
 
 impl Ctx {
     fn config(&self, interface: &str, state_file: &str) -> BinderConfig {
+        self.config_marked(interface, state_file, MarkerMode::Native)
+    }
+
+    fn config_marked(&self, interface: &str, state_file: &str, marker: MarkerMode) -> BinderConfig {
         BinderConfig {
             interface: interface.to_owned(),
             state_file: self.state_dir.join(state_file),
+            marker,
         }
     }
 }
@@ -658,18 +668,32 @@ fn corrupt_state_file_is_treated_as_empty() {
         assert!(second.bound().await.is_empty());
         let corrupt = cfg.state_file.with_file_name("bound.json.corrupt");
         assert!(corrupt.exists(), "corrupt file kept for inspection");
-        // Without the record the address is no longer known as ours: it is
-        // left alone, never removed.
+        // Without the record the kernel's marker still says the address is ours.
+        assert_eq!(
+            second.bind(ip(SHARED_V4), 32).await.expect("bind"),
+            BindOutcome::AlreadyOurs
+        );
+        assert_eq!(
+            second
+                .reconcile_leftovers(&BTreeSet::new())
+                .await
+                .expect("reconcile"),
+            vec![ip(SHARED_V4)]
+        );
+        assert!(!ns.has("lo", "192.0.2.10/32"));
+        // An unmarked address that only a lost record said was ours (as an agent older
+        // than the markers bound it) is left alone, never removed.
+        ns.ip_ok(&["address", "add", "192.0.2.10/32", "dev", "lo"]);
+        assert_eq!(
+            second.bind(ip(SHARED_V4), 32).await.expect("bind"),
+            BindOutcome::PresentNotOurs
+        );
         assert_eq!(
             second
                 .reconcile_leftovers(&BTreeSet::new())
                 .await
                 .expect("reconcile"),
             none()
-        );
-        assert_eq!(
-            second.bind(ip(SHARED_V4), 32).await.expect("bind"),
-            BindOutcome::PresentNotOurs
         );
         assert!(ns.has("lo", "192.0.2.10/32"));
         // The binder keeps working and writes a fresh state file.
@@ -758,6 +782,237 @@ fn ipv6_on_an_interface_with_neighbours_is_usable_at_once() {
                 .addresses("eth0")
                 .iter()
                 .any(|a| a.starts_with(SHARED_V6)));
+            ns.assert_untouched(&ctx.node);
+        },
+    );
+}
+
+/// The attributes the kernel reports for `addr` (dumped in the calling thread's namespace).
+async fn kernel_attributes(addr: IpAddr) -> Vec<AddressAttribute> {
+    let (connection, handle, _) = rtnetlink::new_connection().expect("netlink socket");
+    let task = tokio::spawn(connection);
+    let messages: Vec<AddressMessage> = handle
+        .address()
+        .get()
+        .set_address_filter(addr)
+        .execute()
+        .try_collect()
+        .await
+        .expect("address dump");
+    task.abort();
+    assert_eq!(messages.len(), 1, "{addr}: {messages:?}");
+    messages[0].attributes.clone()
+}
+
+fn has_protocol(attributes: &[AddressAttribute]) -> bool {
+    attributes
+        .iter()
+        .any(|a| *a == AddressAttribute::Protocol(AddressProtocol::from(ADDRESS_PROTOCOL)))
+}
+
+#[test]
+fn what_it_binds_carries_the_kernel_markers() {
+    netns_test(
+        "what_it_binds_carries_the_kernel_markers",
+        |ctx| async move {
+            let ns = &ctx.ns;
+            for (mode, file) in [
+                (MarkerMode::Native, "native.json"),
+                (MarkerMode::Fallback, "fallback.json"),
+            ] {
+                let binder = Binder::new(ctx.config_marked("lo", file, mode))
+                    .await
+                    .expect("binder");
+                binder.bind(ip(SHARED_V4), 32).await.expect("bind v4");
+                binder.bind(ip(SHARED_V6), 128).await.expect("bind v6");
+
+                let v4 = kernel_attributes(ip(SHARED_V4)).await;
+                let v6 = kernel_attributes(ip(SHARED_V6)).await;
+                // This kernel keeps IFA_PROTO (Linux >= 6.1); the fallback mode leaves it out.
+                assert_eq!(
+                    has_protocol(&v4),
+                    mode == MarkerMode::Native,
+                    "{mode:?} {v4:?}"
+                );
+                assert_eq!(
+                    has_protocol(&v6),
+                    mode == MarkerMode::Native,
+                    "{mode:?} {v6:?}"
+                );
+                // The fallback markers, in both modes.
+                assert!(
+                    v4.contains(&AddressAttribute::Label("lo:sharedip".into())),
+                    "{mode:?} {v4:?}"
+                );
+                assert!(
+                    v6.contains(&AddressAttribute::RoutePriority(IPV6_METRIC)),
+                    "{mode:?} {v6:?}"
+                );
+                // As `ip address` shows them.
+                let json = ns.ip_ok(&["-j", "address", "show", "dev", "lo"]);
+                assert!(json.contains("\"label\":\"lo:sharedip\""), "{json}");
+                assert!(
+                    json.contains(&format!("\"metric\":{IPV6_METRIC}")),
+                    "{json}"
+                );
+
+                binder.unbind(ip(SHARED_V4)).await.expect("unbind");
+                binder.unbind(ip(SHARED_V6)).await.expect("unbind");
+                assert!(!ns.has("lo", "192.0.2.10/32"));
+                assert!(!ns.has("lo", "2001:db8:1:2::1/128"));
+            }
+            ns.assert_untouched(&ctx.node);
+        },
+    );
+}
+
+#[test]
+fn leftovers_are_found_by_their_kernel_marker_alone() {
+    netns_test(
+        "leftovers_are_found_by_their_kernel_marker_alone",
+        |ctx| async move {
+            let ns = &ctx.ns;
+            // Addresses configured by hand that look a little like ours: another label on
+            // lo, an IPv6 address with another metric, and on dummy0 a label with our
+            // suffix's first letters.
+            ns.ip_ok(&[
+                "address",
+                "add",
+                "192.0.2.77/32",
+                "dev",
+                "lo",
+                "label",
+                "lo:sip",
+            ]);
+            ns.ip_ok(&[
+                "address",
+                "add",
+                "2001:db8:1:2::77/128",
+                "dev",
+                "lo",
+                "metric",
+                "1024",
+                "nodad",
+            ]);
+            ns.ip_ok(&[
+                "address",
+                "add",
+                "198.51.100.77/32",
+                "dev",
+                DUMMY,
+                "label",
+                "dummy0:shared",
+            ]);
+            let hand_made = ns.snapshot();
+            for mode in [MarkerMode::Native, MarkerMode::Fallback] {
+                let cfg = ctx.config_marked("lo", "bound.json", mode);
+                {
+                    let first = Binder::new(cfg.clone()).await.expect("binder");
+                    first.bind(ip(SHARED_V4), 32).await.expect("bind");
+                    first.bind(ip(SHARED_V6), 128).await.expect("bind");
+                    // An earlier run on another interface.
+                    let other = Binder::new(ctx.config_marked(DUMMY, "other.json", mode))
+                        .await
+                        .expect("binder");
+                    other.bind(ip(SHARED_V4_B), 32).await.expect("bind");
+                }
+                // The state files are lost: only the kernel knows.
+                std::fs::remove_file(&cfg.state_file).expect("remove state file");
+                std::fs::remove_file(ctx.state_dir.join("other.json")).expect("remove");
+
+                let second = Binder::new(cfg.clone()).await.expect("binder");
+                let listed = second.interface_addresses().await.expect("list");
+                let ours: BTreeSet<(String, IpAddr)> = listed
+                    .iter()
+                    .filter(|a| a.ours)
+                    .map(|a| (a.interface.clone(), a.address))
+                    .collect();
+                assert_eq!(
+                    ours,
+                    [
+                        ("lo".to_owned(), ip(SHARED_V4)),
+                        ("lo".to_owned(), ip(SHARED_V6)),
+                        (DUMMY.to_owned(), ip(SHARED_V4_B)),
+                    ]
+                    .into(),
+                    "{mode:?}: {listed:?}"
+                );
+                assert!(listed.contains(&InterfaceAddress {
+                    interface: "lo".into(),
+                    address: ip("192.0.2.77"),
+                    prefix_len: 32,
+                    ours: false,
+                }));
+
+                // Unbind works without the record too.
+                second.unbind(ip(SHARED_V6)).await.expect("unbind");
+                assert!(!ns.has("lo", "2001:db8:1:2::1/128"), "{mode:?}");
+
+                // Keep SHARED_V4 on lo; everything else of ours goes, whatever interface.
+                let keep: BTreeSet<IpAddr> = [ip(SHARED_V4), ip(SHARED_V4_B)].into();
+                let removed = second.reconcile_leftovers(&keep).await.expect("reconcile");
+                assert_eq!(removed, vec![ip(SHARED_V4_B)], "{mode:?}");
+                assert!(ns.has("lo", "192.0.2.10/32"), "{mode:?}");
+                assert!(!ns.has(DUMMY, "192.0.2.11/32"), "{mode:?}");
+                let removed = second
+                    .reconcile_leftovers(&BTreeSet::new())
+                    .await
+                    .expect("reconcile");
+                assert_eq!(removed, vec![ip(SHARED_V4)], "{mode:?}");
+                assert!(!ns.has("lo", "192.0.2.10/32"), "{mode:?}");
+                ns.assert_untouched(&hand_made);
+                std::fs::remove_file(&cfg.state_file).ok();
+            }
+            ns.assert_untouched(&ctx.node);
+        },
+    );
+}
+
+/// Adds `addr/len` on `lo` with only `IFA_PROTO` = `proto` (no label, no metric).
+async fn add_with_protocol(addr: IpAddr, len: u8, proto: u8) {
+    let (connection, handle, _) = rtnetlink::new_connection().expect("netlink socket");
+    let task = tokio::spawn(connection);
+    let index = handle
+        .link()
+        .get()
+        .match_name("lo")
+        .execute()
+        .try_next()
+        .await
+        .expect("lo")
+        .expect("lo exists")
+        .header
+        .index;
+    let mut request = handle.address().add(index, addr, len);
+    request
+        .message_mut()
+        .attributes
+        .push(AddressAttribute::Protocol(AddressProtocol::from(proto)));
+    request.execute().await.expect("add address");
+    task.abort();
+}
+
+#[test]
+fn the_address_protocol_alone_marks_an_address_ours() {
+    netns_test(
+        "the_address_protocol_alone_marks_an_address_ours",
+        |ctx| async move {
+            let ns = &ctx.ns;
+            // Ours by IFA_PROTO only; and one with another protocol value, not ours.
+            add_with_protocol(ip(SHARED_V4), 32, ADDRESS_PROTOCOL).await;
+            add_with_protocol(ip(SHARED_V4_B), 32, ADDRESS_PROTOCOL + 1).await;
+            let binder = Binder::new(ctx.config("lo", "bound.json"))
+                .await
+                .expect("binder");
+            assert_eq!(
+                binder
+                    .reconcile_leftovers(&BTreeSet::new())
+                    .await
+                    .expect("reconcile"),
+                vec![ip(SHARED_V4)]
+            );
+            assert!(!ns.has("lo", "192.0.2.10/32"));
+            assert!(ns.has("lo", "192.0.2.11/32"), "not ours, removed");
             ns.assert_untouched(&ctx.node);
         },
     );

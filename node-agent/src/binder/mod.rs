@@ -4,12 +4,17 @@
 //!
 //! Rules, in order of importance:
 //! - **Never touch an address we did not add.** An address that is already
-//!   on the interface and not recorded as ours (the node's own address, one
-//!   configured by hand) is reported as [`BindOutcome::PresentNotOurs`] and
-//!   is never removed.
-//! - **Remember what we added** in a state file (JSON, replaced atomically),
-//!   so that an agent restarted after a SharedIP was deleted removes the
-//!   leftover with [`Binder::reconcile_leftovers`].
+//!   on the interface and not ours (the node's own address, one configured by
+//!   hand) is reported as [`BindOutcome::PresentNotOurs`] and is never
+//!   removed.
+//! - **Mark what we add in the kernel itself** ([`marker`]: the address
+//!   protocol, plus an IPv4 label or an IPv6 metric that older kernels keep
+//!   too), so what an earlier run added is recognised after a crash, in every
+//!   mode, without trusting a file.
+//! - **Also remember what we added** in a state file (JSON, replaced
+//!   atomically): it is how addresses bound by agents older than the kernel
+//!   markers are still recognised. [`Binder::reconcile_leftovers`] removes
+//!   both kinds of leftovers.
 //! - **Idempotent**: binding what we already bound, or unbinding what is not
 //!   bound, is not an error.
 //!
@@ -24,6 +29,7 @@
 //! One `Binder` per state file: the file is not locked against other
 //! processes.
 
+pub mod marker;
 mod netlink;
 mod state;
 
@@ -36,6 +42,7 @@ use std::time::Duration;
 use tokio::sync::Mutex;
 use tracing::{debug, info, warn};
 
+pub use marker::{Marker, MarkerMode};
 pub use netlink::{AddrWithLen, NetlinkOp};
 pub use state::StateFileError;
 
@@ -55,6 +62,8 @@ pub struct BinderConfig {
     /// JSON file recording what this binder added (e.g.
     /// `/var/lib/sharedip/bound.json`); its directory is created if missing.
     pub state_file: PathBuf,
+    /// Which kernel markers the added addresses get.
+    pub marker: MarkerMode,
 }
 
 impl Default for BinderConfig {
@@ -62,8 +71,23 @@ impl Default for BinderConfig {
         BinderConfig {
             interface: DEFAULT_INTERFACE.to_owned(),
             state_file: PathBuf::from(DEFAULT_STATE_FILE),
+            marker: MarkerMode::default(),
         }
     }
+}
+
+/// An address on one of the node's interfaces.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InterfaceAddress {
+    /// The interface's name.
+    pub interface: String,
+    /// The address.
+    pub address: IpAddr,
+    /// Its prefix length on the interface.
+    pub prefix_len: u8,
+    /// Added by this agent (now or by an earlier run): it carries our kernel
+    /// marker, or the state file records it.
+    pub ours: bool,
 }
 
 /// Result of [`Binder::bind`].
@@ -185,6 +209,7 @@ pub fn host_prefix_len(address: IpAddr) -> u8 {
 pub struct Binder {
     interface: String,
     state_file: PathBuf,
+    marker: MarkerMode,
     netlink: Netlink,
     state: Mutex<BoundState>,
 }
@@ -194,6 +219,7 @@ impl fmt::Debug for Binder {
         f.debug_struct("Binder")
             .field("interface", &self.interface)
             .field("state_file", &self.state_file)
+            .field("marker", &self.marker)
             .finish_non_exhaustive()
     }
 }
@@ -208,6 +234,7 @@ impl Binder {
         let BinderConfig {
             interface,
             state_file,
+            marker,
         } = cfg;
         state::validate_interface_name(&interface).map_err(|reason| {
             BindError::InvalidInterfaceName {
@@ -246,6 +273,7 @@ impl Binder {
         Ok(Binder {
             interface,
             state_file,
+            marker,
             netlink,
             state: Mutex::new(loaded.state),
         })
@@ -274,22 +302,28 @@ impl Binder {
         let present = find(&self.netlink.addresses(iface, index).await?, addr);
         let recorded = state.get(iface, addr);
 
-        match (present, recorded) {
-            (Some(kernel), Some(ours)) if kernel.prefix_len == ours => {
-                if ours != prefix_len {
+        match present {
+            Some(kernel) if kernel.marker.is_some() || recorded == Some(kernel.prefix_len) => {
+                if kernel.prefix_len != prefix_len {
                     warn!(
-                        interface = %iface, address = %addr, bound_prefix_len = ours,
+                        interface = %iface, address = %addr, bound_prefix_len = kernel.prefix_len,
                         requested_prefix_len = prefix_len,
                         "address already bound by us with another prefix length; keeping it"
                     );
                 }
-                debug!(interface = %iface, address = %addr, "address already bound by us");
+                if recorded != Some(kernel.prefix_len) {
+                    // Marked in the kernel but missing from the file (lost, or written by
+                    // another path): record it again.
+                    state.insert(iface, addr, kernel.prefix_len);
+                    self.persist(&state).await?;
+                }
+                debug!(interface = %iface, address = %addr, marker = ?kernel.marker, "address already bound by us");
                 Ok(BindOutcome::AlreadyOurs)
             }
-            (Some(kernel), recorded) => {
+            Some(kernel) => {
                 if let Some(ours) = recorded {
                     // Someone replaced our address with their own (other
-                    // prefix length): it is theirs now.
+                    // prefix length, no marker): it is theirs now.
                     warn!(
                         interface = %iface, address = %addr, recorded_prefix_len = ours,
                         present_prefix_len = kernel.prefix_len,
@@ -304,17 +338,22 @@ impl Binder {
                 );
                 Ok(BindOutcome::PresentNotOurs)
             }
-            (None, _) => {
+            None => {
                 // Write-ahead: remember before adding (see module docs).
-                let previous = state.get(iface, addr);
+                let previous = recorded;
                 state.insert(iface, addr, prefix_len);
                 if let Err(e) = self.persist(&state).await {
                     restore(&mut state, iface, addr, previous);
                     return Err(e);
                 }
-                match self.netlink.add(iface, index, addr, prefix_len).await {
+                let marks = marker::attributes(self.marker, iface, addr);
+                match self
+                    .netlink
+                    .add(iface, index, addr, prefix_len, marks)
+                    .await
+                {
                     Ok(()) => {
-                        info!(interface = %iface, address = %addr, prefix_len, "bound shared address");
+                        info!(interface = %iface, address = %addr, prefix_len, marker = ?self.marker, "bound shared address");
                         Ok(BindOutcome::Added)
                     }
                     Err(e) => {
@@ -340,31 +379,34 @@ impl Binder {
         }
     }
 
-    /// Removes `addr` from the interface if we added it; otherwise does
-    /// nothing. Idempotent.
+    /// Removes `addr` from the interface if we added it (kernel marker, or
+    /// recorded with the same prefix length); otherwise does nothing.
+    /// Idempotent.
     pub async fn unbind(&self, addr: IpAddr) -> Result<(), BindError> {
         let mut state = self.state.lock().await;
         let iface = self.interface.as_str();
-        let Some(ours) = state.get(iface, addr) else {
-            debug!(interface = %iface, address = %addr, "not bound by us; nothing to unbind");
-            return Ok(());
-        };
+        let recorded = state.get(iface, addr);
         match self.netlink.link_index(iface).await {
             Ok(index) => {
                 let present = find(&self.netlink.addresses(iface, index).await?, addr);
                 match present {
-                    Some(kernel) if kernel.prefix_len == ours => {
-                        self.delete(iface, index, addr, ours).await?;
-                        info!(interface = %iface, address = %addr, prefix_len = ours, "unbound shared address");
+                    Some(kernel)
+                        if kernel.marker.is_some() || recorded == Some(kernel.prefix_len) =>
+                    {
+                        self.delete(iface, index, addr, kernel.prefix_len).await?;
+                        info!(interface = %iface, address = %addr, prefix_len = kernel.prefix_len, "unbound shared address");
                     }
-                    Some(kernel) => warn!(
-                        interface = %iface, address = %addr, recorded_prefix_len = ours,
+                    Some(kernel) if recorded.is_some() => warn!(
+                        interface = %iface, address = %addr, recorded_prefix_len = ?recorded,
                         present_prefix_len = kernel.prefix_len,
                         "address we had added was replaced by another one; leaving it alone"
                     ),
+                    Some(_) => {
+                        debug!(interface = %iface, address = %addr, "not bound by us; nothing to unbind")
+                    }
                     None => debug!(
                         interface = %iface, address = %addr,
-                        "address we had added is already gone"
+                        "address is not on the interface; nothing to unbind"
                     ),
                 }
             }
@@ -375,8 +417,31 @@ impl Binder {
             ),
             Err(e) => return Err(e),
         }
-        state.remove(iface, addr);
-        self.persist(&state).await
+        if state.remove(iface, addr) {
+            self.persist(&state).await?;
+        }
+        Ok(())
+    }
+
+    /// Every address on every interface of the node, with whether we added
+    /// it (kernel marker or state file).
+    pub async fn interface_addresses(&self) -> Result<Vec<InterfaceAddress>, BindError> {
+        let state = self.state.lock().await;
+        let (all, names) = self.netlink.all_addresses().await?;
+        Ok(all
+            .into_iter()
+            .filter_map(|a| {
+                let interface = names.get(&a.index)?.clone();
+                let ours =
+                    a.marker.is_some() || state.get(&interface, a.address) == Some(a.prefix_len);
+                Some(InterfaceAddress {
+                    interface,
+                    address: a.address,
+                    prefix_len: a.prefix_len,
+                    ours,
+                })
+            })
+            .collect())
     }
 
     /// The addresses we added on our interface (as far as the state knows).
@@ -386,9 +451,12 @@ impl Binder {
 
     /// Removes every address we added earlier that is not in `keep` and
     /// returns what was removed. Meant for start-up, before binding what is
-    /// wanted now. Entries whose address is no longer on the interface are
-    /// dropped from the state. Entries recorded on *another* interface (the
-    /// configured interface changed since) are always leftovers.
+    /// wanted now, and for the discovery mode (with nothing to keep). Two
+    /// sources say what is ours: the kernel markers, on every interface (an
+    /// earlier run may have used another `--interface`), and the state file
+    /// (addresses bound by agents older than the markers). Only addresses on
+    /// our own interface can be kept. Entries whose address is no longer on
+    /// its interface are dropped from the state.
     pub async fn reconcile_leftovers(
         &self,
         keep: &BTreeSet<IpAddr>,
@@ -396,7 +464,10 @@ impl Binder {
         let mut state = self.state.lock().await;
         let before = state.clone();
         let mut removed = Vec::new();
-        let result = self.reconcile_locked(&mut state, keep, &mut removed).await;
+        let mut result = self.reconcile_marked(keep, &mut removed).await;
+        if result.is_ok() {
+            result = self.reconcile_locked(&mut state, keep, &mut removed).await;
+        }
         // Persist whatever was done, also when a later step failed.
         if *state != before {
             self.persist(&state).await?;
@@ -404,6 +475,32 @@ impl Binder {
         result.map(|()| removed)
     }
 
+    /// Removes the addresses that carry our kernel marker and are not kept.
+    async fn reconcile_marked(
+        &self,
+        keep: &BTreeSet<IpAddr>,
+        removed: &mut Vec<IpAddr>,
+    ) -> Result<(), BindError> {
+        let (all, names) = self.netlink.all_addresses().await?;
+        for a in all {
+            let Some(marker) = a.marker else { continue };
+            let Some(iface) = names.get(&a.index) else {
+                continue;
+            };
+            if *iface == self.interface && keep.contains(&a.address) {
+                continue;
+            }
+            self.delete(iface, a.index, a.address, a.prefix_len).await?;
+            info!(
+                interface = %iface, address = %a.address, prefix_len = a.prefix_len, %marker,
+                "removed leftover shared address"
+            );
+            removed.push(a.address);
+        }
+        Ok(())
+    }
+
+    /// Removes the state file's leftovers (see [`Binder::reconcile_leftovers`]).
     async fn reconcile_locked(
         &self,
         state: &mut BoundState,
@@ -429,6 +526,8 @@ impl Binder {
             for (addr, ours) in entries {
                 let wanted = iface == self.interface && keep.contains(&addr);
                 match find(&present, addr) {
+                    // Marked and kept (marked ones not kept are gone already).
+                    Some(kernel) if kernel.marker.is_some() => continue,
                     Some(kernel) if kernel.prefix_len == ours => {
                         if wanted {
                             continue;

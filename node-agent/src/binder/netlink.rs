@@ -2,6 +2,7 @@
 //! addresses. Every request is bounded by [`NETLINK_TIMEOUT`] and every
 //! failure carries the interface, the address and the operation.
 
+use std::collections::BTreeMap;
 use std::fmt;
 use std::future::Future;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
@@ -9,9 +10,11 @@ use std::time::Duration;
 
 use futures::TryStreamExt;
 use rtnetlink::packet_route::address::{AddressAttribute, AddressHeaderFlags, AddressMessage};
+use rtnetlink::packet_route::link::{LinkAttribute, LinkMessage};
 use rtnetlink::{AddressMessageBuilder, Handle};
 use tokio::task::JoinHandle;
 
+use super::marker::{self, Marker};
 use super::BindError;
 
 /// Upper bound for one netlink request. The kernel answers in microseconds;
@@ -25,6 +28,8 @@ pub enum NetlinkOp {
     FindInterface,
     /// Dumping the interface's addresses.
     ListAddresses,
+    /// Dumping every interface.
+    ListInterfaces,
     /// Adding an address.
     AddAddress,
     /// Deleting an address.
@@ -36,6 +41,7 @@ impl fmt::Display for NetlinkOp {
         f.write_str(match self {
             NetlinkOp::FindInterface => "looking up interface",
             NetlinkOp::ListAddresses => "listing addresses",
+            NetlinkOp::ListInterfaces => "listing interfaces",
             NetlinkOp::AddAddress => "adding address",
             NetlinkOp::DeleteAddress => "deleting address",
         })
@@ -47,6 +53,10 @@ impl fmt::Display for NetlinkOp {
 pub(crate) struct IfAddr {
     pub(crate) address: IpAddr,
     pub(crate) prefix_len: u8,
+    /// The interface index.
+    pub(crate) index: u32,
+    /// The marker that says the agent added it, if it carries one.
+    pub(crate) marker: Option<Marker>,
 }
 
 /// An rtnetlink connection; the connection task is aborted on drop.
@@ -122,8 +132,38 @@ impl Netlink {
         Ok(messages.iter().filter_map(if_addr).collect())
     }
 
-    /// Adds `address/prefix_len` to interface `index`. IPv6 addresses are
-    /// added with NODAD: the shared address lives on several nodes by design
+    /// Every address of every interface, and the interfaces' names by index.
+    pub(crate) async fn all_addresses(
+        &self,
+    ) -> Result<(Vec<IfAddr>, BTreeMap<u32, String>), BindError> {
+        let links: Vec<LinkMessage> = bounded(
+            NetlinkOp::ListInterfaces,
+            "*",
+            None,
+            self.handle.link().get().execute().try_collect(),
+        )
+        .await?;
+        let names = links
+            .iter()
+            .filter_map(|l| {
+                l.attributes.iter().find_map(|a| match a {
+                    LinkAttribute::IfName(n) => Some((l.header.index, n.clone())),
+                    _ => None,
+                })
+            })
+            .collect();
+        let messages: Vec<AddressMessage> = bounded(
+            NetlinkOp::ListAddresses,
+            "*",
+            None,
+            self.handle.address().get().execute().try_collect(),
+        )
+        .await?;
+        Ok((messages.iter().filter_map(if_addr).collect(), names))
+    }
+
+    /// Adds `address/prefix_len` to interface `index`, with `marks` (see [`marker`]). IPv6
+    /// addresses are added with NODAD: the shared address lives on several nodes by design
     /// and must be usable immediately, not "tentative" for a DAD round.
     pub(crate) async fn add(
         &self,
@@ -131,11 +171,23 @@ impl Netlink {
         index: u32,
         address: IpAddr,
         prefix_len: u8,
+        marks: Vec<AddressAttribute>,
     ) -> Result<(), BindError> {
         let mut request = self.handle.address().add(index, address, prefix_len);
         if address.is_ipv6() {
             request.message_mut().header.flags |= AddressHeaderFlags::Nodad;
         }
+        // The builder may have set the label already (to the interface name); ours replaces it.
+        if marks
+            .iter()
+            .any(|m| matches!(m, AddressAttribute::Label(_)))
+        {
+            request
+                .message_mut()
+                .attributes
+                .retain(|a| !matches!(a, AddressAttribute::Label(_)));
+        }
+        request.message_mut().attributes.extend(marks);
         bounded(
             NetlinkOp::AddAddress,
             interface,
@@ -220,9 +272,12 @@ fn if_addr(message: &AddressMessage) -> Option<IfAddr> {
             _ => {}
         }
     }
+    let address = local.or(address)?;
     Some(IfAddr {
-        address: local.or(address)?,
+        address,
         prefix_len: message.header.prefix_len,
+        index: message.header.index,
+        marker: marker::marker_of(address, &message.attributes),
     })
 }
 

@@ -142,6 +142,29 @@ impl AgentBinary {
         self.exit
     }
 
+    /// Waits up to `bound` for the process to end by itself; `None` if it did not.
+    pub fn wait_exit(&mut self, bound: Duration) -> Option<ExitStatus> {
+        let deadline = Instant::now() + bound;
+        loop {
+            if let Some(s) = self.exited() {
+                return Some(s);
+            }
+            if Instant::now() >= deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// SIGKILL, as a crash or an OOM kill: nothing is withdrawn or unbound. Waits for the
+    /// process to be reaped.
+    pub fn kill(&mut self) {
+        if self.exited().is_none() {
+            let _ = self.child.kill();
+            self.exit = self.child.wait().ok();
+        }
+    }
+
     /// Sends SIGTERM and waits up to `bound` for the process to end; `None` if it did not
     /// (it is then left running for Drop to kill).
     pub fn terminate(&mut self, bound: Duration) -> Option<ExitStatus> {
