@@ -177,7 +177,9 @@ impl Difference {
             Self::NonUnicastPrefix => {
                 "they refuse NLRI whose address is multicast or broadcast (RFC 4271 §6.3 says \
                  such a prefix SHOULD be ignored, not that the UPDATE is malformed); we decode \
-                 the prefix and our import policy rejects it like every route"
+                 the prefix and our import policy rejects it like every route. They look at \
+                 the host bits too, so a prefix they accept can fail their check once we have \
+                 cleared its host bits and encoded it again (253.0.0.0/3 becomes 224.0.0.0/3)"
             }
             Self::ConfederationSegments => {
                 "we decode AS_CONFED_SEQUENCE and AS_CONFED_SET (RFC 5065); they model only \
@@ -359,8 +361,12 @@ pub fn check_input(data: &[u8]) -> Result<Vec<Verdict>, Disagreement> {
             judge(&encoded)?
         };
         // What both accepted and agreed on, re-encoded by us, must still be accepted by
-        // both and mean the same.
-        if verdict == Verdict::Agree && again != Verdict::Agree {
+        // both and mean the same. Except: their unicast check reads the host bits of a
+        // prefix, which we clear, so 253.0.0.0/3 passes it and 224.0.0.0/3 does not.
+        if verdict == Verdict::Agree
+            && again != Verdict::Agree
+            && again != Verdict::Documented(Difference::NonUnicastPrefix)
+        {
             return Err(Disagreement {
                 frame: encoded.to_vec(),
                 context: ctx,
