@@ -126,6 +126,13 @@ impl SegmentType {
 
     fn from_u8(v: u8) -> Option<Self> {
         match v {
+            // A bug planted on purpose, only in builds with `--cfg sharedip_planted_bug`:
+            // the fuzz target's oracle must catch it (e2e/scripts/fuzz.sh --planted-bug).
+            // It survives our own decode/encode round trip, so only the independent
+            // decoder can tell.
+            #[cfg(sharedip_planted_bug)]
+            1 => Some(Self::Sequence),
+            #[cfg(not(sharedip_planted_bug))]
             1 => Some(Self::Set),
             2 => Some(Self::Sequence),
             3 => Some(Self::ConfedSequence),
