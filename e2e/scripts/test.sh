@@ -55,7 +55,7 @@ results=$(mktemp)
 trap 'rm -f "$results"' EXIT
 cargo test --workspace --locked --no-fail-fast 2>&1 | tee "$results"
 
-step "fuzz the BGP decoder for 60 s"
+step "fuzz the BGP decoder against an independent decoder: the planted-bug check, then 60 s"
 e2e/scripts/fuzz.sh 60
 
 step "summary"
