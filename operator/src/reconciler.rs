@@ -209,6 +209,8 @@ struct StatusUpdate {
     secondary: Option<String>,
     owner: Option<OwnerStatus>,
     shared_address: Option<String>,
+    /// The announced prefix length, once the spec's address parses.
+    prefix: Option<i32>,
     shared_with: Vec<SharedLinode>,
     excluded: Vec<ExcludedNode>,
 }
@@ -224,9 +226,15 @@ impl StatusUpdate {
             secondary: None,
             owner: None,
             shared_address: None,
+            prefix: None,
             shared_with: Vec::new(),
             excluded: Vec::new(),
         }
+    }
+
+    fn with_prefix(mut self, addr: &SharedAddress) -> Self {
+        self.prefix = Some(i32::from(addr.prefix()));
+        self
     }
 }
 
@@ -261,6 +269,7 @@ async fn write_status(sip: &SharedIP, ctx: &Context, update: StatusUpdate) -> Re
         secondary: update.secondary,
         owner: update.owner,
         shared_address: update.shared_address,
+        prefix: update.prefix,
         shared_linode_count: Some(i32::try_from(shared_with.len()).unwrap_or(i32::MAX)),
         shared_with,
         excluded_nodes: excluded,
@@ -271,6 +280,7 @@ async fn write_status(sip: &SharedIP, ctx: &Context, update: StatusUpdate) -> Re
         && prev.secondary == next.secondary
         && prev.owner == next.owner
         && prev.shared_address == next.shared_address
+        && prev.prefix == next.prefix
         && prev.shared_linode_count == next.shared_linode_count
         && prev.shared_with == next.shared_with
         && prev.excluded_nodes == next.excluded_nodes
@@ -385,12 +395,11 @@ async fn block(
     sip: &SharedIP,
     ctx: &Context,
     retire_previous: bool,
-    reason: &str,
-    message: String,
+    update: StatusUpdate,
     then: Action,
 ) -> Result<Action, Error> {
     release(sip, ctx, retire_previous).await?;
-    write_status(sip, ctx, StatusUpdate::blocked(reason, message)).await?;
+    write_status(sip, ctx, update).await?;
     Ok(then)
 }
 
@@ -400,16 +409,8 @@ async fn apply(sip: Arc<SharedIP>, ctx: &Context) -> Result<Action, Error> {
     let addr = match SharedAddress::from_spec(&sip.spec) {
         Ok(a) => a,
         Err(e) => {
-            let msg = e.to_string();
-            return block(
-                &sip,
-                ctx,
-                true,
-                reason::INVALID_SPEC,
-                msg,
-                Action::await_change(),
-            )
-            .await;
+            let update = StatusUpdate::blocked(reason::INVALID_SPEC, e.to_string());
+            return block(&sip, ctx, true, update, Action::await_change()).await;
         }
     };
 
@@ -418,7 +419,8 @@ async fn apply(sip: Arc<SharedIP>, ctx: &Context) -> Result<Action, Error> {
             "{addr} is already managed by SharedIP {other:?}, created earlier; delete one of them"
         );
         // A duplicate must not undo the sharing of the SharedIP that owns the address.
-        return block(&sip, ctx, false, reason::DUPLICATE, message, retry).await;
+        let update = StatusUpdate::blocked(reason::DUPLICATE, message).with_prefix(&addr);
+        return block(&sip, ctx, false, update, retry).await;
     }
 
     let info = match ctx.directory.address(&addr).await {
@@ -428,7 +430,8 @@ async fn apply(sip: Arc<SharedIP>, ctx: &Context) -> Result<Action, Error> {
                 "{} is not an IPv4 address or IPv6 range of this Linode account; add it in Cloud Manager (or with the API) first",
                 addr.address()
             );
-            return block(&sip, ctx, true, reason::NOT_IN_ACCOUNT, message, retry).await;
+            let update = StatusUpdate::blocked(reason::NOT_IN_ACCOUNT, message).with_prefix(&addr);
+            return block(&sip, ctx, true, update, retry).await;
         }
         Err(e) => return api_failure(&sip, ctx, e).await,
     };
@@ -442,23 +445,17 @@ async fn apply(sip: Arc<SharedIP>, ctx: &Context) -> Result<Action, Error> {
             info.prefix
         );
         let then = Action::await_change();
-        return block(&sip, ctx, true, reason::PREFIX_MISMATCH, message, then).await;
+        let update = StatusUpdate::blocked(reason::PREFIX_MISMATCH, message).with_prefix(&addr);
+        return block(&sip, ctx, true, update, then).await;
     }
 
     let nodes = ctx.nodes.state();
     let selected = match select_nodes(&sip.spec, nodes.iter().map(|n| n.as_ref())) {
         Ok(s) => s,
         Err(e) => {
-            let msg = e.to_string();
-            return block(
-                &sip,
-                ctx,
-                true,
-                reason::INVALID_SPEC,
-                msg,
-                Action::await_change(),
-            )
-            .await;
+            let update =
+                StatusUpdate::blocked(reason::INVALID_SPEC, e.to_string()).with_prefix(&addr);
+            return block(&sip, ctx, true, update, Action::await_change()).await;
         }
     };
     let wanted: Vec<u64> = selected.iter().filter_map(|n| n.linode).collect();
@@ -553,6 +550,7 @@ async fn apply(sip: Arc<SharedIP>, ctx: &Context) -> Result<Action, Error> {
                 node: owner_node.clone(),
             }),
             shared_address: Some(network.to_string()),
+            prefix: Some(i32::from(addr.prefix())),
             shared_with,
             excluded: placement.excluded.clone(),
         },
@@ -800,6 +798,9 @@ async fn api_failure(sip: &SharedIP, ctx: &Context, e: ApiError) -> Result<Actio
     update.secondary = prev.secondary;
     update.owner = prev.owner;
     update.shared_address = prev.shared_address;
+    update.prefix = SharedAddress::from_spec(&sip.spec)
+        .ok()
+        .map(|a| i32::from(a.prefix()));
     update.shared_with = prev.shared_with;
     update.excluded = prev.excluded_nodes;
     write_status(sip, ctx, update).await?;
@@ -849,6 +850,7 @@ async fn cleanup(sip: Arc<SharedIP>, ctx: &Context) -> Result<Action, Error> {
         );
         let mut update = StatusUpdate::blocked(reason::API_ERROR, message);
         update.shared_address = status.shared_address.clone();
+        update.prefix = status.prefix;
         update.shared_with = status.shared_with.clone();
         write_status(&sip, ctx, update).await?;
         return Err(Error::Share(describe_failures(&failures)));

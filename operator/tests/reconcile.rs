@@ -38,6 +38,14 @@ async fn create_update_delete() {
         assert_eq!(status.shared_linode_count, Some(2));
         assert_eq!(status.shared_address.as_deref(), Some("192.0.2.10"));
         assert_eq!(status.owner.as_ref().map(|o| o.linode_id), Some(100));
+        // The spec leaves the prefix to its default; the status and `-o wide` show it.
+        assert_eq!(status.prefix, Some(32));
+        let wide = env.kubectl_wide("web").await;
+        assert_eq!(
+            wide.get("PREFIX").map(String::as_str),
+            Some("32"),
+            "{wide:?}"
+        );
         assert!(sip
             .metadata
             .finalizers

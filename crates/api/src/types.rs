@@ -25,8 +25,9 @@ use serde::{Deserialize, Serialize};
     printcolumn(
         name = "Prefix",
         type_ = "integer",
-        json_path = ".spec.prefix",
-        priority = "1"
+        json_path = ".status.prefix",
+        priority = "1",
+        description = "The announced prefix length: spec.prefix, or its default for the address family"
     ),
     printcolumn(
         name = "Primary",
@@ -224,6 +225,11 @@ pub struct SharedIPStatus {
     /// `sharedWith` refers to.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub shared_address: Option<String>,
+
+    /// The prefix length announced for the address: `spec.prefix`, or its default for the
+    /// address family when unset (32 for IPv4, 64 for IPv6).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prefix: Option<i32>,
 
     /// Number of Linodes the address is shared with.
     #[serde(default, skip_serializing_if = "Option::is_none")]

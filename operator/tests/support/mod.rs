@@ -500,3 +500,42 @@ pub fn metric_value(exposition: &str, name: &str) -> Option<f64> {
         (n == name).then(|| v.trim().parse().ok()).flatten()
     })
 }
+
+impl Env {
+    /// `kubectl get sharedip <name> -o wide`, as a map from column header to value.
+    pub async fn kubectl_wide(&self, name: &str) -> BTreeMap<String, String> {
+        let out = self
+            .cp
+            .kubectl(["get", "sharedip", name, "-o", "wide"])
+            .await
+            .expect("kubectl runs");
+        assert!(
+            out.status.success(),
+            "kubectl get: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        let mut lines = text.lines();
+        let header = lines.next().unwrap_or_default();
+        let row = lines.next().unwrap_or_default();
+        // Columns are aligned under their headers; an empty value is blank, so split the row
+        // at the headers' offsets rather than at whitespace.
+        let starts: Vec<(usize, &str)> = header
+            .match_indices(|c: char| !c.is_whitespace())
+            .filter(|(i, _)| *i == 0 || header[..*i].ends_with(' '))
+            .map(|(i, _)| (i, header[i..].split_whitespace().next().unwrap_or_default()))
+            .collect();
+        starts
+            .iter()
+            .enumerate()
+            .map(|(n, (start, name))| {
+                let end = starts
+                    .get(n + 1)
+                    .map_or(row.len(), |(s, _)| *s)
+                    .min(row.len());
+                let value = row.get((*start).min(end)..end).unwrap_or_default().trim();
+                (name.to_string(), value.to_string())
+            })
+            .collect()
+    }
+}
