@@ -20,6 +20,7 @@ use sharedip_api::{
     ExcludedNode, NodeStatus, OwnerStatus, Role, SharedAddress, SharedIP, SharedIPStatus,
     SharedLinode, FINALIZER,
 };
+use tokio::sync::mpsc;
 use tracing::{info, instrument, warn};
 
 use crate::directory::Directory;
@@ -41,6 +42,7 @@ pub mod reason {
     pub const NO_NODES: &str = "NoNodesSelected";
     pub const NO_USABLE_NODES: &str = "NoUsableNodes";
     pub const API_ERROR: &str = "LinodeAPIError";
+    pub const TOKEN_ERROR: &str = "LinodeTokenError";
     pub const OWNER_SELECTED: &str = "OwnerIsSelectedNode";
     pub const READY: &str = "Ready";
     pub const PRIMARY_ANNOUNCES: &str = "PrimaryAnnounces";
@@ -86,6 +88,24 @@ pub struct Context {
     pub config: ReconcileConfig,
     /// Consecutive failures per SharedIP, for exponential backoff.
     pub failures: Mutex<HashMap<String, u32>>,
+    /// Asks for a reconcile of every SharedIP (coalesced: a pending request covers the next).
+    pub reconcile_all: mpsc::Sender<()>,
+    /// SharedIPs whose last reconcile failed for lack of a usable Linode token: a change of
+    /// the token file retries them at once.
+    pub auth_failed: Mutex<BTreeSet<String>>,
+}
+
+impl Context {
+    /// How many SharedIPs wait for a usable token.
+    pub fn auth_failed_count(&self) -> usize {
+        lock(&self.auth_failed).len()
+    }
+
+    /// Asks for every SharedIP to be reconciled soon, e.g. those a deleted SharedIP blocked.
+    fn wake_all(&self) {
+        // A full channel already holds a pending request, which covers this one.
+        let _ = self.reconcile_all.try_send(());
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -96,8 +116,12 @@ pub enum Error {
     Finalizer(#[source] Box<kube::runtime::finalizer::Error<Error>>),
     #[error("Linode API error: {0}")]
     Linode(#[source] ApiError),
-    #[error("sharing failed on {0}")]
-    Share(String),
+    #[error("sharing failed on {message}")]
+    Share {
+        message: String,
+        /// Every failure was for lack of a usable token.
+        auth: bool,
+    },
     #[error(transparent)]
     Syncer(#[from] SyncerError),
     #[error("no share wave result after {0:?}")]
@@ -115,10 +139,32 @@ impl Error {
                 _ => "finalizer",
             },
             Error::Linode(_) => "linode_api",
-            Error::Share(_) => "share",
+            Error::Share { .. } => "share",
             Error::Syncer(_) => "syncer",
             Error::WaveTimeout(_) => "wave_timeout",
         }
+    }
+
+    /// Whether the failure comes from the token (missing file, refused by Linode): only a
+    /// new token fixes it.
+    pub fn is_auth(&self) -> bool {
+        match self {
+            Error::Finalizer(e) => match e.as_ref() {
+                kube::runtime::finalizer::Error::ApplyFailed(e)
+                | kube::runtime::finalizer::Error::CleanupFailed(e) => e.is_auth(),
+                _ => false,
+            },
+            Error::Linode(e) => e.is_auth(),
+            Error::Share { auth, .. } => *auth,
+            _ => false,
+        }
+    }
+}
+
+fn share_error(failures: &[(u64, &ApiError)]) -> Error {
+    Error::Share {
+        message: describe_failures(failures),
+        auth: !failures.is_empty() && failures.iter().all(|(_, e)| e.is_auth()),
     }
 }
 
@@ -151,6 +197,10 @@ pub async fn reconcile(sip: Arc<SharedIP>, ctx: Arc<Context>) -> Result<Action, 
     if result.is_ok() {
         lock(&ctx.failures).remove(&name);
     }
+    match &result {
+        Err(e) if e.is_auth() => lock(&ctx.auth_failed).insert(name),
+        _ => lock(&ctx.auth_failed).remove(&name),
+    };
     result
 }
 
@@ -390,7 +440,9 @@ fn earlier_duplicate(
         .map(|o| o.name_any())
 }
 
-/// Stops sharing for a SharedIP that cannot be shared (see [`release`]), and says why.
+/// Stops sharing for a SharedIP that cannot be shared (see [`release`]), and says why: in its
+/// conditions, and in a Warning event when the reason or message is new (a retry that finds
+/// the same problem does not repeat it).
 async fn block(
     sip: &SharedIP,
     ctx: &Context,
@@ -399,13 +451,52 @@ async fn block(
     then: Action,
 ) -> Result<Action, Error> {
     release(sip, ctx, retire_previous).await?;
+    let before = condition(sip, conditions::SHARED).map(|c| (c.reason, c.message));
+    let now = (update.shared.reason.clone(), update.shared.message.clone());
     write_status(sip, ctx, update).await?;
+    if before.as_ref() != Some(&now) {
+        warn!(sharedip = %sip.name_any(), reason = %now.0, message = %now.1, "cannot share");
+        publish(ctx, sip, EventType::Warning, &now.0, now.1, None).await;
+    }
     Ok(then)
+}
+
+/// A condition of the SharedIP's current status.
+fn condition(
+    sip: &SharedIP,
+    type_: &str,
+) -> Option<k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition> {
+    sip.status
+        .as_ref()?
+        .conditions
+        .iter()
+        .find(|c| c.type_ == type_)
+        .cloned()
+}
+
+/// Whether another SharedIP is blocked as a duplicate of `addr` (its address overlaps and its
+/// status says so): when this one lets the address go, the other must take it over at once,
+/// not when its retry comes.
+fn blocks_others(sip: &SharedIP, addr: &SharedAddress, all: &[Arc<SharedIP>]) -> bool {
+    all.iter().any(|o| {
+        o.name_any() != sip.name_any()
+            && condition(o, conditions::SHARED).is_some_and(|c| c.reason == reason::DUPLICATE)
+            && SharedAddress::from_spec(&o.spec).is_ok_and(|a| a.overlaps(addr))
+    })
 }
 
 async fn apply(sip: Arc<SharedIP>, ctx: &Context) -> Result<Action, Error> {
     let name = sip.name_any();
     let retry = Action::requeue(ctx.config.blocked_retry);
+    // The spec moved away from the address it held: a duplicate waiting for that address
+    // takes it over now.
+    if let Some(old) = previous_address(sip.status.as_ref()) {
+        let kept = SharedAddress::from_spec(&sip.spec).is_ok_and(|a| a.overlaps(&old));
+        if !kept && blocks_others(&sip, &old, &ctx.sharedips.state()) {
+            info!(sharedip = %name, address = %old, "address released: waking the SharedIPs that wait for it");
+            ctx.wake_all();
+        }
+    }
     let addr = match SharedAddress::from_spec(&sip.spec) {
         Ok(a) => a,
         Err(e) => {
@@ -560,8 +651,14 @@ async fn apply(sip: Arc<SharedIP>, ctx: &Context) -> Result<Action, Error> {
     if failures.is_empty() {
         Ok(Action::requeue(ctx.config.resync))
     } else {
-        Err(Error::Share(describe_failures(&failures)))
+        Err(share_error(&failures))
     }
+}
+
+/// The address a status says the SharedIP held.
+fn previous_address(status: Option<&SharedIPStatus>) -> Option<SharedAddress> {
+    let status = status?;
+    SharedAddress::parse(status.shared_address.as_deref()?, status.prefix).ok()
 }
 
 /// Announced, from the entries the node agents write: which selected nodes announce now.
@@ -675,9 +772,14 @@ fn share_conditions(
             "no node matches the primary or secondary nodeSelector".to_string(),
         )
     } else if !failures.is_empty() {
+        let auth = failures.iter().all(|(_, e)| e.is_auth());
         (
             false,
-            reason::API_ERROR,
+            if auth {
+                reason::TOKEN_ERROR
+            } else {
+                reason::API_ERROR
+            },
             format!(
                 "the Linode API refused or failed: {}",
                 describe_failures(failures)
@@ -789,11 +891,23 @@ async fn emit_changes(
     }
 }
 
+/// Reports a failure to read the account: in the conditions, and in a Warning event on every
+/// failure (the backoff spaces them; the event's count shows how long it has lasted).
 async fn api_failure(sip: &SharedIP, ctx: &Context, e: ApiError) -> Result<Action, Error> {
-    let message = format!("cannot read the account from the Linode API: {e}");
+    let message = if e.is_auth() {
+        format!("cannot read the account from the Linode API, for lack of a usable token: {e}; fix the token in the Secret, it is used within a second")
+    } else {
+        format!("cannot read the account from the Linode API: {e}")
+    };
+    let reason = if e.is_auth() {
+        reason::TOKEN_ERROR
+    } else {
+        reason::API_ERROR
+    };
+    publish(ctx, sip, EventType::Warning, reason, message.clone(), None).await;
     // Keep what the status said about sharing: nothing changed on Linode's side.
     let prev = sip.status.clone().unwrap_or_default();
-    let mut update = StatusUpdate::blocked(reason::API_ERROR, message);
+    let mut update = StatusUpdate::blocked(reason, message);
     update.primary = prev.primary;
     update.secondary = prev.secondary;
     update.owner = prev.owner;
@@ -812,11 +926,19 @@ async fn cleanup(sip: Arc<SharedIP>, ctx: &Context) -> Result<Action, Error> {
     let status = sip.status.clone().unwrap_or_default();
     let (prev_addr, prev_linodes) = previous(&status);
     let parsed = SharedAddress::from_spec(&sip.spec).ok();
-    // An earlier SharedIP with the same address owns it: a duplicate only drops its claim. (A
-    // later duplicate takes the address over on its next reconcile.)
+    // An earlier SharedIP with the same address owns it: a duplicate only drops its claim.
     let duplicate = parsed
         .as_ref()
         .and_then(|a| earlier_duplicate(&sip, a, &ctx.sharedips.state()));
+    // A later duplicate takes the address over: now, not when its retry comes. Woken before
+    // this claim goes, its claim most likely rides the same wave, so the Linodes both select
+    // keep the address throughout.
+    if let Some(a) = parsed.as_ref().filter(|_| duplicate.is_none()) {
+        if blocks_others(&sip, a, &ctx.sharedips.state()) {
+            info!(sharedip = %name, address = %a, "deleting the SharedIP that holds the address: waking the SharedIPs that wait for it");
+            ctx.wake_all();
+        }
+    }
     let mut retire: BTreeSet<IpAddr> = prev_addr.into_iter().collect();
     if duplicate.is_none() {
         if let Some(a) = &parsed {
@@ -848,12 +970,18 @@ async fn cleanup(sip: Arc<SharedIP>, ctx: &Context) -> Result<Action, Error> {
             "cannot unshare before deletion: {}",
             describe_failures(&failures)
         );
-        let mut update = StatusUpdate::blocked(reason::API_ERROR, message);
+        let error = share_error(&failures);
+        let reason = if error.is_auth() {
+            reason::TOKEN_ERROR
+        } else {
+            reason::API_ERROR
+        };
+        let mut update = StatusUpdate::blocked(reason, message);
         update.shared_address = status.shared_address.clone();
         update.prefix = status.prefix;
         update.shared_with = status.shared_with.clone();
         write_status(&sip, ctx, update).await?;
-        return Err(Error::Share(describe_failures(&failures)));
+        return Err(error);
     }
     if !retire.is_empty() {
         let addrs: Vec<String> = retire.iter().map(|a| a.to_string()).collect();

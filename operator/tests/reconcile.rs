@@ -470,6 +470,150 @@ async fn agents_status_entries_drive_announced_and_ready() {
     .await;
 }
 
+/// A token file fixed while the operator waits out a backoff is used at once.
+#[tokio::test]
+async fn corrected_token_file_is_used_at_once() {
+    bounded(async {
+        let env = Env::start().await;
+        env.add_node("node-a", &[("role", "primary")], Some(101))
+            .await;
+        env.add_node("node-b", &[("role", "secondary")], Some(102))
+            .await;
+        env.write_token("not-the-right-token");
+        // After the first failure, the next retry would come in 120 s.
+        let backoff = Duration::from_secs(120);
+        let mut settings = fast_settings("in-process");
+        settings.reconcile.backoff_base = backoff;
+        settings.reconcile.backoff_max = backoff;
+        let linode = env.linode_client_from_file();
+        settings.token_changes = linode.token_source().watch(Duration::from_secs(1)).await;
+        let _op = env.spawn_operator_on(settings, std::sync::Arc::new(linode));
+        env.apply_sharedip("web", spec("192.0.2.10")).await;
+        let s = env
+            .eventually_condition("web", "Ready", "False", "LinodeTokenError")
+            .await;
+        let msg = ready_message(&s);
+        assert!(
+            msg.contains("HTTP 401") && msg.contains("Invalid Token"),
+            "{msg}"
+        );
+        eventually("a Warning event for the token", || async {
+            let r = env.event_reasons("web").await;
+            if r.iter()
+                .any(|(reason, note)| reason == "LinodeTokenError" && note.contains("401"))
+            {
+                Ok(())
+            } else {
+                Err(format!("{r:?}"))
+            }
+        })
+        .await;
+
+        env.write_token(TOKEN);
+        within(backoff / 4, "shared once the token is fixed", || async {
+            let got = env.shared("192.0.2.10");
+            if got == [101, 102].into() {
+                Ok(())
+            } else {
+                Err(format!("shared with {got:?}"))
+            }
+        })
+        .await;
+        env.eventually_condition("web", "Shared", "True", "Shared")
+            .await;
+    })
+    .await;
+}
+
+/// Account-read failures, an address outside the account and a duplicate address each leave a
+/// Warning event; deleting the SharedIP that holds an address hands it to its duplicate at
+/// once.
+#[tokio::test]
+async fn blocked_sharedips_warn_and_duplicates_take_over_at_once() {
+    bounded(async {
+        let env = Env::start().await;
+        env.add_node("node-a", &[("role", "primary")], Some(101))
+            .await;
+        env.add_node("node-b", &[("role", "secondary")], Some(102))
+            .await;
+        // A blocked SharedIP is retried only every 300 s.
+        let retry = Duration::from_secs(300);
+        let mut settings = fast_settings("in-process");
+        settings.reconcile.blocked_retry = retry;
+        let _op = env.spawn_operator_with(settings);
+
+        // Listing the account fails (5 attempts: the client's retries, then the reconcile's).
+        env.standin
+            .faults()
+            .inject(
+                FaultRule::server_error(5, 503)
+                    .method("GET")
+                    .path_prefix("/networking/ips"),
+            )
+            .expect("fault");
+        env.apply_sharedip("missing", spec("192.0.2.99")).await;
+        let warned = |name: &'static str, reason: &'static str, text: &'static str| {
+            let env = &env;
+            async move {
+                eventually(&format!("Warning {reason} on {name}"), || async {
+                    let r = env.event_reasons(name).await;
+                    if r.iter()
+                        .any(|(re, note)| re == reason && note.contains(text))
+                    {
+                        Ok(())
+                    } else {
+                        Err(format!("{r:?}"))
+                    }
+                })
+                .await
+            }
+        };
+        warned("missing", "LinodeAPIError", "cannot read the account").await;
+        env.eventually_condition("missing", "Ready", "False", "AddressNotInAccount")
+            .await;
+        warned("missing", "AddressNotInAccount", "192.0.2.99").await;
+
+        env.apply_sharedip("web", spec("192.0.2.10")).await;
+        env.eventually_shared("192.0.2.10", &[101, 102]).await;
+        env.eventually_condition("web", "Shared", "True", "Shared")
+            .await;
+        env.apply_sharedip(
+            "web-copy",
+            json!({
+                "address": "192.0.2.10",
+                "primary": {"nodeSelector": {"matchLabels": {"role": "secondary"}}},
+            }),
+        )
+        .await;
+        env.eventually_condition("web-copy", "Ready", "False", "DuplicateAddress")
+            .await;
+        warned(
+            "web-copy",
+            "DuplicateAddress",
+            "already managed by SharedIP \"web\"",
+        )
+        .await;
+
+        env.delete_sharedip("web").await;
+        within(retry / 10, "web-copy takes the address over", || async {
+            let s = env.get("web-copy").await.ok_or("missing")?;
+            let shared = s
+                .status
+                .as_ref()
+                .and_then(|st| st.conditions.iter().find(|c| c.type_ == "Shared"))
+                .map(|c| (c.status.clone(), c.reason.clone()));
+            let linodes = env.shared("192.0.2.10");
+            if shared == Some(("True".into(), "Shared".into())) && linodes == [102].into() {
+                Ok(())
+            } else {
+                Err(format!("Shared {shared:?}, shared with {linodes:?}"))
+            }
+        })
+        .await;
+    })
+    .await;
+}
+
 fn ready_message(s: &sharedip_api::SharedIP) -> String {
     s.status
         .as_ref()
