@@ -13,7 +13,7 @@ use k8s_openapi::api::core::v1::Node;
 use kube::api::ListParams;
 use kube::runtime::controller::{self, Controller};
 use kube::runtime::events::{Recorder, Reporter};
-use kube::runtime::reflector::{self, store::Writer};
+use kube::runtime::reflector::{self, store::Writer, Store};
 use kube::runtime::{watcher, WatchStreamExt};
 use kube::{Api, ResourceExt};
 use linode_client::{LinodeClient, TokenFileState, TokenSource};
@@ -26,8 +26,9 @@ use crate::directory::{Directory, DirectoryConfig};
 use crate::http::{self, Health};
 use crate::leader::{LeaderElector, LeaseConfig};
 use crate::linode_api::DynLinodeApi;
+use crate::membership::{Decision, MembershipDamper};
 use crate::metrics::Metrics;
-use crate::reconciler::{self, Context, ReconcileConfig};
+use crate::reconciler::{self, lock, Context, ReconcileConfig};
 use crate::share_syncer::{ShareSyncer, SyncerConfig};
 
 /// Areas of the problems that make `/readyz` fail (see [`Health::set_problem`]).
@@ -144,6 +145,7 @@ pub async fn run(config: Config) -> Result<(), RunError> {
         directory: DirectoryConfig::default(),
         reconcile: ReconcileConfig {
             resync: config.resync_interval,
+            membership_hold_down: config.membership_hold_down,
             ..Default::default()
         },
         token_changes,
@@ -264,9 +266,18 @@ pub async fn run_controller(
 ) -> Result<(), RunError> {
     let sharedips: Api<SharedIP> = Api::all(client.clone());
     let controller = Controller::new(sharedips, watcher::Config::default());
+    let damper = Arc::new(Mutex::new(MembershipDamper::new(
+        settings.reconcile.membership_hold_down,
+    )));
     let (node_store, node_writer) = reflector::store::<Node>();
     let (trigger_tx, trigger_rx) = mpsc::channel::<()>(1);
-    let node_task = tokio::spawn(watch_nodes(client.clone(), node_writer, trigger_tx.clone()));
+    let node_task = tokio::spawn(watch_nodes(
+        client.clone(),
+        node_writer,
+        trigger_tx.clone(),
+        damper.clone(),
+        controller.store(),
+    ));
     node_store
         .wait_until_ready()
         .await
@@ -289,6 +300,7 @@ pub async fn run_controller(
         sharedips: controller.store(),
         config: settings.reconcile.clone(),
         failures: Mutex::new(HashMap::new()),
+        damper,
         reconcile_all: trigger_tx,
         auth_failed: Mutex::new(BTreeSet::new()),
     });
@@ -469,8 +481,15 @@ fn fingerprint(node: &Node) -> u64 {
 
 /// Keeps the Node cache and asks for a reconcile of every SharedIP when a Node's labels or
 /// providerID change or a Node comes or goes. Status heartbeats do not count: on a real
-/// cluster they would otherwise reconcile everything every few seconds.
-async fn watch_nodes(client: kube::Client, writer: Writer<Node>, trigger: mpsc::Sender<()>) {
+/// cluster they would otherwise reconcile everything every few seconds. Label changes go
+/// through the membership damper first: a flapping node is held, and its release is a change.
+async fn watch_nodes(
+    client: kube::Client,
+    writer: Writer<Node>,
+    trigger: mpsc::Sender<()>,
+    damper: Arc<Mutex<MembershipDamper>>,
+    sharedips: Store<SharedIP>,
+) {
     let nodes: Api<Node> = Api::all(client);
     let stream = watcher(nodes, watcher::Config::default())
         .default_backoff()
@@ -483,28 +502,70 @@ async fn watch_nodes(client: kube::Client, writer: Writer<Node>, trigger: mpsc::
         // A full channel already holds a pending trigger, which covers this change too.
         let _ = trigger.try_send(());
     };
-    while let Some(event) = stream.next().await {
+    // Whether the node's change must reach the reconciles (a held change must not).
+    let observe = |n: &Node| -> bool {
+        let name = n.name_any();
+        let labels = n.metadata.labels.clone().unwrap_or_default();
+        let now = tokio::time::Instant::now();
+        let mut d = lock(&damper);
+        let hold_down = d.hold_down();
+        match d.observe(&name, &labels, &sharedips.state(), now) {
+            Decision::HoldStarted { .. } => {
+                info!(
+                    node = %name,
+                    hold_down = ?hold_down,
+                    "node membership held: its labels changed which SharedIPs select it twice within the hold-down; it keeps its previous membership until they are stable"
+                );
+                true
+            }
+            Decision::HoldExtended { .. } => false,
+            Decision::New | Decision::Unchanged | Decision::Applied => true,
+        }
+    };
+    loop {
+        let release = lock(&damper).next_release();
+        let event = tokio::select! {
+            e = stream.next() => match e {
+                Some(e) => e,
+                None => break,
+            },
+            _ = sleep_until(release) => {
+                let released = lock(&damper).release_due(tokio::time::Instant::now());
+                for (node, changes) in &released {
+                    info!(node = %node, changes_while_held = changes, "node membership released: its labels are stable, they apply now");
+                }
+                if !released.is_empty() {
+                    notify("membership released", "*");
+                }
+                continue;
+            }
+        };
         match event {
             Ok(watcher::Event::Apply(n)) => {
                 let name = n.name_any();
                 let fp = fingerprint(&n);
-                if known.insert(name.clone(), fp) != Some(fp) {
+                let pass = observe(&n);
+                if known.insert(name.clone(), fp) != Some(fp) && pass {
                     notify("changed", &name);
                 }
             }
             Ok(watcher::Event::Delete(n)) => {
                 let name = n.name_any();
                 known.remove(&name);
+                lock(&damper).forget(&name);
                 notify("deleted", &name);
             }
             Ok(watcher::Event::Init) => relist = Some(HashMap::new()),
             Ok(watcher::Event::InitApply(n)) => {
+                observe(&n);
                 if let Some(r) = relist.as_mut() {
                     r.insert(n.name_any(), fingerprint(&n));
                 }
             }
             Ok(watcher::Event::InitDone) => {
                 if let Some(fresh) = relist.take() {
+                    let names: BTreeSet<String> = fresh.keys().cloned().collect();
+                    lock(&damper).retain(&names);
                     if fresh != known {
                         known = fresh;
                         notify("relisted", "*");
@@ -513,5 +574,13 @@ async fn watch_nodes(client: kube::Client, writer: Writer<Node>, trigger: mpsc::
             }
             Err(e) => warn!(error = %e, "node watch error; retrying"),
         }
+    }
+}
+
+/// Sleeps until `at`, or forever without one.
+async fn sleep_until(at: Option<tokio::time::Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
     }
 }

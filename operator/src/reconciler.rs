@@ -25,6 +25,7 @@ use tracing::{info, instrument, warn};
 
 use crate::directory::Directory;
 use crate::linode_api::ApiError;
+use crate::membership::{HeldNode, MembershipDamper};
 use crate::metrics::Metrics;
 use crate::selection::{self, linode_id_from_provider_id, place, select_nodes, Placement};
 use crate::share_syncer::{LinodeOutcome, Outcome, Request, ShareSyncer, SyncerError};
@@ -43,6 +44,8 @@ pub mod reason {
     pub const NO_USABLE_NODES: &str = "NoUsableNodes";
     pub const API_ERROR: &str = "LinodeAPIError";
     pub const TOKEN_ERROR: &str = "LinodeTokenError";
+    /// Event reason: a flapping node keeps its previous membership for a while.
+    pub const MEMBERSHIP_HELD: &str = "NodeMembershipHeld";
     pub const OWNER_SELECTED: &str = "OwnerIsSelectedNode";
     pub const READY: &str = "Ready";
     pub const PRIMARY_ANNOUNCES: &str = "PrimaryAnnounces";
@@ -62,7 +65,15 @@ pub struct ReconcileConfig {
     /// First and largest delay after a failed reconcile.
     pub backoff_base: Duration,
     pub backoff_max: Duration,
+    /// Hold-down of a node whose membership flaps (see [`crate::membership`]).
+    pub membership_hold_down: Duration,
 }
+
+/// The default hold-down of a flapping node. Linode takes 10-20 s to carry a share call to its
+/// route servers, so a membership change undone within 10 s would not have moved traffic
+/// anyway: holding for that long loses nothing, and it keeps a label flapping a few times a
+/// second (two controllers fighting over it) at two share calls instead of one per flap.
+pub const DEFAULT_MEMBERSHIP_HOLD_DOWN: Duration = Duration::from_secs(10);
 
 impl Default for ReconcileConfig {
     fn default() -> Self {
@@ -72,6 +83,7 @@ impl Default for ReconcileConfig {
             wave_timeout: Duration::from_secs(300),
             backoff_base: Duration::from_secs(2),
             backoff_max: Duration::from_secs(300),
+            membership_hold_down: DEFAULT_MEMBERSHIP_HOLD_DOWN,
         }
     }
 }
@@ -88,6 +100,8 @@ pub struct Context {
     pub config: ReconcileConfig,
     /// Consecutive failures per SharedIP, for exponential backoff.
     pub failures: Mutex<HashMap<String, u32>>,
+    /// Holds flapping nodes at their previous membership; fed by the Node watch.
+    pub damper: Arc<Mutex<MembershipDamper>>,
     /// Asks for a reconcile of every SharedIP (coalesced: a pending request covers the next).
     pub reconcile_all: mpsc::Sender<()>,
     /// SharedIPs whose last reconcile failed for lack of a usable Linode token: a change of
@@ -96,6 +110,11 @@ pub struct Context {
 }
 
 impl Context {
+    /// The Nodes as selection sees them: flapping nodes with the labels they are held at.
+    pub fn effective_nodes(&self) -> Vec<Arc<Node>> {
+        lock(&self.damper).effective_nodes(self.nodes.state())
+    }
+
     /// How many SharedIPs wait for a usable token.
     pub fn auth_failed_count(&self) -> usize {
         lock(&self.auth_failed).len()
@@ -227,7 +246,9 @@ fn backoff(config: &ReconcileConfig, attempt: u32) -> Duration {
         .min(config.backoff_max)
 }
 
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+/// Locks a mutex, also after a panic elsewhere poisoned it (the data stays consistent: no
+/// critical section here can panic half-way).
+pub(crate) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     match m.lock() {
         Ok(g) => g,
         Err(p) => p.into_inner(),
@@ -540,7 +561,7 @@ async fn apply(sip: Arc<SharedIP>, ctx: &Context) -> Result<Action, Error> {
         return block(&sip, ctx, true, update, then).await;
     }
 
-    let nodes = ctx.nodes.state();
+    let nodes = ctx.effective_nodes();
     let selected = match select_nodes(&sip.spec, nodes.iter().map(|n| n.as_ref())) {
         Ok(s) => s,
         Err(e) => {
@@ -624,7 +645,33 @@ async fn apply(sip: Arc<SharedIP>, ctx: &Context) -> Result<Action, Error> {
     }
 
     let failures: Vec<(u64, &ApiError)> = outcome.failures().collect();
-    let (shared, ready) = share_conditions(&selected, &placement, &failures, owner_node.as_deref());
+    let held = lock(&ctx.damper).held_for(&name);
+    let hold_down = ctx.config.membership_hold_down;
+    let (shared, ready) = share_conditions(
+        &selected,
+        &placement,
+        &failures,
+        owner_node.as_deref(),
+        &held,
+        hold_down,
+    );
+    let before = condition(&sip, conditions::SHARED)
+        .map(|c| c.message)
+        .unwrap_or_default();
+    for h in &held {
+        let note = held_note(&h.node, hold_down);
+        if !before.contains(&note) {
+            publish(
+                ctx,
+                &sip,
+                EventType::Warning,
+                reason::MEMBERSHIP_HELD,
+                note,
+                node_ref(&h.node),
+            )
+            .await;
+        }
+    }
 
     write_status(
         &sip,
@@ -659,6 +706,17 @@ async fn apply(sip: Arc<SharedIP>, ctx: &Context) -> Result<Action, Error> {
 fn previous_address(status: Option<&SharedIPStatus>) -> Option<SharedAddress> {
     let status = status?;
     SharedAddress::parse(status.shared_address.as_deref()?, status.prefix).ok()
+}
+
+/// What the conditions say about a held node (stable while it is held, so the status is not
+/// rewritten on every flap).
+fn held_note(node: &str, hold_down: Duration) -> String {
+    let d = if hold_down.subsec_millis() == 0 {
+        format!("{}s", hold_down.as_secs())
+    } else {
+        format!("{}ms", hold_down.as_millis())
+    };
+    format!("membership of node {node} held for {d} (flapping): it keeps its previous role until its labels stop changing for {d}")
 }
 
 /// Announced, from the entries the node agents write: which selected nodes announce now.
@@ -747,6 +805,8 @@ fn share_conditions(
     placement: &Placement,
     failures: &[(u64, &ApiError)],
     owner_node: Option<&str>,
+    held: &[HeldNode],
+    hold_down: Duration,
 ) -> (Desired, Desired) {
     let excluded_note = if placement.excluded.is_empty() {
         String::new()
@@ -765,6 +825,10 @@ fn share_conditions(
     let owner_note = owner_node
         .map(|n| format!("; warning: the owner Linode is node {n}, recycling it loses the address"))
         .unwrap_or_default();
+    let held_text: String = held
+        .iter()
+        .map(|h| format!("; {}", held_note(&h.node, hold_down)))
+        .collect();
     let (ok, reason, message) = if selected.is_empty() {
         (
             false,
@@ -806,6 +870,7 @@ fn share_conditions(
             ),
         )
     };
+    let message = format!("{message}{held_text}");
     (
         Desired::new(conditions::SHARED, ok, reason, message.clone()),
         Desired::new(conditions::READY, ok, reason, message),

@@ -470,6 +470,103 @@ async fn agents_status_entries_drive_announced_and_ready() {
     .await;
 }
 
+/// A label flapping at 5 Hz for 10 s costs a few share calls, not one per flap; a single
+/// relabel is not delayed by the damping.
+#[tokio::test]
+async fn flapping_label_is_damped_and_single_relabel_is_not() {
+    bounded(async {
+        let env = Env::start().await;
+        env.add_node("node-a", &[("role", "primary")], Some(101))
+            .await;
+        env.add_node("node-b", &[("role", "secondary")], Some(102))
+            .await;
+        env.add_node("node-c", &[("pool", "other")], Some(103))
+            .await;
+        // A hold-down far longer than a wave: a change that goes out before it has passed was
+        // not held.
+        let hold_down = Duration::from_secs(30);
+        let mut settings = fast_settings("in-process");
+        settings.reconcile.membership_hold_down = hold_down;
+        let _op = env.spawn_operator_with(settings);
+        env.apply_sharedip("web", spec("192.0.2.10")).await;
+        env.eventually_shared("192.0.2.10", &[101, 102]).await;
+        env.eventually_condition("web", "Shared", "True", "Shared")
+            .await;
+
+        // A single relabel of a quiet node goes out at once: one call, no hold.
+        env.set_role("node-c", Some("secondary")).await;
+        within(hold_down / 2, "node-c's relabel shared", || async {
+            let got = env.shared("192.0.2.10");
+            if got == [101, 102, 103].into() {
+                Ok(())
+            } else {
+                Err(format!("shared with {got:?}"))
+            }
+        })
+        .await;
+        assert_eq!(env.share_calls_for(103), 1);
+        let msg = env
+            .eventually_condition("web", "Shared", "True", "Shared")
+            .await;
+        assert!(
+            !shared_message(&msg).contains("held"),
+            "{}",
+            shared_message(&msg)
+        );
+
+        // node-b's role label flaps at 5 Hz for 10 s: 50 changes, ending where it started.
+        let calls_before = env.standin.request_log().share_calls().len();
+        let b_before = env.share_calls_for(102);
+        let mut tick = tokio::time::interval(Duration::from_millis(200));
+        for i in 1..=50 {
+            tick.tick().await;
+            let role = (i % 2 == 0).then_some("secondary");
+            env.set_role("node-b", role).await;
+        }
+        // Held: the status says so, with an event on the node.
+        let held = "membership of node node-b held for 30s (flapping)";
+        eventually("the hold reported in status", || async {
+            let s = env.get("web").await.ok_or("missing")?;
+            let m = shared_message(&s);
+            if m.contains(held) {
+                Ok(())
+            } else {
+                Err(m)
+            }
+        })
+        .await;
+        let reasons = env.event_reasons("web").await;
+        assert!(
+            reasons
+                .iter()
+                .any(|(r, n)| r == "NodeMembershipHeld" && n.contains("node-b")),
+            "{reasons:?}"
+        );
+        // Settled: released after the hold-down, back to its place.
+        env.eventually_shared("192.0.2.10", &[101, 102, 103]).await;
+        eventually("the hold released", || async {
+            let s = env.get("web").await.ok_or("missing")?;
+            let m = shared_message(&s);
+            if m.contains("held") {
+                Err(m)
+            } else {
+                Ok(())
+            }
+        })
+        .await;
+        let b_calls = env.share_calls_for(102) - b_before;
+        let all_calls = env.standin.request_log().share_calls().len() - calls_before;
+        eprintln!(
+            "share calls during and after the flapping: Linode 102 {b_calls}, all {all_calls}"
+        );
+        assert!(b_calls <= 4, "{b_calls} share calls on node-b's Linode");
+        assert!(all_calls <= 4, "{all_calls} share calls in all");
+        env.eventually_condition("web", "Shared", "True", "Shared")
+            .await;
+    })
+    .await;
+}
+
 /// A token file fixed while the operator waits out a backoff is used at once.
 #[tokio::test]
 async fn corrected_token_file_is_used_at_once() {
@@ -612,6 +709,14 @@ async fn blocked_sharedips_warn_and_duplicates_take_over_at_once() {
         .await;
     })
     .await;
+}
+
+fn shared_message(s: &sharedip_api::SharedIP) -> String {
+    s.status
+        .as_ref()
+        .and_then(|st| st.conditions.iter().find(|c| c.type_ == "Shared"))
+        .map(|c| c.message.clone())
+        .unwrap_or_default()
 }
 
 fn ready_message(s: &sharedip_api::SharedIP) -> String {
