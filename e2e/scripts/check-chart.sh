@@ -200,11 +200,13 @@ if scenario == "full":
     check(val("LINODE_API_URL") == "http://127.0.0.1:8090/v4", "LINODE_API_URL")
     check(val("LEASE_NAME") == "my-lease", "LEASE_NAME")
     check(val("SHARE_BATCH_WINDOW") == "250ms", "SHARE_BATCH_WINDOW")
+    check(val("MEMBERSHIP_HOLD_DOWN") == "5s", "MEMBERSHIP_HOLD_DOWN")
     check(val("EXTRA") == "1", "extraEnv")
 else:
     check(val("LINODE_API_URL") == "https://api.linode.com/v4", "LINODE_API_URL")
     check(val("LEASE_NAME") == "sharedip-operator", f"LEASE_NAME {val('LEASE_NAME')!r}")
     check("SHARE_BATCH_WINDOW" not in env, "SHARE_BATCH_WINDOW set although empty")
+    check("MEMBERSHIP_HOLD_DOWN" not in env, "MEMBERSHIP_HOLD_DOWN set although empty")
 
 ports = {p["name"]: p["containerPort"] for p in c.get("ports", [])}
 check(ports.get("http") == port, f"container port http {ports.get('http')}, want {port}")
@@ -620,6 +622,7 @@ expect_reject "bad pullPolicy" "/operator/image/pullPolicy" "${TOK[@]}" --set op
 expect_reject "bad image digest" "/operator/image/digest" "${TOK[@]}" --set operator.image.digest=latest
 expect_reject "port out of range" "/operator/http/port.*maximum" "${TOK[@]}" --set operator.http.port=70000
 expect_reject "bad batchWindow" "/operator/batchWindow" "${TOK[@]}" --set operator.batchWindow=soon
+expect_reject "bad membershipHoldDown" "/operator/membershipHoldDown" "${TOK[@]}" --set operator.membershipHoldDown=often
 expect_reject "bad podAntiAffinity preset" "/operator/podAntiAffinity" "${TOK[@]}" --set operator.podAntiAffinity=always
 expect_reject "apiURL not a URL" "/linode/apiURL" "${TOK[@]}" --set linode.apiURL=api.linode.com
 expect_reject "bad existingSecret name" "/linode/existingSecret" --set linode.existingSecret=Not_A_Name

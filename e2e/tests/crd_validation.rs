@@ -115,7 +115,12 @@ async fn rejects_bad_specs_with_clear_messages() {
         (
             "mcast6",
             spec("ff02::1", None),
-            "must not be a link-local address",
+            "link-local address (unicast 169.254.0.0/16, fe80::/10; multicast 224.0.0.0/24, ff02::/16)",
+        ),
+        (
+            "llmcast4",
+            spec("224.0.0.251", None),
+            "multicast 224.0.0.0/24",
         ),
         (
             "mcast6g",
@@ -228,4 +233,165 @@ async fn generated_crd_matches_committed_file() {
         "crds/ is stale: run `cargo run -p sharedip-operator --bin crdgen`"
     );
     assert_eq!(SharedIP::crd_name(), "sharedips.sharedip.io");
+}
+
+/// A spec whose primary nodeSelector is `selector`.
+fn with_selector(selector: Value) -> Value {
+    json!({"address": "192.0.2.10", "primary": {"nodeSelector": selector}})
+}
+
+fn expression(key: &str, operator: &str, values: Option<&[&str]>) -> Value {
+    let mut e = json!({"key": key, "operator": operator});
+    if let Some(v) = values {
+        e["values"] = json!(v);
+    }
+    json!({"matchExpressions": [e]})
+}
+
+/// Label selectors: the apiserver applies no rules of its own to a custom resource's selector,
+/// so the CRD's schema must refuse what a built-in object's selector would.
+#[tokio::test]
+async fn rejects_bad_label_selectors_and_accepts_good_ones() {
+    let cp = tokio::time::timeout(std::time::Duration::from_secs(240), start())
+        .await
+        .expect("control plane within 240 s");
+    let long_key = format!("{}/role", "a".repeat(254));
+    let cases: Vec<(&str, Value, &str)> = vec![
+        (
+            "unknown-operator",
+            with_selector(expression("pool", "Near", Some(&["x"]))),
+            "Unsupported value: \"Near\"",
+        ),
+        (
+            "lowercase-operator",
+            with_selector(expression("pool", "in", Some(&["x"]))),
+            "supported values: \"In\", \"NotIn\", \"Exists\", \"DoesNotExist\"",
+        ),
+        (
+            "in-without-values",
+            with_selector(expression("pool", "In", None)),
+            "matchExpressions with operator In or NotIn need at least one value",
+        ),
+        (
+            "notin-empty-values",
+            with_selector(expression("pool", "NotIn", Some(&[]))),
+            "matchExpressions with operator In or NotIn need at least one value",
+        ),
+        (
+            "exists-with-values",
+            with_selector(expression("pool", "Exists", Some(&["x"]))),
+            "matchExpressions with operator Exists or DoesNotExist take no values",
+        ),
+        (
+            "bad-expression-key",
+            with_selector(expression("pool name", "Exists", None)),
+            "matchExpressions key must be a label key",
+        ),
+        (
+            "bad-expression-prefix",
+            with_selector(expression("Example.COM/role", "Exists", None)),
+            "matchExpressions key must be a label key",
+        ),
+        (
+            "bad-expression-value",
+            with_selector(expression("pool", "In", Some(&["not ok"]))),
+            "matchExpressions values must be label values",
+        ),
+        (
+            "bad-label-key",
+            with_selector(json!({"matchLabels": {"role=primary": "x"}})),
+            "matchLabels keys must be a label key",
+        ),
+        (
+            "long-label-prefix",
+            with_selector(json!({"matchLabels": {long_key.as_str(): "x"}})),
+            "matchLabels keys must be a label key",
+        ),
+        (
+            "bad-label-value",
+            with_selector(json!({"matchLabels": {"role": "-primary"}})),
+            "matchLabels values must be label values",
+        ),
+        (
+            "bad-secondary",
+            json!({"address": "192.0.2.10",
+                   "primary": {"nodeSelector": {"matchLabels": {"a": "b"}}},
+                   "secondary": {"nodeSelector": expression("pool", "In", Some(&[]))}}),
+            "spec.secondary.nodeSelector.matchExpressions[0].values",
+        ),
+        (
+            "bad-pod-selector",
+            json!({"address": "192.0.2.10",
+                   "primary": {"nodeSelector": {"matchLabels": {"a": "b"}}},
+                   "readinessGate": {"namespace": "ingress", "podSelector": expression("app", "Near", None)}}),
+            "spec.readinessGate.podSelector.matchExpressions[0].operator",
+        ),
+        (
+            "too-many-terms",
+            with_selector(
+                json!({"matchLabels": (0..33).map(|i| (format!("k{i}"), json!("v"))).collect::<serde_json::Map<_, _>>()}),
+            ),
+            "must have at most 32 items",
+        ),
+    ];
+    let mut failures = Vec::new();
+    for (name, s, expected) in &cases {
+        match create(&cp, name, s.clone()).await {
+            Ok(()) => failures.push(format!(
+                "{name}: accepted, expected rejection with {expected:?}"
+            )),
+            Err(msg) if msg.contains(expected) => {}
+            Err(msg) => failures.push(format!("{name}: message {msg:?} lacks {expected:?}")),
+        }
+    }
+    assert!(
+        failures.is_empty(),
+        "validation mismatches:\n{}",
+        failures.join("\n")
+    );
+
+    let max_key = format!("{}/{}", "a".repeat(253), "n".repeat(63));
+    let good: Vec<(&str, Value)> = vec![
+        (
+            "ok-exists",
+            with_selector(expression("sharedip.io/role", "Exists", None)),
+        ),
+        (
+            "ok-doesnotexist",
+            with_selector(json!({"matchExpressions": [
+                {"key": "node.kubernetes.io/exclude-from-external-load-balancers", "operator": "DoesNotExist", "values": []}
+            ]})),
+        ),
+        (
+            "ok-notin",
+            with_selector(expression(
+                "topology.kubernetes.io/zone",
+                "NotIn",
+                Some(&["us-east-1a", "b"]),
+            )),
+        ),
+        (
+            "ok-prefixed-labels",
+            with_selector(json!({"matchLabels": {
+                "sharedip.io/role": "primary",
+                "lke.linode.com/pool-id": "12345",
+                "kubernetes.io/hostname": "lke1-abc-1",
+                "empty": "",
+                max_key.as_str(): "v",
+            }})),
+        ),
+        (
+            "ok-both",
+            json!({"address": "192.0.2.10",
+                   "primary": {"nodeSelector": {"matchLabels": {"role": "primary"},
+                                                "matchExpressions": [{"key": "pool", "operator": "In", "values": ["a", "b"]}]}},
+                   "secondary": {"nodeSelector": expression("role", "Exists", None)},
+                   "readinessGate": {"namespace": "ingress-nginx", "podSelector": {"matchLabels": {"app.kubernetes.io/name": "ingress-nginx"}}}}),
+        ),
+    ];
+    for (name, s) in good {
+        create(&cp, name, s)
+            .await
+            .unwrap_or_else(|m| panic!("{name} rejected: {m}"));
+    }
 }

@@ -177,9 +177,7 @@ async fn run() {
 
     let settings = ControllerSettings {
         identity: "bench".into(),
-        syncer: Default::default(),
-        directory: Default::default(),
-        reconcile: Default::default(),
+        ..Default::default()
     };
     let op = env.spawn_operator_with(settings);
 

@@ -63,6 +63,13 @@ pub struct Config {
     /// How often every SharedIP is re-checked against the Linode API to repair drift.
     #[arg(long, env = "RESYNC_INTERVAL", default_value = "5m", value_parser = parse_duration)]
     pub resync_interval: Duration,
+
+    /// Hold-down of a node whose labels keep changing which SharedIPs select it: a change that
+    /// follows the previous one within this time is held (the node keeps its previous
+    /// membership) until its labels have been stable this long. A single change is never
+    /// delayed. 0 disables damping.
+    #[arg(long, env = "MEMBERSHIP_HOLD_DOWN", default_value = "10s", value_parser = parse_duration)]
+    pub membership_hold_down: Duration,
 }
 
 impl Config {
@@ -103,5 +110,9 @@ mod tests {
         .unwrap();
         assert!(!c.leader_election);
         assert_eq!(c.batch_window, Duration::from_millis(100));
+        assert_eq!(c.membership_hold_down, Duration::from_secs(10));
+        let c =
+            Config::try_parse_from(["sharedip-operator", "--membership-hold-down", "0"]).unwrap();
+        assert_eq!(c.membership_hold_down, Duration::ZERO);
     }
 }

@@ -1,22 +1,24 @@
 //! Wires the pieces together: watches, the SharedIP controller, leader election, HTTP.
 
 use std::collections::hash_map::DefaultHasher;
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::future::Future;
 use std::hash::{Hash, Hasher};
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::Node;
-use kube::runtime::controller::Controller;
+use kube::api::ListParams;
+use kube::runtime::controller::{self, Controller};
 use kube::runtime::events::{Recorder, Reporter};
-use kube::runtime::reflector::{self, store::Writer};
+use kube::runtime::reflector::{self, store::Writer, Store};
 use kube::runtime::{watcher, WatchStreamExt};
 use kube::{Api, ResourceExt};
-use linode_client::{LinodeClient, TokenSource};
+use linode_client::{LinodeClient, TokenFileState, TokenSource};
 use sharedip_api::SharedIP;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{mpsc, watch, Notify};
 use tracing::{debug, error, info, warn};
 
 use crate::config::Config;
@@ -24,9 +26,25 @@ use crate::directory::{Directory, DirectoryConfig};
 use crate::http::{self, Health};
 use crate::leader::{LeaderElector, LeaseConfig};
 use crate::linode_api::DynLinodeApi;
+use crate::membership::{Decision, MembershipDamper};
 use crate::metrics::Metrics;
-use crate::reconciler::{self, Context, ReconcileConfig};
+use crate::reconciler::{self, lock, Context, ReconcileConfig};
 use crate::share_syncer::{ShareSyncer, SyncerConfig};
+
+/// Areas of the problems that make `/readyz` fail (see [`Health::set_problem`]).
+pub mod problem {
+    /// The token file is missing, unreadable or empty.
+    pub const TOKEN_FILE: &str = "token-file";
+    /// The Linode API refuses the token (401/403).
+    pub const LINODE_AUTH: &str = "linode-auth";
+    /// The SharedIP CRD is not installed.
+    pub const CRD: &str = "crd";
+}
+
+/// How often the token file is read to notice a fix or a rotation.
+const TOKEN_POLL: Duration = Duration::from_secs(1);
+/// How often a missing CRD is looked for again.
+const CRD_POLL: Duration = Duration::from_secs(5);
 
 #[derive(Debug, thiserror::Error)]
 pub enum RunError {
@@ -47,16 +65,25 @@ pub enum RunError {
 }
 
 /// Settings of the controller proper (everything but process plumbing).
-#[derive(Clone)]
+#[derive(Clone, Default)]
 pub struct ControllerSettings {
     pub identity: String,
     pub syncer: SyncerConfig,
     pub directory: DirectoryConfig,
     pub reconcile: ReconcileConfig,
+    /// Changes of the Linode token file ([`TokenSource::watch`]): SharedIPs that failed for
+    /// lack of a usable token are retried as soon as it changes, not when their backoff ends.
+    pub token_changes: Option<watch::Receiver<TokenFileState>>,
+    /// Where to report problems that keep the controller from working (a CRD that goes away).
+    pub health: Option<Arc<Health>>,
 }
 
 /// Runs the operator until SIGTERM/SIGINT, or until it loses the lease (an error: the pod is
 /// restarted and becomes a candidate again).
+///
+/// A missing or bad token file and a missing CRD do not stop it: they are logged at error
+/// level, fail `/readyz`, show in the SharedIPs' conditions where there are SharedIPs, and the
+/// operator carries on as soon as they are fixed.
 pub async fn run(config: Config) -> Result<(), RunError> {
     let metrics = Arc::new(Metrics::default());
     let health = Arc::new(Health::default());
@@ -69,12 +96,14 @@ pub async fn run(config: Config) -> Result<(), RunError> {
     let client = kube::Client::try_default().await.map_err(RunError::Kube)?;
     let observer = {
         let m = metrics.clone();
+        let h = health.clone();
         Arc::new(
             move |endpoint: &'static str,
                   method: &'static str,
                   status: Option<u16>,
                   elapsed: std::time::Duration| {
-                m.observe_api(endpoint, method, status, elapsed)
+                m.observe_api(endpoint, method, status, elapsed);
+                track_auth(&h, endpoint, method, status);
             },
         )
     };
@@ -84,7 +113,11 @@ pub async fn run(config: Config) -> Result<(), RunError> {
         .observer(observer)
         .build()
         .map_err(RunError::Linode)?;
-    linode.check_token().await.map_err(RunError::Linode)?;
+    let token_changes = linode.token_source().watch(TOKEN_POLL).await;
+    if let Some(rx) = &token_changes {
+        report_token(&health, &rx.borrow());
+        tokio::spawn(follow_token(rx.clone(), health.clone()));
+    }
     info!(api = %linode.base_url(), "Linode API client ready");
 
     let (stop_tx, stop_rx) = watch::channel(false);
@@ -93,6 +126,14 @@ pub async fn run(config: Config) -> Result<(), RunError> {
         info!("shutdown requested");
         let _ = stop_tx.send(true);
     });
+
+    {
+        let mut early_stop = stop_rx.clone();
+        tokio::select! {
+            _ = wait_for_crd(&client, &health) => {}
+            _ = early_stop.wait_for(|s| *s) => return Ok(()),
+        }
+    }
 
     let identity = config.identity();
     let settings = ControllerSettings {
@@ -104,8 +145,11 @@ pub async fn run(config: Config) -> Result<(), RunError> {
         directory: DirectoryConfig::default(),
         reconcile: ReconcileConfig {
             resync: config.resync_interval,
+            membership_hold_down: config.membership_hold_down,
             ..Default::default()
         },
+        token_changes,
+        health: Some(health.clone()),
     };
     // A standby is ready: it is healthy and waiting to take over.
     health.ready.store(true, Ordering::Relaxed);
@@ -220,17 +264,26 @@ pub async fn run_controller(
     settings: ControllerSettings,
     stop: impl Future<Output = ()> + Send + Sync + 'static,
 ) -> Result<(), RunError> {
+    let sharedips: Api<SharedIP> = Api::all(client.clone());
+    let controller = Controller::new(sharedips, watcher::Config::default());
+    let damper = Arc::new(Mutex::new(MembershipDamper::new(
+        settings.reconcile.membership_hold_down,
+    )));
     let (node_store, node_writer) = reflector::store::<Node>();
     let (trigger_tx, trigger_rx) = mpsc::channel::<()>(1);
-    let node_task = tokio::spawn(watch_nodes(client.clone(), node_writer, trigger_tx));
+    let node_task = tokio::spawn(watch_nodes(
+        client.clone(),
+        node_writer,
+        trigger_tx.clone(),
+        damper.clone(),
+        controller.store(),
+    ));
     node_store
         .wait_until_ready()
         .await
         .map_err(|_| RunError::NodeCache)?;
     info!(nodes = node_store.state().len(), "node cache synced");
 
-    let sharedips: Api<SharedIP> = Api::all(client.clone());
-    let controller = Controller::new(sharedips, watcher::Config::default());
     let ctx = Arc::new(Context {
         client: client.clone(),
         recorder: Recorder::new(
@@ -247,6 +300,29 @@ pub async fn run_controller(
         sharedips: controller.store(),
         config: settings.reconcile.clone(),
         failures: Mutex::new(HashMap::new()),
+        damper,
+        reconcile_all: trigger_tx,
+        auth_failed: Mutex::new(BTreeSet::new()),
+    });
+    let token_task = settings
+        .token_changes
+        .clone()
+        .map(|rx| tokio::spawn(retry_on_token_change(rx, ctx.clone())));
+    // The CRD can go away while the controller runs (deleted by hand, or with the chart); the
+    // controller's watch then fails with 404 and retries on its own. Report it until it is back.
+    let crd_lost = Arc::new(Notify::new());
+    let crd_task = settings.health.clone().map(|health| {
+        let client = client.clone();
+        let crd_lost = crd_lost.clone();
+        tokio::spawn(async move {
+            loop {
+                crd_lost.notified().await;
+                if health.set_problem(problem::CRD, Some(CRD_MISSING.to_string())) {
+                    error!("{CRD_MISSING}");
+                }
+                wait_for_crd(&client, &health).await;
+            }
+        })
     });
     let node_changes = futures::stream::unfold(trigger_rx, |mut rx| async move {
         rx.recv().await.map(|v| (v, rx))
@@ -256,16 +332,138 @@ pub async fn run_controller(
         .reconcile_all_on(node_changes)
         .graceful_shutdown_on(stop)
         .run(reconciler::reconcile, reconciler::error_policy, ctx)
-        .for_each(|res| async move {
-            match res {
-                Ok((obj, _)) => debug!(sharedip = %obj.name, "reconciled"),
-                Err(e) => debug!(error = %e, "reconcile error"),
+        .for_each(|res| {
+            let crd_lost = crd_lost.clone();
+            async move {
+                match res {
+                    Ok((obj, _)) => debug!(sharedip = %obj.name, "reconciled"),
+                    Err(e) => {
+                        if is_crd_missing(&e) {
+                            crd_lost.notify_one();
+                        }
+                        debug!(error = %e, "reconcile error");
+                    }
+                }
             }
         })
         .await;
     node_task.abort();
+    if let Some(t) = token_task {
+        t.abort();
+    }
+    if let Some(t) = crd_task {
+        t.abort();
+    }
     info!("controller stopped");
     Ok(())
+}
+
+const CRD_MISSING: &str = "the SharedIP CustomResourceDefinition (sharedips.sharedip.io) is not installed; install it with `kubectl apply --server-side -f charts/sharedip/crds/` (the operator waits for it)";
+
+/// Whether the controller's own watch failed because the SharedIP resource does not exist.
+fn is_crd_missing<E: std::fmt::Debug>(e: &controller::Error<E, watcher::Error>) -> bool {
+    let api_404 = |e: &kube::Error| matches!(e, kube::Error::Api(s) if s.code == 404);
+    match e {
+        controller::Error::QueueError(
+            watcher::Error::InitialListFailed(k)
+            | watcher::Error::WatchStartFailed(k)
+            | watcher::Error::WatchFailed(k),
+        ) => api_404(k),
+        controller::Error::QueueError(watcher::Error::WatchError(s)) => s.code == 404,
+        _ => false,
+    }
+}
+
+/// Returns once the SharedIP resource is served, reporting it missing (error log, `/readyz`)
+/// until then.
+async fn wait_for_crd(client: &kube::Client, health: &Health) {
+    let api: Api<SharedIP> = Api::all(client.clone());
+    loop {
+        match api.list_metadata(&ListParams::default().limit(1)).await {
+            Ok(_) => {
+                if health.set_problem(problem::CRD, None) {
+                    info!("the SharedIP CustomResourceDefinition is installed now");
+                }
+                return;
+            }
+            Err(kube::Error::Api(s)) if s.code == 404 => {
+                if health.set_problem(problem::CRD, Some(CRD_MISSING.to_string())) {
+                    error!("{CRD_MISSING}");
+                }
+            }
+            Err(e) => {
+                warn!(error = %e, "cannot check whether the SharedIP CustomResourceDefinition is installed; retrying");
+            }
+        }
+        tokio::time::sleep(CRD_POLL).await;
+    }
+}
+
+/// Reports the token file's state: an error line and a failing `/readyz` while it holds no
+/// usable token, an info line when it does again.
+fn report_token(health: &Health, state: &TokenFileState) {
+    match &state.problem {
+        Some(p) => {
+            if health.set_problem(problem::TOKEN_FILE, Some(p.clone())) {
+                error!(problem = %p, "no usable Linode API token: nothing can be shared until the token file is fixed; it is read again every second");
+            }
+        }
+        None => {
+            if health.set_problem(problem::TOKEN_FILE, None) {
+                info!("the Linode API token file holds a token again");
+            }
+        }
+    }
+}
+
+/// Follows the token file for the process's health.
+async fn follow_token(mut rx: watch::Receiver<TokenFileState>, health: Arc<Health>) {
+    while rx.changed().await.is_ok() {
+        let state = rx.borrow_and_update().clone();
+        report_token(&health, &state);
+        if state.problem.is_none() && health.set_problem(problem::LINODE_AUTH, None) {
+            // A new token deserves a fresh verdict; the next refusal reports it again.
+            info!("the Linode API token changed; trying it");
+        }
+    }
+}
+
+/// Reports a token that Linode refuses, from the status of every API request.
+fn track_auth(health: &Health, endpoint: &'static str, method: &'static str, status: Option<u16>) {
+    match status {
+        Some(code @ (401 | 403)) => {
+            let p = format!("the Linode API refuses the token: {method} {endpoint} answered HTTP {code}; put a token with IPs and Linodes Read/Write in the Secret");
+            if health.set_problem(problem::LINODE_AUTH, Some(p.clone())) {
+                error!(endpoint, method, status = code, "{p}");
+            }
+        }
+        Some(code)
+            if (200..300).contains(&code) && health.set_problem(problem::LINODE_AUTH, None) =>
+        {
+            info!("the Linode API accepts the token again");
+        }
+        _ => {}
+    }
+}
+
+/// Retries, as soon as the token file changes, the SharedIPs whose last reconcile failed for
+/// lack of a usable token, instead of letting them wait out a backoff of up to minutes.
+async fn retry_on_token_change(mut rx: watch::Receiver<TokenFileState>, ctx: Arc<Context>) {
+    while rx.changed().await.is_ok() {
+        if rx.borrow_and_update().problem.is_some() {
+            continue;
+        }
+        let waiting = ctx.auth_failed_count();
+        if waiting == 0 {
+            continue;
+        }
+        info!(
+            sharedips = waiting,
+            "the Linode API token changed: retrying now what failed for lack of a usable token"
+        );
+        // A full channel already holds a pending trigger, which covers this one.
+        let _ = ctx.reconcile_all.try_send(());
+    }
 }
 
 /// What about a Node matters to sharing: its labels, its Linode, whether it is going away.
@@ -283,8 +481,15 @@ fn fingerprint(node: &Node) -> u64 {
 
 /// Keeps the Node cache and asks for a reconcile of every SharedIP when a Node's labels or
 /// providerID change or a Node comes or goes. Status heartbeats do not count: on a real
-/// cluster they would otherwise reconcile everything every few seconds.
-async fn watch_nodes(client: kube::Client, writer: Writer<Node>, trigger: mpsc::Sender<()>) {
+/// cluster they would otherwise reconcile everything every few seconds. Label changes go
+/// through the membership damper first: a flapping node is held, and its release is a change.
+async fn watch_nodes(
+    client: kube::Client,
+    writer: Writer<Node>,
+    trigger: mpsc::Sender<()>,
+    damper: Arc<Mutex<MembershipDamper>>,
+    sharedips: Store<SharedIP>,
+) {
     let nodes: Api<Node> = Api::all(client);
     let stream = watcher(nodes, watcher::Config::default())
         .default_backoff()
@@ -297,28 +502,70 @@ async fn watch_nodes(client: kube::Client, writer: Writer<Node>, trigger: mpsc::
         // A full channel already holds a pending trigger, which covers this change too.
         let _ = trigger.try_send(());
     };
-    while let Some(event) = stream.next().await {
+    // Whether the node's change must reach the reconciles (a held change must not).
+    let observe = |n: &Node| -> bool {
+        let name = n.name_any();
+        let labels = n.metadata.labels.clone().unwrap_or_default();
+        let now = tokio::time::Instant::now();
+        let mut d = lock(&damper);
+        let hold_down = d.hold_down();
+        match d.observe(&name, &labels, &sharedips.state(), now) {
+            Decision::HoldStarted { .. } => {
+                info!(
+                    node = %name,
+                    hold_down = ?hold_down,
+                    "node membership held: its labels changed which SharedIPs select it twice within the hold-down; it keeps its previous membership until they are stable"
+                );
+                true
+            }
+            Decision::HoldExtended { .. } => false,
+            Decision::New | Decision::Unchanged | Decision::Applied => true,
+        }
+    };
+    loop {
+        let release = lock(&damper).next_release();
+        let event = tokio::select! {
+            e = stream.next() => match e {
+                Some(e) => e,
+                None => break,
+            },
+            _ = sleep_until(release) => {
+                let released = lock(&damper).release_due(tokio::time::Instant::now());
+                for (node, changes) in &released {
+                    info!(node = %node, changes_while_held = changes, "node membership released: its labels are stable, they apply now");
+                }
+                if !released.is_empty() {
+                    notify("membership released", "*");
+                }
+                continue;
+            }
+        };
         match event {
             Ok(watcher::Event::Apply(n)) => {
                 let name = n.name_any();
                 let fp = fingerprint(&n);
-                if known.insert(name.clone(), fp) != Some(fp) {
+                let pass = observe(&n);
+                if known.insert(name.clone(), fp) != Some(fp) && pass {
                     notify("changed", &name);
                 }
             }
             Ok(watcher::Event::Delete(n)) => {
                 let name = n.name_any();
                 known.remove(&name);
+                lock(&damper).forget(&name);
                 notify("deleted", &name);
             }
             Ok(watcher::Event::Init) => relist = Some(HashMap::new()),
             Ok(watcher::Event::InitApply(n)) => {
+                observe(&n);
                 if let Some(r) = relist.as_mut() {
                     r.insert(n.name_any(), fingerprint(&n));
                 }
             }
             Ok(watcher::Event::InitDone) => {
                 if let Some(fresh) = relist.take() {
+                    let names: BTreeSet<String> = fresh.keys().cloned().collect();
+                    lock(&damper).retain(&names);
                     if fresh != known {
                         known = fresh;
                         notify("relisted", "*");
@@ -327,5 +574,13 @@ async fn watch_nodes(client: kube::Client, writer: Writer<Node>, trigger: mpsc::
             }
             Err(e) => warn!(error = %e, "node watch error; retrying"),
         }
+    }
+}
+
+/// Sleeps until `at`, or forever without one.
+async fn sleep_until(at: Option<tokio::time::Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
     }
 }

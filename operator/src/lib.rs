@@ -13,6 +13,7 @@ mod fake_linode;
 pub mod http;
 pub mod leader;
 pub mod linode_api;
+pub mod membership;
 pub mod metrics;
 pub mod reconciler;
 pub mod selection;

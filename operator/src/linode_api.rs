@@ -43,6 +43,9 @@ pub struct ApiError {
 pub enum ApiErrorKind {
     /// 404: the object does not exist.
     NotFound,
+    /// No usable token: the token file is missing, empty or unreadable, or Linode refuses the
+    /// token (401) or its scopes (403). Fixing the Secret fixes it; nothing else will.
+    Auth,
     /// Other 4xx: the request is wrong for the account's state; retrying alone will not help.
     Rejected,
     /// 5xx, 429 after retries, network errors, timeouts: worth retrying later.
@@ -58,6 +61,9 @@ impl ApiError {
     }
     pub fn is_not_found(&self) -> bool {
         self.kind == ApiErrorKind::NotFound
+    }
+    pub fn is_auth(&self) -> bool {
+        self.kind == ApiErrorKind::Auth
     }
 }
 
@@ -144,7 +150,11 @@ impl LinodeApi for linode_client::LinodeClient {
 /// Classifies a client error for the reconciler; the message never contains the token (the
 /// client guarantees it).
 pub fn to_api_error(e: linode_client::Error) -> ApiError {
-    let kind = if e.is_not_found() {
+    let kind = if matches!(e, linode_client::Error::Token { .. })
+        || matches!(e.status(), Some(401 | 403))
+    {
+        ApiErrorKind::Auth
+    } else if e.is_not_found() {
         ApiErrorKind::NotFound
     } else if e.is_retryable() {
         ApiErrorKind::Transient
@@ -154,4 +164,34 @@ pub fn to_api_error(e: linode_client::Error) -> ApiError {
         ApiErrorKind::Transient
     };
     ApiError::new(kind, e.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn api(status: u16) -> linode_client::Error {
+        linode_client::Error::Api {
+            method: "GET",
+            endpoint: "/networking/ips",
+            status,
+            errors: vec![],
+        }
+    }
+
+    #[test]
+    fn classifies_auth_failures() {
+        assert_eq!(to_api_error(api(401)).kind, ApiErrorKind::Auth);
+        assert_eq!(to_api_error(api(403)).kind, ApiErrorKind::Auth);
+        let missing = linode_client::Error::Token {
+            path: Some("/etc/sharedip/linode/token".into()),
+            problem: linode_client::TokenProblem::Missing,
+        };
+        let e = to_api_error(missing);
+        assert!(e.is_auth());
+        assert!(e.message.contains("file not found"), "{}", e.message);
+        assert_eq!(to_api_error(api(404)).kind, ApiErrorKind::NotFound);
+        assert_eq!(to_api_error(api(400)).kind, ApiErrorKind::Rejected);
+        assert_eq!(to_api_error(api(503)).kind, ApiErrorKind::Transient);
+    }
 }

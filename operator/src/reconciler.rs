@@ -20,10 +20,12 @@ use sharedip_api::{
     ExcludedNode, NodeStatus, OwnerStatus, Role, SharedAddress, SharedIP, SharedIPStatus,
     SharedLinode, FINALIZER,
 };
+use tokio::sync::mpsc;
 use tracing::{info, instrument, warn};
 
 use crate::directory::Directory;
 use crate::linode_api::ApiError;
+use crate::membership::{HeldNode, MembershipDamper};
 use crate::metrics::Metrics;
 use crate::selection::{self, linode_id_from_provider_id, place, select_nodes, Placement};
 use crate::share_syncer::{LinodeOutcome, Outcome, Request, ShareSyncer, SyncerError};
@@ -41,6 +43,9 @@ pub mod reason {
     pub const NO_NODES: &str = "NoNodesSelected";
     pub const NO_USABLE_NODES: &str = "NoUsableNodes";
     pub const API_ERROR: &str = "LinodeAPIError";
+    pub const TOKEN_ERROR: &str = "LinodeTokenError";
+    /// Event reason: a flapping node keeps its previous membership for a while.
+    pub const MEMBERSHIP_HELD: &str = "NodeMembershipHeld";
     pub const OWNER_SELECTED: &str = "OwnerIsSelectedNode";
     pub const READY: &str = "Ready";
     pub const PRIMARY_ANNOUNCES: &str = "PrimaryAnnounces";
@@ -60,7 +65,15 @@ pub struct ReconcileConfig {
     /// First and largest delay after a failed reconcile.
     pub backoff_base: Duration,
     pub backoff_max: Duration,
+    /// Hold-down of a node whose membership flaps (see [`crate::membership`]).
+    pub membership_hold_down: Duration,
 }
+
+/// The default hold-down of a flapping node. Linode takes 10-20 s to carry a share call to its
+/// route servers, so a membership change undone within 10 s would not have moved traffic
+/// anyway: holding for that long loses nothing, and it keeps a label flapping a few times a
+/// second (two controllers fighting over it) at two share calls instead of one per flap.
+pub const DEFAULT_MEMBERSHIP_HOLD_DOWN: Duration = Duration::from_secs(10);
 
 impl Default for ReconcileConfig {
     fn default() -> Self {
@@ -70,6 +83,7 @@ impl Default for ReconcileConfig {
             wave_timeout: Duration::from_secs(300),
             backoff_base: Duration::from_secs(2),
             backoff_max: Duration::from_secs(300),
+            membership_hold_down: DEFAULT_MEMBERSHIP_HOLD_DOWN,
         }
     }
 }
@@ -86,6 +100,31 @@ pub struct Context {
     pub config: ReconcileConfig,
     /// Consecutive failures per SharedIP, for exponential backoff.
     pub failures: Mutex<HashMap<String, u32>>,
+    /// Holds flapping nodes at their previous membership; fed by the Node watch.
+    pub damper: Arc<Mutex<MembershipDamper>>,
+    /// Asks for a reconcile of every SharedIP (coalesced: a pending request covers the next).
+    pub reconcile_all: mpsc::Sender<()>,
+    /// SharedIPs whose last reconcile failed for lack of a usable Linode token: a change of
+    /// the token file retries them at once.
+    pub auth_failed: Mutex<BTreeSet<String>>,
+}
+
+impl Context {
+    /// The Nodes as selection sees them: flapping nodes with the labels they are held at.
+    pub fn effective_nodes(&self) -> Vec<Arc<Node>> {
+        lock(&self.damper).effective_nodes(self.nodes.state())
+    }
+
+    /// How many SharedIPs wait for a usable token.
+    pub fn auth_failed_count(&self) -> usize {
+        lock(&self.auth_failed).len()
+    }
+
+    /// Asks for every SharedIP to be reconciled soon, e.g. those a deleted SharedIP blocked.
+    fn wake_all(&self) {
+        // A full channel already holds a pending request, which covers this one.
+        let _ = self.reconcile_all.try_send(());
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -96,8 +135,12 @@ pub enum Error {
     Finalizer(#[source] Box<kube::runtime::finalizer::Error<Error>>),
     #[error("Linode API error: {0}")]
     Linode(#[source] ApiError),
-    #[error("sharing failed on {0}")]
-    Share(String),
+    #[error("sharing failed on {message}")]
+    Share {
+        message: String,
+        /// Every failure was for lack of a usable token.
+        auth: bool,
+    },
     #[error(transparent)]
     Syncer(#[from] SyncerError),
     #[error("no share wave result after {0:?}")]
@@ -115,10 +158,32 @@ impl Error {
                 _ => "finalizer",
             },
             Error::Linode(_) => "linode_api",
-            Error::Share(_) => "share",
+            Error::Share { .. } => "share",
             Error::Syncer(_) => "syncer",
             Error::WaveTimeout(_) => "wave_timeout",
         }
+    }
+
+    /// Whether the failure comes from the token (missing file, refused by Linode): only a
+    /// new token fixes it.
+    pub fn is_auth(&self) -> bool {
+        match self {
+            Error::Finalizer(e) => match e.as_ref() {
+                kube::runtime::finalizer::Error::ApplyFailed(e)
+                | kube::runtime::finalizer::Error::CleanupFailed(e) => e.is_auth(),
+                _ => false,
+            },
+            Error::Linode(e) => e.is_auth(),
+            Error::Share { auth, .. } => *auth,
+            _ => false,
+        }
+    }
+}
+
+fn share_error(failures: &[(u64, &ApiError)]) -> Error {
+    Error::Share {
+        message: describe_failures(failures),
+        auth: !failures.is_empty() && failures.iter().all(|(_, e)| e.is_auth()),
     }
 }
 
@@ -151,6 +216,10 @@ pub async fn reconcile(sip: Arc<SharedIP>, ctx: Arc<Context>) -> Result<Action, 
     if result.is_ok() {
         lock(&ctx.failures).remove(&name);
     }
+    match &result {
+        Err(e) if e.is_auth() => lock(&ctx.auth_failed).insert(name),
+        _ => lock(&ctx.auth_failed).remove(&name),
+    };
     result
 }
 
@@ -177,7 +246,9 @@ fn backoff(config: &ReconcileConfig, attempt: u32) -> Duration {
         .min(config.backoff_max)
 }
 
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+/// Locks a mutex, also after a panic elsewhere poisoned it (the data stays consistent: no
+/// critical section here can panic half-way).
+pub(crate) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     match m.lock() {
         Ok(g) => g,
         Err(p) => p.into_inner(),
@@ -209,6 +280,8 @@ struct StatusUpdate {
     secondary: Option<String>,
     owner: Option<OwnerStatus>,
     shared_address: Option<String>,
+    /// The announced prefix length, once the spec's address parses.
+    prefix: Option<i32>,
     shared_with: Vec<SharedLinode>,
     excluded: Vec<ExcludedNode>,
 }
@@ -224,9 +297,15 @@ impl StatusUpdate {
             secondary: None,
             owner: None,
             shared_address: None,
+            prefix: None,
             shared_with: Vec::new(),
             excluded: Vec::new(),
         }
+    }
+
+    fn with_prefix(mut self, addr: &SharedAddress) -> Self {
+        self.prefix = Some(i32::from(addr.prefix()));
+        self
     }
 }
 
@@ -261,6 +340,7 @@ async fn write_status(sip: &SharedIP, ctx: &Context, update: StatusUpdate) -> Re
         secondary: update.secondary,
         owner: update.owner,
         shared_address: update.shared_address,
+        prefix: update.prefix,
         shared_linode_count: Some(i32::try_from(shared_with.len()).unwrap_or(i32::MAX)),
         shared_with,
         excluded_nodes: excluded,
@@ -271,6 +351,7 @@ async fn write_status(sip: &SharedIP, ctx: &Context, update: StatusUpdate) -> Re
         && prev.secondary == next.secondary
         && prev.owner == next.owner
         && prev.shared_address == next.shared_address
+        && prev.prefix == next.prefix
         && prev.shared_linode_count == next.shared_linode_count
         && prev.shared_with == next.shared_with
         && prev.excluded_nodes == next.excluded_nodes
@@ -380,36 +461,68 @@ fn earlier_duplicate(
         .map(|o| o.name_any())
 }
 
-/// Stops sharing for a SharedIP that cannot be shared (see [`release`]), and says why.
+/// Stops sharing for a SharedIP that cannot be shared (see [`release`]), and says why: in its
+/// conditions, and in a Warning event when the reason or message is new (a retry that finds
+/// the same problem does not repeat it).
 async fn block(
     sip: &SharedIP,
     ctx: &Context,
     retire_previous: bool,
-    reason: &str,
-    message: String,
+    update: StatusUpdate,
     then: Action,
 ) -> Result<Action, Error> {
     release(sip, ctx, retire_previous).await?;
-    write_status(sip, ctx, StatusUpdate::blocked(reason, message)).await?;
+    let before = condition(sip, conditions::SHARED).map(|c| (c.reason, c.message));
+    let now = (update.shared.reason.clone(), update.shared.message.clone());
+    write_status(sip, ctx, update).await?;
+    if before.as_ref() != Some(&now) {
+        warn!(sharedip = %sip.name_any(), reason = %now.0, message = %now.1, "cannot share");
+        publish(ctx, sip, EventType::Warning, &now.0, now.1, None).await;
+    }
     Ok(then)
+}
+
+/// A condition of the SharedIP's current status.
+fn condition(
+    sip: &SharedIP,
+    type_: &str,
+) -> Option<k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition> {
+    sip.status
+        .as_ref()?
+        .conditions
+        .iter()
+        .find(|c| c.type_ == type_)
+        .cloned()
+}
+
+/// Whether another SharedIP is blocked as a duplicate of `addr` (its address overlaps and its
+/// status says so): when this one lets the address go, the other must take it over at once,
+/// not when its retry comes.
+fn blocks_others(sip: &SharedIP, addr: &SharedAddress, all: &[Arc<SharedIP>]) -> bool {
+    all.iter().any(|o| {
+        o.name_any() != sip.name_any()
+            && condition(o, conditions::SHARED).is_some_and(|c| c.reason == reason::DUPLICATE)
+            && SharedAddress::from_spec(&o.spec).is_ok_and(|a| a.overlaps(addr))
+    })
 }
 
 async fn apply(sip: Arc<SharedIP>, ctx: &Context) -> Result<Action, Error> {
     let name = sip.name_any();
     let retry = Action::requeue(ctx.config.blocked_retry);
+    // The spec moved away from the address it held: a duplicate waiting for that address
+    // takes it over now.
+    if let Some(old) = previous_address(sip.status.as_ref()) {
+        let kept = SharedAddress::from_spec(&sip.spec).is_ok_and(|a| a.overlaps(&old));
+        if !kept && blocks_others(&sip, &old, &ctx.sharedips.state()) {
+            info!(sharedip = %name, address = %old, "address released: waking the SharedIPs that wait for it");
+            ctx.wake_all();
+        }
+    }
     let addr = match SharedAddress::from_spec(&sip.spec) {
         Ok(a) => a,
         Err(e) => {
-            let msg = e.to_string();
-            return block(
-                &sip,
-                ctx,
-                true,
-                reason::INVALID_SPEC,
-                msg,
-                Action::await_change(),
-            )
-            .await;
+            let update = StatusUpdate::blocked(reason::INVALID_SPEC, e.to_string());
+            return block(&sip, ctx, true, update, Action::await_change()).await;
         }
     };
 
@@ -418,7 +531,8 @@ async fn apply(sip: Arc<SharedIP>, ctx: &Context) -> Result<Action, Error> {
             "{addr} is already managed by SharedIP {other:?}, created earlier; delete one of them"
         );
         // A duplicate must not undo the sharing of the SharedIP that owns the address.
-        return block(&sip, ctx, false, reason::DUPLICATE, message, retry).await;
+        let update = StatusUpdate::blocked(reason::DUPLICATE, message).with_prefix(&addr);
+        return block(&sip, ctx, false, update, retry).await;
     }
 
     let info = match ctx.directory.address(&addr).await {
@@ -428,7 +542,8 @@ async fn apply(sip: Arc<SharedIP>, ctx: &Context) -> Result<Action, Error> {
                 "{} is not an IPv4 address or IPv6 range of this Linode account; add it in Cloud Manager (or with the API) first",
                 addr.address()
             );
-            return block(&sip, ctx, true, reason::NOT_IN_ACCOUNT, message, retry).await;
+            let update = StatusUpdate::blocked(reason::NOT_IN_ACCOUNT, message).with_prefix(&addr);
+            return block(&sip, ctx, true, update, retry).await;
         }
         Err(e) => return api_failure(&sip, ctx, e).await,
     };
@@ -442,23 +557,17 @@ async fn apply(sip: Arc<SharedIP>, ctx: &Context) -> Result<Action, Error> {
             info.prefix
         );
         let then = Action::await_change();
-        return block(&sip, ctx, true, reason::PREFIX_MISMATCH, message, then).await;
+        let update = StatusUpdate::blocked(reason::PREFIX_MISMATCH, message).with_prefix(&addr);
+        return block(&sip, ctx, true, update, then).await;
     }
 
-    let nodes = ctx.nodes.state();
+    let nodes = ctx.effective_nodes();
     let selected = match select_nodes(&sip.spec, nodes.iter().map(|n| n.as_ref())) {
         Ok(s) => s,
         Err(e) => {
-            let msg = e.to_string();
-            return block(
-                &sip,
-                ctx,
-                true,
-                reason::INVALID_SPEC,
-                msg,
-                Action::await_change(),
-            )
-            .await;
+            let update =
+                StatusUpdate::blocked(reason::INVALID_SPEC, e.to_string()).with_prefix(&addr);
+            return block(&sip, ctx, true, update, Action::await_change()).await;
         }
     };
     let wanted: Vec<u64> = selected.iter().filter_map(|n| n.linode).collect();
@@ -536,7 +645,33 @@ async fn apply(sip: Arc<SharedIP>, ctx: &Context) -> Result<Action, Error> {
     }
 
     let failures: Vec<(u64, &ApiError)> = outcome.failures().collect();
-    let (shared, ready) = share_conditions(&selected, &placement, &failures, owner_node.as_deref());
+    let held = lock(&ctx.damper).held_for(&name);
+    let hold_down = ctx.config.membership_hold_down;
+    let (shared, ready) = share_conditions(
+        &selected,
+        &placement,
+        &failures,
+        owner_node.as_deref(),
+        &held,
+        hold_down,
+    );
+    let before = condition(&sip, conditions::SHARED)
+        .map(|c| c.message)
+        .unwrap_or_default();
+    for h in &held {
+        let note = held_note(&h.node, hold_down);
+        if !before.contains(&note) {
+            publish(
+                ctx,
+                &sip,
+                EventType::Warning,
+                reason::MEMBERSHIP_HELD,
+                note,
+                node_ref(&h.node),
+            )
+            .await;
+        }
+    }
 
     write_status(
         &sip,
@@ -553,6 +688,7 @@ async fn apply(sip: Arc<SharedIP>, ctx: &Context) -> Result<Action, Error> {
                 node: owner_node.clone(),
             }),
             shared_address: Some(network.to_string()),
+            prefix: Some(i32::from(addr.prefix())),
             shared_with,
             excluded: placement.excluded.clone(),
         },
@@ -562,8 +698,25 @@ async fn apply(sip: Arc<SharedIP>, ctx: &Context) -> Result<Action, Error> {
     if failures.is_empty() {
         Ok(Action::requeue(ctx.config.resync))
     } else {
-        Err(Error::Share(describe_failures(&failures)))
+        Err(share_error(&failures))
     }
+}
+
+/// The address a status says the SharedIP held.
+fn previous_address(status: Option<&SharedIPStatus>) -> Option<SharedAddress> {
+    let status = status?;
+    SharedAddress::parse(status.shared_address.as_deref()?, status.prefix).ok()
+}
+
+/// What the conditions say about a held node (stable while it is held, so the status is not
+/// rewritten on every flap).
+fn held_note(node: &str, hold_down: Duration) -> String {
+    let d = if hold_down.subsec_millis() == 0 {
+        format!("{}s", hold_down.as_secs())
+    } else {
+        format!("{}ms", hold_down.as_millis())
+    };
+    format!("membership of node {node} held for {d} (flapping): it keeps its previous role until its labels stop changing for {d}")
 }
 
 /// Announced, from the entries the node agents write: which selected nodes announce now.
@@ -652,6 +805,8 @@ fn share_conditions(
     placement: &Placement,
     failures: &[(u64, &ApiError)],
     owner_node: Option<&str>,
+    held: &[HeldNode],
+    hold_down: Duration,
 ) -> (Desired, Desired) {
     let excluded_note = if placement.excluded.is_empty() {
         String::new()
@@ -670,6 +825,10 @@ fn share_conditions(
     let owner_note = owner_node
         .map(|n| format!("; warning: the owner Linode is node {n}, recycling it loses the address"))
         .unwrap_or_default();
+    let held_text: String = held
+        .iter()
+        .map(|h| format!("; {}", held_note(&h.node, hold_down)))
+        .collect();
     let (ok, reason, message) = if selected.is_empty() {
         (
             false,
@@ -677,9 +836,14 @@ fn share_conditions(
             "no node matches the primary or secondary nodeSelector".to_string(),
         )
     } else if !failures.is_empty() {
+        let auth = failures.iter().all(|(_, e)| e.is_auth());
         (
             false,
-            reason::API_ERROR,
+            if auth {
+                reason::TOKEN_ERROR
+            } else {
+                reason::API_ERROR
+            },
             format!(
                 "the Linode API refused or failed: {}",
                 describe_failures(failures)
@@ -706,6 +870,7 @@ fn share_conditions(
             ),
         )
     };
+    let message = format!("{message}{held_text}");
     (
         Desired::new(conditions::SHARED, ok, reason, message.clone()),
         Desired::new(conditions::READY, ok, reason, message),
@@ -791,15 +956,30 @@ async fn emit_changes(
     }
 }
 
+/// Reports a failure to read the account: in the conditions, and in a Warning event on every
+/// failure (the backoff spaces them; the event's count shows how long it has lasted).
 async fn api_failure(sip: &SharedIP, ctx: &Context, e: ApiError) -> Result<Action, Error> {
-    let message = format!("cannot read the account from the Linode API: {e}");
+    let message = if e.is_auth() {
+        format!("cannot read the account from the Linode API, for lack of a usable token: {e}; fix the token in the Secret, it is used within a second")
+    } else {
+        format!("cannot read the account from the Linode API: {e}")
+    };
+    let reason = if e.is_auth() {
+        reason::TOKEN_ERROR
+    } else {
+        reason::API_ERROR
+    };
+    publish(ctx, sip, EventType::Warning, reason, message.clone(), None).await;
     // Keep what the status said about sharing: nothing changed on Linode's side.
     let prev = sip.status.clone().unwrap_or_default();
-    let mut update = StatusUpdate::blocked(reason::API_ERROR, message);
+    let mut update = StatusUpdate::blocked(reason, message);
     update.primary = prev.primary;
     update.secondary = prev.secondary;
     update.owner = prev.owner;
     update.shared_address = prev.shared_address;
+    update.prefix = SharedAddress::from_spec(&sip.spec)
+        .ok()
+        .map(|a| i32::from(a.prefix()));
     update.shared_with = prev.shared_with;
     update.excluded = prev.excluded_nodes;
     write_status(sip, ctx, update).await?;
@@ -811,11 +991,19 @@ async fn cleanup(sip: Arc<SharedIP>, ctx: &Context) -> Result<Action, Error> {
     let status = sip.status.clone().unwrap_or_default();
     let (prev_addr, prev_linodes) = previous(&status);
     let parsed = SharedAddress::from_spec(&sip.spec).ok();
-    // An earlier SharedIP with the same address owns it: a duplicate only drops its claim. (A
-    // later duplicate takes the address over on its next reconcile.)
+    // An earlier SharedIP with the same address owns it: a duplicate only drops its claim.
     let duplicate = parsed
         .as_ref()
         .and_then(|a| earlier_duplicate(&sip, a, &ctx.sharedips.state()));
+    // A later duplicate takes the address over: now, not when its retry comes. Woken before
+    // this claim goes, its claim most likely rides the same wave, so the Linodes both select
+    // keep the address throughout.
+    if let Some(a) = parsed.as_ref().filter(|_| duplicate.is_none()) {
+        if blocks_others(&sip, a, &ctx.sharedips.state()) {
+            info!(sharedip = %name, address = %a, "deleting the SharedIP that holds the address: waking the SharedIPs that wait for it");
+            ctx.wake_all();
+        }
+    }
     let mut retire: BTreeSet<IpAddr> = prev_addr.into_iter().collect();
     if duplicate.is_none() {
         if let Some(a) = &parsed {
@@ -847,11 +1035,18 @@ async fn cleanup(sip: Arc<SharedIP>, ctx: &Context) -> Result<Action, Error> {
             "cannot unshare before deletion: {}",
             describe_failures(&failures)
         );
-        let mut update = StatusUpdate::blocked(reason::API_ERROR, message);
+        let error = share_error(&failures);
+        let reason = if error.is_auth() {
+            reason::TOKEN_ERROR
+        } else {
+            reason::API_ERROR
+        };
+        let mut update = StatusUpdate::blocked(reason, message);
         update.shared_address = status.shared_address.clone();
+        update.prefix = status.prefix;
         update.shared_with = status.shared_with.clone();
         write_status(&sip, ctx, update).await?;
-        return Err(Error::Share(describe_failures(&failures)));
+        return Err(error);
     }
     if !retire.is_empty() {
         let addrs: Vec<String> = retire.iter().map(|a| a.to_string()).collect();

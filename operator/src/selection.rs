@@ -9,6 +9,7 @@ use k8s_openapi::api::core::v1::Node;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 use kube::core::{Selector, SelectorExt};
 use kube::ResourceExt;
+use sharedip_api::selector::SelectorProblem;
 use sharedip_api::{ExcludedNode, Role, SharedIPSpec};
 
 /// Reasons a selected node does not take part.
@@ -34,17 +35,44 @@ pub struct SelectedNode {
     pub linode: Option<u64>,
 }
 
-/// Why a selector cannot be evaluated.
+/// Why a selector cannot be evaluated. The CRD refuses such selectors; this catches those
+/// stored before it did.
 #[derive(Debug, thiserror::Error)]
-#[error("{role} nodeSelector is invalid: {source}")]
-pub struct SelectorError {
-    role: Role,
-    #[source]
-    source: kube::core::ParseExpressionError,
+pub enum SelectorError {
+    #[error("{role} nodeSelector is invalid: {source}")]
+    Invalid {
+        role: Role,
+        #[source]
+        source: SelectorProblem,
+    },
+    #[error("{role} nodeSelector is invalid: {source}")]
+    Parse {
+        role: Role,
+        #[source]
+        source: kube::core::ParseExpressionError,
+    },
 }
 
 fn compile(role: Role, s: &LabelSelector) -> Result<Selector, SelectorError> {
-    Selector::try_from(s.clone()).map_err(|source| SelectorError { role, source })
+    sharedip_api::selector::validate(s)
+        .map_err(|source| SelectorError::Invalid { role, source })?;
+    Selector::try_from(s.clone()).map_err(|source| SelectorError::Parse { role, source })
+}
+
+/// The role a node with these labels takes for a spec, if any; a spec whose selectors are
+/// invalid selects nothing.
+pub fn role_of(spec: &SharedIPSpec, labels: &BTreeMap<String, String>) -> Option<Role> {
+    if compile(Role::Primary, &spec.primary.node_selector)
+        .ok()?
+        .matches(labels)
+    {
+        return Some(Role::Primary);
+    }
+    let secondary = spec.secondary.as_ref()?;
+    compile(Role::Secondary, &secondary.node_selector)
+        .ok()?
+        .matches(labels)
+        .then_some(Role::Secondary)
 }
 
 /// The nodes a spec selects, sorted by name. A node matched by both selectors is primary: the
@@ -322,6 +350,48 @@ mod tests {
             },
         ]);
         assert!(select_nodes(&s, &[]).is_err());
+    }
+
+    /// Selectors the CRD now refuses, stored before it did, are reported, not evaluated.
+    #[test]
+    fn selectors_the_crd_refuses_are_errors() {
+        let mut s = spec();
+        s.primary.node_selector.match_expressions = Some(vec![
+            k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelectorRequirement {
+                key: "pool".into(),
+                operator: "In".into(),
+                values: Some(vec![]),
+            },
+        ]);
+        let e = select_nodes(&s, &[]).unwrap_err().to_string();
+        assert!(
+            e.contains("Primary nodeSelector is invalid") && e.contains("at least one value"),
+            "{e}"
+        );
+        let mut s = spec();
+        s.secondary = Some(selector("bad key!", "x"));
+        let e = select_nodes(&s, &[]).unwrap_err().to_string();
+        assert!(e.contains("Secondary nodeSelector is invalid"), "{e}");
+        assert!(e.contains("\"bad key!\""), "{e}");
+    }
+
+    #[test]
+    fn role_of_labels() {
+        let l = |kv: &[(&str, &str)]| -> BTreeMap<String, String> {
+            kv.iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect()
+        };
+        assert_eq!(role_of(&spec(), &l(&[("role", "a")])), Some(Role::Primary));
+        assert_eq!(
+            role_of(&spec(), &l(&[("role", "a"), ("tier", "edge")])),
+            Some(Role::Primary)
+        );
+        assert_eq!(
+            role_of(&spec(), &l(&[("tier", "edge")])),
+            Some(Role::Secondary)
+        );
+        assert_eq!(role_of(&spec(), &l(&[("tier", "core")])), None);
     }
 
     #[test]

@@ -635,3 +635,107 @@ async fn chart_rbac_is_enough_and_least_privilege() {
     })
     .await;
 }
+
+/// Started without its token file and without the SharedIP CRD, the operator says so (error
+/// log lines, `/readyz` failing with the reasons, the SharedIP's condition), keeps running, and
+/// works as soon as both are there. Its text log in a file carries no colour codes.
+#[tokio::test]
+async fn missing_token_file_and_crd_are_reported_until_fixed() {
+    bounded(async {
+        let env = Env::start_without_crds(SEED).await;
+        let dir = tempfile::tempdir().expect("temp dir");
+        env.add_node("node-a", &[("role", "primary")], Some(101))
+            .await;
+        env.add_node("node-b", &[("role", "secondary")], Some(102))
+            .await;
+        let token = dir.path().join("linode-token");
+        let token_arg = token.display().to_string();
+        let addr = format!("127.0.0.1:{}", free_port());
+        let kubeconfig = env.cp.kubeconfig_path().to_path_buf();
+        let log = dir.path().join("operator.log");
+        let mut op = env.spawn_binary_on(
+            &kubeconfig,
+            &addr,
+            &[
+                "--leader-election",
+                "false",
+                "--linode-token-file",
+                &token_arg,
+                "--log-format",
+                "text",
+            ],
+            &log,
+        );
+        let _dump = DumpLogsOnPanic(vec![log.clone()]);
+
+        let readyz_fails_with = |wanted: Vec<&'static str>, unwanted: Vec<&'static str>| {
+            let addr = addr.clone();
+            async move {
+                eventually(&format!("/readyz failing with {wanted:?}"), || async {
+                    let (code, body) = http_get(&addr, "/readyz").await?;
+                    let ok = code == 503
+                        && wanted.iter().all(|w| body.contains(w))
+                        && !unwanted.iter().any(|u| body.contains(u));
+                    if ok {
+                        Ok(())
+                    } else {
+                        Err(format!("{code} {body:?}"))
+                    }
+                })
+                .await
+            }
+        };
+        readyz_fails_with(vec!["file not found", "is not installed"], vec![]).await;
+        let text = op.log();
+        let error_line = |needle: &str| {
+            text.lines()
+                .any(|l| l.contains("ERROR") && l.contains(needle))
+        };
+        assert!(error_line("no usable Linode API token"), "{text}");
+        assert!(
+            error_line("CustomResourceDefinition (sharedips.sharedip.io) is not installed"),
+            "{text}"
+        );
+        assert!(op.is_running(), "still running:\n{}", op.log());
+
+        // The CRD arrives: the controller starts; the SharedIP tells why nothing is shared.
+        env.install_crds().await;
+        readyz_fails_with(vec!["file not found"], vec!["is not installed"]).await;
+        env.apply_sharedip("web", spec("192.0.2.10")).await;
+        let s = env
+            .eventually_condition("web", "Ready", "False", "LinodeTokenError")
+            .await;
+        let msg = s
+            .status
+            .and_then(|st| st.conditions.into_iter().find(|c| c.type_ == "Ready"))
+            .map(|c| c.message)
+            .unwrap_or_default();
+        assert!(msg.contains("file not found"), "{msg}");
+        assert!(env.shared("192.0.2.10").is_empty());
+
+        // The token arrives: shared, and ready.
+        std::fs::write(&token, format!("{TOKEN}\n")).expect("write token");
+        env.eventually_shared("192.0.2.10", &[101, 102]).await;
+        env.eventually_condition("web", "Shared", "True", "Shared")
+            .await;
+        eventually("/readyz ok", || async {
+            let (code, body) = http_get(&addr, "/readyz").await?;
+            if code == 200 {
+                Ok(())
+            } else {
+                Err(format!("{code} {body:?}"))
+            }
+        })
+        .await;
+        let text = op.log();
+        assert!(text.contains("installed now"), "{text}");
+        assert!(text.contains("holds a token again"), "{text}");
+        assert!(
+            !text.contains('\u{1b}'),
+            "colour codes in a log written to a file:\n{text}"
+        );
+        let status = op.terminate().await.expect("exits on SIGTERM");
+        assert!(status.success(), "{status:?}\n{}", op.log());
+    })
+    .await;
+}

@@ -38,6 +38,14 @@ async fn create_update_delete() {
         assert_eq!(status.shared_linode_count, Some(2));
         assert_eq!(status.shared_address.as_deref(), Some("192.0.2.10"));
         assert_eq!(status.owner.as_ref().map(|o| o.linode_id), Some(100));
+        // The spec leaves the prefix to its default; the status and `-o wide` show it.
+        assert_eq!(status.prefix, Some(32));
+        let wide = env.kubectl_wide("web").await;
+        assert_eq!(
+            wide.get("PREFIX").map(String::as_str),
+            Some("32"),
+            "{wide:?}"
+        );
         assert!(sip
             .metadata
             .finalizers
@@ -460,6 +468,255 @@ async fn agents_status_entries_drive_announced_and_ready() {
         );
     })
     .await;
+}
+
+/// A label flapping at 5 Hz for 10 s costs a few share calls, not one per flap; a single
+/// relabel is not delayed by the damping.
+#[tokio::test]
+async fn flapping_label_is_damped_and_single_relabel_is_not() {
+    bounded(async {
+        let env = Env::start().await;
+        env.add_node("node-a", &[("role", "primary")], Some(101))
+            .await;
+        env.add_node("node-b", &[("role", "secondary")], Some(102))
+            .await;
+        env.add_node("node-c", &[("pool", "other")], Some(103))
+            .await;
+        // A hold-down far longer than a wave: a change that goes out before it has passed was
+        // not held.
+        let hold_down = Duration::from_secs(30);
+        let mut settings = fast_settings("in-process");
+        settings.reconcile.membership_hold_down = hold_down;
+        let _op = env.spawn_operator_with(settings);
+        env.apply_sharedip("web", spec("192.0.2.10")).await;
+        env.eventually_shared("192.0.2.10", &[101, 102]).await;
+        env.eventually_condition("web", "Shared", "True", "Shared")
+            .await;
+
+        // A single relabel of a quiet node goes out at once: one call, no hold.
+        env.set_role("node-c", Some("secondary")).await;
+        within(hold_down / 2, "node-c's relabel shared", || async {
+            let got = env.shared("192.0.2.10");
+            if got == [101, 102, 103].into() {
+                Ok(())
+            } else {
+                Err(format!("shared with {got:?}"))
+            }
+        })
+        .await;
+        assert_eq!(env.share_calls_for(103), 1);
+        let msg = env
+            .eventually_condition("web", "Shared", "True", "Shared")
+            .await;
+        assert!(
+            !shared_message(&msg).contains("held"),
+            "{}",
+            shared_message(&msg)
+        );
+
+        // node-b's role label flaps at 5 Hz for 10 s: 50 changes, ending where it started.
+        let calls_before = env.standin.request_log().share_calls().len();
+        let b_before = env.share_calls_for(102);
+        let mut tick = tokio::time::interval(Duration::from_millis(200));
+        for i in 1..=50 {
+            tick.tick().await;
+            let role = (i % 2 == 0).then_some("secondary");
+            env.set_role("node-b", role).await;
+        }
+        // Held: the status says so, with an event on the node.
+        let held = "membership of node node-b held for 30s (flapping)";
+        eventually("the hold reported in status", || async {
+            let s = env.get("web").await.ok_or("missing")?;
+            let m = shared_message(&s);
+            if m.contains(held) {
+                Ok(())
+            } else {
+                Err(m)
+            }
+        })
+        .await;
+        let reasons = env.event_reasons("web").await;
+        assert!(
+            reasons
+                .iter()
+                .any(|(r, n)| r == "NodeMembershipHeld" && n.contains("node-b")),
+            "{reasons:?}"
+        );
+        // Settled: released after the hold-down, back to its place.
+        env.eventually_shared("192.0.2.10", &[101, 102, 103]).await;
+        eventually("the hold released", || async {
+            let s = env.get("web").await.ok_or("missing")?;
+            let m = shared_message(&s);
+            if m.contains("held") {
+                Err(m)
+            } else {
+                Ok(())
+            }
+        })
+        .await;
+        let b_calls = env.share_calls_for(102) - b_before;
+        let all_calls = env.standin.request_log().share_calls().len() - calls_before;
+        eprintln!(
+            "share calls during and after the flapping: Linode 102 {b_calls}, all {all_calls}"
+        );
+        assert!(b_calls <= 4, "{b_calls} share calls on node-b's Linode");
+        assert!(all_calls <= 4, "{all_calls} share calls in all");
+        env.eventually_condition("web", "Shared", "True", "Shared")
+            .await;
+    })
+    .await;
+}
+
+/// A token file fixed while the operator waits out a backoff is used at once.
+#[tokio::test]
+async fn corrected_token_file_is_used_at_once() {
+    bounded(async {
+        let env = Env::start().await;
+        env.add_node("node-a", &[("role", "primary")], Some(101))
+            .await;
+        env.add_node("node-b", &[("role", "secondary")], Some(102))
+            .await;
+        env.write_token("not-the-right-token");
+        // After the first failure, the next retry would come in 120 s.
+        let backoff = Duration::from_secs(120);
+        let mut settings = fast_settings("in-process");
+        settings.reconcile.backoff_base = backoff;
+        settings.reconcile.backoff_max = backoff;
+        let linode = env.linode_client_from_file();
+        settings.token_changes = linode.token_source().watch(Duration::from_secs(1)).await;
+        let _op = env.spawn_operator_on(settings, std::sync::Arc::new(linode));
+        env.apply_sharedip("web", spec("192.0.2.10")).await;
+        let s = env
+            .eventually_condition("web", "Ready", "False", "LinodeTokenError")
+            .await;
+        let msg = ready_message(&s);
+        assert!(
+            msg.contains("HTTP 401") && msg.contains("Invalid Token"),
+            "{msg}"
+        );
+        eventually("a Warning event for the token", || async {
+            let r = env.event_reasons("web").await;
+            if r.iter()
+                .any(|(reason, note)| reason == "LinodeTokenError" && note.contains("401"))
+            {
+                Ok(())
+            } else {
+                Err(format!("{r:?}"))
+            }
+        })
+        .await;
+
+        env.write_token(TOKEN);
+        within(backoff / 4, "shared once the token is fixed", || async {
+            let got = env.shared("192.0.2.10");
+            if got == [101, 102].into() {
+                Ok(())
+            } else {
+                Err(format!("shared with {got:?}"))
+            }
+        })
+        .await;
+        env.eventually_condition("web", "Shared", "True", "Shared")
+            .await;
+    })
+    .await;
+}
+
+/// Account-read failures, an address outside the account and a duplicate address each leave a
+/// Warning event; deleting the SharedIP that holds an address hands it to its duplicate at
+/// once.
+#[tokio::test]
+async fn blocked_sharedips_warn_and_duplicates_take_over_at_once() {
+    bounded(async {
+        let env = Env::start().await;
+        env.add_node("node-a", &[("role", "primary")], Some(101))
+            .await;
+        env.add_node("node-b", &[("role", "secondary")], Some(102))
+            .await;
+        // A blocked SharedIP is retried only every 300 s.
+        let retry = Duration::from_secs(300);
+        let mut settings = fast_settings("in-process");
+        settings.reconcile.blocked_retry = retry;
+        let _op = env.spawn_operator_with(settings);
+
+        // Listing the account fails (5 attempts: the client's retries, then the reconcile's).
+        env.standin
+            .faults()
+            .inject(
+                FaultRule::server_error(5, 503)
+                    .method("GET")
+                    .path_prefix("/networking/ips"),
+            )
+            .expect("fault");
+        env.apply_sharedip("missing", spec("192.0.2.99")).await;
+        let warned = |name: &'static str, reason: &'static str, text: &'static str| {
+            let env = &env;
+            async move {
+                eventually(&format!("Warning {reason} on {name}"), || async {
+                    let r = env.event_reasons(name).await;
+                    if r.iter()
+                        .any(|(re, note)| re == reason && note.contains(text))
+                    {
+                        Ok(())
+                    } else {
+                        Err(format!("{r:?}"))
+                    }
+                })
+                .await
+            }
+        };
+        warned("missing", "LinodeAPIError", "cannot read the account").await;
+        env.eventually_condition("missing", "Ready", "False", "AddressNotInAccount")
+            .await;
+        warned("missing", "AddressNotInAccount", "192.0.2.99").await;
+
+        env.apply_sharedip("web", spec("192.0.2.10")).await;
+        env.eventually_shared("192.0.2.10", &[101, 102]).await;
+        env.eventually_condition("web", "Shared", "True", "Shared")
+            .await;
+        env.apply_sharedip(
+            "web-copy",
+            json!({
+                "address": "192.0.2.10",
+                "primary": {"nodeSelector": {"matchLabels": {"role": "secondary"}}},
+            }),
+        )
+        .await;
+        env.eventually_condition("web-copy", "Ready", "False", "DuplicateAddress")
+            .await;
+        warned(
+            "web-copy",
+            "DuplicateAddress",
+            "already managed by SharedIP \"web\"",
+        )
+        .await;
+
+        env.delete_sharedip("web").await;
+        within(retry / 10, "web-copy takes the address over", || async {
+            let s = env.get("web-copy").await.ok_or("missing")?;
+            let shared = s
+                .status
+                .as_ref()
+                .and_then(|st| st.conditions.iter().find(|c| c.type_ == "Shared"))
+                .map(|c| (c.status.clone(), c.reason.clone()));
+            let linodes = env.shared("192.0.2.10");
+            if shared == Some(("True".into(), "Shared".into())) && linodes == [102].into() {
+                Ok(())
+            } else {
+                Err(format!("Shared {shared:?}, shared with {linodes:?}"))
+            }
+        })
+        .await;
+    })
+    .await;
+}
+
+fn shared_message(s: &sharedip_api::SharedIP) -> String {
+    s.status
+        .as_ref()
+        .and_then(|st| st.conditions.iter().find(|c| c.type_ == "Shared"))
+        .map(|c| c.message.clone())
+        .unwrap_or_default()
 }
 
 fn ready_message(s: &sharedip_api::SharedIP) -> String {

@@ -25,8 +25,9 @@ use serde::{Deserialize, Serialize};
     printcolumn(
         name = "Prefix",
         type_ = "integer",
-        json_path = ".spec.prefix",
-        priority = "1"
+        json_path = ".status.prefix",
+        priority = "1",
+        description = "The announced prefix length: spec.prefix, or its default for the address family"
     ),
     printcolumn(
         name = "Primary",
@@ -81,7 +82,7 @@ pub struct SharedIPSpec {
         validation = Rule::new("isIP(self)").message("spec.address must be an IPv4 or IPv6 address such as 192.0.2.10 or 2001:db8::1, without a prefix length (set spec.prefix instead)"),
         validation = Rule::new("!isIP(self) || !ip(self).isUnspecified()").message("spec.address must not be the unspecified address (0.0.0.0 or ::)"),
         validation = Rule::new("!isIP(self) || !ip(self).isLoopback()").message("spec.address must not be a loopback address (127.0.0.0/8 or ::1)"),
-        validation = Rule::new("!isIP(self) || !(ip(self).isLinkLocalUnicast() || ip(self).isLinkLocalMulticast())").message("spec.address must not be a link-local address (169.254.0.0/16, fe80::/10)"),
+        validation = Rule::new("!isIP(self) || !(ip(self).isLinkLocalUnicast() || ip(self).isLinkLocalMulticast())").message("spec.address must not be a link-local address (unicast 169.254.0.0/16, fe80::/10; multicast 224.0.0.0/24, ff02::/16)"),
         validation = Rule::new("!isIP(self) || !(cidr('224.0.0.0/4').containsIP(self) || cidr('ff00::/8').containsIP(self))").message("spec.address must not be a multicast address (224.0.0.0/4, ff00::/8)"),
         validation = Rule::new("self != '255.255.255.255'").message("spec.address must not be the broadcast address 255.255.255.255"),
     )]
@@ -134,8 +135,13 @@ pub struct RoleSelector {
     /// empty: an empty selector would select every node of the cluster.
     #[x_kube(
         validation = Rule::new("(has(self.matchLabels) && size(self.matchLabels) > 0) || (has(self.matchExpressions) && size(self.matchExpressions) > 0)")
-            .message("nodeSelector must set matchLabels or matchExpressions; an empty selector would select every node")
+            .message("nodeSelector must set matchLabels or matchExpressions; an empty selector would select every node"),
+        validation = Rule::new(crate::selector::match_labels_keys_rule())
+            .message(crate::selector::match_labels_keys_message().as_str()),
+        validation = Rule::new(crate::selector::match_labels_values_rule())
+            .message(crate::selector::match_labels_values_message().as_str()),
     )]
+    #[schemars(schema_with = "crate::selector::label_selector_schema")]
     pub node_selector: LabelSelector,
 }
 
@@ -149,8 +155,13 @@ pub struct ReadinessGate {
     /// Label selector of the pods, for example app.kubernetes.io/name=ingress-nginx.
     #[x_kube(
         validation = Rule::new("(has(self.matchLabels) && size(self.matchLabels) > 0) || (has(self.matchExpressions) && size(self.matchExpressions) > 0)")
-            .message("podSelector must set matchLabels or matchExpressions")
+            .message("podSelector must set matchLabels or matchExpressions"),
+        validation = Rule::new(crate::selector::match_labels_keys_rule())
+            .message(crate::selector::match_labels_keys_message().as_str()),
+        validation = Rule::new(crate::selector::match_labels_values_rule())
+            .message(crate::selector::match_labels_values_message().as_str()),
     )]
+    #[schemars(schema_with = "crate::selector::label_selector_schema")]
     pub pod_selector: LabelSelector,
 }
 
@@ -214,6 +225,11 @@ pub struct SharedIPStatus {
     /// `sharedWith` refers to.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub shared_address: Option<String>,
+
+    /// The prefix length announced for the address: `spec.prefix`, or its default for the
+    /// address family when unset (32 for IPv4, 64 for IPv6).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prefix: Option<i32>,
 
     /// Number of Linodes the address is shared with.
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -134,6 +134,11 @@ impl LinodeClient {
         &self.inner.base
     }
 
+    /// Where the client gets its token; [`TokenSource::watch`] follows a token file.
+    pub fn token_source(&self) -> &TokenSource {
+        &self.inner.token
+    }
+
     /// Loads the token now (no network), so a missing or empty Secret fails at startup with a
     /// clear message instead of at the first reconcile.
     pub async fn check_token(&self) -> Result<()> {

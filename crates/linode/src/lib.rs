@@ -16,7 +16,8 @@
 //! ```
 //!
 //! - Auth: bearer token from a [`TokenSource`]; a token file is re-read when it changes
-//!   (Secret rotation). The token never appears in logs, errors or `Debug` output.
+//!   (Secret rotation), and [`TokenSource::watch`] tells when that happens. The token never
+//!   appears in logs, errors or `Debug` output.
 //! - Retries: 5xx, 429 (honouring `Retry-After`, capped) and transport errors/timeouts are
 //!   retried with capped exponential backoff and jitter; other 4xx are not.
 //! - Lists follow `pages` and accept an `X-Filter`.
@@ -48,4 +49,4 @@ pub use models::{
 };
 pub use observer::ApiObserver;
 pub use retry::RetryPolicy;
-pub use token::{Token, TokenSource};
+pub use token::{Token, TokenFileState, TokenSource};

@@ -2,11 +2,13 @@
 //! Secret rotation.
 
 use std::fmt;
+use std::hash::{Hash, Hasher};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 use reqwest::header::HeaderValue;
+use tokio::sync::watch;
 
 use crate::error::{Error, Result, TokenProblem};
 
@@ -151,6 +153,126 @@ impl TokenSource {
             Inner::File { path, cache } => load_file(path, cache).await,
         }
     }
+
+    /// Watches the token file: reads it now and then every `interval`, and publishes a new
+    /// [`TokenFileState`] whenever its content changes or it becomes usable or unusable.
+    ///
+    /// Requests already re-read a changed file, but only when they run; a caller waiting out a
+    /// backoff after an authentication failure learns from this that retrying now may work.
+    /// The *content* is compared, not only the file's metadata: a Kubernetes Secret volume
+    /// swaps the `..data` symlink to a new directory, and a file rewritten in place can keep
+    /// its size and (coarse) modification time. A changed content also replaces the cached
+    /// token, so the next request uses it whatever the file's metadata says.
+    ///
+    /// Returns None for a fixed token, which never changes. The polling task ends when every
+    /// receiver is dropped. Must be called within a Tokio runtime.
+    pub async fn watch(&self, interval: Duration) -> Option<watch::Receiver<TokenFileState>> {
+        let Inner::File { path, .. } = &*self.inner else {
+            return None;
+        };
+        let mut seen = Observed::default();
+        let first = seen.update(self, read_token_file(path).await);
+        let (tx, rx) = watch::channel(TokenFileState {
+            version: 0,
+            problem: first.unwrap_or_default(),
+        });
+        let source = self.clone();
+        let path = path.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(interval.max(Duration::from_millis(10)));
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            tick.tick().await; // the first tick is immediate; the file was just read
+            loop {
+                tokio::select! {
+                    _ = tx.closed() => return,
+                    _ = tick.tick() => {}
+                }
+                if let Some(problem) = seen.update(&source, read_token_file(&path).await) {
+                    tx.send_modify(|s| {
+                        s.version = s.version.wrapping_add(1);
+                        s.problem = problem;
+                    });
+                }
+            }
+        });
+        Some(rx)
+    }
+}
+
+/// The token file as [`TokenSource::watch`] last saw it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TokenFileState {
+    /// Incremented on every change of the file's content, or of whether it holds a usable
+    /// token; 0 for the state at the start of the watch.
+    pub version: u64,
+    /// Why the file holds no usable token (missing, unreadable, empty, …), with its path; None
+    /// when it does. Never contains the token.
+    pub problem: Option<String>,
+}
+
+/// What the watcher saw last: a fingerprint of the token (never the token itself, so the
+/// secret is not kept in one more place) or the problem.
+#[derive(Default, PartialEq, Eq)]
+enum Observed {
+    #[default]
+    Nothing,
+    Token(u64),
+    Problem(String),
+}
+
+impl Observed {
+    /// Records what was read; returns the new problem state (`Some(None)`: usable) when it
+    /// differs from what was seen before, None when nothing changed.
+    fn update(
+        &mut self,
+        source: &TokenSource,
+        read: Result<(FileStamp, Token)>,
+    ) -> Option<Option<String>> {
+        let (next, problem) = match read {
+            Ok((stamp, token)) => {
+                let mut h = std::collections::hash_map::DefaultHasher::new();
+                token.secret().hash(&mut h);
+                let next = Observed::Token(h.finish());
+                if next != *self {
+                    if let Inner::File { cache, .. } = &*source.inner {
+                        let mut guard = cache.lock().unwrap_or_else(|p| p.into_inner());
+                        *guard = Some(Cached { stamp, token });
+                    }
+                }
+                (next, None)
+            }
+            Err(e) => {
+                let text = e.to_string();
+                (Observed::Problem(text.clone()), Some(text))
+            }
+        };
+        if next == *self {
+            return None;
+        }
+        *self = next;
+        Some(problem)
+    }
+}
+
+/// Reads and parses the token file, whatever its metadata says.
+async fn read_token_file(path: &Path) -> Result<(FileStamp, Token)> {
+    let fail = |problem| Error::Token {
+        path: Some(path.to_path_buf()),
+        problem,
+    };
+    let io_fail = |e: std::io::Error| {
+        if e.kind() == std::io::ErrorKind::NotFound {
+            fail(TokenProblem::Missing)
+        } else {
+            fail(TokenProblem::Unreadable(e))
+        }
+    };
+    // Stat before reading: if the file changes in between, the stamp is older than the text
+    // and the next request re-reads it, which is harmless.
+    let meta = tokio::fs::metadata(path).await.map_err(io_fail)?;
+    let text = tokio::fs::read_to_string(path).await.map_err(io_fail)?;
+    let token = Token::parse(&text).map_err(fail)?;
+    Ok((FileStamp::of(&meta), token))
 }
 
 impl fmt::Debug for TokenSource {
@@ -244,5 +366,104 @@ mod tests {
     fn source_debug_is_redacted() {
         let s = TokenSource::from_string("topsecret").unwrap();
         assert!(!format!("{s:?}").contains("topsecret"));
+    }
+
+    /// Waits (bounded) for the next published state.
+    async fn next(rx: &mut watch::Receiver<TokenFileState>) -> TokenFileState {
+        tokio::time::timeout(Duration::from_secs(10), rx.changed())
+            .await
+            .expect("a change within 10 s")
+            .expect("watcher alive");
+        rx.borrow_and_update().clone()
+    }
+
+    const TICK: Duration = Duration::from_millis(20);
+
+    #[tokio::test]
+    async fn watch_reports_a_file_that_appears_and_changes_in_place() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("token");
+        let source = TokenSource::from_file(&path);
+        let mut rx = source.watch(TICK).await.expect("a file source is watched");
+        let first = rx.borrow_and_update().clone();
+        assert_eq!(first.version, 0);
+        let problem = first.problem.expect("missing file reported");
+        assert!(problem.contains("file not found"), "{problem}");
+
+        std::fs::write(&path, "aaaa\n").unwrap();
+        let s = next(&mut rx).await;
+        assert_eq!((s.version, s.problem), (1, None));
+        assert_eq!(source.token().await.unwrap().secret(), "aaaa");
+
+        // Same length, same modification time, same inode: only the content tells.
+        let mtime = std::fs::metadata(&path).unwrap().modified().unwrap();
+        std::fs::write(&path, "bbbb\n").unwrap();
+        std::fs::File::options()
+            .write(true)
+            .open(&path)
+            .unwrap()
+            .set_modified(mtime)
+            .unwrap();
+        let s = next(&mut rx).await;
+        assert_eq!((s.version, s.problem), (2, None));
+        assert_eq!(
+            source.token().await.unwrap().secret(),
+            "bbbb",
+            "the watcher refreshed the cached token"
+        );
+
+        std::fs::write(&path, "  \n").unwrap();
+        let s = next(&mut rx).await;
+        assert!(s.problem.unwrap().contains("token is empty"));
+    }
+
+    #[cfg(unix)]
+    #[tokio::test]
+    async fn watch_follows_a_secret_volume_symlink_swap() {
+        use std::os::unix::fs::symlink;
+        // The layout the kubelet writes: token -> ..data/token, ..data -> ..<timestamp>.
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        std::fs::create_dir(d.join("..2026_01")).unwrap();
+        std::fs::write(d.join("..2026_01/token"), "old-token").unwrap();
+        symlink("..2026_01", d.join("..data")).unwrap();
+        symlink("..data/token", d.join("token")).unwrap();
+        let source = TokenSource::from_file(d.join("token"));
+        let mut rx = source.watch(TICK).await.unwrap();
+        assert_eq!(rx.borrow_and_update().problem, None);
+        assert_eq!(source.token().await.unwrap().secret(), "old-token");
+
+        std::fs::create_dir(d.join("..2026_02")).unwrap();
+        std::fs::write(d.join("..2026_02/token"), "new-token").unwrap();
+        symlink("..2026_02", d.join("..data_tmp")).unwrap();
+        std::fs::rename(d.join("..data_tmp"), d.join("..data")).unwrap();
+        std::fs::remove_dir_all(d.join("..2026_01")).unwrap();
+        let s = next(&mut rx).await;
+        assert_eq!((s.version, s.problem), (1, None));
+        assert_eq!(source.token().await.unwrap().secret(), "new-token");
+    }
+
+    #[tokio::test]
+    async fn static_tokens_are_not_watched_and_the_task_ends_with_its_receivers() {
+        let s = TokenSource::from_string("t").unwrap();
+        assert!(s.watch(TICK).await.is_none());
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("token");
+        std::fs::write(&path, "t").unwrap();
+        let source = TokenSource::from_file(&path);
+        let rx = source.watch(TICK).await.unwrap();
+        assert_eq!(
+            Arc::strong_count(&source.inner),
+            2,
+            "the task holds a clone"
+        );
+        drop(rx);
+        tokio::time::timeout(Duration::from_secs(10), async {
+            while Arc::strong_count(&source.inner) > 1 {
+                tokio::time::sleep(TICK).await;
+            }
+        })
+        .await
+        .expect("the polling task ends once nobody listens");
     }
 }

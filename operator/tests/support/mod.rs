@@ -62,9 +62,14 @@ impl Env {
     }
 
     pub async fn start_with_seed(seed: &str) -> Env {
+        let env = Self::start_without_crds(seed).await;
+        env.install_crds().await;
+        env
+    }
+
+    /// Like [`Env::start_with_seed`], without installing the SharedIP CRD.
+    pub async fn start_without_crds(seed: &str) -> Env {
         let cp = ControlPlane::start().await.expect("control plane starts");
-        let crds = Path::new(env!("CARGO_MANIFEST_DIR")).join("../crds");
-        cp.apply_crds(&crds).await.expect("CRDs apply");
         let seed = Seed::from_str(seed, Path::new("test seed")).expect("seed parses");
         let standin = StandIn::builder()
             .token(TOKEN)
@@ -102,10 +107,18 @@ impl Env {
     }
 
     pub fn spawn_operator_with(&self, settings: ControllerSettings) -> InProcessOperator {
+        self.spawn_operator_on(settings, Arc::new(self.linode_client()))
+    }
+
+    /// Runs the controller in this process against `linode`.
+    pub fn spawn_operator_on(
+        &self,
+        settings: ControllerSettings,
+        linode: sharedip_operator::linode_api::DynLinodeApi,
+    ) -> InProcessOperator {
         let (tx, rx) = oneshot::channel::<()>();
         let metrics = Arc::new(Metrics::default());
         let client = self.client();
-        let linode = Arc::new(self.linode_client());
         let task = tokio::spawn(run_controller(
             client,
             linode,
@@ -295,6 +308,7 @@ pub fn fast_settings(identity: &str) -> ControllerSettings {
             backoff_max: Duration::from_secs(2),
             ..Default::default()
         },
+        ..Default::default()
     }
 }
 
@@ -499,4 +513,96 @@ pub fn metric_value(exposition: &str, name: &str) -> Option<f64> {
         let (n, v) = l.split_once(' ')?;
         (n == name).then(|| v.trim().parse().ok()).flatten()
     })
+}
+
+impl Env {
+    /// Installs the SharedIP CRD from `crds/`.
+    pub async fn install_crds(&self) {
+        let crds = Path::new(env!("CARGO_MANIFEST_DIR")).join("../crds");
+        self.cp.apply_crds(&crds).await.expect("CRDs apply");
+    }
+
+    /// A Linode client that reads its token from the test's token file, as the operator does.
+    pub fn linode_client_from_file(&self) -> linode_client::LinodeClient {
+        linode_client::LinodeClient::builder(linode_client::TokenSource::from_file(
+            self.token_file.path(),
+        ))
+        .base_url(self.standin.base_url())
+        .backoff(Duration::from_millis(50), Duration::from_millis(400))
+        .max_retry_after(Duration::from_secs(2))
+        .build()
+        .expect("client builds")
+    }
+
+    /// Rewrites the token file in place.
+    pub fn write_token(&self, token: &str) {
+        std::fs::write(self.token_file.path(), format!("{token}\n")).expect("write token");
+    }
+
+    /// Share calls the stand-in received for `linode` so far.
+    pub fn share_calls_for(&self, linode: u64) -> usize {
+        self.standin
+            .request_log()
+            .share_calls()
+            .iter()
+            .filter(|c| c.linode_id == Some(linode))
+            .count()
+    }
+
+    /// `kubectl get sharedip <name> -o wide`, as a map from column header to value.
+    pub async fn kubectl_wide(&self, name: &str) -> BTreeMap<String, String> {
+        let out = self
+            .cp
+            .kubectl(["get", "sharedip", name, "-o", "wide"])
+            .await
+            .expect("kubectl runs");
+        assert!(
+            out.status.success(),
+            "kubectl get: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        let mut lines = text.lines();
+        let header = lines.next().unwrap_or_default();
+        let row = lines.next().unwrap_or_default();
+        // Columns are aligned under their headers; an empty value is blank, so split the row
+        // at the headers' offsets rather than at whitespace.
+        let starts: Vec<(usize, &str)> = header
+            .match_indices(|c: char| !c.is_whitespace())
+            .filter(|(i, _)| *i == 0 || header[..*i].ends_with(' '))
+            .map(|(i, _)| (i, header[i..].split_whitespace().next().unwrap_or_default()))
+            .collect();
+        starts
+            .iter()
+            .enumerate()
+            .map(|(n, (start, name))| {
+                let end = starts
+                    .get(n + 1)
+                    .map_or(row.len(), |(s, _)| *s)
+                    .min(row.len());
+                let value = row.get((*start).min(end)..end).unwrap_or_default().trim();
+                (name.to_string(), value.to_string())
+            })
+            .collect()
+    }
+}
+
+/// Waits for `check` at most `bound` (shorter than [`WAIT`]), for outcomes that must come
+/// well before some slower path (a backoff, a retry, a hold-down) could produce them.
+pub async fn within<F, Fut>(bound: Duration, what: &str, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<(), String>>,
+{
+    let deadline = tokio::time::Instant::now() + bound;
+    loop {
+        let last = match check().await {
+            Ok(()) => return,
+            Err(e) => e,
+        };
+        if tokio::time::Instant::now() >= deadline {
+            panic!("not within {bound:?}: {what}: {last}");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }
