@@ -177,6 +177,9 @@ async fn run() {
 
     let settings = ControllerSettings {
         identity: "bench".into(),
+        cluster_id: sharedip_operator::cluster_id::ClusterId::new("bench").expect("cluster id"),
+        namespace: "default".into(),
+        sweep_interval: Duration::from_secs(600),
         syncer: Default::default(),
         directory: Default::default(),
         reconcile: Default::default(),

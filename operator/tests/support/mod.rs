@@ -277,10 +277,17 @@ impl Env {
     }
 }
 
+/// The cluster identity of the in-process operators (one per control plane).
+pub const CLUSTER_ID: &str = "test-cluster";
+
 /// Settings that make tests quick: short waves, quick retries.
 pub fn fast_settings(identity: &str) -> ControllerSettings {
     ControllerSettings {
         identity: identity.into(),
+        cluster_id: sharedip_operator::cluster_id::ClusterId::new(CLUSTER_ID)
+            .expect("valid cluster id"),
+        namespace: "default".into(),
+        sweep_interval: Duration::from_secs(600),
         syncer: SyncerConfig {
             batch_window: Duration::from_millis(100),
             ..Default::default()
