@@ -296,10 +296,7 @@ async fn pass(
         });
     }
     for s in &sips {
-        changes += let_go(api, recorder, s, &summary.unshared).await?;
-        if s.finalizers().iter().any(|f| f == FINALIZER) {
-            summary.finalizers_removed.push(s.name_any());
-        }
+        changes += let_go(api, recorder, s, summary).await?;
     }
     Ok(changes)
 }
@@ -310,14 +307,16 @@ async fn let_go(
     api: &Api<SharedIP>,
     recorder: &Recorder,
     sip: &SharedIP,
-    unshared: &Entries,
+    summary: &mut Summary,
 ) -> Result<usize, UninstallError> {
+    let unshared = &summary.unshared;
     let name = sip.name_any();
     let kube_err = |what: &str| {
         let what = format!("{what} of SharedIP {name}");
         move |source| UninstallError::Kube { what, source }
     };
     let mut writes = 0;
+    let mut version = sip.metadata.resource_version.clone();
     let status = sip.status.clone().unwrap_or_default();
     let already = conditions::find(&status.conditions, conditions::READY)
         .is_some_and(|c| c.reason == REASON_UNINSTALLED)
@@ -356,7 +355,10 @@ async fn let_go(
             )
             .await
         {
-            Ok(_) => writes += 1,
+            Ok(written) => {
+                writes += 1;
+                version = written.metadata.resource_version;
+            }
             Err(kube::Error::Api(s)) if s.code == 404 => return Ok(writes),
             Err(e) => return Err(kube_err("status")(e)),
         }
@@ -399,7 +401,7 @@ async fn let_go(
         // into a 409, and the next pass reads it again.
         let patch = json!({
             "metadata": {
-                "resourceVersion": sip.metadata.resource_version,
+                "resourceVersion": version,
                 "finalizers": rest,
             },
         });
@@ -409,6 +411,7 @@ async fn let_go(
         {
             Ok(_) => {
                 info!(sharedip = %name, finalizer = FINALIZER, "uninstall: removed the finalizer");
+                summary.finalizers_removed.push(name.clone());
                 writes += 1;
             }
             Err(kube::Error::Api(s)) if s.code == 404 => {}
