@@ -426,6 +426,11 @@ impl LeaderElector {
 
         let mut new_spec = spec.clone();
         if !held_by_me {
+            // An uninstall's marks concern the installation it retired, not this one.
+            if let Some(a) = lease.metadata.annotations.as_mut() {
+                a.remove(RETIRED_DEPLOYMENT_ANNOTATION);
+                a.remove(STEPPED_DOWN_ANNOTATION);
+            }
             new_spec.acquire_time = Some(MicroTime(now));
             new_spec.lease_transitions =
                 Some(spec.lease_transitions.unwrap_or(0).saturating_add(1));

@@ -14,7 +14,8 @@
 //! to unshare everything of this cluster and nothing else.
 //!
 //! Keys other than the ones this module writes are left alone, so later features can keep
-//! their own records in the same object.
+//! their own records in the same object. A ConfigMap holds at most 1 MiB: about 50,000
+//! (Linode, address) pairs; a write beyond that fails, and with it the share it was to record.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;

@@ -58,9 +58,7 @@ impl Why {
 
     fn explain(self, linode: u64) -> String {
         match self {
-            Why::NodeGone => format!(
-                "no node of this cluster is Linode {linode} any more (its Node was deleted while the operator was not watching)"
-            ),
+            Why::NodeGone => format!("no node of this cluster is Linode {linode} any more"),
             Why::AddressUnclaimed => {
                 "no SharedIP of this cluster has this address any more".to_string()
             }

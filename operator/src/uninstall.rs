@@ -54,6 +54,8 @@ use crate::share_syncer::{ShareSyncer, SyncerConfig, SyncerError};
 pub const REASON_UNINSTALLED: &str = "Uninstalled";
 /// Pause between passes: long enough for a late call of the old leader to show.
 const SETTLE: Duration = Duration::from_secs(3);
+/// How long to wait for a replica without leader election to see the seized Lease.
+const NO_LEADER_GRACE: Duration = Duration::from_secs(5);
 
 #[derive(Debug, thiserror::Error)]
 pub enum UninstallError {
@@ -119,8 +121,10 @@ pub async fn run(config: &Config, args: &UninstallArgs) -> Result<Summary, Unins
     let mut elector = LeaderElector::new(client.clone(), lease);
     let previous = elector.seize(annotations).await?;
     match previous.filter(|p| !is_uninstaller(p)) {
-        Some(leader) => wait_step_down(&elector, &leader, args.step_down_timeout).await?,
-        None => info!("no operator replica held the lease"),
+        Some(leader) => wait_step_down(&elector, Some(&leader), args.step_down_timeout).await?,
+        // No leader: at most a replica without leader election, which checks the Lease every
+        // retry period and says when it stopped; or none at all.
+        None => wait_step_down(&elector, None, NO_LEADER_GRACE).await?,
     }
 
     let store = ConfigMapStore::new(client.clone(), &namespace, &cluster);
@@ -200,27 +204,32 @@ async fn deployment_uid(
 
 async fn wait_step_down(
     elector: &LeaderElector,
-    leader: &str,
+    leader: Option<&str>,
     timeout: Duration,
 ) -> Result<(), UninstallError> {
-    info!(leader, "waiting for the leader to stop");
+    match leader {
+        Some(l) => info!(leader = l, "waiting for the leader to stop"),
+        None => info!("no replica held the lease; waiting briefly for one without leader election"),
+    }
     let deadline = Instant::now() + timeout;
     loop {
         match elector.stepped_down().await {
-            Ok(Some(who)) if who == leader => {
-                info!(leader, "the leader stopped");
+            Ok(Some(who)) if leader.is_none_or(|l| l == who) => {
+                info!(replica = %who, "the operator stopped");
                 return Ok(());
             }
             Ok(_) => {}
             Err(e) => warn!(error = %e, "cannot read the lease"),
         }
         if Instant::now() >= deadline {
-            // It may be dead; repeated passes catch whatever it still did.
-            warn!(
-                leader,
-                ?timeout,
-                "the leader did not confirm it stopped; going on"
-            );
+            if let Some(l) = leader {
+                // It may be dead; repeated passes catch whatever it still did.
+                warn!(
+                    leader = l,
+                    ?timeout,
+                    "the leader did not confirm it stopped; going on"
+                );
+            }
             return Ok(());
         }
         tokio::time::sleep(Duration::from_millis(500)).await;

@@ -45,19 +45,24 @@ async fn helm(env: &Env, args: &[&str]) -> Result<String, String> {
 }
 
 async fn install(env: &Env, kubelet: &mut Kubelet) {
+    install_with(env, kubelet, &[]).await
+}
+
+async fn install_with(env: &Env, kubelet: &mut Kubelet, extra: &[&str]) {
     let chart = Path::new(env!("CARGO_MANIFEST_DIR")).join("../charts/sharedip");
     let chart = chart.display().to_string();
-    let api_url = env.standin.base_url();
-    let args = [
+    let token = format!("linode.token={TOKEN}");
+    let api_url = format!("linode.apiURL={}", env.standin.base_url());
+    let mut args = vec![
         "install",
         RELEASE,
         &chart,
         "-n",
         NS,
         "--set",
-        &format!("linode.token={TOKEN}"),
+        &token,
         "--set",
-        &format!("linode.apiURL={api_url}"),
+        &api_url,
         "--set",
         "agent.enabled=false",
         "--set",
@@ -69,6 +74,7 @@ async fn install(env: &Env, kubelet: &mut Kubelet) {
         "--timeout",
         "100s",
     ];
+    args.extend_from_slice(extra);
     let r = kubelet.while_running(env, helm(env, &args)).await;
     if let Err(e) = r {
         panic!("helm install: {e}\n{}", kubelet.logs());
@@ -275,6 +281,11 @@ async fn uninstall_unshares_and_lets_go_and_install_again_shares_again() {
         expect_shared(&env, &mut kubelet, &shared).await;
         expect_condition(&env, &mut kubelet, "web", "Shared").await;
         expect_condition(&env, &mut kubelet, "v6", "Shared").await;
+        let notes = lease(&env).await.metadata.annotations.unwrap_or_default();
+        assert!(
+            !notes.contains_key("sharedip.io/retired-deployment-uid"),
+            "the new leader cleared the uninstall's marks: {notes:?}"
+        );
         let sip = env.get("web").await.expect("web");
         assert!(sip
             .metadata
@@ -289,4 +300,51 @@ async fn uninstall_unshares_and_lets_go_and_install_again_shares_again() {
     })
     .await
     .expect("test finished within 280 s");
+}
+
+#[tokio::test]
+async fn uninstall_stops_a_single_replica_without_leader_election() {
+    tokio::time::timeout(Duration::from_secs(200), async {
+        let env = Env::start().await;
+        let dir = tempfile::tempdir().expect("temp dir");
+        env.create_namespace(NS).await;
+        env.add_node("node-a", &[("role", "primary")], Some(101))
+            .await;
+        env.add_node("node-b", &[("role", "secondary")], Some(102))
+            .await;
+        let mut kubelet = Kubelet::new(NS, dir.path());
+        let _dump = kubelet.dump_on_panic();
+        let single = [
+            "--set",
+            "operator.replicaCount=1",
+            "--set",
+            "operator.leaderElection.enabled=false",
+        ];
+        install_with(&env, &mut kubelet, &single).await;
+        env.apply_sharedip("web", spec("192.0.2.10")).await;
+        let shared = sharing(&[(101, &["192.0.2.10"]), (102, &["192.0.2.10"])]);
+        expect_shared(&env, &mut kubelet, &shared).await;
+        expect_condition(&env, &mut kubelet, "web", "Shared").await;
+
+        uninstall(&env, &mut kubelet).await;
+        assert_eq!(env.by_linode(), BTreeMap::new(), "nothing shared");
+        let sip = env.get("web").await.expect("web stays");
+        let f = sip.metadata.finalizers.unwrap_or_default();
+        assert!(!f.iter().any(|f| f == FINALIZER), "finalizers {f:?}");
+        let pods = kubelet.pods();
+        let replica = pods
+            .iter()
+            .find(|p| matches!(p.owner, Owner::Deployment { .. }))
+            .expect("the replica");
+        let log = replica.log_text();
+        assert!(log.contains("being uninstalled; stopping"), "{log}");
+        assert!(log.contains("stopped for the uninstall"), "{log}");
+        assert_eq!(log.matches("controller started").count(), 1, "{log}");
+
+        install_with(&env, &mut kubelet, &single).await;
+        expect_shared(&env, &mut kubelet, &shared).await;
+        expect_condition(&env, &mut kubelet, "web", "Shared").await;
+    })
+    .await
+    .expect("test finished within 200 s");
 }
