@@ -17,9 +17,8 @@
 //! did not complete; a replica of another Deployment (the release installed again) takes it
 //! over at once.
 
-use std::time::{Duration, Instant};
-
 use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
 
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};

@@ -57,6 +57,21 @@ async fn ledger(client: &kube::Client, name: &str) -> (Option<String>, BTreeMap<
     (id, linodes)
 }
 
+/// Waits until the ledger ConfigMap `name` records exactly `want` for cluster `id` (it is
+/// written a moment after the share call that the stand-in shows).
+async fn eventually_ledger(client: &kube::Client, name: &str, id: &str, want: &[(&str, &str)]) {
+    let want = linode_keys(want);
+    eventually(&format!("ledger {name} = {want:?}"), || async {
+        let got = ledger(client, name).await;
+        if got.0.as_deref() == Some(id) && got.1 == want {
+            Ok(())
+        } else {
+            Err(format!("{got:?}"))
+        }
+    })
+    .await;
+}
+
 fn linode_keys(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
     pairs
         .iter()
@@ -154,13 +169,14 @@ async fn node_deleted_while_the_operator_is_down_is_swept_after_restart() {
             }
         })
         .await;
-        let (id, linodes) = ledger(&env.client(), "sharedip-ledger-test-cluster").await;
-        assert_eq!(id.as_deref(), Some(CLUSTER_ID));
-        assert_eq!(
-            linodes,
-            linode_keys(&[("101", "192.0.2.10"), ("102", "192.0.2.10")]),
-            "the ledger forgot Linode 103"
-        );
+        // The ledger forgot Linode 103.
+        eventually_ledger(
+            &env.client(),
+            "sharedip-ledger-test-cluster",
+            CLUSTER_ID,
+            &[("101", "192.0.2.10"), ("102", "192.0.2.10")],
+        )
+        .await;
         op.stop().await;
     })
     .await;
@@ -268,7 +284,7 @@ fn operator(env: &Env, client: kube::Client, cluster: &str) -> InProcessOperator
     let task = tokio::spawn(run_controller(
         client,
         std::sync::Arc::new(env.linode_client()),
-        metrics,
+        metrics.clone(),
         settings,
         async move {
             let _ = rx.await;
@@ -277,10 +293,12 @@ fn operator(env: &Env, client: kube::Client, cluster: &str) -> InProcessOperator
     InProcessOperatorFor {
         stop: Some(tx),
         task,
+        metrics,
     }
 }
 
 struct InProcessOperatorFor {
+    metrics: std::sync::Arc<Metrics>,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     task: tokio::task::JoinHandle<Result<(), sharedip_operator::controller::RunError>>,
 }
@@ -381,10 +399,28 @@ async fn two_clusters_in_one_account_never_touch_each_others_shares() {
             ],
         )
         .await;
-        // B sees 192.0.2.10 on its node's Linode: not its own, so it stays (B's own sweep runs
-        // at every start: restart B to prove it).
+        // B sees 192.0.2.10 on its node's Linode: not its own, so it stays, also through B's
+        // sweep at start (restart B to run one).
         op_b.stop().await;
         let op_b = operator(&env, b_client.clone(), "cluster-b");
+        eventually("B swept once", || async {
+            if op_b
+                .metrics
+                .encode()
+                .contains("sharedip_sweeps_total{result=\"ok\"} 1")
+            {
+                Ok(())
+            } else {
+                Err("no sweep yet".into())
+            }
+        })
+        .await;
+        assert_eq!(op_b.metrics.swept.get(), 0, "B swept nothing");
+        assert_eq!(
+            env.by_linode().get(&103),
+            Some(&strings(&["192.0.2.10", "192.0.2.11"])),
+            "B left A's address on 103"
+        );
 
         // A comes back: its sweep takes its address off 103 and leaves B's there.
         let op_a = operator(&env, a_client.clone(), "cluster-a");
@@ -400,31 +436,40 @@ async fn two_clusters_in_one_account_never_touch_each_others_shares() {
         )
         .await;
 
+        // Each ledger names its cluster and only its own shares.
+        let a_ledger = "sharedip-ledger-cluster-a";
+        let b_ledger = "sharedip-ledger-cluster-b";
+        let a_pairs = [
+            ("101", "192.0.2.10"),
+            ("102", "192.0.2.10"),
+            ("106", "192.0.2.10"),
+        ];
+        eventually_ledger(&a_client, a_ledger, "cluster-a", &a_pairs).await;
+        let b_pairs = [("103", "192.0.2.11"), ("104", "192.0.2.11")];
+        eventually_ledger(&b_client, b_ledger, "cluster-b", &b_pairs).await;
+
         // SharedIPs are deleted: each cluster unshares its own address only.
+        Api::<sharedip_api::SharedIP>::all(b_client.clone())
+            .delete("api", &Default::default())
+            .await
+            .expect("delete api");
+        eventually_by_linode(
+            &env,
+            &[
+                (101, &["192.0.2.10", "198.51.100.7"]),
+                (102, &["192.0.2.10"]),
+                (104, &["198.51.100.7"]),
+                (106, &["192.0.2.10"]),
+            ],
+        )
+        .await;
         Api::<sharedip_api::SharedIP>::all(a_client.clone())
             .delete("web", &Default::default())
             .await
             .expect("delete web");
-        eventually_by_linode(
-            &env,
-            &[
-                (101, &["198.51.100.7"]),
-                (103, &["192.0.2.11"]),
-                (104, &["192.0.2.11", "198.51.100.7"]),
-            ],
-        )
-        .await;
-
-        // Each ledger names its cluster and only its own shares.
-        let (id_a, ledger_a) = ledger(&a_client, "sharedip-ledger-cluster-a").await;
-        let (id_b, ledger_b) = ledger(&b_client, "sharedip-ledger-cluster-b").await;
-        assert_eq!(id_a.as_deref(), Some("cluster-a"));
-        assert_eq!(id_b.as_deref(), Some("cluster-b"));
-        assert_eq!(ledger_a, BTreeMap::new(), "A shares nothing any more");
-        assert_eq!(
-            ledger_b,
-            linode_keys(&[("103", "192.0.2.11"), ("104", "192.0.2.11")])
-        );
+        eventually_by_linode(&env, &[(101, &["198.51.100.7"]), (104, &["198.51.100.7"])]).await;
+        eventually_ledger(&a_client, a_ledger, "cluster-a", &[]).await;
+        eventually_ledger(&b_client, b_ledger, "cluster-b", &[]).await;
         // Still exact after both stop.
         op_a.stop().await;
         op_b.stop().await;
@@ -432,8 +477,7 @@ async fn two_clusters_in_one_account_never_touch_each_others_shares() {
             env.by_linode(),
             [
                 (101, strings(&["198.51.100.7"])),
-                (103, strings(&["192.0.2.11"])),
-                (104, strings(&["192.0.2.11", "198.51.100.7"])),
+                (104, strings(&["198.51.100.7"])),
             ]
             .into()
         );
