@@ -77,6 +77,8 @@ pub enum UninstallError {
     Leader(#[from] LeaderError),
     #[error(transparent)]
     Syncer(#[from] SyncerError),
+    #[error("cannot unshare: {0}")]
+    Unshare(String),
     #[error("not finished within {after:?}: {left}")]
     Incomplete { after: Duration, left: String },
 }
@@ -299,10 +301,7 @@ async fn pass(
     }
     if !failed.is_empty() {
         // Keep the finalizers: the SharedIPs still guard shares that could not be removed.
-        return Err(UninstallError::Incomplete {
-            after: Duration::ZERO,
-            left: failed.join("; "),
-        });
+        return Err(UninstallError::Unshare(failed.join("; ")));
     }
     for s in &sips {
         changes += let_go(api, recorder, s, summary).await?;
