@@ -7,7 +7,7 @@
 #     leaking outside its Secret; the node agent DaemonSet's host network, non-privileged
 #     NET_ADMIN-only security context, NODE_NAME from spec.nodeName, state hostPath,
 #     tolerations, priority class, probes, environment (each variable one the agent reads in
-#     node-agent/src/config.rs) and its exact RBAC, ...);
+#     node-agent/src/config.rs) and its exact RBAC, the uninstall hook Job, ...);
 #   * NOTES.txt renders;
 #   * values that must be rejected (by values.schema.json or by the templates) really are;
 #   * the CRD in the chart equals crds/ (written by `cargo run -p sharedip-operator --bin crdgen`),
@@ -129,16 +129,16 @@ if TOKEN in open(path).read():
 
 kinds = sorted({k for k, _ in objs})
 expected_kinds = {
-    "token": ["ClusterRole", "ClusterRoleBinding", "Deployment", "PodDisruptionBudget", "Role", "RoleBinding",
-              "Secret", "ServiceAccount"],
-    "existing-secret": ["ClusterRole", "ClusterRoleBinding", "Deployment", "PodDisruptionBudget", "Role",
+    "token": ["ClusterRole", "ClusterRoleBinding", "Deployment", "Job", "PodDisruptionBudget", "Role",
+              "RoleBinding", "Secret", "ServiceAccount"],
+    "existing-secret": ["ClusterRole", "ClusterRoleBinding", "Deployment", "Job", "PodDisruptionBudget", "Role",
                         "RoleBinding", "ServiceAccount"],
-    "full": ["ClusterRole", "ClusterRoleBinding", "Deployment", "PodDisruptionBudget", "Role", "RoleBinding",
+    "full": ["ClusterRole", "ClusterRoleBinding", "Deployment", "Job", "PodDisruptionBudget", "Role", "RoleBinding",
              "Service", "ServiceAccount", "ServiceMonitor"],
-    "single-replica": ["ClusterRole", "ClusterRoleBinding", "Deployment", "Role", "RoleBinding", "Secret",
+    "single-replica": ["ClusterRole", "ClusterRoleBinding", "Deployment", "Job", "Role", "RoleBinding", "Secret",
                        "ServiceAccount"],
-    "no-rbac": ["Deployment", "PodDisruptionBudget", "Secret"],
-    "agent-disabled": ["ClusterRole", "ClusterRoleBinding", "Deployment", "PodDisruptionBudget", "Role",
+    "no-rbac": ["Deployment", "Job", "PodDisruptionBudget", "Secret"],
+    "agent-disabled": ["ClusterRole", "ClusterRoleBinding", "Deployment", "Job", "PodDisruptionBudget", "Role",
                        "RoleBinding", "Secret", "ServiceAccount"],
 }[scenario]
 if AGENT:
@@ -157,7 +157,7 @@ if AGENT:
 got_agent = {k for k, o in objs.items() if component(o) == "agent"}
 check(got_agent == want_agent, f"agent objects {sorted(got_agent)}, want {sorted(want_agent)}")
 for k, o in objs.items():
-    check(component(o) in ("operator", "agent", None), f"{k}: unknown component {component(o)!r}")
+    check(component(o) in ("operator", "agent", "uninstall", None), f"{k}: unknown component {component(o)!r}")
 
 # ---------------------------------------------------------------- operator Deployment
 dep = one("Deployment")
@@ -192,6 +192,7 @@ check(field_ref("POD_NAMESPACE") == "metadata.namespace", "POD_NAMESPACE not fro
 val = lambda n: env.get(n, {}).get("value")
 check(val("LINODE_TOKEN_FILE") == "/etc/sharedip/linode/token", "LINODE_TOKEN_FILE")
 check(val("LEADER_ELECTION") == "true", "LEADER_ELECTION must be true")
+check(val("OPERATOR_DEPLOYMENT") == dep["metadata"]["name"], f"OPERATOR_DEPLOYMENT {val('OPERATOR_DEPLOYMENT')!r}")
 port = 9090 if scenario == "full" else 8080
 check(val("HTTP_ADDR") == ("[::]:9090" if scenario == "full" else "0.0.0.0:8080"), f"HTTP_ADDR {val('HTTP_ADDR')!r}")
 check(val("LOG_FORMAT") in ("json", "text"), "LOG_FORMAT")
@@ -202,11 +203,15 @@ if scenario == "full":
     check(val("SHARE_BATCH_WINDOW") == "250ms", "SHARE_BATCH_WINDOW")
     check(val("MEMBERSHIP_HOLD_DOWN") == "5s", "MEMBERSHIP_HOLD_DOWN")
     check(val("EXTRA") == "1", "extraEnv")
+    check(val("CLUSTER_ID") == "prod-eu-1", "CLUSTER_ID")
+    check(val("SWEEP_INTERVAL") == "5m", "SWEEP_INTERVAL")
 else:
     check(val("LINODE_API_URL") == "https://api.linode.com/v4", "LINODE_API_URL")
     check(val("LEASE_NAME") == "sharedip-operator", f"LEASE_NAME {val('LEASE_NAME')!r}")
     check("SHARE_BATCH_WINDOW" not in env, "SHARE_BATCH_WINDOW set although empty")
     check("MEMBERSHIP_HOLD_DOWN" not in env, "MEMBERSHIP_HOLD_DOWN set although empty")
+    check("CLUSTER_ID" not in env, "CLUSTER_ID set although empty (the default is kube-system's UID)")
+    check("SWEEP_INTERVAL" not in env, "SWEEP_INTERVAL set although empty")
 
 ports = {p["name"]: p["containerPort"] for p in c.get("ports", [])}
 check(ports.get("http") == port, f"container port http {ports.get('http')}, want {port}")
@@ -299,7 +304,16 @@ WANT_CLUSTER = expand({
     ("events.k8s.io", "events"): ["create", "patch"],
     ("", "events"): ["create", "patch"],
 })
-WANT_NS = expand({("coordination.k8s.io", "leases"): ["get", "list", "watch", "create", "update", "patch"]})
+# The default cluster identity is kube-system's UID: only when no clusterId is set.
+if scenario != "full":
+    WANT_CLUSTER |= expand({("", "namespaces"): ["get"]})
+WANT_NS = expand({
+    ("coordination.k8s.io", "leases"): ["get", "list", "watch", "create", "update", "patch"],
+    ("", "configmaps"): ["get", "create", "patch"],
+    ("apps", "deployments"): ["get"],
+})
+# Rules that must be narrowed to named objects.
+WANT_NAMES = {("", "namespaces"): ["kube-system"], ("apps", "deployments"): [dep["metadata"]["name"]]}
 # The node agent runs on every node: read-only on Nodes, SharedIPs and Pods, its status entry by
 # server-side apply (patch), Events. No Secrets, no Leases, no writes to Nodes or Pods.
 WANT_AGENT = expand({
@@ -330,7 +344,12 @@ for role in by_kind("ClusterRole") + by_kind("Role"):
             check(v in ("get", "list", "watch") or res in ("sharedips/status", "events"),
                   f"{what}: write access {(g, res, v)}")
     for r in rules:
-        check(not r.get("resourceNames") and not r.get("nonResourceURLs"), f"{what}: unexpected rule {r}")
+        check(not r.get("nonResourceURLs"), f"{what}: unexpected rule {r}")
+        for g in r.get("apiGroups", []):
+            for res in r.get("resources", []):
+                want_names = WANT_NAMES.get((g, res)) if comp == "operator" else None
+                check(r.get("resourceNames") == want_names,
+                      f"{what}: {g}/{res} resourceNames {r.get('resourceNames')}, want {want_names}")
 for b in by_kind("ClusterRoleBinding") + by_kind("RoleBinding"):
     ref_kind = "ClusterRole" if b["kind"] == "ClusterRoleBinding" else "Role"
     check(b["roleRef"]["kind"] == ref_kind and (ref_kind, b["roleRef"]["name"]) in objs,
@@ -343,6 +362,34 @@ for b in by_kind("ClusterRoleBinding") + by_kind("RoleBinding"):
 for sa in by_kind("ServiceAccount"):
     check(sa["metadata"]["name"] == SA_OF.get(component(sa)), f"ServiceAccount name {sa['metadata']['name']}")
     check(sa["metadata"]["name"] != sa_name or component(sa) == "operator", "agent and operator share a ServiceAccount")
+
+# ---------------------------------------------------------------- uninstall hook Job
+job = one("Job")
+check(component(job) == "uninstall" and job["metadata"]["name"] == "sharedip-uninstall", "uninstall Job name / component")
+ann = job["metadata"].get("annotations", {})
+check(ann.get("helm.sh/hook") == "pre-delete", f"uninstall Job hook {ann.get('helm.sh/hook')!r}")
+check(ann.get("helm.sh/hook-delete-policy") == "before-hook-creation,hook-succeeded", "uninstall Job delete policy")
+jspec = job.get("spec", {})
+check(jspec.get("activeDeadlineSeconds") == (600 if scenario == "full" else 300), "uninstall activeDeadlineSeconds")
+jtpl = jspec.get("template", {})
+jpod = jtpl.get("spec", {})
+jlabels = jtpl.get("metadata", {}).get("labels", {})
+check(not all(jlabels.get(k) == v for k, v in sel.items()), "the operator's selector matches the uninstall pod")
+check(jpod.get("restartPolicy") == "Never", "uninstall restartPolicy Never")
+check(jpod.get("serviceAccountName") == sa_name, "the uninstall Job runs with the operator's ServiceAccount")
+jc = (jpod.get("containers") or [{}])[0]
+check(jc.get("image") == image, "the uninstall Job runs the operator image")
+check(jc.get("args") == ["uninstall"] and "command" not in jc, f"uninstall args {jc.get('args')}")
+check(jc.get("securityContext") == sc, "uninstall container securityContext = the operator's")
+check(jpod.get("securityContext") == psc, "uninstall pod securityContext = the operator's")
+jenv = {e["name"]: e for e in jc.get("env", [])}
+for n in ("POD_NAME", "POD_NAMESPACE", "LINODE_TOKEN_FILE", "LINODE_API_URL", "LEASE_NAME", "OPERATOR_DEPLOYMENT",
+          "CLUSTER_ID", "LOG_FORMAT", "RUST_LOG"):
+    check(jenv.get(n) == env.get(n), f"uninstall env {n} {jenv.get(n)} differs from the operator's {env.get(n)}")
+check(jenv.get("UNINSTALL_TIMEOUT", {}).get("value") == ("570s" if scenario == "full" else "270s"),
+      f"UNINSTALL_TIMEOUT {jenv.get('UNINSTALL_TIMEOUT')}")
+check({m["name"]: m for m in jc.get("volumeMounts", [])}.get("linode-token") == tm, "uninstall token mount")
+check({v["name"]: v for v in jpod.get("volumes", [])}.get("linode-token", {}).get("secret") == sv, "uninstall token volume")
 
 # ---------------------------------------------------------------- metrics
 if scenario == "full":
@@ -546,6 +593,13 @@ check_scenario no-rbac "rbac.create=false" -f "$CHART/ci/token-values.yaml" --se
   --set agent.rbac.create=false --set agent.serviceAccount.create=false --set agent.serviceAccount.name=sharedip-agent
 check_scenario agent-disabled "agent.enabled=false (operator only)" -f "$CHART/ci/token-values.yaml" \
   --set agent.enabled=false
+# The uninstall hook can be turned off (then no Job at all).
+if render "$WORK/no-hook.yaml" -f "$CHART/ci/token-values.yaml" --set operator.uninstall.enabled=false \
+  && ! grep -q '^kind: Job$' "$WORK/no-hook.yaml"; then
+  pass "render operator.uninstall.enabled=false: no hook Job"
+else
+  fail "render operator.uninstall.enabled=false"
+fi
 # A token passed with --set-file ends with a newline; the Secret must hold the bare token.
 printf '0000000000000000000000000000000000000000000000000000000000000000\n' >"$WORK/token-file"
 check_scenario token "token from --set-file (trailing newline)" --set-file linode.token="$WORK/token-file"
@@ -567,7 +621,7 @@ check_notes() { # check_notes <label> <helm args...>
 import sys, yaml
 notes = yaml.safe_load(open(sys.argv[1]))["notes"]
 need = ["kubectl get sharedips", "kubectl describe sharedip", "apiVersion: sharedip.io/v1alpha1",
-        "get lease sharedip-operator", "192.0.2.10"]
+        "get lease sharedip-operator", "192.0.2.10", "helm uninstall sharedip", "No address leaves"]
 agent = ["get daemonset sharedip-agent", "app.kubernetes.io/component=agent", "sharedip-node-agent status",
          "sharedip.io/drain=true"]
 if sys.argv[2] == "agent disabled":
@@ -623,6 +677,11 @@ expect_reject "bad image digest" "/operator/image/digest" "${TOK[@]}" --set oper
 expect_reject "port out of range" "/operator/http/port.*maximum" "${TOK[@]}" --set operator.http.port=70000
 expect_reject "bad batchWindow" "/operator/batchWindow" "${TOK[@]}" --set operator.batchWindow=soon
 expect_reject "bad membershipHoldDown" "/operator/membershipHoldDown" "${TOK[@]}" --set operator.membershipHoldDown=often
+expect_reject "clusterId not a DNS label" "/clusterId" "${TOK[@]}" --set clusterId=Prod_EU
+expect_reject "clusterId too long" "/clusterId" "${TOK[@]}" --set clusterId=$(printf 'a%.0s' {1..64})
+expect_reject "sweepInterval below a second" "/operator/sweepInterval" "${TOK[@]}" --set operator.sweepInterval=500ms
+expect_reject "uninstall deadline too short" "/operator/uninstall/activeDeadlineSeconds" "${TOK[@]}" \
+  --set operator.uninstall.activeDeadlineSeconds=10
 expect_reject "bad podAntiAffinity preset" "/operator/podAntiAffinity" "${TOK[@]}" --set operator.podAntiAffinity=always
 expect_reject "apiURL not a URL" "/linode/apiURL" "${TOK[@]}" --set linode.apiURL=api.linode.com
 expect_reject "bad existingSecret name" "/linode/existingSecret" --set linode.existingSecret=Not_A_Name

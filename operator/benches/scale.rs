@@ -175,10 +175,8 @@ async fn run() {
         pool_of.insert(FIRST_NODE_LINODE + n as u64, n % POOLS);
     }
 
-    let settings = ControllerSettings {
-        identity: "bench".into(),
-        ..Default::default()
-    };
+    let cluster_id = sharedip_operator::cluster_id::ClusterId::new("bench").expect("cluster id");
+    let settings = ControllerSettings::new("bench", cluster_id, "default");
     let op = env.spawn_operator_with(settings);
 
     // Phase 1: everything at once.

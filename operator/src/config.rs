@@ -4,7 +4,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use clap::{Parser, ValueEnum};
+use clap::{Args, Parser, Subcommand, ValueEnum};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum LogFormat {
@@ -44,7 +44,7 @@ pub struct Config {
     #[arg(long, env = "LEASE_NAME", default_value = "sharedip-operator")]
     pub lease_name: String,
 
-    /// Namespace of the Lease (the pod's namespace).
+    /// Namespace of the Lease and of the ledger ConfigMap (the pod's namespace).
     #[arg(long, env = "POD_NAMESPACE", default_value = "default")]
     pub lease_namespace: String,
 
@@ -70,6 +70,57 @@ pub struct Config {
     /// delayed. 0 disables damping.
     #[arg(long, env = "MEMBERSHIP_HOLD_DOWN", default_value = "10s", value_parser = parse_duration)]
     pub membership_hold_down: Duration,
+    /// This cluster's identity, which keeps "ours" exact when several clusters share a Linode
+    /// account: it names the ledger of the Linodes that received this cluster's addresses.
+    /// Lower-case letters, digits and '-', at most 63 characters. Default: the UID of the
+    /// kube-system namespace.
+    #[arg(long, env = "CLUSTER_ID")]
+    pub cluster_id: Option<String>,
+
+    /// How often the leader sweeps shares no SharedIP wants from the Linodes in the ledger (it
+    /// also sweeps once when it becomes leader), e.g. 10m.
+    #[arg(long, env = "SWEEP_INTERVAL", default_value = "10m", value_parser = parse_sweep_interval)]
+    pub sweep_interval: Duration,
+
+    /// Name of this installation's operator Deployment (in the pod's namespace), to tell an
+    /// uninstall of this installation from one of an earlier installation of the release.
+    #[arg(long, env = "OPERATOR_DEPLOYMENT")]
+    pub operator_deployment: Option<String>,
+
+    #[command(subcommand)]
+    pub command: Option<Command>,
+}
+
+#[derive(Debug, Clone, Subcommand)]
+pub enum Command {
+    /// Unshares every address this cluster shared, removes the operator's finalizer from every
+    /// SharedIP and keeps this installation's replicas from leading; releases no address (the
+    /// Helm chart's pre-delete hook).
+    Uninstall(UninstallArgs),
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct UninstallArgs {
+    /// How long this installation's replicas stay stopped if the uninstall is not completed
+    /// (their Deployment is not deleted), e.g. 10m.
+    #[arg(long, env = "UNINSTALL_HOLD", default_value = "10m", value_parser = parse_duration)]
+    pub hold: Duration,
+
+    /// Longest wait for the leader to stop with nothing in flight, e.g. 60s.
+    #[arg(long, env = "UNINSTALL_STEP_DOWN_TIMEOUT", default_value = "60s", value_parser = parse_duration)]
+    pub step_down_timeout: Duration,
+
+    /// Upper bound of the whole uninstall, e.g. 4m (keep it below the hook Job's deadline).
+    #[arg(long, env = "UNINSTALL_TIMEOUT", default_value = "4m", value_parser = parse_duration)]
+    pub timeout: Duration,
+}
+
+fn parse_sweep_interval(s: &str) -> Result<Duration, String> {
+    let d = parse_duration(s)?;
+    if d < Duration::from_secs(1) {
+        return Err(format!("{s:?}: the sweep interval must be at least 1s"));
+    }
+    Ok(d)
 }
 
 impl Config {
@@ -114,5 +165,35 @@ mod tests {
         let c =
             Config::try_parse_from(["sharedip-operator", "--membership-hold-down", "0"]).unwrap();
         assert_eq!(c.membership_hold_down, Duration::ZERO);
+        assert!(c.command.is_none());
+        assert_eq!(c.sweep_interval, Duration::from_secs(600));
+    }
+
+    #[test]
+    fn uninstall_subcommand_and_sweep_interval() {
+        let c = Config::try_parse_from([
+            "sharedip-operator",
+            "--cluster-id",
+            "prod-eu",
+            "--sweep-interval",
+            "30s",
+            "uninstall",
+            "--hold",
+            "2m",
+        ])
+        .unwrap();
+        assert_eq!(c.cluster_id.as_deref(), Some("prod-eu"));
+        assert_eq!(c.sweep_interval, Duration::from_secs(30));
+        match c.command {
+            Some(Command::Uninstall(a)) => {
+                assert_eq!(a.hold, Duration::from_secs(120));
+                assert_eq!(a.step_down_timeout, Duration::from_secs(60));
+            }
+            other => panic!("{other:?}"),
+        }
+        let e = Config::try_parse_from(["sharedip-operator", "--sweep-interval", "0s"])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("at least 1s"), "{e}");
     }
 }

@@ -21,15 +21,18 @@ use sharedip_api::SharedIP;
 use tokio::sync::{mpsc, watch, Notify};
 use tracing::{debug, error, info, warn};
 
+use crate::cluster_id::{self, ClusterId, IdentityError};
 use crate::config::Config;
 use crate::directory::{Directory, DirectoryConfig};
 use crate::http::{self, Health};
 use crate::leader::{LeaderElector, LeaseConfig};
+use crate::ledger::{ConfigMapStore, Ledger, LedgerError};
 use crate::linode_api::DynLinodeApi;
 use crate::membership::{Decision, MembershipDamper};
 use crate::metrics::Metrics;
 use crate::reconciler::{self, lock, Context, ReconcileConfig};
 use crate::share_syncer::{ShareSyncer, SyncerConfig};
+use crate::sweep::Sweeper;
 
 /// Areas of the problems that make `/readyz` fail (see [`Health::set_problem`]).
 pub mod problem {
@@ -62,12 +65,24 @@ pub enum RunError {
     NodeCache,
     #[error("{0}")]
     Leader(#[from] crate::leader::LeaderError),
+    #[error(transparent)]
+    Identity(#[from] IdentityError),
+    #[error("cannot read the ledger: {0}")]
+    Ledger(#[from] LedgerError),
+    #[error("stopped: this installation is being uninstalled")]
+    Uninstalled,
 }
 
 /// Settings of the controller proper (everything but process plumbing).
-#[derive(Clone, Default)]
+#[derive(Clone)]
 pub struct ControllerSettings {
     pub identity: String,
+    /// This cluster's identity: names the ledger.
+    pub cluster_id: ClusterId,
+    /// Namespace of the ledger ConfigMap (the operator's).
+    pub namespace: String,
+    /// How often the leader sweeps shares no SharedIP wants (and once at start).
+    pub sweep_interval: Duration,
     pub syncer: SyncerConfig,
     pub directory: DirectoryConfig,
     pub reconcile: ReconcileConfig,
@@ -76,6 +91,28 @@ pub struct ControllerSettings {
     pub token_changes: Option<watch::Receiver<TokenFileState>>,
     /// Where to report problems that keep the controller from working (a CRD that goes away).
     pub health: Option<Arc<Health>>,
+}
+
+impl ControllerSettings {
+    /// Default settings for a controller of cluster `cluster_id` whose ledger lives in
+    /// `namespace`. There is no `Default`: a cluster identity is never made up.
+    pub fn new(
+        identity: impl Into<String>,
+        cluster_id: ClusterId,
+        namespace: impl Into<String>,
+    ) -> Self {
+        Self {
+            identity: identity.into(),
+            cluster_id,
+            namespace: namespace.into(),
+            sweep_interval: Duration::from_secs(600),
+            syncer: SyncerConfig::default(),
+            directory: DirectoryConfig::default(),
+            reconcile: ReconcileConfig::default(),
+            token_changes: None,
+            health: None,
+        }
+    }
 }
 
 /// Runs the operator until SIGTERM/SIGINT, or until it loses the lease (an error: the pod is
@@ -119,6 +156,8 @@ pub async fn run(config: Config) -> Result<(), RunError> {
         tokio::spawn(follow_token(rx.clone(), health.clone()));
     }
     info!(api = %linode.base_url(), "Linode API client ready");
+    let (cluster_id, source) = cluster_id::resolve(&client, config.cluster_id.as_deref()).await?;
+    info!(cluster_id = %cluster_id, source = %source, "cluster identity");
 
     let (stop_tx, stop_rx) = watch::channel(false);
     tokio::spawn(async move {
@@ -138,6 +177,9 @@ pub async fn run(config: Config) -> Result<(), RunError> {
     let identity = config.identity();
     let settings = ControllerSettings {
         identity: identity.clone(),
+        cluster_id,
+        namespace: config.lease_namespace.clone(),
+        sweep_interval: config.sweep_interval,
         syncer: SyncerConfig {
             batch_window: config.batch_window,
             ..Default::default()
@@ -154,27 +196,19 @@ pub async fn run(config: Config) -> Result<(), RunError> {
     // A standby is ready: it is healthy and waiting to take over.
     health.ready.store(true, Ordering::Relaxed);
 
+    let mut lease = LeaseConfig::new(
+        config.lease_namespace.clone(),
+        config.lease_name.clone(),
+        identity,
+    );
+    lease.deployment = config.operator_deployment.clone().filter(|d| !d.is_empty());
+
     if !config.leader_election {
-        metrics.leader.set(1);
-        run_controller(
-            client,
-            Arc::new(linode),
-            metrics,
-            settings,
-            stopped(stop_rx),
-        )
-        .await?;
-        return Ok(());
+        return run_without_election(client, Arc::new(linode), metrics, settings, lease, stop_rx)
+            .await;
     }
 
-    let mut elector = LeaderElector::new(
-        client.clone(),
-        LeaseConfig::new(
-            config.lease_namespace.clone(),
-            config.lease_name.clone(),
-            identity,
-        ),
-    );
+    let mut elector = LeaderElector::new(client.clone(), lease);
     let mut early_stop = stop_rx.clone();
     tokio::select! {
         _ = elector.acquire() => {}
@@ -221,6 +255,11 @@ pub async fn run(config: Config) -> Result<(), RunError> {
     };
     let lost = lost_reason.lock().ok().and_then(|mut r| r.take());
     if let Some(e) = lost {
+        // The controller and its share calls have finished: if an uninstall took the lease,
+        // it may now unshare without racing us.
+        if let Err(a) = elector.acknowledge_step_down().await {
+            warn!(error = %a, "cannot tell the uninstaller that this replica stopped; it goes on after its timeout");
+        }
         return Err(e.into());
     }
     if let Err(e) = elector.release().await {
@@ -229,8 +268,74 @@ pub async fn run(config: Config) -> Result<(), RunError> {
     result
 }
 
-async fn stopped(mut rx: watch::Receiver<bool>) {
-    let _ = rx.wait_for(|s| *s).await;
+/// A single replica without leader election still stops for an uninstall of its installation
+/// (the uninstall takes the Lease all the same), and does not start while one holds it.
+async fn run_without_election(
+    client: kube::Client,
+    linode: DynLinodeApi,
+    metrics: Arc<Metrics>,
+    settings: ControllerSettings,
+    lease: LeaseConfig,
+    stop_rx: watch::Receiver<bool>,
+) -> Result<(), RunError> {
+    let period = lease.retry_period;
+    let mut fence = LeaderElector::new(client.clone(), lease);
+    let mut logged = false;
+    loop {
+        match fence.uninstalling().await {
+            Ok(false) => break,
+            Ok(true) => {
+                if !logged {
+                    info!("this installation is being uninstalled; not starting");
+                    logged = true;
+                }
+            }
+            Err(e) => {
+                // Without permission to read the Lease there is no uninstall to respect.
+                warn!(error = %e, "cannot check the Lease for an uninstall; starting");
+                break;
+            }
+        }
+        let mut early = stop_rx.clone();
+        tokio::select! {
+            _ = tokio::time::sleep(period) => {}
+            _ = early.wait_for(|s| *s) => return Ok(()),
+        }
+    }
+    metrics.leader.set(1);
+    let (fenced_tx, mut fenced_rx) = watch::channel(false);
+    let watcher = tokio::spawn(async move {
+        loop {
+            tokio::time::sleep(period).await;
+            if let Ok(true) = fence.uninstalling().await {
+                error!("this installation is being uninstalled; stopping");
+                let _ = fenced_tx.send(true);
+                return fence;
+            }
+        }
+    });
+    let stop = {
+        let mut a = stop_rx.clone();
+        async move {
+            tokio::select! {
+                _ = a.wait_for(|s| *s) => {}
+                _ = fenced_rx.wait_for(|s| *s) => {}
+            }
+        }
+    };
+    let result = run_controller(client, linode, metrics.clone(), settings, stop).await;
+    metrics.leader.set(0);
+    watcher.abort();
+    match watcher.await {
+        Ok(fence) => {
+            if let Err(e) = fence.acknowledge_step_down().await {
+                warn!(error = %e, "cannot tell the uninstaller that this replica stopped");
+            }
+            result?;
+            Err(RunError::Uninstalled)
+        }
+        Err(_) => result,
+    }
 }
 
 async fn shutdown_signal() {
@@ -284,18 +389,45 @@ pub async fn run_controller(
         .map_err(|_| RunError::NodeCache)?;
     info!(nodes = node_store.state().len(), "node cache synced");
 
+    let store = ConfigMapStore::new(client.clone(), &settings.namespace, &settings.cluster_id);
+    let ledger = match Ledger::open(Arc::new(store), Some(metrics.ledger_pairs.clone())).await {
+        Ok(l) => Arc::new(l),
+        Err(e) => {
+            node_task.abort();
+            return Err(e.into());
+        }
+    };
+    let recorded = ledger.entries().await.len();
+    info!(ledger = %ledger.name(), linodes = recorded, "ledger read");
+    let (syncer, syncer_task) = ShareSyncer::start(
+        linode.clone(),
+        settings.syncer.clone(),
+        metrics.clone(),
+        ledger.clone(),
+    );
+
+    let recorder = Recorder::new(
+        client.clone(),
+        Reporter {
+            controller: "sharedip-operator".into(),
+            instance: Some(settings.identity.clone()),
+        },
+    );
+    let sweeper = Sweeper {
+        syncer: syncer.clone(),
+        ledger,
+        nodes: node_store.clone(),
+        sharedips: controller.store(),
+        recorder: recorder.clone(),
+        metrics: metrics.clone(),
+        interval: settings.sweep_interval,
+    };
     let ctx = Arc::new(Context {
         client: client.clone(),
-        recorder: Recorder::new(
-            client.clone(),
-            Reporter {
-                controller: "sharedip-operator".into(),
-                instance: Some(settings.identity.clone()),
-            },
-        ),
+        recorder,
         metrics: metrics.clone(),
         directory: Directory::new(linode.clone(), settings.directory.clone()),
-        syncer: ShareSyncer::spawn(linode, settings.syncer.clone(), metrics),
+        syncer,
         nodes: node_store,
         sharedips: controller.store(),
         config: settings.reconcile.clone(),
@@ -324,6 +456,7 @@ pub async fn run_controller(
             }
         })
     });
+    let sweep_task = tokio::spawn(sweeper.run());
     let node_changes = futures::stream::unfold(trigger_rx, |mut rx| async move {
         rx.recv().await.map(|v| (v, rx))
     });
@@ -353,6 +486,17 @@ pub async fn run_controller(
     }
     if let Some(t) = crd_task {
         t.abort();
+    }
+    sweep_task.abort();
+    let _ = sweep_task.await;
+    // Every handle is gone now; wait for the waves already submitted, so that when this
+    // returns no share call of ours is in flight.
+    let bound = settings.reconcile.wave_timeout;
+    if tokio::time::timeout(bound, syncer_task.finish())
+        .await
+        .is_err()
+    {
+        warn!(?bound, "the share syncer did not finish its waves in time");
     }
     info!("controller stopped");
     Ok(())

@@ -55,6 +55,13 @@ impl FakeLinode {
         );
     }
 
+    /// Deletes the Linode (its shares go with it, as at Linode).
+    pub fn remove_linode(&self, id: u64) {
+        let mut i = self.inner.lock().unwrap();
+        i.linodes.remove(&id);
+        i.shared.remove(&id);
+    }
+
     pub fn add_address(&self, network: &str, prefix: u8, region: &str, owner: Option<u64>) {
         self.inner.lock().unwrap().addresses.push(AddressInfo {
             network: network.parse().unwrap(),

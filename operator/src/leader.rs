@@ -6,14 +6,35 @@
 //! skewed); every write carries the `resourceVersion` it read, so two candidates cannot both
 //! win. A leader that cannot renew within `renew_deadline` steps down, before any candidate may
 //! take over (`renew_deadline` < `lease_duration`).
+//!
+//! `sharedip-operator uninstall` (the chart's pre-delete hook) [seizes](LeaderElector::seize)
+//! the lease without waiting for it to expire, as holder `uninstall/<pod>`, and stamps it with
+//! the UID of the operator Deployment it retires. The leader then loses the lease at its next
+//! renewal and stops; once its share syncer has finished every call in flight it
+//! [acknowledges](LeaderElector::acknowledge_step_down) on the lease, which the uninstaller waits
+//! for. A replica of the retired Deployment never takes such a lease over (its pods are about to
+//! be deleted) until the uninstaller's hold expires, which only happens when the uninstall
+//! did not complete; a replica of another Deployment (the release installed again) takes it
+//! over at once.
 
+use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
+use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime;
 use k8s_openapi::jiff::Timestamp;
-use kube::api::{Api, ObjectMeta, PostParams};
+use kube::api::{Api, ObjectMeta, Patch, PatchParams, PostParams};
 use tracing::{debug, info, warn};
+
+/// Holder identities of `sharedip-operator uninstall` start with this (pod names, the
+/// replicas' identities, cannot contain `/`).
+pub const UNINSTALL_PREFIX: &str = "uninstall/";
+/// Lease annotation: UID of the operator Deployment an uninstall retired.
+pub const RETIRED_DEPLOYMENT_ANNOTATION: &str = "sharedip.io/retired-deployment-uid";
+/// Lease annotation: identity of the leader that stopped, with nothing in flight, after an
+/// uninstall took its lease.
+pub const STEPPED_DOWN_ANNOTATION: &str = "sharedip.io/stepped-down";
 
 #[derive(Debug, Clone)]
 pub struct LeaseConfig {
@@ -23,6 +44,9 @@ pub struct LeaseConfig {
     pub lease_duration: Duration,
     pub renew_deadline: Duration,
     pub retry_period: Duration,
+    /// The operator Deployment this replica belongs to (in `namespace`), to tell whether an
+    /// uninstall retired it. None: unknown, every uninstall counts.
+    pub deployment: Option<String>,
 }
 
 impl LeaseConfig {
@@ -34,8 +58,14 @@ impl LeaseConfig {
             lease_duration: Duration::from_secs(15),
             renew_deadline: Duration::from_secs(10),
             retry_period: Duration::from_secs(2),
+            deployment: None,
         }
     }
+}
+
+/// Whether a lease holder is `sharedip-operator uninstall`.
+pub fn is_uninstaller(holder: &str) -> bool {
+    holder.starts_with(UNINSTALL_PREFIX)
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -59,16 +89,21 @@ struct Observed {
 
 pub struct LeaderElector {
     api: Api<Lease>,
+    deployments: Api<Deployment>,
     config: LeaseConfig,
     observed: Option<Observed>,
+    /// The uninstaller last logged as blocking this replica (to log once per uninstall).
+    logged_retired: Option<String>,
 }
 
 impl LeaderElector {
     pub fn new(client: kube::Client, config: LeaseConfig) -> Self {
         Self {
-            api: Api::namespaced(client, &config.namespace),
+            api: Api::namespaced(client.clone(), &config.namespace),
+            deployments: Api::namespaced(client, &config.namespace),
             config,
             observed: None,
+            logged_retired: None,
         }
     }
 
@@ -151,6 +186,168 @@ impl LeaderElector {
         Ok(())
     }
 
+    /// Whether an uninstall recorded on `lease` retired this replica's Deployment: it did when
+    /// it names its UID, when the Deployment is gone or being deleted, and when either UID is
+    /// unknown (the safe answer: wait for the uninstaller's hold to expire).
+    async fn retired_by(&self, lease: &Lease) -> Result<bool, LeaderError> {
+        let Some(name) = self.config.deployment.as_deref() else {
+            return Ok(true);
+        };
+        let retired = lease
+            .metadata
+            .annotations
+            .as_ref()
+            .and_then(|a| a.get(RETIRED_DEPLOYMENT_ANNOTATION))
+            .filter(|u| !u.is_empty());
+        let Some(retired) = retired else {
+            return Ok(true);
+        };
+        let ours = self
+            .deployments
+            .get_opt(name)
+            .await
+            .map_err(|e| self.err(e))?;
+        Ok(match ours {
+            None => true,
+            Some(d) if d.metadata.deletion_timestamp.is_some() => true,
+            Some(d) => d.metadata.uid.as_deref().is_none_or(|u| u == retired),
+        })
+    }
+
+    /// Whether an uninstall that retired this replica's Deployment holds the lease now (for a
+    /// replica running without leader election, which must stop just the same).
+    pub async fn uninstalling(&mut self) -> Result<bool, LeaderError> {
+        let Some(lease) = self
+            .api
+            .get_opt(&self.config.name)
+            .await
+            .map_err(|e| self.err(e))?
+        else {
+            return Ok(false);
+        };
+        let holder = lease
+            .spec
+            .as_ref()
+            .and_then(|s| s.holder_identity.clone())
+            .filter(|h| is_uninstaller(h));
+        match holder {
+            Some(_) => self.retired_by(&lease).await,
+            None => Ok(false),
+        }
+    }
+
+    /// Takes the lease at once, whoever holds it, for `lease_duration`, with `annotations`;
+    /// returns the previous holder when it was someone else. For `uninstall` only: a running
+    /// leader loses the lease at its next renewal.
+    pub async fn seize(
+        &mut self,
+        annotations: BTreeMap<String, String>,
+    ) -> Result<Option<String>, LeaderError> {
+        let duration_secs = i32::try_from(self.config.lease_duration.as_secs()).unwrap_or(i32::MAX);
+        loop {
+            let now = Timestamp::now();
+            let existing = self
+                .api
+                .get_opt(&self.config.name)
+                .await
+                .map_err(|e| self.err(e))?;
+            let (mut lease, previous) = match existing {
+                Some(l) => {
+                    let prev = l
+                        .spec
+                        .as_ref()
+                        .and_then(|s| s.holder_identity.clone())
+                        .filter(|h| !h.is_empty() && *h != self.config.identity);
+                    (l, prev)
+                }
+                None => (
+                    Lease {
+                        metadata: ObjectMeta {
+                            name: Some(self.config.name.clone()),
+                            namespace: Some(self.config.namespace.clone()),
+                            ..Default::default()
+                        },
+                        spec: Some(LeaseSpec {
+                            lease_transitions: Some(0),
+                            ..Default::default()
+                        }),
+                    },
+                    None,
+                ),
+            };
+            let notes = lease.metadata.annotations.get_or_insert_with(BTreeMap::new);
+            notes.remove(STEPPED_DOWN_ANNOTATION);
+            notes.extend(annotations.clone());
+            let spec = lease.spec.get_or_insert_with(LeaseSpec::default);
+            if spec.holder_identity.as_deref() != Some(self.config.identity.as_str()) {
+                spec.acquire_time = Some(MicroTime(now));
+                spec.lease_transitions =
+                    Some(spec.lease_transitions.unwrap_or(0).saturating_add(1));
+            }
+            spec.holder_identity = Some(self.config.identity.clone());
+            spec.lease_duration_seconds = Some(duration_secs);
+            spec.renew_time = Some(MicroTime(now));
+            let written = if lease.metadata.resource_version.is_some() {
+                self.api
+                    .replace(&self.config.name, &PostParams::default(), &lease)
+                    .await
+            } else {
+                self.api.create(&PostParams::default(), &lease).await
+            };
+            match written {
+                Ok(_) => {
+                    info!(lease = %self.config.name, identity = %self.config.identity, previous = ?previous, "took the lease");
+                    return Ok(previous);
+                }
+                // Renewed (or created) in between: read it again.
+                Err(kube::Error::Api(s)) if s.code == 409 => continue,
+                Err(e) => return Err(self.err(e)),
+            }
+        }
+    }
+
+    /// Who acknowledged, on the lease, that it stopped after an uninstall took the lease.
+    pub async fn stepped_down(&self) -> Result<Option<String>, LeaderError> {
+        let lease = self
+            .api
+            .get_opt(&self.config.name)
+            .await
+            .map_err(|e| self.err(e))?;
+        Ok(lease
+            .and_then(|l| l.metadata.annotations)
+            .and_then(|a| a.get(STEPPED_DOWN_ANNOTATION).cloned()))
+    }
+
+    /// Says on the lease that this replica, which lost it to an uninstall, has stopped and has
+    /// no share call in flight. Does nothing when someone else than an uninstaller holds it.
+    pub async fn acknowledge_step_down(&self) -> Result<(), LeaderError> {
+        let lease = self
+            .api
+            .get_opt(&self.config.name)
+            .await
+            .map_err(|e| self.err(e))?;
+        let holder = lease
+            .and_then(|l| l.spec)
+            .and_then(|s| s.holder_identity)
+            .unwrap_or_default();
+        if !is_uninstaller(&holder) {
+            return Ok(());
+        }
+        let patch = serde_json::json!({
+            "metadata": {"annotations": {STEPPED_DOWN_ANNOTATION: self.config.identity}},
+        });
+        self.api
+            .patch(
+                &self.config.name,
+                &PatchParams::default(),
+                &Patch::Merge(&patch),
+            )
+            .await
+            .map_err(|e| self.err(e))?;
+        info!(lease = %self.config.name, uninstaller = %holder, "stopped for the uninstall; told the uninstaller");
+        Ok(())
+    }
+
     /// One round of client-go's tryAcquireOrRenew.
     pub async fn try_acquire_or_renew(&mut self) -> Result<bool, LeaderError> {
         let now = Timestamp::now();
@@ -200,11 +397,27 @@ impl LeaderElector {
         let their_duration = Duration::from_secs(
             u64::try_from(spec.lease_duration_seconds.unwrap_or(duration_secs)).unwrap_or(0),
         );
-        let expired = record.0.is_none()
+        let mut expired = record.0.is_none()
             || self
                 .observed
                 .as_ref()
                 .is_some_and(|o| o.at.elapsed() >= their_duration);
+        if let Some(holder) = record
+            .0
+            .as_deref()
+            .filter(|h| !held_by_me && is_uninstaller(h))
+        {
+            let retired = self.retired_by(&lease).await?;
+            if !expired && !retired {
+                info!(lease = %self.config.name, holder, "the lease is held by the uninstall of another installation; taking it over");
+                expired = true;
+            } else if expired && retired {
+                warn!(lease = %self.config.name, holder, "the uninstall that retired this installation did not complete within its hold; resuming");
+            } else if self.logged_retired.as_deref() != Some(holder) {
+                info!(lease = %self.config.name, holder, "this installation is being uninstalled; not leading");
+                self.logged_retired = Some(holder.to_string());
+            }
+        }
         if !held_by_me && !expired {
             debug!(holder = ?record.0, "lease held by another replica");
             return Ok(false);
@@ -212,6 +425,11 @@ impl LeaderElector {
 
         let mut new_spec = spec.clone();
         if !held_by_me {
+            // An uninstall's marks concern the installation it retired, not this one.
+            if let Some(a) = lease.metadata.annotations.as_mut() {
+                a.remove(RETIRED_DEPLOYMENT_ANNOTATION);
+                a.remove(STEPPED_DOWN_ANNOTATION);
+            }
             new_spec.acquire_time = Some(MicroTime(now));
             new_spec.lease_transitions =
                 Some(spec.lease_transitions.unwrap_or(0).saturating_add(1));

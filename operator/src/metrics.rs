@@ -47,6 +47,10 @@ pub struct Metrics {
     pub wave_requests: Histogram,
     pub wave_duration: Histogram,
     pub leader: Gauge<i64, AtomicI64>,
+    pub sweeps: Family<ResultLabels, Counter>,
+    pub swept: Counter,
+    pub ledger_pairs: Gauge<i64, AtomicI64>,
+    pub ledger_write_failures: Counter,
 }
 
 fn duration_histogram() -> Histogram {
@@ -68,6 +72,10 @@ impl Default for Metrics {
         let wave_requests = Histogram::new(exponential_buckets(1.0, 2.0, 12));
         let wave_duration = duration_histogram();
         let leader = Gauge::<i64, AtomicI64>::default();
+        let sweeps = Family::<ResultLabels, Counter>::default();
+        let swept = Counter::default();
+        let ledger_pairs = Gauge::<i64, AtomicI64>::default();
+        let ledger_write_failures = Counter::default();
         registry.register(
             "reconciles",
             "SharedIP reconciles by result",
@@ -118,6 +126,26 @@ impl Default for Metrics {
             "1 while this replica holds the leader lease",
             leader.clone(),
         );
+        registry.register(
+            "sweeps",
+            "Sweeps for shares no SharedIP wants (ledger Linodes only), by result",
+            sweeps.clone(),
+        );
+        registry.register(
+            "swept_addresses",
+            "Addresses the sweep unshared from a Linode (one per Linode and address)",
+            swept.clone(),
+        );
+        registry.register(
+            "ledger_entries",
+            "Linode and address pairs the ledger records as shared by this cluster",
+            ledger_pairs.clone(),
+        );
+        registry.register(
+            "ledger_write_failures",
+            "Failed writes of the ledger ConfigMap (a share whose record fails is not made)",
+            ledger_write_failures.clone(),
+        );
         Self {
             registry: Mutex::new(registry),
             reconciles,
@@ -130,6 +158,10 @@ impl Default for Metrics {
             wave_requests,
             wave_duration,
             leader,
+            sweeps,
+            swept,
+            ledger_pairs,
+            ledger_write_failures,
         }
     }
 }
@@ -181,6 +213,14 @@ impl Metrics {
         self.api_duration
             .get_or_create(&EndpointLabels { endpoint })
             .observe(elapsed.as_secs_f64());
+    }
+
+    pub fn observe_sweep(&self, ok: bool) {
+        self.sweeps
+            .get_or_create(&ResultLabels {
+                result: if ok { "ok" } else { "error" },
+            })
+            .inc();
     }
 
     pub fn observe_wave(&self, requests: usize, elapsed: Duration) {

@@ -11,6 +11,15 @@
 //! Addresses are "managed" when some SharedIP claims them (or is retiring them in this wave).
 //! A managed address is shared with exactly the Linodes whose SharedIP wants it; every other
 //! address on a Linode's list is foreign and is always sent back unchanged.
+//!
+//! Besides claims, the syncer takes exact unshare orders ([`ShareSyncer::unshare`]: these
+//! addresses from these Linodes, unless a claim wants them there), which the sweep and
+//! uninstall use: they must remove only pairs the [ledger](crate::ledger) knows are ours, never
+//! an address on a Linode it was not shared with by this cluster.
+//!
+//! Every wave keeps the ledger: the addresses claims want on a Linode are recorded *before* the
+//! share call (a Linode whose new pairs cannot be recorded is not called), and pairs seen absent
+//! afterwards (or on a Linode that no longer exists) are dropped.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::net::IpAddr;
@@ -21,7 +30,8 @@ use futures::StreamExt;
 use tokio::sync::{mpsc, oneshot};
 use tracing::{debug, info, warn};
 
-use crate::linode_api::{ApiError, DynLinodeApi};
+use crate::ledger::{Entries, Ledger};
+use crate::linode_api::{ApiError, ApiErrorKind, DynLinodeApi};
 use crate::metrics::Metrics;
 
 /// Settings of the syncer.
@@ -77,6 +87,8 @@ pub struct Outcome {
     pub linodes: BTreeMap<u64, LinodeOutcome>,
     /// Linodes whose list changed in this wave (for events).
     pub changed: BTreeSet<u64>,
+    /// Per Linode, the addresses a share call of this wave removed from it.
+    pub removed: BTreeMap<u64, BTreeSet<IpAddr>>,
 }
 
 impl Outcome {
@@ -95,8 +107,14 @@ pub enum SyncerError {
     Stopped,
 }
 
+enum Work {
+    Claim(Request),
+    /// Remove exactly these pairs (Linode → addresses), unless a claim wants them there.
+    Unshare(Entries),
+}
+
 struct Envelope {
-    request: Request,
+    work: Work,
     reply: oneshot::Sender<Outcome>,
 }
 
@@ -106,26 +124,66 @@ pub struct ShareSyncer {
     tx: mpsc::Sender<Envelope>,
 }
 
+/// The syncer task, to wait for it to finish what was submitted.
+pub struct SyncerTask(tokio::task::JoinHandle<()>);
+
+impl SyncerTask {
+    /// Waits until every handle is dropped and every submitted wave is done, so no share call
+    /// is still in flight (a replica that lost the lease waits for this before it says so).
+    pub async fn finish(self) {
+        if let Err(e) = self.0.await {
+            warn!(error = %e, "share syncer task failed");
+        }
+    }
+}
+
 impl ShareSyncer {
     /// Starts the syncer task. It stops when every handle is dropped.
-    pub fn spawn(api: DynLinodeApi, config: SyncerConfig, metrics: Arc<Metrics>) -> Self {
+    pub fn spawn(
+        api: DynLinodeApi,
+        config: SyncerConfig,
+        metrics: Arc<Metrics>,
+        ledger: Arc<Ledger>,
+    ) -> Self {
+        Self::start(api, config, metrics, ledger).0
+    }
+
+    /// Like [`ShareSyncer::spawn`], with the task to wait for.
+    pub fn start(
+        api: DynLinodeApi,
+        config: SyncerConfig,
+        metrics: Arc<Metrics>,
+        ledger: Arc<Ledger>,
+    ) -> (Self, SyncerTask) {
         let (tx, rx) = mpsc::channel(4096);
         let state = State {
             api,
             config,
             metrics,
+            ledger,
             claims: HashMap::new(),
             observed: HashMap::new(),
         };
-        tokio::spawn(state.run(rx));
-        Self { tx }
+        let task = tokio::spawn(state.run(rx));
+        (Self { tx }, SyncerTask(task))
     }
 
     /// Submits a request and waits for the wave that carries it.
     pub async fn submit(&self, request: Request) -> Result<Outcome, SyncerError> {
+        self.send(Work::Claim(request)).await
+    }
+
+    /// Removes exactly `pairs` (Linode → addresses) in the next wave, except where a claim
+    /// wants an address on that Linode; every other address stays. Each Linode of `pairs` is
+    /// read fresh (no cached list), and its ledger entry is brought in line with what it holds.
+    pub async fn unshare(&self, pairs: Entries) -> Result<Outcome, SyncerError> {
+        self.send(Work::Unshare(pairs)).await
+    }
+
+    async fn send(&self, work: Work) -> Result<Outcome, SyncerError> {
         let (reply, rx) = oneshot::channel();
         self.tx
-            .send(Envelope { request, reply })
+            .send(Envelope { work, reply })
             .await
             .map_err(|_| SyncerError::Stopped)?;
         rx.await.map_err(|_| SyncerError::Stopped)
@@ -141,6 +199,7 @@ struct State {
     api: DynLinodeApi,
     config: SyncerConfig,
     metrics: Arc<Metrics>,
+    ledger: Arc<Ledger>,
     claims: HashMap<String, Claim>,
     /// Last known shared list per Linode, and when it was read or set.
     observed: HashMap<u64, (BTreeSet<IpAddr>, Instant)>,
@@ -151,6 +210,32 @@ struct LinodePlan {
     linode: u64,
     cached: Option<BTreeSet<IpAddr>>,
     wanted: BTreeSet<IpAddr>,
+    /// Addresses to remove from this Linode only (unshare orders), unless wanted.
+    unshare: BTreeSet<IpAddr>,
+}
+
+/// What a wave did to one Linode.
+struct LinodeResult {
+    linode: u64,
+    outcome: LinodeOutcome,
+    /// The list now known to be on the Linode (None when unknown or the Linode is gone).
+    list: Option<BTreeSet<IpAddr>>,
+    /// Whether a share call changed the list.
+    changed: bool,
+    /// Addresses a share call removed.
+    removed: BTreeSet<IpAddr>,
+}
+
+impl LinodeResult {
+    fn new(linode: u64, outcome: LinodeOutcome, list: Option<BTreeSet<IpAddr>>) -> Self {
+        Self {
+            linode,
+            outcome,
+            list,
+            changed: false,
+            removed: BTreeSet::new(),
+        }
+    }
 }
 
 impl State {
@@ -176,7 +261,18 @@ impl State {
         let started = Instant::now();
         let mut retiring: BTreeSet<IpAddr> = BTreeSet::new();
         let mut affected: BTreeSet<u64> = BTreeSet::new();
-        for Envelope { request: r, .. } in &wave {
+        let mut unshare: Entries = Entries::new();
+        for Envelope { work, .. } in &wave {
+            let r = match work {
+                Work::Claim(r) => r,
+                Work::Unshare(pairs) => {
+                    for (l, addrs) in pairs {
+                        affected.insert(*l);
+                        unshare.entry(*l).or_default().extend(addrs.iter().copied());
+                    }
+                    continue;
+                }
+            };
             match &r.claim {
                 Some((network, linodes)) => {
                     if let Some(old) = self.claims.get(&r.owner) {
@@ -217,44 +313,75 @@ impl State {
         let now = Instant::now();
         let plans: Vec<LinodePlan> = affected
             .iter()
-            .map(|l| LinodePlan {
-                linode: *l,
-                cached: self
-                    .observed
-                    .get(l)
-                    .filter(|(_, at)| now.duration_since(*at) < self.config.observation_ttl)
-                    .map(|(s, _)| s.clone()),
-                wanted: wanted.get(l).cloned().unwrap_or_default(),
+            .map(|l| {
+                let unshare = unshare.get(l).cloned().unwrap_or_default();
+                LinodePlan {
+                    linode: *l,
+                    // An unshare order reads the list fresh: it must see what is there now.
+                    cached: self
+                        .observed
+                        .get(l)
+                        .filter(|_| unshare.is_empty())
+                        .filter(|(_, at)| now.duration_since(*at) < self.config.observation_ttl)
+                        .map(|(s, _)| s.clone()),
+                    wanted: wanted.get(l).cloned().unwrap_or_default(),
+                    unshare,
+                }
             })
             .collect();
+
+        let blocked = self.record_ahead(&plans).await;
+        let (blocked_plans, plans): (Vec<LinodePlan>, Vec<LinodePlan>) = plans
+            .into_iter()
+            .partition(|p| blocked.contains_key(&p.linode));
 
         let api = &self.api;
         let metrics = &self.metrics;
         let managed = &managed;
-        let results: Vec<(u64, LinodeOutcome, Option<BTreeSet<IpAddr>>, bool)> =
-            futures::stream::iter(plans)
-                .map(|plan| sync_linode(api, metrics, managed, plan))
-                .buffer_unordered(self.config.max_parallel.max(1))
-                .collect()
-                .await;
+        let mut results: Vec<LinodeResult> = futures::stream::iter(plans)
+            .map(|plan| sync_linode(api, metrics, managed, plan))
+            .buffer_unordered(self.config.max_parallel.max(1))
+            .collect()
+            .await;
+        for p in blocked_plans {
+            let e = blocked.get(&p.linode).cloned().unwrap_or_else(|| {
+                ApiError::new(ApiErrorKind::Transient, "not recorded in the ledger")
+            });
+            results.push(LinodeResult::new(p.linode, LinodeOutcome::Failed(e), None));
+        }
 
         let mut outcomes: HashMap<u64, LinodeOutcome> = HashMap::new();
         let mut changed: BTreeSet<u64> = BTreeSet::new();
+        let mut removed: BTreeMap<u64, BTreeSet<IpAddr>> = BTreeMap::new();
+        let mut lists: BTreeMap<u64, Option<BTreeSet<IpAddr>>> = BTreeMap::new();
         let stamp = Instant::now();
-        for (linode, outcome, list, did_change) in results {
-            match list {
+        for r in results {
+            match &r.list {
                 Some(list) => {
-                    self.observed.insert(linode, (list, stamp));
+                    self.observed.insert(r.linode, (list.clone(), stamp));
                 }
                 None => {
-                    self.observed.remove(&linode);
+                    self.observed.remove(&r.linode);
                 }
             }
-            if did_change {
-                changed.insert(linode);
+            match (&r.outcome, &r.list) {
+                (LinodeOutcome::InSync, Some(list)) => {
+                    lists.insert(r.linode, Some(list.clone()));
+                }
+                (LinodeOutcome::Gone, _) => {
+                    lists.insert(r.linode, None);
+                }
+                _ => {}
             }
-            outcomes.insert(linode, outcome);
+            if r.changed {
+                changed.insert(r.linode);
+            }
+            if !r.removed.is_empty() {
+                removed.insert(r.linode, r.removed);
+            }
+            outcomes.insert(r.linode, r.outcome);
         }
+        self.forget_absent(&lists).await;
 
         self.metrics.observe_wave(wave.len(), started.elapsed());
         debug!(
@@ -264,84 +391,141 @@ impl State {
             "share wave done"
         );
 
-        for Envelope { request, reply } in wave {
-            let mut mine: BTreeSet<u64> = request.examine.clone();
-            if let Some((_, l)) = &request.claim {
-                mine.extend(l.iter().copied());
-            }
+        for Envelope { work, reply } in wave {
+            let mine: BTreeSet<u64> = match &work {
+                Work::Claim(request) => {
+                    let mut mine = request.examine.clone();
+                    if let Some((_, l)) = &request.claim {
+                        mine.extend(l.iter().copied());
+                    }
+                    mine
+                }
+                Work::Unshare(pairs) => pairs.keys().copied().collect(),
+            };
             let outcome = Outcome {
                 linodes: mine
                     .iter()
                     .filter_map(|l| outcomes.get(l).map(|o| (*l, o.clone())))
                     .collect(),
                 changed: mine.intersection(&changed).copied().collect(),
+                removed: mine
+                    .iter()
+                    .filter_map(|l| removed.get(l).map(|r| (*l, r.clone())))
+                    .collect(),
             };
             // The reconcile may have given up waiting; nothing to do then.
             let _ = reply.send(outcome);
         }
     }
+
+    /// Records in the ledger, before any share call, the pairs the claims want that it does not
+    /// know yet. Returns the Linodes that must not be called because that failed.
+    async fn record_ahead(&self, plans: &[LinodePlan]) -> HashMap<u64, ApiError> {
+        let wanted: Entries = plans
+            .iter()
+            .filter(|p| !p.wanted.is_empty())
+            .map(|p| (p.linode, p.wanted.clone()))
+            .collect();
+        let new = self.ledger.missing(&wanted).await;
+        if new.is_empty() {
+            return HashMap::new();
+        }
+        match self.ledger.update(&new, &Entries::new()).await {
+            Ok(()) => HashMap::new(),
+            Err(e) => {
+                self.metrics.ledger_write_failures.inc();
+                let linodes: Vec<u64> = new.keys().copied().collect();
+                warn!(
+                    error = %e,
+                    linodes = ?linodes,
+                    "not sharing: cannot record the shares in the ledger first"
+                );
+                let message =
+                    format!("not shared: cannot record the share in the ledger first: {e}");
+                new.keys()
+                    .map(|l| (*l, ApiError::new(ApiErrorKind::Transient, message.clone())))
+                    .collect()
+            }
+        }
+    }
+
+    /// Drops ledger pairs the wave saw absent from their Linode (or whose Linode is gone).
+    async fn forget_absent(&self, lists: &BTreeMap<u64, Option<BTreeSet<IpAddr>>>) {
+        let absent = self.ledger.absent(lists).await;
+        if absent.is_empty() {
+            return;
+        }
+        if let Err(e) = self.ledger.update(&Entries::new(), &absent).await {
+            // Harmless: a stale entry only makes a later sweep look at the Linode again.
+            self.metrics.ledger_write_failures.inc();
+            warn!(error = %e, "cannot drop unshared addresses from the ledger; will retry");
+        }
+    }
 }
 
-/// Brings one Linode's shared list in line: returns the outcome, the list now known to be on
-/// the Linode (None when unknown), and whether a share call changed it.
+/// Brings one Linode's shared list in line.
 async fn sync_linode(
     api: &DynLinodeApi,
     metrics: &Metrics,
     managed: &HashSet<IpAddr>,
     plan: LinodePlan,
-) -> (u64, LinodeOutcome, Option<BTreeSet<IpAddr>>, bool) {
+) -> LinodeResult {
     let linode = plan.linode;
     let target = |observed: &BTreeSet<IpAddr>| -> BTreeSet<IpAddr> {
         observed
             .iter()
-            .filter(|a| !managed.contains(a))
+            .filter(|a| !managed.contains(a) && !plan.unshare.contains(a))
             .copied()
             .chain(plan.wanted.iter().copied())
             .collect()
     };
     if let Some(cached) = &plan.cached {
         if target(cached) == *cached {
-            return (linode, LinodeOutcome::InSync, Some(cached.clone()), false);
+            return LinodeResult::new(linode, LinodeOutcome::InSync, Some(cached.clone()));
         }
     }
     // Read the list fresh before writing it: someone may have shared an address with this
     // Linode by hand since we last looked, and the share call would silently drop it.
     let observed = match api.shared_addresses(linode).await {
         Ok(o) => o,
-        Err(e) if e.is_not_found() => return (linode, LinodeOutcome::Gone, None, false),
+        Err(e) if e.is_not_found() => return LinodeResult::new(linode, LinodeOutcome::Gone, None),
         Err(e) => {
             warn!(linode, error = %e, "cannot read the Linode's shared addresses");
-            return (linode, LinodeOutcome::Failed(e), None, false);
+            return LinodeResult::new(linode, LinodeOutcome::Failed(e), None);
         }
     };
     let target = target(&observed);
     if target == observed {
-        return (linode, LinodeOutcome::InSync, Some(observed), false);
+        return LinodeResult::new(linode, LinodeOutcome::InSync, Some(observed));
     }
     let added: Vec<String> = target
         .difference(&observed)
         .map(|a| a.to_string())
         .collect();
-    let removed: Vec<String> = observed
-        .difference(&target)
-        .map(|a| a.to_string())
-        .collect();
+    let removed: BTreeSet<IpAddr> = observed.difference(&target).copied().collect();
+    let removed_text: Vec<String> = removed.iter().map(|a| a.to_string()).collect();
     match api.share(linode, target.iter().copied().collect()).await {
         Ok(()) => {
             metrics.share_calls.inc();
             info!(
                 linode,
                 added = ?added,
-                removed = ?removed,
+                removed = ?removed_text,
                 shared = target.len(),
                 "set the Linode's shared addresses"
             );
-            (linode, LinodeOutcome::InSync, Some(target), true)
+            LinodeResult {
+                linode,
+                outcome: LinodeOutcome::InSync,
+                list: Some(target),
+                changed: true,
+                removed,
+            }
         }
-        Err(e) if e.is_not_found() => (linode, LinodeOutcome::Gone, None, false),
+        Err(e) if e.is_not_found() => LinodeResult::new(linode, LinodeOutcome::Gone, None),
         Err(e) => {
-            warn!(linode, added = ?added, removed = ?removed, error = %e, "share call failed");
-            (linode, LinodeOutcome::Failed(e), None, false)
+            warn!(linode, added = ?added, removed = ?removed_text, error = %e, "share call failed");
+            LinodeResult::new(linode, LinodeOutcome::Failed(e), None)
         }
     }
 }
@@ -350,6 +534,7 @@ async fn sync_linode(
 mod tests {
     use super::*;
     use crate::fake_linode::FakeLinode;
+    use crate::ledger::memory::MemoryStore;
 
     fn ip(s: &str) -> IpAddr {
         s.parse().unwrap()
@@ -359,7 +544,8 @@ mod tests {
         ls.iter().copied().collect()
     }
 
-    fn syncer(fake: &Arc<FakeLinode>) -> ShareSyncer {
+    async fn syncer_with(fake: &Arc<FakeLinode>, store: &Arc<MemoryStore>) -> ShareSyncer {
+        let ledger = Ledger::open(store.clone(), None).await.unwrap();
         ShareSyncer::spawn(
             fake.clone(),
             SyncerConfig {
@@ -367,7 +553,18 @@ mod tests {
                 ..Default::default()
             },
             Arc::new(Metrics::default()),
+            Arc::new(ledger),
         )
+    }
+
+    async fn syncer(fake: &Arc<FakeLinode>) -> ShareSyncer {
+        syncer_with(fake, &MemoryStore::new()).await
+    }
+
+    fn pairs(p: &[(u64, &[&str])]) -> Entries {
+        p.iter()
+            .map(|(l, a)| (*l, a.iter().map(|s| ip(s)).collect()))
+            .collect()
     }
 
     fn claim(owner: &str, addr: &str, ls: &[u64]) -> Request {
@@ -383,7 +580,7 @@ mod tests {
     async fn union_of_claims_and_foreign_kept() {
         let fake = FakeLinode::with_linodes(&[1, 2, 3]);
         fake.set_shared(2, &["198.51.100.7"]); // shared by hand
-        let s = syncer(&fake);
+        let s = syncer(&fake).await;
         let (a, b) = tokio::join!(
             s.submit(claim("a", "192.0.2.10", &[1, 2])),
             s.submit(claim("b", "192.0.2.11", &[2, 3]))
@@ -404,7 +601,7 @@ mod tests {
     async fn deselect_and_release_remove_only_managed() {
         let fake = FakeLinode::with_linodes(&[1, 2]);
         fake.set_shared(1, &["198.51.100.7"]);
-        let s = syncer(&fake);
+        let s = syncer(&fake).await;
         s.submit(claim("a", "192.0.2.10", &[1, 2])).await.unwrap();
         s.submit(claim("a", "192.0.2.10", &[2])).await.unwrap();
         assert_eq!(fake.shared(1), vec![ip("198.51.100.7")]);
@@ -426,7 +623,7 @@ mod tests {
     #[tokio::test]
     async fn no_call_when_in_sync() {
         let fake = FakeLinode::with_linodes(&[1]);
-        let s = syncer(&fake);
+        let s = syncer(&fake).await;
         s.submit(claim("a", "192.0.2.10", &[1])).await.unwrap();
         s.submit(claim("a", "192.0.2.10", &[1])).await.unwrap();
         assert_eq!(fake.share_calls(), vec![1]);
@@ -435,7 +632,7 @@ mod tests {
     #[tokio::test]
     async fn address_change_retires_old_address() {
         let fake = FakeLinode::with_linodes(&[1]);
-        let s = syncer(&fake);
+        let s = syncer(&fake).await;
         s.submit(claim("a", "192.0.2.10", &[1])).await.unwrap();
         s.submit(claim("a", "192.0.2.20", &[1])).await.unwrap();
         assert_eq!(fake.shared(1), vec![ip("192.0.2.20")]);
@@ -445,7 +642,7 @@ mod tests {
     async fn failures_are_reported_per_linode_and_not_cached() {
         let fake = FakeLinode::with_linodes(&[1, 2]);
         fake.fail_share(2, true);
-        let s = syncer(&fake);
+        let s = syncer(&fake).await;
         let out = s.submit(claim("a", "192.0.2.10", &[1, 2])).await.unwrap();
         let failed: Vec<u64> = out.failures().map(|(l, _)| l).collect();
         assert_eq!(failed, vec![2]);
@@ -458,7 +655,7 @@ mod tests {
     #[tokio::test]
     async fn gone_linode_is_not_a_failure() {
         let fake = FakeLinode::with_linodes(&[1]);
-        let s = syncer(&fake);
+        let s = syncer(&fake).await;
         let out = s
             .submit(Request {
                 owner: "a".into(),
@@ -475,7 +672,7 @@ mod tests {
     #[tokio::test]
     async fn hand_shared_address_survives_stale_cache() {
         let fake = FakeLinode::with_linodes(&[1]);
-        let s = syncer(&fake);
+        let s = syncer(&fake).await;
         s.submit(claim("a", "192.0.2.10", &[1])).await.unwrap();
         // Shared by hand after the syncer cached the list.
         fake.set_shared(1, &["192.0.2.10", "198.51.100.9"]);
@@ -484,5 +681,112 @@ mod tests {
             fake.shared(1),
             vec![ip("192.0.2.10"), ip("192.0.2.11"), ip("198.51.100.9")]
         );
+    }
+
+    #[tokio::test]
+    async fn ledger_is_written_ahead_and_pruned() {
+        let fake = FakeLinode::with_linodes(&[1, 2]);
+        fake.set_shared(2, &["198.51.100.7"]); // shared by hand: never ours
+        let store = MemoryStore::new();
+        let s = syncer_with(&fake, &store).await;
+        s.submit(claim("a", "192.0.2.10", &[1, 2])).await.unwrap();
+        assert_eq!(
+            store.entries(),
+            pairs(&[(1, &["192.0.2.10"]), (2, &["192.0.2.10"])])
+        );
+        // Deselected from 1: unshared there, and the ledger forgets it.
+        s.submit(claim("a", "192.0.2.10", &[2])).await.unwrap();
+        assert_eq!(store.entries(), pairs(&[(2, &["192.0.2.10"])]));
+        // The Linode is deleted: nothing can be shared with it any more.
+        fake.remove_linode(2);
+        s.submit(Request {
+            owner: "a".into(),
+            claim: None,
+            retire: [ip("192.0.2.10")].into(),
+            examine: set(&[2]),
+        })
+        .await
+        .unwrap();
+        assert!(store.entries().is_empty(), "{:?}", store.entries());
+    }
+
+    #[tokio::test]
+    async fn no_share_call_when_the_ledger_cannot_record_it() {
+        let fake = FakeLinode::with_linodes(&[1, 2]);
+        let store = MemoryStore::new();
+        let s = syncer_with(&fake, &store).await;
+        s.submit(claim("a", "192.0.2.10", &[1])).await.unwrap();
+        store.fail(true);
+        let out = s.submit(claim("a", "192.0.2.10", &[1, 2])).await.unwrap();
+        // Linode 1 needs no new record and stays in sync; 2 is not called at all.
+        assert_eq!(out.linodes.get(&1), Some(&LinodeOutcome::InSync));
+        match out.linodes.get(&2) {
+            Some(LinodeOutcome::Failed(e)) => assert!(e.message.contains("ledger"), "{e}"),
+            other => panic!("Linode 2: {other:?}"),
+        }
+        assert_eq!(fake.share_calls(), vec![1]);
+        assert!(fake.shared(2).is_empty());
+        store.fail(false);
+        let out = s.submit(claim("a", "192.0.2.10", &[1, 2])).await.unwrap();
+        assert!(out.failures().next().is_none());
+        assert_eq!(fake.shared(2), vec![ip("192.0.2.10")]);
+        assert_eq!(
+            store.entries(),
+            pairs(&[(1, &["192.0.2.10"]), (2, &["192.0.2.10"])])
+        );
+    }
+
+    #[tokio::test]
+    async fn unshare_removes_exactly_the_pairs_and_never_what_a_claim_wants() {
+        let fake = FakeLinode::with_linodes(&[1, 2, 3]);
+        let store = MemoryStore::with(pairs(&[
+            (1, &["192.0.2.10"]),
+            (3, &["192.0.2.10", "192.0.2.11"]),
+        ]));
+        // 1 and 3 got 192.0.2.10 from us; 2 got it by hand; 3 also has our 192.0.2.11 and a
+        // foreign address.
+        fake.set_shared(1, &["192.0.2.10"]);
+        fake.set_shared(2, &["192.0.2.10"]);
+        fake.set_shared(3, &["192.0.2.10", "192.0.2.11", "198.51.100.7"]);
+        let s = syncer_with(&fake, &store).await;
+        // A SharedIP still wants 192.0.2.11 on 3.
+        s.submit(claim("b", "192.0.2.11", &[3])).await.unwrap();
+        let out = s
+            .unshare(pairs(&[
+                (1, &["192.0.2.10"]),
+                (3, &["192.0.2.10", "192.0.2.11"]),
+            ]))
+            .await
+            .unwrap();
+        assert!(out.failures().next().is_none());
+        assert!(fake.shared(1).is_empty());
+        assert_eq!(fake.shared(2), vec![ip("192.0.2.10")], "not ours on 2");
+        assert_eq!(
+            fake.shared(3),
+            vec![ip("192.0.2.11"), ip("198.51.100.7")],
+            "wanted and foreign stay"
+        );
+        assert_eq!(
+            out.removed,
+            pairs(&[(1, &["192.0.2.10"]), (3, &["192.0.2.10"])])
+        );
+        assert_eq!(store.entries(), pairs(&[(3, &["192.0.2.11"])]));
+    }
+
+    #[tokio::test]
+    async fn unshare_of_a_pair_already_gone_only_drops_the_entry() {
+        let fake = FakeLinode::with_linodes(&[1]);
+        // Recorded ahead of a share call that never happened (a crash in between).
+        let store = MemoryStore::with(pairs(&[(1, &["192.0.2.10"]), (9, &["192.0.2.10"])]));
+        let s = syncer_with(&fake, &store).await;
+        let out = s
+            .unshare(pairs(&[(1, &["192.0.2.10"]), (9, &["192.0.2.10"])]))
+            .await
+            .unwrap();
+        assert!(out.failures().next().is_none());
+        assert!(out.removed.is_empty());
+        assert!(fake.share_calls().is_empty());
+        assert_eq!(out.linodes.get(&9), Some(&LinodeOutcome::Gone));
+        assert!(store.entries().is_empty());
     }
 }

@@ -611,6 +611,43 @@ async fn chart_rbac_is_enough_and_least_privilege() {
             sa_leases.get("someone-else").await,
         );
 
+        // The identity and the ledger: kube-system only, ConfigMaps and its own Deployment in
+        // its namespace only.
+        use k8s_openapi::api::apps::v1::Deployment;
+        use k8s_openapi::api::core::v1::{ConfigMap, Namespace};
+        let sa_namespaces: Api<Namespace> = Api::all(sa_client.clone());
+        assert_forbidden("get namespace default", sa_namespaces.get("default").await);
+        assert_forbidden("list namespaces", sa_namespaces.list(&lp).await);
+        assert_forbidden(
+            "list ConfigMaps in default",
+            Api::<ConfigMap>::namespaced(sa_client.clone(), "default")
+                .list(&lp)
+                .await,
+        );
+        assert_forbidden(
+            "get another Deployment",
+            Api::<Deployment>::namespaced(sa_client.clone(), ns)
+                .get("someone-else")
+                .await,
+        );
+        let uid = sa_namespaces
+            .get("kube-system")
+            .await
+            .expect("get kube-system allowed")
+            .metadata
+            .uid
+            .expect("uid");
+        let ledger = Api::<ConfigMap>::namespaced(sa_client.clone(), ns)
+            .get(&format!("sharedip-ledger-{uid}"))
+            .await
+            .expect("the ledger, named after kube-system's UID, written with the chart's RBAC");
+        let data = ledger.data.unwrap_or_default();
+        assert_eq!(data.get("cluster-id"), Some(&uid));
+        assert_eq!(
+            data.get("linode.101").map(String::as_str),
+            Some("192.0.2.10")
+        );
+
         // What it needs.
         let nodes = sa_nodes.list(&lp).await.expect("list nodes allowed");
         assert_eq!(nodes.items.len(), 2);

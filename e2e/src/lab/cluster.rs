@@ -843,6 +843,24 @@ impl Lab {
         Ok(leader)
     }
 
+    /// SIGKILLs every operator replica: no operator runs until [`Lab::restart_operators`].
+    pub fn kill_operators(&mut self) {
+        for p in &mut self.operators {
+            p.kill();
+        }
+    }
+
+    /// Deletes the node's Node object (its namespace, agent and Linode stay), as when a node is
+    /// removed from the cluster.
+    pub async fn delete_node(&self, node: &str) -> Result<(), LabError> {
+        self.index(node)?;
+        Api::<Node>::all(self.client.clone())
+            .delete(node, &DeleteParams::default())
+            .await
+            .map_err(LabError::kube(format!("delete Node {node}")))?;
+        Ok(())
+    }
+
     /// Starts every operator replica that is not running.
     pub fn restart_operators(&mut self) -> Result<(), LabError> {
         for p in &mut self.operators {

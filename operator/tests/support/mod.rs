@@ -3,6 +3,8 @@
 
 #![allow(dead_code)] // each test binary uses a different part
 
+pub mod kubelet;
+
 use std::collections::{BTreeMap, BTreeSet};
 use std::future::Future;
 use std::path::{Path, PathBuf};
@@ -290,10 +292,17 @@ impl Env {
     }
 }
 
+/// The cluster identity of the in-process operators (one per control plane).
+pub const CLUSTER_ID: &str = "test-cluster";
+
 /// Settings that make tests quick: short waves, quick retries.
 pub fn fast_settings(identity: &str) -> ControllerSettings {
     ControllerSettings {
         identity: identity.into(),
+        cluster_id: sharedip_operator::cluster_id::ClusterId::new(CLUSTER_ID)
+            .expect("valid cluster id"),
+        namespace: "default".into(),
+        sweep_interval: Duration::from_secs(600),
         syncer: SyncerConfig {
             batch_window: Duration::from_millis(100),
             ..Default::default()
@@ -308,7 +317,8 @@ pub fn fast_settings(identity: &str) -> ControllerSettings {
             backoff_max: Duration::from_secs(2),
             ..Default::default()
         },
-        ..Default::default()
+        token_changes: None,
+        health: None,
     }
 }
 
