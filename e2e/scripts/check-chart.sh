@@ -676,6 +676,9 @@ expect_reject "bad pullPolicy" "/operator/image/pullPolicy" "${TOK[@]}" --set op
 expect_reject "bad image digest" "/operator/image/digest" "${TOK[@]}" --set operator.image.digest=latest
 expect_reject "port out of range" "/operator/http/port.*maximum" "${TOK[@]}" --set operator.http.port=70000
 expect_reject "bad batchWindow" "/operator/batchWindow" "${TOK[@]}" --set operator.batchWindow=soon
+# The operator parses one number and one unit (ms, s, m, h); Go-style 1m30s would stop it at start.
+expect_reject "batchWindow in Go style (1m30s)" "/operator/batchWindow" "${TOK[@]}" --set operator.batchWindow=1m30s
+expect_reject "membershipHoldDown in nanoseconds" "/operator/membershipHoldDown" "${TOK[@]}" --set operator.membershipHoldDown=100ns
 expect_reject "bad membershipHoldDown" "/operator/membershipHoldDown" "${TOK[@]}" --set operator.membershipHoldDown=often
 expect_reject "clusterId not a DNS label" "/clusterId" "${TOK[@]}" --set clusterId=Prod_EU
 expect_reject "clusterId too long" "/clusterId" "${TOK[@]}" --set clusterId=$(printf 'a%.0s' {1..64})
