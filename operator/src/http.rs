@@ -1,4 +1,6 @@
-//! The operator's HTTP endpoints: `/metrics`, `/healthz`, `/readyz`.
+//! The operator's HTTPS endpoints: `/healthz` and `/readyz` open (the kubelet's probes),
+//! `/metrics` only for bearer tokens the apiserver authorizes (TokenReview +
+//! SubjectAccessReview for `get /metrics`), as controller-runtime's secure metrics serve them.
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -9,6 +11,8 @@ use axum::http::{header, StatusCode};
 use axum::response::IntoResponse;
 use axum::routing::get;
 use axum::Router;
+
+use sharedip_secure_http::{Authorizer, CertSource};
 
 use crate::metrics::Metrics;
 
@@ -26,12 +30,17 @@ struct AppState {
     health: Arc<Health>,
 }
 
-pub fn router(metrics: Arc<Metrics>, health: Arc<Health>) -> Router {
-    Router::new()
-        .route("/metrics", get(metrics_handler))
+/// The routes: the probes open, `/metrics` behind `auth`.
+pub fn router(metrics: Arc<Metrics>, health: Arc<Health>, auth: Arc<Authorizer>) -> Router {
+    let state = AppState { metrics, health };
+    let probes = Router::new()
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(readyz))
-        .with_state(AppState { metrics, health })
+        .with_state(state.clone());
+    let data = Router::new()
+        .route("/metrics", get(metrics_handler))
+        .with_state(state);
+    sharedip_secure_http::protected(probes, data, auth)
 }
 
 async fn metrics_handler(State(s): State<AppState>) -> impl IntoResponse {
@@ -52,17 +61,27 @@ async fn readyz(State(s): State<AppState>) -> impl IntoResponse {
     }
 }
 
-/// Binds and serves until the process ends.
+/// Why the HTTPS server cannot start.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    #[error(transparent)]
+    Tls(#[from] sharedip_secure_http::TlsError),
+    #[error(transparent)]
+    Io(#[from] std::io::Error),
+}
+
+/// Binds and serves over HTTPS until the process ends; `client` reviews the bearer tokens.
+/// Returns the bound address (port 0 picks one).
 pub async fn serve(
     addr: SocketAddr,
     metrics: Arc<Metrics>,
     health: Arc<Health>,
-) -> std::io::Result<tokio::task::JoinHandle<()>> {
-    let listener = tokio::net::TcpListener::bind(addr).await?;
-    let app = router(metrics, health);
-    Ok(tokio::spawn(async move {
-        if let Err(e) = axum::serve(listener, app).await {
-            tracing::error!(error = %e, "HTTP server stopped");
-        }
-    }))
+    client: kube::Client,
+    cert: &CertSource,
+) -> Result<SocketAddr, ServeError> {
+    let tls = sharedip_secure_http::server_config(cert)?;
+    let auth = Authorizer::new(client)?;
+    let (local, _task) =
+        sharedip_secure_http::serve_https(addr, tls, router(metrics, health, auth)).await?;
+    Ok(local)
 }

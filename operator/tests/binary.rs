@@ -236,8 +236,8 @@ impl Drop for LeaseHistory {
     }
 }
 
-async fn leader_gauge(addr: &str) -> Result<f64, String> {
-    let (code, body) = http_get(addr, "/metrics").await?;
+async fn leader_gauge(addr: &str, token: &str) -> Result<f64, String> {
+    let (code, body) = http_get(addr, "/metrics", Some(token)).await?;
     if code != 200 {
         return Err(format!("/metrics answered {code}"));
     }
@@ -258,6 +258,7 @@ async fn two_replicas_one_leader() {
             .await;
 
         let kubeconfig = env.cp.kubeconfig_path().to_path_buf();
+        let token = metrics_token(&env, "prometheus").await;
         let p1 = free_port();
         let p2 = loop {
             let p = free_port();
@@ -299,10 +300,10 @@ async fn two_replicas_one_leader() {
             let holder = env.lease_holder(ns, lease).await.ok_or("no holder")?;
             let mut leaders = Vec::new();
             for (id, addr) in &addrs {
-                if leader_gauge(addr).await? == 1.0 {
+                if leader_gauge(addr, &token).await? == 1.0 {
                     leaders.push(id.to_string());
                 }
-                let (ready, _) = http_get(addr, "/readyz").await?;
+                let (ready, _) = http_get(addr, "/readyz", None).await?;
                 if ready != 200 {
                     return Err(format!("{id} /readyz {ready}"));
                 }
@@ -359,7 +360,7 @@ async fn two_replicas_one_leader() {
 
         let new_addr = &addrs[standby];
         eventually("sharedip_leader 1 on the new leader", || async {
-            let v = leader_gauge(new_addr).await?;
+            let v = leader_gauge(new_addr, &token).await?;
             if v == 1.0 {
                 Ok(())
             } else {
@@ -414,6 +415,60 @@ fn yaml_docs(text: &str) -> Vec<serde_yaml::Value> {
         .map(|d| serde::Deserialize::deserialize(d).expect("rendered YAML parses"))
         .filter(|v: &serde_yaml::Value| !v.is_null())
         .collect()
+}
+
+/// The operator's HTTP port is HTTPS: the probes answer anyone with "ok", `/metrics` only a
+/// bearer token the apiserver authorizes for `get /metrics`; plain HTTP gets nothing.
+#[tokio::test]
+async fn metrics_need_an_authorized_token_over_https() {
+    bounded(async {
+        let env = Env::start().await;
+        let dir = tempfile::tempdir().expect("temp dir");
+        let prometheus = metrics_token(&env, "prometheus").await;
+        let nobody = sharedip_e2e::https::service_account(&env.cp, "default", "nobody", vec![])
+            .await
+            .expect("ServiceAccount");
+        let addr = format!("127.0.0.1:{}", free_port());
+        let op = env.spawn_binary_on(
+            env.cp.kubeconfig_path(),
+            &addr,
+            &["--leader-election", "false"],
+            &dir.path().join("operator.log"),
+        );
+        let _dump = DumpLogsOnPanic(vec![op.log.clone()]);
+        eventually("/readyz answers 200 without a token", || async {
+            match http_get(&addr, "/readyz", None).await? {
+                (200, body) if body == "ok" => Ok(()),
+                other => Err(format!("{other:?}")),
+            }
+        })
+        .await;
+        assert_eq!(
+            http_get(&addr, "/healthz", None).await.unwrap(),
+            (200, "ok".to_string())
+        );
+        for (token, want) in [
+            (None, 401),
+            (Some("not-a-token"), 401),
+            (Some(nobody.as_str()), 403),
+        ] {
+            let (code, body) = http_get(&addr, "/metrics", token).await.unwrap();
+            assert_eq!(code, want, "token {token:?}: {body}");
+            assert!(!body.contains("sharedip_"), "{body}");
+        }
+        let (code, body) = http_get(&addr, "/metrics", Some(&prometheus))
+            .await
+            .unwrap();
+        assert_eq!(code, 200, "{body}");
+        assert!(body.contains("sharedip_leader"), "{body}");
+        let raw =
+            sharedip_e2e::https::plain_get(addr.parse().unwrap(), "/metrics", Some(&prometheus))
+                .await
+                .unwrap();
+        assert!(raw.starts_with("HTTP/1.0 400"), "{raw:?}");
+        assert!(!raw.contains("sharedip_"), "{raw:?}");
+    })
+    .await;
 }
 
 #[tokio::test]
