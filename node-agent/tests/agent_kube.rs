@@ -25,6 +25,7 @@ use sharedip_node_agent::decision::BgpDefaults;
 use sharedip_node_agent::http::{AgentReport, Shared};
 use sharedip_node_agent::kube_agent::{run_loop, KubeSettings};
 use sharedip_node_agent::orchestrator::Orchestrator;
+use sharedip_node_agent::runtime::Control;
 use sharedip_node_agent::speaker::{Speaker, SpeakerConfig};
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, oneshot};
@@ -196,9 +197,10 @@ async fn agent_against_a_real_apiserver() {
         Orchestrator::new(binder.clone(), speaker, Duration::ZERO),
         monitor,
         shared.clone(),
-        async move {
+        futures::stream::once(async move {
             let _ = stop_rx.await;
-        },
+            Control::Stop
+        }),
     ));
     let prefix = Prefix::new("192.0.2.10".parse().unwrap(), 32).unwrap();
     let ip: IpAddr = "192.0.2.10".parse().unwrap();
