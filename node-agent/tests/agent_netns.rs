@@ -277,8 +277,61 @@ where
         .unwrap_or_else(|e| panic!("{e}"))
 }
 
+/// The chart's ServiceAccount and RBAC of the agent, applied; returns a token of that
+/// ServiceAccount, so the agent runs with exactly the chart's permissions.
+async fn chart_agent_token(cp: &ControlPlane) -> String {
+    let ns = "sharedip-system";
+    let chart = Path::new(env!("CARGO_MANIFEST_DIR")).join("../charts/sharedip");
+    let chart = chart.to_str().expect("utf-8 path");
+    let namespace: k8s_openapi::api::core::v1::Namespace =
+        serde_json::from_value(json!({"metadata": {"name": ns}})).unwrap();
+    Api::<k8s_openapi::api::core::v1::Namespace>::all(cp.client())
+        .create(&PostParams::default(), &namespace)
+        .await
+        .expect("create namespace");
+    let out = cp
+        .helm([
+            "template",
+            "sharedip",
+            chart,
+            "-n",
+            ns,
+            "--set",
+            "linode.existingSecret=x",
+            "--show-only",
+            "templates/agent-serviceaccount.yaml",
+            "--show-only",
+            "templates/agent-rbac.yaml",
+        ])
+        .await
+        .expect("helm runs");
+    assert!(
+        out.status.success(),
+        "helm template: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = cp
+        .kubectl_with_stdin(["apply", "-f", "-"], &out.stdout)
+        .await
+        .expect("kubectl runs");
+    assert!(
+        out.status.success(),
+        "kubectl apply: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    cp.service_account_token(ns, "sharedip-agent")
+        .await
+        .expect("agent ServiceAccount token")
+}
+
 impl KubeLab {
     async fn start() -> KubeLab {
+        Self::start_as(false).await
+    }
+
+    /// `chart_rbac`: the agent authenticates as the chart's ServiceAccount, with the chart's
+    /// ClusterRole only (else as the cluster admin).
+    async fn start_as(chart_rbac: bool) -> KubeLab {
         let cp = ControlPlane::start().await.expect("control plane starts");
         let crds = Path::new(env!("CARGO_MANIFEST_DIR")).join("../crds");
         cp.apply_crds(&crds).await.expect("CRDs apply");
@@ -309,8 +362,14 @@ impl KubeLab {
         let bridge = KubeBridge::start(&lab.node_ns, 0, target).expect("kube bridge");
         let dir = agent_dir();
         let kubeconfig = dir.path().join("kubeconfig");
+        let source = if chart_rbac {
+            let token = chart_agent_token(&cp).await;
+            cp.kubeconfig_for_token(&token).expect("token kubeconfig")
+        } else {
+            cp.kubeconfig_path().to_path_buf()
+        };
         bridge
-            .write_kubeconfig(cp.kubeconfig_path(), &kubeconfig)
+            .write_kubeconfig(&source, &kubeconfig)
             .expect("bridge kubeconfig");
         let kubeconfig = kubeconfig.to_str().expect("utf-8 path").to_owned();
         let mut args = vec![
@@ -683,17 +742,17 @@ async fn lelastic_guide_unit_runs_verbatim_and_reloads_on_sighup() {
 // ---------------------------------------------------------------------------
 // Kubernetes mode's HTTP port: HTTPS, tokens reviewed by the apiserver.
 
-/// The agent's port in Kubernetes mode, from inside the node namespace: the probes answer
-/// anyone, `/metrics` and `/status` only a bearer token the apiserver authorizes for them,
-/// plain HTTP nothing; `status` still works (its socket); SIGHUP re-evaluates and keeps
-/// everything.
+/// The agent's port in Kubernetes mode, from inside the node namespace, the agent running
+/// with the chart's RBAC only: the probes answer anyone, `/metrics` and `/status` only a
+/// bearer token the apiserver authorizes for them, plain HTTP nothing; `status` still works
+/// (its socket); SIGHUP re-evaluates and keeps everything.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kubernetes_mode_http_is_https_with_token_review() {
     use sharedip_e2e::https::{get_urls, service_account};
     if !preflight(Some(Flavor::Bird)) {
         return;
     }
-    let mut k = KubeLab::start().await;
+    let mut k = KubeLab::start_as(true).await;
     let prometheus = service_account(&k.cp, "default", "prometheus", get_urls(&["/metrics"]))
         .await
         .expect("ServiceAccount");
@@ -785,6 +844,11 @@ async fn kubernetes_mode_http_is_https_with_token_review() {
     assert_eq!(withdrawals_and_sessions(&k.lab), before);
     assert_eq!(get("/readyz", None).await.status, 200);
     drop(rt);
+    let log = k.lab.node().log_text();
+    assert!(
+        !log.to_lowercase().contains("forbidden"),
+        "the agent hit a permission error with the chart's RBAC:\n{log}"
+    );
 
     sigterm_withdraws_ceases_unbinds(&mut k.lab, &["192.0.2.10/32"]).await;
 }

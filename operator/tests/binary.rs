@@ -385,6 +385,17 @@ async fn two_replicas_one_leader() {
 
 /// Renders part of the chart with the values the test installs it with.
 async fn helm_template(env: &Env, chart: &Path, ns: &str, templates: &[&str]) -> String {
+    helm_template_with(env, chart, ns, templates, &[]).await
+}
+
+/// [`helm_template`] with `--set` values.
+async fn helm_template_with(
+    env: &Env,
+    chart: &Path,
+    ns: &str,
+    templates: &[&str],
+    sets: &[&str],
+) -> String {
     let mut args: Vec<String> = [
         "template",
         "sharedip",
@@ -400,6 +411,10 @@ async fn helm_template(env: &Env, chart: &Path, ns: &str, templates: &[&str]) ->
     for t in templates {
         args.push("--show-only".into());
         args.push(t.to_string());
+    }
+    for v in sets {
+        args.push("--set".into());
+        args.push(v.to_string());
     }
     let out = env.cp.helm(&args).await.expect("helm runs");
     assert!(
@@ -551,8 +566,10 @@ async fn chart_rbac_is_enough_and_least_privilege() {
         env.add_node("node-b", &[("role", "secondary")], Some(102))
             .await;
         let identity = "sharedip-operator-0";
-        let mut op = env.spawn_binary(
+        let http_addr = format!("127.0.0.1:{}", free_port());
+        let mut op = env.spawn_binary_on(
             &kubeconfig,
+            &http_addr,
             &[
                 "--leader-election",
                 "true",
@@ -678,6 +695,48 @@ async fn chart_rbac_is_enough_and_least_privilege() {
             .get(&lease)
             .await
             .expect("get its own Lease allowed");
+
+        // /metrics with the chart's RBAC: the operator may review tokens, and a ServiceAccount
+        // bound through metricsReader.subjects may read; the operator's own may not.
+        let reader_rbac = helm_template_with(
+            &env,
+            &chart,
+            ns,
+            &["templates/metrics-reader-rbac.yaml"],
+            &[
+                "metricsReader.subjects[0].kind=ServiceAccount",
+                "metricsReader.subjects[0].name=prometheus",
+                &format!("metricsReader.subjects[0].namespace={ns}"),
+            ],
+        )
+        .await;
+        let out = env
+            .cp
+            .kubectl_with_stdin(["apply", "-f", "-"], reader_rbac.as_bytes())
+            .await
+            .expect("kubectl runs");
+        assert!(
+            out.status.success(),
+            "kubectl apply: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let prometheus = sharedip_e2e::https::service_account(&env.cp, ns, "prometheus", vec![])
+            .await
+            .expect("ServiceAccount");
+        eventually("/metrics for the chart's metrics reader", || async {
+            match http_get(&http_addr, "/metrics", Some(&prometheus)).await? {
+                (200, body) if body.contains("sharedip_leader 1") => Ok(()),
+                other => Err(format!("{other:?}")),
+            }
+        })
+        .await;
+        let (code, _) = http_get(&http_addr, "/metrics", Some(&token))
+            .await
+            .expect("request");
+        assert_eq!(
+            code, 403,
+            "the operator's own ServiceAccount is no metrics reader"
+        );
 
         let log = op.log();
         assert!(
