@@ -18,12 +18,18 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
 use tokio_rustls::TlsAcceptor;
 
-/// Bound of the TLS handshake (and of the first byte before it).
+/// Bound of the wait for a new connection's first byte.
+const FIRST_BYTE_TIMEOUT: Duration = Duration::from_secs(5);
+/// Bound of the TLS handshake.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Bound of reading a request's headers.
 const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
-/// Connections served at once; more wait in the kernel's accept queue.
-const MAX_CONNECTIONS: usize = 32;
+/// Longest life of one connection: a kept-alive scraper reconnects, a client that trickles
+/// requests cannot hold a slot for ever.
+const MAX_CONNECTION_LIFE: Duration = Duration::from_secs(600);
+/// Connections served at once (scrapers and probes need a few); more wait in the kernel's
+/// accept queue. Bounds the memory a flood of connections can take.
+const MAX_CONNECTIONS: usize = 64;
 /// Read buffer per connection (headers must fit; a service-account token is about 1 KiB).
 const MAX_BUF: usize = 64 * 1024;
 /// The first byte of a TLS handshake record.
@@ -74,7 +80,7 @@ async fn serve_connection(
     app: Router,
 ) -> Result<(), String> {
     let mut first = [0u8; 1];
-    match tokio::time::timeout(HANDSHAKE_TIMEOUT, tcp.peek(&mut first)).await {
+    match tokio::time::timeout(FIRST_BYTE_TIMEOUT, tcp.peek(&mut first)).await {
         Ok(Ok(1)) if first[0] == TLS_HANDSHAKE => {}
         Ok(Ok(1)) => return refuse_plain_http(tcp).await,
         Ok(Ok(_)) => return Err("closed before the handshake".into()),
@@ -85,12 +91,14 @@ async fn serve_connection(
         .await
         .map_err(|_| "TLS handshake timed out".to_string())?
         .map_err(|e| format!("TLS handshake: {e}"))?;
-    http1::Builder::new()
+    let conn = http1::Builder::new()
         .timer(TokioTimer::new())
         .header_read_timeout(HEADER_TIMEOUT)
         .max_buf_size(MAX_BUF)
-        .serve_connection(TokioIo::new(tls), TowerToHyperService::new(app))
+        .serve_connection(TokioIo::new(tls), TowerToHyperService::new(app));
+    tokio::time::timeout(MAX_CONNECTION_LIFE, conn)
         .await
+        .map_err(|_| "connection open too long".to_string())?
         .map_err(|e| e.to_string())
 }
 
