@@ -198,7 +198,7 @@ pub async fn serve_unix(path: &Path, shared: Arc<Shared>) -> std::io::Result<Uni
         if tokio::net::UnixStream::connect(path).await.is_ok() {
             return Err(std::io::Error::new(
                 std::io::ErrorKind::AddrInUse,
-                "another agent answers on it",
+                "another sharedip-node-agent answers on it",
             ));
         }
         std::fs::remove_file(path)?;
@@ -218,4 +218,49 @@ pub async fn serve_unix(path: &Path, shared: Arc<Shared>) -> std::io::Result<Uni
         }
     });
     Ok(guard)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::speaker::SpeakerMonitor;
+    use std::os::unix::fs::PermissionsExt;
+
+    fn shared() -> Arc<Shared> {
+        Shared::new(
+            AgentReport {
+                mode: "standalone".into(),
+                ..Default::default()
+            },
+            SpeakerMonitor::empty(),
+        )
+    }
+
+    #[tokio::test]
+    async fn status_socket_serves_owner_only_and_replaces_stale_ones() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("sub").join("status.sock");
+        let socket = serve_unix(&path, shared()).await.unwrap();
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600);
+        let target = crate::status_cmd::Target::Socket(path.clone());
+        let body = crate::status_cmd::fetch(&target).await.unwrap();
+        assert!(body.contains("\"mode\":\"standalone\""), "{body}");
+        // A second agent on the same socket is refused while the first answers.
+        let e = serve_unix(&path, shared()).await.unwrap_err();
+        assert_eq!(e.kind(), std::io::ErrorKind::AddrInUse);
+        // Gone with its owner; a socket file left by a dead agent is replaced.
+        drop(socket);
+        assert!(!path.exists());
+        let stale = std::os::unix::net::UnixListener::bind(&path).unwrap();
+        drop(stale);
+        assert!(path.exists());
+        let _socket = serve_unix(&path, shared()).await.unwrap();
+        assert!(crate::status_cmd::fetch(&target).await.is_ok());
+        // Something else at the path is left alone.
+        let file = dir.path().join("not-a-socket");
+        std::fs::write(&file, "keep").unwrap();
+        assert!(serve_unix(&file, shared()).await.is_err());
+        assert_eq!(std::fs::read_to_string(&file).unwrap(), "keep");
+    }
 }

@@ -166,7 +166,9 @@ pub async fn serve_https(
     Ok(local)
 }
 
-/// The `status` subcommand's Unix socket at `path` (none when `path` is empty).
+/// The `status` subcommand's Unix socket at `path` (none when `path` is empty). Another agent
+/// answering on it is fatal (two agents on one node would fight over its routes); any other
+/// failure only costs the `status` subcommand, so it is logged and the agent goes on.
 pub async fn serve_status_socket(
     path: &Path,
     shared: Arc<Shared>,
@@ -174,15 +176,22 @@ pub async fn serve_status_socket(
     if path.as_os_str().is_empty() {
         return Ok(None);
     }
-    let socket =
-        http::serve_unix(path, shared)
-            .await
-            .map_err(|source| AgentError::StatusSocket {
+    match http::serve_unix(path, shared).await {
+        Ok(socket) => {
+            tracing::info!(path = %path.display(), "serving /status for `sharedip-node-agent status` on a Unix socket");
+            Ok(Some(socket))
+        }
+        Err(source) if source.kind() == std::io::ErrorKind::AddrInUse => {
+            Err(AgentError::StatusSocket {
                 path: path.to_path_buf(),
                 source,
-            })?;
-    tracing::info!(path = %path.display(), "serving /status for `sharedip-node-agent status` on a Unix socket");
-    Ok(Some(socket))
+            })
+        }
+        Err(error) => {
+            tracing::warn!(path = %path.display(), %error, "cannot serve the status socket; `sharedip-node-agent status` will not reach this agent");
+            Ok(None)
+        }
+    }
 }
 
 /// What a signal asks of the agent.
