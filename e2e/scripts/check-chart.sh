@@ -7,7 +7,9 @@
 #     leaking outside its Secret; the node agent DaemonSet's host network, non-privileged
 #     NET_ADMIN-only security context, NODE_NAME from spec.nodeName, state hostPath,
 #     tolerations, priority class, probes, environment (each variable one the agent reads in
-#     node-agent/src/config.rs) and its exact RBAC, the uninstall hook Job, ...);
+#     node-agent/src/config.rs) and its exact RBAC; HTTPS-only ports and probes, the
+#     ServiceMonitors scraping over HTTPS with a bearer token, the metrics-reader ClusterRole,
+#     the uninstall hook Job, ...);
 #   * NOTES.txt renders;
 #   * values that must be rejected (by values.schema.json or by the templates) really are;
 #   * the CRD in the chart equals crds/ (written by `cargo run -p sharedip-operator --bin crdgen`),
@@ -154,10 +156,12 @@ if AGENT:
     if scenario != "no-rbac":
         want_agent |= {("ServiceAccount", agent_sa), ("ClusterRole", "sharedip-agent"),
                        ("ClusterRoleBinding", "sharedip-agent")}
+    if scenario == "full":
+        want_agent |= {("Service", "sharedip-agent-metrics"), ("ServiceMonitor", "sharedip-agent")}
 got_agent = {k for k, o in objs.items() if component(o) == "agent"}
 check(got_agent == want_agent, f"agent objects {sorted(got_agent)}, want {sorted(want_agent)}")
 for k, o in objs.items():
-    check(component(o) in ("operator", "agent", "uninstall", None), f"{k}: unknown component {component(o)!r}")
+    check(component(o) in ("operator", "agent", "uninstall", "metrics-reader", None), f"{k}: unknown component {component(o)!r}")
 
 # ---------------------------------------------------------------- operator Deployment
 dep = one("Deployment")
@@ -213,12 +217,21 @@ else:
     check("CLUSTER_ID" not in env, "CLUSTER_ID set although empty (the default is kube-system's UID)")
     check("SWEEP_INTERVAL" not in env, "SWEEP_INTERVAL set although empty")
 
+# HTTPS only: the probes use HTTPS too (no token needed for them).
 ports = {p["name"]: p["containerPort"] for p in c.get("ports", [])}
-check(ports.get("http") == port, f"container port http {ports.get('http')}, want {port}")
+check(ports == {"https": port}, f"container ports {ports}, want https {port}")
 for probe, path_ in (("livenessProbe", "/healthz"), ("readinessProbe", "/readyz")):
     hg = c.get(probe, {}).get("httpGet", {})
-    check(hg.get("path") == path_ and hg.get("port") == "http", f"{probe} not on {path_} port http")
+    check(hg.get("path") == path_ and hg.get("port") == "https" and hg.get("scheme") == "HTTPS",
+          f"{probe} not on {path_} port https scheme HTTPS")
     check("enabled" not in c.get(probe, {}), f"{probe} carries the values-only key 'enabled'")
+# The certificate: from the TLS Secret when given (files re-read on renewal), else self-signed.
+op_tls = "operator-tls" if scenario == "full" else None
+if op_tls:
+    check(val("TLS_CERT_FILE") == "/etc/sharedip/tls/tls.crt" and val("TLS_KEY_FILE") == "/etc/sharedip/tls/tls.key",
+          "operator TLS_CERT_FILE / TLS_KEY_FILE")
+else:
+    check("TLS_CERT_FILE" not in env and "TLS_KEY_FILE" not in env, "operator TLS files set without a Secret")
 res = c.get("resources", {})
 check(res.get("requests", {}).get("memory") and res.get("limits", {}).get("memory"), "memory request/limit missing")
 
@@ -239,6 +252,12 @@ mounts = {m["name"]: m for m in c.get("volumeMounts", [])}
 tm = mounts.get("linode-token", {})
 check(tm.get("mountPath") == "/etc/sharedip/linode" and tm.get("readOnly") is True, "token mount")
 vols = {v["name"]: v for v in pod.get("volumes", [])}
+if op_tls:
+    check(mounts.get("tls", {}).get("mountPath") == "/etc/sharedip/tls" and mounts["tls"].get("readOnly") is True,
+          "operator TLS mount")
+    check(vols.get("tls", {}).get("secret", {}).get("secretName") == op_tls, "operator TLS volume")
+else:
+    check("tls" not in mounts and "tls" not in vols, "operator TLS volume without a Secret")
 sv = vols.get("linode-token", {}).get("secret", {})
 want_secret, want_key = {
     "existing-secret": ("my-linode-token", "api-token"),
@@ -296,6 +315,12 @@ def expand(table):
     return {(g, r, v) for (g, r), verbs in table.items() for v in verbs}
 
 
+# Both components check the bearer tokens of their /metrics (and the agent's /status) requests
+# with the API server: TokenReview and SubjectAccessReview, nothing else of auth-delegator.
+REVIEWS = {
+    ("authentication.k8s.io", "tokenreviews"): ["create"],
+    ("authorization.k8s.io", "subjectaccessreviews"): ["create"],
+}
 WANT_CLUSTER = expand({
     ("sharedip.io", "sharedips"): ["get", "list", "watch", "patch", "update"],
     ("sharedip.io", "sharedips/status"): ["get", "patch", "update"],
@@ -303,6 +328,7 @@ WANT_CLUSTER = expand({
     ("", "nodes"): ["get", "list", "watch"],
     ("events.k8s.io", "events"): ["create", "patch"],
     ("", "events"): ["create", "patch"],
+    **REVIEWS,
 })
 # The default cluster identity is kube-system's UID: only when no clusterId is set.
 if scenario != "full":
@@ -323,12 +349,31 @@ WANT_AGENT = expand({
     ("", "pods"): ["get", "list", "watch"],
     ("events.k8s.io", "events"): ["create", "patch"],
     ("", "events"): ["create", "patch"],
+    **REVIEWS,
 })
 SA_OF = {"operator": sa_name, "agent": agent_sa}
+# Who may read /metrics: `get` on that non-resource URL and nothing else; bound to the
+# subjects of metricsReader.subjects only.
+want_reader = scenario != "no-rbac"
+readers = [r for r in by_kind("ClusterRole") if component(r) == "metrics-reader"]
+check(len(readers) == (1 if want_reader else 0), f"{len(readers)} metrics-reader ClusterRoles")
+for r in readers:
+    check(r["metadata"]["name"] == "sharedip-metrics-reader", f"metrics-reader name {r['metadata']['name']}")
+    check(r.get("rules") == [{"nonResourceURLs": ["/metrics"], "verbs": ["get"]}],
+          f"metrics-reader rules {r.get('rules')}")
+reader_bindings = [b for b in by_kind("ClusterRoleBinding") if component(b) == "metrics-reader"]
+if scenario == "full":
+    check(len(reader_bindings) == 1 and reader_bindings[0]["subjects"]
+          == [{"kind": "ServiceAccount", "name": "prometheus-k8s", "namespace": "monitoring"}],
+          f"metrics-reader binding {reader_bindings}")
+else:
+    check(not reader_bindings, "metrics-reader bound without metricsReader.subjects")
 for role in by_kind("ClusterRole") + by_kind("Role"):
     rules = role.get("rules", [])
     got = norm(rules)
     comp = component(role)
+    if comp == "metrics-reader":
+        continue
     if comp == "agent":
         check(role["kind"] == "ClusterRole", f"agent {role['kind']}/{role['metadata']['name']}: only a ClusterRole")
         want = WANT_AGENT
@@ -341,8 +386,8 @@ for role in by_kind("ClusterRole") + by_kind("Role"):
         check(res.split("/")[0] != "secrets", f"{what}: grants access to Secrets")
         if comp == "agent":
             check(res.split("/")[0] != "leases", f"{what}: grants access to Leases")
-            check(v in ("get", "list", "watch") or res in ("sharedips/status", "events"),
-                  f"{what}: write access {(g, res, v)}")
+            check(v in ("get", "list", "watch") or res in ("sharedips/status", "events")
+                  or (g, res) in REVIEWS, f"{what}: write access {(g, res, v)}")
     for r in rules:
         check(not r.get("nonResourceURLs"), f"{what}: unexpected rule {r}")
         for g in r.get("apiGroups", []):
@@ -356,6 +401,8 @@ for b in by_kind("ClusterRoleBinding") + by_kind("RoleBinding"):
           f"{b['kind']}/{b['metadata']['name']} refers to a missing {ref_kind}")
     check(component(objs.get((ref_kind, b["roleRef"]["name"]), {"metadata": {}})) == component(b),
           f"{b['kind']}/{b['metadata']['name']} binds another component's {ref_kind}")
+    if component(b) == "metrics-reader":
+        continue
     want_sa = SA_OF.get(component(b))
     check(b["subjects"] == [{"kind": "ServiceAccount", "name": want_sa, "namespace": ns}],
           f"{b['kind']} subjects {b['subjects']}")
@@ -392,16 +439,41 @@ check({m["name"]: m for m in jc.get("volumeMounts", [])}.get("linode-token") == 
 check({v["name"]: v for v in jpod.get("volumes", [])}.get("linode-token", {}).get("secret") == sv, "uninstall token volume")
 
 # ---------------------------------------------------------------- metrics
-if scenario == "full":
-    svc = one("Service")
-    check(svc["spec"]["selector"] == sel, "metrics Service selector")
-    check(svc["spec"]["ports"][0]["targetPort"] == "http" and svc["spec"]["ports"][0]["port"] == 9090, "Service port")
-    sm = one("ServiceMonitor")
-    check(sm["metadata"]["labels"].get("release") == "kube-prometheus-stack", "ServiceMonitor labels")
+def scrape_checks(comp, svc, sm, port, tls_config):
+    """The Service targets the HTTPS port; the ServiceMonitor scrapes it over HTTPS with
+    Prometheus' ServiceAccount token (never plain HTTP, never without a token)."""
+    p = svc["spec"]["ports"][0]
+    check(p["name"] == "https-metrics" and p["targetPort"] == "https" and p["port"] == port,
+          f"{comp} metrics Service port {p}")
+    check(sm["metadata"]["labels"].get("release") == "kube-prometheus-stack", f"{comp} ServiceMonitor labels")
     ep = sm["spec"]["endpoints"][0]
-    check(ep["port"] == "http-metrics" and ep["path"] == "/metrics", "ServiceMonitor endpoint")
+    check(ep["port"] == "https-metrics" and ep["path"] == "/metrics", f"{comp} ServiceMonitor endpoint")
+    check(ep.get("scheme") == "https", f"{comp} ServiceMonitor scheme {ep.get('scheme')!r}, want https")
+    check(ep.get("bearerTokenFile") == "/var/run/secrets/kubernetes.io/serviceaccount/token",
+          f"{comp} ServiceMonitor without the ServiceAccount token")
+    check(ep.get("tlsConfig") == tls_config, f"{comp} ServiceMonitor tlsConfig {ep.get('tlsConfig')}")
     check(all(svc["metadata"]["labels"].get(k) == v for k, v in sm["spec"]["selector"]["matchLabels"].items()),
-          "ServiceMonitor does not select the metrics Service")
+          f"{comp} ServiceMonitor does not select its metrics Service")
+
+
+if scenario == "full":
+    svc = of("Service", "operator")
+    sm = of("ServiceMonitor", "operator")
+    check(len(svc) == 1 and len(sm) == 1, "one operator metrics Service and ServiceMonitor")
+    check(svc[0]["spec"]["selector"] == sel, "metrics Service selector")
+    scrape_checks("operator", svc[0], sm[0], 9090,
+                  {"ca": {"secret": {"name": "operator-tls", "key": "ca.crt"}},
+                   "serverName": "sharedip-operator-metrics.sharedip-system.svc"})
+    asvc = of("Service", "agent")
+    asm = of("ServiceMonitor", "agent")
+    check(len(asvc) == 1 and len(asm) == 1, "one agent metrics Service and ServiceMonitor")
+    if asvc and asm:
+        check(asvc[0]["spec"].get("clusterIP") == "None", "agent metrics Service is not headless")
+        check(asvc[0]["spec"]["selector"].get("app.kubernetes.io/component") == "agent", "agent metrics Service selector")
+        scrape_checks("agent", asvc[0], asm[0], 9181, {"insecureSkipVerify": True})
+        relabel = asm[0]["spec"]["endpoints"][0].get("relabelings", [])
+        check(relabel[:1] == [{"sourceLabels": ["__meta_kubernetes_pod_node_name"], "targetLabel": "node"}],
+              f"agent ServiceMonitor relabelings {relabel}")
 
 # ---------------------------------------------------------------- node agent DaemonSet
 def agent_env_names():
@@ -505,6 +577,7 @@ for ds in by_kind("DaemonSet"):
                     "SECONDARY_COMMUNITY": "63949:1:2", "HOLD_TIME": "3", "UNBIND_DELAY": "3s"}
     if full:
         want_env.update(optional_env)
+        want_env.update({"TLS_CERT_FILE": "/etc/sharedip/tls/tls.crt", "TLS_KEY_FILE": "/etc/sharedip/tls/tls.key"})
     for n, v in want_env.items():
         check(aval(n) == v, f"agent env {n}={aval(n)!r}, want {v!r}")
     extra = set(aenv) - set(want_env) - {"NODE_NAME"}
@@ -514,13 +587,16 @@ for ds in by_kind("DaemonSet"):
         unknown = set(aenv) - known
         check(not unknown, f"agent env {sorted(unknown)} not read by the agent (node-agent/src/config.rs)")
 
+    # The node's port is HTTPS only; the kubelet probes it with HTTPS.
     aports = {p["name"]: p for p in ac.get("ports", [])}
-    check(aports.get("http", {}).get("containerPort") == aport, f"agent container port http, want {aport}")
-    check("hostPort" not in aports.get("http", {}) or aports["http"]["hostPort"] == aport, "agent hostPort")
+    check(list(aports) == ["https"] and aports["https"].get("containerPort") == aport,
+          f"agent container ports {aports}, want https {aport}")
+    check("hostPort" not in aports.get("https", {}) or aports["https"]["hostPort"] == aport, "agent hostPort")
     for probe, path_ in (("livenessProbe", "/healthz"), ("readinessProbe", "/readyz")):
         pr = ac.get(probe, {})
         hg = pr.get("httpGet", {})
-        check(hg.get("path") == path_ and hg.get("port") == "http", f"agent {probe} not on {path_} port http")
+        check(hg.get("path") == path_ and hg.get("port") == "https" and hg.get("scheme") == "HTTPS",
+              f"agent {probe} not on {path_} port https scheme HTTPS")
         check(hg.get("host") == ("127.0.0.1" if full else None), f"agent {probe} host {hg.get('host')!r}")
         check("enabled" not in pr, f"agent {probe} carries the values-only key 'enabled'")
     ares = ac.get("resources", {})
@@ -544,6 +620,12 @@ for ds in by_kind("DaemonSet"):
           "STATE_FILE is not on the state volume")
     host_paths = [n for n, v in avols.items() if "hostPath" in v]
     check(host_paths == ["state"], f"agent hostPath volumes {host_paths}, want only the state directory")
+    if full:
+        check(avols.get("tls", {}).get("secret", {}).get("secretName") == "agent-tls", "agent TLS volume")
+        check(amounts.get("tls", {}).get("mountPath") == "/etc/sharedip/tls" and amounts["tls"].get("readOnly") is True,
+              "agent TLS mount")
+    else:
+        check("tls" not in avols and "tls" not in amounts, "agent TLS volume without a Secret")
     if full:
         check("tmp" in avols and amounts.get("tmp", {}).get("mountPath") == "/tmp", "agent extraVolumes/Mounts")
 
@@ -590,7 +672,8 @@ check_scenario full "every option" -f "$CHART/ci/full-values.yaml"
 check_scenario single-replica "1 replica (no PDB)" -f "$CHART/ci/token-values.yaml" --set operator.replicaCount=1
 check_scenario no-rbac "rbac.create=false" -f "$CHART/ci/token-values.yaml" --set operator.rbac.create=false \
   --set operator.serviceAccount.create=false --set operator.serviceAccount.name=sharedip-operator \
-  --set agent.rbac.create=false --set agent.serviceAccount.create=false --set agent.serviceAccount.name=sharedip-agent
+  --set agent.rbac.create=false --set agent.serviceAccount.create=false --set agent.serviceAccount.name=sharedip-agent \
+  --set metricsReader.create=false
 check_scenario agent-disabled "agent.enabled=false (operator only)" -f "$CHART/ci/token-values.yaml" \
   --set agent.enabled=false
 # The uninstall hook can be turned off (then no Job at all).
@@ -724,6 +807,17 @@ expect_reject "agent bad image digest" "/agent/image/digest" "${TOK[@]}" --set a
 expect_reject "agent tolerations not a list" "/agent/tolerations.*want array" "${TOK[@]}" --set agent.tolerations=all
 expect_reject "agent: no ServiceAccount name when create=false" "agent.serviceAccount.name is required" "${TOK[@]}" \
   --set agent.serviceAccount.create=false
+expect_reject "agent TLS Secret name invalid" "/agent/http/tls/secretName" "${TOK[@]}" --set agent.http.tls.secretName=Not_A_Name
+expect_reject "operator TLS Secret name invalid" "/operator/http/tls/secretName" "${TOK[@]}" \
+  --set operator.http.tls.secretName=Not_A_Name
+expect_reject "typo in agent metrics key (serviceMonitor.enable)" "additional properties 'enable' not allowed" "${TOK[@]}" \
+  --set agent.metrics.serviceMonitor.enable=true
+expect_reject "metricsReader subject of an unknown kind" "/metricsReader/subjects/0/kind" "${TOK[@]}" \
+  --set 'metricsReader.subjects[0].kind=Robot' --set 'metricsReader.subjects[0].name=r2d2'
+expect_reject "metricsReader subject without a name" "/metricsReader/subjects/0" "${TOK[@]}" \
+  --set 'metricsReader.subjects[0].kind=ServiceAccount'
+expect_reject "tlsConfig not an object" "/operator/metrics/serviceMonitor/tlsConfig" "${TOK[@]}" \
+  --set operator.metrics.serviceMonitor.tlsConfig=insecure
 
 # ------------------------------------------------------------------ CRD and examples
 section "CRD and examples"

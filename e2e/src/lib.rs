@@ -1,5 +1,6 @@
 //! Test support for sharedip.
 pub mod controlplane;
+pub mod https;
 pub mod kubebridge;
 pub mod lab;
 pub mod netns;

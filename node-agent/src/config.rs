@@ -4,6 +4,12 @@
 //! `lelastic` on a plain Linode) and `status`. lelastic's flags keep their names and their
 //! single-dash spelling: `-dcid 18` and `--dcid 18` both work ([`normalize_args`]), and a bare
 //! lelastic command line (`sharedip-node-agent -dcid 18 -primary`) runs standalone.
+//!
+//! A standalone command line is read the way lelastic (Go's `flag` package) reads it, so a
+//! systemd unit written for lelastic runs unchanged: `-primary=true` / `-primary=0` (every
+//! spelling of `strconv.ParseBool`), `-dcid=0x12`, the last of a repeated flag wins, and parsing
+//! stops at the first argument that is not a flag (the `&` some units end with) or after `--`;
+//! what follows is ignored, with a warning.
 
 use std::ffi::OsString;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
@@ -12,13 +18,22 @@ use std::time::Duration;
 
 use clap::{Args, CommandFactory, Parser, Subcommand, ValueEnum};
 
+use clap::error::ErrorKind;
+use sharedip_api::Role;
+
 use crate::community::RoleCommunity;
 use crate::decision::BgpDefaults;
 
 /// Default pattern of the route servers' addresses: data-center id, then 1..=4.
 pub const DEFAULT_NEIGHBOR_PATTERN: &str = "2600:3c0f:%d:34::%d";
-/// Default HTTP address (/metrics, /healthz, /readyz, /status).
-pub const DEFAULT_HTTP_ADDR: &str = "0.0.0.0:9180";
+/// Default HTTP address in Kubernetes mode: HTTPS, `/metrics` and `/status` behind
+/// TokenReview + SubjectAccessReview, so it can listen on the node's addresses.
+pub const DEFAULT_HTTP_ADDR: SocketAddr = SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), 9180);
+/// Default HTTP address in standalone mode: plain HTTP without authentication, so loopback only.
+pub const DEFAULT_STANDALONE_HTTP_ADDR: SocketAddr =
+    SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 9180);
+/// Default Unix socket of the `status` subcommand (next to the default state file).
+pub const DEFAULT_STATUS_SOCKET: &str = "/var/lib/sharedip/status.sock";
 
 /// Log output format.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -51,7 +66,7 @@ pub enum Command {
 pub struct CommonArgs {
     /// Data-center id for the route servers' addresses. In Kubernetes mode it overrides the id
     /// looked up from the node's topology.kubernetes.io/region label.
-    #[arg(long, env = "DCID")]
+    #[arg(long, env = "DCID", value_parser = parse_dcid)]
     pub dcid: Option<u16>,
 
     /// Route server address pattern: the first %d is the data-center id, the second 1..=N.
@@ -71,7 +86,7 @@ pub struct CommonArgs {
     pub peer_port: u16,
 
     /// eBGP multihop TTL (hop limit) of the sessions.
-    #[arg(long = "multihopttl", alias = "multihop-ttl", env = "MULTIHOP_TTL", default_value_t = 16, value_parser = clap::value_parser!(u32).range(1..=255))]
+    #[arg(long = "multihopttl", alias = "multihop-ttl", env = "MULTIHOP_TTL", default_value_t = 16, value_parser = parse_multihop_ttl)]
     pub multihop_ttl: u32,
 
     /// Local AS number.
@@ -133,9 +148,16 @@ pub struct CommonArgs {
     #[arg(long, env = "ADDRESS_MARKER", value_enum, default_value = "native")]
     pub address_marker: crate::binder::MarkerMode,
 
-    /// HTTP address for /metrics, /healthz, /readyz and /status.
-    #[arg(long, env = "HTTP_ADDR", default_value = DEFAULT_HTTP_ADDR)]
-    pub http_addr: SocketAddr,
+    /// HTTP address for /metrics, /healthz, /readyz and /status. Kubernetes mode: HTTPS with
+    /// /metrics and /status for authorized bearer tokens only, default 0.0.0.0:9180.
+    /// Standalone: plain HTTP without authentication, default 127.0.0.1:9180.
+    #[arg(long, env = "HTTP_ADDR")]
+    pub http_addr: Option<SocketAddr>,
+
+    /// Unix socket (mode 0600) where the `status` subcommand reads this agent's /status
+    /// without a token. Empty: none.
+    #[arg(long, env = "STATUS_SOCKET", default_value = DEFAULT_STATUS_SOCKET)]
+    pub status_socket: PathBuf,
 
     /// Wait between withdrawing a prefix and unbinding its address, so traffic in flight
     /// still finds the address while the route servers move to another node.
@@ -173,24 +195,41 @@ pub struct RunArgs {
     #[arg(long, env = "RESYNC_INTERVAL", default_value = "30s", value_parser = parse_duration)]
     pub resync_interval: Duration,
 
+    /// PEM certificate (chain) of the HTTPS server, e.g. from a cert-manager Secret; re-read
+    /// when it changes. Without it the agent generates a self-signed certificate at start.
+    #[arg(long, env = "TLS_CERT_FILE", requires = "tls_key_file")]
+    pub tls_cert_file: Option<PathBuf>,
+
+    /// PEM private key of --tls-cert-file.
+    #[arg(long, env = "TLS_KEY_FILE", requires = "tls_cert_file")]
+    pub tls_key_file: Option<PathBuf>,
+
     #[command(flatten)]
     pub common: CommonArgs,
+}
+
+impl RunArgs {
+    /// The HTTPS server's address.
+    pub fn http_addr(&self) -> SocketAddr {
+        self.common.http_addr.unwrap_or(DEFAULT_HTTP_ADDR)
+    }
 }
 
 /// `standalone`: lelastic's job without Kubernetes.
 #[derive(Debug, Clone, Args)]
 pub struct StandaloneArgs {
-    /// Announce with the primary community (lelastic -primary).
-    #[arg(
-        long,
-        conflicts_with = "secondary",
-        required_unless_present = "secondary"
-    )]
+    /// Announce with the primary community (lelastic -primary; wins over -secondary, as in
+    /// lelastic).
+    #[arg(long)]
     pub primary: bool,
 
     /// Announce with the secondary community (lelastic -secondary).
     #[arg(long)]
     pub secondary: bool,
+
+    /// JSON log lines (lelastic -logjson; the same as --log-format json).
+    #[arg(long = "logjson")]
+    pub log_json: bool,
 
     /// Announce IPv6 ranges as /56 instead of /64 (lelastic -send56).
     #[arg(long = "send56")]
@@ -207,14 +246,50 @@ pub struct StandaloneArgs {
 
     #[command(flatten)]
     pub common: CommonArgs,
+
+    /// Arguments after the first non-flag argument (or after `--`), which lelastic ignores too.
+    #[arg(skip)]
+    pub ignored: Vec<String>,
+}
+
+impl StandaloneArgs {
+    /// The role: -primary wins over -secondary, as in lelastic.
+    pub fn role(&self) -> Role {
+        if self.primary {
+            Role::Primary
+        } else {
+            Role::Secondary
+        }
+    }
+
+    /// The log format: -logjson or --log-format.
+    pub fn log_format(&self) -> LogFormat {
+        if self.log_json {
+            LogFormat::Json
+        } else {
+            self.common.log_format
+        }
+    }
+
+    /// The HTTP server's address.
+    pub fn http_addr(&self) -> SocketAddr {
+        self.common
+            .http_addr
+            .unwrap_or(DEFAULT_STANDALONE_HTTP_ADDR)
+    }
 }
 
 /// `status`: ask a running agent.
 #[derive(Debug, Clone, Args)]
 pub struct StatusArgs {
-    /// The agent's HTTP address.
-    #[arg(long, env = "HTTP_ADDR", default_value = "127.0.0.1:9180")]
-    pub http_addr: SocketAddr,
+    /// The agent's status socket (--status-socket of the agent). Default: the default socket
+    /// when it exists, else --http-addr.
+    #[arg(long, env = "STATUS_SOCKET", conflicts_with = "http_addr")]
+    pub socket: Option<PathBuf>,
+
+    /// The agent's plain-HTTP address (a standalone agent's --http-addr).
+    #[arg(long)]
+    pub http_addr: Option<SocketAddr>,
 
     /// Print the raw JSON instead of tables.
     #[arg(long)]
@@ -236,104 +311,363 @@ pub enum ConfigError {
     NoDcid,
 }
 
+/// The flags lelastic has and our `run` mode does not: a command line without a subcommand
+/// that uses one of them is a lelastic command line, run standalone.
+const LELASTIC_ONLY: &[&str] = &["primary", "secondary", "send56", "allifs", "logjson"];
+
+/// A command line prepared for clap: the arguments, and what a standalone command line
+/// ignores after its flags (as Go's `flag` package does).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Normalized {
+    /// The arguments for clap, subcommand included.
+    pub args: Vec<OsString>,
+    /// Ignored trailing arguments (standalone only).
+    pub ignored: Vec<String>,
+}
+
+/// One flag of a subcommand: its canonical long name, whether it is a switch, whether it may
+/// repeat (`--address`), and every name it answers to.
+struct FlagSpec {
+    long: String,
+    switch: bool,
+    repeats: bool,
+    names: Vec<String>,
+}
+
+fn flag_specs(sub: &clap::Command) -> Vec<FlagSpec> {
+    sub.get_arguments()
+        .filter_map(|arg| {
+            let long = arg.get_long()?.to_string();
+            let mut names = vec![long.clone()];
+            names.extend(
+                arg.get_all_aliases()
+                    .into_iter()
+                    .flatten()
+                    .map(str::to_string),
+            );
+            let action = arg.get_action();
+            Some(FlagSpec {
+                long,
+                switch: !action.takes_values(),
+                repeats: matches!(action, clap::ArgAction::Append),
+                names,
+            })
+        })
+        .collect()
+}
+
+/// Go's `strconv.ParseBool`, which `flag` uses for `-name=value` of a boolean flag.
+pub fn parse_go_bool(s: &str) -> Option<bool> {
+    match s {
+        "1" | "t" | "T" | "TRUE" | "true" | "True" => Some(true),
+        "0" | "f" | "F" | "FALSE" | "false" | "False" => Some(false),
+        _ => None,
+    }
+}
+
+/// Go's `strconv.ParseInt(s, 0, 64)`, which `flag.Int` uses: an optional sign, then decimal,
+/// `0x` hex, `0o` or leading-`0` octal, or `0b` binary, with `_` allowed between digits.
+pub fn parse_go_int(s: &str) -> Option<i64> {
+    let (negative, body) = match s.as_bytes().first() {
+        Some(b'-') => (true, &s[1..]),
+        Some(b'+') => (false, &s[1..]),
+        _ => (false, s),
+    };
+    let lower = body.to_ascii_lowercase();
+    let (radix, digits, prefixed) = if let Some(d) = lower.strip_prefix("0x") {
+        (16, d, true)
+    } else if let Some(d) = lower.strip_prefix("0o") {
+        (8, d, true)
+    } else if let Some(d) = lower.strip_prefix("0b") {
+        (2, d, true)
+    } else if lower.len() > 1 && lower.starts_with('0') {
+        (8, &lower[1..], true)
+    } else {
+        (10, lower.as_str(), false)
+    };
+    // Go accepts `_` only between digits, or right after a base prefix.
+    let underscores_ok = {
+        let mut prev_digit = prefixed;
+        let mut ok = true;
+        for c in digits.chars() {
+            if c == '_' {
+                ok &= prev_digit;
+                prev_digit = false;
+            } else {
+                prev_digit = true;
+            }
+        }
+        ok && prev_digit
+    };
+    let clean: String = digits.chars().filter(|&c| c != '_').collect();
+    if clean.is_empty() || !underscores_ok || clean.starts_with(['+', '-']) {
+        return None;
+    }
+    let magnitude = i128::from(u64::from_str_radix(&clean, radix).ok()?);
+    i64::try_from(if negative { -magnitude } else { magnitude }).ok()
+}
+
+fn parse_dcid(s: &str) -> Result<u16, String> {
+    let v = parse_go_int(s.trim()).ok_or_else(|| format!("{s:?} is not an integer"))?;
+    u16::try_from(v)
+        .ok()
+        .filter(|&v| v > 0)
+        .ok_or_else(|| format!("{v} is not a data-center id (1..=65535)"))
+}
+
+fn parse_multihop_ttl(s: &str) -> Result<u32, String> {
+    let v = parse_go_int(s.trim()).ok_or_else(|| format!("{s:?} is not an integer"))?;
+    u32::try_from(v)
+        .ok()
+        .filter(|v| (1..=255).contains(v))
+        .ok_or_else(|| format!("{v} is not in 1..=255"))
+}
+
+/// Reads a standalone command line as Go's `flag` package reads lelastic's: `-f`, `--f`,
+/// `-f=v`, `-f v`; switches take only `-f` or `-f=<ParseBool value>`; the last of a repeated
+/// flag wins; the first non-flag argument (or `--`) ends the flags and the rest is ignored.
+fn normalize_standalone(
+    sub: &clap::Command,
+    tokens: &[OsString],
+    out: &mut Vec<OsString>,
+) -> Result<Vec<String>, clap::Error> {
+    let specs = flag_specs(sub);
+    let mut values: Vec<(String, OsString)> = Vec::new();
+    let mut switches: Vec<(String, bool)> = Vec::new();
+    let mut ignored = Vec::new();
+    let mut i = 0;
+    while i < tokens.len() {
+        let token = &tokens[i];
+        i += 1;
+        let Some(s) = token.to_str() else {
+            // Not UTF-8: not one of our flags; clap reports it.
+            out.push(token.clone());
+            continue;
+        };
+        if s == "--" {
+            ignored = lossy(&tokens[i..]);
+            break;
+        }
+        if s.len() < 2 || !s.starts_with('-') {
+            ignored = lossy(&tokens[i - 1..]);
+            break;
+        }
+        let name = s.strip_prefix("--").unwrap_or(&s[1..]);
+        if name.is_empty() || name.starts_with(['-', '=']) {
+            return Err(sub
+                .clone()
+                .error(ErrorKind::UnknownArgument, format!("bad flag syntax: {s}")));
+        }
+        let (name, value) = match name.split_once('=') {
+            Some((n, v)) => (n, Some(v)),
+            None => (name, None),
+        };
+        if matches!(name, "h" | "help") {
+            out.push("--help".into());
+            continue;
+        }
+        let Some(spec) = specs.iter().find(|f| f.names.iter().any(|n| n == name)) else {
+            // Unknown: clap says so, with suggestions.
+            out.push(token.clone());
+            continue;
+        };
+        if spec.switch {
+            let on = match value {
+                None => true,
+                Some(v) => parse_go_bool(v).ok_or_else(|| {
+                    sub.clone().error(
+                        ErrorKind::InvalidValue,
+                        format!(
+                            "invalid boolean value {v:?} for -{name}: use 1, t, T, TRUE, true, True, 0, f, F, FALSE, false or False"
+                        ),
+                    )
+                })?,
+            };
+            switches.retain(|(l, _)| *l != spec.long);
+            switches.push((spec.long.clone(), on));
+            continue;
+        }
+        let value: OsString = match value {
+            Some(v) => v.into(),
+            None => match tokens.get(i) {
+                Some(v) => {
+                    i += 1;
+                    v.clone()
+                }
+                None => {
+                    // clap reports the missing value.
+                    out.push(format!("--{}", spec.long).into());
+                    continue;
+                }
+            },
+        };
+        if !spec.repeats {
+            values.retain(|(l, _)| *l != spec.long);
+        }
+        values.push((spec.long.clone(), value));
+    }
+    for (long, value) in values {
+        // One token, so a value starting with '-' is never taken for a flag.
+        let mut arg = OsString::from(format!("--{long}="));
+        arg.push(value);
+        out.push(arg);
+    }
+    out.extend(
+        switches
+            .into_iter()
+            .filter(|(_, on)| *on)
+            .map(|(long, _)| OsString::from(format!("--{long}"))),
+    );
+    Ok(ignored)
+}
+
+fn lossy(tokens: &[OsString]) -> Vec<String> {
+    tokens
+        .iter()
+        .map(|t| t.to_string_lossy().into_owned())
+        .collect()
+}
+
+/// Whether a command line without a subcommand is lelastic's: one of [`LELASTIC_ONLY`]
+/// appears among its flags (read as Go reads them, so a flag's value never counts).
+fn is_lelastic(cmd: &clap::Command, tokens: &[OsString]) -> bool {
+    let specs: Vec<FlagSpec> = cmd.get_subcommands().flat_map(flag_specs).collect();
+    let mut i = 0;
+    while let Some(s) = tokens.get(i).and_then(|t| t.to_str()) {
+        i += 1;
+        if s == "--" || s.len() < 2 || !s.starts_with('-') {
+            return false;
+        }
+        let name = s.strip_prefix("--").unwrap_or(&s[1..]);
+        let (name, has_value) = match name.split_once('=') {
+            Some((n, _)) => (n, true),
+            None => (name, false),
+        };
+        if LELASTIC_ONLY.contains(&name) {
+            return true;
+        }
+        let takes_value = specs
+            .iter()
+            .find(|f| f.names.iter().any(|n| n == name))
+            .is_some_and(|f| !f.switch);
+        if takes_value && !has_value {
+            i += 1;
+        }
+    }
+    false
+}
+
 /// Rewrites lelastic's single-dash long flags (`-dcid 18`) to `--dcid 18`, and picks the
 /// subcommand when none is given: `standalone` when a lelastic-only flag is present (a lelastic
-/// command line), else `run`.
-pub fn normalize_args<I, T>(args: I) -> Vec<OsString>
+/// command line), else `run`. A standalone command line is read as Go's `flag` package reads
+/// it (see the module documentation).
+pub fn normalize_args<I, T>(args: I) -> Result<Normalized, clap::Error>
 where
     I: IntoIterator<Item = T>,
     T: Into<OsString>,
 {
     let cmd = Cli::command();
-    let mut longs: Vec<String> = Vec::new();
-    let subcommands: Vec<String> = cmd
-        .get_subcommands()
-        .map(|s| s.get_name().to_string())
-        .chain(["help".to_string()])
-        .collect();
-    for sub in cmd.get_subcommands() {
-        for arg in sub.get_arguments() {
-            longs.extend(
-                arg.get_long_and_visible_aliases()
-                    .into_iter()
-                    .flatten()
-                    .map(str::to_string),
-            );
-            if let Some(aliases) = arg.get_all_aliases() {
-                longs.extend(aliases.into_iter().map(str::to_string));
-            }
+    let mut args = args.into_iter().map(Into::into);
+    let mut out: Vec<OsString> = args.next().into_iter().collect();
+    let rest: Vec<OsString> = args.collect();
+    let first = rest.first().and_then(|a| a.to_str());
+    let explicit = first.and_then(|f| {
+        cmd.get_subcommands()
+            .find(|s| s.get_name() == f)
+            .map(|s| s.get_name().to_string())
+    });
+    let asks_top_level =
+        rest.len() == 1 && matches!(first, Some("--help" | "-h" | "--version" | "-V" | "help"));
+    let (sub, tokens) = match explicit {
+        Some(sub) => (Some(sub), &rest[1..]),
+        None if asks_top_level => (None, &rest[..]),
+        None if rest.is_empty() || first.is_some_and(|f| f.starts_with('-')) => {
+            let sub = if is_lelastic(&cmd, &rest) {
+                "standalone"
+            } else {
+                "run"
+            };
+            (Some(sub.to_string()), &rest[..])
         }
-    }
-    longs.extend(["help".to_string(), "version".to_string()]);
-    let mut out: Vec<OsString> = Vec::new();
-    let mut after_double_dash = false;
-    for (i, a) in args.into_iter().enumerate() {
-        let a: OsString = a.into();
-        if i == 0 || after_double_dash {
-            out.push(a);
-            continue;
-        }
-        let Some(s) = a.to_str() else {
-            out.push(a);
-            continue;
-        };
-        if s == "--" {
-            after_double_dash = true;
-            out.push(a);
-            continue;
-        }
-        match s.strip_prefix('-') {
-            Some(rest) if !rest.starts_with('-') && rest.len() > 1 => {
-                let name = rest.split('=').next().unwrap_or(rest);
-                if longs.iter().any(|l| l == name) {
-                    out.push(format!("-{s}").into());
-                    continue;
-                }
-                out.push(a);
-            }
-            _ => out.push(a),
-        }
-    }
-    let has_subcommand = out
-        .iter()
-        .skip(1)
-        .find(|a| !a.to_str().is_some_and(|s| s.starts_with('-')))
-        .and_then(|a| a.to_str())
-        .is_some_and(|s| subcommands.iter().any(|c| c == s));
-    let first_is_flag = out
-        .get(1)
-        .and_then(|a| a.to_str())
-        .is_some_and(|s| s.starts_with('-'));
-    let asks_top_level = out
-        .iter()
-        .skip(1)
-        .any(|a| matches!(a.to_str(), Some("--help" | "-h" | "--version" | "-V")))
-        && out.len() == 2;
-    if !has_subcommand && !asks_top_level && (first_is_flag || out.len() == 1) {
-        let lelastic = out.iter().any(|a| {
-            matches!(
-                a.to_str(),
-                Some("--primary" | "--secondary" | "--send56" | "--allifs")
-            )
+        // An unknown word: clap reports it.
+        None => (None, &rest[..]),
+    };
+    let Some(sub) = sub else {
+        out.extend(tokens.iter().cloned());
+        return Ok(Normalized {
+            args: out,
+            ignored: Vec::new(),
         });
-        let sub = if lelastic { "standalone" } else { "run" };
-        out.insert(1, sub.into());
+    };
+    out.push(sub.clone().into());
+    let Some(sub_cmd) = cmd.get_subcommands().find(|s| s.get_name() == sub) else {
+        out.extend(tokens.iter().cloned());
+        return Ok(Normalized {
+            args: out,
+            ignored: Vec::new(),
+        });
+    };
+    if sub == "standalone" {
+        let ignored = normalize_standalone(sub_cmd, tokens, &mut out)?;
+        return Ok(Normalized { args: out, ignored });
     }
-    out
+    // `run` and `status`: clap's rules, with lelastic's single-dash spelling of our long flags.
+    let longs: Vec<String> = flag_specs(sub_cmd)
+        .into_iter()
+        .flat_map(|f| f.names)
+        .chain(["help".to_string(), "version".to_string()])
+        .collect();
+    let mut after_double_dash = false;
+    for a in tokens {
+        match a.to_str() {
+            Some("--") => {
+                after_double_dash = true;
+                out.push(a.clone());
+            }
+            Some(s) if !after_double_dash && s.len() > 2 && s.starts_with('-') => {
+                let rest = &s[1..];
+                let name = rest.split('=').next().unwrap_or(rest);
+                if !rest.starts_with('-') && longs.iter().any(|l| l == name) {
+                    out.push(format!("-{s}").into());
+                } else {
+                    out.push(a.clone());
+                }
+            }
+            _ => out.push(a.clone()),
+        }
+    }
+    Ok(Normalized {
+        args: out,
+        ignored: Vec::new(),
+    })
 }
 
-/// Parses the process's command line with [`normalize_args`].
+/// Parses the process's command line with [`normalize_args`]; exits with clap's message and
+/// status on an error, as clap does.
 pub fn parse() -> Cli {
-    Cli::parse_from(normalize_args(std::env::args_os()))
+    try_parse_from(std::env::args_os()).unwrap_or_else(|e| e.exit())
 }
 
-/// Parses a given command line with [`normalize_args`] (tests).
+/// Parses a given command line with [`normalize_args`].
 pub fn try_parse_from<I, T>(args: I) -> Result<Cli, clap::Error>
 where
     I: IntoIterator<Item = T>,
     T: Into<OsString>,
 {
-    Cli::try_parse_from(normalize_args(args))
+    let normalized = normalize_args(args)?;
+    let mut cli = Cli::try_parse_from(normalized.args)?;
+    if let Command::Standalone(s) = &mut cli.command {
+        if !s.primary && !s.secondary {
+            let mut cmd = Cli::command();
+            let sub = cmd.find_subcommand_mut("standalone").map(|c| c.clone());
+            return Err(sub.unwrap_or(cmd).error(
+                ErrorKind::MissingRequiredArgument,
+                "use either -primary or -secondary",
+            ));
+        }
+        s.ignored = normalized.ignored;
+    }
+    Ok(cli)
 }
 
 impl CommonArgs {
@@ -494,10 +828,178 @@ mod tests {
     }
 
     #[test]
-    fn role_is_required_and_exclusive() {
+    fn role_is_required_and_primary_wins_as_in_lelastic() {
         let base = ["sharedip-node-agent", "standalone", "-dcid", "18"];
-        assert!(try_parse_from(base).is_err());
-        assert!(try_parse_from(base.iter().chain(&["-primary", "-secondary"])).is_err());
+        let e = try_parse_from(base).unwrap_err();
+        assert!(e.to_string().contains("-primary or -secondary"), "{e}");
+        assert_eq!(
+            standalone(&["-dcid", "18", "-primary", "-secondary"]).role(),
+            Role::Primary
+        );
+        assert!(try_parse_from(base.iter().chain(&["-primary=false", "-secondary=0"])).is_err());
+    }
+
+    /// The command line of the systemd unit in Linode's failover guide: systemd passes `&` as
+    /// an argument, and lelastic (Go's flag package) ignores everything from the first
+    /// non-flag argument on.
+    #[test]
+    fn guide_unit_command_line() {
+        let s = standalone(&["-dcid", "14", "-primary", "&"]);
+        assert_eq!(s.common.dcid, Some(14));
+        assert_eq!(s.role(), Role::Primary);
+        assert_eq!(s.ignored, vec!["&".to_string()]);
+        let s = standalone(&["-dcid", "14", "-secondary", "&"]);
+        assert_eq!(s.role(), Role::Secondary);
+        // -allifs after the role, as in other published units.
+        let s = standalone(&["-dcid", "6", "-primary", "-allifs"]);
+        assert!(s.all_ifs && s.ignored.is_empty());
+    }
+
+    #[test]
+    fn go_booleans() {
+        for t in ["1", "t", "T", "TRUE", "true", "True"] {
+            let s = standalone(&[
+                "-dcid",
+                "14",
+                &format!("-primary={t}"),
+                &format!("--send56={t}"),
+            ]);
+            assert!(s.primary && s.send56, "{t}");
+        }
+        for f in ["0", "f", "F", "FALSE", "false", "False"] {
+            let s = standalone(&["-dcid", "14", &format!("-primary={f}"), "-secondary"]);
+            assert_eq!(s.role(), Role::Secondary, "{f}");
+            let s = standalone(&["-dcid", "14", "-primary", &format!("-allifs={f}")]);
+            assert!(!s.all_ifs, "{f}");
+        }
+        for bad in ["yes", "on", "", "tRuE", "2"] {
+            let e = try_parse_from(["x", "-dcid", "14", &format!("-primary={bad}")]).unwrap_err();
+            assert!(
+                e.to_string().contains("invalid boolean value"),
+                "{bad}: {e}"
+            );
+        }
+        // The last occurrence wins.
+        let s = standalone(&["-dcid", "14", "-primary", "-primary=false", "-secondary"]);
+        assert_eq!(s.role(), Role::Secondary);
+        // A switch never takes the next argument: as in Go, `false` ends the flags.
+        let s = standalone(&["-primary", "false", "-dcid", "14"]);
+        assert!(s.primary);
+        assert_eq!(s.common.dcid, None);
+        assert_eq!(s.ignored, vec!["false", "-dcid", "14"]);
+    }
+
+    #[test]
+    fn logjson_selects_json_logs() {
+        assert_eq!(
+            standalone(&["-dcid", "14", "-primary", "-logjson"]).log_format(),
+            LogFormat::Json
+        );
+        assert_eq!(
+            standalone(&["-dcid", "14", "-primary", "-logjson=false"]).log_format(),
+            LogFormat::Text
+        );
+        assert_eq!(
+            standalone(&["-primary", "--log-format", "json"]).log_format(),
+            LogFormat::Json
+        );
+    }
+
+    #[test]
+    fn flags_end_at_the_first_non_flag_or_double_dash() {
+        let s = standalone(&["-dcid", "14", "-primary", "--", "-secondary", "x"]);
+        assert!(!s.secondary);
+        assert_eq!(s.ignored, vec!["-secondary", "x"]);
+        let s = standalone(&["-dcid", "14", "-secondary", "extra", "-primary"]);
+        assert_eq!(s.role(), Role::Secondary);
+        assert_eq!(s.ignored, vec!["extra", "-primary"]);
+        // A lone "-" is not a flag either.
+        let s = standalone(&["standalone", "-secondary", "-", "-primary"]);
+        assert_eq!(s.role(), Role::Secondary);
+        assert_eq!(s.ignored, vec!["-", "-primary"]);
+        // Bad syntax is an error, as in Go.
+        for bad in ["---primary", "-=x", "--=x"] {
+            assert!(try_parse_from(["x", "-primary", bad]).is_err(), "{bad}");
+        }
+        // Unknown flags are errors, not ignored.
+        assert!(try_parse_from(["x", "-primary", "-bogus"]).is_err());
+    }
+
+    #[test]
+    fn values_as_go_reads_them() {
+        // A repeated value flag: the last wins; a value may start with '-'.
+        let s = standalone(&["-dcid", "14", "-dcid=15", "-primary"]);
+        assert_eq!(s.common.dcid, Some(15));
+        let s = standalone(&["-primary", "-neighborpattern", "-%d-%d", "-dcid", "2"]);
+        assert_eq!(s.common.neighbor_pattern, "-%d-%d");
+        // Integers in every base Go's flag.Int accepts.
+        for v in [
+            "18", "+18", "0x12", "0X12", "022", "0o22", "0b10010", "1_8", "0x_12",
+        ] {
+            assert_eq!(
+                standalone(&["-primary", "-dcid", v]).common.dcid,
+                Some(18),
+                "{v}"
+            );
+        }
+        for bad in [
+            "08", "1__8", "_18", "18_", "0x", "-5", "0", "70000", "eighteen",
+        ] {
+            assert!(
+                try_parse_from(["x", "-primary", "-dcid", bad]).is_err(),
+                "{bad}"
+            );
+        }
+        assert_eq!(
+            standalone(&["-primary", "-multihopttl=0x10"])
+                .common
+                .multihop_ttl,
+            16
+        );
+        // --address repeats and accumulates.
+        let s = standalone(&["-primary", "--address", "192.0.2.10", "-address=192.0.2.11"]);
+        assert_eq!(s.addresses.len(), 2);
+    }
+
+    #[test]
+    fn go_integers() {
+        assert_eq!(parse_go_int("0"), Some(0));
+        assert_eq!(parse_go_int("-0x1f"), Some(-31));
+        assert_eq!(parse_go_int("0_7"), Some(7));
+        assert_eq!(parse_go_int("1_000"), Some(1000));
+        assert_eq!(parse_go_int("-9223372036854775808"), Some(i64::MIN));
+        assert_eq!(parse_go_int("9223372036854775808"), None);
+        assert_eq!(parse_go_int("+-1"), None);
+        assert_eq!(parse_go_int(""), None);
+        assert_eq!(parse_go_int("0b2"), None);
+    }
+
+    #[test]
+    fn http_defaults_per_mode() {
+        assert_eq!(
+            standalone(&["-primary"]).http_addr(),
+            "127.0.0.1:9180".parse().unwrap()
+        );
+        match parse(&["run", "--node-name", "n"]).command {
+            Command::Run(r) => {
+                assert_eq!(r.http_addr(), "0.0.0.0:9180".parse().unwrap());
+                assert_eq!(r.tls_cert_file, None);
+            }
+            other => panic!("{other:?}"),
+        }
+        // Certificate and key go together.
+        assert!(try_parse_from(["x", "run", "--node-name", "n", "--tls-cert-file", "c"]).is_err());
+        assert!(try_parse_from([
+            "x",
+            "run",
+            "--node-name",
+            "n",
+            "--tls-cert-file",
+            "c",
+            "--tls-key-file",
+            "k"
+        ])
+        .is_ok());
     }
 
     #[test]
@@ -533,8 +1035,11 @@ mod tests {
     fn values_that_look_like_flags_are_left_alone() {
         // A value after a flag is never rewritten, and unknown single-dash words pass through
         // to clap's own error.
-        let n = normalize_args(["x", "run", "--node-name", "-primary-node"]);
-        assert_eq!(n[3], OsString::from("-primary-node"));
+        let n = normalize_args(["x", "run", "--node-name", "-primary-node"]).unwrap();
+        assert_eq!(n.args[3], OsString::from("-primary-node"));
+        // Without a subcommand, a flag's value is no lelastic flag either.
+        let n = normalize_args(["x", "--node-name", "-primary", "-dcid", "18"]).unwrap();
+        assert_eq!(n.args[1], OsString::from("run"));
         assert!(try_parse_from(["x", "run", "--node-name", "n", "-bogus"]).is_err());
     }
 

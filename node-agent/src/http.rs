@@ -1,6 +1,12 @@
 //! The agent's HTTP endpoints: `/healthz`, `/readyz`, `/metrics` and `/status` (JSON).
+//!
+//! Kubernetes mode serves them over HTTPS with `/metrics` and `/status` behind TokenReview +
+//! SubjectAccessReview ([`serve_https`]); standalone mode over plain HTTP, by default on
+//! loopback only ([`serve`]); both also serve them on a Unix socket for the `status`
+//! subcommand ([`serve_unix`]).
 
 use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock};
 
@@ -92,14 +98,25 @@ impl Shared {
     }
 }
 
-/// The routes.
-pub fn router(shared: Arc<Shared>) -> Router {
+/// The probes' routes: open to anyone, and they say nothing beyond "ok" / "not ready".
+pub fn probe_router(shared: Arc<Shared>) -> Router {
     Router::new()
-        .route("/metrics", get(metrics))
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(readyz))
+        .with_state(shared)
+}
+
+/// The routes that reveal the node's sessions and addresses.
+pub fn data_router(shared: Arc<Shared>) -> Router {
+    Router::new()
+        .route("/metrics", get(metrics))
         .route("/status", get(status))
         .with_state(shared)
+}
+
+/// Every route, without authentication.
+pub fn router(shared: Arc<Shared>) -> Router {
+    probe_router(shared.clone()).merge(data_router(shared))
 }
 
 async fn metrics(State(s): State<Arc<Shared>>) -> impl IntoResponse {
@@ -124,7 +141,8 @@ async fn status(State(s): State<Arc<Shared>>) -> Json<AgentReport> {
     Json(s.report())
 }
 
-/// Binds and serves until the process ends; returns the bound address (port 0 picks one).
+/// Binds and serves every route over plain HTTP without authentication until the process
+/// ends; returns the bound address (port 0 picks one).
 pub async fn serve(
     addr: SocketAddr,
     shared: Arc<Shared>,
@@ -140,4 +158,112 @@ pub async fn serve(
             }
         }),
     ))
+}
+
+/// Binds and serves over HTTPS until the process ends: the probes open, `/metrics` and
+/// `/status` only for bearer tokens `auth` authorizes. Returns the bound address.
+pub async fn serve_https(
+    addr: SocketAddr,
+    shared: Arc<Shared>,
+    tls: Arc<sharedip_secure_http::ServerConfig>,
+    auth: Arc<sharedip_secure_http::Authorizer>,
+) -> std::io::Result<SocketAddr> {
+    let app =
+        sharedip_secure_http::protected(probe_router(shared.clone()), data_router(shared), auth);
+    let (local, _task) = sharedip_secure_http::serve_https(addr, tls, app).await?;
+    Ok(local)
+}
+
+/// The Unix socket of the `status` subcommand; the file is removed when this is dropped.
+#[derive(Debug)]
+pub struct UnixSocket {
+    path: PathBuf,
+}
+
+impl Drop for UnixSocket {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
+
+/// Serves every route on a Unix socket at `path`, readable and writable by this user only
+/// (the agent runs as root: root on the node, or `kubectl exec` into the pod). A socket left
+/// by an agent that died is replaced; one another agent still answers on is not.
+pub async fn serve_unix(path: &Path, shared: Arc<Shared>) -> std::io::Result<UnixSocket> {
+    use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+    if let Ok(meta) = std::fs::symlink_metadata(path) {
+        if !meta.file_type().is_socket() {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::AlreadyExists,
+                "the path exists and is not a socket",
+            ));
+        }
+        if tokio::net::UnixStream::connect(path).await.is_ok() {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::AddrInUse,
+                "another sharedip-node-agent answers on it",
+            ));
+        }
+        std::fs::remove_file(path)?;
+    }
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir)?;
+    }
+    let listener = tokio::net::UnixListener::bind(path)?;
+    let guard = UnixSocket {
+        path: path.to_path_buf(),
+    };
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
+    let app = router(shared);
+    tokio::spawn(async move {
+        if let Err(e) = axum::serve(listener, app).await {
+            tracing::error!(error = %e, "status socket server stopped");
+        }
+    });
+    Ok(guard)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::speaker::SpeakerMonitor;
+    use std::os::unix::fs::PermissionsExt;
+
+    fn shared() -> Arc<Shared> {
+        Shared::new(
+            AgentReport {
+                mode: "standalone".into(),
+                ..Default::default()
+            },
+            SpeakerMonitor::empty(),
+        )
+    }
+
+    #[tokio::test]
+    async fn status_socket_serves_owner_only_and_replaces_stale_ones() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("sub").join("status.sock");
+        let socket = serve_unix(&path, shared()).await.unwrap();
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600);
+        let target = crate::status_cmd::Target::Socket(path.clone());
+        let body = crate::status_cmd::fetch(&target).await.unwrap();
+        assert!(body.contains("\"mode\":\"standalone\""), "{body}");
+        // A second agent on the same socket is refused while the first answers.
+        let e = serve_unix(&path, shared()).await.unwrap_err();
+        assert_eq!(e.kind(), std::io::ErrorKind::AddrInUse);
+        // Gone with its owner; a socket file left by a dead agent is replaced.
+        drop(socket);
+        assert!(!path.exists());
+        let stale = std::os::unix::net::UnixListener::bind(&path).unwrap();
+        drop(stale);
+        assert!(path.exists());
+        let _socket = serve_unix(&path, shared()).await.unwrap();
+        assert!(crate::status_cmd::fetch(&target).await.is_ok());
+        // Something else at the path is left alone.
+        let file = dir.path().join("not-a-socket");
+        std::fs::write(&file, "keep").unwrap();
+        assert!(serve_unix(&file, shared()).await.is_err());
+        assert_eq!(std::fs::read_to_string(&file).unwrap(), "keep");
+    }
 }

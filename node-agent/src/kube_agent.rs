@@ -2,12 +2,11 @@
 //! apply (bind/announce, withdraw/unbind), write this node's status entry and events.
 
 use std::collections::{BTreeMap, HashMap};
-use std::future::Future;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures::StreamExt;
+use futures::{Stream, StreamExt};
 use k8s_openapi::api::core::v1::{Node, ObjectReference, Pod, PodSpec, PodStatus};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
@@ -17,6 +16,7 @@ use kube::runtime::reflector::{self, Store};
 use kube::runtime::{watcher, WatchStreamExt};
 use kube::{Resource, ResourceExt};
 use sharedip_api::{NodeStatus, SharedAddress, SharedIP};
+use sharedip_secure_http::CertSource;
 use tokio::sync::Notify;
 
 use crate::binder::{Binder, BinderConfig};
@@ -26,7 +26,7 @@ use crate::decision::{self, BgpDefaults, Decision, Reason, Situation};
 use crate::http::{AgentReport, Shared};
 use crate::node_addresses::{self, OwnAddresses};
 use crate::orchestrator::{Orchestrator, Transition};
-use crate::runtime::{self, AgentError};
+use crate::runtime::{self, AgentError, Control};
 use crate::speaker::{Announcer, Speaker, SpeakerMonitor};
 use crate::status;
 
@@ -48,8 +48,9 @@ pub struct KubeSettings {
     pub session_addresses: OwnAddresses,
 }
 
-/// Runs `sharedip-node-agent run` until SIGTERM.
+/// Runs `sharedip-node-agent run` until SIGTERM; SIGHUP re-evaluates everything.
 pub async fn run(args: RunArgs) -> Result<(), AgentError> {
+    let signals = runtime::Signals::install()?;
     let common = &args.common;
     let client = kube::Client::try_default()
         .await
@@ -100,7 +101,17 @@ pub async fn run(args: RunArgs) -> Result<(), AgentError> {
         },
         monitor.clone(),
     );
-    runtime::serve_http(common.http_addr, shared.clone()).await?;
+    let cert = match (&args.tls_cert_file, &args.tls_key_file) {
+        (Some(cert), Some(key)) => CertSource::Files {
+            cert: cert.clone(),
+            key: key.clone(),
+        },
+        _ => CertSource::SelfSigned {
+            names: vec![args.node_name.clone()],
+        },
+    };
+    runtime::serve_https(args.http_addr(), shared.clone(), client.clone(), &cert).await?;
+    let _socket = runtime::serve_status_socket(&common.status_socket, shared.clone()).await?;
     let orchestrator = Orchestrator::new(binder, speaker, common.unbind_delay);
     run_loop(
         client,
@@ -115,7 +126,7 @@ pub async fn run(args: RunArgs) -> Result<(), AgentError> {
         orchestrator,
         monitor,
         shared,
-        runtime::shutdown_signal(),
+        signals.into_stream(),
     )
     .await
 }
@@ -195,15 +206,17 @@ fn trim_pod(pod: &mut Pod) {
 /// then, so a store that has not caught up with our own write does not cause a second one.
 type Written = HashMap<String, (Option<String>, Option<NodeStatus>)>;
 
-/// The Kubernetes loop: runs until `stop`, then withdraws, CEASEs, unbinds and writes a final
-/// status, all within `settings.shutdown_timeout`.
+/// The Kubernetes loop: runs until `control` says [`Control::Stop`], then withdraws, CEASEs,
+/// unbinds and writes a final status, all within `settings.shutdown_timeout`.
+/// [`Control::Reload`] re-evaluates every SharedIP and rewrites every status entry, as the
+/// periodic resync does.
 pub async fn run_loop<B: AddressBinding, A: Announcer>(
     client: kube::Client,
     settings: KubeSettings,
     mut orchestrator: Orchestrator<B, A>,
     mut monitor: SpeakerMonitor,
     shared: Arc<Shared>,
-    stop: impl Future<Output = ()> + Send,
+    control: impl Stream<Item = Control> + Send,
 ) -> Result<(), AgentError> {
     let notify = Arc::new(Notify::new());
     let node_name = settings.node.clone();
@@ -234,8 +247,9 @@ pub async fn run_loop<B: AddressBinding, A: Announcer>(
         sharedips,
         pods,
     };
-    futures::pin_mut!(stop);
-    let synced = async {
+    let control = control.fuse();
+    futures::pin_mut!(control);
+    let mut synced = Box::pin(async {
         stores
             .node
             .wait_until_ready()
@@ -251,11 +265,17 @@ pub async fn run_loop<B: AddressBinding, A: Announcer>(
             .wait_until_ready()
             .await
             .map_err(|_| AgentError::Cache("Pod"))
+    });
+    let stopped_early = loop {
+        tokio::select! {
+            r = &mut synced => { r?; break false }
+            Some(c) = control.next() => match c {
+                Control::Stop => break true,
+                Control::Reload => tracing::info!("SIGHUP: nothing to re-evaluate before the caches synced"),
+            },
+        }
     };
-    let stopped_early = tokio::select! {
-        r = synced => { r?; false }
-        () = &mut stop => true,
-    };
+    drop(synced);
     let recorder = Recorder::new(
         client.clone(),
         Reporter {
@@ -285,7 +305,13 @@ pub async fn run_loop<B: AddressBinding, A: Announcer>(
                 () = notify.notified() => {}
                 () = monitor.changed() => {}
                 _ = resync.tick() => ctx.written.clear(),
-                () = &mut stop => break,
+                Some(c) = control.next() => match c {
+                    Control::Stop => break,
+                    Control::Reload => {
+                        tracing::info!("SIGHUP: re-evaluating every SharedIP and rewriting this node's status entries");
+                        ctx.written.clear();
+                    }
+                },
             }
         }
     }

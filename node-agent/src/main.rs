@@ -15,11 +15,19 @@ async fn main() -> ExitCode {
             kube_agent::run(args).await
         }
         Command::Standalone(args) => {
-            telemetry::init(args.common.log_format, &args.common.log_level);
+            telemetry::init(args.log_format(), &args.common.log_level);
+            if !args.ignored.is_empty() {
+                tracing::warn!(ignored = ?args.ignored, "ignoring the arguments after the flags, as lelastic does");
+            }
+            if args.primary && args.secondary {
+                tracing::warn!(
+                    "both -primary and -secondary given: announcing as primary, as lelastic does"
+                );
+            }
             standalone::run(args).await
         }
         Command::Status(args) => {
-            return match status_cmd::run(args.http_addr, args.json).await {
+            return match status_cmd::run(&args).await {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     eprintln!("sharedip-node-agent status: {e}");

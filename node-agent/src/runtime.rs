@@ -1,8 +1,13 @@
 //! Process plumbing shared by the Kubernetes and the standalone mode: the speaker's settings
-//! from the flags, the next hop, signals, the HTTP server.
+//! from the flags, the next hop, signals, the HTTP servers.
 
 use std::net::{IpAddr, Ipv6Addr, SocketAddr, UdpSocket};
+use std::path::Path;
 use std::sync::Arc;
+
+use futures::Stream;
+use sharedip_secure_http::{Authorizer, CertSource};
+use tokio::signal::unix::{signal, Signal, SignalKind};
 
 use crate::bgp::fsm::FsmConfig;
 use crate::config::{router_id_from, CommonArgs, ConfigError};
@@ -26,11 +31,27 @@ pub enum AgentError {
     Config(#[from] ConfigError),
     #[error(transparent)]
     Speaker(#[from] SpeakerError),
+    #[error("--address: {0}")]
+    Address(#[source] crate::standalone::StandaloneAddressError),
     #[error("cannot set up the address binder: {0}")]
     Binder(String),
     #[error("cannot serve HTTP on {addr}: {source}")]
     Http {
         addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot set up HTTPS: {0}")]
+    Tls(#[source] sharedip_secure_http::TlsError),
+    #[error("cannot serve the status socket {path}: {source}")]
+    StatusSocket {
+        path: std::path::PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot handle {name}: {source}")]
+    Signal {
+        name: &'static str,
         #[source]
         source: std::io::Error,
     },
@@ -126,28 +147,120 @@ pub fn speaker_config(
     }
 }
 
-/// Starts the HTTP server.
-pub async fn serve_http(addr: SocketAddr, shared: Arc<Shared>) -> Result<SocketAddr, AgentError> {
+/// Standalone mode: every endpoint over plain HTTP, without authentication; hence loopback
+/// by default, and a warning otherwise.
+pub async fn serve_plain_http(
+    addr: SocketAddr,
+    shared: Arc<Shared>,
+) -> Result<SocketAddr, AgentError> {
     let (local, _task) = http::serve(addr, shared)
         .await
         .map_err(|source| AgentError::Http { addr, source })?;
-    tracing::info!(%local, "serving /metrics, /healthz, /readyz, /status");
+    if local.ip().is_loopback() {
+        tracing::info!(%local, "serving /metrics, /healthz, /readyz, /status over plain HTTP");
+    } else {
+        tracing::warn!(%local, "serving /metrics and /status over plain HTTP without authentication on a non-loopback address: whoever reaches it can read them");
+    }
     Ok(local)
 }
 
-/// Resolves on SIGTERM or SIGINT.
-pub async fn shutdown_signal() {
-    let ctrl_c = tokio::signal::ctrl_c();
-    match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-        Ok(mut term) => {
-            tokio::select! {
-                _ = ctrl_c => {}
-                _ = term.recv() => {}
-            }
+/// Kubernetes mode: HTTPS; `/healthz` and `/readyz` open, `/metrics` and `/status` only for
+/// bearer tokens the apiserver authorizes (TokenReview + SubjectAccessReview).
+pub async fn serve_https(
+    addr: SocketAddr,
+    shared: Arc<Shared>,
+    client: kube::Client,
+    cert: &CertSource,
+) -> Result<SocketAddr, AgentError> {
+    let tls = sharedip_secure_http::server_config(cert).map_err(AgentError::Tls)?;
+    let auth = Authorizer::new(client).map_err(AgentError::Tls)?;
+    let local = http::serve_https(addr, shared, tls, auth)
+        .await
+        .map_err(|source| AgentError::Http { addr, source })?;
+    let cert = match cert {
+        CertSource::SelfSigned { .. } => "self-signed".to_string(),
+        CertSource::Files { cert, .. } => cert.display().to_string(),
+    };
+    tracing::info!(%local, %cert, "serving HTTPS: /healthz and /readyz open, /metrics and /status for authorized bearer tokens");
+    Ok(local)
+}
+
+/// The `status` subcommand's Unix socket at `path` (none when `path` is empty). Another agent
+/// answering on it is fatal (two agents on one node would fight over its routes); any other
+/// failure only costs the `status` subcommand, so it is logged and the agent goes on.
+pub async fn serve_status_socket(
+    path: &Path,
+    shared: Arc<Shared>,
+) -> Result<Option<http::UnixSocket>, AgentError> {
+    if path.as_os_str().is_empty() {
+        return Ok(None);
+    }
+    match http::serve_unix(path, shared).await {
+        Ok(socket) => {
+            tracing::info!(path = %path.display(), "serving /status for `sharedip-node-agent status` on a Unix socket");
+            Ok(Some(socket))
         }
-        Err(e) => {
-            tracing::warn!(error = %e, "cannot listen for SIGTERM; only SIGINT stops the agent");
-            let _ = ctrl_c.await;
+        Err(source) if source.kind() == std::io::ErrorKind::AddrInUse => {
+            Err(AgentError::StatusSocket {
+                path: path.to_path_buf(),
+                source,
+            })
         }
+        Err(error) => {
+            tracing::warn!(path = %path.display(), %error, "cannot serve the status socket; `sharedip-node-agent status` will not reach this agent");
+            Ok(None)
+        }
+    }
+}
+
+/// What a signal asks of the agent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Control {
+    /// SIGTERM or SIGINT: withdraw, CEASE, unbind, exit.
+    Stop,
+    /// SIGHUP (`systemctl reload`, `kill -HUP`): re-read what can change and apply the
+    /// difference; never exit.
+    Reload,
+}
+
+/// The agent's signal handlers. Installed first thing, so that from then on none of these
+/// signals can end the process with its default action (which would leave routes announced
+/// and addresses bound).
+pub struct Signals {
+    term: Signal,
+    int: Signal,
+    hup: Signal,
+}
+
+impl Signals {
+    /// Installs the handlers of SIGTERM, SIGINT and SIGHUP.
+    pub fn install() -> Result<Self, AgentError> {
+        let install = |kind: SignalKind, name: &'static str| {
+            signal(kind).map_err(|source| AgentError::Signal { name, source })
+        };
+        Ok(Self {
+            term: install(SignalKind::terminate(), "SIGTERM")?,
+            int: install(SignalKind::interrupt(), "SIGINT")?,
+            hup: install(SignalKind::hangup(), "SIGHUP")?,
+        })
+    }
+
+    /// The next signal.
+    pub async fn recv(&mut self) -> Control {
+        tokio::select! {
+            Some(()) = self.term.recv() => Control::Stop,
+            Some(()) = self.int.recv() => Control::Stop,
+            Some(()) = self.hup.recv() => Control::Reload,
+            // The runtime is going away: nothing will be delivered any more.
+            else => Control::Stop,
+        }
+    }
+
+    /// The signals as a stream, for the agent loops.
+    pub fn into_stream(self) -> impl Stream<Item = Control> + Send + Unpin {
+        Box::pin(futures::stream::unfold(self, |mut s| async move {
+            let c = s.recv().await;
+            Some((c, s))
+        }))
     }
 }

@@ -9,6 +9,8 @@ use std::collections::BTreeMap;
 use std::net::IpAddr;
 use std::sync::atomic::Ordering;
 
+use futures::{Stream, StreamExt};
+
 use sharedip_api::{Role, SharedAddress};
 
 use crate::binder::{Binder, BinderConfig, InterfaceAddress};
@@ -18,8 +20,8 @@ use crate::config::StandaloneArgs;
 use crate::decision::{Decision, Reason, Target};
 use crate::http::{AgentReport, Shared};
 use crate::node_addresses::{self, OwnAddresses};
-use crate::orchestrator::Orchestrator;
-use crate::runtime::{self, AgentError};
+use crate::orchestrator::{Orchestrator, Transition};
+use crate::runtime::{self, AgentError, Control};
 use crate::speaker::{Announcer, Speaker};
 
 pub(crate) fn is_announceable(a: IpAddr) -> bool {
@@ -104,14 +106,61 @@ pub fn decisions(
     Ok(out)
 }
 
-/// Runs `sharedip-node-agent standalone` until SIGTERM.
-pub async fn run(args: StandaloneArgs) -> Result<(), AgentError> {
+/// What standalone mode announces: the `--address` list (bound by the agent), or what is
+/// configured on the interface(s) in `listing` (lelastic's discovery; bound by the user).
+fn wanted(
+    args: &StandaloneArgs,
+    listing: &[InterfaceAddress],
+) -> Result<(Vec<IpAddr>, bool), AgentError> {
     let common = &args.common;
-    let role = if args.primary {
-        Role::Primary
+    if args.addresses.is_empty() {
+        let found = discover(listing, &common.interface, args.all_ifs);
+        if found.is_empty() {
+            return Err(AgentError::NoAddresses(if args.all_ifs {
+                "any interface".into()
+            } else {
+                common.interface.clone()
+            }));
+        }
+        Ok((found, false))
     } else {
-        Role::Secondary
-    };
+        Ok((args.addresses.clone(), true))
+    }
+}
+
+/// Discovery mode announces prefixes, not addresses: two discovered IPv6 addresses in one /64
+/// (/56 with -send56) are one route under one name, so a reload that finds only one of them
+/// still keeps the route. (With `--address`, each address is bound, so each keeps its name.)
+fn by_prefix(decisions: BTreeMap<String, Decision>) -> BTreeMap<String, Decision> {
+    let mut out = BTreeMap::new();
+    for d in decisions.into_values() {
+        if let Some(t) = d.target {
+            out.entry(t.prefix().to_string()).or_insert(d);
+        }
+    }
+    out
+}
+
+/// The decisions after a reload: the fresh ones, except that a name wanted before and after
+/// keeps the decision it has, so the orchestrator leaves its route (and binding) alone.
+fn merge_reload(
+    current: &BTreeMap<String, Decision>,
+    fresh: BTreeMap<String, Decision>,
+) -> BTreeMap<String, Decision> {
+    fresh
+        .into_iter()
+        .map(|(name, d)| {
+            let d = current.get(&name).cloned().unwrap_or(d);
+            (name, d)
+        })
+        .collect()
+}
+
+/// Runs `sharedip-node-agent standalone` until SIGTERM or SIGINT; SIGHUP reloads.
+pub async fn run(args: StandaloneArgs) -> Result<(), AgentError> {
+    let signals = runtime::Signals::install()?;
+    let common = &args.common;
+    let role = args.role();
     let community = match role {
         Role::Primary => common.primary_community,
         Role::Secondary => common.secondary_community,
@@ -125,28 +174,17 @@ pub async fn run(args: StandaloneArgs) -> Result<(), AgentError> {
     })
     .await
     .map_err(|e| AgentError::Binder(e.to_string()))?;
-    let (addresses, bind) = if args.addresses.is_empty() {
-        let found = discover(
-            &binder
-                .interface_addresses()
-                .await
-                .map_err(AgentError::Interfaces)?,
-            &common.interface,
-            args.all_ifs,
-        );
-        if found.is_empty() {
-            return Err(AgentError::NoAddresses(if args.all_ifs {
-                "any interface".into()
-            } else {
-                common.interface.clone()
-            }));
-        }
-        (found, false)
-    } else {
-        (args.addresses.clone(), true)
+    let listing = binder
+        .interface_addresses()
+        .await
+        .map_err(AgentError::Interfaces)?;
+    let (addresses, bind) = wanted(&args, &listing)?;
+    let to_decisions = |addresses: &[IpAddr]| {
+        decisions(addresses, role, community, args.send56)
+            .map(|d| if bind { d } else { by_prefix(d) })
+            .map_err(AgentError::Address)
     };
-    let desired = decisions(&addresses, role, community, args.send56)
-        .map_err(|e| AgentError::Binder(e.to_string()))?;
+    let desired = to_decisions(&addresses)?;
     let peers = common.peers(common.dcid)?;
     let next_hop = runtime::next_hop(common, &peers)?;
     let mut session_addresses = OwnAddresses::default();
@@ -156,16 +194,11 @@ pub async fn run(args: StandaloneArgs) -> Result<(), AgentError> {
         interface: common.interface.clone(),
         // What discovery found, the user configured for sharing.
         user_configured: !bind,
-        interfaces: Vec::new(),
+        interfaces: listing,
         refused: BTreeMap::new(),
     };
     // Refuse the node's own addresses before anything starts; if nothing is left, the
     // configuration is wrong and running would only hide it.
-    let listing = binder
-        .interface_addresses()
-        .await
-        .map_err(AgentError::Interfaces)?;
-    guard.interfaces = listing;
     let allowed = guard.filter(&desired);
     if allowed.values().all(|d| d.target.is_none()) {
         let why: Vec<String> = allowed.values().map(|d| d.message.clone()).collect();
@@ -188,13 +221,47 @@ pub async fn run(args: StandaloneArgs) -> Result<(), AgentError> {
         },
         speaker.monitor(),
     );
-    runtime::serve_http(common.http_addr, shared.clone()).await?;
+    runtime::serve_plain_http(args.http_addr(), shared.clone()).await?;
+    let _socket = runtime::serve_status_socket(&common.status_socket, shared.clone()).await?;
+    // SIGHUP: what a user expects after adding an address to lo and running
+    // `systemctl reload`: discover again. With --address the list is fixed; the reload
+    // re-applies it (and retries failed binds at once).
+    let reload = |listing: &[InterfaceAddress]| match wanted(&args, listing) {
+        Ok((addresses, _)) => {
+            tracing::info!(?addresses, "SIGHUP: addresses to announce");
+            to_decisions(&addresses)
+        }
+        Err(AgentError::NoAddresses(on)) => {
+            tracing::warn!(%on, "SIGHUP: no address to announce any more; withdrawing everything, sessions stay up");
+            Ok(BTreeMap::new())
+        }
+        Err(e) => Err(e),
+    };
+    let control = signals.into_stream();
     if bind {
         let o = Orchestrator::new(binder, speaker, common.unbind_delay);
-        serve(o, &desired, guard, &shared, common.shutdown_timeout).await
+        serve(
+            o,
+            desired,
+            guard,
+            &shared,
+            common.shutdown_timeout,
+            control,
+            reload,
+        )
+        .await
     } else {
         let o = Orchestrator::new(UserConfigured(binder), speaker, common.unbind_delay);
-        serve(o, &desired, guard, &shared, common.shutdown_timeout).await
+        serve(
+            o,
+            desired,
+            guard,
+            &shared,
+            common.shutdown_timeout,
+            control,
+            reload,
+        )
+        .await
     }
 }
 
@@ -213,14 +280,20 @@ struct OwnAddressGuard {
 }
 
 impl OwnAddressGuard {
-    /// Lists the interfaces again (keeping the last listing if that fails).
-    async fn refresh<B: AddressBinding>(&mut self, binder: &B) {
+    /// Lists the interfaces again (keeping the last listing if that fails); whether it worked.
+    async fn refresh<B: AddressBinding>(&mut self, binder: &B) -> bool {
         match binder.interface_addresses().await {
-            Ok(list) => self.interfaces = list,
-            Err(error) => tracing::warn!(
-                %error,
-                "cannot list the node's interface addresses; checking against the last list"
-            ),
+            Ok(list) => {
+                self.interfaces = list;
+                true
+            }
+            Err(error) => {
+                tracing::warn!(
+                    %error,
+                    "cannot list the node's interface addresses; checking against the last list"
+                );
+                false
+            }
         }
     }
 
@@ -261,30 +334,83 @@ impl OwnAddressGuard {
     }
 }
 
-async fn serve<B: AddressBinding, A: Announcer>(
-    mut o: Orchestrator<B, A>,
+/// Applies `desired` (without the node's own addresses), logs what changed on the network and
+/// updates metrics and `/status`.
+async fn apply<B: AddressBinding, A: Announcer>(
+    o: &mut Orchestrator<B, A>,
     desired: &BTreeMap<String, Decision>,
+    guard: &mut OwnAddressGuard,
+    shared: &Shared,
+) {
+    let t = o.apply(&guard.filter(desired)).await;
+    log_transitions(&t);
+    shared.metrics.observe_transitions(&t);
+    shared.set_prefixes(o.report());
+}
+
+fn log_transitions(transitions: &[Transition]) {
+    for t in transitions {
+        match t {
+            Transition::Announced {
+                prefix, community, ..
+            } => tracing::info!(%prefix, %community, "announced"),
+            Transition::Withdrawn { prefix, reason, .. } => {
+                tracing::info!(%prefix, %reason, "withdrawn")
+            }
+            // The orchestrator logs failed binds itself.
+            Transition::BindFailed { .. } => {}
+        }
+    }
+}
+
+/// The standalone loop: apply, then retry now and then, reload on [`Control::Reload`] (from
+/// a fresh listing of the interfaces), and on [`Control::Stop`] withdraw, CEASE and unbind
+/// within `shutdown_timeout`.
+async fn serve<B, A, C, R>(
+    mut o: Orchestrator<B, A>,
+    mut desired: BTreeMap<String, Decision>,
     mut guard: OwnAddressGuard,
     shared: &Shared,
     shutdown_timeout: std::time::Duration,
-) -> Result<(), AgentError> {
-    let t = o.apply(&guard.filter(desired)).await;
-    shared.metrics.observe_transitions(&t);
-    shared.set_prefixes(o.report());
+    control: C,
+    mut reload: R,
+) -> Result<(), AgentError>
+where
+    B: AddressBinding,
+    A: Announcer,
+    C: Stream<Item = Control>,
+    R: FnMut(&[InterfaceAddress]) -> Result<BTreeMap<String, Decision>, AgentError>,
+{
+    apply(&mut o, &desired, &mut guard, shared).await;
     shared.ready.store(true, Ordering::Relaxed);
     // Retry failed binds now and then until stopped.
     let mut retry = tokio::time::interval(std::time::Duration::from_secs(30));
     retry.tick().await;
-    let stop = runtime::shutdown_signal();
-    futures::pin_mut!(stop);
+    let control = control.fuse();
+    futures::pin_mut!(control);
     loop {
         tokio::select! {
-            () = &mut stop => break,
+            Some(c) = control.next() => match c {
+                Control::Stop => break,
+                Control::Reload => {
+                    if !guard.refresh(o.binder()).await {
+                        tracing::warn!("SIGHUP: cannot read the addresses again; keeping the current ones");
+                        continue;
+                    }
+                    match reload(&guard.interfaces) {
+                        Ok(fresh) => {
+                            desired = merge_reload(&desired, fresh);
+                            apply(&mut o, &desired, &mut guard, shared).await;
+                        }
+                        Err(error) => {
+                            tracing::warn!(%error, "SIGHUP: cannot read the addresses again; keeping the current ones");
+                        }
+                    }
+                }
+            },
             _ = retry.tick() => {
                 guard.refresh(o.binder()).await;
-                let t = o.apply(&guard.filter(desired)).await;
-                shared.metrics.observe_transitions(&t);
-                shared.set_prefixes(o.report());
+                apply(&mut o, &desired, &mut guard, shared).await;
             }
         }
     }
@@ -294,6 +420,7 @@ async fn serve<B: AddressBinding, A: Announcer>(
             .await
         {
             Ok(t) => {
+                log_transitions(&t);
                 shared.metrics.observe_transitions(&t);
                 Ok(())
             }
@@ -418,5 +545,137 @@ mod tests {
         let out = guard.filter(&desired);
         assert_eq!(out["198.51.100.66"], desired["198.51.100.66"]);
         assert_eq!(out["2001:db8:1::99"].reason, Reason::AddressIsNodeAddress);
+    }
+
+    mod reload {
+        use super::super::*;
+        use crate::binding::fake::{FakeBinder, Op, OpLog};
+        use crate::speaker::fake::FakeAnnouncer;
+        use crate::speaker::SpeakerMonitor;
+        use std::sync::{Arc, Mutex};
+        use std::time::Duration;
+        use tokio::sync::mpsc;
+
+        fn ips(list: &[&str]) -> Vec<IpAddr> {
+            list.iter().map(|s| s.parse().unwrap()).collect()
+        }
+
+        fn discovered(list: &[&str]) -> BTreeMap<String, Decision> {
+            by_prefix(decisions(&ips(list), Role::Primary, RoleCommunity::PRIMARY, false).unwrap())
+        }
+
+        /// The standalone loop in discovery mode with a scripted discovery: each Reload takes
+        /// the next answer. Returns the operations per step.
+        async fn script(
+            start: &[&str],
+            answers: Vec<Result<Vec<&'static str>, AgentError>>,
+        ) -> Vec<Vec<Op>> {
+            let log = OpLog::default();
+            let o = Orchestrator::new(
+                FakeBinder::with_log(log.clone()),
+                FakeAnnouncer::new(log.clone()),
+                Duration::ZERO,
+            );
+            let shared = Shared::new(AgentReport::default(), SpeakerMonitor::empty());
+            let (tx, rx) = mpsc::unbounded_channel::<Control>();
+            let control =
+                futures::stream::unfold(
+                    rx,
+                    |mut rx| async move { rx.recv().await.map(|c| (c, rx)) },
+                );
+            let answers = Arc::new(Mutex::new(answers.into_iter()));
+            let reload = {
+                let answers = answers.clone();
+                move |_listing: &[InterfaceAddress]| match answers.lock().unwrap().next() {
+                    Some(Ok(list)) if list.is_empty() => Ok(BTreeMap::new()),
+                    Some(Ok(list)) => Ok(discovered(&list)),
+                    Some(Err(e)) => Err(e),
+                    None => panic!("no answer left"),
+                }
+            };
+            let steps = answers.lock().unwrap().len();
+            // Discovery mode: the addresses are the user's, on lo; nothing is the node's own.
+            let guard = OwnAddressGuard {
+                session_addresses: OwnAddresses::default(),
+                interface: "lo".into(),
+                user_configured: true,
+                interfaces: Vec::new(),
+                refused: BTreeMap::new(),
+            };
+            let run = serve(
+                o,
+                discovered(start),
+                guard,
+                &shared,
+                Duration::from_secs(5),
+                control,
+                reload,
+            );
+            let drive = async {
+                let mut out = Vec::new();
+                // The clock is paused and nothing in the loop sleeps: a sleep here ends only
+                // once the loop waits for the next signal, i.e. has applied everything.
+                let settle = || tokio::time::sleep(Duration::from_millis(1));
+                settle().await;
+                out.push(std::mem::take(&mut *log.lock().unwrap()));
+                for _ in 0..steps {
+                    tx.send(Control::Reload).unwrap();
+                    settle().await;
+                    out.push(std::mem::take(&mut *log.lock().unwrap()));
+                }
+                tx.send(Control::Stop).unwrap();
+                out
+            };
+            let (result, out) = tokio::join!(run, drive);
+            result.unwrap();
+            out
+        }
+
+        #[tokio::test(flavor = "current_thread", start_paused = true)]
+        async fn reload_announces_what_was_added_and_keeps_what_is_still_wanted() {
+            let steps = script(
+                &["192.0.2.10"],
+                vec![
+                    // An address added to lo: announced; the old route is not touched.
+                    Ok(vec!["192.0.2.10", "2001:db8:1:100::1"]),
+                    // A second address in the same /64: the same route, nothing to do.
+                    Ok(vec!["192.0.2.10", "2001:db8:1:100::1", "2001:db8:1:100::2"]),
+                    // The first of the two removed: the /64 is still wanted.
+                    Ok(vec!["192.0.2.10", "2001:db8:1:100::2"]),
+                    // Discovery failing keeps everything.
+                    Err(AgentError::Binder("cannot list the interfaces".into())),
+                    // The IPv4 address removed: withdrawn (nothing to unbind: not ours).
+                    Ok(vec!["2001:db8:1:100::2"]),
+                    // Nothing left.
+                    Ok(vec![]),
+                ],
+            )
+            .await;
+            let bind = |a: &str| Op::Bind(a.parse().unwrap());
+            assert_eq!(
+                steps,
+                vec![
+                    vec![
+                        bind("192.0.2.10"),
+                        Op::Announce("192.0.2.10/32 65000:1".into())
+                    ],
+                    vec![
+                        bind("2001:db8:1:100::1"),
+                        Op::Announce("2001:db8:1:100::/64 65000:1".into())
+                    ],
+                    vec![],
+                    vec![],
+                    vec![],
+                    vec![
+                        Op::Withdraw("192.0.2.10/32".into()),
+                        Op::Unbind("192.0.2.10".parse().unwrap())
+                    ],
+                    vec![
+                        Op::Withdraw("2001:db8:1:100::/64".into()),
+                        Op::Unbind("2001:db8:1:100::1".parse().unwrap())
+                    ],
+                ]
+            );
+        }
     }
 }

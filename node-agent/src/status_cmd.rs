@@ -1,56 +1,102 @@
 //! `sharedip-node-agent status`: fetches `/status` from a running agent and prints its
 //! sessions and prefixes as tables, like `gobgp neighbor`.
+//!
+//! It asks the agent's Unix socket (`--status-socket`, root only, no token needed, and it
+//! works while the apiserver is down), or a standalone agent's plain-HTTP address. A
+//! Kubernetes-mode agent's HTTP port is HTTPS with bearer-token authorization and is not used.
 
+use std::fmt;
 use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::{TcpStream, UnixStream};
 
+use crate::config::{StatusArgs, DEFAULT_STANDALONE_HTTP_ADDR, DEFAULT_STATUS_SOCKET};
 use crate::http::AgentReport;
+
+/// Where the agent answers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Target {
+    /// The agent's status socket.
+    Socket(PathBuf),
+    /// A plain-HTTP address (standalone mode).
+    Http(SocketAddr),
+}
+
+impl Target {
+    /// `--socket`, else `--http-addr`, else the default socket when it exists, else the
+    /// standalone default address.
+    pub fn from_args(args: &StatusArgs) -> Self {
+        match (&args.socket, args.http_addr) {
+            (Some(p), _) => Target::Socket(p.clone()),
+            (None, Some(a)) => Target::Http(a),
+            (None, None) if Path::new(DEFAULT_STATUS_SOCKET).exists() => {
+                Target::Socket(DEFAULT_STATUS_SOCKET.into())
+            }
+            (None, None) => Target::Http(DEFAULT_STANDALONE_HTTP_ADDR),
+        }
+    }
+}
+
+impl fmt::Display for Target {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Target::Socket(p) => write!(f, "{}", p.display()),
+            Target::Http(a) => write!(f, "http://{a}"),
+        }
+    }
+}
 
 /// Why the status could not be fetched.
 #[derive(Debug, thiserror::Error)]
 pub enum StatusError {
-    #[error("cannot reach the agent at {addr}: {source}")]
+    #[error("cannot reach the agent at {target}: {source}")]
     Connect {
-        addr: SocketAddr,
+        target: Target,
         #[source]
         source: std::io::Error,
     },
     #[error("the agent at {0} did not answer within 5 s")]
-    Timeout(SocketAddr),
-    #[error("the agent at {addr} answered {status_line:?}")]
-    Http {
-        addr: SocketAddr,
-        status_line: String,
-    },
+    Timeout(Target),
+    #[error("the agent at {target} answered {status_line:?}")]
+    Http { target: Target, status_line: String },
     #[error("the agent's /status is not valid JSON: {0}")]
     Json(#[from] serde_json::Error),
 }
 
-/// GETs `/status` (plain HTTP/1.0 on the local agent; no client library needed).
-pub async fn fetch(addr: SocketAddr) -> Result<String, StatusError> {
-    let io = async {
-        let mut s = TcpStream::connect(addr).await?;
-        s.write_all(
-            format!("GET /status HTTP/1.0\r\nHost: {addr}\r\nAccept: application/json\r\n\r\n")
-                .as_bytes(),
-        )
+async fn get_status<S: AsyncRead + AsyncWrite + Unpin>(mut s: S) -> std::io::Result<Vec<u8>> {
+    s.write_all(b"GET /status HTTP/1.0\r\nHost: localhost\r\nAccept: application/json\r\n\r\n")
         .await?;
-        let mut buf = Vec::new();
-        s.read_to_end(&mut buf).await?;
-        Ok::<_, std::io::Error>(buf)
+    let mut buf = Vec::new();
+    s.read_to_end(&mut buf).await?;
+    Ok(buf)
+}
+
+/// GETs `/status` (plain HTTP/1.0 on the local agent; no client library needed).
+pub async fn fetch(target: &Target) -> Result<String, StatusError> {
+    let io = async {
+        match target {
+            Target::Socket(p) => get_status(UnixStream::connect(p).await?).await,
+            Target::Http(a) => get_status(TcpStream::connect(a).await?).await,
+        }
     };
     let buf = tokio::time::timeout(Duration::from_secs(5), io)
         .await
-        .map_err(|_| StatusError::Timeout(addr))?
-        .map_err(|source| StatusError::Connect { addr, source })?;
+        .map_err(|_| StatusError::Timeout(target.clone()))?
+        .map_err(|source| StatusError::Connect {
+            target: target.clone(),
+            source,
+        })?;
     let text = String::from_utf8_lossy(&buf);
     let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
     let status_line = head.lines().next().unwrap_or_default().to_string();
     if status_line.split_whitespace().nth(1) != Some("200") {
-        return Err(StatusError::Http { addr, status_line });
+        return Err(StatusError::Http {
+            target: target.clone(),
+            status_line,
+        });
     }
     Ok(body.to_string())
 }
@@ -184,10 +230,10 @@ pub fn render(r: &AgentReport) -> String {
 }
 
 /// Runs the subcommand: prints tables (or the JSON) to stdout.
-pub async fn run(addr: SocketAddr, json: bool) -> Result<(), StatusError> {
-    let body = fetch(addr).await?;
+pub async fn run(args: &StatusArgs) -> Result<(), StatusError> {
+    let body = fetch(&Target::from_args(args)).await?;
     let report: AgentReport = serde_json::from_str(&body)?;
-    if json {
+    if args.json {
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {
         print!("{}", render(&report));

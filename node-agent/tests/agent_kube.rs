@@ -26,6 +26,7 @@ use sharedip_node_agent::http::{AgentReport, Shared};
 use sharedip_node_agent::kube_agent::{run_loop, KubeSettings};
 use sharedip_node_agent::node_addresses::OwnAddresses;
 use sharedip_node_agent::orchestrator::Orchestrator;
+use sharedip_node_agent::runtime::Control;
 use sharedip_node_agent::speaker::{Speaker, SpeakerConfig};
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, oneshot};
@@ -199,9 +200,10 @@ async fn agent_against_a_real_apiserver() {
         Orchestrator::new(binder.clone(), speaker, Duration::ZERO),
         monitor,
         shared.clone(),
-        async move {
+        futures::stream::once(async move {
             let _ = stop_rx.await;
-        },
+            Control::Stop
+        }),
     ));
     let prefix = Prefix::new("192.0.2.10".parse().unwrap(), 32).unwrap();
     let ip: IpAddr = "192.0.2.10".parse().unwrap();
@@ -436,9 +438,10 @@ async fn the_nodes_own_address_is_refused_unless_it_is_the_owner() {
         Orchestrator::new(binder.clone(), speaker, Duration::ZERO),
         monitor,
         shared.clone(),
-        async move {
+        futures::stream::once(async move {
             let _ = stop_rx.await;
-        },
+            Control::Stop
+        }),
     ));
     let prefix = Prefix::new("198.51.100.20".parse().unwrap(), 32).unwrap();
     let ip: IpAddr = "198.51.100.20".parse().unwrap();

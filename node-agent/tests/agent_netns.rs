@@ -533,8 +533,61 @@ where
         .unwrap_or_else(|e| panic!("{e}"))
 }
 
+/// The chart's ServiceAccount and RBAC of the agent, applied; returns a token of that
+/// ServiceAccount, so the agent runs with exactly the chart's permissions.
+async fn chart_agent_token(cp: &ControlPlane) -> String {
+    let ns = "sharedip-system";
+    let chart = Path::new(env!("CARGO_MANIFEST_DIR")).join("../charts/sharedip");
+    let chart = chart.to_str().expect("utf-8 path");
+    let namespace: k8s_openapi::api::core::v1::Namespace =
+        serde_json::from_value(json!({"metadata": {"name": ns}})).unwrap();
+    Api::<k8s_openapi::api::core::v1::Namespace>::all(cp.client())
+        .create(&PostParams::default(), &namespace)
+        .await
+        .expect("create namespace");
+    let out = cp
+        .helm([
+            "template",
+            "sharedip",
+            chart,
+            "-n",
+            ns,
+            "--set",
+            "linode.existingSecret=x",
+            "--show-only",
+            "templates/agent-serviceaccount.yaml",
+            "--show-only",
+            "templates/agent-rbac.yaml",
+        ])
+        .await
+        .expect("helm runs");
+    assert!(
+        out.status.success(),
+        "helm template: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = cp
+        .kubectl_with_stdin(["apply", "-f", "-"], &out.stdout)
+        .await
+        .expect("kubectl runs");
+    assert!(
+        out.status.success(),
+        "kubectl apply: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    cp.service_account_token(ns, "sharedip-agent")
+        .await
+        .expect("agent ServiceAccount token")
+}
+
 impl KubeLab {
     async fn start() -> KubeLab {
+        Self::start_as(false).await
+    }
+
+    /// `chart_rbac`: the agent authenticates as the chart's ServiceAccount, with the chart's
+    /// ClusterRole only (else as the cluster admin).
+    async fn start_as(chart_rbac: bool) -> KubeLab {
         let cp = ControlPlane::start().await.expect("control plane starts");
         let crds = Path::new(env!("CARGO_MANIFEST_DIR")).join("../crds");
         cp.apply_crds(&crds).await.expect("CRDs apply");
@@ -580,8 +633,14 @@ impl KubeLab {
         let bridge = KubeBridge::start(&lab.node_ns, 0, target).expect("kube bridge");
         let dir = agent_dir();
         let kubeconfig = dir.path().join("kubeconfig");
+        let source = if chart_rbac {
+            let token = chart_agent_token(&cp).await;
+            cp.kubeconfig_for_token(&token).expect("token kubeconfig")
+        } else {
+            cp.kubeconfig_path().to_path_buf()
+        };
         bridge
-            .write_kubeconfig(cp.kubeconfig_path(), &kubeconfig)
+            .write_kubeconfig(&source, &kubeconfig)
             .expect("bridge kubeconfig");
         let kubeconfig = kubeconfig.to_str().expect("utf-8 path").to_owned();
         let mut args = vec![
@@ -805,4 +864,263 @@ async fn kubernetes_mode_announces_and_withdraws_on_every_path() {
             .is_some_and(|e| !e.announcing && e.reason.as_deref() == Some("ShuttingDown"))
     })
     .await;
+}
+
+// ---------------------------------------------------------------------------
+// lelastic drop-in: the systemd unit of Linode's failover guide.
+
+/// The `[Service]` commands of the lelastic unit in Linode's failover guide ("Configure
+/// Failover on a Compute Instance"), with its `[id]` and `[role]` placeholders filled in.
+/// systemd runs ExecStart without a shell, so `&` reaches the program as an argument.
+const GUIDE_EXEC_START: &str = "ExecStart=/usr/local/bin/lelastic -dcid 14 -primary &";
+const GUIDE_EXEC_RELOAD: &str = "ExecReload=/bin/kill -s HUP $MAINPID";
+
+/// Withdrawals each BIRD route server received from the node on its current session, and
+/// how often each of the agent's sessions was established.
+fn withdrawals_and_sessions(lab: &Lab<AgentBinary>) -> (Vec<u64>, Vec<u64>) {
+    let withdrawals = lab
+        .daemons()
+        .map(|(i, rs)| {
+            rs.withdrawals_received(NODE)
+                .unwrap_or_else(|e| panic!("rs{}: {e}", i + 1))
+                .expect("BIRD counts withdrawals")
+        })
+        .collect();
+    let sessions = lab
+        .node()
+        .report()
+        .expect("status --json")
+        .peers
+        .iter()
+        .map(|p| p.established_count)
+        .collect();
+    (withdrawals, sessions)
+}
+
+/// The guide's unit, verbatim: the agent installed as `lelastic` runs ExecStart's words
+/// (only the route servers come from the environment, as a drop-in's `Environment=` would
+/// give them, so nothing leaves the documentation ranges), announces what is on `lo`, and
+/// after an address is added to `lo` and ExecReload's `kill -s HUP` it announces that one
+/// too, while the route already announced is never withdrawn and no session restarts.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lelastic_guide_unit_runs_verbatim_and_reloads_on_sighup() {
+    if !preflight(Some(Flavor::Bird)) {
+        return;
+    }
+    let mut lab = Lab::<AgentBinary>::topology(Flavor::Bird, None);
+    // What the guide has the user configure before starting lelastic.
+    lab.node_ns
+        .add_addr("lo", "192.0.2.10/32")
+        .expect("address on lo");
+    let exec_start: Vec<&str> = GUIDE_EXEC_START
+        .strip_prefix("ExecStart=")
+        .expect("ExecStart line")
+        .split_whitespace()
+        .collect();
+    assert_eq!(exec_start.last(), Some(&"&"));
+    let dir = agent_dir();
+    let program = dir.path().join("lelastic");
+    std::os::unix::fs::symlink(interop_common::agent_binary::AGENT, &program)
+        .expect("install as lelastic");
+    let neighbors = lab
+        .rs_addrs
+        .iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join(",");
+    let agent = AgentBinary::start_verbatim(
+        &lab.node_ns,
+        &lab.rs_addrs,
+        dir,
+        &program,
+        &exec_start[1..],
+        &[
+            ("NEIGHBORS", neighbors.as_str()),
+            ("CONNECT_RETRY", "1s"),
+            ("SHUTDOWN_TIMEOUT", SHUTDOWN_TIMEOUT),
+        ],
+    );
+    lab.node = Some(agent);
+    lab.wait_all_established().await;
+    wait_routes(&lab, &[(v4((65000, 1)), 200)]).await;
+    let report = lab.node().report().expect("status --json");
+    assert_eq!(report.mode, "standalone");
+    assert_eq!(report.dcid, Some(14));
+    let before = withdrawals_and_sessions(&lab);
+    assert!(
+        before.1.iter().all(|&n| n == 1),
+        "sessions established once: {before:?}"
+    );
+
+    // The user adds an address and reloads the unit.
+    lab.node_ns
+        .add_addr("lo", "2001:db8:1:100::1/128")
+        .expect("address on lo");
+    let pid = lab.node().pid().to_string();
+    let reload: Vec<String> = GUIDE_EXEC_RELOAD
+        .strip_prefix("ExecReload=")
+        .expect("ExecReload line")
+        .split_whitespace()
+        .map(|w| w.replace("$MAINPID", &pid))
+        .collect();
+    let status = std::process::Command::new(&reload[0])
+        .args(&reload[1..])
+        .status()
+        .expect("run ExecReload");
+    assert!(status.success(), "{reload:?}: {status}");
+    let v6 = route("2001:db8:1:100::/64", &[(65000, 1)], &[]);
+    wait_routes(&lab, &[(v4((65000, 1)), 200), (v6.clone(), 200)]).await;
+    assert!(
+        lab.node.as_mut().unwrap().exited().is_none(),
+        "SIGHUP ended the agent"
+    );
+    let after = withdrawals_and_sessions(&lab);
+    assert_eq!(
+        after, before,
+        "(withdrawals received per route server, sessions established per peer) changed: the reload withdrew a route or restarted a session"
+    );
+    // A second reload with nothing new changes nothing either.
+    let status = std::process::Command::new(&reload[0])
+        .args(&reload[1..])
+        .status()
+        .expect("run ExecReload");
+    assert!(status.success());
+    lab.wait("the second reload is logged", |lab| {
+        let log = lab.node().log_text();
+        if log.matches("SIGHUP").count() >= 2 {
+            Ok(())
+        } else {
+            Err(log)
+        }
+    })
+    .await;
+    wait_routes(&lab, &[(v4((65000, 1)), 200), (v6, 200)]).await;
+    assert_eq!(withdrawals_and_sessions(&lab), before);
+    let log = lab.node().log_text();
+    assert!(
+        log.contains("ignoring the arguments after the flags") && log.contains("&"),
+        "the ignored `&` is logged:\n{log}"
+    );
+
+    // SIGTERM: withdrawn everywhere; the addresses on lo are the user's and stay.
+    sigterm_withdraws_ceases_unbinds(&mut lab, &[]).await;
+    let have = lo_addrs(&lab.node_ns);
+    for a in ["192.0.2.10/32", "2001:db8:1:100::1/128"] {
+        assert!(have.iter().any(|h| h == a), "{a} removed from lo: {have:?}");
+    }
+    lab.finish().await;
+}
+
+// ---------------------------------------------------------------------------
+// Kubernetes mode's HTTP port: HTTPS, tokens reviewed by the apiserver.
+
+/// The agent's port in Kubernetes mode, from inside the node namespace, the agent running
+/// with the chart's RBAC only: the probes answer anyone, `/metrics` and `/status` only a
+/// bearer token the apiserver authorizes for them, plain HTTP nothing; `status` still works
+/// (its socket); SIGHUP re-evaluates and keeps everything.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kubernetes_mode_http_is_https_with_token_review() {
+    use sharedip_e2e::https::{get_urls, service_account};
+    if !preflight(Some(Flavor::Bird)) {
+        return;
+    }
+    let mut k = KubeLab::start_as(true).await;
+    let prometheus = service_account(&k.cp, "default", "prometheus", get_urls(&["/metrics"]))
+        .await
+        .expect("ServiceAccount");
+    let status_reader = service_account(&k.cp, "default", "status", get_urls(&["/status"]))
+        .await
+        .expect("ServiceAccount");
+    let nobody = service_account(&k.cp, "default", "nobody", vec![])
+        .await
+        .expect("ServiceAccount");
+    k.apply_sip(base_spec()).await;
+    k.expect_announced((65000, 1), 200, Role::Primary).await;
+
+    let rt = k
+        .lab
+        .node_ns
+        .runtime()
+        .expect("runtime in the node namespace");
+    let addr: SocketAddr = interop_common::agent_binary::HTTP_ADDR.parse().unwrap();
+    let get = |path: &'static str, token: Option<&str>| {
+        let token = token.map(str::to_string);
+        let task = rt
+            .handle()
+            .spawn(async move { sharedip_e2e::https::get(addr, path, token.as_deref()).await });
+        async move { task.await.expect("request task").expect("HTTPS request") }
+    };
+    for path in ["/healthz", "/readyz"] {
+        let r = get(path, None).await;
+        assert_eq!((r.status, r.body.as_str()), (200, "ok"), "{path}");
+    }
+    for path in ["/metrics", "/status"] {
+        for (token, want) in [
+            (None, 401),
+            (Some("not-a-token"), 401),
+            (Some(nobody.as_str()), 403),
+        ] {
+            let r = get(path, token).await;
+            assert_eq!(r.status, want, "{path} with {token:?}: {r:?}");
+            assert!(!r.body.contains("192.0.2.10"), "{r:?}");
+        }
+    }
+    let r = get("/metrics", Some(&prometheus)).await;
+    assert_eq!(r.status, 200, "{r:?}");
+    assert!(
+        r.body.contains("sharedip_agent_prefixes_announced 1"),
+        "{}",
+        r.body
+    );
+    assert_eq!(get("/status", Some(&prometheus)).await.status, 403);
+    let r = get("/status", Some(&status_reader)).await;
+    assert_eq!(r.status, 200, "{r:?}");
+    assert!(r.body.contains("192.0.2.10/32"), "{}", r.body);
+    let raw = {
+        let token = prometheus.clone();
+        rt.handle()
+            .spawn(
+                async move { sharedip_e2e::https::plain_get(addr, "/metrics", Some(&token)).await },
+            )
+            .await
+            .expect("task")
+            .expect("plain request")
+    };
+    assert!(raw.starts_with("HTTP/1.0 400"), "{raw:?}");
+    assert!(!raw.contains("sharedip_agent"), "{raw:?}");
+    // The `status` subcommand reads the agent's socket: no token needed.
+    wait_status_table(&k.lab, "192.0.2.10/32", "65000:1", "Primary").await;
+
+    // SIGHUP: logged, nothing withdrawn, the process keeps running.
+    let before = withdrawals_and_sessions(&k.lab);
+    let pid = i32::try_from(k.lab.node().pid()).unwrap();
+    // SAFETY: kill has no memory-safety preconditions; the pid is our running child.
+    unsafe {
+        libc::kill(pid, libc::SIGHUP);
+    }
+    k.lab
+        .wait("SIGHUP handled", |lab| {
+            let log = lab.node().log_text();
+            if log.contains("SIGHUP: re-evaluating") {
+                Ok(())
+            } else {
+                Err(format!("not in the log yet:\n{log}"))
+            }
+        })
+        .await;
+    assert!(
+        k.lab.node.as_mut().unwrap().exited().is_none(),
+        "SIGHUP ended the agent"
+    );
+    k.expect_announced((65000, 1), 200, Role::Primary).await;
+    assert_eq!(withdrawals_and_sessions(&k.lab), before);
+    assert_eq!(get("/readyz", None).await.status, 200);
+    drop(rt);
+    let log = k.lab.node().log_text();
+    assert!(
+        !log.to_lowercase().contains("forbidden"),
+        "the agent hit a permission error with the chart's RBAC:\n{log}"
+    );
+
+    sigterm_withdraws_ceases_unbinds(&mut k.lab, &["192.0.2.10/32"]).await;
 }

@@ -32,9 +32,19 @@ pub struct Config {
     #[arg(long, env = "LINODE_API_TIMEOUT", default_value = "30s", value_parser = parse_duration)]
     pub linode_api_timeout: Duration,
 
-    /// Address of the HTTP server for /metrics, /healthz and /readyz.
+    /// Address of the HTTPS server: /healthz and /readyz open, /metrics for bearer tokens the
+    /// apiserver authorizes (TokenReview + SubjectAccessReview for `get /metrics`).
     #[arg(long, env = "HTTP_ADDR", default_value = "0.0.0.0:8080")]
     pub http_addr: SocketAddr,
+
+    /// PEM certificate (chain) of the HTTPS server, e.g. from a cert-manager Secret; re-read
+    /// when it changes. Without it a self-signed certificate is generated at start.
+    #[arg(long, env = "TLS_CERT_FILE", requires = "tls_key_file")]
+    pub tls_cert_file: Option<PathBuf>,
+
+    /// PEM private key of --tls-cert-file.
+    #[arg(long, env = "TLS_KEY_FILE", requires = "tls_cert_file")]
+    pub tls_key_file: Option<PathBuf>,
 
     /// Elect one active replica through a Lease (required when running more than one).
     #[arg(long, env = "LEADER_ELECTION", default_value_t = true, action = clap::ArgAction::Set)]
@@ -124,6 +134,19 @@ fn parse_sweep_interval(s: &str) -> Result<Duration, String> {
 }
 
 impl Config {
+    /// Where the HTTPS server's certificate comes from.
+    pub fn cert_source(&self) -> sharedip_secure_http::CertSource {
+        match (&self.tls_cert_file, &self.tls_key_file) {
+            (Some(cert), Some(key)) => sharedip_secure_http::CertSource::Files {
+                cert: cert.clone(),
+                key: key.clone(),
+            },
+            _ => sharedip_secure_http::CertSource::SelfSigned {
+                names: vec![self.identity()],
+            },
+        }
+    }
+
     pub fn identity(&self) -> String {
         self.identity
             .clone()

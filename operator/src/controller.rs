@@ -51,11 +51,11 @@ const CRD_POLL: Duration = Duration::from_secs(5);
 
 #[derive(Debug, thiserror::Error)]
 pub enum RunError {
-    #[error("cannot serve HTTP on {addr}: {source}")]
+    #[error("cannot serve HTTPS on {addr}: {source}")]
     Http {
         addr: std::net::SocketAddr,
         #[source]
-        source: std::io::Error,
+        source: http::ServeError,
     },
     #[error("cannot connect to Kubernetes: {0}")]
     Kube(#[source] kube::Error),
@@ -124,13 +124,21 @@ impl ControllerSettings {
 pub async fn run(config: Config) -> Result<(), RunError> {
     let metrics = Arc::new(Metrics::default());
     let health = Arc::new(Health::default());
-    http::serve(config.http_addr, metrics.clone(), health.clone())
-        .await
-        .map_err(|source| RunError::Http {
-            addr: config.http_addr,
-            source,
-        })?;
+    // Reads the configuration only; the apiserver is first contacted later.
     let client = kube::Client::try_default().await.map_err(RunError::Kube)?;
+    let local = http::serve(
+        config.http_addr,
+        metrics.clone(),
+        health.clone(),
+        client.clone(),
+        &config.cert_source(),
+    )
+    .await
+    .map_err(|source| RunError::Http {
+        addr: config.http_addr,
+        source,
+    })?;
+    info!(%local, "serving HTTPS: /healthz and /readyz open, /metrics for authorized bearer tokens");
     let observer = {
         let m = metrics.clone();
         let h = health.clone();

@@ -1,4 +1,6 @@
-//! The operator's HTTP endpoints: `/metrics`, `/healthz`, `/readyz`.
+//! The operator's HTTPS endpoints: `/healthz` and `/readyz` open (the kubelet's probes),
+//! `/metrics` only for bearer tokens the apiserver authorizes (TokenReview +
+//! SubjectAccessReview for `get /metrics`), as controller-runtime's secure metrics serve them.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -11,6 +13,8 @@ use axum::response::IntoResponse;
 use axum::routing::get;
 use axum::Router;
 
+use sharedip_secure_http::{Authorizer, CertSource};
+
 use crate::metrics::Metrics;
 
 /// Health shared between the controller and the HTTP server.
@@ -20,7 +24,7 @@ pub struct Health {
     /// or waiting for the lease (for a standby, which is ready to take over).
     pub ready: AtomicBool,
     /// What keeps the operator from working although it runs (no usable Linode token, no
-    /// SharedIP CRD), by area; `/readyz` fails and lists them while any is set.
+    /// SharedIP CRD), by area; `/readyz` fails and names the areas while any is set.
     problems: Mutex<BTreeMap<&'static str, String>>,
 }
 
@@ -41,6 +45,14 @@ impl Health {
         p.values().cloned().collect()
     }
 
+    /// The areas with a problem (`token-file`, `crd`, ...): what `/readyz` may say to anyone
+    /// who can reach the port. The details (paths, API answers) go to the log and the
+    /// SharedIPs' conditions.
+    pub fn problem_areas(&self) -> Vec<&'static str> {
+        let p = self.problems.lock().unwrap_or_else(|e| e.into_inner());
+        p.keys().copied().collect()
+    }
+
     pub fn is_ready(&self) -> bool {
         self.ready.load(Ordering::Relaxed) && self.problems().is_empty()
     }
@@ -52,12 +64,17 @@ struct AppState {
     health: Arc<Health>,
 }
 
-pub fn router(metrics: Arc<Metrics>, health: Arc<Health>) -> Router {
-    Router::new()
-        .route("/metrics", get(metrics_handler))
+/// The routes: the probes open, `/metrics` behind `auth`.
+pub fn router(metrics: Arc<Metrics>, health: Arc<Health>, auth: Arc<Authorizer>) -> Router {
+    let state = AppState { metrics, health };
+    let probes = Router::new()
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(readyz))
-        .with_state(AppState { metrics, health })
+        .with_state(state.clone());
+    let data = Router::new()
+        .route("/metrics", get(metrics_handler))
+        .with_state(state);
+    sharedip_secure_http::protected(probes, data, auth)
 }
 
 async fn metrics_handler(State(s): State<AppState>) -> impl IntoResponse {
@@ -71,9 +88,9 @@ async fn metrics_handler(State(s): State<AppState>) -> impl IntoResponse {
 }
 
 async fn readyz(State(s): State<AppState>) -> impl IntoResponse {
-    let problems = s.health.problems();
+    let problems = s.health.problem_areas();
     if !problems.is_empty() {
-        let text = format!("not ready: {}\n", problems.join("; "));
+        let text = format!("not ready: {}\n", problems.join(", "));
         (StatusCode::SERVICE_UNAVAILABLE, text)
     } else if s.health.ready.load(Ordering::Relaxed) {
         (StatusCode::OK, "ok".to_string())
@@ -85,17 +102,27 @@ async fn readyz(State(s): State<AppState>) -> impl IntoResponse {
     }
 }
 
-/// Binds and serves until the process ends.
+/// Why the HTTPS server cannot start.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    #[error(transparent)]
+    Tls(#[from] sharedip_secure_http::TlsError),
+    #[error(transparent)]
+    Io(#[from] std::io::Error),
+}
+
+/// Binds and serves over HTTPS until the process ends; `client` reviews the bearer tokens.
+/// Returns the bound address (port 0 picks one).
 pub async fn serve(
     addr: SocketAddr,
     metrics: Arc<Metrics>,
     health: Arc<Health>,
-) -> std::io::Result<tokio::task::JoinHandle<()>> {
-    let listener = tokio::net::TcpListener::bind(addr).await?;
-    let app = router(metrics, health);
-    Ok(tokio::spawn(async move {
-        if let Err(e) = axum::serve(listener, app).await {
-            tracing::error!(error = %e, "HTTP server stopped");
-        }
-    }))
+    client: kube::Client,
+    cert: &CertSource,
+) -> Result<SocketAddr, ServeError> {
+    let tls = sharedip_secure_http::server_config(cert)?;
+    let auth = Authorizer::new(client)?;
+    let (local, _task) =
+        sharedip_secure_http::serve_https(addr, tls, router(metrics, health, auth)).await?;
+    Ok(local)
 }

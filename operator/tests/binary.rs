@@ -236,8 +236,8 @@ impl Drop for LeaseHistory {
     }
 }
 
-async fn leader_gauge(addr: &str) -> Result<f64, String> {
-    let (code, body) = http_get(addr, "/metrics").await?;
+async fn leader_gauge(addr: &str, token: &str) -> Result<f64, String> {
+    let (code, body) = http_get(addr, "/metrics", Some(token)).await?;
     if code != 200 {
         return Err(format!("/metrics answered {code}"));
     }
@@ -258,6 +258,7 @@ async fn two_replicas_one_leader() {
             .await;
 
         let kubeconfig = env.cp.kubeconfig_path().to_path_buf();
+        let token = metrics_token(&env, "prometheus").await;
         let p1 = free_port();
         let p2 = loop {
             let p = free_port();
@@ -299,10 +300,10 @@ async fn two_replicas_one_leader() {
             let holder = env.lease_holder(ns, lease).await.ok_or("no holder")?;
             let mut leaders = Vec::new();
             for (id, addr) in &addrs {
-                if leader_gauge(addr).await? == 1.0 {
+                if leader_gauge(addr, &token).await? == 1.0 {
                     leaders.push(id.to_string());
                 }
-                let (ready, _) = http_get(addr, "/readyz").await?;
+                let (ready, _) = http_get(addr, "/readyz", None).await?;
                 if ready != 200 {
                     return Err(format!("{id} /readyz {ready}"));
                 }
@@ -359,7 +360,7 @@ async fn two_replicas_one_leader() {
 
         let new_addr = &addrs[standby];
         eventually("sharedip_leader 1 on the new leader", || async {
-            let v = leader_gauge(new_addr).await?;
+            let v = leader_gauge(new_addr, &token).await?;
             if v == 1.0 {
                 Ok(())
             } else {
@@ -384,6 +385,17 @@ async fn two_replicas_one_leader() {
 
 /// Renders part of the chart with the values the test installs it with.
 async fn helm_template(env: &Env, chart: &Path, ns: &str, templates: &[&str]) -> String {
+    helm_template_with(env, chart, ns, templates, &[]).await
+}
+
+/// [`helm_template`] with `--set` values.
+async fn helm_template_with(
+    env: &Env,
+    chart: &Path,
+    ns: &str,
+    templates: &[&str],
+    sets: &[&str],
+) -> String {
     let mut args: Vec<String> = [
         "template",
         "sharedip",
@@ -400,6 +412,10 @@ async fn helm_template(env: &Env, chart: &Path, ns: &str, templates: &[&str]) ->
         args.push("--show-only".into());
         args.push(t.to_string());
     }
+    for v in sets {
+        args.push("--set".into());
+        args.push(v.to_string());
+    }
     let out = env.cp.helm(&args).await.expect("helm runs");
     assert!(
         out.status.success(),
@@ -414,6 +430,60 @@ fn yaml_docs(text: &str) -> Vec<serde_yaml::Value> {
         .map(|d| serde::Deserialize::deserialize(d).expect("rendered YAML parses"))
         .filter(|v: &serde_yaml::Value| !v.is_null())
         .collect()
+}
+
+/// The operator's HTTP port is HTTPS: the probes answer anyone with "ok", `/metrics` only a
+/// bearer token the apiserver authorizes for `get /metrics`; plain HTTP gets nothing.
+#[tokio::test]
+async fn metrics_need_an_authorized_token_over_https() {
+    bounded(async {
+        let env = Env::start().await;
+        let dir = tempfile::tempdir().expect("temp dir");
+        let prometheus = metrics_token(&env, "prometheus").await;
+        let nobody = sharedip_e2e::https::service_account(&env.cp, "default", "nobody", vec![])
+            .await
+            .expect("ServiceAccount");
+        let addr = format!("127.0.0.1:{}", free_port());
+        let op = env.spawn_binary_on(
+            env.cp.kubeconfig_path(),
+            &addr,
+            &["--leader-election", "false"],
+            &dir.path().join("operator.log"),
+        );
+        let _dump = DumpLogsOnPanic(vec![op.log.clone()]);
+        eventually("/readyz answers 200 without a token", || async {
+            match http_get(&addr, "/readyz", None).await? {
+                (200, body) if body == "ok" => Ok(()),
+                other => Err(format!("{other:?}")),
+            }
+        })
+        .await;
+        assert_eq!(
+            http_get(&addr, "/healthz", None).await.unwrap(),
+            (200, "ok".to_string())
+        );
+        for (token, want) in [
+            (None, 401),
+            (Some("not-a-token"), 401),
+            (Some(nobody.as_str()), 403),
+        ] {
+            let (code, body) = http_get(&addr, "/metrics", token).await.unwrap();
+            assert_eq!(code, want, "token {token:?}: {body}");
+            assert!(!body.contains("sharedip_"), "{body}");
+        }
+        let (code, body) = http_get(&addr, "/metrics", Some(&prometheus))
+            .await
+            .unwrap();
+        assert_eq!(code, 200, "{body}");
+        assert!(body.contains("sharedip_leader"), "{body}");
+        let raw =
+            sharedip_e2e::https::plain_get(addr.parse().unwrap(), "/metrics", Some(&prometheus))
+                .await
+                .unwrap();
+        assert!(raw.starts_with("HTTP/1.0 400"), "{raw:?}");
+        assert!(!raw.contains("sharedip_"), "{raw:?}");
+    })
+    .await;
 }
 
 #[tokio::test]
@@ -496,8 +566,10 @@ async fn chart_rbac_is_enough_and_least_privilege() {
         env.add_node("node-b", &[("role", "secondary")], Some(102))
             .await;
         let identity = "sharedip-operator-0";
-        let mut op = env.spawn_binary(
+        let http_addr = format!("127.0.0.1:{}", free_port());
+        let mut op = env.spawn_binary_on(
             &kubeconfig,
+            &http_addr,
             &[
                 "--leader-election",
                 "true",
@@ -661,6 +733,48 @@ async fn chart_rbac_is_enough_and_least_privilege() {
             .await
             .expect("get its own Lease allowed");
 
+        // /metrics with the chart's RBAC: the operator may review tokens, and a ServiceAccount
+        // bound through metricsReader.subjects may read; the operator's own may not.
+        let reader_rbac = helm_template_with(
+            &env,
+            &chart,
+            ns,
+            &["templates/metrics-reader-rbac.yaml"],
+            &[
+                "metricsReader.subjects[0].kind=ServiceAccount",
+                "metricsReader.subjects[0].name=prometheus",
+                &format!("metricsReader.subjects[0].namespace={ns}"),
+            ],
+        )
+        .await;
+        let out = env
+            .cp
+            .kubectl_with_stdin(["apply", "-f", "-"], reader_rbac.as_bytes())
+            .await
+            .expect("kubectl runs");
+        assert!(
+            out.status.success(),
+            "kubectl apply: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let prometheus = sharedip_e2e::https::service_account(&env.cp, ns, "prometheus", vec![])
+            .await
+            .expect("ServiceAccount");
+        eventually("/metrics for the chart's metrics reader", || async {
+            match http_get(&http_addr, "/metrics", Some(&prometheus)).await? {
+                (200, body) if body.contains("sharedip_leader 1") => Ok(()),
+                other => Err(format!("{other:?}")),
+            }
+        })
+        .await;
+        let (code, _) = http_get(&http_addr, "/metrics", Some(&token))
+            .await
+            .expect("request");
+        assert_eq!(
+            code, 403,
+            "the operator's own ServiceAccount is no metrics reader"
+        );
+
         let log = op.log();
         assert!(
             !log.to_lowercase().contains("forbidden"),
@@ -709,7 +823,7 @@ async fn missing_token_file_and_crd_are_reported_until_fixed() {
             let addr = addr.clone();
             async move {
                 eventually(&format!("/readyz failing with {wanted:?}"), || async {
-                    let (code, body) = http_get(&addr, "/readyz").await?;
+                    let (code, body) = http_get(&addr, "/readyz", None).await?;
                     let ok = code == 503
                         && wanted.iter().all(|w| body.contains(w))
                         && !unwanted.iter().any(|u| body.contains(u));
@@ -722,7 +836,8 @@ async fn missing_token_file_and_crd_are_reported_until_fixed() {
                 .await
             }
         };
-        readyz_fails_with(vec!["file not found", "is not installed"], vec![]).await;
+        // /readyz names the areas only: anyone who reaches the port may read it.
+        readyz_fails_with(vec!["token-file", "crd"], vec!["/", "file not found"]).await;
         let text = op.log();
         let error_line = |needle: &str| {
             text.lines()
@@ -737,7 +852,7 @@ async fn missing_token_file_and_crd_are_reported_until_fixed() {
 
         // The CRD arrives: the controller starts; the SharedIP tells why nothing is shared.
         env.install_crds().await;
-        readyz_fails_with(vec!["file not found"], vec!["is not installed"]).await;
+        readyz_fails_with(vec!["token-file"], vec!["crd"]).await;
         env.apply_sharedip("web", spec("192.0.2.10")).await;
         let s = env
             .eventually_condition("web", "Ready", "False", "LinodeTokenError")
@@ -756,7 +871,7 @@ async fn missing_token_file_and_crd_are_reported_until_fixed() {
         env.eventually_condition("web", "Shared", "True", "Shared")
             .await;
         eventually("/readyz ok", || async {
-            let (code, body) = http_get(&addr, "/readyz").await?;
+            let (code, body) = http_get(&addr, "/readyz", None).await?;
             if code == 200 {
                 Ok(())
             } else {

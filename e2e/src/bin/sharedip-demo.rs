@@ -30,9 +30,6 @@ use sharedip_e2e::netns;
 const SIP: &str = "web";
 /// The responders' port (the lab's default).
 const PORT: u16 = 80;
-/// Where the lab's agents serve their status (see `lab::processes::start_agent`), inside
-/// each node's namespace.
-const AGENT_HTTP: &str = "127.0.0.1:9180";
 /// Width of the per-second strip: one character per probe at 20 ms.
 const STRIP: usize = 50;
 
@@ -92,8 +89,9 @@ async fn kubectl(lab: &Lab, args: &[&str]) -> Result<()> {
 async fn agent_status(lab: &Lab, node: &str) -> Result<()> {
     let bin = processes::locate(AGENT_BIN, "sharedip-node-agent", "SHAREDIP_AGENT_BIN")?;
     let ns = lab.node_ns(node)?;
+    let socket = lab.agent_dir(node)?.join(processes::STATUS_SOCKET);
     let mut cmd = ns.command(&bin);
-    cmd.args(["status", "--http-addr", AGENT_HTTP]);
+    cmd.arg("status").arg("--socket").arg(&socket);
     let mut cmd = tokio::process::Command::from(cmd);
     cmd.kill_on_drop(true);
     let out = tokio::time::timeout(Duration::from_secs(15), cmd.output())
@@ -102,8 +100,9 @@ async fn agent_status(lab: &Lab, node: &str) -> Result<()> {
         .context("running sharedip-node-agent status")?;
     show_command(
         &format!(
-            "ip netns exec {} sharedip-node-agent status --http-addr {AGENT_HTTP}",
-            ns.name()
+            "ip netns exec {} sharedip-node-agent status --socket {}",
+            ns.name(),
+            socket.display()
         ),
         &out,
     );

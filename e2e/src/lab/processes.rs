@@ -209,8 +209,11 @@ pub struct AgentSettings {
     pub extra_args: Vec<String>,
 }
 
-/// Starts `sharedip-node-agent run` in `ns` as node `node`, with its kubeconfig, state file
-/// and log in `dir` (the state file survives restarts, as on a real host).
+/// The agent's status socket in its directory (`sharedip-node-agent status --socket`).
+pub const STATUS_SOCKET: &str = "status.sock";
+
+/// Starts `sharedip-node-agent run` in `ns` as node `node`, with its kubeconfig, state file,
+/// status socket and log in `dir` (the state file survives restarts, as on a real host).
 pub fn start_agent(
     settings: &AgentSettings,
     ns: &Netns,
@@ -234,7 +237,9 @@ pub fn start_agent(
         .args(["--shutdown-timeout", "10s"])
         .args(["--http-addr", "127.0.0.1:9180"])
         .arg("--state-file")
-        .arg(dir.join("bound.json"));
+        .arg(dir.join("bound.json"))
+        .arg("--status-socket")
+        .arg(dir.join(STATUS_SOCKET));
     if let Some(d) = &settings.unbind_delay {
         cmd.args(["--unbind-delay", d]);
     }

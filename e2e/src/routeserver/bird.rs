@@ -313,6 +313,26 @@ pub(super) fn peers(rs: &RouteServer) -> Result<Vec<PeerStatus>, RouteServerErro
     Ok(parse_protocols(&text, &rs.config.peers))
 }
 
+pub(super) fn withdrawals_received(
+    rs: &RouteServer,
+    peer: std::net::Ipv6Addr,
+) -> Result<u64, RouteServerError> {
+    let name = proto_name(&Peer::any(peer));
+    let text = birdc(&socket(rs), &["show", "protocols", "all", &name])?;
+    parse_withdrawals(&text)
+        .ok_or_else(|| RouteServerError::parse(Flavor::Bird, "import withdraws", text))
+}
+
+/// The sum of the "received" column of the channels' `Import withdraws:` lines.
+fn parse_withdrawals(text: &str) -> Option<u64> {
+    let counts: Vec<u64> = text
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix("Import withdraws:"))
+        .map(|rest| rest.split_whitespace().next()?.parse().ok())
+        .collect::<Option<_>>()?;
+    (!counts.is_empty()).then(|| counts.iter().sum())
+}
+
 fn parse_protocols(text: &str, peers: &[Peer]) -> Vec<PeerStatus> {
     let mut out = Vec::new();
     let mut current: Option<PeerStatus> = None;
@@ -379,6 +399,23 @@ Table master6:
 \tvia 2001:db8:1:34::ff on eth0
 \tType: static univ
 ";
+
+    #[test]
+    fn parses_import_withdraws() {
+        let text = "n_2001_db8_1__10 BGP        ---        up     10:11:12.345  Established
+  BGP state:          Established
+  Channel ipv4
+    Route change stats:     received   rejected   filtered    ignored   accepted
+      Import updates:              2          0          0          0          2
+      Import withdraws:            1          0        ---          0          1
+  Channel ipv6
+    Route change stats:     received   rejected   filtered    ignored   accepted
+      Import updates:              1          0          0          0          1
+      Import withdraws:            3          0        ---          0          3
+";
+        assert_eq!(parse_withdrawals(text), Some(4));
+        assert_eq!(parse_withdrawals("n_x BGP --- down"), None);
+    }
 
     #[test]
     fn parses_show_route_all() {

@@ -469,6 +469,17 @@ impl RouteServer {
         }
     }
 
+    /// Withdrawals the route server received from the node `peer` on the current session
+    /// (BIRD's import statistics, summed over the address families); `None` for the flavours
+    /// whose state does not count them.
+    pub fn withdrawals_received(&self, peer: Ipv6Addr) -> Result<Option<u64>, RouteServerError> {
+        self.ensure_running()?;
+        match self.config.flavor {
+            Flavor::Bird => bird::withdrawals_received(self, peer).map(Some),
+            Flavor::Gobgp | Flavor::Frr => Ok(None),
+        }
+    }
+
     /// Stops the daemon(s) (SIGTERM, then SIGKILL after a bound).
     pub fn stop(&mut self) {
         for d in self.daemons.drain(..).rev() {

@@ -1,7 +1,7 @@
 //! The real `sharedip-node-agent` binary as a [`NodeSide`]: started inside the node
 //! namespace with `ip netns exec`, its output in a log file, its sessions read back with
-//! its own `status --json` subcommand (run inside the namespace too, since the agent's
-//! HTTP server listens on the namespace's loopback).
+//! its own `status --json` subcommand through the agent's status socket (in the agent's
+//! temp dir).
 //!
 //! The process is SIGKILLed on drop if a test did not stop it (its log is printed by the
 //! [`super::Lab`]'s Drop when the test fails); the node namespace's Drop kills whatever is
@@ -43,8 +43,9 @@ pub fn agent_dir() -> tempfile::TempDir {
 
 impl AgentBinary {
     /// Starts `sharedip-node-agent <args> --state-file <dir>/bound.json --http-addr
-    /// 127.0.0.1:9180` inside `ns` with `env` added to its environment. `peers` are the
-    /// route servers it is expected to talk to (for [`NodeSide::peers`]).
+    /// 127.0.0.1:9180 --status-socket <dir>/status.sock` inside `ns` with `env` added to its
+    /// environment. `peers` are the route servers it is expected to talk to (for
+    /// [`NodeSide::peers`]).
     pub fn start(
         ns: &Netns,
         peers: &[Ipv6Addr],
@@ -52,17 +53,60 @@ impl AgentBinary {
         args: &[&str],
         env: &[(&str, &str)],
     ) -> Self {
+        let state = dir.path().join("bound.json");
+        let socket = dir.path().join("status.sock");
+        let mut all: Vec<&str> = args.to_vec();
+        all.extend([
+            "--state-file",
+            state.to_str().expect("utf-8 path"),
+            "--http-addr",
+            HTTP_ADDR,
+            "--status-socket",
+            socket.to_str().expect("utf-8 path"),
+        ]);
+        Self::spawn(ns, peers, dir, Path::new(AGENT), &all, env)
+    }
+
+    /// Starts `program` (the agent binary, or a link to it) with exactly `args`, nothing
+    /// appended: the state file, HTTP address and status socket come from the environment
+    /// (`STATE_FILE`, `HTTP_ADDR`, `STATUS_SOCKET`), as a systemd unit's `Environment=` would
+    /// set them.
+    pub fn start_verbatim(
+        ns: &Netns,
+        peers: &[Ipv6Addr],
+        dir: tempfile::TempDir,
+        program: &Path,
+        args: &[&str],
+        env: &[(&str, &str)],
+    ) -> Self {
+        let state = dir.path().join("bound.json");
+        let socket = dir.path().join("status.sock");
+        let mut all_env: Vec<(&str, &str)> = vec![
+            ("STATE_FILE", state.to_str().expect("utf-8 path")),
+            ("HTTP_ADDR", HTTP_ADDR),
+            ("STATUS_SOCKET", socket.to_str().expect("utf-8 path")),
+        ];
+        all_env.extend_from_slice(env);
+        Self::spawn(ns, peers, dir, program, args, &all_env)
+    }
+
+    fn spawn(
+        ns: &Netns,
+        peers: &[Ipv6Addr],
+        dir: tempfile::TempDir,
+        program: &Path,
+        args: &[&str],
+        env: &[(&str, &str)],
+    ) -> Self {
         let log = dir.path().join("agent.log");
         let out = std::fs::File::create(&log).expect("agent log file");
         let err = out.try_clone().expect("agent log file");
-        let state = dir.path().join("bound.json");
-        let mut cmd = ns.command(AGENT);
+        let mut cmd = ns.command(program);
         cmd.args(args)
-            .arg("--state-file")
-            .arg(&state)
-            .args(["--http-addr", HTTP_ADDR])
             // Keep the caller's environment from changing the agent's settings.
             .env_remove("HTTP_ADDR")
+            .env_remove("STATUS_SOCKET")
+            .env_remove("STATE_FILE")
             .env_remove("KUBECONFIG")
             .env("RUST_LOG", "info,sharedip_node_agent=debug")
             .env("NO_COLOR", "1")
@@ -93,17 +137,16 @@ impl AgentBinary {
         self.child.id()
     }
 
+    /// What the agent logged so far.
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
     fn status_command(&self, json: bool) -> Result<String, String> {
         let mut cmd = Command::new("ip");
-        cmd.args([
-            "netns",
-            "exec",
-            &self.ns,
-            AGENT,
-            "status",
-            "--http-addr",
-            HTTP_ADDR,
-        ]);
+        let socket = self.dir.path().join("status.sock");
+        cmd.args(["netns", "exec", &self.ns, AGENT, "status", "--socket"])
+            .arg(&socket);
         if json {
             cmd.arg("--json");
         }

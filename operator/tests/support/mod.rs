@@ -402,7 +402,7 @@ pub fn spec(address: &str) -> Value {
 }
 
 impl Env {
-    /// Like [`Env::spawn_binary`], with the HTTP server (`/metrics`, `/healthz`, `/readyz`) on
+    /// Like [`Env::spawn_binary`], with the HTTPS server (`/metrics`, `/healthz`, `/readyz`) on
     /// `http_addr` (e.g. `127.0.0.1:<free_port()>`) so the test can scrape it.
     pub fn spawn_binary_on(
         &self,
@@ -486,35 +486,29 @@ pub fn free_port() -> u16 {
     l.local_addr().expect("local addr").port()
 }
 
-/// `GET http://{addr}{path}` with HTTP/1.0 over a plain socket (no HTTP client dependency):
-/// returns the status code and body.
-pub async fn http_get(addr: &str, path: &str) -> Result<(u16, String), String> {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let io = async {
-        let mut s = tokio::net::TcpStream::connect(addr)
-            .await
-            .map_err(|e| format!("connect {addr}: {e}"))?;
-        s.write_all(format!("GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").as_bytes())
-            .await
-            .map_err(|e| format!("write: {e}"))?;
-        let mut buf = Vec::new();
-        s.read_to_end(&mut buf)
-            .await
-            .map_err(|e| format!("read: {e}"))?;
-        Ok::<_, String>(String::from_utf8_lossy(&buf).into_owned())
-    };
-    let text = tokio::time::timeout(Duration::from_secs(10), io)
-        .await
-        .map_err(|_| format!("GET {addr}{path} timed out"))??;
-    let (head, body) = text
-        .split_once("\r\n\r\n")
-        .ok_or_else(|| format!("no HTTP header in {text:?}"))?;
-    let status = head
-        .split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .ok_or_else(|| format!("no status in {head:?}"))?;
-    Ok((status, body.to_string()))
+/// `GET https://{addr}{path}` as Prometheus scrapes the operator: bearer `token` (none when
+/// `None`), certificate not verified. Returns the status code and body.
+pub async fn http_get(
+    addr: &str,
+    path: &str,
+    token: Option<&str>,
+) -> Result<(u16, String), String> {
+    let addr = addr.parse().map_err(|e| format!("{addr}: {e}"))?;
+    let r = sharedip_e2e::https::get(addr, path, token).await?;
+    Ok((r.status, r.body))
+}
+
+/// A token of ServiceAccount `default/<name>` allowed `get /metrics`, as the chart's
+/// metrics-reader ClusterRole allows Prometheus.
+pub async fn metrics_token(env: &Env, name: &str) -> String {
+    sharedip_e2e::https::service_account(
+        &env.cp,
+        "default",
+        name,
+        sharedip_e2e::https::get_urls(&["/metrics"]),
+    )
+    .await
+    .expect("metrics reader ServiceAccount")
 }
 
 /// The value of an unlabelled metric in a Prometheus/OpenMetrics text exposition.

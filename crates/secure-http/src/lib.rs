@@ -1,0 +1,33 @@
+//! HTTPS for the `/metrics` and `/status` endpoints of the operator and the node agent, with
+//! Kubernetes authentication and authorization, the way the ecosystem protects them
+//! (controller-runtime's secure metrics, kube-rbac-proxy):
+//!
+//! - [`tls`]: the server certificate, from files (re-read when rotated) or self-signed;
+//! - [`auth`]: bearer token → TokenReview → SubjectAccessReview for the non-resource URL,
+//!   cached briefly; 401 without or with a bad token, 403 when not allowed;
+//! - [`server`]: the TLS accept loop serving an axum router over HTTP/1.1.
+//!
+//! Health endpoints stay outside the authorization layer so the kubelet's HTTPS probes work
+//! without a token; see [`protected`].
+
+pub mod auth;
+pub mod server;
+pub mod tls;
+
+use std::sync::Arc;
+
+use axum::Router;
+
+pub use auth::{Authorizer, Verdict};
+pub use rustls::ServerConfig;
+pub use server::serve_https;
+pub use tls::{server_config, CertSource, TlsError};
+
+/// `open` merged with `protected`, whose routes answer only to bearer tokens that `auth`
+/// authorizes for `get` on their path.
+pub fn protected(open: Router, protected: Router, auth: Arc<Authorizer>) -> Router {
+    open.merge(protected.route_layer(axum::middleware::from_fn_with_state(
+        auth,
+        auth::require_authorization,
+    )))
+}
