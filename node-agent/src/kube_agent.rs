@@ -50,18 +50,15 @@ pub struct KubeSettings {
 
 /// Runs `sharedip-node-agent run` until SIGTERM; SIGHUP re-evaluates everything.
 pub async fn run(args: RunArgs) -> Result<(), AgentError> {
-    let signals = runtime::Signals::install()?;
+    let mut signals = runtime::Signals::install()?;
     let common = &args.common;
     let client = kube::Client::try_default()
         .await
         .map_err(AgentError::Kube)?;
-    let node = Api::<Node>::all(client.clone())
-        .get(&args.node_name)
-        .await
-        .map_err(|source| AgentError::Node {
-            node: args.node_name.clone(),
-            source,
-        })?;
+    let Some(node) = read_own_node(&client, &args.node_name, &mut signals).await else {
+        tracing::info!("stopped before the Node could be read; nothing was bound or announced");
+        return Ok(());
+    };
     let region = node.labels().get(sharedip_api::REGION_LABEL).cloned();
     let dcid = if common.neighbors.is_empty() {
         Some(crate::dcid::resolve(common.dcid, region.as_deref())?)
@@ -129,6 +126,47 @@ pub async fn run(args: RunArgs) -> Result<(), AgentError> {
         signals.into_stream(),
     )
     .await
+}
+
+/// The longest wait between two reads of this node's Node at start.
+const NODE_READ_BACKOFF_MAX: Duration = Duration::from_secs(30);
+
+/// Reads this node's Node, and keeps trying while the apiserver cannot answer (restarting,
+/// upgrading, briefly unreachable) or the Node is not registered yet: exiting instead would
+/// hand the retries to the kubelet's crash-loop back-off, which grows to five minutes and keeps
+/// the node from announcing long after the apiserver is back. None when SIGTERM or SIGINT
+/// comes first; SIGHUP retries at once.
+async fn read_own_node(
+    client: &kube::Client,
+    name: &str,
+    signals: &mut runtime::Signals,
+) -> Option<Node> {
+    let api = Api::<Node>::all(client.clone());
+    let mut delay = Duration::from_secs(1);
+    loop {
+        match api.get(name).await {
+            Ok(node) => return Some(node),
+            Err(kube::Error::Api(e)) if e.code == 404 => tracing::error!(
+                node = name,
+                retry_in = ?delay,
+                "Node {name} does not exist; check NODE_NAME (the downward API's spec.nodeName); retrying"
+            ),
+            Err(error) => tracing::warn!(
+                node = name,
+                %error,
+                retry_in = ?delay,
+                "cannot read this node's Node; retrying"
+            ),
+        }
+        tokio::select! {
+            () = tokio::time::sleep(delay) => {}
+            c = signals.recv() => match c {
+                runtime::Control::Stop => return None,
+                runtime::Control::Reload => {}
+            },
+        }
+        delay = (delay * 2).min(NODE_READ_BACKOFF_MAX);
+    }
 }
 
 struct Stores {

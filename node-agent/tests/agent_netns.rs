@@ -588,7 +588,13 @@ impl KubeLab {
     /// `chart_rbac`: the agent authenticates as the chart's ServiceAccount, with the chart's
     /// ClusterRole only (else as the cluster admin).
     async fn start_as(chart_rbac: bool) -> KubeLab {
-        let cp = ControlPlane::start().await.expect("control plane starts");
+        Self::start_with(chart_rbac, false).await
+    }
+
+    /// `apiserver_down`: kube-apiserver is stopped (etcd keeps the objects) before the agent
+    /// starts; the test starts it again.
+    async fn start_with(chart_rbac: bool, apiserver_down: bool) -> KubeLab {
+        let mut cp = ControlPlane::start().await.expect("control plane starts");
         let crds = Path::new(env!("CARGO_MANIFEST_DIR")).join("../crds");
         cp.apply_crds(&crds).await.expect("CRDs apply");
         let client = cp.client();
@@ -653,6 +659,9 @@ impl KubeLab {
             "5s",
         ];
         args.extend_from_slice(COMMON_FLAGS);
+        if apiserver_down {
+            cp.stop_apiserver();
+        }
         let agent = AgentBinary::start(
             &lab.node_ns,
             &lab.rs_addrs,
@@ -864,6 +873,32 @@ async fn kubernetes_mode_announces_and_withdraws_on_every_path() {
             .is_some_and(|e| !e.announcing && e.reason.as_deref() == Some("ShuttingDown"))
     })
     .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kubernetes_mode_waits_for_an_apiserver_that_is_down_at_start() {
+    if !preflight(Some(Flavor::Bird)) {
+        return;
+    }
+    let mut k = KubeLab::start_with(false, true).await;
+    // The agent keeps reading its Node instead of exiting into the kubelet's back-off.
+    eventually("the agent retrying to read its Node", || {
+        let log = k.lab.node().log_text();
+        async move {
+            log.contains("cannot read this node's Node; retrying")
+                .then_some(())
+                .ok_or(log)
+        }
+    })
+    .await;
+    let agent = k.lab.node.as_mut().expect("agent");
+    assert_eq!(agent.exited(), None, "{}", agent.log_text());
+    k.cp.start_apiserver()
+        .await
+        .expect("kube-apiserver starts again");
+    k.apply_sip(base_spec()).await;
+    k.expect_announced((65000, 1), 200, Role::Primary).await;
+    sigterm_withdraws_ceases_unbinds(&mut k.lab, &["192.0.2.10/32"]).await;
 }
 
 // ---------------------------------------------------------------------------
