@@ -227,7 +227,6 @@ pub fn start_agent(
         .env("NODE_NAME", node)
         .env("KUBECONFIG", dir.join("kubeconfig"))
         .env("RUST_LOG", "info,sharedip_node_agent=debug")
-        .env("NO_COLOR", "1")
         .arg("run")
         .args(["--dcid", &super::topology::DCID.to_string()])
         .args(["--neighborpattern", super::topology::NEIGHBOR_PATTERN])
@@ -277,7 +276,6 @@ pub fn start_operator(
         .env("POD_NAMESPACE", &settings.namespace)
         .env("POD_NAME", name)
         .env("RUST_LOG", "info,sharedip_operator=debug")
-        .env("NO_COLOR", "1")
         .env("SHARE_BATCH_WINDOW", "100ms")
         .args(["--http-addr", "127.0.0.1:0"]);
     Process::spawn(name, cmd, log)

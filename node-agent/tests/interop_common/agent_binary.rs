@@ -109,7 +109,6 @@ impl AgentBinary {
             .env_remove("STATE_FILE")
             .env_remove("KUBECONFIG")
             .env("RUST_LOG", "info,sharedip_node_agent=debug")
-            .env("NO_COLOR", "1")
             .stdin(Stdio::null())
             .stdout(out)
             .stderr(err);

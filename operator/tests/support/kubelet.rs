@@ -374,8 +374,7 @@ impl Kubelet {
         let mut cmd = tokio::process::Command::new(&self.binary);
         cmd.env_clear()
             .env("PATH", std::env::var("PATH").unwrap_or_default())
-            .env("KUBECONFIG", &kubeconfig)
-            .env("NO_COLOR", "1");
+            .env("KUBECONFIG", &kubeconfig);
         for e in container.env.iter().flatten() {
             let value = match (&e.value, &e.value_from) {
                 (Some(v), _) => v.clone(),
