@@ -69,6 +69,19 @@ impl Shared {
         })
     }
 
+    /// Replaces the report skeleton and the sessions once the speaker runs (the HTTP server
+    /// starts before it, for the kubelet's probes).
+    pub fn set_speaker(&self, report: AgentReport, monitor: SpeakerMonitor) {
+        match self.monitor.write() {
+            Ok(mut m) => *m = monitor,
+            Err(p) => *p.into_inner() = monitor,
+        }
+        match self.report.write() {
+            Ok(mut r) => *r = report,
+            Err(p) => *p.into_inner() = report,
+        }
+    }
+
     /// Replaces the prefix list.
     pub fn set_prefixes(&self, prefixes: Vec<PrefixReport>) {
         let announced = prefixes.iter().filter(|p| p.announced).count();

@@ -55,6 +55,29 @@ pub async fn run(args: RunArgs) -> Result<(), AgentError> {
     let client = kube::Client::try_default()
         .await
         .map_err(AgentError::Kube)?;
+    // Serve the probes first: while the Node cannot be read yet (the apiserver is down), the
+    // kubelet's liveness probe must keep finding a live agent, not restart it into a crash-loop
+    // back-off; /readyz stays false until the first decisions are made.
+    let shared = Shared::new(
+        AgentReport {
+            mode: "kubernetes".into(),
+            node: Some(args.node_name.clone()),
+            local_as: common.local_asn,
+            ..Default::default()
+        },
+        SpeakerMonitor::empty(),
+    );
+    let cert = match (&args.tls_cert_file, &args.tls_key_file) {
+        (Some(cert), Some(key)) => CertSource::Files {
+            cert: cert.clone(),
+            key: key.clone(),
+        },
+        _ => CertSource::SelfSigned {
+            names: vec![args.node_name.clone()],
+        },
+    };
+    runtime::serve_https(args.http_addr(), shared.clone(), client.clone(), &cert).await?;
+    let _socket = runtime::serve_status_socket(&common.status_socket, shared.clone()).await?;
     let Some(node) = read_own_node(&client, &args.node_name, &mut signals).await else {
         tracing::info!("stopped before the Node could be read; nothing was bound or announced");
         return Ok(());
@@ -86,7 +109,7 @@ pub async fn run(args: RunArgs) -> Result<(), AgentError> {
     .await
     .map_err(|e| AgentError::Binder(e.to_string()))?;
     let monitor = speaker.monitor();
-    let shared = Shared::new(
+    shared.set_speaker(
         AgentReport {
             mode: "kubernetes".into(),
             node: Some(args.node_name.clone()),
@@ -98,17 +121,6 @@ pub async fn run(args: RunArgs) -> Result<(), AgentError> {
         },
         monitor.clone(),
     );
-    let cert = match (&args.tls_cert_file, &args.tls_key_file) {
-        (Some(cert), Some(key)) => CertSource::Files {
-            cert: cert.clone(),
-            key: key.clone(),
-        },
-        _ => CertSource::SelfSigned {
-            names: vec![args.node_name.clone()],
-        },
-    };
-    runtime::serve_https(args.http_addr(), shared.clone(), client.clone(), &cert).await?;
-    let _socket = runtime::serve_status_socket(&common.status_socket, shared.clone()).await?;
     let orchestrator = Orchestrator::new(binder, speaker, common.unbind_delay);
     run_loop(
         client,

@@ -19,12 +19,6 @@ use crate::speaker::{SpeakerConfig, SpeakerError};
 pub enum AgentError {
     #[error("cannot connect to Kubernetes: {0}")]
     Kube(#[source] kube::Error),
-    #[error("cannot read Node {node}: {source}")]
-    Node {
-        node: String,
-        #[source]
-        source: kube::Error,
-    },
     #[error(transparent)]
     Dcid(#[from] crate::dcid::DcidError),
     #[error(transparent)]

@@ -893,6 +893,26 @@ async fn kubernetes_mode_waits_for_an_apiserver_that_is_down_at_start() {
     .await;
     let agent = k.lab.node.as_mut().expect("agent");
     assert_eq!(agent.exited(), None, "{}", agent.log_text());
+    // Meanwhile the kubelet's probes find it alive, and not ready.
+    {
+        let rt = k
+            .lab
+            .node_ns
+            .runtime()
+            .expect("runtime in the node namespace");
+        let addr: SocketAddr = interop_common::agent_binary::HTTP_ADDR.parse().unwrap();
+        let get = |path: &'static str| {
+            rt.handle()
+                .spawn(async move { sharedip_e2e::https::get(addr, path, None).await })
+        };
+        let healthz = get("/healthz")
+            .await
+            .expect("task")
+            .expect("HTTPS /healthz");
+        assert_eq!((healthz.status, healthz.body.as_str()), (200, "ok"));
+        let readyz = get("/readyz").await.expect("task").expect("HTTPS /readyz");
+        assert_eq!(readyz.status, 503, "{readyz:?}");
+    }
     k.cp.start_apiserver()
         .await
         .expect("kube-apiserver starts again");

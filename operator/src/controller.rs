@@ -8,7 +8,7 @@ use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use futures::StreamExt;
+use futures::{FutureExt, StreamExt};
 use k8s_openapi::api::core::v1::Node;
 use kube::api::ListParams;
 use kube::runtime::controller::{self, Controller};
@@ -26,7 +26,7 @@ use crate::config::Config;
 use crate::directory::{Directory, DirectoryConfig};
 use crate::http::{self, Health};
 use crate::leader::{LeaderElector, LeaseConfig};
-use crate::ledger::{ConfigMapStore, Ledger, LedgerError};
+use crate::ledger::{ConfigMapStore, Ledger, LedgerError, LedgerStore};
 use crate::linode_api::DynLinodeApi;
 use crate::membership::{Decision, MembershipDamper};
 use crate::metrics::Metrics;
@@ -42,6 +42,8 @@ pub mod problem {
     pub const LINODE_AUTH: &str = "linode-auth";
     /// The SharedIP CRD is not installed.
     pub const CRD: &str = "crd";
+    /// The ledger of this cluster's shares cannot be read.
+    pub const LEDGER: &str = "ledger";
 }
 
 /// How often the token file is read to notice a fix or a rotation.
@@ -397,14 +399,20 @@ pub async fn run_controller(
         .map_err(|_| RunError::NodeCache)?;
     info!(nodes = node_store.state().len(), "node cache synced");
 
-    let store = ConfigMapStore::new(client.clone(), &settings.namespace, &settings.cluster_id);
-    let ledger = match Ledger::open(Arc::new(store), Some(metrics.ledger_pairs.clone())).await {
-        Ok(l) => Arc::new(l),
-        Err(e) => {
-            node_task.abort();
-            return Err(e.into());
-        }
+    // `stop` is awaited here while the ledger cannot be read, and then by the controller.
+    let stop = stop.shared();
+    let store: Arc<dyn LedgerStore> = Arc::new(ConfigMapStore::new(
+        client.clone(),
+        &settings.namespace,
+        &settings.cluster_id,
+    ));
+    let Some(ledger) = open_ledger(store, &metrics, settings.health.as_deref(), stop.clone()).await
+    else {
+        node_task.abort();
+        info!("controller stopped before the ledger could be read");
+        return Ok(());
     };
+    let ledger = Arc::new(ledger);
     let recorded = ledger.entries().await.len();
     info!(ledger = %ledger.name(), linodes = recorded, "ledger read");
     let (syncer, syncer_task) = ShareSyncer::start(
@@ -508,6 +516,45 @@ pub async fn run_controller(
     }
     info!("controller stopped");
     Ok(())
+}
+
+/// The longest wait between two attempts to read the ledger.
+const LEDGER_RETRY_MAX: Duration = Duration::from_secs(30);
+
+/// Reads the ledger, and keeps trying until it can or `stop` resolves (None then). Without it
+/// nothing may be shared (a share that cannot be recorded is not made), but giving up would
+/// leave a leader that renews its Lease and does nothing: a transient apiserver error, missing
+/// RBAC or a ledger of another cluster is reported instead (error log, `/readyz`) until it is
+/// fixed.
+async fn open_ledger(
+    store: Arc<dyn LedgerStore>,
+    metrics: &Metrics,
+    health: Option<&Health>,
+    stop: impl Future<Output = ()>,
+) -> Option<Ledger> {
+    futures::pin_mut!(stop);
+    let mut delay = Duration::from_secs(1);
+    loop {
+        match Ledger::open(store.clone(), Some(metrics.ledger_pairs.clone())).await {
+            Ok(ledger) => {
+                if health.is_some_and(|h| h.set_problem(problem::LEDGER, None)) {
+                    info!(ledger = %ledger.name(), "the ledger can be read again");
+                }
+                return Some(ledger);
+            }
+            Err(error) => {
+                let text = format!("cannot read the ledger {}: {error}", store.name());
+                if health.is_none_or(|h| h.set_problem(problem::LEDGER, Some(text.clone()))) {
+                    error!(retry_in = ?delay, "{text}; nothing is shared until it can be read");
+                }
+            }
+        }
+        tokio::select! {
+            () = tokio::time::sleep(delay) => {}
+            () = &mut stop => return None,
+        }
+        delay = (delay * 2).min(LEDGER_RETRY_MAX);
+    }
 }
 
 const CRD_MISSING: &str = "the SharedIP CustomResourceDefinition (sharedips.sharedip.io) is not installed; install it with `kubectl apply --server-side -f charts/sharedip/crds/` (the operator waits for it)";
