@@ -565,9 +565,12 @@ async fn apply(sip: Arc<SharedIP>, ctx: &Context) -> Result<Action, Error> {
     let selected = match select_nodes(&sip.spec, nodes.iter().map(|n| n.as_ref())) {
         Ok(s) => s,
         Err(e) => {
-            let update =
-                StatusUpdate::blocked(reason::INVALID_SPEC, e.to_string()).with_prefix(&addr);
-            return block(&sip, ctx, true, update, Action::await_change()).await;
+            // The CRD refuses such selectors at admission, so this one was stored before the
+            // CRD had the rule (an upgrade): report it, and keep the address shared where it
+            // is, as the agents keep announcing it, rather than take traffic away.
+            let message = format!("{e}; the address stays shared where it was until it is fixed");
+            let update = StatusUpdate::blocked(reason::INVALID_SPEC, message).with_prefix(&addr);
+            return block(&sip, ctx, false, update, Action::await_change()).await;
         }
     };
     let wanted: Vec<u64> = selected.iter().filter_map(|n| n.linode).collect();

@@ -726,3 +726,73 @@ fn ready_message(s: &sharedip_api::SharedIP) -> String {
         .map(|c| c.message.clone())
         .unwrap_or_default()
 }
+
+/// The CRD as it was before it validated selectors: every CEL rule and enum removed, so the
+/// apiserver stores what the current CRD refuses (an object that predates the upgrade).
+fn crd_without_rules(dir: &std::path::Path) {
+    fn strip(v: &mut serde_yaml::Value) {
+        match v {
+            serde_yaml::Value::Mapping(m) => {
+                m.remove("x-kubernetes-validations");
+                m.remove("enum");
+                for (_, v) in m.iter_mut() {
+                    strip(v);
+                }
+            }
+            serde_yaml::Value::Sequence(s) => s.iter_mut().for_each(strip),
+            _ => {}
+        }
+    }
+    let src =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../crds/sharedip.io_sharedips.yaml");
+    let mut crd: serde_yaml::Value =
+        serde_yaml::from_str(&std::fs::read_to_string(src).expect("CRD")).expect("CRD YAML");
+    strip(&mut crd);
+    std::fs::write(
+        dir.join("sharedip.io_sharedips.yaml"),
+        serde_yaml::to_string(&crd).expect("YAML"),
+    )
+    .expect("write CRD");
+}
+
+#[tokio::test]
+async fn a_selector_stored_before_the_crd_refused_it_keeps_the_address_shared() {
+    bounded(async {
+        let env = Env::start_without_crds(SEED).await;
+        let old = tempfile::tempdir().expect("temp dir");
+        crd_without_rules(old.path());
+        env.cp
+            .apply_crds(old.path())
+            .await
+            .expect("old CRD applies");
+        env.add_node("node-a", &[("role", "primary")], Some(101))
+            .await;
+        env.add_node("node-b", &[("role", "secondary")], Some(102))
+            .await;
+        let _op = env.spawn_operator();
+        env.apply_sharedip("web", spec("192.0.2.10")).await;
+        env.eventually_shared("192.0.2.10", &[101, 102]).await;
+        // `NotIn` with no values: kube-rs matched every node with it; the CRD now refuses it.
+        env.apply_sharedip(
+            "web",
+            json!({
+                "address": "192.0.2.10",
+                "primary": {"nodeSelector": {"matchExpressions": [
+                    {"key": "role", "operator": "NotIn", "values": []}
+                ]}},
+                "secondary": {"nodeSelector": {"matchLabels": {"role": "secondary"}}},
+            }),
+        )
+        .await;
+        env.eventually_condition("web", "Shared", "False", "InvalidSpec")
+            .await;
+        // Reported, and nothing taken away from the nodes that carry the traffic (the operator
+        // releases before it writes the status, so any unshare would be done by now).
+        assert_eq!(
+            env.shared("192.0.2.10"),
+            [101, 102].into_iter().collect(),
+            "the address stays shared"
+        );
+    })
+    .await;
+}
