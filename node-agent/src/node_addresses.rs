@@ -62,6 +62,12 @@ pub struct OwnAddress {
     pub origin: Origin,
 }
 
+/// Interfaces where the cluster's service proxy puts Service addresses on every node, not
+/// addresses of the node: kube-proxy in IPVS mode binds every ClusterIP, externalIP and
+/// LoadBalancer ingress IP on `kube-ipvs0`, kube-router on `kube-dummy-if`. A shared address
+/// serving a LoadBalancer Service is found there on every node and must still be announced.
+pub const SERVICE_INTERFACES: &[&str] = &["kube-ipvs0", "kube-dummy-if"];
+
 /// The node's own addresses.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct OwnAddresses {
@@ -87,11 +93,15 @@ impl OwnAddresses {
         }
     }
 
-    /// The addresses of every interface but `bind_interface`, except those the agent bound
-    /// itself (leftovers of an earlier run, which it removes).
+    /// The addresses of every interface but `bind_interface` and the service interfaces
+    /// ([`SERVICE_INTERFACES`]), except those the agent bound itself (leftovers of an earlier
+    /// run, which it removes).
     pub fn add_interfaces(&mut self, addresses: &[InterfaceAddress], bind_interface: &str) {
         for a in addresses {
-            if a.interface != bind_interface && !a.ours {
+            if a.interface != bind_interface
+                && !a.ours
+                && !SERVICE_INTERFACES.contains(&a.interface.as_str())
+            {
                 self.push(a.address, Origin::Interface(a.interface.clone()));
             }
         }
@@ -229,7 +239,12 @@ pub fn router_id_from_interfaces(
 ) -> Option<Ipv4Addr> {
     addresses
         .iter()
-        .filter(|a| a.interface != bind_interface && !a.ours && !shared.contains(&a.address))
+        .filter(|a| {
+            a.interface != bind_interface
+                && !a.ours
+                && !shared.contains(&a.address)
+                && !SERVICE_INTERFACES.contains(&a.interface.as_str())
+        })
         .filter_map(|a| match a.address {
             IpAddr::V4(v4) if crate::standalone::is_announceable(a.address) => Some(v4),
             _ => None,
@@ -371,6 +386,24 @@ mod tests {
         assert!(check(&shared("192.168.130.5", None), &own, false).is_err());
         assert!(check(&shared("2001:db8:5::", Some(56)), &own, false).is_err());
         assert!(check(&shared("198.51.100.21", None), &own, false).is_ok());
+    }
+
+    #[test]
+    fn service_addresses_of_the_service_proxy_are_not_the_nodes() {
+        // kube-proxy in IPVS mode puts every LoadBalancer ingress IP on kube-ipvs0 (kube-router
+        // on kube-dummy-if), on every node: a shared address serving a Service is there too.
+        let mut own = OwnAddresses::default();
+        own.add_interfaces(
+            &[
+                ifa("kube-ipvs0", "192.0.2.10", 32, false),
+                ifa("kube-dummy-if", "198.51.100.7", 32, false),
+                ifa("eth0", "198.51.100.20", 24, false),
+            ],
+            "lo",
+        );
+        assert!(check(&shared("192.0.2.10", None), &own, false).is_ok());
+        assert!(check(&shared("198.51.100.7", None), &own, false).is_ok());
+        assert!(check(&shared("198.51.100.20", None), &own, false).is_err());
     }
 
     #[test]
