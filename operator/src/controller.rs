@@ -670,6 +670,14 @@ fn fingerprint(node: &Node) -> u64 {
     let mut h = DefaultHasher::new();
     let empty = BTreeMap::new();
     node.metadata.labels.as_ref().unwrap_or(&empty).hash(&mut h);
+    identity_fingerprint(node).hash(&mut h);
+    h.finish()
+}
+
+/// What about a Node matters to sharing besides its labels: its Linode and whether it is
+/// going away. A change of these is never held by the membership damper.
+fn identity_fingerprint(node: &Node) -> u64 {
+    let mut h = DefaultHasher::new();
     node.spec
         .as_ref()
         .and_then(|s| s.provider_id.as_deref())
@@ -695,6 +703,7 @@ async fn watch_nodes(
         .reflect(writer);
     futures::pin_mut!(stream);
     let mut known: HashMap<String, u64> = HashMap::new();
+    let mut identities: HashMap<String, u64> = HashMap::new();
     let mut relist: Option<HashMap<String, u64>> = None;
     let notify = |why: &str, node: &str| {
         debug!(node, why, "node change: reconciling all SharedIPs");
@@ -744,19 +753,25 @@ async fn watch_nodes(
                 let name = n.name_any();
                 let fp = fingerprint(&n);
                 let pass = observe(&n);
-                if known.insert(name.clone(), fp) != Some(fp) && pass {
+                // A held label change must not reach the reconciles; a new Linode or a
+                // deletion in the same event must.
+                let identity = identity_fingerprint(&n);
+                let identity_changed = identities.insert(name.clone(), identity) != Some(identity);
+                if known.insert(name.clone(), fp) != Some(fp) && (pass || identity_changed) {
                     notify("changed", &name);
                 }
             }
             Ok(watcher::Event::Delete(n)) => {
                 let name = n.name_any();
                 known.remove(&name);
+                identities.remove(&name);
                 lock(&damper).forget(&name);
                 notify("deleted", &name);
             }
             Ok(watcher::Event::Init) => relist = Some(HashMap::new()),
             Ok(watcher::Event::InitApply(n)) => {
                 observe(&n);
+                identities.insert(n.name_any(), identity_fingerprint(&n));
                 if let Some(r) = relist.as_mut() {
                     r.insert(n.name_any(), fingerprint(&n));
                 }
@@ -764,6 +779,7 @@ async fn watch_nodes(
             Ok(watcher::Event::InitDone) => {
                 if let Some(fresh) = relist.take() {
                     let names: BTreeSet<String> = fresh.keys().cloned().collect();
+                    identities.retain(|n, _| names.contains(n));
                     lock(&damper).retain(&names);
                     if fresh != known {
                         known = fresh;

@@ -567,6 +567,63 @@ async fn flapping_label_is_damped_and_single_relabel_is_not() {
     .await;
 }
 
+/// A node held for flapping labels still gets its Linode at once: only label changes are
+/// held, never a providerID arriving in the same update.
+#[tokio::test]
+async fn a_held_node_that_gets_its_linode_is_not_held() {
+    bounded(async {
+        let env = Env::start().await;
+        env.add_node("node-a", &[("role", "primary")], Some(101))
+            .await;
+        // No providerID yet (the cloud controller has not initialised it), no role yet.
+        env.add_node("node-b", &[("pool", "b")], None).await;
+        let hold_down = Duration::from_secs(60);
+        let mut settings = fast_settings("in-process");
+        settings.reconcile.membership_hold_down = hold_down;
+        let _op = env.spawn_operator_with(settings);
+        env.apply_sharedip("web", spec("192.0.2.10")).await;
+        env.eventually_shared("192.0.2.10", &[101]).await;
+        // Labelled secondary (applied at once), then unlabelled right after: node-b is held at
+        // secondary.
+        env.set_role("node-b", Some("secondary")).await;
+        env.set_role("node-b", None).await;
+        eventually("node-b held", || async {
+            let s = env.get("web").await.ok_or("missing")?;
+            let m = shared_message(&s);
+            if m.contains("node node-b held") {
+                Ok(())
+            } else {
+                Err(m)
+            }
+        })
+        .await;
+        // One update changes its labels again (held) and gives it its Linode (never held):
+        // shared there well before the hold-down ends.
+        let patch = json!({
+            "metadata": {"labels": {"role": "secondary"}},
+            "spec": {"providerID": "linode://102"},
+        });
+        kube::Api::<k8s_openapi::api::core::v1::Node>::all(env.client())
+            .patch(
+                "node-b",
+                &kube::api::PatchParams::default(),
+                &kube::api::Patch::Merge(&patch),
+            )
+            .await
+            .expect("patch node-b");
+        within(hold_down / 2, "node-b's Linode shared", || async {
+            let got = env.shared("192.0.2.10");
+            if got == [101, 102].into() {
+                Ok(())
+            } else {
+                Err(format!("shared with {got:?}"))
+            }
+        })
+        .await;
+    })
+    .await;
+}
+
 /// A token file fixed while the operator waits out a backoff is used at once.
 #[tokio::test]
 async fn corrected_token_file_is_used_at_once() {
