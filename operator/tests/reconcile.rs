@@ -597,6 +597,9 @@ async fn a_held_node_that_gets_its_linode_is_not_held() {
             }
         })
         .await;
+        // Let the reconciles that the hold itself caused (its status write) finish, so that
+        // only the Node update below can start the next one.
+        tokio::time::sleep(Duration::from_secs(3)).await;
         // One update changes its labels again (held) and gives it its Linode (never held):
         // shared there well before the hold-down ends.
         let patch = json!({
