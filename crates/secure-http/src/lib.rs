@@ -9,6 +9,15 @@
 //!
 //! Health endpoints stay outside the authorization layer so the kubelet's HTTPS probes work
 //! without a token; see [`protected`].
+//!
+//! Limits against clients that reach the port without any right to: a connection over
+//! [`server::MAX_CONNECTIONS`], or over [`server::MAX_CONNECTIONS_PER_PEER`] from one address
+//! (IPv6: one /64), is closed at once, so a flood from one address leaves room for the probes;
+//! a connection must send its first byte within 2 s and finish the TLS handshake within 5 s.
+//! Only JWT-shaped bearer tokens of at most 16 KiB are reviewed; tokens not allowed recently
+//! are reviewed at most [`auth::REVIEWS_PER_SECOND`] a second (bursts of
+//! [`auth::REVIEW_BURST`]), beyond that the answer is 429 with `Retry-After`; a full verdict
+//! cache gives up allowed verdicts last.
 
 pub mod auth;
 pub mod server;

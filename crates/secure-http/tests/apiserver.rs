@@ -1,8 +1,8 @@
 //! The protected HTTPS server against a real kube-apiserver: the reviews run under a
 //! ServiceAccount that has only the chart's reviewer rules, clients use real ServiceAccount
 //! tokens. No token or a bad one → 401, a user without the RBAC → 403, with it → 200 over
-//! TLS; plain HTTP gets nothing; the probes answer without a token; a rotated certificate
-//! is served without a restart.
+//! TLS; plain HTTP gets nothing; the probes answer without a token; made-up tokens beyond
+//! the budget of reviews get 429; a rotated certificate is served without a restart.
 
 use std::net::SocketAddr;
 use std::path::Path;
@@ -97,6 +97,21 @@ async fn tokens_are_reviewed_by_the_apiserver() {
             .unwrap();
         assert_eq!(r.status, 403, "{r:?}");
         // Asked twice: the cached verdict is the same.
+        let r = https::get(addr, "/metrics", Some(&prometheus))
+            .await
+            .unwrap();
+        assert_eq!(r.status, 200);
+
+        // A flood of made-up tokens: reviewed up to the budget, then 429 without asking the
+        // apiserver; Prometheus' verdict is neither evicted nor starved.
+        let mut throttled = 0;
+        for i in 0..200 {
+            let junk = format!("eyJhbGciOiJSUzI1NiJ9.eyJqdW5rIjo{i}.c2ln");
+            let r = https::get(addr, "/metrics", Some(&junk)).await.unwrap();
+            assert!(matches!(r.status, 401 | 429), "{r:?}");
+            throttled += usize::from(r.status == 429);
+        }
+        assert!(throttled > 0, "the budget of reviews ran out");
         let r = https::get(addr, "/metrics", Some(&prometheus))
             .await
             .unwrap();
