@@ -19,7 +19,6 @@ use sharedip_api::{NodeStatus, SharedAddress, SharedIP};
 use sharedip_secure_http::CertSource;
 use tokio::sync::Notify;
 
-use crate::binder::{Binder, BinderConfig};
 use crate::binding::AddressBinding;
 use crate::config::RunArgs;
 use crate::decision::{self, BgpDefaults, Decision, Reason, Situation};
@@ -101,13 +100,7 @@ pub async fn run(args: RunArgs) -> Result<(), AgentError> {
     let router_id = speaker_cfg.fsm.router_id;
     tracing::info!(node = %args.node_name, ?region, ?dcid, %next_hop, %router_id, peers = ?speaker_cfg.peers, "starting");
     let speaker = Speaker::start(&speaker_cfg)?;
-    let binder = Binder::new(BinderConfig {
-        interface: common.interface.clone(),
-        state_file: common.state_file.clone(),
-        marker: common.address_marker,
-    })
-    .await
-    .map_err(|e| AgentError::Binder(e.to_string()))?;
+    let binder = runtime::open_binder(common).await?;
     let monitor = speaker.monitor();
     shared.set_speaker(
         AgentReport {

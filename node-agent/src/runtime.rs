@@ -65,6 +65,17 @@ pub enum AgentError {
     ShutdownTimeout(std::time::Duration),
 }
 
+/// Opens the address binder on `--interface` with `--state-file` and `--address-marker`.
+pub async fn open_binder(common: &CommonArgs) -> Result<crate::binder::Binder, AgentError> {
+    crate::binder::Binder::new(crate::binder::BinderConfig {
+        interface: common.interface.clone(),
+        state_file: common.state_file.clone(),
+        marker: common.address_marker,
+    })
+    .await
+    .map_err(|e| AgentError::Binder(e.to_string()))
+}
+
 /// The node's address toward `peer` as the kernel would pick it (a connected UDP socket sends
 /// nothing; it only asks the routing table).
 pub fn source_toward(peer: SocketAddr) -> Result<IpAddr, String> {

@@ -13,7 +13,7 @@ use futures::{Stream, StreamExt};
 
 use sharedip_api::{Role, SharedAddress};
 
-use crate::binder::{Binder, BinderConfig, InterfaceAddress};
+use crate::binder::InterfaceAddress;
 use crate::binding::{AddressBinding, UserConfigured};
 use crate::community::RoleCommunity;
 use crate::config::StandaloneArgs;
@@ -167,13 +167,7 @@ pub async fn run(args: StandaloneArgs) -> Result<(), AgentError> {
     };
     // The binder also in discovery mode: it lists the interfaces and recognises (and removes)
     // what an earlier run bound.
-    let binder = Binder::new(BinderConfig {
-        interface: common.interface.clone(),
-        state_file: common.state_file.clone(),
-        marker: common.address_marker,
-    })
-    .await
-    .map_err(|e| AgentError::Binder(e.to_string()))?;
+    let binder = runtime::open_binder(common).await?;
     let listing = binder
         .interface_addresses()
         .await
