@@ -254,19 +254,27 @@ impl Observed {
     }
 }
 
-/// Reads and parses the token file, whatever its metadata says.
-async fn read_token_file(path: &Path) -> Result<(FileStamp, Token)> {
-    let fail = |problem| Error::Token {
+/// A token file problem, with the file's path.
+fn token_error(path: &Path, problem: TokenProblem) -> Error {
+    Error::Token {
         path: Some(path.to_path_buf()),
         problem,
-    };
-    let io_fail = |e: std::io::Error| {
-        if e.kind() == std::io::ErrorKind::NotFound {
-            fail(TokenProblem::Missing)
-        } else {
-            fail(TokenProblem::Unreadable(e))
-        }
-    };
+    }
+}
+
+/// A failed stat or read of the token file: missing, or unreadable.
+fn io_error(path: &Path, e: std::io::Error) -> Error {
+    if e.kind() == std::io::ErrorKind::NotFound {
+        token_error(path, TokenProblem::Missing)
+    } else {
+        token_error(path, TokenProblem::Unreadable(e))
+    }
+}
+
+/// Reads and parses the token file, whatever its metadata says.
+async fn read_token_file(path: &Path) -> Result<(FileStamp, Token)> {
+    let fail = |problem| token_error(path, problem);
+    let io_fail = |e| io_error(path, e);
     // Stat before reading: if the file changes in between, the stamp is older than the text
     // and the next request re-reads it, which is harmless.
     let meta = tokio::fs::metadata(path).await.map_err(io_fail)?;
@@ -288,17 +296,8 @@ impl fmt::Debug for TokenSource {
 }
 
 async fn load_file(path: &Path, cache: &Mutex<Option<Cached>>) -> Result<Token> {
-    let fail = |problem| Error::Token {
-        path: Some(path.to_path_buf()),
-        problem,
-    };
-    let io_fail = |e: std::io::Error| {
-        if e.kind() == std::io::ErrorKind::NotFound {
-            fail(TokenProblem::Missing)
-        } else {
-            fail(TokenProblem::Unreadable(e))
-        }
-    };
+    let fail = |problem| token_error(path, problem);
+    let io_fail = |e| io_error(path, e);
 
     let meta = tokio::fs::metadata(path).await.map_err(io_fail)?;
     let stamp = FileStamp::of(&meta);
