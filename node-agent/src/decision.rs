@@ -5,7 +5,7 @@
 //!
 //! * A node matched by the primary selector is **primary**, else one matched by the secondary
 //!   selector is **secondary**, else it has no role. A node matched by **both** selectors is
-//!   primary: the user asked for it to be preferred, and the operator decides the same way.
+//!   primary ([`sharedip_api::rules`], where the operator takes its answer from too).
 //! * With `failback: false` every role announces the **secondary** community, so the route
 //!   servers keep using whichever node carries the traffic (the guides' "same role on both
 //!   nodes"); the reported role still follows the selectors.
@@ -20,6 +20,7 @@ use std::fmt;
 use k8s_openapi::api::core::v1::Pod;
 use kube::core::{Selector, SelectorExt};
 use kube::ResourceExt;
+use sharedip_api::rules;
 use sharedip_api::{ReadinessGate, Role, SharedAddress, SharedIPSpec};
 
 use crate::community::RoleCommunity;
@@ -48,6 +49,9 @@ pub enum Reason {
     BgpOverrideUnsupported,
     /// Binding the address on the node failed; nothing is announced.
     BindFailed,
+    /// An earlier SharedIP claims the address (or an overlapping range): this one is refused
+    /// on every node, as the operator refuses to share it.
+    DuplicateAddress,
     /// The address is one of the node's own, or its announced prefix contains one: nothing is
     /// bound or announced.
     AddressIsNodeAddress,
@@ -67,6 +71,7 @@ impl Reason {
             Reason::InvalidSpec => "InvalidSpec",
             Reason::BgpOverrideUnsupported => "BgpOverrideUnsupported",
             Reason::BindFailed => "BindFailed",
+            Reason::DuplicateAddress => rules::DUPLICATE_ADDRESS,
             Reason::AddressIsNodeAddress => "AddressIsNodeAddress",
         }
     }
@@ -197,26 +202,6 @@ pub fn is_draining(annotations: &BTreeMap<String, String>) -> bool {
         .is_some_and(|v| !v.trim().eq_ignore_ascii_case("false"))
 }
 
-/// The role the selectors give a node with `labels`; primary wins when both match.
-pub fn role_of(
-    spec: &SharedIPSpec,
-    labels: &BTreeMap<String, String>,
-) -> Result<Option<Role>, String> {
-    let primary = Selector::try_from(spec.primary.node_selector.clone())
-        .map_err(|e| format!("primary nodeSelector is invalid: {e}"))?;
-    if primary.matches(labels) {
-        return Ok(Some(Role::Primary));
-    }
-    if let Some(s) = &spec.secondary {
-        let secondary = Selector::try_from(s.node_selector.clone())
-            .map_err(|e| format!("secondary nodeSelector is invalid: {e}"))?;
-        if secondary.matches(labels) {
-            return Ok(Some(Role::Secondary));
-        }
-    }
-    Ok(None)
-}
-
 /// Decides role, target and reason for one SharedIP.
 pub fn decide(
     spec: &SharedIPSpec,
@@ -226,9 +211,9 @@ pub fn decide(
     situation: Situation,
     bgp: &BgpDefaults,
 ) -> Decision {
-    let role = match role_of(spec, labels) {
+    let role = match rules::role_of(spec, labels) {
         Ok(r) => r,
-        Err(message) => return Decision::withdraw(None, Reason::InvalidSpec, message),
+        Err(e) => return Decision::withdraw(None, Reason::InvalidSpec, e.to_string()),
     };
     if situation.deleting {
         return Decision::withdraw(role, Reason::Deleting, "the SharedIP is being deleted");

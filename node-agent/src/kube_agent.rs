@@ -15,7 +15,8 @@ use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::runtime::reflector::{self, Store};
 use kube::runtime::{watcher, WatchStreamExt};
 use kube::{Resource, ResourceExt};
-use sharedip_api::{NodeStatus, SharedAddress, SharedIP};
+use sharedip_api::rules;
+use sharedip_api::{NodeStatus, SharedIP};
 use sharedip_secure_http::CertSource;
 use tokio::sync::Notify;
 
@@ -407,18 +408,9 @@ impl LoopCtx {
     fn decisions(&self, shutting_down: bool) -> BTreeMap<String, Decision> {
         let (labels, draining) = self.node_facts();
         let pods = self.stores.pods.state();
-        let mut sips = self.stores.sharedips.state();
-        // Oldest first, as the operator decides duplicates: the SharedIP created first keeps
-        // an address (or an overlapping range) and the later one is refused on every node.
-        sips.sort_by_key(|s| {
-            (
-                s.metadata.creation_timestamp.as_ref().map(|t| t.0),
-                s.name_any(),
-            )
-        });
-        let mut claimed: Vec<(SharedAddress, String)> = Vec::new();
+        let sips = self.stores.sharedips.state();
         let mut out = BTreeMap::new();
-        for sip in sips {
+        for sip in &sips {
             let name = sip.name_any();
             let gate = decision::evaluate_gate(
                 sip.spec.readiness_gate.as_ref(),
@@ -439,18 +431,18 @@ impl LoopCtx {
             );
             if let Some(t) = d.target {
                 let addr = t.address();
-                if let Some((_, first)) = claimed.iter().find(|(a, _)| a.overlaps(&addr)) {
-                    // The operator reports the duplicate in the later SharedIP's status too.
+                if let Some(duplicate) =
+                    rules::earlier_claimant(sip, sips.iter().map(AsRef::as_ref))
+                {
+                    // The operator refuses to share a duplicate, so announcing it would be
+                    // announcing an address this node's Linode was not given.
                     d = Decision {
                         role: d.role,
                         target: None,
-                        reason: Reason::InvalidSpec,
-                        message: format!(
-                            "{addr} is already managed by SharedIP {first}, created earlier"
-                        ),
+                        reason: Reason::DuplicateAddress,
+                        message: duplicate.to_string(),
                     };
                 } else {
-                    claimed.push((addr, name.clone()));
                     // The owner Linode, when it is this node, has the address configured by
                     // Network Helper and listed by the CCM: that is not a conflict.
                     let owner_is_this_node = sip

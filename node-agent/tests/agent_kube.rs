@@ -506,3 +506,127 @@ async fn the_nodes_own_address_is_refused_unless_it_is_the_owner() {
     assert!(binder.bound().is_empty());
     rs.shutdown(None).await;
 }
+
+fn sharedip(name: &str, address: &str, role: &str) -> serde_json::Value {
+    json!({
+        "apiVersion": "sharedip.io/v1alpha1", "kind": "SharedIP",
+        "metadata": {"name": name},
+        "spec": {
+            "address": address,
+            "primary": {"nodeSelector": {"matchLabels": {"role": role}}},
+        },
+    })
+}
+
+/// Two SharedIPs claim overlapping addresses: the later one is refused here with the reason the
+/// operator gives it, even when the earlier one does not select this node (the operator shares
+/// only the earlier one's address, so announcing the later one would announce an address this
+/// node's Linode was never given).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_later_sharedip_for_an_overlapping_address_is_a_duplicate() {
+    let cp = ControlPlane::start().await.expect("control plane starts");
+    let crds = Path::new(env!("CARGO_MANIFEST_DIR")).join("../crds");
+    cp.apply_crds(&crds).await.expect("CRDs apply");
+    let client = cp.client();
+    let node: Node = serde_json::from_value(json!({
+        "apiVersion": "v1", "kind": "Node",
+        "metadata": {"name": NODE, "labels": {"role": "primary"}},
+    }))
+    .unwrap();
+    Api::<Node>::all(client.clone())
+        .create(&PostParams::default(), &node)
+        .await
+        .unwrap();
+    let sips: Api<SharedIP> = Api::all(client.clone());
+    let apply = PatchParams::apply("test").force();
+    // The earlier claimant selects other nodes only.
+    sips.patch(
+        "api",
+        &apply,
+        &Patch::Apply(sharedip("api", "2001:db8:7::1", "elsewhere")),
+    )
+    .await
+    .unwrap();
+    // Creation timestamps have one-second resolution: make "web" clearly the later one, so the
+    // name order ("api" < "web") is not what decides.
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    sips.patch(
+        "web",
+        &apply,
+        &Patch::Apply(sharedip("web", "2001:db8:7::2", "primary")),
+    )
+    .await
+    .unwrap();
+
+    let (rs_addr, rs, _updates) = route_server().await;
+    let speaker = Speaker::start(&SpeakerConfig {
+        peers: vec![rs_addr],
+        source: None,
+        multihop_ttl: Some(16),
+        fsm: FsmConfig {
+            router_id: Ipv4Addr::new(192, 0, 2, 1),
+            hold_time: 3,
+            connect_retry: Duration::from_millis(200),
+            ..FsmConfig::default()
+        },
+        next_hop: "2001:db8::1".parse().unwrap(),
+        next_hop_v4: None,
+    })
+    .unwrap();
+    let monitor = speaker.monitor();
+    let binder = FakeBinder::default();
+    let shared = Shared::new(AgentReport::default(), monitor.clone());
+    let (stop_tx, stop_rx) = oneshot::channel::<()>();
+    let agent = tokio::spawn(run_loop(
+        client.clone(),
+        KubeSettings {
+            node: NODE.into(),
+            bgp: BgpDefaults::default(),
+            resync: Duration::from_secs(5),
+            shutdown_timeout: Duration::from_secs(20),
+            interface: "lo".into(),
+            session_addresses: OwnAddresses::default(),
+        },
+        Orchestrator::new(binder.clone(), speaker, Duration::ZERO),
+        monitor,
+        shared.clone(),
+        futures::stream::once(async move {
+            let _ = stop_rx.await;
+            Control::Stop
+        }),
+    ));
+
+    let sip = wait_entry(&sips, false, "DuplicateAddress").await;
+    assert_eq!(
+        entry(&sip).unwrap().message.as_deref(),
+        Some(
+            "2001:db8:7::/64 is already managed by SharedIP \"api\", created earlier; delete \
+             one of them"
+        )
+    );
+    assert!(binder.bound().is_empty());
+    assert!(shared.report().prefixes.is_empty());
+
+    // The earlier claimant goes: the address is this one's now.
+    sips.delete("api", &Default::default()).await.unwrap();
+    let ip: IpAddr = "2001:db8:7::2".parse().unwrap();
+    eventually(
+        "the address bound once the earlier claimant is gone",
+        || async {
+            binder
+                .bound()
+                .contains(&ip)
+                .then_some(())
+                .ok_or_else(|| format!("bound: {:?}", binder.bound()))
+        },
+    )
+    .await;
+
+    stop_tx.send(()).unwrap();
+    tokio::time::timeout(WAIT, agent)
+        .await
+        .expect("agent stops within bound")
+        .expect("agent task")
+        .expect("agent ok");
+    rs.shutdown(None).await;
+}

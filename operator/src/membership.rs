@@ -26,10 +26,9 @@ use std::time::Duration;
 
 use k8s_openapi::api::core::v1::Node;
 use kube::ResourceExt;
+use sharedip_api::rules;
 use sharedip_api::{Role, SharedIP};
 use tokio::time::Instant;
-
-use crate::selection::role_of;
 
 pub type Labels = BTreeMap<String, String>;
 
@@ -86,7 +85,11 @@ fn membership(labels: &Labels, sharedips: &[Arc<SharedIP>]) -> BTreeMap<String, 
     sharedips
         .iter()
         .filter(|s| s.metadata.deletion_timestamp.is_none())
-        .filter_map(|s| role_of(&s.spec, labels).map(|r| (s.name_any(), r)))
+        // A SharedIP whose selectors are invalid selects nothing; its own reconcile says why.
+        .filter_map(|s| {
+            let role = rules::role_of(&s.spec, labels).ok().flatten()?;
+            Some((s.name_any(), role))
+        })
         .collect()
 }
 

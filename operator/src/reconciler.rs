@@ -16,6 +16,7 @@ use kube::runtime::reflector::Store;
 use kube::{Resource, ResourceExt};
 use serde_json::json;
 use sharedip_api::conditions::{self, Desired};
+use sharedip_api::rules;
 use sharedip_api::{
     ExcludedNode, NodeStatus, OwnerStatus, Role, SharedAddress, SharedIP, SharedIPStatus,
     SharedLinode, FINALIZER,
@@ -37,7 +38,7 @@ pub const FIELD_MANAGER: &str = "sharedip-operator";
 pub mod reason {
     pub const SHARED: &str = "Shared";
     pub const INVALID_SPEC: &str = "InvalidSpec";
-    pub const DUPLICATE: &str = "DuplicateAddress";
+    pub const DUPLICATE: &str = sharedip_api::rules::DUPLICATE_ADDRESS;
     pub const NOT_IN_ACCOUNT: &str = "AddressNotInAccount";
     pub const PREFIX_MISMATCH: &str = "PrefixMismatch";
     pub const NO_NODES: &str = "NoNodesSelected";
@@ -435,32 +436,6 @@ async fn submit(ctx: &Context, request: Request) -> Result<Outcome, Error> {
     }
 }
 
-/// The oldest SharedIP (by creation, then name) whose address overlaps this one's, other than
-/// itself: when two claim one address, the first one keeps it.
-fn earlier_duplicate(
-    sip: &SharedIP,
-    addr: &SharedAddress,
-    all: &[Arc<SharedIP>],
-) -> Option<String> {
-    let key = |s: &SharedIP| {
-        (
-            s.metadata.creation_timestamp.clone().map(|t| t.0),
-            s.name_any(),
-        )
-    };
-    let mine = key(sip);
-    all.iter()
-        .filter(|o| o.name_any() != sip.name_any() && o.metadata.deletion_timestamp.is_none())
-        .filter(|o| {
-            SharedAddress::from_spec(&o.spec)
-                .map(|a| a.overlaps(addr))
-                .unwrap_or(false)
-        })
-        .filter(|o| key(o) < mine)
-        .min_by_key(|o| key(o))
-        .map(|o| o.name_any())
-}
-
 /// Stops sharing for a SharedIP that cannot be shared (see [`release`]), and says why: in its
 /// conditions, and in a Warning event when the reason or message is new (a retry that finds
 /// the same problem does not repeat it).
@@ -526,10 +501,9 @@ async fn apply(sip: Arc<SharedIP>, ctx: &Context) -> Result<Action, Error> {
         }
     };
 
-    if let Some(other) = earlier_duplicate(&sip, &addr, &ctx.sharedips.state()) {
-        let message = format!(
-            "{addr} is already managed by SharedIP {other:?}, created earlier; delete one of them"
-        );
+    let all = ctx.sharedips.state();
+    if let Some(duplicate) = rules::earlier_claimant(&sip, all.iter().map(AsRef::as_ref)) {
+        let message = duplicate.to_string();
         // A duplicate must not undo the sharing of the SharedIP that owns the address.
         let update = StatusUpdate::blocked(reason::DUPLICATE, message).with_prefix(&addr);
         return block(&sip, ctx, false, update, retry).await;
@@ -995,9 +969,8 @@ async fn cleanup(sip: Arc<SharedIP>, ctx: &Context) -> Result<Action, Error> {
     let (prev_addr, prev_linodes) = previous(&status);
     let parsed = SharedAddress::from_spec(&sip.spec).ok();
     // An earlier SharedIP with the same address owns it: a duplicate only drops its claim.
-    let duplicate = parsed
-        .as_ref()
-        .and_then(|a| earlier_duplicate(&sip, a, &ctx.sharedips.state()));
+    let all = ctx.sharedips.state();
+    let duplicate = rules::earlier_claimant(&sip, all.iter().map(AsRef::as_ref));
     // A later duplicate takes the address over: now, not when its retry comes. Woken before
     // this claim goes, its claim most likely rides the same wave, so the Linodes both select
     // keep the address throughout.

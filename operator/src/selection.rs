@@ -6,10 +6,8 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use k8s_openapi::api::core::v1::Node;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
-use kube::core::{Selector, SelectorExt};
 use kube::ResourceExt;
-use sharedip_api::selector::SelectorProblem;
+use sharedip_api::rules::{RoleSelectors, SelectorError};
 use sharedip_api::{ExcludedNode, Role, SharedIPSpec};
 
 /// Reasons a selected node does not take part.
@@ -35,71 +33,18 @@ pub struct SelectedNode {
     pub linode: Option<u64>,
 }
 
-/// Why a selector cannot be evaluated. The CRD refuses such selectors; this catches those
-/// stored before it did.
-#[derive(Debug, thiserror::Error)]
-pub enum SelectorError {
-    #[error("{role} nodeSelector is invalid: {source}")]
-    Invalid {
-        role: Role,
-        #[source]
-        source: SelectorProblem,
-    },
-    #[error("{role} nodeSelector is invalid: {source}")]
-    Parse {
-        role: Role,
-        #[source]
-        source: kube::core::ParseExpressionError,
-    },
-}
-
-fn compile(role: Role, s: &LabelSelector) -> Result<Selector, SelectorError> {
-    sharedip_api::selector::validate(s)
-        .map_err(|source| SelectorError::Invalid { role, source })?;
-    Selector::try_from(s.clone()).map_err(|source| SelectorError::Parse { role, source })
-}
-
-/// The role a node with these labels takes for a spec, if any; a spec whose selectors are
-/// invalid selects nothing.
-pub fn role_of(spec: &SharedIPSpec, labels: &BTreeMap<String, String>) -> Option<Role> {
-    if compile(Role::Primary, &spec.primary.node_selector)
-        .ok()?
-        .matches(labels)
-    {
-        return Some(Role::Primary);
-    }
-    let secondary = spec.secondary.as_ref()?;
-    compile(Role::Secondary, &secondary.node_selector)
-        .ok()?
-        .matches(labels)
-        .then_some(Role::Secondary)
-}
-
-/// The nodes a spec selects, sorted by name. A node matched by both selectors is primary: the
-/// user asked for it to be preferred, and announcing it twice would mean nothing.
+/// The nodes a spec selects, sorted by name, with the role [`RoleSelectors::role_of`] gives each.
 pub fn select_nodes<'a>(
     spec: &SharedIPSpec,
     nodes: impl IntoIterator<Item = &'a Node>,
 ) -> Result<Vec<SelectedNode>, SelectorError> {
-    let primary = compile(Role::Primary, &spec.primary.node_selector)?;
-    let secondary = spec
-        .secondary
-        .as_ref()
-        .map(|s| compile(Role::Secondary, &s.node_selector))
-        .transpose()?;
+    let selectors = RoleSelectors::compile(spec)?;
     let empty = BTreeMap::new();
     let mut out: Vec<SelectedNode> = nodes
         .into_iter()
         .filter(|n| n.metadata.deletion_timestamp.is_none())
         .filter_map(|n| {
-            let labels = n.metadata.labels.as_ref().unwrap_or(&empty);
-            let role = if primary.matches(labels) {
-                Role::Primary
-            } else if secondary.as_ref().is_some_and(|s| s.matches(labels)) {
-                Role::Secondary
-            } else {
-                return None;
-            };
+            let role = selectors.role_of(n.metadata.labels.as_ref().unwrap_or(&empty))?;
             Some(SelectedNode {
                 name: n.name_any(),
                 role,
@@ -208,6 +153,7 @@ pub fn summarize(selected: &[SelectedNode], role: Role) -> Option<String> {
 mod tests {
     use super::*;
     use k8s_openapi::api::core::v1::NodeSpec;
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
     use kube::api::ObjectMeta;
     use sharedip_api::RoleSelector;
     use std::collections::HashMap;
@@ -373,25 +319,6 @@ mod tests {
         let e = select_nodes(&s, &[]).unwrap_err().to_string();
         assert!(e.contains("Secondary nodeSelector is invalid"), "{e}");
         assert!(e.contains("\"bad key!\""), "{e}");
-    }
-
-    #[test]
-    fn role_of_labels() {
-        let l = |kv: &[(&str, &str)]| -> BTreeMap<String, String> {
-            kv.iter()
-                .map(|(k, v)| (k.to_string(), v.to_string()))
-                .collect()
-        };
-        assert_eq!(role_of(&spec(), &l(&[("role", "a")])), Some(Role::Primary));
-        assert_eq!(
-            role_of(&spec(), &l(&[("role", "a"), ("tier", "edge")])),
-            Some(Role::Primary)
-        );
-        assert_eq!(
-            role_of(&spec(), &l(&[("tier", "edge")])),
-            Some(Role::Secondary)
-        );
-        assert_eq!(role_of(&spec(), &l(&[("tier", "core")])), None);
     }
 
     #[test]

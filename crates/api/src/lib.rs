@@ -7,6 +7,7 @@
 pub mod address;
 pub mod conditions;
 pub mod duration;
+pub mod rules;
 pub mod selector;
 pub mod types;
 
