@@ -20,7 +20,7 @@ use sharedip_api::{NodeStatus, SharedIP};
 use sharedip_secure_http::CertSource;
 use tokio::sync::Notify;
 
-use crate::binding::AddressBinding;
+use crate::binder::AddressBinding;
 use crate::config::RunArgs;
 use crate::decision::{self, BgpDefaults, Decision, Reason, Situation};
 use crate::http::{AgentReport, Shared};

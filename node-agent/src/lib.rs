@@ -6,7 +6,6 @@
 /// The embedded BGP speaker (its own crate, so the codec and its fuzz target build alone).
 pub use sharedip_bgp as bgp;
 pub mod binder;
-pub mod binding;
 pub mod community;
 pub mod config;
 pub mod dcid;
@@ -23,3 +22,5 @@ pub mod standalone;
 pub mod status;
 pub mod status_cmd;
 pub mod telemetry;
+#[cfg(any(test, feature = "testing"))]
+pub mod testing;

@@ -11,7 +11,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use sharedip_api::Role;
 
-use crate::binding::{AddressBinding, BoundBy};
+use crate::binder::{AddressBinding, BoundBy};
 use crate::community::RoleCommunity;
 use crate::decision::{Decision, Reason, Target};
 use crate::prefix::AnnouncedPrefix;
@@ -232,13 +232,14 @@ impl<B: AddressBinding, A: Announcer> Orchestrator<B, A> {
                     }
                     Err(e) => {
                         tracing::warn!(sharedip = %name, %addr, error = %e, "cannot bind; not announcing");
-                        if entry.bind_error.as_deref() != Some(e.0.as_str()) {
+                        let error = e.to_string();
+                        if entry.bind_error.as_deref() != Some(error.as_str()) {
                             transitions.push(Transition::BindFailed {
                                 name: name.clone(),
-                                error: e.0.clone(),
+                                error: error.clone(),
                             });
                         }
-                        entry.bind_error = Some(e.0);
+                        entry.bind_error = Some(error);
                         continue;
                     }
                 }
@@ -305,8 +306,7 @@ impl<B: AddressBinding, A: Announcer> Orchestrator<B, A> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::binding::fake::{FakeBinder, Op, OpLog};
-    use crate::speaker::fake::FakeAnnouncer;
+    use crate::testing::{FakeAnnouncer, FakeBinder, Op, OpLog};
     use sharedip_api::SharedAddress;
 
     fn announce(addr: &str, prefix: Option<i32>, c: RoleCommunity) -> Decision {
@@ -604,7 +604,7 @@ mod tests {
 
     #[tokio::test]
     async fn user_configured_addresses_are_announced_and_ours_removed() {
-        use crate::binding::UserConfigured;
+        use crate::binder::UserConfigured;
         let log = OpLog::default();
         let inner = FakeBinder::with_log(log.clone());
         // Left by an earlier run with --address: one of them is discovered now too.

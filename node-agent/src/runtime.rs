@@ -28,7 +28,7 @@ pub enum AgentError {
     #[error("--address: {0}")]
     Address(#[source] crate::standalone::StandaloneAddressError),
     #[error("cannot set up the address binder: {0}")]
-    Binder(String),
+    Binder(#[source] crate::binder::BindError),
     #[error("cannot serve HTTP on {addr}: {source}")]
     Http {
         addr: SocketAddr,
@@ -73,7 +73,7 @@ pub async fn open_binder(common: &CommonArgs) -> Result<crate::binder::Binder, A
         marker: common.address_marker,
     })
     .await
-    .map_err(|e| AgentError::Binder(e.to_string()))
+    .map_err(AgentError::Binder)
 }
 
 /// The node's address toward `peer` as the kernel would pick it (a connected UDP socket sends

@@ -36,7 +36,8 @@ pub enum SpeakerError {
     Config(#[from] ConfigError),
 }
 
-/// What the orchestration needs from a speaker; the real one is [`Speaker`], tests use a fake.
+/// What the orchestration needs from a speaker; the real one is [`Speaker`], tests use
+/// `crate::testing::FakeAnnouncer`.
 ///
 /// It takes only [`AnnouncedPrefix`]es, never raw BGP routes, so nothing but a shared
 /// address's own prefix can be announced.
@@ -231,71 +232,6 @@ pub struct PeerReport {
     /// Why the session last went down.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_error: Option<String>,
-}
-
-/// A fake announcer for orchestration tests.
-pub mod fake {
-    use super::Announcer;
-    use crate::binding::fake::{Op, OpLog};
-    use crate::community::RoleCommunity;
-    use crate::prefix::AnnouncedPrefix;
-
-    /// Records announce/withdraw/shutdown into the shared log.
-    #[derive(Debug, Clone)]
-    pub struct FakeAnnouncer {
-        /// Shared with the fake binder.
-        pub log: OpLog,
-        /// Sessions reported as established.
-        pub established: usize,
-        /// Sessions reported as configured.
-        pub total: usize,
-    }
-
-    impl FakeAnnouncer {
-        /// A fake with 4 of 4 sessions up.
-        pub fn new(log: OpLog) -> Self {
-            Self {
-                log,
-                established: 4,
-                total: 4,
-            }
-        }
-
-        fn push(&self, op: Op) {
-            if let Ok(mut l) = self.log.lock() {
-                l.push(op);
-            }
-        }
-    }
-
-    impl Announcer for FakeAnnouncer {
-        fn announce(&mut self, prefix: AnnouncedPrefix, community: RoleCommunity) {
-            let route = community.route(prefix.prefix());
-            let c: Vec<String> = route
-                .communities
-                .iter()
-                .map(ToString::to_string)
-                .chain(route.large_communities.iter().map(ToString::to_string))
-                .collect();
-            self.push(Op::Announce(format!("{} {}", route.prefix, c.join(","))));
-        }
-
-        fn withdraw(&mut self, prefix: AnnouncedPrefix) {
-            self.push(Op::Withdraw(prefix.to_string()));
-        }
-
-        fn established(&self) -> usize {
-            self.established
-        }
-
-        fn total(&self) -> usize {
-            self.total
-        }
-
-        async fn shutdown(&mut self, _message: &str) {
-            self.push(Op::Shutdown);
-        }
-    }
 }
 
 #[cfg(test)]

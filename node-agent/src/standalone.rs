@@ -14,7 +14,7 @@ use futures::{Stream, StreamExt};
 use sharedip_api::{Role, SharedAddress};
 
 use crate::binder::InterfaceAddress;
-use crate::binding::{AddressBinding, UserConfigured};
+use crate::binder::{AddressBinding, UserConfigured};
 use crate::community::RoleCommunity;
 use crate::config::StandaloneArgs;
 use crate::decision::{Decision, Reason, Target};
@@ -543,9 +543,9 @@ mod tests {
 
     mod reload {
         use super::super::*;
-        use crate::binding::fake::{FakeBinder, Op, OpLog};
-        use crate::speaker::fake::FakeAnnouncer;
+        use crate::binder::BindError;
         use crate::speaker::SpeakerMonitor;
+        use crate::testing::{FakeAnnouncer, FakeBinder, Op, OpLog};
         use std::sync::{Arc, Mutex};
         use std::time::Duration;
         use tokio::sync::mpsc;
@@ -637,7 +637,9 @@ mod tests {
                     // The first of the two removed: the /64 is still wanted.
                     Ok(vec!["192.0.2.10", "2001:db8:1:100::2"]),
                     // Discovery failing keeps everything.
-                    Err(AgentError::Binder("cannot list the interfaces".into())),
+                    Err(AgentError::Interfaces(BindError::InterfaceNotFound {
+                        interface: "lo".into(),
+                    })),
                     // The IPv4 address removed: withdrawn (nothing to unbind: not ours).
                     Ok(vec!["2001:db8:1:100::2"]),
                     // Nothing left.

@@ -124,7 +124,7 @@ mod tests {
             role: Some(Role::Primary),
             bound: bind_error
                 .is_none()
-                .then_some(crate::binding::BoundBy::Agent),
+                .then_some(crate::binder::BoundBy::Agent),
             announced,
             bind_error: bind_error.map(str::to_string),
         }

@@ -20,7 +20,6 @@ use sharedip_e2e::controlplane::ControlPlane;
 use sharedip_node_agent::bgp::fsm::FsmConfig;
 use sharedip_node_agent::bgp::session::{self, SessionConfig, SessionHandle, Transport};
 use sharedip_node_agent::bgp::wire::{Community, Prefix, Update};
-use sharedip_node_agent::binding::fake::FakeBinder;
 use sharedip_node_agent::decision::BgpDefaults;
 use sharedip_node_agent::http::{AgentReport, Shared};
 use sharedip_node_agent::kube_agent::{run_loop, KubeSettings};
@@ -28,6 +27,7 @@ use sharedip_node_agent::node_addresses::OwnAddresses;
 use sharedip_node_agent::orchestrator::Orchestrator;
 use sharedip_node_agent::runtime::Control;
 use sharedip_node_agent::speaker::{Speaker, SpeakerConfig};
+use sharedip_node_agent::testing::FakeBinder;
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, oneshot};
 

@@ -2,6 +2,12 @@
 //! default, or a dummy interface as in the CentOS guides / lelastic
 //! `-allifs`) and takes them off again, over rtnetlink.
 //!
+//! What the orchestration needs of it is the [`AddressBinding`] trait, so
+//! the orchestration is tested with an in-memory double (`crate::testing`)
+//! and runs with the rtnetlink [`Binder`] for real; [`UserConfigured`] wraps
+//! a binder for standalone discovery, where the user put the addresses
+//! there. Failures cross the trait as the typed [`BindError`].
+//!
 //! Rules, in order of importance:
 //! - **Never touch an address we did not add.** An address that is already
 //!   on the interface and not ours (the node's own address, one configured by
@@ -35,6 +41,7 @@ mod state;
 
 use std::collections::BTreeSet;
 use std::fmt;
+use std::future::Future;
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -201,6 +208,91 @@ pub fn host_prefix_len(address: IpAddr) -> u8 {
     match address {
         IpAddr::V4(_) => 32,
         IpAddr::V6(_) => 128,
+    }
+}
+
+/// Who put an address on the node.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum BoundBy {
+    /// The agent bound it, and removes it when it is no longer wanted.
+    Agent,
+    /// It was there already, configured by the user (or the system): the agent announces it
+    /// but never removes it.
+    User,
+}
+
+/// Puts shared addresses on the node and takes them off again.
+///
+/// Implementations are idempotent and never remove an address they did not add.
+pub trait AddressBinding: Send + Sync {
+    /// Binds `addr` (IPv4 as /32, IPv6 as /128), unless it is on the node already; says who
+    /// put it there.
+    fn bind(
+        &self,
+        addr: IpAddr,
+        prefix_len: u8,
+    ) -> impl Future<Output = Result<BoundBy, BindError>> + Send;
+    /// Removes `addr` if this binder added it.
+    fn unbind(&self, addr: IpAddr) -> impl Future<Output = Result<(), BindError>> + Send;
+    /// Removes addresses added by an earlier run that are not in `keep`; returns them.
+    fn reconcile_leftovers(
+        &self,
+        keep: &BTreeSet<IpAddr>,
+    ) -> impl Future<Output = Result<Vec<IpAddr>, BindError>> + Send;
+    /// Every address on every interface of the node, with whether the agent bound it.
+    fn interface_addresses(
+        &self,
+    ) -> impl Future<Output = Result<Vec<InterfaceAddress>, BindError>> + Send;
+}
+
+impl AddressBinding for Binder {
+    async fn bind(&self, addr: IpAddr, prefix_len: u8) -> Result<BoundBy, BindError> {
+        let outcome = Binder::bind(self, addr, prefix_len).await?;
+        debug!(%addr, ?outcome, "bound");
+        Ok(match outcome {
+            BindOutcome::Added | BindOutcome::AlreadyOurs => BoundBy::Agent,
+            BindOutcome::PresentNotOurs => BoundBy::User,
+        })
+    }
+
+    async fn unbind(&self, addr: IpAddr) -> Result<(), BindError> {
+        Binder::unbind(self, addr).await
+    }
+
+    async fn reconcile_leftovers(&self, keep: &BTreeSet<IpAddr>) -> Result<Vec<IpAddr>, BindError> {
+        Binder::reconcile_leftovers(self, keep).await
+    }
+
+    async fn interface_addresses(&self) -> Result<Vec<InterfaceAddress>, BindError> {
+        Binder::interface_addresses(self).await
+    }
+}
+
+/// For standalone mode without `--address` (lelastic's behaviour): the addresses are already
+/// on the node, put there by the user, so nothing is bound or unbound. What an earlier run of
+/// the agent bound (with `--address`, before a crash or a restart without it) is not the
+/// user's: the inner binder removes all of it as leftovers, whatever `keep` says.
+#[derive(Debug)]
+pub struct UserConfigured<B>(pub B);
+
+impl<B: AddressBinding> AddressBinding for UserConfigured<B> {
+    async fn bind(&self, _addr: IpAddr, _prefix_len: u8) -> Result<BoundBy, BindError> {
+        Ok(BoundBy::User)
+    }
+
+    async fn unbind(&self, _addr: IpAddr) -> Result<(), BindError> {
+        Ok(())
+    }
+
+    async fn reconcile_leftovers(
+        &self,
+        _keep: &BTreeSet<IpAddr>,
+    ) -> Result<Vec<IpAddr>, BindError> {
+        self.0.reconcile_leftovers(&BTreeSet::new()).await
+    }
+
+    async fn interface_addresses(&self) -> Result<Vec<InterfaceAddress>, BindError> {
+        self.0.interface_addresses().await
     }
 }
 
