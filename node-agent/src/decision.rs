@@ -1,4 +1,6 @@
-//! What this node should do for one SharedIP: its role, whether to bind and announce, and why.
+//! What this node should do for one SharedIP: its role, whether to bind and announce, and why
+//! ([`decide`]); and, once the decision is applied, the reason the node reports ([`verdict`],
+//! the one place `NoSessions` and `BindFailed` are decided).
 //!
 //! Pure functions over the Node, the SharedIP and the pods on the node, so every rule is
 //! unit-tested. The rules:
@@ -23,6 +25,7 @@ use kube::ResourceExt;
 use sharedip_api::rules;
 use sharedip_api::{ReadinessGate, Role, SharedAddress, SharedIPSpec};
 
+use crate::binder::BoundBy;
 use crate::community::RoleCommunity;
 use crate::prefix::{AnnouncedPrefix, AnnouncedPrefixError};
 
@@ -183,6 +186,75 @@ impl Decision {
             reason,
             message: message.into(),
         }
+    }
+}
+
+/// What applying one decision achieved on the node; the orchestrator reports it per name.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Outcome {
+    /// The address is on the node, and who put it there (None: not yet).
+    pub bound: Option<BoundBy>,
+    /// The route is in the speaker's Adj-RIB-Out.
+    pub announced: bool,
+    /// The last bind failure, while binding fails.
+    pub bind_error: Option<String>,
+}
+
+/// The BGP sessions, as far as the reason goes: a route no session carries is not announced.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Sessions {
+    /// Established now.
+    pub established: usize,
+    /// Configured.
+    pub total: usize,
+}
+
+/// What the node reports for one SharedIP: whether it announces, and why.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Verdict {
+    /// The route is announced and at least one session carries it.
+    pub announcing: bool,
+    /// Why.
+    pub reason: Reason,
+    /// Detail for humans.
+    pub message: String,
+}
+
+/// The final reason for one SharedIP, the only place it is built: the decision's own reason
+/// when it withdraws; when it announces, [`Reason::BindFailed`] while the address cannot be
+/// bound, [`Reason::NoSessions`] until a session carries the route, else
+/// [`Reason::Announced`]. `outcome` is what applying the decision achieved (None: nothing
+/// applied yet, or the agent is stopping).
+pub fn verdict(decision: &Decision, outcome: Option<&Outcome>, sessions: Sessions) -> Verdict {
+    let (announcing, reason, message) = match (&decision.target, outcome) {
+        (
+            Some(target),
+            Some(Outcome {
+                bind_error: Some(error),
+                ..
+            }),
+        ) => (
+            false,
+            Reason::BindFailed,
+            format!("cannot bind {}: {error}", target.address().address()),
+        ),
+        (Some(_), Some(o)) if o.announced && sessions.established > 0 => {
+            (true, Reason::Announced, decision.message.clone())
+        }
+        (Some(_), _) => (
+            false,
+            Reason::NoSessions,
+            format!(
+                "ready to announce, but none of the {} BGP sessions is established",
+                sessions.total
+            ),
+        ),
+        (None, _) => (false, decision.reason, decision.message.clone()),
+    };
+    Verdict {
+        announcing,
+        reason,
+        message,
     }
 }
 
@@ -598,6 +670,49 @@ mod tests {
         // Deleting wins over not selected, so the status says why the entry goes away.
         let d = decide(&s, &labels(&[]), false, &ready, all, &bgp);
         assert_eq!((d.reason, d.role), (Reason::Deleting, None));
+    }
+
+    #[test]
+    fn not_announcing_reasons() {
+        let d = go(&base(), &[("role", "primary")]);
+        let announced = Outcome {
+            bound: Some(BoundBy::Agent),
+            announced: true,
+            bind_error: None,
+        };
+        let sessions = |established| Sessions {
+            established,
+            total: 4,
+        };
+        let v = verdict(&d, Some(&announced), sessions(0));
+        assert_eq!((v.announcing, v.reason), (false, Reason::NoSessions));
+        assert_eq!(
+            v.message,
+            "ready to announce, but none of the 4 BGP sessions is established"
+        );
+        // Nothing applied yet: no session carries it either.
+        assert_eq!(verdict(&d, None, sessions(4)).reason, Reason::NoSessions);
+        let failed = Outcome {
+            bound: None,
+            announced: false,
+            bind_error: Some("EPERM".into()),
+        };
+        let v = verdict(&d, Some(&failed), sessions(4));
+        assert_eq!((v.announcing, v.reason), (false, Reason::BindFailed));
+        assert!(v.message.contains("EPERM"), "{}", v.message);
+        assert!(v.message.contains("192.0.2.10"), "{}", v.message);
+        let v = verdict(&d, Some(&announced), sessions(1));
+        assert_eq!(
+            (v.announcing, v.reason, v.message),
+            (true, Reason::Announced, d.message.clone())
+        );
+        // A withdrawal keeps the decision's reason and message.
+        let drained = Decision::withdraw(Some(Role::Primary), Reason::Draining, "m");
+        let v = verdict(&drained, None, sessions(4));
+        assert_eq!(
+            (v.announcing, v.reason, v.message.as_str()),
+            (false, Reason::Draining, "m")
+        );
     }
 
     #[test]

@@ -22,7 +22,7 @@ use tokio::sync::Notify;
 
 use crate::binder::AddressBinding;
 use crate::config::RunArgs;
-use crate::decision::{self, BgpDefaults, Decision, Reason, Situation};
+use crate::decision::{self, BgpDefaults, Decision, Outcome, Reason, Sessions, Situation};
 use crate::http::{AgentReport, Shared};
 use crate::node_addresses::{self, OwnAddresses};
 use crate::orchestrator::{Orchestrator, Transition};
@@ -343,11 +343,12 @@ pub async fn run_loop<B: AddressBinding, A: Announcer>(
         let mut resync = tokio::time::interval(ctx.settings.resync);
         resync.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
-            ctx.reconcile(&mut orchestrator, false).await;
+            ctx.reconcile(&mut orchestrator).await;
             ctx.shared.ready.store(true, Ordering::Relaxed);
             tokio::select! {
                 () = notify.notified() => {}
                 () = monitor.changed() => {}
+                () = orchestrator.unbinds_due() => {}
                 _ = resync.tick() => ctx.written.clear(),
                 Some(c) = control.next() => match c {
                     Control::Stop => break,
@@ -366,7 +367,13 @@ pub async fn run_loop<B: AddressBinding, A: Announcer>(
         ctx.after_transitions(&t).await;
         ctx.shared.set_prefixes(orchestrator.report());
         // Best effort: the status says why the node stopped announcing.
-        ctx.write_statuses(&orchestrator, true).await;
+        let desired = ctx.decisions(true);
+        ctx.write_statuses(
+            &desired,
+            &BTreeMap::new(),
+            sessions(orchestrator.announcer()),
+        )
+        .await;
     };
     let finished = tokio::time::timeout(bound, shutdown).await.is_ok();
     for t in tasks {
@@ -376,6 +383,13 @@ pub async fn run_loop<B: AddressBinding, A: Announcer>(
         return Err(AgentError::ShutdownTimeout(bound));
     }
     Ok(())
+}
+
+fn sessions(announcer: &impl Announcer) -> Sessions {
+    Sessions {
+        established: announcer.established(),
+        total: announcer.total(),
+    }
 }
 
 struct LoopCtx {
@@ -516,18 +530,23 @@ impl LoopCtx {
         self.refused.retain(|name, _| desired.contains_key(name));
     }
 
+    /// One turn: decide once, apply, then report what the same decisions achieved.
     async fn reconcile<B: AddressBinding, A: Announcer>(
         &mut self,
         orchestrator: &mut Orchestrator<B, A>,
-        shutting_down: bool,
     ) {
         self.refresh_own(orchestrator.binder()).await;
-        let desired = self.decisions(shutting_down);
+        let desired = self.decisions(false);
         self.report_refusals(&desired).await;
-        let transitions = orchestrator.apply(&desired).await;
-        self.after_transitions(&transitions).await;
+        let effects = orchestrator.apply(&desired).await;
+        self.after_transitions(&effects.transitions).await;
         self.shared.set_prefixes(orchestrator.report());
-        self.write_statuses(orchestrator, shutting_down).await;
+        self.write_statuses(
+            &desired,
+            &effects.outcomes,
+            sessions(orchestrator.announcer()),
+        )
+        .await;
     }
 
     async fn after_transitions(&self, transitions: &[Transition]) {
@@ -605,16 +624,14 @@ impl LoopCtx {
         }
     }
 
-    async fn write_statuses<B: AddressBinding, A: Announcer>(
+    /// Writes this node's entry of every SharedIP that changed: `desired` is what this turn
+    /// decided, `outcomes` what applying it achieved (empty at shutdown: nothing is applied).
+    async fn write_statuses(
         &mut self,
-        orchestrator: &Orchestrator<B, A>,
-        shutting_down: bool,
+        desired: &BTreeMap<String, Decision>,
+        outcomes: &BTreeMap<String, Outcome>,
+        sessions: Sessions,
     ) {
-        let desired = self.decisions(shutting_down);
-        let sessions = (
-            orchestrator.announcer().established(),
-            orchestrator.announcer().total(),
-        );
         let node = self.settings.node.clone();
         let api: Api<SharedIP> = Api::all(self.client.clone());
         let params = PatchParams::apply(&status::field_manager(&node)).force();
@@ -628,12 +645,14 @@ impl LoopCtx {
                 .status
                 .as_ref()
                 .and_then(|s| s.nodes.iter().find(|n| n.name == node));
-            let applied = if shutting_down {
-                None
-            } else {
-                orchestrator.applied().get(&name)
-            };
-            let entry = status::node_entry(&node, d, applied, sessions, previous, now.clone());
+            let entry = status::node_entry(
+                &node,
+                d,
+                outcomes.get(&name),
+                sessions,
+                previous,
+                now.clone(),
+            );
             if status::same_entry(entry.as_ref(), previous) {
                 continue;
             }

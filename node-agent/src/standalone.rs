@@ -336,7 +336,7 @@ async fn apply<B: AddressBinding, A: Announcer>(
     guard: &mut OwnAddressGuard,
     shared: &Shared,
 ) {
-    let t = o.apply(&guard.filter(desired)).await;
+    let t = o.apply(&guard.filter(desired)).await.transitions;
     log_transitions(&t);
     shared.metrics.observe_transitions(&t);
     shared.set_prefixes(o.report());
@@ -406,6 +406,7 @@ where
                 guard.refresh(o.binder()).await;
                 apply(&mut o, &desired, &mut guard, shared).await;
             }
+            () = o.unbinds_due() => apply(&mut o, &desired, &mut guard, shared).await,
         }
     }
     tracing::info!("stopping: withdrawing, closing sessions, unbinding");
@@ -559,16 +560,18 @@ mod tests {
         }
 
         /// The standalone loop in discovery mode with a scripted discovery: each Reload takes
-        /// the next answer. Returns the operations per step.
+        /// the next answer. Returns the operations per step: after the start, after each
+        /// Reload, and once `unbind_delay` has run out after the last one.
         async fn script(
             start: &[&str],
             answers: Vec<Result<Vec<&'static str>, AgentError>>,
+            unbind_delay: Duration,
         ) -> Vec<Vec<Op>> {
             let log = OpLog::default();
             let o = Orchestrator::new(
                 FakeBinder::with_log(log.clone()),
                 FakeAnnouncer::new(log.clone()),
-                Duration::ZERO,
+                unbind_delay,
             );
             let shared = Shared::new(AgentReport::default(), SpeakerMonitor::empty());
             let (tx, rx) = mpsc::unbounded_channel::<Control>();
@@ -608,7 +611,8 @@ mod tests {
             let drive = async {
                 let mut out = Vec::new();
                 // The clock is paused and nothing in the loop sleeps: a sleep here ends only
-                // once the loop waits for the next signal, i.e. has applied everything.
+                // once the loop waits for its next input, i.e. has applied everything (an
+                // unbind delay, if any, is longer than this sleep).
                 let settle = || tokio::time::sleep(Duration::from_millis(1));
                 settle().await;
                 out.push(std::mem::take(&mut *log.lock().unwrap()));
@@ -617,6 +621,9 @@ mod tests {
                     settle().await;
                     out.push(std::mem::take(&mut *log.lock().unwrap()));
                 }
+                // No signal: only the loop's own wake-up at the deadline can unbind now.
+                tokio::time::sleep(unbind_delay).await;
+                out.push(std::mem::take(&mut *log.lock().unwrap()));
                 tx.send(Control::Stop).unwrap();
                 out
             };
@@ -645,6 +652,7 @@ mod tests {
                     // Nothing left.
                     Ok(vec![]),
                 ],
+                Duration::ZERO,
             )
             .await;
             let bind = |a: &str| Op::Bind(a.parse().unwrap());
@@ -670,6 +678,37 @@ mod tests {
                         Op::Withdraw("2001:db8:1:100::/64".into()),
                         Op::Unbind("2001:db8:1:100::1".parse().unwrap())
                     ],
+                    vec![],
+                ]
+            );
+        }
+
+        #[tokio::test(flavor = "current_thread", start_paused = true)]
+        async fn a_new_address_does_not_wait_for_the_unbind_delay_of_a_removed_one() {
+            let steps = script(
+                &["192.0.2.10"],
+                // One address replaced by another.
+                vec![Ok(vec!["198.51.100.7"])],
+                Duration::from_secs(2),
+            )
+            .await;
+            let ip = |a: &str| a.parse::<IpAddr>().unwrap();
+            assert_eq!(
+                steps,
+                vec![
+                    vec![
+                        Op::Bind(ip("192.0.2.10")),
+                        Op::Announce("192.0.2.10/32 65000:1".into())
+                    ],
+                    // The new address is bound and announced at once; the old one is
+                    // withdrawn and stays bound for the delay.
+                    vec![
+                        Op::Withdraw("192.0.2.10/32".into()),
+                        Op::Bind(ip("198.51.100.7")),
+                        Op::Announce("198.51.100.7/32 65000:1".into())
+                    ],
+                    // The loop wakes at the deadline by itself.
+                    vec![Op::Unbind(ip("192.0.2.10"))],
                 ]
             );
         }

@@ -6,8 +6,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use serde_json::{json, Value};
 use sharedip_api::NodeStatus;
 
-use crate::decision::{Decision, Reason};
-use crate::orchestrator::Applied;
+use crate::decision::{self, Decision, Outcome, Sessions};
 
 /// The field manager of `node`'s agent.
 pub fn field_manager(node: &str) -> String {
@@ -15,49 +14,29 @@ pub fn field_manager(node: &str) -> String {
 }
 
 /// The entry this node should have, or None when it has no role (the entry is removed, so
-/// unselected nodes do not crowd the status).
+/// unselected nodes do not crowd the status). Its reason is [`decision::verdict`]'s.
 pub fn node_entry(
     node: &str,
     decision: &Decision,
-    applied: Option<&Applied>,
-    sessions: (usize, usize),
+    outcome: Option<&Outcome>,
+    sessions: Sessions,
     previous: Option<&NodeStatus>,
     now: Time,
 ) -> Option<NodeStatus> {
     let role = decision.role?;
-    let (established, total) = sessions;
-    let (announcing, reason, message) = match (&decision.target, applied) {
-        (Some(_), Some(a)) if a.bind_error.is_some() => (
-            false,
-            Reason::BindFailed,
-            format!(
-                "cannot bind {}: {}",
-                a.target.address().address(),
-                a.bind_error.as_deref().unwrap_or_default()
-            ),
-        ),
-        (Some(_), Some(a)) if a.announced && established > 0 => {
-            (true, Reason::Announced, decision.message.clone())
-        }
-        (Some(_), _) => (
-            false,
-            Reason::NoSessions,
-            format!("ready to announce, but none of the {total} BGP sessions is established"),
-        ),
-        (None, _) => (false, decision.reason, decision.message.clone()),
-    };
+    let verdict = decision::verdict(decision, outcome, sessions);
     let since = match previous {
-        Some(p) if p.announcing == announcing && p.since.is_some() => p.since.clone(),
+        Some(p) if p.announcing == verdict.announcing && p.since.is_some() => p.since.clone(),
         _ => Some(now),
     };
     Some(NodeStatus {
         name: node.to_string(),
         role: Some(role),
-        announcing,
-        reason: Some(reason.as_str().to_string()),
-        message: Some(message),
-        sessions_established: Some(i32::try_from(established).unwrap_or(i32::MAX)),
-        sessions_total: Some(i32::try_from(total).unwrap_or(i32::MAX)),
+        announcing: verdict.announcing,
+        reason: Some(verdict.reason.as_str().to_string()),
+        message: Some(verdict.message),
+        sessions_established: Some(i32::try_from(sessions.established).unwrap_or(i32::MAX)),
+        sessions_total: Some(i32::try_from(sessions.total).unwrap_or(i32::MAX)),
         since,
     })
 }
@@ -93,7 +72,7 @@ pub fn status_patch(entry: Option<&NodeStatus>) -> Value {
 mod tests {
     use super::*;
     use crate::community::RoleCommunity;
-    use crate::decision::Target;
+    use crate::decision::{Reason, Target};
     use k8s_openapi::jiff::Timestamp;
     use sharedip_api::{Role, SharedAddress};
 
@@ -108,26 +87,22 @@ mod tests {
     fn decision(target: bool, reason: Reason) -> Decision {
         Decision {
             role: Some(Role::Primary),
-            target: target.then(target_fn),
+            target: target.then(self::target),
             reason,
             message: "m".into(),
         }
     }
 
-    fn target_fn() -> Target {
-        target()
+    fn announced() -> Outcome {
+        Outcome {
+            bound: Some(crate::binder::BoundBy::Agent),
+            announced: true,
+            bind_error: None,
+        }
     }
 
-    fn applied(announced: bool, bind_error: Option<&str>) -> Applied {
-        Applied {
-            target: target(),
-            role: Some(Role::Primary),
-            bound: bind_error
-                .is_none()
-                .then_some(crate::binder::BoundBy::Agent),
-            announced,
-            bind_error: bind_error.map(str::to_string),
-        }
+    fn sessions(established: usize, total: usize) -> Sessions {
+        Sessions { established, total }
     }
 
     fn t(secs: i64) -> Time {
@@ -139,8 +114,8 @@ mod tests {
         let e = node_entry(
             "n1",
             &decision(true, Reason::Announced),
-            Some(&applied(true, None)),
-            (3, 4),
+            Some(&announced()),
+            sessions(3, 4),
             None,
             t(100),
         )
@@ -155,61 +130,39 @@ mod tests {
     }
 
     #[test]
-    fn not_announcing_reasons() {
-        let d = decision(true, Reason::Announced);
-        let e = node_entry("n1", &d, Some(&applied(true, None)), (0, 4), None, t(1)).unwrap();
-        assert_eq!(
-            (e.announcing, e.reason.as_deref()),
-            (false, Some("NoSessions"))
-        );
-        let e = node_entry(
-            "n1",
-            &d,
-            Some(&applied(false, Some("EPERM"))),
-            (4, 4),
-            None,
-            t(1),
-        )
-        .unwrap();
-        assert_eq!(
-            (e.announcing, e.reason.as_deref()),
-            (false, Some("BindFailed"))
-        );
-        assert!(e.message.unwrap().contains("EPERM"));
+    fn no_role_no_entry() {
+        let mut d = decision(false, Reason::NotSelected);
+        d.role = None;
+        assert!(node_entry("n1", &d, None, sessions(4, 4), None, t(1)).is_none());
         let e = node_entry(
             "n1",
             &decision(false, Reason::Draining),
             None,
-            (4, 4),
+            sessions(4, 4),
             None,
             t(1),
         )
         .unwrap();
         assert_eq!(
-            (e.announcing, e.reason.as_deref()),
-            (false, Some("Draining"))
+            (e.announcing, e.reason.as_deref(), e.message.as_deref()),
+            (false, Some("Draining"), Some("m"))
         );
-        assert_eq!(e.message.as_deref(), Some("m"));
-        // No role: no entry.
-        let mut d = decision(false, Reason::NotSelected);
-        d.role = None;
-        assert!(node_entry("n1", &d, None, (4, 4), None, t(1)).is_none());
     }
 
     #[test]
     fn since_changes_only_with_announcing() {
         let d = decision(true, Reason::Announced);
-        let a = applied(true, None);
-        let first = node_entry("n1", &d, Some(&a), (4, 4), None, t(100)).unwrap();
+        let a = announced();
+        let first = node_entry("n1", &d, Some(&a), sessions(4, 4), None, t(100)).unwrap();
         // Sessions change, announcing does not: since stays.
-        let second = node_entry("n1", &d, Some(&a), (3, 4), Some(&first), t(200)).unwrap();
+        let second = node_entry("n1", &d, Some(&a), sessions(3, 4), Some(&first), t(200)).unwrap();
         assert_eq!(second.since, Some(t(100)));
         assert!(!same_entry(Some(&first), Some(&second)));
         let off = node_entry(
             "n1",
             &decision(false, Reason::Draining),
             None,
-            (3, 4),
+            sessions(3, 4),
             Some(&second),
             t(300),
         )
@@ -227,8 +180,8 @@ mod tests {
         let e = node_entry(
             "n1",
             &decision(true, Reason::Announced),
-            Some(&applied(true, None)),
-            (4, 4),
+            Some(&announced()),
+            sessions(4, 4),
             None,
             t(0),
         )

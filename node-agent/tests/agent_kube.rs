@@ -630,3 +630,97 @@ async fn a_later_sharedip_for_an_overlapping_address_is_a_duplicate() {
         .expect("agent ok");
     rs.shutdown(None).await;
 }
+
+/// A drained node withdraws at once and unbinds once `--unbind-delay` has run out, by itself:
+/// nothing else changes after the withdrawal and the resync is far away, so only the loop's
+/// wake-up at the unbind's deadline can remove the address.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_unbind_follows_the_withdrawal_after_the_delay_without_another_change() {
+    let cp = ControlPlane::start().await.expect("control plane starts");
+    let crds = Path::new(env!("CARGO_MANIFEST_DIR")).join("../crds");
+    cp.apply_crds(&crds).await.expect("CRDs apply");
+    let client = cp.client();
+    let node: Node = serde_json::from_value(json!({
+        "apiVersion": "v1", "kind": "Node",
+        "metadata": {"name": NODE, "labels": {"role": "primary"}},
+    }))
+    .unwrap();
+    let nodes: Api<Node> = Api::all(client.clone());
+    nodes.create(&PostParams::default(), &node).await.unwrap();
+    let sips: Api<SharedIP> = Api::all(client.clone());
+    sips.patch(
+        "web",
+        &PatchParams::apply("test").force(),
+        &Patch::Apply(sharedip("web", "192.0.2.10", "primary")),
+    )
+    .await
+    .unwrap();
+
+    let (rs_addr, rs, mut updates) = route_server().await;
+    let speaker = Speaker::start(&SpeakerConfig {
+        peers: vec![rs_addr],
+        source: None,
+        multihop_ttl: Some(16),
+        fsm: FsmConfig {
+            router_id: Ipv4Addr::new(192, 0, 2, 1),
+            hold_time: 3,
+            connect_retry: Duration::from_millis(200),
+            ..FsmConfig::default()
+        },
+        next_hop: "2001:db8::1".parse().unwrap(),
+        next_hop_v4: None,
+    })
+    .unwrap();
+    let monitor = speaker.monitor();
+    let binder = FakeBinder::default();
+    let shared = Shared::new(AgentReport::default(), monitor.clone());
+    let (stop_tx, stop_rx) = oneshot::channel::<()>();
+    let agent = tokio::spawn(run_loop(
+        client.clone(),
+        KubeSettings {
+            node: NODE.into(),
+            bgp: BgpDefaults::default(),
+            // Far beyond the test's bound: no periodic turn unbinds for the deadline.
+            resync: Duration::from_secs(3600),
+            shutdown_timeout: Duration::from_secs(20),
+            interface: "lo".into(),
+            session_addresses: OwnAddresses::default(),
+        },
+        Orchestrator::new(binder.clone(), speaker, Duration::from_secs(2)),
+        monitor,
+        shared.clone(),
+        futures::stream::once(async move {
+            let _ = stop_rx.await;
+            Control::Stop
+        }),
+    ));
+    let prefix = Prefix::new("192.0.2.10".parse().unwrap(), 32).unwrap();
+    let ip: IpAddr = "192.0.2.10".parse().unwrap();
+    assert!(next_about(&mut updates, prefix).await.is_some());
+    wait_entry(&sips, true, "Announced").await;
+    assert!(binder.bound().contains(&ip));
+
+    let p = json!({"metadata": {"annotations": {"sharedip.io/drain": "true"}}});
+    nodes
+        .patch(NODE, &PatchParams::default(), &Patch::Merge(&p))
+        .await
+        .unwrap();
+    assert_eq!(next_about(&mut updates, prefix).await, None);
+    wait_entry(&sips, false, "Draining").await;
+    eventually("address unbound after the delay", || async {
+        if binder.bound().contains(&ip) {
+            Err("still bound".to_string())
+        } else {
+            Ok(())
+        }
+    })
+    .await;
+
+    stop_tx.send(()).unwrap();
+    tokio::time::timeout(WAIT, agent)
+        .await
+        .expect("agent stops within bound")
+        .expect("agent task")
+        .expect("agent ok");
+    rs.shutdown(None).await;
+}
