@@ -1,6 +1,6 @@
 //! The sharedip node agent: binds shared IPs on the node ([`binder`]) and announces them over
 //! BGP ([`bgp`], the `sharedip-bgp` crate) with the community of the node's role
-//! ([`decision`]), following the cluster ([`kube_agent`]) or, standalone, its flags
+//! ([`decision`]), following the cluster ([`kubernetes`]) or, standalone, its flags
 //! ([`standalone`]).
 
 /// The embedded BGP speaker (its own crate, so the codec and its fuzz target build alone).
@@ -11,7 +11,7 @@ pub mod config;
 pub mod dcid;
 pub mod decision;
 pub mod http;
-pub mod kube_agent;
+pub mod kubernetes;
 pub mod metrics;
 pub mod node_addresses;
 pub mod orchestrator;

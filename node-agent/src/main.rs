@@ -1,7 +1,7 @@
 use std::process::ExitCode;
 
 use sharedip_node_agent::config::{self, Command};
-use sharedip_node_agent::{kube_agent, standalone, status_cmd, telemetry};
+use sharedip_node_agent::{kubernetes, standalone, status_cmd, telemetry};
 
 // One thread: the agent's work is a few sockets and timers, nothing CPU-bound, and the default
 // runtime's worker thread per core (each with its own malloc arena) would make the footprint grow
@@ -12,7 +12,7 @@ async fn main() -> ExitCode {
     let result = match cli.command {
         Command::Run(args) => {
             telemetry::init(args.common.log_format, &args.common.log_level);
-            kube_agent::run(args).await
+            kubernetes::run(args).await
         }
         Command::Standalone(args) => {
             telemetry::init(args.log_format(), &args.common.log_level);

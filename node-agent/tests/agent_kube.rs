@@ -22,7 +22,7 @@ use sharedip_node_agent::bgp::session::{self, SessionConfig, SessionHandle, Tran
 use sharedip_node_agent::bgp::wire::{Community, Prefix, Update};
 use sharedip_node_agent::decision::BgpDefaults;
 use sharedip_node_agent::http::{AgentReport, Shared};
-use sharedip_node_agent::kube_agent::{run_loop, KubeSettings};
+use sharedip_node_agent::kubernetes::{run_loop, KubeSettings};
 use sharedip_node_agent::node_addresses::OwnAddresses;
 use sharedip_node_agent::orchestrator::Orchestrator;
 use sharedip_node_agent::runtime::Control;
