@@ -423,17 +423,70 @@ fn parse_multihop_ttl(s: &str) -> Result<u32, String> {
         .ok_or_else(|| format!("{v} is not in 1..=255"))
 }
 
+/// What a standalone command line sets, as Go's `flag` package leaves it: the last value of a
+/// flag wins (every value of a repeating one is kept), and each switch is on or off.
+#[derive(Default)]
+struct GoFlags {
+    values: Vec<(String, OsString)>,
+    switches: Vec<(String, bool)>,
+}
+
+impl GoFlags {
+    fn set_switch(&mut self, spec: &FlagSpec, on: bool) {
+        self.switches.retain(|(l, _)| *l != spec.long);
+        self.switches.push((spec.long.clone(), on));
+    }
+
+    fn set_value(&mut self, spec: &FlagSpec, value: OsString) {
+        if !spec.repeats {
+            self.values.retain(|(l, _)| *l != spec.long);
+        }
+        self.values.push((spec.long.clone(), value));
+    }
+
+    /// Appends the flags to clap's arguments.
+    fn write(self, out: &mut Vec<OsString>) {
+        for (long, value) in self.values {
+            // One token, so a value starting with '-' is never taken for a flag.
+            let mut arg = OsString::from(format!("--{long}="));
+            arg.push(value);
+            out.push(arg);
+        }
+        out.extend(
+            self.switches
+                .into_iter()
+                .filter(|(_, on)| *on)
+                .map(|(long, _)| OsString::from(format!("--{long}"))),
+        );
+    }
+}
+
+/// A switch's `-name` (on) or `-name=<ParseBool value>`.
+fn switch_value(sub: &clap::Command, name: &str, value: Option<&str>) -> Result<bool, clap::Error> {
+    let Some(v) = value else {
+        return Ok(true);
+    };
+    parse_go_bool(v).ok_or_else(|| {
+        sub.clone().error(
+            ErrorKind::InvalidValue,
+            format!(
+                "invalid boolean value {v:?} for -{name}: use 1, t, T, TRUE, true, True, 0, f, F, FALSE, false or False"
+            ),
+        )
+    })
+}
+
 /// Reads a standalone command line as Go's `flag` package reads lelastic's: `-f`, `--f`,
 /// `-f=v`, `-f v`; switches take only `-f` or `-f=<ParseBool value>`; the last of a repeated
 /// flag wins; the first non-flag argument (or `--`) ends the flags and the rest is ignored.
+/// Returns what was ignored.
 fn normalize_standalone(
     sub: &clap::Command,
     tokens: &[OsString],
     out: &mut Vec<OsString>,
 ) -> Result<Vec<String>, clap::Error> {
     let specs = flag_specs(sub);
-    let mut values: Vec<(String, OsString)> = Vec::new();
-    let mut switches: Vec<(String, bool)> = Vec::new();
+    let mut flags = GoFlags::default();
     let mut ignored = Vec::new();
     let mut i = 0;
     while i < tokens.len() {
@@ -472,52 +525,24 @@ fn normalize_standalone(
             continue;
         };
         if spec.switch {
-            let on = match value {
-                None => true,
-                Some(v) => parse_go_bool(v).ok_or_else(|| {
-                    sub.clone().error(
-                        ErrorKind::InvalidValue,
-                        format!(
-                            "invalid boolean value {v:?} for -{name}: use 1, t, T, TRUE, true, True, 0, f, F, FALSE, false or False"
-                        ),
-                    )
-                })?,
-            };
-            switches.retain(|(l, _)| *l != spec.long);
-            switches.push((spec.long.clone(), on));
+            flags.set_switch(spec, switch_value(sub, name, value)?);
             continue;
         }
-        let value: OsString = match value {
-            Some(v) => v.into(),
-            None => match tokens.get(i) {
-                Some(v) => {
-                    i += 1;
-                    v.clone()
-                }
-                None => {
-                    // clap reports the missing value.
-                    out.push(format!("--{}", spec.long).into());
-                    continue;
-                }
-            },
+        let value: OsString = match (value, tokens.get(i)) {
+            (Some(v), _) => v.into(),
+            (None, Some(v)) => {
+                i += 1;
+                v.clone()
+            }
+            (None, None) => {
+                // clap reports the missing value.
+                out.push(format!("--{}", spec.long).into());
+                continue;
+            }
         };
-        if !spec.repeats {
-            values.retain(|(l, _)| *l != spec.long);
-        }
-        values.push((spec.long.clone(), value));
+        flags.set_value(spec, value);
     }
-    for (long, value) in values {
-        // One token, so a value starting with '-' is never taken for a flag.
-        let mut arg = OsString::from(format!("--{long}="));
-        arg.push(value);
-        out.push(arg);
-    }
-    out.extend(
-        switches
-            .into_iter()
-            .filter(|(_, on)| *on)
-            .map(|(long, _)| OsString::from(format!("--{long}"))),
-    );
+    flags.write(out);
     Ok(ignored)
 }
 
@@ -570,49 +595,55 @@ where
     let mut args = args.into_iter().map(Into::into);
     let mut out: Vec<OsString> = args.next().into_iter().collect();
     let rest: Vec<OsString> = args.collect();
-    let first = rest.first().and_then(|a| a.to_str());
-    let explicit = first.and_then(|f| {
-        cmd.get_subcommands()
-            .find(|s| s.get_name() == f)
-            .map(|s| s.get_name().to_string())
-    });
-    let asks_top_level =
-        rest.len() == 1 && matches!(first, Some("--help" | "-h" | "--version" | "-V" | "help"));
-    let (sub, tokens) = match explicit {
-        Some(sub) => (Some(sub), &rest[1..]),
-        None if asks_top_level => (None, &rest[..]),
-        None if rest.is_empty() || first.is_some_and(|f| f.starts_with('-')) => {
-            let sub = if is_lelastic(&cmd, &rest) {
-                "standalone"
-            } else {
-                "run"
-            };
-            (Some(sub.to_string()), &rest[..])
-        }
-        // An unknown word: clap reports it.
-        None => (None, &rest[..]),
-    };
-    let Some(sub) = sub else {
+    let (sub, tokens) = pick_subcommand(&cmd, &rest);
+    let sub_cmd = sub.and_then(|sub| cmd.get_subcommands().find(|s| s.get_name() == sub));
+    let Some(sub_cmd) = sub_cmd else {
+        out.extend(sub.map(OsString::from));
         out.extend(tokens.iter().cloned());
         return Ok(Normalized {
             args: out,
             ignored: Vec::new(),
         });
     };
-    out.push(sub.clone().into());
-    let Some(sub_cmd) = cmd.get_subcommands().find(|s| s.get_name() == sub) else {
-        out.extend(tokens.iter().cloned());
-        return Ok(Normalized {
-            args: out,
-            ignored: Vec::new(),
-        });
-    };
-    if sub == "standalone" {
+    out.push(sub_cmd.get_name().into());
+    if sub_cmd.get_name() == "standalone" {
         let ignored = normalize_standalone(sub_cmd, tokens, &mut out)?;
         return Ok(Normalized { args: out, ignored });
     }
-    // `run` and `status`: clap's rules, with lelastic's single-dash spelling of our long flags.
-    let longs: Vec<String> = flag_specs(sub_cmd)
+    single_dash_longs(sub_cmd, tokens, &mut out);
+    Ok(Normalized {
+        args: out,
+        ignored: Vec::new(),
+    })
+}
+
+/// The subcommand a command line runs, and its arguments: the one named first; `standalone` or
+/// `run` when the line starts with a flag (or is empty); none for a top-level `--help` or
+/// `--version`, or an unknown word (clap reports it).
+fn pick_subcommand<'a>(
+    cmd: &'a clap::Command,
+    rest: &'a [OsString],
+) -> (Option<&'a str>, &'a [OsString]) {
+    let first = rest.first().and_then(|a| a.to_str());
+    if let Some(sub) = first.and_then(|f| cmd.get_subcommands().find(|s| s.get_name() == f)) {
+        return (Some(sub.get_name()), &rest[1..]);
+    }
+    let asks_top_level =
+        rest.len() == 1 && matches!(first, Some("--help" | "-h" | "--version" | "-V" | "help"));
+    if !asks_top_level && (rest.is_empty() || first.is_some_and(|f| f.starts_with('-'))) {
+        let sub = if is_lelastic(cmd, rest) {
+            "standalone"
+        } else {
+            "run"
+        };
+        return (Some(sub), rest);
+    }
+    (None, rest)
+}
+
+/// `run` and `status`: clap's rules, with lelastic's single-dash spelling of our long flags.
+fn single_dash_longs(sub: &clap::Command, tokens: &[OsString], out: &mut Vec<OsString>) {
+    let longs: Vec<String> = flag_specs(sub)
         .into_iter()
         .flat_map(|f| f.names)
         .chain(["help".to_string(), "version".to_string()])
@@ -636,10 +667,6 @@ where
             _ => out.push(a.clone()),
         }
     }
-    Ok(Normalized {
-        args: out,
-        ignored: Vec::new(),
-    })
 }
 
 /// Parses the process's command line with [`normalize_args`]; exits with clap's message and

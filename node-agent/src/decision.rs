@@ -274,7 +274,9 @@ pub fn is_draining(annotations: &BTreeMap<String, String>) -> bool {
         .is_some_and(|v| !v.trim().eq_ignore_ascii_case("false"))
 }
 
-/// Decides role, target and reason for one SharedIP.
+/// Decides role, target and reason for one SharedIP. The reasons to withdraw are checked in
+/// this order: a selector that cannot be read, deletion, no role, an unusable address or BGP
+/// setting, shutdown, drain, the readiness gate.
 pub fn decide(
     spec: &SharedIPSpec,
     labels: &BTreeMap<String, String>,
@@ -297,18 +299,40 @@ pub fn decide(
             "neither the primary nor the secondary nodeSelector matches this node",
         );
     };
-    let address = match SharedAddress::from_spec(spec) {
-        Ok(a) => a,
-        Err(e) => return Decision::withdraw(Some(role), Reason::InvalidSpec, e.to_string()),
-    };
+    match what_to_announce(spec, role, bgp) {
+        Ok((address, community)) => {
+            announce_unless_held(role, address, community, draining, gate, situation)
+        }
+        Err((reason, message)) => Decision::withdraw(Some(role), reason, message),
+    }
+}
+
+/// The address and community a selected node announces, or why the spec gives none.
+fn what_to_announce(
+    spec: &SharedIPSpec,
+    role: Role,
+    bgp: &BgpDefaults,
+) -> Result<(SharedAddress, RoleCommunity), (Reason, String)> {
+    let address =
+        SharedAddress::from_spec(spec).map_err(|e| (Reason::InvalidSpec, e.to_string()))?;
     let overrides = spec.bgp.clone().unwrap_or_default();
     if let Some(msg) = asn_mismatch(&overrides, bgp) {
-        return Decision::withdraw(Some(role), Reason::BgpOverrideUnsupported, msg);
+        return Err((Reason::BgpOverrideUnsupported, msg));
     }
-    let community = match community_for(role, spec.failback, &overrides, bgp) {
-        Ok(c) => c,
-        Err(msg) => return Decision::withdraw(Some(role), Reason::InvalidSpec, msg),
-    };
+    let community = community_for(role, spec.failback, &overrides, bgp)
+        .map_err(|msg| (Reason::InvalidSpec, msg))?;
+    Ok((address, community))
+}
+
+/// Announces, unless the agent stops, the node is drained or the readiness gate fails.
+fn announce_unless_held(
+    role: Role,
+    address: SharedAddress,
+    community: RoleCommunity,
+    draining: bool,
+    gate: &GateState,
+    situation: Situation,
+) -> Decision {
     if situation.shutting_down {
         return Decision::withdraw(
             Some(role),

@@ -55,66 +55,15 @@ pub async fn run(args: RunArgs) -> Result<(), AgentError> {
     let client = kube::Client::try_default()
         .await
         .map_err(AgentError::Kube)?;
-    // Serve the probes first: while the Node cannot be read yet (the apiserver is down), the
-    // kubelet's liveness probe must keep finding a live agent, not restart it into a crash-loop
-    // back-off; /readyz stays false until the first decisions are made.
-    let shared = Shared::new(
-        AgentReport {
-            mode: "kubernetes".into(),
-            node: Some(args.node_name.clone()),
-            local_as: common.local_asn,
-            ..Default::default()
-        },
-        SpeakerMonitor::empty(),
-    );
-    let cert = match (&args.tls_cert_file, &args.tls_key_file) {
-        (Some(cert), Some(key)) => CertSource::Files {
-            cert: cert.clone(),
-            key: key.clone(),
-        },
-        _ => CertSource::SelfSigned {
-            names: vec![args.node_name.clone()],
-        },
-    };
-    runtime::serve_https(args.http_addr(), shared.clone(), client.clone(), &cert).await?;
-    let _socket = runtime::serve_status_socket(&common.status_socket, shared.clone()).await?;
+    let (shared, _socket) = serve_endpoints(&args, &client).await?;
     let Some(node) = read_own_node(&client, &args.node_name, &mut signals).await else {
         tracing::info!("stopped before the Node could be read; nothing was bound or announced");
         return Ok(());
     };
-    let region = node.labels().get(sharedip_api::REGION_LABEL).cloned();
-    let dcid = if common.neighbors.is_empty() {
-        Some(crate::dcid::resolve(common.dcid, region.as_deref())?)
-    } else {
-        common.dcid
-    };
-    let peers = common.peers(dcid)?;
-    let next_hop = runtime::next_hop(common, &peers)?;
-    let mut session_addresses = OwnAddresses::default();
-    session_addresses.add_session(next_hop, runtime::session_sources(common, &peers));
-    let speaker_cfg = runtime::speaker_config(
-        common,
-        peers,
-        next_hop,
-        node_addresses::router_id_from_node(&node),
-    );
-    let router_id = speaker_cfg.fsm.router_id;
-    tracing::info!(node = %args.node_name, ?region, ?dcid, %next_hop, %router_id, peers = ?speaker_cfg.peers, "starting");
-    let speaker = Speaker::start(&speaker_cfg)?;
+    let (speaker, report, session_addresses) = start_speaker(&args, &node)?;
     let binder = runtime::open_binder(common).await?;
     let monitor = speaker.monitor();
-    shared.set_speaker(
-        AgentReport {
-            mode: "kubernetes".into(),
-            node: Some(args.node_name.clone()),
-            dcid,
-            local_as: common.local_asn,
-            next_hop: next_hop.to_string(),
-            router_id: Some(router_id.to_string()),
-            ..Default::default()
-        },
-        monitor.clone(),
-    );
+    shared.set_speaker(report, monitor.clone());
     let orchestrator = Orchestrator::new(binder, speaker, common.unbind_delay);
     run_loop(
         client,
@@ -132,6 +81,76 @@ pub async fn run(args: RunArgs) -> Result<(), AgentError> {
         signals.into_stream(),
     )
     .await
+}
+
+/// Serves HTTPS and the status socket before anything else: while the Node cannot be read yet
+/// (the apiserver is down), the kubelet's liveness probe must keep finding a live agent, not
+/// restart it into a crash-loop back-off; /readyz stays false until the first decisions are
+/// made. The socket is removed when the returned guard is dropped.
+async fn serve_endpoints(
+    args: &RunArgs,
+    client: &kube::Client,
+) -> Result<(Arc<Shared>, Option<crate::http::UnixSocket>), AgentError> {
+    let shared = Shared::new(
+        AgentReport {
+            mode: "kubernetes".into(),
+            node: Some(args.node_name.clone()),
+            local_as: args.common.local_asn,
+            ..Default::default()
+        },
+        SpeakerMonitor::empty(),
+    );
+    let cert = match (&args.tls_cert_file, &args.tls_key_file) {
+        (Some(cert), Some(key)) => CertSource::Files {
+            cert: cert.clone(),
+            key: key.clone(),
+        },
+        _ => CertSource::SelfSigned {
+            names: vec![args.node_name.clone()],
+        },
+    };
+    runtime::serve_https(args.http_addr(), shared.clone(), client.clone(), &cert).await?;
+    let socket = runtime::serve_status_socket(&args.common.status_socket, shared.clone()).await?;
+    Ok((shared, socket))
+}
+
+/// Starts the BGP sessions toward the route servers of the node's data center (its region
+/// label, unless `--dcid` or `--neighbor` say otherwise). Returns the speaker, the `/status`
+/// skeleton that describes it, and the sessions' own addresses.
+fn start_speaker(
+    args: &RunArgs,
+    node: &Node,
+) -> Result<(Speaker, AgentReport, OwnAddresses), AgentError> {
+    let common = &args.common;
+    let region = node.labels().get(sharedip_api::REGION_LABEL).cloned();
+    let dcid = if common.neighbors.is_empty() {
+        Some(crate::dcid::resolve(common.dcid, region.as_deref())?)
+    } else {
+        common.dcid
+    };
+    let peers = common.peers(dcid)?;
+    let next_hop = runtime::next_hop(common, &peers)?;
+    let mut session_addresses = OwnAddresses::default();
+    session_addresses.add_session(next_hop, runtime::session_sources(common, &peers));
+    let speaker_cfg = runtime::speaker_config(
+        common,
+        peers,
+        next_hop,
+        node_addresses::router_id_from_node(node),
+    );
+    let router_id = speaker_cfg.fsm.router_id;
+    tracing::info!(node = %args.node_name, ?region, ?dcid, %next_hop, %router_id, peers = ?speaker_cfg.peers, "starting");
+    let speaker = Speaker::start(&speaker_cfg)?;
+    let report = AgentReport {
+        mode: "kubernetes".into(),
+        node: Some(args.node_name.clone()),
+        dcid,
+        local_as: common.local_asn,
+        next_hop: next_hop.to_string(),
+        router_id: Some(router_id.to_string()),
+        ..Default::default()
+    };
+    Ok((speaker, report, session_addresses))
 }
 
 /// The longest wait between two reads of this node's Node at start.
@@ -179,6 +198,74 @@ struct Stores {
     node: Store<Node>,
     sharedips: Store<SharedIP>,
     pods: Store<Pod>,
+}
+
+impl Stores {
+    /// Starts the three reflectors: this node's Node, every SharedIP, the pods on this node.
+    fn watch(
+        client: &kube::Client,
+        node_name: &str,
+        notify: &Arc<Notify>,
+    ) -> (Self, [tokio::task::JoinHandle<()>; 3]) {
+        let (node, t1) = spawn_watch(
+            Api::<Node>::all(client.clone()),
+            watcher::Config::default().fields(&format!("metadata.name={node_name}")),
+            notify.clone(),
+            "node",
+            trim_node,
+        );
+        let (sharedips, t2) = spawn_watch(
+            Api::<SharedIP>::all(client.clone()),
+            watcher::Config::default(),
+            notify.clone(),
+            "sharedip",
+            |_| {},
+        );
+        let (pods, t3) = spawn_watch(
+            Api::<Pod>::all(client.clone()),
+            watcher::Config::default().fields(&format!("spec.nodeName={node_name}")),
+            notify.clone(),
+            "pod",
+            trim_pod,
+        );
+        let stores = Self {
+            node,
+            sharedips,
+            pods,
+        };
+        (stores, [t1, t2, t3])
+    }
+
+    /// Waits until every store has its first listing; true when `control` says stop first.
+    async fn wait_synced(
+        &self,
+        control: &mut (impl Stream<Item = Control> + Unpin),
+    ) -> Result<bool, AgentError> {
+        let synced = async {
+            self.node
+                .wait_until_ready()
+                .await
+                .map_err(|_| AgentError::Cache("Node"))?;
+            self.sharedips
+                .wait_until_ready()
+                .await
+                .map_err(|_| AgentError::Cache("SharedIP"))?;
+            self.pods
+                .wait_until_ready()
+                .await
+                .map_err(|_| AgentError::Cache("Pod"))
+        };
+        futures::pin_mut!(synced);
+        loop {
+            tokio::select! {
+                r = &mut synced => { r?; return Ok(false) }
+                Some(c) = control.next() => match c {
+                    Control::Stop => return Ok(true),
+                    Control::Reload => tracing::info!("SIGHUP: nothing to re-evaluate before the caches synced"),
+                },
+            }
+        }
+    }
 }
 
 /// Keeps a reflector store of `api` and pokes `notify` on every change.
@@ -263,68 +350,14 @@ pub async fn run_loop<B: AddressBinding, A: Announcer>(
     control: impl Stream<Item = Control> + Send,
 ) -> Result<(), AgentError> {
     let notify = Arc::new(Notify::new());
-    let node_name = settings.node.clone();
-    let (node, t1) = spawn_watch(
-        Api::<Node>::all(client.clone()),
-        watcher::Config::default().fields(&format!("metadata.name={node_name}")),
-        notify.clone(),
-        "node",
-        trim_node,
-    );
-    let (sharedips, t2) = spawn_watch(
-        Api::<SharedIP>::all(client.clone()),
-        watcher::Config::default(),
-        notify.clone(),
-        "sharedip",
-        |_| {},
-    );
-    let (pods, t3) = spawn_watch(
-        Api::<Pod>::all(client.clone()),
-        watcher::Config::default().fields(&format!("spec.nodeName={node_name}")),
-        notify.clone(),
-        "pod",
-        trim_pod,
-    );
-    let tasks = [t1, t2, t3];
-    let stores = Stores {
-        node,
-        sharedips,
-        pods,
-    };
-    let control = control.fuse();
-    futures::pin_mut!(control);
-    let mut synced = Box::pin(async {
-        stores
-            .node
-            .wait_until_ready()
-            .await
-            .map_err(|_| AgentError::Cache("Node"))?;
-        stores
-            .sharedips
-            .wait_until_ready()
-            .await
-            .map_err(|_| AgentError::Cache("SharedIP"))?;
-        stores
-            .pods
-            .wait_until_ready()
-            .await
-            .map_err(|_| AgentError::Cache("Pod"))
-    });
-    let stopped_early = loop {
-        tokio::select! {
-            r = &mut synced => { r?; break false }
-            Some(c) = control.next() => match c {
-                Control::Stop => break true,
-                Control::Reload => tracing::info!("SIGHUP: nothing to re-evaluate before the caches synced"),
-            },
-        }
-    };
-    drop(synced);
+    let (stores, tasks) = Stores::watch(&client, &settings.node, &notify);
+    let mut control = Box::pin(control.fuse());
+    let stopped_early = stores.wait_synced(&mut control).await?;
     let recorder = Recorder::new(
         client.clone(),
         Reporter {
             controller: "sharedip-node-agent".into(),
-            instance: Some(node_name.clone()),
+            instance: Some(settings.node.clone()),
         },
     );
     let mut ctx = LoopCtx {
@@ -339,43 +372,15 @@ pub async fn run_loop<B: AddressBinding, A: Announcer>(
         refused: HashMap::new(),
     };
     if !stopped_early {
-        tracing::info!(node = %node_name, "caches synced");
-        let mut resync = tokio::time::interval(ctx.settings.resync);
-        resync.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
-            ctx.reconcile(&mut orchestrator).await;
-            ctx.shared.ready.store(true, Ordering::Relaxed);
-            tokio::select! {
-                () = notify.notified() => {}
-                () = monitor.changed() => {}
-                () = orchestrator.unbinds_due() => {}
-                _ = resync.tick() => ctx.written.clear(),
-                Some(c) = control.next() => match c {
-                    Control::Stop => break,
-                    Control::Reload => {
-                        tracing::info!("SIGHUP: re-evaluating every SharedIP and rewriting this node's status entries");
-                        ctx.written.clear();
-                    }
-                },
-            }
-        }
+        tracing::info!(node = %ctx.settings.node, "caches synced");
+        ctx.serve(&mut orchestrator, &mut monitor, &notify, &mut control)
+            .await;
     }
     tracing::info!("stopping: withdrawing, closing sessions, unbinding");
     let bound = ctx.settings.shutdown_timeout;
-    let shutdown = async {
-        let t = orchestrator.shutdown("node agent stopping").await;
-        ctx.after_transitions(&t).await;
-        ctx.shared.set_prefixes(orchestrator.report());
-        // Best effort: the status says why the node stopped announcing.
-        let desired = ctx.decisions(true);
-        ctx.write_statuses(
-            &desired,
-            &BTreeMap::new(),
-            sessions(orchestrator.announcer()),
-        )
-        .await;
-    };
-    let finished = tokio::time::timeout(bound, shutdown).await.is_ok();
+    let finished = tokio::time::timeout(bound, ctx.stop(&mut orchestrator))
+        .await
+        .is_ok();
     for t in tasks {
         t.abort();
     }
@@ -528,6 +533,55 @@ impl LoopCtx {
             }
         }
         self.refused.retain(|name, _| desired.contains_key(name));
+    }
+
+    /// Runs a turn at every change of the watched objects or the sessions, at every due
+    /// unbind, at every resync and SIGHUP, until `control` says stop.
+    async fn serve<B: AddressBinding, A: Announcer>(
+        &mut self,
+        orchestrator: &mut Orchestrator<B, A>,
+        monitor: &mut SpeakerMonitor,
+        notify: &Notify,
+        control: &mut (impl Stream<Item = Control> + Unpin),
+    ) {
+        let mut resync = tokio::time::interval(self.settings.resync);
+        resync.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            self.reconcile(orchestrator).await;
+            self.shared.ready.store(true, Ordering::Relaxed);
+            tokio::select! {
+                () = notify.notified() => {}
+                () = monitor.changed() => {}
+                () = orchestrator.unbinds_due() => {}
+                _ = resync.tick() => self.written.clear(),
+                Some(c) = control.next() => match c {
+                    Control::Stop => return,
+                    Control::Reload => {
+                        tracing::info!("SIGHUP: re-evaluating every SharedIP and rewriting this node's status entries");
+                        self.written.clear();
+                    }
+                },
+            }
+        }
+    }
+
+    /// The stop turn: withdraw, CEASE and unbind, then (best effort) write statuses that say
+    /// why the node stopped announcing.
+    async fn stop<B: AddressBinding, A: Announcer>(
+        &mut self,
+        orchestrator: &mut Orchestrator<B, A>,
+    ) {
+        let t = orchestrator.shutdown("node agent stopping").await;
+        self.after_transitions(&t).await;
+        self.shared.set_prefixes(orchestrator.report());
+        let desired = self.decisions(true);
+        // Nothing is applied any more: no outcomes.
+        self.write_statuses(
+            &desired,
+            &BTreeMap::new(),
+            sessions(orchestrator.announcer()),
+        )
+        .await;
     }
 
     /// One turn: decide once, apply, then report what the same decisions achieved.

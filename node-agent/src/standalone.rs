@@ -16,7 +16,7 @@ use sharedip_api::{Role, SharedAddress};
 use crate::binder::InterfaceAddress;
 use crate::binder::{AddressBinding, UserConfigured};
 use crate::community::RoleCommunity;
-use crate::config::StandaloneArgs;
+use crate::config::{CommonArgs, StandaloneArgs};
 use crate::decision::{Decision, Reason, Target};
 use crate::http::{AgentReport, Shared};
 use crate::node_addresses::{self, OwnAddresses};
@@ -181,23 +181,8 @@ pub async fn run(args: StandaloneArgs) -> Result<(), AgentError> {
     let desired = to_decisions(&addresses)?;
     let peers = common.peers(common.dcid)?;
     let next_hop = runtime::next_hop(common, &peers)?;
-    let mut session_addresses = OwnAddresses::default();
-    session_addresses.add_session(next_hop, runtime::session_sources(common, &peers));
-    let mut guard = OwnAddressGuard {
-        session_addresses,
-        interface: common.interface.clone(),
-        // What discovery found, the user configured for sharing.
-        user_configured: !bind,
-        interfaces: listing,
-        refused: BTreeMap::new(),
-    };
-    // Refuse the node's own addresses before anything starts; if nothing is left, the
-    // configuration is wrong and running would only hide it.
-    let allowed = guard.filter(&desired);
-    if allowed.values().all(|d| d.target.is_none()) {
-        let why: Vec<String> = allowed.values().map(|d| d.message.clone()).collect();
-        return Err(AgentError::AllAddressesRefused(why.join("; ")));
-    }
+    // What discovery found, the user configured for sharing.
+    let guard = OwnAddressGuard::start(common, &peers, next_hop, !bind, listing, &desired)?;
     let node_ipv4 =
         node_addresses::router_id_from_interfaces(&guard.interfaces, &common.interface, &addresses);
     let speaker_cfg = runtime::speaker_config(common, peers, next_hop, node_ipv4);
@@ -217,45 +202,38 @@ pub async fn run(args: StandaloneArgs) -> Result<(), AgentError> {
     );
     runtime::serve_plain_http(args.http_addr(), shared.clone()).await?;
     let _socket = runtime::serve_status_socket(&common.status_socket, shared.clone()).await?;
-    // SIGHUP: what a user expects after adding an address to lo and running
-    // `systemctl reload`: discover again. With --address the list is fixed; the reload
-    // re-applies it (and retries failed binds at once).
-    let reload = |listing: &[InterfaceAddress]| match wanted(&args, listing) {
+    let reload = |listing: &[InterfaceAddress]| {
+        rediscover(&args, listing).and_then(|addresses| to_decisions(&addresses))
+    };
+    let control = signals.into_stream();
+    let stop = common.shutdown_timeout;
+    if bind {
+        let o = Orchestrator::new(binder, speaker, common.unbind_delay);
+        serve(o, desired, guard, &shared, stop, control, reload).await
+    } else {
+        let o = Orchestrator::new(UserConfigured(binder), speaker, common.unbind_delay);
+        serve(o, desired, guard, &shared, stop, control, reload).await
+    }
+}
+
+/// SIGHUP: what a user expects after adding an address to lo and running `systemctl reload`:
+/// discover again. With --address the list is fixed; the reload re-applies it (and retries
+/// failed binds at once). No address left is not an error: everything is withdrawn and the
+/// sessions stay up.
+fn rediscover(
+    args: &StandaloneArgs,
+    listing: &[InterfaceAddress],
+) -> Result<Vec<IpAddr>, AgentError> {
+    match wanted(args, listing) {
         Ok((addresses, _)) => {
             tracing::info!(?addresses, "SIGHUP: addresses to announce");
-            to_decisions(&addresses)
+            Ok(addresses)
         }
         Err(AgentError::NoAddresses(on)) => {
             tracing::warn!(%on, "SIGHUP: no address to announce any more; withdrawing everything, sessions stay up");
-            Ok(BTreeMap::new())
+            Ok(Vec::new())
         }
         Err(e) => Err(e),
-    };
-    let control = signals.into_stream();
-    if bind {
-        let o = Orchestrator::new(binder, speaker, common.unbind_delay);
-        serve(
-            o,
-            desired,
-            guard,
-            &shared,
-            common.shutdown_timeout,
-            control,
-            reload,
-        )
-        .await
-    } else {
-        let o = Orchestrator::new(UserConfigured(binder), speaker, common.unbind_delay);
-        serve(
-            o,
-            desired,
-            guard,
-            &shared,
-            common.shutdown_timeout,
-            control,
-            reload,
-        )
-        .await
     }
 }
 
@@ -274,6 +252,34 @@ struct OwnAddressGuard {
 }
 
 impl OwnAddressGuard {
+    /// The guard of the sessions toward `peers` with `next_hop`, and the interfaces as
+    /// `listing` shows them. It refuses the node's own addresses in `desired` before anything
+    /// starts; if nothing is left, the configuration is wrong and running would only hide it.
+    fn start(
+        common: &CommonArgs,
+        peers: &[std::net::SocketAddr],
+        next_hop: std::net::Ipv6Addr,
+        user_configured: bool,
+        listing: Vec<InterfaceAddress>,
+        desired: &BTreeMap<String, Decision>,
+    ) -> Result<Self, AgentError> {
+        let mut session_addresses = OwnAddresses::default();
+        session_addresses.add_session(next_hop, runtime::session_sources(common, peers));
+        let mut guard = OwnAddressGuard {
+            session_addresses,
+            interface: common.interface.clone(),
+            user_configured,
+            interfaces: listing,
+            refused: BTreeMap::new(),
+        };
+        let allowed = guard.filter(desired);
+        if allowed.values().all(|d| d.target.is_none()) {
+            let why: Vec<String> = allowed.values().map(|d| d.message.clone()).collect();
+            return Err(AgentError::AllAddressesRefused(why.join("; ")));
+        }
+        Ok(guard)
+    }
+
     /// Lists the interfaces again (keeping the last listing if that fails); whether it worked.
     async fn refresh<B: AddressBinding>(&mut self, binder: &B) -> bool {
         match binder.interface_addresses().await {

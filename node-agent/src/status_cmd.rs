@@ -145,8 +145,59 @@ fn title(s: &str) -> String {
 
 /// The report as two tables: sessions, then prefixes.
 pub fn render(r: &AgentReport) -> String {
-    let peers: Vec<Vec<String>> = r
-        .peers
+    let mut out = headline(r);
+    out.push_str("\n\n");
+    out.push_str(&table(
+        &[
+            "Peer",
+            "AS",
+            "Up/Down",
+            "State",
+            "Hold",
+            "#Adv",
+            "Sent",
+            "Rcvd",
+            "Last error",
+        ],
+        &peer_rows(r),
+    ));
+    out.push('\n');
+    out.push_str(&table(
+        &[
+            "Prefix",
+            "Address",
+            "Community",
+            "Role",
+            "Name",
+            "Bound",
+            "Announced",
+        ],
+        &prefix_rows(r),
+    ));
+    out
+}
+
+/// Mode, node, dcid, local AS, next hop and router ID on one line.
+fn headline(r: &AgentReport) -> String {
+    let who = match (&r.node, r.dcid) {
+        (Some(n), Some(d)) => format!("node {n}, dcid {d}, "),
+        (Some(n), None) => format!("node {n}, "),
+        (None, Some(d)) => format!("dcid {d}, "),
+        (None, None) => String::new(),
+    };
+    let router_id = r
+        .router_id
+        .as_ref()
+        .map(|id| format!(", router ID {id}"))
+        .unwrap_or_default();
+    format!(
+        "{} mode, {who}local AS {}, next hop {}{router_id}",
+        r.mode, r.local_as, r.next_hop
+    )
+}
+
+fn peer_rows(r: &AgentReport) -> Vec<Vec<String>> {
+    r.peers
         .iter()
         .map(|p| {
             vec![
@@ -162,9 +213,11 @@ pub fn render(r: &AgentReport) -> String {
                 p.last_error.clone().unwrap_or_default(),
             ]
         })
-        .collect();
-    let prefixes: Vec<Vec<String>> = r
-        .prefixes
+        .collect()
+}
+
+fn prefix_rows(r: &AgentReport) -> Vec<Vec<String>> {
+    r.prefixes
         .iter()
         .map(|p| {
             vec![
@@ -182,51 +235,7 @@ pub fn render(r: &AgentReport) -> String {
                 if p.announced { "yes" } else { "no" }.into(),
             ]
         })
-        .collect();
-    let mut out = String::new();
-    let who = match (&r.node, r.dcid) {
-        (Some(n), Some(d)) => format!("node {n}, dcid {d}, "),
-        (Some(n), None) => format!("node {n}, "),
-        (None, Some(d)) => format!("dcid {d}, "),
-        (None, None) => String::new(),
-    };
-    let router_id = r
-        .router_id
-        .as_ref()
-        .map(|id| format!(", router ID {id}"))
-        .unwrap_or_default();
-    out.push_str(&format!(
-        "{} mode, {who}local AS {}, next hop {}{router_id}\n\n",
-        r.mode, r.local_as, r.next_hop
-    ));
-    out.push_str(&table(
-        &[
-            "Peer",
-            "AS",
-            "Up/Down",
-            "State",
-            "Hold",
-            "#Adv",
-            "Sent",
-            "Rcvd",
-            "Last error",
-        ],
-        &peers,
-    ));
-    out.push('\n');
-    out.push_str(&table(
-        &[
-            "Prefix",
-            "Address",
-            "Community",
-            "Role",
-            "Name",
-            "Bound",
-            "Announced",
-        ],
-        &prefixes,
-    ));
-    out
+        .collect()
 }
 
 /// Runs the subcommand: prints tables (or the JSON) to stdout.

@@ -430,42 +430,53 @@ impl Binder {
                 );
                 Ok(BindOutcome::PresentNotOurs)
             }
-            None => {
-                // Write-ahead: remember before adding (see module docs).
-                let previous = recorded;
-                state.insert(iface, addr, prefix_len);
-                if let Err(e) = self.persist(&state).await {
-                    restore(&mut state, iface, addr, previous);
-                    return Err(e);
+            None => self.add(&mut state, index, addr, prefix_len).await,
+        }
+    }
+
+    /// Adds an address that is not on the interface, write-ahead (see the
+    /// module docs): recorded first, forgotten again if the kernel refuses it.
+    async fn add(
+        &self,
+        state: &mut BoundState,
+        index: u32,
+        addr: IpAddr,
+        prefix_len: u8,
+    ) -> Result<BindOutcome, BindError> {
+        let iface = self.interface.as_str();
+        let previous = state.get(iface, addr);
+        state.insert(iface, addr, prefix_len);
+        if let Err(e) = self.persist(state).await {
+            restore(state, iface, addr, previous);
+            return Err(e);
+        }
+        let marks = marker::attributes(self.marker, iface, addr);
+        match self
+            .netlink
+            .add(iface, index, addr, prefix_len, marks)
+            .await
+        {
+            Ok(()) => {
+                info!(interface = %iface, address = %addr, prefix_len, marker = ?self.marker, "bound shared address");
+                Ok(BindOutcome::Added)
+            }
+            Err(e) => {
+                state.remove(iface, addr);
+                if let Err(persist) = self.persist(state).await {
+                    warn!(error = %persist, "could not forget an address that failed to bind");
                 }
-                let marks = marker::attributes(self.marker, iface, addr);
-                match self
-                    .netlink
-                    .add(iface, index, addr, prefix_len, marks)
-                    .await
-                {
-                    Ok(()) => {
-                        info!(interface = %iface, address = %addr, prefix_len, marker = ?self.marker, "bound shared address");
-                        Ok(BindOutcome::Added)
+                match &e {
+                    BindError::Netlink { source, .. }
+                        if netlink::errno(source) == Some(libc::EEXIST) =>
+                    {
+                        // Added by someone else between our listing and our add: theirs.
+                        info!(
+                            interface = %iface, address = %addr,
+                            "address appeared concurrently and was not added by us; leaving it alone"
+                        );
+                        Ok(BindOutcome::PresentNotOurs)
                     }
-                    Err(e) => {
-                        state.remove(iface, addr);
-                        if let Err(persist) = self.persist(&state).await {
-                            warn!(error = %persist, "could not forget an address that failed to bind");
-                        }
-                        if let BindError::Netlink { source, .. } = &e {
-                            if netlink::errno(source) == Some(libc::EEXIST) {
-                                // Added by someone else between our listing
-                                // and our add: theirs.
-                                info!(
-                                    interface = %iface, address = %addr,
-                                    "address appeared concurrently and was not added by us; leaving it alone"
-                                );
-                                return Ok(BindOutcome::PresentNotOurs);
-                            }
-                        }
-                        Err(e)
-                    }
+                    _ => Err(e),
                 }
             }
         }
