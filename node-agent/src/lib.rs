@@ -21,6 +21,5 @@ pub mod speaker;
 pub mod standalone;
 pub mod status;
 pub mod status_cmd;
-pub mod telemetry;
 #[cfg(any(test, feature = "testing"))]
 pub mod testing;

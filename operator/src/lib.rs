@@ -24,5 +24,4 @@ pub mod reconciler;
 pub mod selection;
 pub mod share_syncer;
 pub mod sweep;
-pub mod telemetry;
 pub mod uninstall;

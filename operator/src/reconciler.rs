@@ -21,6 +21,7 @@ use sharedip_api::{
     ExcludedNode, NodeStatus, OwnerStatus, Role, SharedAddress, SharedIP, SharedIPStatus,
     SharedLinode, FINALIZER,
 };
+use sharedip_process::sync::lock;
 use tokio::sync::mpsc;
 use tracing::{info, instrument, warn};
 
@@ -245,15 +246,6 @@ fn backoff(config: &ReconcileConfig, attempt: u32) -> Duration {
         .backoff_base
         .saturating_mul(factor)
         .min(config.backoff_max)
-}
-
-/// Locks a mutex, also after a panic elsewhere poisoned it (the data stays consistent: no
-/// critical section here can panic half-way).
-pub(crate) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    match m.lock() {
-        Ok(g) => g,
-        Err(p) => p.into_inner(),
-    }
 }
 
 /// What the status said last time: the address and the Linodes it was shared with.
