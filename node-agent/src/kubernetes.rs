@@ -26,7 +26,7 @@ use crate::decision::{self, BgpDefaults, Decision, Outcome, Reason, Sessions, Si
 use crate::http::{AgentReport, Shared};
 use crate::node_addresses::{self, OwnAddresses};
 use crate::orchestrator::{Orchestrator, Transition};
-use crate::runtime::{self, AgentError, Control};
+use crate::setup::{self, AgentError, Control};
 use crate::speaker::{Announcer, Speaker, SpeakerMonitor};
 use crate::status;
 
@@ -50,7 +50,7 @@ pub struct KubeSettings {
 
 /// Runs `sharedip-node-agent run` until SIGTERM; SIGHUP re-evaluates everything.
 pub async fn run(args: RunArgs) -> Result<(), AgentError> {
-    let mut signals = runtime::Signals::install(runtime::Hangup::Reload)?;
+    let mut signals = setup::Signals::install(setup::Hangup::Reload)?;
     let common = &args.common;
     let client = kube::Client::try_default()
         .await
@@ -61,7 +61,7 @@ pub async fn run(args: RunArgs) -> Result<(), AgentError> {
         return Ok(());
     };
     let (speaker, report, session_addresses) = start_speaker(&args, &node)?;
-    let binder = runtime::open_binder(common).await?;
+    let binder = setup::open_binder(common).await?;
     let monitor = speaker.monitor();
     shared.set_speaker(report, monitor.clone());
     let orchestrator = Orchestrator::new(binder, speaker, common.unbind_delay);
@@ -109,8 +109,8 @@ async fn serve_endpoints(
             names: vec![args.node_name.clone()],
         },
     };
-    runtime::serve_https(args.http_addr(), shared.clone(), client.clone(), &cert).await?;
-    let socket = runtime::serve_status_socket(&args.common.status_socket, shared.clone()).await?;
+    setup::serve_https(args.http_addr(), shared.clone(), client.clone(), &cert).await?;
+    let socket = setup::serve_status_socket(&args.common.status_socket, shared.clone()).await?;
     Ok((shared, socket))
 }
 
@@ -129,10 +129,10 @@ fn start_speaker(
         common.dcid
     };
     let peers = common.peers(dcid)?;
-    let next_hop = runtime::next_hop(common, &peers)?;
+    let next_hop = setup::next_hop(common, &peers)?;
     let mut session_addresses = OwnAddresses::default();
-    session_addresses.add_session(next_hop, runtime::session_sources(common, &peers));
-    let speaker_cfg = runtime::speaker_config(
+    session_addresses.add_session(next_hop, setup::session_sources(common, &peers));
+    let speaker_cfg = setup::speaker_config(
         common,
         peers,
         next_hop,
@@ -164,7 +164,7 @@ const NODE_READ_BACKOFF_MAX: Duration = Duration::from_secs(30);
 async fn read_own_node(
     client: &kube::Client,
     name: &str,
-    signals: &mut runtime::Signals,
+    signals: &mut setup::Signals,
 ) -> Option<Node> {
     let api = Api::<Node>::all(client.clone());
     let mut delay = Duration::from_secs(1);
@@ -186,8 +186,8 @@ async fn read_own_node(
         tokio::select! {
             () = tokio::time::sleep(delay) => {}
             c = signals.recv() => match c {
-                runtime::Control::Stop => return None,
-                runtime::Control::Reload => {}
+                setup::Control::Stop => return None,
+                setup::Control::Reload => {}
             },
         }
         delay = (delay * 2).min(NODE_READ_BACKOFF_MAX);

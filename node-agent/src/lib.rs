@@ -16,7 +16,7 @@ pub mod metrics;
 pub mod node_addresses;
 pub mod orchestrator;
 pub mod prefix;
-pub mod runtime;
+pub mod setup;
 pub mod speaker;
 pub mod standalone;
 pub mod status;

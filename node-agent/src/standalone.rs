@@ -21,7 +21,7 @@ use crate::decision::{Decision, Reason, Target};
 use crate::http::{AgentReport, Shared};
 use crate::node_addresses::{self, OwnAddresses};
 use crate::orchestrator::{Orchestrator, Transition};
-use crate::runtime::{self, AgentError, Control};
+use crate::setup::{self, AgentError, Control};
 use crate::speaker::{Announcer, Speaker};
 
 pub(crate) fn is_announceable(a: IpAddr) -> bool {
@@ -158,7 +158,7 @@ fn merge_reload(
 
 /// Runs `sharedip-node-agent standalone` until SIGTERM or SIGINT; SIGHUP reloads.
 pub async fn run(args: StandaloneArgs) -> Result<(), AgentError> {
-    let signals = runtime::Signals::install(runtime::Hangup::Reload)?;
+    let signals = setup::Signals::install(setup::Hangup::Reload)?;
     let common = &args.common;
     let role = args.role();
     let community = match role {
@@ -167,7 +167,7 @@ pub async fn run(args: StandaloneArgs) -> Result<(), AgentError> {
     };
     // The binder also in discovery mode: it lists the interfaces and recognises (and removes)
     // what an earlier run bound.
-    let binder = runtime::open_binder(common).await?;
+    let binder = setup::open_binder(common).await?;
     let listing = binder
         .interface_addresses()
         .await
@@ -180,12 +180,12 @@ pub async fn run(args: StandaloneArgs) -> Result<(), AgentError> {
     };
     let desired = to_decisions(&addresses)?;
     let peers = common.peers(common.dcid)?;
-    let next_hop = runtime::next_hop(common, &peers)?;
+    let next_hop = setup::next_hop(common, &peers)?;
     // What discovery found, the user configured for sharing.
     let guard = OwnAddressGuard::start(common, &peers, next_hop, !bind, listing, &desired)?;
     let node_ipv4 =
         node_addresses::router_id_from_interfaces(&guard.interfaces, &common.interface, &addresses);
-    let speaker_cfg = runtime::speaker_config(common, peers, next_hop, node_ipv4);
+    let speaker_cfg = setup::speaker_config(common, peers, next_hop, node_ipv4);
     let router_id = speaker_cfg.fsm.router_id;
     tracing::info!(?addresses, %role, %community, %next_hop, %router_id, peers = ?speaker_cfg.peers, bind, "starting standalone");
     let speaker = Speaker::start(&speaker_cfg)?;
@@ -200,8 +200,8 @@ pub async fn run(args: StandaloneArgs) -> Result<(), AgentError> {
         },
         speaker.monitor(),
     );
-    runtime::serve_plain_http(args.http_addr(), shared.clone()).await?;
-    let _socket = runtime::serve_status_socket(&common.status_socket, shared.clone()).await?;
+    setup::serve_plain_http(args.http_addr(), shared.clone()).await?;
+    let _socket = setup::serve_status_socket(&common.status_socket, shared.clone()).await?;
     let reload = |listing: &[InterfaceAddress]| {
         rediscover(&args, listing).and_then(|addresses| to_decisions(&addresses))
     };
@@ -264,7 +264,7 @@ impl OwnAddressGuard {
         desired: &BTreeMap<String, Decision>,
     ) -> Result<Self, AgentError> {
         let mut session_addresses = OwnAddresses::default();
-        session_addresses.add_session(next_hop, runtime::session_sources(common, peers));
+        session_addresses.add_session(next_hop, setup::session_sources(common, peers));
         let mut guard = OwnAddressGuard {
             session_addresses,
             interface: common.interface.clone(),

@@ -27,7 +27,7 @@ use sharedip_node_agent::http::{AgentReport, Shared};
 use sharedip_node_agent::kubernetes::{run_loop, KubeSettings};
 use sharedip_node_agent::node_addresses::OwnAddresses;
 use sharedip_node_agent::orchestrator::Orchestrator;
-use sharedip_node_agent::runtime::Control;
+use sharedip_node_agent::setup::Control;
 use sharedip_node_agent::speaker::{Speaker, SpeakerConfig};
 use sharedip_node_agent::testing::FakeBinder;
 use tokio::net::TcpListener;
