@@ -46,8 +46,9 @@ pub struct AgentReport {
     pub prefixes: Vec<PrefixReport>,
 }
 
-/// State shared between the agent loop and the HTTP server.
-pub struct Shared {
+/// What the agent loop tells the HTTP server: readiness, metrics, sessions and the `/status`
+/// document.
+pub struct AgentState {
     /// Set once the agent has made its first decisions.
     pub ready: AtomicBool,
     /// Metrics registry.
@@ -58,7 +59,7 @@ pub struct Shared {
     pub report: RwLock<AgentReport>,
 }
 
-impl Shared {
+impl AgentState {
     /// Fresh state for a report skeleton.
     pub fn new(report: AgentReport, monitor: SpeakerMonitor) -> Arc<Self> {
         Arc::new(Self {
@@ -97,7 +98,7 @@ impl Shared {
     }
 }
 
-impl Observable for Shared {
+impl Observable for AgentState {
     fn readiness(&self) -> Readiness {
         if self.ready.load(Ordering::Relaxed) {
             Readiness::Ready
@@ -112,25 +113,25 @@ impl Observable for Shared {
 }
 
 /// The probes' routes: open to anyone, and they say nothing beyond "ok" / "not ready: starting".
-pub fn probe_router(shared: Arc<Shared>) -> Router {
-    probe_routes(shared)
+pub fn probe_router(state: Arc<AgentState>) -> Router {
+    probe_routes(state)
 }
 
 /// The routes that reveal the node's sessions and addresses.
-pub fn data_router(shared: Arc<Shared>) -> Router {
-    metrics_routes(shared.clone()).merge(
+pub fn data_router(state: Arc<AgentState>) -> Router {
+    metrics_routes(state.clone()).merge(
         Router::new()
             .route("/status", get(status))
-            .with_state(shared),
+            .with_state(state),
     )
 }
 
 /// Every route, without authentication.
-pub fn router(shared: Arc<Shared>) -> Router {
-    probe_router(shared.clone()).merge(data_router(shared))
+pub fn router(state: Arc<AgentState>) -> Router {
+    probe_router(state.clone()).merge(data_router(state))
 }
 
-async fn status(State(s): State<Arc<Shared>>) -> Json<AgentReport> {
+async fn status(State(s): State<Arc<AgentState>>) -> Json<AgentReport> {
     Json(s.report())
 }
 
@@ -138,11 +139,11 @@ async fn status(State(s): State<Arc<Shared>>) -> Json<AgentReport> {
 /// ends; returns the bound address (port 0 picks one).
 pub async fn serve(
     addr: SocketAddr,
-    shared: Arc<Shared>,
+    state: Arc<AgentState>,
 ) -> std::io::Result<(SocketAddr, tokio::task::JoinHandle<()>)> {
     let listener = tokio::net::TcpListener::bind(addr).await?;
     let local = listener.local_addr()?;
-    let app = router(shared);
+    let app = router(state);
     Ok((
         local,
         tokio::spawn(async move {
@@ -157,12 +158,12 @@ pub async fn serve(
 /// `/status` only for bearer tokens `auth` authorizes. Returns the bound address.
 pub async fn serve_https(
     addr: SocketAddr,
-    shared: Arc<Shared>,
+    state: Arc<AgentState>,
     tls: Arc<sharedip_secure_http::ServerConfig>,
     auth: Arc<sharedip_secure_http::Authorizer>,
 ) -> std::io::Result<SocketAddr> {
     let app =
-        sharedip_secure_http::protected(probe_router(shared.clone()), data_router(shared), auth);
+        sharedip_secure_http::protected(probe_router(state.clone()), data_router(state), auth);
     let (local, _task) = sharedip_secure_http::serve_https(addr, tls, app).await?;
     Ok(local)
 }
@@ -182,7 +183,7 @@ impl Drop for UnixSocket {
 /// Serves every route on a Unix socket at `path`, readable and writable by this user only
 /// (the agent runs as root: root on the node, or `kubectl exec` into the pod). A socket left
 /// by an agent that died is replaced; one another agent still answers on is not.
-pub async fn serve_unix(path: &Path, shared: Arc<Shared>) -> std::io::Result<UnixSocket> {
+pub async fn serve_unix(path: &Path, state: Arc<AgentState>) -> std::io::Result<UnixSocket> {
     use std::os::unix::fs::{FileTypeExt, PermissionsExt};
     if let Ok(meta) = std::fs::symlink_metadata(path) {
         if !meta.file_type().is_socket() {
@@ -207,7 +208,7 @@ pub async fn serve_unix(path: &Path, shared: Arc<Shared>) -> std::io::Result<Uni
         path: path.to_path_buf(),
     };
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
-    let app = router(shared);
+    let app = router(state);
     tokio::spawn(async move {
         if let Err(e) = axum::serve(listener, app).await {
             tracing::error!(error = %e, "status socket server stopped");
@@ -222,8 +223,8 @@ mod tests {
     use crate::speaker::SpeakerMonitor;
     use std::os::unix::fs::PermissionsExt;
 
-    fn shared() -> Arc<Shared> {
-        Shared::new(
+    fn state() -> Arc<AgentState> {
+        AgentState::new(
             AgentReport {
                 mode: "standalone".into(),
                 ..Default::default()
@@ -236,14 +237,14 @@ mod tests {
     async fn status_socket_serves_owner_only_and_replaces_stale_ones() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("sub").join("status.sock");
-        let socket = serve_unix(&path, shared()).await.unwrap();
+        let socket = serve_unix(&path, state()).await.unwrap();
         let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
         assert_eq!(mode, 0o600);
         let target = crate::status_cmd::Target::Socket(path.clone());
         let body = crate::status_cmd::fetch(&target).await.unwrap();
         assert!(body.contains("\"mode\":\"standalone\""), "{body}");
         // A second agent on the same socket is refused while the first answers.
-        let e = serve_unix(&path, shared()).await.unwrap_err();
+        let e = serve_unix(&path, state()).await.unwrap_err();
         assert_eq!(e.kind(), std::io::ErrorKind::AddrInUse);
         // Gone with its owner; a socket file left by a dead agent is replaced.
         drop(socket);
@@ -251,12 +252,12 @@ mod tests {
         let stale = std::os::unix::net::UnixListener::bind(&path).unwrap();
         drop(stale);
         assert!(path.exists());
-        let _socket = serve_unix(&path, shared()).await.unwrap();
+        let _socket = serve_unix(&path, state()).await.unwrap();
         assert!(crate::status_cmd::fetch(&target).await.is_ok());
         // Something else at the path is left alone.
         let file = dir.path().join("not-a-socket");
         std::fs::write(&file, "keep").unwrap();
-        assert!(serve_unix(&file, shared()).await.is_err());
+        assert!(serve_unix(&file, state()).await.is_err());
         assert_eq!(std::fs::read_to_string(&file).unwrap(), "keep");
     }
 }

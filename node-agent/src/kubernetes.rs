@@ -23,7 +23,7 @@ use tokio::sync::Notify;
 use crate::binder::AddressBinding;
 use crate::config::RunArgs;
 use crate::decision::{self, BgpDefaults, Decision, Outcome, Reason, Sessions, Situation};
-use crate::http::{AgentReport, Shared};
+use crate::http::{AgentReport, AgentState};
 use crate::node_addresses::{self, OwnAddresses};
 use crate::orchestrator::{Orchestrator, Transition};
 use crate::setup::{self, AgentError, Control};
@@ -41,10 +41,10 @@ pub struct KubeSettings {
     pub resync: Duration,
     /// Bound of the shutdown path.
     pub shutdown_timeout: Duration,
-    /// The interface shared addresses are bound on (`--interface`).
+    /// The interface state addresses are bound on (`--interface`).
     pub interface: String,
     /// The sessions' own addresses (next hop, sources); every round adds the interfaces' and
-    /// the Node's, and no shared address may be one of them.
+    /// the Node's, and no state address may be one of them.
     pub session_addresses: OwnAddresses,
 }
 
@@ -55,7 +55,7 @@ pub async fn run(args: RunArgs) -> Result<(), AgentError> {
     let client = kube::Client::try_default()
         .await
         .map_err(AgentError::Kube)?;
-    let (shared, _socket) = serve_endpoints(&args, &client).await?;
+    let (state, _socket) = serve_endpoints(&args, &client).await?;
     let Some(node) = read_own_node(&client, &args.node_name, &mut signals).await else {
         tracing::info!("stopped before the Node could be read; nothing was bound or announced");
         return Ok(());
@@ -63,7 +63,7 @@ pub async fn run(args: RunArgs) -> Result<(), AgentError> {
     let (speaker, report, session_addresses) = start_speaker(&args, &node)?;
     let binder = setup::open_binder(common).await?;
     let monitor = speaker.monitor();
-    shared.set_speaker(report, monitor.clone());
+    state.set_speaker(report, monitor.clone());
     let orchestrator = Orchestrator::new(binder, speaker, common.unbind_delay);
     run_loop(
         client,
@@ -77,7 +77,7 @@ pub async fn run(args: RunArgs) -> Result<(), AgentError> {
         },
         orchestrator,
         monitor,
-        shared,
+        state,
         signals.into_stream(),
     )
     .await
@@ -90,8 +90,8 @@ pub async fn run(args: RunArgs) -> Result<(), AgentError> {
 async fn serve_endpoints(
     args: &RunArgs,
     client: &kube::Client,
-) -> Result<(Arc<Shared>, Option<crate::http::UnixSocket>), AgentError> {
-    let shared = Shared::new(
+) -> Result<(Arc<AgentState>, Option<crate::http::UnixSocket>), AgentError> {
+    let state = AgentState::new(
         AgentReport {
             mode: "kubernetes".into(),
             node: Some(args.node_name.clone()),
@@ -109,9 +109,9 @@ async fn serve_endpoints(
             names: vec![args.node_name.clone()],
         },
     };
-    setup::serve_https(args.http_addr(), shared.clone(), client.clone(), &cert).await?;
-    let socket = setup::serve_status_socket(&args.common.status_socket, shared.clone()).await?;
-    Ok((shared, socket))
+    setup::serve_https(args.http_addr(), state.clone(), client.clone(), &cert).await?;
+    let socket = setup::serve_status_socket(&args.common.status_socket, state.clone()).await?;
+    Ok((state, socket))
 }
 
 /// Starts the BGP sessions toward the route servers of the node's data center (its region
@@ -346,7 +346,7 @@ pub async fn run_loop<B: AddressBinding, A: Announcer>(
     settings: KubeSettings,
     mut orchestrator: Orchestrator<B, A>,
     mut monitor: SpeakerMonitor,
-    shared: Arc<Shared>,
+    state: Arc<AgentState>,
     control: impl Stream<Item = Control> + Send,
 ) -> Result<(), AgentError> {
     let notify = Arc::new(Notify::new());
@@ -365,7 +365,7 @@ pub async fn run_loop<B: AddressBinding, A: Announcer>(
         settings,
         stores,
         recorder,
-        shared,
+        state,
         written: HashMap::new(),
         interfaces: Vec::new(),
         own: OwnAddresses::default(),
@@ -402,7 +402,7 @@ struct LoopCtx {
     settings: KubeSettings,
     stores: Stores,
     recorder: Recorder,
-    shared: Arc<Shared>,
+    state: Arc<AgentState>,
     written: Written,
     /// The last listing of the node's interface addresses that worked.
     interfaces: Vec<crate::binder::InterfaceAddress>,
@@ -548,7 +548,7 @@ impl LoopCtx {
         resync.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             self.reconcile(orchestrator).await;
-            self.shared.ready.store(true, Ordering::Relaxed);
+            self.state.ready.store(true, Ordering::Relaxed);
             tokio::select! {
                 () = notify.notified() => {}
                 () = monitor.changed() => {}
@@ -573,7 +573,7 @@ impl LoopCtx {
     ) {
         let t = orchestrator.shutdown("node agent stopping").await;
         self.after_transitions(&t).await;
-        self.shared.set_prefixes(orchestrator.report());
+        self.state.set_prefixes(orchestrator.report());
         let desired = self.decisions(true);
         // Nothing is applied any more: no outcomes.
         self.write_statuses(
@@ -594,7 +594,7 @@ impl LoopCtx {
         self.report_refusals(&desired).await;
         let effects = orchestrator.apply(&desired).await;
         self.after_transitions(&effects.transitions).await;
-        self.shared.set_prefixes(orchestrator.report());
+        self.state.set_prefixes(orchestrator.report());
         self.write_statuses(
             &desired,
             &effects.outcomes,
@@ -604,7 +604,7 @@ impl LoopCtx {
     }
 
     async fn after_transitions(&self, transitions: &[Transition]) {
-        self.shared.metrics.observe_transitions(transitions);
+        self.state.metrics.observe_transitions(transitions);
         let node = &self.settings.node;
         for t in transitions {
             let (name, type_, reason, action, note) = match t {

@@ -49,7 +49,7 @@ pub struct Metrics {
     pub session_established: Family<PeerLabels, Gauge<i64, AtomicI64>>,
     pub updates_sent: Family<PeerLabels, Counter>,
     pub updates_received: Family<PeerLabels, Counter>,
-    pub session_flaps: Family<PeerLabels, Counter>,
+    pub sessions_established: Family<PeerLabels, Counter>,
     pub prefixes_announced: Gauge<i64, AtomicI64>,
     pub transitions: Family<TransitionLabels, Counter>,
     /// Counters already exported per peer: the sessions report totals, counters take deltas.
@@ -64,7 +64,7 @@ impl Default for Metrics {
             session_established: Family::default(),
             updates_sent: Family::default(),
             updates_received: Family::default(),
-            session_flaps: Family::default(),
+            sessions_established: Family::default(),
             prefixes_announced: Gauge::default(),
             transitions: Family::default(),
             seen: Mutex::new(HashMap::new()),
@@ -92,7 +92,7 @@ impl Default for Metrics {
         m.registry.register(
             "bgp_sessions_established",
             "Times the session with the route server reached Established",
-            m.session_flaps.clone(),
+            m.sessions_established.clone(),
         );
         m.registry.register(
             "prefixes_announced",
@@ -139,7 +139,7 @@ impl Metrics {
             self.updates_received
                 .get_or_create(&labels)
                 .inc_by(p.updates_received.saturating_sub(prev.1));
-            self.session_flaps
+            self.sessions_established
                 .get_or_create(&labels)
                 .inc_by(p.established_count.saturating_sub(prev.2));
             *prev = (

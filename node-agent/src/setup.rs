@@ -1,4 +1,4 @@
-//! Process plumbing shared by the Kubernetes and the standalone mode: the speaker's settings
+//! Process plumbing state by the Kubernetes and the standalone mode: the speaker's settings
 //! from the flags, the next hop, signals, the HTTP servers.
 
 use std::net::{IpAddr, Ipv6Addr, SocketAddr, UdpSocket};
@@ -11,7 +11,7 @@ use sharedip_secure_http::{Authorizer, CertSource};
 
 use crate::bgp::fsm::FsmConfig;
 use crate::config::{router_id_from, CommonArgs, ConfigError};
-use crate::http::{self, Shared};
+use crate::http::{self, AgentState};
 use crate::speaker::{SpeakerConfig, SpeakerError};
 
 /// Why the agent cannot run.
@@ -152,9 +152,9 @@ pub fn speaker_config(
 /// by default, and a warning otherwise.
 pub async fn serve_plain_http(
     addr: SocketAddr,
-    shared: Arc<Shared>,
+    state: Arc<AgentState>,
 ) -> Result<SocketAddr, AgentError> {
-    let (local, _task) = http::serve(addr, shared)
+    let (local, _task) = http::serve(addr, state)
         .await
         .map_err(|source| AgentError::Http { addr, source })?;
     if local.ip().is_loopback() {
@@ -169,13 +169,13 @@ pub async fn serve_plain_http(
 /// bearer tokens the apiserver authorizes (TokenReview + SubjectAccessReview).
 pub async fn serve_https(
     addr: SocketAddr,
-    shared: Arc<Shared>,
+    state: Arc<AgentState>,
     client: kube::Client,
     cert: &CertSource,
 ) -> Result<SocketAddr, AgentError> {
     let tls = sharedip_secure_http::server_config(cert).map_err(AgentError::Tls)?;
     let auth = Authorizer::new(client).map_err(AgentError::Tls)?;
-    let local = http::serve_https(addr, shared, tls, auth)
+    let local = http::serve_https(addr, state, tls, auth)
         .await
         .map_err(|source| AgentError::Http { addr, source })?;
     let cert = match cert {
@@ -191,12 +191,12 @@ pub async fn serve_https(
 /// failure only costs the `status` subcommand, so it is logged and the agent goes on.
 pub async fn serve_status_socket(
     path: &Path,
-    shared: Arc<Shared>,
+    state: Arc<AgentState>,
 ) -> Result<Option<http::UnixSocket>, AgentError> {
     if path.as_os_str().is_empty() {
         return Ok(None);
     }
-    match http::serve_unix(path, shared).await {
+    match http::serve_unix(path, state).await {
         Ok(socket) => {
             tracing::info!(path = %path.display(), "serving /status for `sharedip-node-agent status` on a Unix socket");
             Ok(Some(socket))

@@ -18,7 +18,7 @@ use crate::binder::{AddressBinding, UserConfigured};
 use crate::community::RoleCommunity;
 use crate::config::{CommonArgs, StandaloneArgs};
 use crate::decision::{Decision, Reason, Target};
-use crate::http::{AgentReport, Shared};
+use crate::http::{AgentReport, AgentState};
 use crate::node_addresses::{self, OwnAddresses};
 use crate::orchestrator::{Orchestrator, Transition};
 use crate::setup::{self, AgentError, Control};
@@ -189,7 +189,7 @@ pub async fn run(args: StandaloneArgs) -> Result<(), AgentError> {
     let router_id = speaker_cfg.fsm.router_id;
     tracing::info!(?addresses, %role, %community, %next_hop, %router_id, peers = ?speaker_cfg.peers, bind, "starting standalone");
     let speaker = Speaker::start(&speaker_cfg)?;
-    let shared = Shared::new(
+    let state = AgentState::new(
         AgentReport {
             mode: "standalone".into(),
             dcid: common.dcid,
@@ -200,8 +200,8 @@ pub async fn run(args: StandaloneArgs) -> Result<(), AgentError> {
         },
         speaker.monitor(),
     );
-    setup::serve_plain_http(args.http_addr(), shared.clone()).await?;
-    let _socket = setup::serve_status_socket(&common.status_socket, shared.clone()).await?;
+    setup::serve_plain_http(args.http_addr(), state.clone()).await?;
+    let _socket = setup::serve_status_socket(&common.status_socket, state.clone()).await?;
     let reload = |listing: &[InterfaceAddress]| {
         rediscover(&args, listing).and_then(|addresses| to_decisions(&addresses))
     };
@@ -209,10 +209,10 @@ pub async fn run(args: StandaloneArgs) -> Result<(), AgentError> {
     let stop = common.shutdown_timeout;
     if bind {
         let o = Orchestrator::new(binder, speaker, common.unbind_delay);
-        serve(o, desired, guard, &shared, stop, control, reload).await
+        serve(o, desired, guard, &state, stop, control, reload).await
     } else {
         let o = Orchestrator::new(UserConfigured(binder), speaker, common.unbind_delay);
-        serve(o, desired, guard, &shared, stop, control, reload).await
+        serve(o, desired, guard, &state, stop, control, reload).await
     }
 }
 
@@ -340,12 +340,12 @@ async fn apply<B: AddressBinding, A: Announcer>(
     o: &mut Orchestrator<B, A>,
     desired: &BTreeMap<String, Decision>,
     guard: &mut OwnAddressGuard,
-    shared: &Shared,
+    state: &AgentState,
 ) {
     let t = o.apply(&guard.filter(desired)).await.transitions;
     log_transitions(&t);
-    shared.metrics.observe_transitions(&t);
-    shared.set_prefixes(o.report());
+    state.metrics.observe_transitions(&t);
+    state.set_prefixes(o.report());
 }
 
 fn log_transitions(transitions: &[Transition]) {
@@ -370,7 +370,7 @@ async fn serve<B, A, C, R>(
     mut o: Orchestrator<B, A>,
     mut desired: BTreeMap<String, Decision>,
     mut guard: OwnAddressGuard,
-    shared: &Shared,
+    state: &AgentState,
     shutdown_timeout: std::time::Duration,
     control: C,
     mut reload: R,
@@ -381,8 +381,8 @@ where
     C: Stream<Item = Control>,
     R: FnMut(&[InterfaceAddress]) -> Result<BTreeMap<String, Decision>, AgentError>,
 {
-    apply(&mut o, &desired, &mut guard, shared).await;
-    shared.ready.store(true, Ordering::Relaxed);
+    apply(&mut o, &desired, &mut guard, state).await;
+    state.ready.store(true, Ordering::Relaxed);
     // Retry failed binds now and then until stopped.
     let mut retry = tokio::time::interval(std::time::Duration::from_secs(30));
     retry.tick().await;
@@ -400,7 +400,7 @@ where
                     match reload(&guard.interfaces) {
                         Ok(fresh) => {
                             desired = merge_reload(&desired, fresh);
-                            apply(&mut o, &desired, &mut guard, shared).await;
+                            apply(&mut o, &desired, &mut guard, state).await;
                         }
                         Err(error) => {
                             tracing::warn!(%error, "SIGHUP: cannot read the addresses again; keeping the current ones");
@@ -410,9 +410,9 @@ where
             },
             _ = retry.tick() => {
                 guard.refresh(o.binder()).await;
-                apply(&mut o, &desired, &mut guard, shared).await;
+                apply(&mut o, &desired, &mut guard, state).await;
             }
-            () = o.unbinds_due() => apply(&mut o, &desired, &mut guard, shared).await,
+            () = o.unbinds_due() => apply(&mut o, &desired, &mut guard, state).await,
         }
     }
     tracing::info!("stopping: withdrawing, closing sessions, unbinding");
@@ -422,12 +422,12 @@ where
         {
             Ok(t) => {
                 log_transitions(&t);
-                shared.metrics.observe_transitions(&t);
+                state.metrics.observe_transitions(&t);
                 Ok(())
             }
             Err(_) => Err(AgentError::ShutdownTimeout(shutdown_timeout)),
         };
-    shared.set_prefixes(o.report());
+    state.set_prefixes(o.report());
     result
 }
 
@@ -579,7 +579,7 @@ mod tests {
                 FakeAnnouncer::new(log.clone()),
                 unbind_delay,
             );
-            let shared = Shared::new(AgentReport::default(), SpeakerMonitor::empty());
+            let state = AgentState::new(AgentReport::default(), SpeakerMonitor::empty());
             let (tx, rx) = mpsc::unbounded_channel::<Control>();
             let control =
                 futures::stream::unfold(
@@ -609,7 +609,7 @@ mod tests {
                 o,
                 discovered(start),
                 guard,
-                &shared,
+                &state,
                 Duration::from_secs(5),
                 control,
                 reload,

@@ -23,7 +23,7 @@ use sharedip_node_agent::bgp::fsm::FsmConfig;
 use sharedip_node_agent::bgp::session::{self, SessionConfig, SessionHandle, Transport};
 use sharedip_node_agent::bgp::wire::{Community, Prefix, Update};
 use sharedip_node_agent::decision::BgpDefaults;
-use sharedip_node_agent::http::{AgentReport, Shared};
+use sharedip_node_agent::http::{AgentReport, AgentState};
 use sharedip_node_agent::kubernetes::{run_loop, KubeSettings};
 use sharedip_node_agent::node_addresses::OwnAddresses;
 use sharedip_node_agent::orchestrator::Orchestrator;
@@ -180,7 +180,7 @@ async fn agent_against_a_real_apiserver() {
     .unwrap();
     let monitor = speaker.monitor();
     let binder = FakeBinder::default();
-    let shared = Shared::new(
+    let state = AgentState::new(
         AgentReport {
             mode: "kubernetes".into(),
             node: Some(NODE.into()),
@@ -201,7 +201,7 @@ async fn agent_against_a_real_apiserver() {
         },
         Orchestrator::new(binder.clone(), speaker, Duration::ZERO),
         monitor,
-        shared.clone(),
+        state.clone(),
         futures::stream::once(async move {
             let _ = stop_rx.await;
             Control::Stop
@@ -238,8 +238,8 @@ async fn agent_against_a_real_apiserver() {
         "{managers:?}"
     );
     assert!(binder.bound().contains(&ip));
-    assert!(shared.ready.load(std::sync::atomic::Ordering::Relaxed));
-    assert_eq!(shared.report().prefixes.len(), 1);
+    assert!(state.ready.load(std::sync::atomic::Ordering::Relaxed));
+    assert_eq!(state.report().prefixes.len(), 1);
 
     // The operator writes again: the agent's entry survives, and vice versa.
     sips.patch_status(
@@ -423,7 +423,7 @@ async fn the_nodes_own_address_is_refused_unless_it_is_the_owner() {
     .unwrap();
     let monitor = speaker.monitor();
     let binder = FakeBinder::default();
-    let shared = Shared::new(AgentReport::default(), monitor.clone());
+    let state = AgentState::new(AgentReport::default(), monitor.clone());
     let mut session_addresses = OwnAddresses::default();
     session_addresses.add_session("2001:db8::1".parse().unwrap(), []);
     let (stop_tx, stop_rx) = oneshot::channel::<()>();
@@ -439,7 +439,7 @@ async fn the_nodes_own_address_is_refused_unless_it_is_the_owner() {
         },
         Orchestrator::new(binder.clone(), speaker, Duration::ZERO),
         monitor,
-        shared.clone(),
+        state.clone(),
         futures::stream::once(async move {
             let _ = stop_rx.await;
             Control::Stop
@@ -460,7 +460,7 @@ async fn the_nodes_own_address_is_refused_unless_it_is_the_owner() {
     );
     assert_eq!(e.role, Some(sharedip_api::Role::Primary));
     assert!(binder.bound().is_empty());
-    assert!(shared.report().prefixes.is_empty());
+    assert!(state.report().prefixes.is_empty());
     eventually("a warning event AddressIsNodeAddress", || async {
         use k8s_openapi::api::events::v1::Event;
         let list = Api::<Event>::all(client.clone())
@@ -577,7 +577,7 @@ async fn a_later_sharedip_for_an_overlapping_address_is_a_duplicate() {
     .unwrap();
     let monitor = speaker.monitor();
     let binder = FakeBinder::default();
-    let shared = Shared::new(AgentReport::default(), monitor.clone());
+    let state = AgentState::new(AgentReport::default(), monitor.clone());
     let (stop_tx, stop_rx) = oneshot::channel::<()>();
     let agent = tokio::spawn(run_loop(
         client.clone(),
@@ -591,7 +591,7 @@ async fn a_later_sharedip_for_an_overlapping_address_is_a_duplicate() {
         },
         Orchestrator::new(binder.clone(), speaker, Duration::ZERO),
         monitor,
-        shared.clone(),
+        state.clone(),
         futures::stream::once(async move {
             let _ = stop_rx.await;
             Control::Stop
@@ -607,7 +607,7 @@ async fn a_later_sharedip_for_an_overlapping_address_is_a_duplicate() {
         )
     );
     assert!(binder.bound().is_empty());
-    assert!(shared.report().prefixes.is_empty());
+    assert!(state.report().prefixes.is_empty());
 
     // The earlier claimant goes: the address is this one's now.
     sips.delete("api", &Default::default()).await.unwrap();
@@ -675,7 +675,7 @@ async fn the_unbind_follows_the_withdrawal_after_the_delay_without_another_chang
     .unwrap();
     let monitor = speaker.monitor();
     let binder = FakeBinder::default();
-    let shared = Shared::new(AgentReport::default(), monitor.clone());
+    let state = AgentState::new(AgentReport::default(), monitor.clone());
     let (stop_tx, stop_rx) = oneshot::channel::<()>();
     let agent = tokio::spawn(run_loop(
         client.clone(),
@@ -690,7 +690,7 @@ async fn the_unbind_follows_the_withdrawal_after_the_delay_without_another_chang
         },
         Orchestrator::new(binder.clone(), speaker, Duration::from_secs(2)),
         monitor,
-        shared.clone(),
+        state.clone(),
         futures::stream::once(async move {
             let _ = stop_rx.await;
             Control::Stop
