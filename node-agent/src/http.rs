@@ -17,8 +17,8 @@ use serde::{Deserialize, Serialize};
 use sharedip_process::endpoints::{metrics_routes, probe_routes, Observable, Readiness};
 use sharedip_process::sync::{read, write};
 
-use crate::metrics::Metrics;
 use crate::orchestrator::PrefixReport;
+use crate::report::metrics::Metrics;
 use crate::speaker::{PeerReport, SpeakerMonitor};
 
 /// What `/status` returns and the `status` subcommand prints.
@@ -240,8 +240,8 @@ mod tests {
         let socket = serve_unix(&path, state()).await.unwrap();
         let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
         assert_eq!(mode, 0o600);
-        let target = crate::status_cmd::Target::Socket(path.clone());
-        let body = crate::status_cmd::fetch(&target).await.unwrap();
+        let target = crate::report::cli::Target::Socket(path.clone());
+        let body = crate::report::cli::fetch(&target).await.unwrap();
         assert!(body.contains("\"mode\":\"standalone\""), "{body}");
         // A second agent on the same socket is refused while the first answers.
         let e = serve_unix(&path, state()).await.unwrap_err();
@@ -253,7 +253,7 @@ mod tests {
         drop(stale);
         assert!(path.exists());
         let _socket = serve_unix(&path, state()).await.unwrap();
-        assert!(crate::status_cmd::fetch(&target).await.is_ok());
+        assert!(crate::report::cli::fetch(&target).await.is_ok());
         // Something else at the path is left alone.
         let file = dir.path().join("not-a-socket");
         std::fs::write(&file, "keep").unwrap();

@@ -26,9 +26,9 @@ use crate::decision::{self, BgpDefaults, Decision, Outcome, Reason, Sessions, Si
 use crate::http::{AgentReport, AgentState};
 use crate::node_addresses::{self, OwnAddresses};
 use crate::orchestrator::{Orchestrator, Transition};
+use crate::report::node_status;
 use crate::setup::{self, AgentError, Control};
 use crate::speaker::{Announcer, Speaker, SpeakerMonitor};
-use crate::status;
 
 /// Settings of the Kubernetes loop.
 #[derive(Debug, Clone)]
@@ -688,7 +688,7 @@ impl LoopCtx {
     ) {
         let node = self.settings.node.clone();
         let api: Api<SharedIP> = Api::all(self.client.clone());
-        let params = PatchParams::apply(&status::field_manager(&node)).force();
+        let params = PatchParams::apply(&node_status::field_manager(&node)).force();
         let now = Time(Timestamp::now());
         for sip in self.stores.sharedips.state() {
             let name = sip.name_any();
@@ -699,7 +699,7 @@ impl LoopCtx {
                 .status
                 .as_ref()
                 .and_then(|s| s.nodes.iter().find(|n| n.name == node));
-            let entry = status::node_entry(
+            let entry = node_status::node_entry(
                 &node,
                 d,
                 outcomes.get(&name),
@@ -707,17 +707,17 @@ impl LoopCtx {
                 previous,
                 now.clone(),
             );
-            if status::same_entry(entry.as_ref(), previous) {
+            if node_status::same_entry(entry.as_ref(), previous) {
                 continue;
             }
             let rv = sip.resource_version();
             if let Some((seen_rv, written)) = self.written.get(&name) {
-                if *seen_rv == rv && status::same_entry(entry.as_ref(), written.as_ref()) {
+                if *seen_rv == rv && node_status::same_entry(entry.as_ref(), written.as_ref()) {
                     // Already written; the store has not seen our write yet.
                     continue;
                 }
             }
-            let patch = status::status_patch(entry.as_ref());
+            let patch = node_status::status_patch(entry.as_ref());
             match api
                 .patch_status(&name, &params, &Patch::Apply(&patch))
                 .await

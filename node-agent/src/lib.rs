@@ -12,14 +12,12 @@ pub mod dcid;
 pub mod decision;
 pub mod http;
 pub mod kubernetes;
-pub mod metrics;
 pub mod node_addresses;
 pub mod orchestrator;
 pub mod prefix;
+pub mod report;
 pub mod setup;
 pub mod speaker;
 pub mod standalone;
-pub mod status;
-pub mod status_cmd;
 #[cfg(any(test, feature = "testing"))]
 pub mod testing;

@@ -1,7 +1,8 @@
 use std::process::ExitCode;
 
 use sharedip_node_agent::config::{self, Command};
-use sharedip_node_agent::{kubernetes, standalone, status_cmd};
+use sharedip_node_agent::report::cli;
+use sharedip_node_agent::{kubernetes, standalone};
 use sharedip_process::logging;
 
 // One thread: the agent's work is a few sockets and timers, nothing CPU-bound, and the default
@@ -28,7 +29,7 @@ async fn main() -> ExitCode {
             standalone::run(args).await
         }
         Command::Status(args) => {
-            return match status_cmd::run(&args).await {
+            return match cli::run(&args).await {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     eprintln!("sharedip-node-agent status: {e}");

@@ -1,0 +1,5 @@
+//! The agent's outward views.
+
+pub mod cli;
+pub mod metrics;
+pub mod node_status;
