@@ -13,38 +13,12 @@ use std::sync::{Arc, RwLock};
 use axum::extract::State;
 use axum::routing::get;
 use axum::{Json, Router};
-use serde::{Deserialize, Serialize};
 use sharedip_process::endpoints::{metrics_routes, probe_routes, Observable, Readiness};
 use sharedip_process::sync::{read, write};
 
-use crate::orchestrator::PrefixReport;
 use crate::report::metrics::Metrics;
-use crate::speaker::{PeerReport, SpeakerMonitor};
-
-/// What `/status` returns and the `status` subcommand prints.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct AgentReport {
-    /// "kubernetes" or "standalone".
-    pub mode: String,
-    /// The node name (Kubernetes mode).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub node: Option<String>,
-    /// Data-center id in use.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub dcid: Option<u16>,
-    /// Local AS number.
-    pub local_as: u32,
-    /// Next hop announced.
-    pub next_hop: String,
-    /// BGP identifier.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub router_id: Option<String>,
-    /// One entry per route server.
-    pub peers: Vec<PeerReport>,
-    /// What this node binds and announces.
-    pub prefixes: Vec<PrefixReport>,
-}
+use crate::report::{peer_reports, AgentReport, PrefixReport};
+use crate::speaker::SpeakerMonitor;
 
 /// What the agent loop tells the HTTP server: readiness, metrics, sessions and the `/status`
 /// document.
@@ -93,7 +67,7 @@ impl AgentState {
     /// The full report now.
     pub fn report(&self) -> AgentReport {
         let mut r = read(&self.report).clone();
-        r.peers = self.monitor().reports();
+        r.peers = peer_reports(&self.monitor());
         r
     }
 }

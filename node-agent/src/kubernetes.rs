@@ -1,32 +1,31 @@
 //! Kubernetes mode: watch this node's Node, every SharedIP and the pods on this node; decide,
 //! apply (bind/announce, withdraw/unbind), write this node's status entry and events.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
 use futures::{Stream, StreamExt};
-use k8s_openapi::api::core::v1::{Node, ObjectReference, Pod, PodSpec, PodStatus};
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
-use k8s_openapi::jiff::Timestamp;
-use kube::api::{Api, Patch, PatchParams};
-use kube::runtime::events::{Event, EventType, Recorder, Reporter};
+use k8s_openapi::api::core::v1::{Node, Pod, PodSpec, PodStatus};
+use kube::api::Api;
 use kube::runtime::reflector::{self, Store};
 use kube::runtime::{watcher, WatchStreamExt};
-use kube::{Resource, ResourceExt};
+use kube::ResourceExt;
 use sharedip_api::rules;
-use sharedip_api::{NodeStatus, SharedIP};
+use sharedip_api::SharedIP;
 use sharedip_secure_http::CertSource;
 use tokio::sync::Notify;
 
 use crate::binder::AddressBinding;
 use crate::config::RunArgs;
 use crate::decision::{self, BgpDefaults, Decision, Outcome, Reason, Sessions, Situation};
-use crate::http::{AgentReport, AgentState};
+use crate::http::AgentState;
 use crate::node_addresses::{self, OwnAddresses};
 use crate::orchestrator::{Orchestrator, Transition};
-use crate::report::node_status;
+use crate::report::events::Events;
+use crate::report::node_status::StatusWriter;
+use crate::report::{self, AgentReport};
 use crate::setup::{self, AgentError, Control};
 use crate::speaker::{Announcer, Speaker, SpeakerMonitor};
 
@@ -333,10 +332,6 @@ fn trim_pod(pod: &mut Pod) {
     }
 }
 
-/// What this agent last wrote for a SharedIP: the entry and the object's resourceVersion seen
-/// then, so a store that has not caught up with our own write does not cause a second one.
-type Written = HashMap<String, (Option<String>, Option<NodeStatus>)>;
-
 /// The Kubernetes loop: runs until `control` says [`Control::Stop`], then withdraws, CEASEs,
 /// unbinds and writes a final status, all within `settings.shutdown_timeout`.
 /// [`Control::Reload`] re-evaluates every SharedIP and rewrites every status entry, as the
@@ -353,23 +348,14 @@ pub async fn run_loop<B: AddressBinding, A: Announcer>(
     let (stores, tasks) = Stores::watch(&client, &settings.node, &notify);
     let mut control = Box::pin(control.fuse());
     let stopped_early = stores.wait_synced(&mut control).await?;
-    let recorder = Recorder::new(
-        client.clone(),
-        Reporter {
-            controller: "sharedip-node-agent".into(),
-            instance: Some(settings.node.clone()),
-        },
-    );
     let mut ctx = LoopCtx {
-        client,
+        events: Events::new(client.clone(), &settings.node),
+        statuses: StatusWriter::new(client, &settings.node),
         settings,
         stores,
-        recorder,
         state,
-        written: HashMap::new(),
         interfaces: Vec::new(),
         own: OwnAddresses::default(),
-        refused: HashMap::new(),
     };
     if !stopped_early {
         tracing::info!(node = %ctx.settings.node, "caches synced");
@@ -398,18 +384,15 @@ fn sessions(announcer: &impl Announcer) -> Sessions {
 }
 
 struct LoopCtx {
-    client: kube::Client,
     settings: KubeSettings,
     stores: Stores,
-    recorder: Recorder,
+    events: Events,
+    statuses: StatusWriter,
     state: Arc<AgentState>,
-    written: Written,
     /// The last listing of the node's interface addresses that worked.
     interfaces: Vec<crate::binder::InterfaceAddress>,
     /// The node's own addresses, as of this round.
     own: OwnAddresses,
-    /// SharedIPs refused as the node's own address, with the reason last reported.
-    refused: HashMap<String, String>,
 }
 
 impl LoopCtx {
@@ -505,36 +488,6 @@ impl LoopCtx {
         self.own = own;
     }
 
-    /// One error line and one warning event when a SharedIP starts being refused as the
-    /// node's own address (or for another reason), one line when it no longer is.
-    async fn report_refusals(&mut self, desired: &BTreeMap<String, Decision>) {
-        let node = self.settings.node.clone();
-        for (name, d) in desired {
-            let refused = d.reason == Reason::AddressIsNodeAddress;
-            match (refused, self.refused.get(name)) {
-                (true, Some(m)) if *m == d.message => {}
-                (true, _) => {
-                    tracing::error!(sharedip = %name, reason = %d.reason, "{}", d.message);
-                    self.refused.insert(name.clone(), d.message.clone());
-                    self.publish(
-                        name,
-                        EventType::Warning,
-                        Reason::AddressIsNodeAddress.as_str(),
-                        "Bind",
-                        format!("node {node}: {}", d.message),
-                    )
-                    .await;
-                }
-                (false, Some(_)) => {
-                    tracing::info!(sharedip = %name, "no longer the node's own address");
-                    self.refused.remove(name);
-                }
-                (false, None) => {}
-            }
-        }
-        self.refused.retain(|name, _| desired.contains_key(name));
-    }
-
     /// Runs a turn at every change of the watched objects or the sessions, at every due
     /// unbind, at every resync and SIGHUP, until `control` says stop.
     async fn serve<B: AddressBinding, A: Announcer>(
@@ -553,12 +506,12 @@ impl LoopCtx {
                 () = notify.notified() => {}
                 () = monitor.changed() => {}
                 () = orchestrator.unbinds_due() => {}
-                _ = resync.tick() => self.written.clear(),
+                _ = resync.tick() => self.statuses.forget_written(),
                 Some(c) = control.next() => match c {
                     Control::Stop => return,
                     Control::Reload => {
                         tracing::info!("SIGHUP: re-evaluating every SharedIP and rewriting this node's status entries");
-                        self.written.clear();
+                        self.statuses.forget_written();
                     }
                 },
             }
@@ -573,7 +526,8 @@ impl LoopCtx {
     ) {
         let t = orchestrator.shutdown("node agent stopping").await;
         self.after_transitions(&t).await;
-        self.state.set_prefixes(orchestrator.report());
+        self.state
+            .set_prefixes(report::prefix_reports(orchestrator.applied()));
         let desired = self.decisions(true);
         // Nothing is applied any more: no outcomes.
         self.write_statuses(
@@ -591,10 +545,11 @@ impl LoopCtx {
     ) {
         self.refresh_own(orchestrator.binder()).await;
         let desired = self.decisions(false);
-        self.report_refusals(&desired).await;
+        self.events.refusals(&self.stores.sharedips, &desired).await;
         let effects = orchestrator.apply(&desired).await;
         self.after_transitions(&effects.transitions).await;
-        self.state.set_prefixes(orchestrator.report());
+        self.state
+            .set_prefixes(report::prefix_reports(orchestrator.applied()));
         self.write_statuses(
             &desired,
             &effects.outcomes,
@@ -603,135 +558,23 @@ impl LoopCtx {
         .await;
     }
 
+    /// Metrics, log lines and events of what a turn changed.
     async fn after_transitions(&self, transitions: &[Transition]) {
         self.state.metrics.observe_transitions(transitions);
-        let node = &self.settings.node;
-        for t in transitions {
-            let (name, type_, reason, action, note) = match t {
-                Transition::Announced {
-                    name,
-                    prefix,
-                    community,
-                } => {
-                    tracing::info!(sharedip = %name, %prefix, %community, "announced");
-                    (
-                        name,
-                        EventType::Normal,
-                        "Announced",
-                        "Announce",
-                        format!("node {node} announces {prefix} with community {community}"),
-                    )
-                }
-                Transition::Withdrawn {
-                    name,
-                    prefix,
-                    reason,
-                } => {
-                    tracing::info!(sharedip = %name, %prefix, %reason, "withdrawn");
-                    (
-                        name,
-                        EventType::Normal,
-                        "Withdrawn",
-                        "Withdraw",
-                        format!("node {node} withdrew {prefix}: {reason}"),
-                    )
-                }
-                Transition::BindFailed { name, error } => (
-                    name,
-                    EventType::Warning,
-                    "BindFailed",
-                    "Bind",
-                    format!("node {node} cannot bind the address: {error}"),
-                ),
-            };
-            self.publish(name, type_, reason, action, note).await;
-        }
+        self.events
+            .transitions(&self.stores.sharedips, transitions)
+            .await;
     }
 
-    /// Records an event on SharedIP `name`, with this Node as the related object.
-    async fn publish(
-        &self,
-        name: &str,
-        type_: EventType,
-        reason: &str,
-        action: &str,
-        note: String,
-    ) {
-        let Some(sip) = self.stores.sharedips.get(&reflector::ObjectRef::new(name)) else {
-            return;
-        };
-        let ev = Event {
-            type_,
-            reason: reason.into(),
-            note: Some(note),
-            action: action.into(),
-            secondary: Some(ObjectReference {
-                api_version: Some("v1".into()),
-                kind: Some("Node".into()),
-                name: Some(self.settings.node.clone()),
-                ..Default::default()
-            }),
-        };
-        // Events are best effort.
-        if let Err(e) = self.recorder.publish(&ev, &sip.object_ref(&())).await {
-            tracing::warn!(error = %e, reason, "cannot publish event");
-        }
-    }
-
-    /// Writes this node's entry of every SharedIP that changed: `desired` is what this turn
-    /// decided, `outcomes` what applying it achieved (empty at shutdown: nothing is applied).
+    /// Writes this node's status entries for the turn's decisions and their outcomes.
     async fn write_statuses(
         &mut self,
         desired: &BTreeMap<String, Decision>,
         outcomes: &BTreeMap<String, Outcome>,
         sessions: Sessions,
     ) {
-        let node = self.settings.node.clone();
-        let api: Api<SharedIP> = Api::all(self.client.clone());
-        let params = PatchParams::apply(&node_status::field_manager(&node)).force();
-        let now = Time(Timestamp::now());
-        for sip in self.stores.sharedips.state() {
-            let name = sip.name_any();
-            let Some(d) = desired.get(&name) else {
-                continue;
-            };
-            let previous = sip
-                .status
-                .as_ref()
-                .and_then(|s| s.nodes.iter().find(|n| n.name == node));
-            let entry = node_status::node_entry(
-                &node,
-                d,
-                outcomes.get(&name),
-                sessions,
-                previous,
-                now.clone(),
-            );
-            if node_status::same_entry(entry.as_ref(), previous) {
-                continue;
-            }
-            let rv = sip.resource_version();
-            if let Some((seen_rv, written)) = self.written.get(&name) {
-                if *seen_rv == rv && node_status::same_entry(entry.as_ref(), written.as_ref()) {
-                    // Already written; the store has not seen our write yet.
-                    continue;
-                }
-            }
-            let patch = node_status::status_patch(entry.as_ref());
-            match api
-                .patch_status(&name, &params, &Patch::Apply(&patch))
-                .await
-            {
-                Ok(_) => {
-                    tracing::debug!(sharedip = %name, ?entry, "status written");
-                    self.written.insert(name, (rv, entry));
-                }
-                Err(kube::Error::Api(e)) if e.code == 404 => {}
-                Err(e) => {
-                    tracing::warn!(sharedip = %name, error = %e, "cannot write status; retrying");
-                    self.written.remove(&name);
-                }
-            }
-        }
+        self.statuses
+            .write(self.stores.sharedips.state(), desired, outcomes, sessions)
+            .await;
     }
 }

@@ -15,7 +15,6 @@ use std::future::Future;
 use std::net::IpAddr;
 use std::time::Duration;
 
-use serde::{Deserialize, Serialize};
 use sharedip_api::Role;
 use tokio::time::Instant;
 
@@ -62,34 +61,6 @@ pub struct Effects {
     pub transitions: Vec<Transition>,
     /// Per name with a target: what applying its decision achieved.
     pub outcomes: BTreeMap<String, Outcome>,
-}
-
-/// One announced prefix, for `/status`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct PrefixReport {
-    /// SharedIP name (Kubernetes mode) or the address (standalone).
-    pub name: String,
-    /// The bound address.
-    pub address: String,
-    /// The announced prefix.
-    pub prefix: String,
-    /// Its community.
-    pub community: String,
-    /// Primary or Secondary.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub role: Option<Role>,
-    /// Bound on the interface by the agent.
-    pub bound: bool,
-    /// On the node already, configured by the user: announced, never bound or removed by the
-    /// agent.
-    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
-    pub configured_by_user: bool,
-    /// In the Adj-RIB-Out.
-    pub announced: bool,
-    /// Why binding fails, if it does.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub bind_error: Option<String>,
 }
 
 /// Addresses withdrawn and still bound, each with the moment its unbind is due.
@@ -209,24 +180,6 @@ impl<B: AddressBinding, A: Announcer> Orchestrator<B, A> {
                 None => std::future::pending().await,
             }
         }
-    }
-
-    /// Announced prefixes, for `/status`.
-    pub fn report(&self) -> Vec<PrefixReport> {
-        self.applied
-            .iter()
-            .map(|(name, a)| PrefixReport {
-                name: name.clone(),
-                address: a.target.address().address().to_string(),
-                prefix: a.target.prefix().to_string(),
-                community: a.target.community().to_string(),
-                role: a.role,
-                bound: a.outcome.bound == Some(BoundBy::Agent),
-                configured_by_user: a.outcome.bound == Some(BoundBy::User),
-                announced: a.outcome.announced,
-                bind_error: a.outcome.bind_error.clone(),
-            })
-            .collect()
     }
 
     /// Brings the node to `desired`: first every withdrawal (queueing the unbinds), then every
@@ -703,18 +656,23 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn report_says_who_bound_each_address() {
+    async fn the_outcome_says_who_bound_each_address() {
         let (log, mut o) = setup();
         o.binder().user.lock().unwrap().insert(ip("198.51.100.7"));
-        o.apply(&map(&[
-            ("a", announce("192.0.2.10", None, RoleCommunity::PRIMARY)),
-            ("b", announce("198.51.100.7", None, RoleCommunity::PRIMARY)),
-        ]))
-        .await;
-        let report = o.report();
-        assert!(report[0].bound && !report[0].configured_by_user);
-        assert!(!report[1].bound && report[1].configured_by_user);
-        assert!(report.iter().all(|p| p.announced));
+        let effects = o
+            .apply(&map(&[
+                ("a", announce("192.0.2.10", None, RoleCommunity::PRIMARY)),
+                ("b", announce("198.51.100.7", None, RoleCommunity::PRIMARY)),
+            ]))
+            .await;
+        assert_eq!(effects.outcomes["a"].bound, Some(BoundBy::Agent));
+        assert_eq!(effects.outcomes["b"].bound, Some(BoundBy::User));
+        assert!(effects.outcomes.values().all(|o| o.announced));
+        assert_eq!(
+            o.applied()["b"].outcome,
+            effects.outcomes["b"],
+            "applied() exports the same state"
+        );
         // The user's address is announced and withdrawn, never bound or unbound.
         o.apply(&BTreeMap::new()).await;
         assert_eq!(

@@ -2,9 +2,8 @@
 
 use std::future::Future;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
-use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
 use crate::bgp::fsm::{ConfigError, FsmConfig, State};
@@ -88,7 +87,7 @@ impl Speaker {
         Ok(Self { sessions, monitor })
     }
 
-    /// A read-only view of the sessions for HTTP, metrics and status.
+    /// A read-only view of the sessions, for the reports (`crate::report`) and the loops.
     pub fn monitor(&self) -> SpeakerMonitor {
         self.monitor.clone()
     }
@@ -162,30 +161,16 @@ impl SpeakerMonitor {
         self.peers.len()
     }
 
-    /// A snapshot per peer.
-    pub fn reports(&self) -> Vec<PeerReport> {
-        let now = SystemTime::now();
+    /// The AS number of every route server.
+    pub fn peer_as(&self) -> u32 {
+        self.peer_as
+    }
+
+    /// Every session's address and status now.
+    pub fn sessions(&self) -> Vec<(SocketAddr, SessionStatus)> {
         self.peers
             .iter()
-            .map(|(addr, rx)| {
-                let s = rx.borrow();
-                PeerReport {
-                    peer: addr.ip().to_string(),
-                    port: addr.port(),
-                    peer_as: self.peer_as,
-                    state: s.state.as_str().to_string(),
-                    uptime_seconds: s
-                        .established_since
-                        .and_then(|t| now.duration_since(t).ok())
-                        .map(|d| d.as_secs()),
-                    hold_time: s.hold_time,
-                    advertised: s.prefixes,
-                    updates_sent: s.updates_sent,
-                    updates_received: s.updates_received,
-                    established_count: s.established_count,
-                    last_error: s.last_error.clone(),
-                }
-            })
+            .map(|(addr, rx)| (*addr, rx.borrow().clone()))
             .collect()
     }
 
@@ -201,37 +186,6 @@ impl SpeakerMonitor {
             std::future::pending::<()>().await;
         }
     }
-}
-
-/// One session, for `/status` and the `status` subcommand.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct PeerReport {
-    /// Route server address.
-    pub peer: String,
-    /// Its TCP port.
-    pub port: u16,
-    /// Its AS number.
-    pub peer_as: u32,
-    /// FSM state (idle, connect, active, opensent, openconfirm, established).
-    pub state: String,
-    /// Seconds since the session came up, while established.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub uptime_seconds: Option<u64>,
-    /// Negotiated hold time.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub hold_time: Option<u16>,
-    /// Prefixes in the Adj-RIB-Out.
-    pub advertised: usize,
-    /// UPDATEs sent.
-    pub updates_sent: u64,
-    /// UPDATEs received (and discarded by the import policy).
-    pub updates_received: u64,
-    /// Times the session reached Established.
-    pub established_count: u64,
-    /// Why the session last went down.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub last_error: Option<String>,
 }
 
 #[cfg(test)]
@@ -301,12 +255,15 @@ mod tests {
                 .unwrap();
             assert!(u.announced().any(|p| *p == prefix), "{u:?}");
         }
-        let reports = speaker.monitor().reports();
-        assert_eq!(reports.len(), 2);
-        assert!(reports.iter().all(|r| r.state == "established"
-            && r.peer == "::1"
-            && r.peer_as == 65000
-            && r.hold_time == Some(9)));
+        let monitor = speaker.monitor();
+        let sessions = monitor.sessions();
+        assert_eq!(sessions.len(), 2);
+        assert_eq!(monitor.peer_as(), 65000);
+        assert!(sessions
+            .iter()
+            .all(|(addr, s)| s.state == State::Established
+                && addr.ip().to_string() == "::1"
+                && s.hold_time == Some(9)));
         speaker.withdraw(announced);
         for rx in &mut observers {
             let u = tokio::time::timeout(Duration::from_secs(10), rx.recv())

@@ -18,9 +18,10 @@ use crate::binder::{AddressBinding, UserConfigured};
 use crate::community::RoleCommunity;
 use crate::config::{CommonArgs, StandaloneArgs};
 use crate::decision::{Decision, Reason, Target};
-use crate::http::{AgentReport, AgentState};
+use crate::http::AgentState;
 use crate::node_addresses::{self, OwnAddresses};
 use crate::orchestrator::{Orchestrator, Transition};
+use crate::report::{self, AgentReport};
 use crate::setup::{self, AgentError, Control};
 use crate::speaker::{Announcer, Speaker};
 
@@ -345,7 +346,7 @@ async fn apply<B: AddressBinding, A: Announcer>(
     let t = o.apply(&guard.filter(desired)).await.transitions;
     log_transitions(&t);
     state.metrics.observe_transitions(&t);
-    state.set_prefixes(o.report());
+    state.set_prefixes(report::prefix_reports(o.applied()));
 }
 
 fn log_transitions(transitions: &[Transition]) {
@@ -427,7 +428,7 @@ where
             }
             Err(_) => Err(AgentError::ShutdownTimeout(shutdown_timeout)),
         };
-    state.set_prefixes(o.report());
+    state.set_prefixes(report::prefix_reports(o.applied()));
     result
 }
 

@@ -14,7 +14,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpStream, UnixStream};
 
 use crate::config::{StatusArgs, DEFAULT_STANDALONE_HTTP_ADDR, DEFAULT_STATUS_SOCKET};
-use crate::http::AgentReport;
+use crate::report::AgentReport;
 
 /// Where the agent answers.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -253,8 +253,7 @@ pub async fn run(args: &StatusArgs) -> Result<(), StatusError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::orchestrator::PrefixReport;
-    use crate::speaker::PeerReport;
+    use crate::report::{PeerReport, PrefixReport};
 
     #[test]
     fn uptime() {

@@ -12,7 +12,8 @@ use prometheus_client::registry::Registry;
 use sharedip_process::sync::lock;
 
 use crate::orchestrator::Transition;
-use crate::speaker::{PeerReport, SpeakerMonitor};
+use crate::report::{peer_reports, PeerReport};
+use crate::speaker::SpeakerMonitor;
 
 /// Every FSM state, so each peer exports one series per state (1 for the current one).
 const STATES: [&str; 6] = [
@@ -111,7 +112,7 @@ impl Default for Metrics {
 impl Metrics {
     /// Refreshes the session metrics from the speaker and returns the text format.
     pub fn encode(&self, monitor: &SpeakerMonitor) -> String {
-        self.observe_peers(&monitor.reports());
+        self.observe_peers(&peer_reports(monitor));
         sharedip_process::metrics::encode(&self.registry)
     }
 

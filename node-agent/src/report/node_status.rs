@@ -2,11 +2,111 @@
 //! manager `sharedip-node-agent/<node>`, so each agent owns exactly its own entry of the
 //! map-list and never touches the operator's fields or other nodes' entries.
 
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use k8s_openapi::jiff::Timestamp;
+use kube::api::{Api, Patch, PatchParams};
+use kube::ResourceExt;
 use serde_json::{json, Value};
-use sharedip_api::NodeStatus;
+use sharedip_api::{NodeStatus, SharedIP};
 
 use crate::decision::{self, Decision, Outcome, Sessions};
+
+/// Writes this node's entries, remembering what it wrote: the entry and the object's
+/// resourceVersion seen then, so a store that has not caught up with our own write does not
+/// cause a second one.
+pub struct StatusWriter {
+    api: Api<SharedIP>,
+    node: String,
+    written: HashMap<String, (Option<String>, Option<NodeStatus>)>,
+}
+
+impl StatusWriter {
+    /// The writer of `node`'s entries.
+    pub fn new(client: kube::Client, node: &str) -> Self {
+        Self {
+            api: Api::all(client),
+            node: node.to_string(),
+            written: HashMap::new(),
+        }
+    }
+
+    /// Forgets what was written, so the next [`StatusWriter::write`] rewrites every entry that
+    /// differs from the cached object (the resync and SIGHUP).
+    pub fn forget_written(&mut self) {
+        self.written.clear();
+    }
+
+    /// Writes this node's entry of every SharedIP in `sharedips` whose entry changed:
+    /// `desired` is what this turn decided, `outcomes` what applying it achieved (empty at
+    /// shutdown: nothing is applied any more).
+    pub async fn write(
+        &mut self,
+        sharedips: Vec<Arc<SharedIP>>,
+        desired: &BTreeMap<String, Decision>,
+        outcomes: &BTreeMap<String, Outcome>,
+        sessions: Sessions,
+    ) {
+        let params = PatchParams::apply(&field_manager(&self.node)).force();
+        let now = Time(Timestamp::now());
+        for sip in sharedips {
+            let name = sip.name_any();
+            let Some(d) = desired.get(&name) else {
+                continue;
+            };
+            let previous = sip
+                .status
+                .as_ref()
+                .and_then(|s| s.nodes.iter().find(|n| n.name == self.node));
+            let entry = node_entry(
+                &self.node,
+                d,
+                outcomes.get(&name),
+                sessions,
+                previous,
+                now.clone(),
+            );
+            if same_entry(entry.as_ref(), previous) {
+                continue;
+            }
+            let rv = sip.resource_version();
+            if let Some((seen_rv, written)) = self.written.get(&name) {
+                if *seen_rv == rv && same_entry(entry.as_ref(), written.as_ref()) {
+                    // Already written; the store has not seen our write yet.
+                    continue;
+                }
+            }
+            self.patch(name, rv, entry, &params).await;
+        }
+    }
+
+    async fn patch(
+        &mut self,
+        name: String,
+        rv: Option<String>,
+        entry: Option<NodeStatus>,
+        params: &PatchParams,
+    ) {
+        let patch = status_patch(entry.as_ref());
+        match self
+            .api
+            .patch_status(&name, params, &Patch::Apply(&patch))
+            .await
+        {
+            Ok(_) => {
+                tracing::debug!(sharedip = %name, ?entry, "status written");
+                self.written.insert(name, (rv, entry));
+            }
+            Err(kube::Error::Api(e)) if e.code == 404 => {}
+            Err(e) => {
+                tracing::warn!(sharedip = %name, error = %e, "cannot write status; retrying");
+                self.written.remove(&name);
+            }
+        }
+    }
+}
 
 /// The field manager of `node`'s agent.
 pub fn field_manager(node: &str) -> String {
@@ -73,7 +173,6 @@ mod tests {
     use super::*;
     use crate::community::RoleCommunity;
     use crate::decision::{Reason, Target};
-    use k8s_openapi::jiff::Timestamp;
     use sharedip_api::{Role, SharedAddress};
 
     fn target() -> Target {

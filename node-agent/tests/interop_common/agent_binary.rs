@@ -13,7 +13,7 @@ use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
 use sharedip_e2e::netns::Netns;
-use sharedip_node_agent::http::AgentReport;
+use sharedip_node_agent::report::AgentReport;
 
 use super::{NodeSide, PeerView};
 
