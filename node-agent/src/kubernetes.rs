@@ -40,10 +40,10 @@ pub struct KubeSettings {
     pub resync: Duration,
     /// Bound of the shutdown path.
     pub shutdown_timeout: Duration,
-    /// The interface state addresses are bound on (`--interface`).
+    /// The interface shared addresses are bound on (`--interface`).
     pub interface: String,
     /// The sessions' own addresses (next hop, sources); every round adds the interfaces' and
-    /// the Node's, and no state address may be one of them.
+    /// the Node's, and no shared address may be one of them.
     pub session_addresses: OwnAddresses,
 }
 

@@ -1,5 +1,6 @@
-//! Process plumbing state by the Kubernetes and the standalone mode: the speaker's settings
-//! from the flags, the next hop, signals, the HTTP servers.
+//! Process setup shared by the Kubernetes and the standalone mode: the agent's error, the
+//! speaker's settings from the flags, the next hop, the binder, the signals (from
+//! `sharedip-process`), the HTTP servers and the status socket.
 
 use std::net::{IpAddr, Ipv6Addr, SocketAddr, UdpSocket};
 use std::path::Path;
