@@ -78,20 +78,18 @@ use std::process::Output;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
+pub use binaries::{bin_dir, binary, build_script, BIN_DIR_ENV, CACHE_DIR_ENV};
 use k8s_openapi::api::authentication::v1::{TokenRequest, TokenRequestSpec};
 use k8s_openapi::api::core::v1::{Namespace, ServiceAccount};
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::api::{Api, Patch, PatchParams, PostParams};
 use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::runtime::wait::{await_condition, conditions};
+use kubeconfig::Credentials;
+pub use pki::ADMIN_USER;
+use process::ManagedProcess;
 use tempfile::TempDir;
 use tokio::io::AsyncWriteExt;
-
-pub use binaries::{bin_dir, binary, build_script, BIN_DIR_ENV, CACHE_DIR_ENV};
-pub use pki::ADMIN_USER;
-
-use kubeconfig::Credentials;
-use process::ManagedProcess;
 
 /// Field manager used by [`ControlPlane::apply_crds`].
 pub const FIELD_MANAGER: &str = "sharedip-e2e";

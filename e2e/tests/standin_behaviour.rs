@@ -3,12 +3,13 @@
 
 mod standin_common;
 
+use std::collections::BTreeSet;
+use std::path::Path;
+
 use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};
 use sharedip_e2e::standin::{FaultRule, NewLinode, Seed, ShareFailure, StandIn};
 use standin_common::{bounded, reasons, start, Api};
-use std::collections::BTreeSet;
-use std::path::Path;
 
 fn shared_v4(ips: &Value) -> BTreeSet<String> {
     ips["ipv4"]["shared"]

@@ -4,11 +4,12 @@
 
 mod standin_common;
 
+use std::path::PathBuf;
+
 use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};
 use sharedip_e2e::standin::openapi::{OpenApiSpec, ResponseKind, Strictness, SPEC_CORRECTIONS};
 use standin_common::{bounded, start, Api};
-use std::path::PathBuf;
 
 fn spec_path() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))

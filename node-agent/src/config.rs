@@ -16,9 +16,8 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::path::PathBuf;
 use std::time::Duration;
 
-use clap::{Args, CommandFactory, Parser, Subcommand};
-
 use clap::error::ErrorKind;
+use clap::{Args, CommandFactory, Parser, Subcommand};
 use sharedip_api::Role;
 
 use crate::community::RoleCommunity;

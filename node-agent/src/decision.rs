@@ -473,9 +473,10 @@ pub fn evaluate_gate<'a>(
 
 #[cfg(test)]
 mod tests {
+    use serde_json::json;
+
     use super::*;
     use crate::bgp::wire::LargeCommunity;
-    use serde_json::json;
 
     fn spec(v: serde_json::Value) -> SharedIPSpec {
         serde_json::from_value(v).unwrap()

@@ -193,9 +193,10 @@ pub async fn serve_unix(path: &Path, state: Arc<AgentState>) -> std::io::Result<
 
 #[cfg(test)]
 mod tests {
+    use std::os::unix::fs::PermissionsExt;
+
     use super::*;
     use crate::speaker::SpeakerMonitor;
-    use std::os::unix::fs::PermissionsExt;
 
     fn state() -> Arc<AgentState> {
         AgentState::new(

@@ -258,8 +258,9 @@ fn usable_router_id(a: Ipv4Addr) -> bool {
 
 #[cfg(test)]
 mod tests {
-    use super::*;
     use serde_json::json;
+
+    use super::*;
 
     fn ip(s: &str) -> IpAddr {
         s.parse().unwrap()

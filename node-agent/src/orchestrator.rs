@@ -397,9 +397,10 @@ impl<B: AddressBinding, A: Announcer> Orchestrator<B, A> {
 
 #[cfg(test)]
 mod tests {
+    use sharedip_api::SharedAddress;
+
     use super::*;
     use crate::testing::{FakeAnnouncer, FakeBinder, Op, OpLog};
-    use sharedip_api::SharedAddress;
 
     fn announce(addr: &str, prefix: Option<i32>, c: RoleCommunity) -> Decision {
         Decision {

@@ -190,9 +190,11 @@ impl SpeakerMonitor {
 
 #[cfg(test)]
 mod tests {
-    use super::*;
     use std::sync::Arc;
+
     use tokio::net::TcpListener;
+
+    use super::*;
 
     /// The speaker against a route server made of our own session in accept mode, on ::1.
     #[tokio::test]

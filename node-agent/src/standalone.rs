@@ -10,7 +10,6 @@ use std::net::IpAddr;
 use std::sync::atomic::Ordering;
 
 use futures::{Stream, StreamExt};
-
 use sharedip_api::{Role, SharedAddress};
 
 use crate::binder::InterfaceAddress;
@@ -550,13 +549,15 @@ mod tests {
     }
 
     mod reload {
+        use std::sync::{Arc, Mutex};
+        use std::time::Duration;
+
+        use tokio::sync::mpsc;
+
         use super::super::*;
         use crate::binder::BindError;
         use crate::speaker::SpeakerMonitor;
         use crate::testing::{FakeAnnouncer, FakeBinder, Op, OpLog};
-        use std::sync::{Arc, Mutex};
-        use std::time::Duration;
-        use tokio::sync::mpsc;
 
         fn ips(list: &[&str]) -> Vec<IpAddr> {
             list.iter().map(|s| s.parse().unwrap()).collect()

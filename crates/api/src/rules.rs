@@ -139,9 +139,10 @@ fn claim_order(s: &SharedIP) -> (Option<k8s_openapi::jiff::Timestamp>, String) {
 
 #[cfg(test)]
 mod tests {
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelectorRequirement, Time};
+
     use super::*;
     use crate::RoleSelector;
-    use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelectorRequirement, Time};
 
     fn selector(k: &str, v: &str) -> RoleSelector {
         RoleSelector {

@@ -239,8 +239,9 @@ fn is_label_key(s: &str) -> bool {
 
 #[cfg(test)]
 mod tests {
-    use super::*;
     use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelectorRequirement;
+
+    use super::*;
 
     fn expr(key: &str, op: &str, values: Option<&[&str]>) -> LabelSelector {
         LabelSelector {

@@ -50,8 +50,9 @@ fn parse<A: FromStr>(s: &str) -> Result<A, String> {
 
 #[cfg(test)]
 mod tests {
-    use super::*;
     use std::net::{IpAddr, Ipv6Addr};
+
+    use super::*;
 
     #[test]
     fn parse_accepts_optional_prefix_and_rejects_garbage() {

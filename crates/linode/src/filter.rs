@@ -25,8 +25,9 @@ pub(crate) fn header_value(filter: &serde_json::Value) -> HeaderValue {
 
 #[cfg(test)]
 mod tests {
-    use super::*;
     use serde_json::json;
+
+    use super::*;
 
     #[test]
     fn ascii_filter_is_compact_json() {

@@ -268,8 +268,9 @@ pub(crate) struct Page<T> {
 
 #[cfg(test)]
 mod tests {
-    use super::*;
     use serde_json::json;
+
+    use super::*;
 
     fn ip(s: &str) -> IpAddr {
         s.parse().unwrap()

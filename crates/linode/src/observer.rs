@@ -37,9 +37,10 @@ where
 
 #[cfg(test)]
 mod tests {
-    use super::*;
     use std::sync::atomic::{AtomicUsize, Ordering};
     use std::sync::Arc;
+
+    use super::*;
 
     #[test]
     fn closures_are_observers() {

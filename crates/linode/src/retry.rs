@@ -77,8 +77,9 @@ fn jitter(max: Duration) -> Duration {
 
 #[cfg(test)]
 mod tests {
-    use super::*;
     use reqwest::header::HeaderValue;
+
+    use super::*;
 
     fn policy() -> RetryPolicy {
         RetryPolicy {

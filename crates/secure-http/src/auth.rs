@@ -451,8 +451,9 @@ fn unauthorized() -> Response {
 
 #[cfg(test)]
 mod tests {
-    use super::*;
     use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+
+    use super::*;
 
     /// The token the fake apiserver knows (alice's).
     const GOOD: &str = "eyJhbGciOiJSUzI1NiJ9.eyJzdWIiOiJhbGljZSJ9.c2lnbmF0dXJl";

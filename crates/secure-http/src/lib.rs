@@ -25,9 +25,8 @@ pub mod tls;
 
 use std::sync::Arc;
 
-use axum::Router;
-
 pub use auth::{Authorizer, Verdict};
+use axum::Router;
 pub use rustls::ServerConfig;
 pub use server::serve_https;
 pub use tls::{server_config, CertSource, TlsError};

@@ -7,11 +7,12 @@
 //! The seed format is documented in `sharedip_e2e::standin::seed`. Logs go to stderr
 //! (`RUST_LOG`, default `info`).
 
-use clap::Parser;
-use sharedip_e2e::standin::{Seed, StandIn};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
+
+use clap::Parser;
+use sharedip_e2e::standin::{Seed, StandIn};
 
 #[derive(Debug, Parser)]
 #[command(

@@ -668,8 +668,9 @@ fn parse_answer(answer: &[u8]) -> Outcome {
 
 /// Durations as whole microseconds (serde `with`).
 pub(crate) mod micros {
-    use serde::{Deserialize, Deserializer, Serializer};
     use std::time::Duration;
+
+    use serde::{Deserialize, Deserializer, Serializer};
 
     pub fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
         s.serialize_u64(u64::try_from(d.as_micros()).unwrap_or(u64::MAX))
@@ -682,8 +683,9 @@ pub(crate) mod micros {
 
 /// Marks as `[{"at_us": .., "label": ..}]`.
 mod marks {
-    use serde::{Deserialize, Deserializer, Serialize, Serializer};
     use std::time::Duration;
+
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
     #[derive(Serialize, Deserialize)]
     struct Mark {

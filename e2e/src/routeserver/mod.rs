@@ -29,8 +29,9 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::path::PathBuf;
 use std::str::FromStr;
 
-use crate::netns::{Netns, NetnsError};
 use daemon::Daemon;
+
+use crate::netns::{Netns, NetnsError};
 
 /// Which BGP implementation plays the route server.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]

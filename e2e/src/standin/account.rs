@@ -2,15 +2,17 @@
 //!
 //! All operations validate first and mutate last, so a failing call changes nothing.
 
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+
+use axum::http::StatusCode;
+
 use super::error::ApiError;
 use super::model::{
     prefix_mask, Ipv4Address, Ipv6Range, Linode, LinodeId, NewIpv4, NewIpv6Range, NewLinode,
     ShareKey, LINODE_STATUSES,
 };
 use super::sharing::{AccountIp, IpKind, SharingSnapshot};
-use axum::http::StatusCode;
-use std::collections::{BTreeMap, BTreeSet};
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 /// First ID handed out when a Linode is created without one.
 const FIRST_LINODE_ID: LinodeId = 1000;

@@ -1,12 +1,9 @@
 //! The admin API under `/_standin` (no auth): seed state, read the sharing state and the
 //! request counts, set faults. Errors use the same `{"errors":[...]}` body as the API.
 
-use super::error::ApiError;
-use super::faults::{FaultRule, ShareFailure};
-use super::model::{LinodeId, NewIpv4, NewIpv6Range, NewLinode};
-use super::render::{self, V4Schema};
-use super::seed::{Seed, SeedShare};
-use super::server::App;
+use std::sync::Arc;
+use std::time::Duration;
+
 use axum::body::Bytes;
 use axum::extract::{Path, Query, State};
 use axum::routing::{delete, get, post, put};
@@ -14,8 +11,13 @@ use axum::{Json, Router};
 use serde::de::DeserializeOwned;
 use serde::Deserialize;
 use serde_json::{json, Value};
-use std::sync::Arc;
-use std::time::Duration;
+
+use super::error::ApiError;
+use super::faults::{FaultRule, ShareFailure};
+use super::model::{LinodeId, NewIpv4, NewIpv6Range, NewLinode};
+use super::render::{self, V4Schema};
+use super::seed::{Seed, SeedShare};
+use super::server::App;
 
 type AdminResult = Result<Json<Value>, ApiError>;
 

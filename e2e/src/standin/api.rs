@@ -1,13 +1,9 @@
 //! The Linode API v4 subset: routes, the auth / fault / logging middleware, handlers.
 
-use super::account::{Account, Lookup};
-use super::error::ApiError;
-use super::filter::Filter;
-use super::model::{LinodeId, ShareKey};
-use super::pagination::Page;
-use super::render::{self, V4Schema};
-use super::request_log::{ShareCall, UNMATCHED};
-use super::server::App;
+use std::collections::HashMap;
+use std::net::{IpAddr, Ipv6Addr};
+use std::sync::Arc;
+
 use axum::body::Bytes;
 use axum::extract::{MatchedPath, Path, Query, Request, State};
 use axum::http::{HeaderMap, StatusCode};
@@ -16,9 +12,15 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde_json::{json, Map, Value};
-use std::collections::HashMap;
-use std::net::{IpAddr, Ipv6Addr};
-use std::sync::Arc;
+
+use super::account::{Account, Lookup};
+use super::error::ApiError;
+use super::filter::Filter;
+use super::model::{LinodeId, ShareKey};
+use super::pagination::Page;
+use super::render::{self, V4Schema};
+use super::request_log::{ShareCall, UNMATCHED};
+use super::server::App;
 
 type ApiResult = Result<Json<Value>, ApiError>;
 

@@ -1,10 +1,11 @@
 //! Error types: the Linode-shaped API error every endpoint answers with, and the
 //! stand-in's own startup / seed errors.
 
+use std::fmt;
+
 use axum::http::{HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde::{Deserialize, Serialize};
-use std::fmt;
 
 /// One entry of Linode's error body `{"errors":[{"reason","field"}]}`.
 ///

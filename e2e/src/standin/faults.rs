@@ -2,13 +2,15 @@
 //! (before handling) and reply delay (after handling), and failing share calls for chosen
 //! Linodes.
 
-use super::error::ApiError;
-use super::model::LinodeId;
-use axum::http::{Method, StatusCode};
-use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::sync::Mutex;
 use std::time::Duration;
+
+use axum::http::{Method, StatusCode};
+use serde::{Deserialize, Serialize};
+
+use super::error::ApiError;
+use super::model::LinodeId;
 
 /// What an injected fault answers.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

@@ -3,9 +3,11 @@
 //! ordering with `+order_by` / `+order`. Only fields the spec marks
 //! `x-linode-filterable` may be used; anything else is a 400 on field `X-Filter`.
 
-use super::error::ApiError;
-use serde_json::{Map, Value};
 use std::cmp::Ordering;
+
+use serde_json::{Map, Value};
+
+use super::error::ApiError;
 
 const FIELD: &str = "X-Filter";
 

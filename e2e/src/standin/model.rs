@@ -1,9 +1,10 @@
 //! The objects the stand-in keeps: Linodes, IPv4 addresses and IPv6 ranges, and the
 //! specs used to create them (from the admin API, the Rust API or a seed file).
 
-use serde::{Deserialize, Serialize};
 use std::fmt;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+
+use serde::{Deserialize, Serialize};
 
 /// A Linode's numeric ID.
 pub type LinodeId = u64;

@@ -17,9 +17,10 @@
 //!
 //! Known defects of the spec are corrected explicitly in [`SPEC_CORRECTIONS`].
 
-use serde_json::{json, Map, Value};
 use std::net::{IpAddr, Ipv6Addr};
 use std::path::{Path, PathBuf};
+
+use serde_json::{json, Map, Value};
 
 /// Errors of loading the spec or building a validator.
 #[derive(Debug, thiserror::Error)]

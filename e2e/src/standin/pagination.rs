@@ -1,9 +1,11 @@
 //! Linode's pagination: `page` (from 1) and `page_size` (25..=500, default 100), answered
 //! with `{data, page, pages, results}`.
 
-use super::error::ApiError;
-use serde_json::{json, Value};
 use std::collections::HashMap;
+
+use serde_json::{json, Value};
+
+use super::error::ApiError;
 
 /// Default `page_size`.
 pub const DEFAULT_PAGE_SIZE: u64 = 100;

@@ -5,9 +5,10 @@
 //! `IPAddress.vpc_nat_1_1`, `Linode.backups.last_successful`), the field is left out:
 //! absent satisfies the schema, `null` would not.
 
+use serde_json::{json, Map, Value};
+
 use super::account::Account;
 use super::model::{Ipv4Address, Ipv6Range, Linode, ShareKey};
-use serde_json::{json, Map, Value};
 
 fn type_specs(linode_type: &str) -> (u64, u64, u64, u64) {
     // (disk MB, memory MB, vcpus, transfer GB) of common types; unknown types get g6-standard-1's.

@@ -1,10 +1,12 @@
 //! Counts of API requests per (method, path template, status), every share call, and the
 //! requests in flight.
 
-use super::model::LinodeId;
-use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::sync::Mutex;
+
+use serde::{Deserialize, Serialize};
+
+use super::model::LinodeId;
 
 /// Path template recorded for requests that matched no route.
 pub const UNMATCHED: &str = "<unmatched>";

@@ -26,11 +26,13 @@
 //!
 //! Unknown keys are rejected. A seed applies all or nothing.
 
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+
 use super::account::Account;
 use super::error::{ApiError, StandInError};
 use super::model::{LinodeId, NewIpv4, NewIpv6Range, NewLinode};
-use serde::{Deserialize, Serialize};
-use std::path::Path;
 
 /// One share call of a seed.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

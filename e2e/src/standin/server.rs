@@ -1,5 +1,14 @@
 //! Starting and stopping the stand-in: [`StandIn::builder`] → [`StandInHandle`].
 
+use std::fmt;
+use std::net::{Ipv4Addr, SocketAddr};
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use tokio::sync::{oneshot, watch};
+use tokio::task::JoinHandle;
+
 use super::account::Pools;
 use super::admin;
 use super::api;
@@ -9,13 +18,6 @@ use super::request_log::RequestLog;
 use super::seed::Seed;
 use super::sharing::SharingSnapshot;
 use super::state::StandInState;
-use axum::Router;
-use std::fmt;
-use std::net::{Ipv4Addr, SocketAddr};
-use std::sync::Arc;
-use std::time::Duration;
-use tokio::sync::{oneshot, watch};
-use tokio::task::JoinHandle;
 
 /// The API token; its `Debug` never shows it.
 #[derive(Clone)]

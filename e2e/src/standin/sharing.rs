@@ -1,9 +1,11 @@
 //! A read-only view of who may use which address: the data the lab's route servers
 //! filter on.
 
-use super::model::LinodeId;
-use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet};
+
+use serde::{Deserialize, Serialize};
+
+use super::model::LinodeId;
 
 /// Kind of a shareable address.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]

@@ -1,12 +1,14 @@
 //! Thread-safe access to the account, publishing the sharing view on every change.
 
+use std::sync::{Mutex, MutexGuard};
+
+use tokio::sync::watch;
+
 use super::account::{Account, Pools};
 use super::error::ApiError;
 use super::model::{Ipv4Address, Ipv6Range, Linode, LinodeId, NewIpv4, NewIpv6Range, NewLinode};
 use super::seed::Seed;
 use super::sharing::SharingSnapshot;
-use std::sync::{Mutex, MutexGuard};
-use tokio::sync::watch;
 
 /// The stand-in's state. Cheap to share behind an `Arc`; every method is atomic.
 #[derive(Debug)]

@@ -1,12 +1,13 @@
 //! Shared helpers of the stand-in tests: a seeded stand-in and a small HTTP client.
 #![allow(dead_code)]
 
+use std::path::Path;
+use std::time::Duration;
+
 use reqwest::header::HeaderMap;
 use reqwest::{Method, StatusCode};
 use serde_json::Value;
 use sharedip_e2e::standin::{Seed, StandIn, StandInHandle};
-use std::path::Path;
-use std::time::Duration;
 
 /// Upper bound for any single test.
 pub const TEST_TIMEOUT: Duration = Duration::from_secs(60);

@@ -46,15 +46,13 @@ use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use tokio::sync::Mutex;
-use tracing::{debug, info, warn};
-
 pub use marker::{Marker, MarkerMode};
 pub use netlink::{AddrWithLen, NetlinkOp};
-pub use state::StateFileError;
-
 use netlink::{IfAddr, Netlink};
 use state::BoundState;
+pub use state::StateFileError;
+use tokio::sync::Mutex;
+use tracing::{debug, info, warn};
 
 /// Default interface the shared addresses are bound on.
 pub const DEFAULT_INTERFACE: &str = "lo";

@@ -156,10 +156,11 @@ pub fn peer_reports(monitor: &SpeakerMonitor) -> Vec<PeerReport> {
 
 #[cfg(test)]
 mod tests {
+    use sharedip_api::SharedAddress;
+
     use super::*;
     use crate::community::RoleCommunity;
     use crate::decision::{Outcome, Target};
-    use sharedip_api::SharedAddress;
 
     fn applied(address: &str, bound: Option<BoundBy>) -> Applied {
         Applied {

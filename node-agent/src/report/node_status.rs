@@ -170,10 +170,11 @@ pub fn status_patch(entry: Option<&NodeStatus>) -> Value {
 
 #[cfg(test)]
 mod tests {
+    use sharedip_api::{Role, SharedAddress};
+
     use super::*;
     use crate::community::RoleCommunity;
     use crate::decision::{Reason, Target};
-    use sharedip_api::{Role, SharedAddress};
 
     fn target() -> Target {
         Target::new(

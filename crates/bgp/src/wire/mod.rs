@@ -16,7 +16,6 @@ mod reader;
 mod update;
 
 use bytes::{BufMut, BytesMut};
-
 pub use error::{DecodeError, EncodeError};
 pub use notification::{
     cease, fsm as fsm_subcode, header as header_subcode, open as open_subcode,
@@ -26,13 +25,12 @@ pub use open::{
     capability_code, Capability, ExtendedNextHop, Open, OpenDecodeError, AS_TRANS, BGP_VERSION,
 };
 pub use prefix::{Afi, Family, Prefix, PrefixError, Safi};
+use reader::Reader;
 pub use update::{
     attr_type, flags as attr_flags, AsPath, AsSegment, AttributeError, AttributeErrorKind,
     Community, CommunityParseError, ErrorAction, LargeCommunity, MpNextHop, MpReach, MpUnreach,
     Origin, PathAttribute, RawAttribute, SegmentType, Update, UpdateSessionReset,
 };
-
-use reader::Reader;
 
 /// The header marker: 16 octets of ones.
 pub const MARKER: [u8; 16] = [0xff; 16];
