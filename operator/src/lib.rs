@@ -12,6 +12,7 @@ pub mod config;
 pub mod controller;
 pub mod crd;
 pub mod directory;
+pub mod events;
 #[cfg(test)]
 mod fake_linode;
 pub mod http;
@@ -23,6 +24,7 @@ pub mod metrics;
 pub mod reconciler;
 pub mod selection;
 pub mod share_syncer;
+pub mod status;
 pub mod sweep;
 pub mod telemetry;
 pub mod uninstall;

@@ -1,58 +1,35 @@
 //! Reconciles one SharedIP: which Linodes must share its address, through the share syncer,
 //! and what its status and events say about it.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeSet, HashMap};
 use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use k8s_openapi::api::core::v1::{Node, ObjectReference};
-use k8s_openapi::jiff::Timestamp;
-use kube::api::{Api, Patch, PatchParams};
+use k8s_openapi::api::core::v1::Node;
+use kube::api::Api;
 use kube::runtime::controller::Action;
-use kube::runtime::events::{Event, EventType, Recorder};
+use kube::runtime::events::{EventType, Recorder};
 use kube::runtime::finalizer::{finalizer, Event as Finalizer};
 use kube::runtime::reflector::Store;
-use kube::{Resource, ResourceExt};
-use serde_json::json;
-use sharedip_api::conditions::{self, Desired};
+use kube::ResourceExt;
+use sharedip_api::conditions;
 use sharedip_api::rules;
-use sharedip_api::{
-    ExcludedNode, NodeStatus, OwnerStatus, Role, SharedAddress, SharedIP, SharedIPStatus,
-    SharedLinode, FINALIZER,
-};
+use sharedip_api::{OwnerStatus, Role, SharedAddress, SharedIP, SharedLinode, FINALIZER};
 use tokio::sync::mpsc;
 use tracing::{info, instrument, warn};
 
 use crate::directory::Directory;
+use crate::events::{self, publish, WaveChanges};
 use crate::linode_api::ApiError;
-use crate::membership::{HeldNode, MembershipDamper};
+use crate::membership::MembershipDamper;
 use crate::metrics::Metrics;
-use crate::selection::{self, linode_id_from_provider_id, place, select_nodes, Placement};
+use crate::selection::{self, linode_id_from_provider_id, place, select_nodes};
 use crate::share_syncer::{LinodeOutcome, Outcome, Request, ShareSyncer, SyncerError};
-
-/// Field manager of the operator's status writes; each node agent uses its own.
-pub const FIELD_MANAGER: &str = "sharedip-operator";
-
-/// Condition reasons.
-pub mod reason {
-    pub const SHARED: &str = "Shared";
-    pub const INVALID_SPEC: &str = "InvalidSpec";
-    pub const DUPLICATE: &str = sharedip_api::rules::DUPLICATE_ADDRESS;
-    pub const NOT_IN_ACCOUNT: &str = "AddressNotInAccount";
-    pub const PREFIX_MISMATCH: &str = "PrefixMismatch";
-    pub const NO_NODES: &str = "NoNodesSelected";
-    pub const NO_USABLE_NODES: &str = "NoUsableNodes";
-    pub const API_ERROR: &str = "LinodeAPIError";
-    pub const TOKEN_ERROR: &str = "LinodeTokenError";
-    /// Event reason: a flapping node keeps its previous membership for a while.
-    pub const MEMBERSHIP_HELD: &str = "NodeMembershipHeld";
-    pub const OWNER_SELECTED: &str = "OwnerIsSelectedNode";
-    pub const READY: &str = "Ready";
-    pub const PRIMARY_ANNOUNCES: &str = "PrimaryAnnounces";
-    pub const SECONDARY_ANNOUNCES: &str = "SecondaryAnnounces";
-    pub const NOT_ANNOUNCED: &str = "NotAnnounced";
-}
+use crate::status::{
+    api_failure_reason, condition, describe_failures, previous_address, reason, share_conditions,
+    write_status, Previous, ShareResult, StatusUpdate,
+};
 
 /// Timing of the reconciler.
 #[derive(Debug, Clone)]
@@ -256,172 +233,20 @@ pub(crate) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     }
 }
 
-/// What the status said last time: the address and the Linodes it was shared with.
-fn previous(status: &SharedIPStatus) -> (Option<IpAddr>, BTreeMap<u64, SharedLinode>) {
-    let addr = status
-        .shared_address
-        .as_deref()
-        .and_then(|a| a.parse().ok());
-    let linodes = status
-        .shared_with
-        .iter()
-        .filter_map(|s| u64::try_from(s.linode_id).ok().map(|id| (id, s.clone())))
-        .collect();
-    (addr, linodes)
-}
-
-/// The operator-owned part of the status, computed by one reconcile.
-struct StatusUpdate {
-    shared: Desired,
-    /// Ready as far as sharing goes; announcement is folded in by [`ready_condition`].
-    ready: Desired,
-    /// Names of the selected nodes, whose agents' entries count for Announced.
-    selected: BTreeSet<String>,
-    primary: Option<String>,
-    secondary: Option<String>,
-    owner: Option<OwnerStatus>,
-    shared_address: Option<String>,
-    /// The announced prefix length, once the spec's address parses.
-    prefix: Option<i32>,
-    shared_with: Vec<SharedLinode>,
-    excluded: Vec<ExcludedNode>,
-}
-
-impl StatusUpdate {
-    /// A SharedIP that cannot be shared at all, with Ready and Shared false for `reason`.
-    fn blocked(reason: &str, message: String) -> Self {
-        Self {
-            shared: Desired::new(conditions::SHARED, false, reason, message.clone()),
-            ready: Desired::new(conditions::READY, false, reason, message),
-            selected: BTreeSet::new(),
-            primary: None,
-            secondary: None,
-            owner: None,
-            shared_address: None,
-            prefix: None,
-            shared_with: Vec::new(),
-            excluded: Vec::new(),
-        }
-    }
-
-    fn with_prefix(mut self, addr: &SharedAddress) -> Self {
-        self.prefix = Some(i32::from(addr.prefix()));
-        self
-    }
-}
-
-async fn write_status(sip: &SharedIP, ctx: &Context, update: StatusUpdate) -> Result<(), Error> {
-    let prev = sip.status.clone().unwrap_or_default();
-    let generation = sip.metadata.generation;
-    let announced = announced_condition(&prev.nodes, &update.selected);
-    let ready = ready_condition(&update.ready, &announced);
-    let conds = conditions::merge(
-        &prev.conditions,
-        &[ready, update.shared, announced],
-        generation,
-        Timestamp::now(),
-    );
-    // Only the operator's own conditions go into its apply patch: node agents may own others.
-    let mine: Vec<_> = conds
-        .into_iter()
-        .filter(|c| {
-            c.type_ == conditions::READY
-                || c.type_ == conditions::SHARED
-                || c.type_ == conditions::ANNOUNCED
-        })
-        .collect();
-    let mut shared_with = update.shared_with;
-    shared_with.sort();
-    let mut excluded = update.excluded;
-    excluded.sort();
-    let next = SharedIPStatus {
-        observed_generation: generation,
-        conditions: mine,
-        primary: update.primary,
-        secondary: update.secondary,
-        owner: update.owner,
-        shared_address: update.shared_address,
-        prefix: update.prefix,
-        shared_linode_count: Some(i32::try_from(shared_with.len()).unwrap_or(i32::MAX)),
-        shared_with,
-        excluded_nodes: excluded,
-        nodes: Vec::new(),
-    };
-    let unchanged = prev.observed_generation == next.observed_generation
-        && prev.primary == next.primary
-        && prev.secondary == next.secondary
-        && prev.owner == next.owner
-        && prev.shared_address == next.shared_address
-        && prev.prefix == next.prefix
-        && prev.shared_linode_count == next.shared_linode_count
-        && prev.shared_with == next.shared_with
-        && prev.excluded_nodes == next.excluded_nodes
-        && next.conditions.iter().all(|c| prev.conditions.contains(c));
-    if unchanged {
-        return Ok(());
-    }
-    let patch = json!({
-        "apiVersion": "sharedip.io/v1alpha1",
-        "kind": "SharedIP",
-        "status": next,
-    });
-    let api: Api<SharedIP> = Api::all(ctx.client.clone());
-    api.patch_status(
-        &sip.name_any(),
-        &PatchParams::apply(FIELD_MANAGER).force(),
-        &Patch::Apply(&patch),
-    )
-    .await
-    .map_err(Error::Kube)?;
-    Ok(())
-}
-
-/// A reference to a Node, as the related object of an event: the recorder folds events with
-/// the same reason and related object into one series, so each node gets its own.
-fn node_ref(name: &str) -> Option<ObjectReference> {
-    Some(ObjectReference {
-        api_version: Some("v1".into()),
-        kind: Some("Node".into()),
-        name: Some(name.into()),
-        ..Default::default()
-    })
-}
-
-async fn publish(
-    ctx: &Context,
-    sip: &SharedIP,
-    type_: EventType,
-    reason: &str,
-    note: String,
-    related: Option<ObjectReference>,
-) {
-    let ev = Event {
-        type_,
-        reason: reason.into(),
-        note: Some(note),
-        action: "Reconcile".into(),
-        secondary: related,
-    };
-    // Events are best effort: a failure to record one must not fail the reconcile.
-    if let Err(e) = ctx.recorder.publish(&ev, &sip.object_ref(&())).await {
-        warn!(error = %e, reason, "cannot publish event");
-    }
-}
-
 /// Stops managing the address without touching any share (a duplicate must not undo the
 /// sharing of the SharedIP that owns the address), or retires the previous address.
 async fn release(sip: &SharedIP, ctx: &Context, retire_previous: bool) -> Result<Outcome, Error> {
-    let (prev_addr, prev_linodes) = previous(&sip.status.clone().unwrap_or_default());
+    let previous = Previous::of(sip);
     let request = Request {
         owner: sip.name_any(),
         claim: None,
         retire: if retire_previous {
-            prev_addr.into_iter().collect()
+            previous.address.into_iter().collect()
         } else {
             BTreeSet::new()
         },
         examine: if retire_previous {
-            prev_linodes.keys().copied().collect()
+            previous.linodes.keys().copied().collect()
         } else {
             BTreeSet::new()
         },
@@ -449,25 +274,14 @@ async fn block(
     release(sip, ctx, retire_previous).await?;
     let before = condition(sip, conditions::SHARED).map(|c| (c.reason, c.message));
     let now = (update.shared.reason.clone(), update.shared.message.clone());
-    write_status(sip, ctx, update).await?;
+    write_status(&ctx.client, sip, update)
+        .await
+        .map_err(Error::Kube)?;
     if before.as_ref() != Some(&now) {
         warn!(sharedip = %sip.name_any(), reason = %now.0, message = %now.1, "cannot share");
-        publish(ctx, sip, EventType::Warning, &now.0, now.1, None).await;
+        publish(&ctx.recorder, sip, EventType::Warning, &now.0, now.1, None).await;
     }
     Ok(then)
-}
-
-/// A condition of the SharedIP's current status.
-fn condition(
-    sip: &SharedIP,
-    type_: &str,
-) -> Option<k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition> {
-    sip.status
-        .as_ref()?
-        .conditions
-        .iter()
-        .find(|c| c.type_ == type_)
-        .cloned()
 }
 
 /// Whether another SharedIP is blocked as a duplicate of `addr` (its address overlaps and its
@@ -554,8 +368,10 @@ async fn apply(sip: Arc<SharedIP>, ctx: &Context) -> Result<Action, Error> {
     };
     let placement = place(&selected, &info.region, info.owner, &facts);
 
-    let prev_status = sip.status.clone().unwrap_or_default();
-    let (prev_addr, prev_linodes) = previous(&prev_status);
+    let Previous {
+        address: prev_addr,
+        linodes: prev_linodes,
+    } = Previous::of(&sip);
     let network = info.network;
     // Examine every Linode of the cluster, not only those the status names: a crash (or a
     // leader change) between a share call and the status write leaves shares the status does
@@ -591,7 +407,13 @@ async fn apply(sip: Arc<SharedIP>, ctx: &Context) -> Result<Action, Error> {
         }
     }
 
-    emit_changes(ctx, &sip, &addr, &placement, &prev_linodes, &outcome).await;
+    let wave = WaveChanges {
+        address: &addr,
+        placement: &placement,
+        previous: &prev_linodes,
+        outcome: &outcome,
+    };
+    events::emit_changes(&ctx.recorder, &sip, &wave).await;
 
     let owner_node = info.owner.and_then(|owner| {
         nodes
@@ -605,54 +427,23 @@ async fn apply(sip: Arc<SharedIP>, ctx: &Context) -> Result<Action, Error> {
             })
             .map(|n| n.name_any())
     });
-    let had_owner_node = prev_status.owner.as_ref().and_then(|o| o.node.clone());
-    if let (Some(node), None) = (&owner_node, &had_owner_node) {
-        publish(
-            ctx,
-            &sip,
-            EventType::Warning,
-            reason::OWNER_SELECTED,
-            format!(
-                "the address is owned by Linode {} behind node {node}; recycling that node deletes the Linode and the address with it; assign the address to an IP holder Linode",
-                info.owner.unwrap_or_default()
-            ),
-            node_ref(node),
-        )
-        .await;
-    }
+    events::owner_is_a_node(&ctx.recorder, &sip, owner_node.as_deref(), info.owner).await;
 
     let failures: Vec<(u64, &ApiError)> = outcome.failures().collect();
     let held = lock(&ctx.damper).held_for(&name);
     let hold_down = ctx.config.membership_hold_down;
-    let (shared, ready) = share_conditions(
-        &selected,
-        &placement,
-        &failures,
-        owner_node.as_deref(),
-        &held,
-        hold_down,
-    );
-    let before = condition(&sip, conditions::SHARED)
-        .map(|c| c.message)
-        .unwrap_or_default();
-    for h in &held {
-        let note = held_note(&h.node, hold_down);
-        if !before.contains(&note) {
-            publish(
-                ctx,
-                &sip,
-                EventType::Warning,
-                reason::MEMBERSHIP_HELD,
-                note,
-                node_ref(&h.node),
-            )
-            .await;
-        }
-    }
+    let result = ShareResult {
+        selected: &selected,
+        placement: &placement,
+        failures: &failures,
+        owner_node: owner_node.as_deref(),
+    };
+    let (shared, ready) = share_conditions(&result, &held, hold_down);
+    events::held_nodes(&ctx.recorder, &sip, &held, hold_down).await;
 
     write_status(
+        &ctx.client,
         &sip,
-        ctx,
         StatusUpdate {
             shared,
             ready,
@@ -670,266 +461,13 @@ async fn apply(sip: Arc<SharedIP>, ctx: &Context) -> Result<Action, Error> {
             excluded: placement.excluded.clone(),
         },
     )
-    .await?;
+    .await
+    .map_err(Error::Kube)?;
 
     if failures.is_empty() {
         Ok(Action::requeue(ctx.config.resync))
     } else {
         Err(share_error(&failures))
-    }
-}
-
-/// The address a status says the SharedIP held.
-fn previous_address(status: Option<&SharedIPStatus>) -> Option<SharedAddress> {
-    let status = status?;
-    SharedAddress::parse(status.shared_address.as_deref()?, status.prefix).ok()
-}
-
-/// What the conditions say about a held node (stable while it is held, so the status is not
-/// rewritten on every flap).
-fn held_note(node: &str, hold_down: Duration) -> String {
-    let d = if hold_down.subsec_millis() == 0 {
-        format!("{}s", hold_down.as_secs())
-    } else {
-        format!("{}ms", hold_down.as_millis())
-    };
-    format!("membership of node {node} held for {d} (flapping): it keeps its previous role until its labels stop changing for {d}")
-}
-
-/// Announced, from the entries the node agents write: which selected nodes announce now.
-fn announced_condition(nodes: &[NodeStatus], selected: &BTreeSet<String>) -> Desired {
-    let entries: Vec<&NodeStatus> = nodes
-        .iter()
-        .filter(|n| selected.contains(&n.name))
-        .collect();
-    let by_role = |role: Role| -> Vec<&str> {
-        entries
-            .iter()
-            .filter(|n| n.announcing && n.role == Some(role))
-            .map(|n| n.name.as_str())
-            .collect()
-    };
-    let primaries = by_role(Role::Primary);
-    let secondaries = by_role(Role::Secondary);
-    if !primaries.is_empty() {
-        let mut msg = format!("announced by primary {}", primaries.join(", "));
-        if !secondaries.is_empty() {
-            msg.push_str(&format!(" and secondary {}", secondaries.join(", ")));
-        }
-        return Desired::new(conditions::ANNOUNCED, true, reason::PRIMARY_ANNOUNCES, msg);
-    }
-    if !secondaries.is_empty() {
-        return Desired::new(
-            conditions::ANNOUNCED,
-            true,
-            reason::SECONDARY_ANNOUNCES,
-            format!(
-                "no primary announces; failed over to secondary {}",
-                secondaries.join(", ")
-            ),
-        );
-    }
-    let why: Vec<String> = entries
-        .iter()
-        .map(|n| {
-            format!(
-                "{}: {}",
-                n.name,
-                n.reason.as_deref().unwrap_or("not announcing")
-            )
-        })
-        .collect();
-    let message = if entries.is_empty() {
-        "no node agent of a selected node reports this address yet; is the node agent DaemonSet running on the selected nodes?".to_string()
-    } else {
-        format!("no selected node announces: {}", why.join("; "))
-    };
-    Desired::new(conditions::ANNOUNCED, false, reason::NOT_ANNOUNCED, message)
-}
-
-/// Ready: shared with the Linodes of the selected nodes, and announced by one of them.
-fn ready_condition(sharing: &Desired, announced: &Desired) -> Desired {
-    if !sharing.status {
-        return sharing.clone();
-    }
-    if !announced.status {
-        return Desired::new(
-            conditions::READY,
-            false,
-            announced.reason.clone(),
-            format!("{}; {}", sharing.message, announced.message),
-        );
-    }
-    Desired::new(
-        conditions::READY,
-        true,
-        reason::READY,
-        format!("{}; {}", sharing.message, announced.message),
-    )
-}
-
-fn describe_failures(failures: &[(u64, &ApiError)]) -> String {
-    failures
-        .iter()
-        .map(|(l, e)| format!("Linode {l}: {e}"))
-        .collect::<Vec<_>>()
-        .join("; ")
-}
-
-/// The Shared and Ready conditions for a reconcile's result.
-fn share_conditions(
-    selected: &[selection::SelectedNode],
-    placement: &Placement,
-    failures: &[(u64, &ApiError)],
-    owner_node: Option<&str>,
-    held: &[HeldNode],
-    hold_down: Duration,
-) -> (Desired, Desired) {
-    let excluded_note = if placement.excluded.is_empty() {
-        String::new()
-    } else {
-        format!(
-            "; {} selected node(s) excluded: {}",
-            placement.excluded.len(),
-            placement
-                .excluded
-                .iter()
-                .map(|e| format!("{} ({})", e.name, e.reason))
-                .collect::<Vec<_>>()
-                .join(", ")
-        )
-    };
-    let owner_note = owner_node
-        .map(|n| format!("; warning: the owner Linode is node {n}, recycling it loses the address"))
-        .unwrap_or_default();
-    let held_text: String = held
-        .iter()
-        .map(|h| format!("; {}", held_note(&h.node, hold_down)))
-        .collect();
-    let (ok, reason, message) = if selected.is_empty() {
-        (
-            false,
-            reason::NO_NODES,
-            "no node matches the primary or secondary nodeSelector".to_string(),
-        )
-    } else if !failures.is_empty() {
-        let auth = failures.iter().all(|(_, e)| e.is_auth());
-        (
-            false,
-            if auth {
-                reason::TOKEN_ERROR
-            } else {
-                reason::API_ERROR
-            },
-            format!(
-                "the Linode API refused or failed: {}",
-                describe_failures(failures)
-            ),
-        )
-    } else if placement.share_with.is_empty() && placement.owner_nodes.is_empty() {
-        (
-            false,
-            reason::NO_USABLE_NODES,
-            format!("no selected node can take the address{excluded_note}"),
-        )
-    } else {
-        (
-            true,
-            reason::SHARED,
-            format!(
-                "shared with {} Linode(s){}{excluded_note}{owner_note}",
-                placement.share_with.len(),
-                if placement.owner_nodes.is_empty() {
-                    String::new()
-                } else {
-                    format!(", owned by node(s) {}", placement.owner_nodes.join(", "))
-                }
-            ),
-        )
-    };
-    let message = format!("{message}{held_text}");
-    (
-        Desired::new(conditions::SHARED, ok, reason, message.clone()),
-        Desired::new(conditions::READY, ok, reason, message),
-    )
-}
-
-async fn emit_changes(
-    ctx: &Context,
-    sip: &SharedIP,
-    addr: &SharedAddress,
-    placement: &Placement,
-    prev: &BTreeMap<u64, SharedLinode>,
-    outcome: &Outcome,
-) {
-    for (linode, (node, role)) in &placement.share_with {
-        if !prev.contains_key(linode) && outcome.linodes.get(linode) == Some(&LinodeOutcome::InSync)
-        {
-            info!(%addr, linode, node = %node, role = %role, "shared");
-            publish(
-                ctx,
-                sip,
-                EventType::Normal,
-                "Shared",
-                format!("shared {addr} with Linode {linode} (node {node}, {role})"),
-                node_ref(node),
-            )
-            .await;
-        }
-    }
-    for (linode, entry) in prev {
-        if !placement.share_with.contains_key(linode)
-            && matches!(
-                outcome.linodes.get(linode),
-                Some(LinodeOutcome::InSync | LinodeOutcome::Gone)
-            )
-        {
-            info!(%addr, linode, node = %entry.node, "unshared");
-            publish(
-                ctx,
-                sip,
-                EventType::Normal,
-                "Unshared",
-                format!("unshared {addr} from Linode {linode} (node {})", entry.node),
-                node_ref(&entry.node),
-            )
-            .await;
-        }
-    }
-    let linode_node: BTreeMap<u64, &str> = placement
-        .share_with
-        .iter()
-        .map(|(l, (n, _))| (*l, n.as_str()))
-        .chain(prev.iter().map(|(l, e)| (*l, e.node.as_str())))
-        .collect();
-    for (linode, e) in outcome.failures() {
-        publish(
-            ctx,
-            sip,
-            EventType::Warning,
-            "ShareFailed",
-            format!("Linode {linode}: {e}"),
-            linode_node.get(&linode).and_then(|n| node_ref(n)),
-        )
-        .await;
-    }
-    let before: BTreeSet<&str> = sip
-        .status
-        .as_ref()
-        .map(|s| s.excluded_nodes.iter().map(|e| e.name.as_str()).collect())
-        .unwrap_or_default();
-    for e in &placement.excluded {
-        if !before.contains(e.name.as_str()) {
-            publish(
-                ctx,
-                sip,
-                EventType::Warning,
-                &e.reason,
-                format!("node {}: {}", e.name, e.message),
-                node_ref(&e.name),
-            )
-            .await;
-        }
     }
 }
 
@@ -941,12 +479,16 @@ async fn api_failure(sip: &SharedIP, ctx: &Context, e: ApiError) -> Result<Actio
     } else {
         format!("cannot read the account from the Linode API: {e}")
     };
-    let reason = if e.is_auth() {
-        reason::TOKEN_ERROR
-    } else {
-        reason::API_ERROR
-    };
-    publish(ctx, sip, EventType::Warning, reason, message.clone(), None).await;
+    let reason = api_failure_reason(e.is_auth());
+    publish(
+        &ctx.recorder,
+        sip,
+        EventType::Warning,
+        reason,
+        message.clone(),
+        None,
+    )
+    .await;
     // Keep what the status said about sharing: nothing changed on Linode's side.
     let prev = sip.status.clone().unwrap_or_default();
     let mut update = StatusUpdate::blocked(reason, message);
@@ -959,14 +501,19 @@ async fn api_failure(sip: &SharedIP, ctx: &Context, e: ApiError) -> Result<Actio
         .map(|a| i32::from(a.prefix()));
     update.shared_with = prev.shared_with;
     update.excluded = prev.excluded_nodes;
-    write_status(sip, ctx, update).await?;
+    write_status(&ctx.client, sip, update)
+        .await
+        .map_err(Error::Kube)?;
     Err(Error::Linode(e))
 }
 
 async fn cleanup(sip: Arc<SharedIP>, ctx: &Context) -> Result<Action, Error> {
     let name = sip.name_any();
     let status = sip.status.clone().unwrap_or_default();
-    let (prev_addr, prev_linodes) = previous(&status);
+    let Previous {
+        address: prev_addr,
+        linodes: prev_linodes,
+    } = Previous::of(&sip);
     let parsed = SharedAddress::from_spec(&sip.spec).ok();
     // An earlier SharedIP with the same address owns it: a duplicate only drops its claim.
     let all = ctx.sharedips.state();
@@ -1012,23 +559,21 @@ async fn cleanup(sip: Arc<SharedIP>, ctx: &Context) -> Result<Action, Error> {
             describe_failures(&failures)
         );
         let error = share_error(&failures);
-        let reason = if error.is_auth() {
-            reason::TOKEN_ERROR
-        } else {
-            reason::API_ERROR
-        };
+        let reason = api_failure_reason(error.is_auth());
         let mut update = StatusUpdate::blocked(reason, message);
         update.shared_address = status.shared_address.clone();
         update.prefix = status.prefix;
         update.shared_with = status.shared_with.clone();
-        write_status(&sip, ctx, update).await?;
+        write_status(&ctx.client, &sip, update)
+            .await
+            .map_err(Error::Kube)?;
         return Err(error);
     }
     if !retire.is_empty() {
         let addrs: Vec<String> = retire.iter().map(|a| a.to_string()).collect();
         info!(sharedip = %name, addresses = ?addrs, "unshared everywhere before deletion");
         publish(
-            ctx,
+            &ctx.recorder,
             &sip,
             EventType::Normal,
             "Unshared",
@@ -1046,59 +591,6 @@ async fn cleanup(sip: Arc<SharedIP>, ctx: &Context) -> Result<Action, Error> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn entry(name: &str, role: Role, announcing: bool, why: &str) -> NodeStatus {
-        NodeStatus {
-            name: name.into(),
-            role: Some(role),
-            announcing,
-            reason: Some(why.into()),
-            ..Default::default()
-        }
-    }
-
-    #[test]
-    fn announced_counts_only_selected_nodes() {
-        let nodes = vec![
-            entry("a", Role::Primary, false, "Draining"),
-            entry("b", Role::Secondary, true, "Announced"),
-            entry("gone", Role::Primary, true, "Announced"),
-        ];
-        let selected: BTreeSet<String> = ["a", "b"].into_iter().map(String::from).collect();
-        let c = announced_condition(&nodes, &selected);
-        assert!(c.status);
-        assert_eq!(c.reason, reason::SECONDARY_ANNOUNCES);
-        assert!(c.message.contains("secondary b"), "{}", c.message);
-
-        let only_a: BTreeSet<String> = ["a".to_string()].into();
-        let c = announced_condition(&nodes, &only_a);
-        assert!(!c.status);
-        assert!(c.message.contains("a: Draining"), "{}", c.message);
-
-        let c = announced_condition(&[], &only_a);
-        assert_eq!(c.reason, reason::NOT_ANNOUNCED);
-        assert!(c.message.contains("DaemonSet"));
-    }
-
-    #[test]
-    fn ready_needs_sharing_and_announcement() {
-        let shared = Desired::new(conditions::READY, true, "Shared", "shared with 2 Linode(s)");
-        let not_shared = Desired::new(conditions::READY, false, "LinodeAPIError", "boom");
-        let yes = Desired::new(
-            conditions::ANNOUNCED,
-            true,
-            reason::PRIMARY_ANNOUNCES,
-            "by a",
-        );
-        let no = Desired::new(conditions::ANNOUNCED, false, reason::NOT_ANNOUNCED, "none");
-        assert_eq!(ready_condition(&not_shared, &yes).reason, "LinodeAPIError");
-        let r = ready_condition(&shared, &no);
-        assert!(!r.status);
-        assert_eq!(r.reason, reason::NOT_ANNOUNCED);
-        let r = ready_condition(&shared, &yes);
-        assert!(r.status);
-        assert_eq!(r.reason, reason::READY);
-    }
 
     #[test]
     fn backoff_grows_and_caps() {

@@ -47,8 +47,8 @@ use crate::leader::{
 };
 use crate::ledger::{ConfigMapStore, Entries, Ledger, LedgerError};
 use crate::metrics::Metrics;
-use crate::reconciler::FIELD_MANAGER;
 use crate::share_syncer::{ShareSyncer, SyncerConfig, SyncerError};
+use crate::status::FIELD_MANAGER;
 
 /// Condition reason on SharedIPs after an uninstall.
 pub const REASON_UNINSTALLED: &str = "Uninstalled";
