@@ -30,7 +30,7 @@ use crate::ledger::{ConfigMapStore, Ledger, LedgerError, LedgerStore};
 use crate::linode_api::DynLinodeApi;
 use crate::membership::{Decision, MembershipDamper};
 use crate::metrics::Metrics;
-use crate::reconciler::{self, lock, Context, ReconcileConfig};
+use crate::reconciler::{self, lock, Backoff, Context, ReconcileConfig};
 use crate::share_syncer::{ShareSyncer, SyncerConfig};
 use crate::sweep::Sweeper;
 
@@ -447,7 +447,7 @@ pub async fn run_controller(
         nodes: node_store,
         sharedips: controller.store(),
         config: settings.reconcile.clone(),
-        failures: Mutex::new(HashMap::new()),
+        backoff: Backoff::new(&settings.reconcile),
         damper,
         reconcile_all: trigger_tx,
         auth_failed: Mutex::new(BTreeSet::new()),

@@ -21,6 +21,7 @@ pub mod ledger;
 pub mod linode_api;
 pub mod membership;
 pub mod metrics;
+pub mod plan;
 pub mod reconciler;
 pub mod selection;
 pub mod share_syncer;

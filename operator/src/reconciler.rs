@@ -1,5 +1,13 @@
-//! Reconciles one SharedIP: which Linodes must share its address, through the share syncer,
-//! and what its status and events say about it.
+//! Reconciles one SharedIP, the way kube-rs's controller-rs does: [`reconcile`] runs the
+//! finalizer, which calls `apply` while the SharedIP exists and `cleanup` once it is deleted;
+//! [`error_policy`] requeues a failure with exponential backoff.
+//!
+//! `apply` is a [plan](crate::plan) and its execution. The plan decides, without changing
+//! anything, where the address goes or why it cannot be shared. Executing it hands the wish to
+//! the [share syncer](crate::share_syncer) and waits for the wave that carries it, then records
+//! what changed as [events](crate::events) and writes the [status](crate::status). A blocked
+//! SharedIP drops its claim (and retires its previous address, where the block says so) and says
+//! why. `cleanup` unshares the address everywhere before the finalizer lets the SharedIP go.
 
 use std::collections::{BTreeSet, HashMap};
 use std::net::IpAddr;
@@ -13,7 +21,7 @@ use kube::runtime::events::{EventType, Recorder};
 use kube::runtime::finalizer::{finalizer, Event as Finalizer};
 use kube::runtime::reflector::Store;
 use kube::ResourceExt;
-use sharedip_api::conditions;
+use sharedip_api::conditions::{self, Desired};
 use sharedip_api::rules;
 use sharedip_api::{OwnerStatus, Role, SharedAddress, SharedIP, SharedLinode, FINALIZER};
 use tokio::sync::mpsc;
@@ -24,7 +32,8 @@ use crate::events::{self, publish, WaveChanges};
 use crate::linode_api::ApiError;
 use crate::membership::MembershipDamper;
 use crate::metrics::Metrics;
-use crate::selection::{self, linode_id_from_provider_id, place, select_nodes};
+use crate::plan::{plan, Blocked, Plan, Previously, Refusal, Retry};
+use crate::selection::{self, linodes_of};
 use crate::share_syncer::{LinodeOutcome, Outcome, Request, ShareSyncer, SyncerError};
 use crate::status::{
     api_failure_reason, condition, describe_failures, previous_address, reason, share_conditions,
@@ -77,7 +86,7 @@ pub struct Context {
     pub sharedips: Store<SharedIP>,
     pub config: ReconcileConfig,
     /// Consecutive failures per SharedIP, for exponential backoff.
-    pub failures: Mutex<HashMap<String, u32>>,
+    pub backoff: Backoff,
     /// Holds flapping nodes at their previous membership; fed by the Node watch.
     pub damper: Arc<Mutex<MembershipDamper>>,
     /// Asks for a reconcile of every SharedIP (coalesced: a pending request covers the next).
@@ -165,16 +174,6 @@ fn share_error(failures: &[(u64, &ApiError)]) -> Error {
     }
 }
 
-/// The Linodes behind the cluster's nodes (those with a Linode providerID).
-fn cluster_linodes(nodes: &[Arc<Node>]) -> impl Iterator<Item = u64> + '_ {
-    nodes.iter().filter_map(|n| {
-        n.spec
-            .as_ref()
-            .and_then(|s| s.provider_id.as_deref())
-            .and_then(linode_id_from_provider_id)
-    })
-}
-
 /// Entry point for the controller.
 #[instrument(skip_all, fields(sharedip = %sip.name_any()))]
 pub async fn reconcile(sip: Arc<SharedIP>, ctx: Arc<Context>) -> Result<Action, Error> {
@@ -192,7 +191,7 @@ pub async fn reconcile(sip: Arc<SharedIP>, ctx: Arc<Context>) -> Result<Action, 
     ctx.metrics
         .observe_reconcile(result.is_ok(), started.elapsed());
     if result.is_ok() {
-        lock(&ctx.failures).remove(&name);
+        ctx.backoff.succeeded(&name);
     }
     match &result {
         Err(e) if e.is_auth() => lock(&ctx.auth_failed).insert(name),
@@ -205,23 +204,48 @@ pub async fn reconcile(sip: Arc<SharedIP>, ctx: Arc<Context>) -> Result<Action, 
 pub fn error_policy(sip: Arc<SharedIP>, error: &Error, ctx: Arc<Context>) -> Action {
     let name = sip.name_any();
     ctx.metrics.observe_failure(error.metric_label());
-    let attempt = {
-        let mut f = lock(&ctx.failures);
-        let n = f.entry(name.clone()).or_insert(0);
-        *n = n.saturating_add(1);
-        *n
-    };
-    let delay = backoff(&ctx.config, attempt);
+    let (attempt, delay) = ctx.backoff.failed(&name);
     warn!(sharedip = %name, error = %error, attempt, retry_in = ?delay, "reconcile failed");
     Action::requeue(delay)
 }
 
-fn backoff(config: &ReconcileConfig, attempt: u32) -> Duration {
-    let factor = 2u32.saturating_pow(attempt.saturating_sub(1).min(16));
-    config
-        .backoff_base
-        .saturating_mul(factor)
-        .min(config.backoff_max)
+/// Consecutive failed reconciles per SharedIP, and the delay they earn: doubling from `base`
+/// on each failure in a row, capped at `max`, forgotten on a success.
+pub struct Backoff {
+    base: Duration,
+    max: Duration,
+    failures: Mutex<HashMap<String, u32>>,
+}
+
+impl Backoff {
+    pub fn new(config: &ReconcileConfig) -> Self {
+        Self {
+            base: config.backoff_base,
+            max: config.backoff_max,
+            failures: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Counts a failure of `sharedip`: how many in a row now, and how long to wait.
+    pub fn failed(&self, sharedip: &str) -> (u32, Duration) {
+        let attempt = {
+            let mut f = lock(&self.failures);
+            let n = f.entry(sharedip.to_string()).or_insert(0);
+            *n = n.saturating_add(1);
+            *n
+        };
+        (attempt, self.delay(attempt))
+    }
+
+    /// Forgets the failures of `sharedip`: its next failure waits `base` again.
+    pub fn succeeded(&self, sharedip: &str) {
+        lock(&self.failures).remove(sharedip);
+    }
+
+    fn delay(&self, attempt: u32) -> Duration {
+        let factor = 2u32.saturating_pow(attempt.saturating_sub(1).min(16));
+        self.base.saturating_mul(factor).min(self.max)
+    }
 }
 
 /// Locks a mutex, also after a panic elsewhere poisoned it (the data stays consistent: no
@@ -233,55 +257,28 @@ pub(crate) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     }
 }
 
-/// Stops managing the address without touching any share (a duplicate must not undo the
-/// sharing of the SharedIP that owns the address), or retires the previous address.
-async fn release(sip: &SharedIP, ctx: &Context, retire_previous: bool) -> Result<Outcome, Error> {
-    let previous = Previous::of(sip);
-    let request = Request {
-        owner: sip.name_any(),
-        claim: None,
-        retire: if retire_previous {
-            previous.address.into_iter().collect()
-        } else {
-            BTreeSet::new()
-        },
-        examine: if retire_previous {
-            previous.linodes.keys().copied().collect()
-        } else {
-            BTreeSet::new()
-        },
+async fn apply(sip: Arc<SharedIP>, ctx: &Context) -> Result<Action, Error> {
+    wake_waiters_of_previous_address(&sip, ctx);
+    let sharedips = ctx.sharedips.state();
+    let nodes = ctx.effective_nodes();
+    match plan(&sip, &sharedips, &nodes, &ctx.directory).await {
+        Ok(plan) => execute(&sip, ctx, plan).await,
+        Err(Blocked::Refused(refusal)) => block(&sip, ctx, refusal).await,
+        Err(Blocked::AccountUnreadable(e)) => api_failure(&sip, ctx, e).await,
+    }
+}
+
+/// The spec moved away from the address it held: a duplicate waiting for that address takes
+/// it over now.
+fn wake_waiters_of_previous_address(sip: &SharedIP, ctx: &Context) {
+    let Some(old) = previous_address(sip.status.as_ref()) else {
+        return;
     };
-    submit(ctx, request).await
-}
-
-async fn submit(ctx: &Context, request: Request) -> Result<Outcome, Error> {
-    match tokio::time::timeout(ctx.config.wave_timeout, ctx.syncer.submit(request)).await {
-        Ok(r) => Ok(r?),
-        Err(_) => Err(Error::WaveTimeout(ctx.config.wave_timeout)),
+    let kept = SharedAddress::from_spec(&sip.spec).is_ok_and(|a| a.overlaps(&old));
+    if !kept && blocks_others(sip, &old, &ctx.sharedips.state()) {
+        info!(sharedip = %sip.name_any(), address = %old, "address released: waking the SharedIPs that wait for it");
+        ctx.wake_all();
     }
-}
-
-/// Stops sharing for a SharedIP that cannot be shared (see [`release`]), and says why: in its
-/// conditions, and in a Warning event when the reason or message is new (a retry that finds
-/// the same problem does not repeat it).
-async fn block(
-    sip: &SharedIP,
-    ctx: &Context,
-    retire_previous: bool,
-    update: StatusUpdate,
-    then: Action,
-) -> Result<Action, Error> {
-    release(sip, ctx, retire_previous).await?;
-    let before = condition(sip, conditions::SHARED).map(|c| (c.reason, c.message));
-    let now = (update.shared.reason.clone(), update.shared.message.clone());
-    write_status(&ctx.client, sip, update)
-        .await
-        .map_err(Error::Kube)?;
-    if before.as_ref() != Some(&now) {
-        warn!(sharedip = %sip.name_any(), reason = %now.0, message = %now.1, "cannot share");
-        publish(&ctx.recorder, sip, EventType::Warning, &now.0, now.1, None).await;
-    }
-    Ok(then)
 }
 
 /// Whether another SharedIP is blocked as a duplicate of `addr` (its address overlaps and its
@@ -295,102 +292,72 @@ fn blocks_others(sip: &SharedIP, addr: &SharedAddress, all: &[Arc<SharedIP>]) ->
     })
 }
 
-async fn apply(sip: Arc<SharedIP>, ctx: &Context) -> Result<Action, Error> {
-    let name = sip.name_any();
-    let retry = Action::requeue(ctx.config.blocked_retry);
-    // The spec moved away from the address it held: a duplicate waiting for that address
-    // takes it over now.
-    if let Some(old) = previous_address(sip.status.as_ref()) {
-        let kept = SharedAddress::from_spec(&sip.spec).is_ok_and(|a| a.overlaps(&old));
-        if !kept && blocks_others(&sip, &old, &ctx.sharedips.state()) {
-            info!(sharedip = %name, address = %old, "address released: waking the SharedIPs that wait for it");
-            ctx.wake_all();
-        }
+/// Shares the address as planned, through the share syncer, and reports what the wave did:
+/// events for what changed, then the status.
+async fn execute(sip: &SharedIP, ctx: &Context, plan: Plan) -> Result<Action, Error> {
+    let previous = Previous::of(sip);
+    let outcome = submit(ctx, share_request(sip, &plan, &previous)).await?;
+    let shared_with = shared_now(&plan, &previous, &outcome);
+    let wave = WaveChanges {
+        address: &plan.address,
+        placement: &plan.placement,
+        previous: &previous.linodes,
+        outcome: &outcome,
+    };
+    events::emit_changes(&ctx.recorder, sip, &wave).await;
+    let owner_node = plan.owner_node.as_deref();
+    events::owner_is_a_node(&ctx.recorder, sip, owner_node, plan.account.owner).await;
+
+    let failures: Vec<(u64, &ApiError)> = outcome.failures().collect();
+    let held = lock(&ctx.damper).held_for(&sip.name_any());
+    let hold_down = ctx.config.membership_hold_down;
+    let result = ShareResult {
+        selected: &plan.selected,
+        placement: &plan.placement,
+        failures: &failures,
+        owner_node,
+    };
+    let (shared, ready) = share_conditions(&result, &held, hold_down);
+    events::held_nodes(&ctx.recorder, sip, &held, hold_down).await;
+
+    let update = sharing_status(&plan, shared, ready, shared_with);
+    write_status(&ctx.client, sip, update)
+        .await
+        .map_err(Error::Kube)?;
+    if failures.is_empty() {
+        Ok(Action::requeue(ctx.config.resync))
+    } else {
+        Err(share_error(&failures))
     }
-    let addr = match SharedAddress::from_spec(&sip.spec) {
-        Ok(a) => a,
-        Err(e) => {
-            let update = StatusUpdate::blocked(reason::INVALID_SPEC, e.to_string());
-            return block(&sip, ctx, true, update, Action::await_change()).await;
-        }
-    };
+}
 
-    let all = ctx.sharedips.state();
-    if let Some(duplicate) = rules::earlier_claimant(&sip, all.iter().map(AsRef::as_ref)) {
-        let message = duplicate.to_string();
-        // A duplicate must not undo the sharing of the SharedIP that owns the address.
-        let update = StatusUpdate::blocked(reason::DUPLICATE, message).with_prefix(&addr);
-        return block(&sip, ctx, false, update, retry).await;
-    }
-
-    let info = match ctx.directory.address(&addr).await {
-        Ok(Some(i)) => i,
-        Ok(None) => {
-            let message = format!(
-                "{} is not an IPv4 address or IPv6 range of this Linode account; add it in Cloud Manager (or with the API) first",
-                addr.address()
-            );
-            let update = StatusUpdate::blocked(reason::NOT_IN_ACCOUNT, message).with_prefix(&addr);
-            return block(&sip, ctx, true, update, retry).await;
-        }
-        Err(e) => return api_failure(&sip, ctx, e).await,
-    };
-    if !addr.is_ipv4() && info.prefix != addr.prefix() {
-        let message = format!(
-            "spec.prefix is {} but the account's range {}/{} is a /{}; set spec.prefix to {}",
-            addr.prefix(),
-            info.network,
-            info.prefix,
-            info.prefix,
-            info.prefix
-        );
-        let then = Action::await_change();
-        let update = StatusUpdate::blocked(reason::PREFIX_MISMATCH, message).with_prefix(&addr);
-        return block(&sip, ctx, true, update, then).await;
-    }
-
-    let nodes = ctx.effective_nodes();
-    let selected = match select_nodes(&sip.spec, nodes.iter().map(|n| n.as_ref())) {
-        Ok(s) => s,
-        Err(e) => {
-            // The CRD refuses such selectors at admission, so this one was stored before the
-            // CRD had the rule (an upgrade): report it, and keep the address shared where it
-            // is, as the agents keep announcing it, rather than take traffic away.
-            let message = format!("{e}; the address stays shared where it was until it is fixed");
-            let update = StatusUpdate::blocked(reason::INVALID_SPEC, message).with_prefix(&addr);
-            return block(&sip, ctx, false, update, Action::await_change()).await;
-        }
-    };
-    let wanted: Vec<u64> = selected.iter().filter_map(|n| n.linode).collect();
-    let facts = match ctx.directory.linodes(&wanted).await {
-        Ok(f) => f,
-        Err(e) => return api_failure(&sip, ctx, e).await,
-    };
-    let placement = place(&selected, &info.region, info.owner, &facts);
-
-    let Previous {
-        address: prev_addr,
-        linodes: prev_linodes,
-    } = Previous::of(&sip);
-    let network = info.network;
+/// The wish a plan hands to the share syncer.
+fn share_request(sip: &SharedIP, plan: &Plan, previous: &Previous) -> Request {
+    let network = plan.account.network;
     // Examine every Linode of the cluster, not only those the status names: a crash (or a
     // leader change) between a share call and the status write leaves shares the status does
     // not know, and a node deselected meanwhile would keep the address forever. The syncer's
     // cached lists make this free for Linodes already in line.
-    let mut examine: BTreeSet<u64> = prev_linodes.keys().copied().collect();
-    examine.extend(cluster_linodes(&nodes));
-    let request = Request {
-        owner: name.clone(),
-        claim: Some((network, placement.linodes())),
-        retire: prev_addr.filter(|a| *a != network).into_iter().collect(),
+    let mut examine: BTreeSet<u64> = previous.linodes.keys().copied().collect();
+    examine.extend(plan.cluster_linodes.iter().copied());
+    Request {
+        owner: sip.name_any(),
+        claim: Some((network, plan.placement.linodes())),
+        retire: previous
+            .address
+            .filter(|a| *a != network)
+            .into_iter()
+            .collect(),
         examine,
-    };
-    let outcome = submit(ctx, request).await?;
+    }
+}
 
-    // What is shared now: wanted Linodes in sync, plus Linodes where removing the address
-    // failed (still shared as far as we know, so the next reconcile examines them again).
+/// What is shared now: wanted Linodes in sync, plus Linodes where removing the address failed
+/// (still shared as far as we know, so the next reconcile examines them again).
+fn shared_now(plan: &Plan, previous: &Previous, outcome: &Outcome) -> Vec<SharedLinode> {
+    let share_with = &plan.placement.share_with;
     let mut shared_with: Vec<SharedLinode> = Vec::new();
-    for (linode, (node, role)) in &placement.share_with {
+    for (linode, (node, role)) in share_with {
         if matches!(outcome.linodes.get(linode), Some(LinodeOutcome::InSync)) {
             shared_with.push(SharedLinode {
                 linode_id: *linode as i64,
@@ -399,75 +366,92 @@ async fn apply(sip: Arc<SharedIP>, ctx: &Context) -> Result<Action, Error> {
             });
         }
     }
-    for (linode, entry) in &prev_linodes {
-        if !placement.share_with.contains_key(linode)
+    for (linode, entry) in &previous.linodes {
+        if !share_with.contains_key(linode)
             && matches!(outcome.linodes.get(linode), Some(LinodeOutcome::Failed(_)))
         {
             shared_with.push(entry.clone());
         }
     }
+    shared_with
+}
 
-    let wave = WaveChanges {
-        address: &addr,
-        placement: &placement,
-        previous: &prev_linodes,
-        outcome: &outcome,
-    };
-    events::emit_changes(&ctx.recorder, &sip, &wave).await;
+/// The status of an executed plan.
+fn sharing_status(
+    plan: &Plan,
+    shared: Desired,
+    ready: Desired,
+    shared_with: Vec<SharedLinode>,
+) -> StatusUpdate {
+    let account = &plan.account;
+    StatusUpdate {
+        shared,
+        ready,
+        selected: plan.selected.iter().map(|n| n.name.clone()).collect(),
+        primary: selection::summarize(&plan.selected, Role::Primary),
+        secondary: selection::summarize(&plan.selected, Role::Secondary),
+        owner: account.owner.map(|id| OwnerStatus {
+            linode_id: id as i64,
+            region: Some(account.region.clone()),
+            node: plan.owner_node.clone(),
+        }),
+        shared_address: Some(account.network.to_string()),
+        prefix: Some(i32::from(plan.address.prefix())),
+        shared_with,
+        excluded: plan.placement.excluded.clone(),
+    }
+}
 
-    let owner_node = info.owner.and_then(|owner| {
-        nodes
-            .iter()
-            .find(|n| {
-                n.spec
-                    .as_ref()
-                    .and_then(|s| s.provider_id.as_deref())
-                    .and_then(linode_id_from_provider_id)
-                    == Some(owner)
-            })
-            .map(|n| n.name_any())
-    });
-    events::owner_is_a_node(&ctx.recorder, &sip, owner_node.as_deref(), info.owner).await;
+/// Stops sharing for a SharedIP that cannot be shared (see [`release`]), and says why: in its
+/// conditions, and in a Warning event when the reason or message is new (a retry that finds
+/// the same problem does not repeat it).
+async fn block(sip: &SharedIP, ctx: &Context, refusal: Refusal) -> Result<Action, Error> {
+    release(sip, ctx, refusal.previous).await?;
+    let mut update = StatusUpdate::blocked(refusal.reason, refusal.message);
+    if let Some(address) = &refusal.address {
+        update = update.with_prefix(address);
+    }
+    let before = condition(sip, conditions::SHARED).map(|c| (c.reason, c.message));
+    let now = (update.shared.reason.clone(), update.shared.message.clone());
+    write_status(&ctx.client, sip, update)
+        .await
+        .map_err(Error::Kube)?;
+    if before.as_ref() != Some(&now) {
+        warn!(sharedip = %sip.name_any(), reason = %now.0, message = %now.1, "cannot share");
+        publish(&ctx.recorder, sip, EventType::Warning, &now.0, now.1, None).await;
+    }
+    Ok(match refusal.retry {
+        Retry::OnChange => Action::await_change(),
+        Retry::Later => Action::requeue(ctx.config.blocked_retry),
+    })
+}
 
-    let failures: Vec<(u64, &ApiError)> = outcome.failures().collect();
-    let held = lock(&ctx.damper).held_for(&name);
-    let hold_down = ctx.config.membership_hold_down;
-    let result = ShareResult {
-        selected: &selected,
-        placement: &placement,
-        failures: &failures,
-        owner_node: owner_node.as_deref(),
-    };
-    let (shared, ready) = share_conditions(&result, &held, hold_down);
-    events::held_nodes(&ctx.recorder, &sip, &held, hold_down).await;
-
-    write_status(
-        &ctx.client,
-        &sip,
-        StatusUpdate {
-            shared,
-            ready,
-            selected: selected.iter().map(|n| n.name.clone()).collect(),
-            primary: selection::summarize(&selected, Role::Primary),
-            secondary: selection::summarize(&selected, Role::Secondary),
-            owner: info.owner.map(|id| OwnerStatus {
-                linode_id: id as i64,
-                region: Some(info.region.clone()),
-                node: owner_node.clone(),
-            }),
-            shared_address: Some(network.to_string()),
-            prefix: Some(i32::from(addr.prefix())),
-            shared_with,
-            excluded: placement.excluded.clone(),
+/// Stops managing the address without touching any share (a duplicate must not undo the
+/// sharing of the SharedIP that owns the address), or retires the previous address.
+async fn release(sip: &SharedIP, ctx: &Context, previously: Previously) -> Result<Outcome, Error> {
+    let previous = Previous::of(sip);
+    let retire = previously == Previously::Retire;
+    let request = Request {
+        owner: sip.name_any(),
+        claim: None,
+        retire: if retire {
+            previous.address.into_iter().collect()
+        } else {
+            BTreeSet::new()
         },
-    )
-    .await
-    .map_err(Error::Kube)?;
+        examine: if retire {
+            previous.linodes.keys().copied().collect()
+        } else {
+            BTreeSet::new()
+        },
+    };
+    submit(ctx, request).await
+}
 
-    if failures.is_empty() {
-        Ok(Action::requeue(ctx.config.resync))
-    } else {
-        Err(share_error(&failures))
+async fn submit(ctx: &Context, request: Request) -> Result<Outcome, Error> {
+    match tokio::time::timeout(ctx.config.wave_timeout, ctx.syncer.submit(request)).await {
+        Ok(r) => Ok(r?),
+        Err(_) => Err(Error::WaveTimeout(ctx.config.wave_timeout)),
     }
 }
 
@@ -507,67 +491,28 @@ async fn api_failure(sip: &SharedIP, ctx: &Context, e: ApiError) -> Result<Actio
     Err(Error::Linode(e))
 }
 
+/// Unshares the address everywhere before the finalizer lets the SharedIP go; a duplicate
+/// only drops its claim.
 async fn cleanup(sip: Arc<SharedIP>, ctx: &Context) -> Result<Action, Error> {
     let name = sip.name_any();
-    let status = sip.status.clone().unwrap_or_default();
-    let Previous {
-        address: prev_addr,
-        linodes: prev_linodes,
-    } = Previous::of(&sip);
-    let parsed = SharedAddress::from_spec(&sip.spec).ok();
-    // An earlier SharedIP with the same address owns it: a duplicate only drops its claim.
-    let all = ctx.sharedips.state();
-    let duplicate = rules::earlier_claimant(&sip, all.iter().map(AsRef::as_ref));
-    // A later duplicate takes the address over: now, not when its retry comes. Woken before
-    // this claim goes, its claim most likely rides the same wave, so the Linodes both select
-    // keep the address throughout.
-    if let Some(a) = parsed.as_ref().filter(|_| duplicate.is_none()) {
-        if blocks_others(&sip, a, &ctx.sharedips.state()) {
-            info!(sharedip = %name, address = %a, "deleting the SharedIP that holds the address: waking the SharedIPs that wait for it");
-            ctx.wake_all();
-        }
-    }
-    let mut retire: BTreeSet<IpAddr> = prev_addr.into_iter().collect();
-    if duplicate.is_none() {
-        if let Some(a) = &parsed {
-            retire.insert(a.network());
-        }
-    }
-    if duplicate.is_some() {
-        retire.clear();
-    }
+    let previous = Previous::of(&sip);
+    let retire = retired_by_deletion(&sip, ctx, &previous);
     // Examine every Linode of the cluster too: the status may predate a share that a crash
     // kept out of it.
-    let mut examine: BTreeSet<u64> = prev_linodes.keys().copied().collect();
+    let mut examine: BTreeSet<u64> = previous.linodes.keys().copied().collect();
     if !retire.is_empty() {
-        examine.extend(cluster_linodes(&ctx.nodes.state()));
+        examine.extend(linodes_of(ctx.nodes.state().iter().map(AsRef::as_ref)));
     }
-    let outcome = submit(
-        ctx,
-        Request {
-            owner: name.clone(),
-            claim: None,
-            retire: retire.clone(),
-            examine,
-        },
-    )
-    .await?;
+    let request = Request {
+        owner: name.clone(),
+        claim: None,
+        retire: retire.clone(),
+        examine,
+    };
+    let outcome = submit(ctx, request).await?;
     let failures: Vec<(u64, &ApiError)> = outcome.failures().collect();
     if !failures.is_empty() {
-        let message = format!(
-            "cannot unshare before deletion: {}",
-            describe_failures(&failures)
-        );
-        let error = share_error(&failures);
-        let reason = api_failure_reason(error.is_auth());
-        let mut update = StatusUpdate::blocked(reason, message);
-        update.shared_address = status.shared_address.clone();
-        update.prefix = status.prefix;
-        update.shared_with = status.shared_with.clone();
-        write_status(&ctx.client, &sip, update)
-            .await
-            .map_err(Error::Kube)?;
-        return Err(error);
+        return cannot_unshare(&sip, ctx, &failures).await;
     }
     if !retire.is_empty() {
         let addrs: Vec<String> = retire.iter().map(|a| a.to_string()).collect();
@@ -588,16 +533,74 @@ async fn cleanup(sip: Arc<SharedIP>, ctx: &Context) -> Result<Action, Error> {
     Ok(Action::await_change())
 }
 
+/// The addresses a deleted SharedIP unshares: the one its status names and its spec's, unless
+/// it is a duplicate (an earlier SharedIP with the same address owns it). Wakes the duplicates
+/// that wait for the address.
+fn retired_by_deletion(sip: &SharedIP, ctx: &Context, previous: &Previous) -> BTreeSet<IpAddr> {
+    let parsed = SharedAddress::from_spec(&sip.spec).ok();
+    let all = ctx.sharedips.state();
+    if rules::earlier_claimant(sip, all.iter().map(AsRef::as_ref)).is_some() {
+        return BTreeSet::new();
+    }
+    // A later duplicate takes the address over: now, not when its retry comes. Woken before
+    // this claim goes, its claim most likely rides the same wave, so the Linodes both select
+    // keep the address throughout.
+    if let Some(a) = &parsed {
+        if blocks_others(sip, a, &all) {
+            info!(sharedip = %sip.name_any(), address = %a, "deleting the SharedIP that holds the address: waking the SharedIPs that wait for it");
+            ctx.wake_all();
+        }
+    }
+    previous
+        .address
+        .into_iter()
+        .chain(parsed.map(|a| a.network()))
+        .collect()
+}
+
+/// Keeps the finalizer while the address could not be unshared everywhere, and says why.
+async fn cannot_unshare(
+    sip: &SharedIP,
+    ctx: &Context,
+    failures: &[(u64, &ApiError)],
+) -> Result<Action, Error> {
+    let message = format!(
+        "cannot unshare before deletion: {}",
+        describe_failures(failures)
+    );
+    let error = share_error(failures);
+    let status = sip.status.clone().unwrap_or_default();
+    let mut update = StatusUpdate::blocked(api_failure_reason(error.is_auth()), message);
+    update.shared_address = status.shared_address;
+    update.prefix = status.prefix;
+    update.shared_with = status.shared_with;
+    write_status(&ctx.client, sip, update)
+        .await
+        .map_err(Error::Kube)?;
+    Err(error)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
     fn backoff_grows_and_caps() {
-        let c = ReconcileConfig::default();
-        assert_eq!(backoff(&c, 1), Duration::from_secs(2));
-        assert_eq!(backoff(&c, 2), Duration::from_secs(4));
-        assert_eq!(backoff(&c, 5), Duration::from_secs(32));
-        assert_eq!(backoff(&c, 30), Duration::from_secs(300));
+        let c = Backoff::new(&ReconcileConfig::default());
+        assert_eq!(c.delay(1), Duration::from_secs(2));
+        assert_eq!(c.delay(2), Duration::from_secs(4));
+        assert_eq!(c.delay(5), Duration::from_secs(32));
+        assert_eq!(c.delay(30), Duration::from_secs(300));
+    }
+
+    #[test]
+    fn backoff_counts_failures_in_a_row_per_sharedip() {
+        let b = Backoff::new(&ReconcileConfig::default());
+        assert_eq!(b.failed("a"), (1, Duration::from_secs(2)));
+        assert_eq!(b.failed("a"), (2, Duration::from_secs(4)));
+        assert_eq!(b.failed("b"), (1, Duration::from_secs(2)));
+        b.succeeded("a");
+        assert_eq!(b.failed("a"), (1, Duration::from_secs(2)));
+        assert_eq!(b.failed("b"), (2, Duration::from_secs(4)));
     }
 }

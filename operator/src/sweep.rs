@@ -33,7 +33,7 @@ use tracing::{debug, info, warn};
 
 use crate::ledger::{Entries, Ledger};
 use crate::metrics::Metrics;
-use crate::selection::linode_id_from_provider_id;
+use crate::selection::linodes_of;
 use crate::share_syncer::{LinodeOutcome, ShareSyncer, SyncerError};
 
 /// Event reason on a SharedIP whose address the sweep unshared from a Linode.
@@ -103,20 +103,6 @@ pub fn plan(ledger: &Entries, node_linodes: &BTreeSet<u64>, claimed: &[SharedAdd
         }
     }
     out
-}
-
-/// The Linodes behind the cluster's Nodes (those with a Linode providerID), deleting or not:
-/// shares on a Node that still exists are the reconciler's to decide.
-pub fn node_linodes<'a>(nodes: impl IntoIterator<Item = &'a Node>) -> BTreeSet<u64> {
-    nodes
-        .into_iter()
-        .filter_map(|n| {
-            n.spec
-                .as_ref()
-                .and_then(|s| s.provider_id.as_deref())
-                .and_then(linode_id_from_provider_id)
-        })
-        .collect()
 }
 
 /// The addresses the cluster's SharedIPs claim (not those being deleted; invalid specs claim
@@ -189,7 +175,8 @@ impl Sweeper {
         let sharedips = self.sharedips.state();
         let plan = plan(
             &entries,
-            &node_linodes(nodes.iter().map(|n| n.as_ref())),
+            // Deleting Nodes count: shares on a Node that still exists are the reconciler's.
+            &linodes_of(nodes.iter().map(|n| n.as_ref())),
             &claimed(sharedips.iter().map(|s| s.as_ref())),
         );
         if plan.is_empty() {
@@ -389,7 +376,7 @@ mod tests {
             "spec": {"providerID": "aws:///i-1"},
         }))
         .unwrap();
-        assert_eq!(node_linodes([&node, &other]), [101].into());
+        assert_eq!(linodes_of([&node, &other]), [101].into());
         let sip = |name: &str, address: &str, deleting: bool| -> SharedIP {
             let mut v = serde_json::json!({
                 "apiVersion": "sharedip.io/v1alpha1",
