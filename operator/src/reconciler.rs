@@ -5,7 +5,7 @@
 //! `apply` is a [plan](crate::plan) and its execution. The plan decides, without changing
 //! anything, where the address goes or why it cannot be shared. Executing it hands the wish to
 //! the [share syncer](crate::share_syncer) and waits for the wave that carries it, then records
-//! what changed as [events](crate::events) and writes the [status](crate::status). A blocked
+//! what changed as [`events`] and writes the [`status`](crate::status). A blocked
 //! SharedIP drops its claim (and retires its previous address, where the block says so) and says
 //! why. `cleanup` unshares the address everywhere before the finalizer lets the SharedIP go.
 
