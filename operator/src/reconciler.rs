@@ -34,7 +34,7 @@ use crate::membership::MembershipDamper;
 use crate::metrics::Metrics;
 use crate::plan::{plan, Blocked, Plan, Previously, Refusal, Retry};
 use crate::selection::{self, linodes_of};
-use crate::share_syncer::{LinodeOutcome, Outcome, Request, ShareSyncer, SyncerError};
+use crate::share_syncer::{Claim, LinodeOutcome, Outcome, Request, ShareSyncer, SyncerError};
 use crate::status::{
     api_failure_reason, condition, describe_failures, previous_address, reason, share_conditions,
     write_status, Previous, ShareResult, StatusUpdate,
@@ -342,7 +342,10 @@ fn share_request(sip: &SharedIP, plan: &Plan, previous: &Previous) -> Request {
     examine.extend(plan.cluster_linodes.iter().copied());
     Request {
         owner: sip.name_any(),
-        claim: Some((network, plan.placement.linodes())),
+        claim: Some(Claim {
+            network,
+            linodes: plan.placement.linodes(),
+        }),
         retire: previous
             .address
             .filter(|a| *a != network)

@@ -34,7 +34,7 @@ use tracing::{debug, info, warn};
 use crate::ledger::{Entries, Ledger};
 use crate::metrics::Metrics;
 use crate::selection::linodes_of;
-use crate::share_syncer::{LinodeOutcome, ShareSyncer, SyncerError};
+use crate::share_syncer::{LinodeOutcome, Outcome, ShareSyncer, SyncerError};
 
 /// Event reason on a SharedIP whose address the sweep unshared from a Linode.
 pub const REASON_SWEPT: &str = "Swept";
@@ -67,7 +67,7 @@ impl Why {
 }
 
 /// Per Linode, the recorded addresses to unshare and why.
-pub type Plan = BTreeMap<u64, BTreeMap<IpAddr, Why>>;
+pub type SweepPlan = BTreeMap<u64, BTreeMap<IpAddr, Why>>;
 
 /// Whether a recorded address is some SharedIP's: a recorded IPv6 range base counts as a /64
 /// (ranges are /64 or /56), and an overlap with any claimed address keeps it. Unparseable means
@@ -82,8 +82,12 @@ fn claimed_by_any(addr: IpAddr, claimed: &[SharedAddress]) -> bool {
 
 /// What to unshare, from the ledger, the Linodes behind the cluster's Nodes and the addresses of
 /// its SharedIPs (pure, so every rule is unit-tested).
-pub fn plan(ledger: &Entries, node_linodes: &BTreeSet<u64>, claimed: &[SharedAddress]) -> Plan {
-    let mut out = Plan::new();
+pub fn plan(
+    ledger: &Entries,
+    node_linodes: &BTreeSet<u64>,
+    claimed: &[SharedAddress],
+) -> SweepPlan {
+    let mut out = SweepPlan::new();
     for (linode, addrs) in ledger {
         let node_gone = !node_linodes.contains(linode);
         let pairs: BTreeMap<IpAddr, Why> = addrs
@@ -187,8 +191,29 @@ impl Sweeper {
             .map(|(l, p)| (*l, p.keys().copied().collect()))
             .collect();
         let outcome = self.syncer.unshare(pairs).await?;
+        let report = self.report(&plan, &outcome, &sharedips).await;
+        if report.failed.is_empty() {
+            Ok(report)
+        } else {
+            let failed: Vec<String> = report
+                .failed
+                .iter()
+                .map(|l| format!("Linode {l}"))
+                .collect();
+            Err(SweepError::Linodes(failed.join(", ")))
+        }
+    }
+
+    /// What the unshare orders of `plan` did: each removal logged, counted and reported on the
+    /// SharedIP that had the address; the Linodes that failed.
+    async fn report(
+        &self,
+        plan: &SweepPlan,
+        outcome: &Outcome,
+        sharedips: &[Arc<SharedIP>],
+    ) -> Report {
         let mut report = Report::default();
-        for (linode, addrs) in &plan {
+        for (linode, addrs) in plan {
             match outcome.linodes.get(linode) {
                 Some(LinodeOutcome::InSync | LinodeOutcome::Gone) => {}
                 Some(LinodeOutcome::Failed(e)) => {
@@ -209,7 +234,7 @@ impl Sweeper {
                 }
                 self.metrics.swept.inc();
                 report.unshared.entry(*linode).or_default().insert(*addr);
-                let owner = owner_of(*addr, &sharedips);
+                let owner = owner_of(*addr, sharedips);
                 info!(
                     linode,
                     address = %addr,
@@ -222,16 +247,7 @@ impl Sweeper {
                 }
             }
         }
-        if report.failed.is_empty() {
-            Ok(report)
-        } else {
-            let failed: Vec<String> = report
-                .failed
-                .iter()
-                .map(|l| format!("Linode {l}"))
-                .collect();
-            Err(SweepError::Linodes(failed.join(", ")))
-        }
+        report
     }
 
     async fn publish(&self, sip: &SharedIP, linode: u64, addr: IpAddr, why: Why) {
@@ -310,7 +326,7 @@ mod tests {
         let p = plan(&ledger, &[101, 102].into(), &[addr("192.0.2.10", None)]);
         assert_eq!(
             p,
-            Plan::from([(
+            SweepPlan::from([(
                 103,
                 BTreeMap::from([
                     (ip("192.0.2.10"), Why::NodeGone),
@@ -326,7 +342,7 @@ mod tests {
         let p = plan(&ledger, &[101].into(), &[addr("192.0.2.10", None)]);
         assert_eq!(
             p,
-            Plan::from([(
+            SweepPlan::from([(
                 101,
                 BTreeMap::from([(ip("192.0.2.11"), Why::AddressUnclaimed)])
             )])
