@@ -1,6 +1,6 @@
-//! Reconciles one SharedIP, the way kube-rs's controller-rs does: [`reconcile`] runs the
-//! finalizer, which calls `apply` while the SharedIP exists and `cleanup` once it is deleted;
-//! [`error_policy`] requeues a failure with exponential backoff.
+//! Reconciles one SharedIP: [`reconcile`] runs the finalizer, which calls `apply` while the
+//! SharedIP exists and `cleanup` once it is deleted; [`error_policy`] requeues a failure with
+//! exponential backoff.
 //!
 //! `apply` is a [plan](crate::plan) and its execution. The plan decides, without changing
 //! anything, where the address goes or why it cannot be shared. Executing it hands the wish to
