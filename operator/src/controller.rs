@@ -183,6 +183,12 @@ pub async fn run(config: Config) -> Result<(), RunError> {
     } else {
         elector.lead_unelected(stop_rx, controller).await
     };
+    exit_status(term)
+}
+
+/// How the process ends after its term: a lost lease and an uninstall are errors (the pod
+/// restarts; a replica an uninstall retired then waits for the uninstall to end).
+fn exit_status(term: Term<Result<(), RunError>>) -> Result<(), RunError> {
     match term {
         Term::NotStarted => Ok(()),
         Term::Stopped(result) => result,
