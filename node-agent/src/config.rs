@@ -16,7 +16,7 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::path::PathBuf;
 use std::time::Duration;
 
-use clap::{Args, CommandFactory, Parser, Subcommand, ValueEnum};
+use clap::{Args, CommandFactory, Parser, Subcommand};
 
 use clap::error::ErrorKind;
 use sharedip_api::Role;
@@ -35,12 +35,7 @@ pub const DEFAULT_STANDALONE_HTTP_ADDR: SocketAddr =
 /// Default Unix socket of the `status` subcommand (next to the default state file).
 pub const DEFAULT_STATUS_SOCKET: &str = "/var/lib/sharedip/status.sock";
 
-/// Log output format.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum LogFormat {
-    Text,
-    Json,
-}
+pub use sharedip_process::logging::LogFormat;
 
 /// Binds shared IPs on this node and announces them to Linode's route servers over BGP.
 #[derive(Debug, Clone, Parser)]

@@ -11,11 +11,11 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock};
 
 use axum::extract::State;
-use axum::http::{header, StatusCode};
-use axum::response::IntoResponse;
 use axum::routing::get;
 use axum::{Json, Router};
 use serde::{Deserialize, Serialize};
+use sharedip_process::endpoints::{metrics_routes, probe_routes, Observable, Readiness};
+use sharedip_process::sync::{read, write};
 
 use crate::metrics::Metrics;
 use crate::orchestrator::PrefixReport;
@@ -72,14 +72,8 @@ impl Shared {
     /// Replaces the report skeleton and the sessions once the speaker runs (the HTTP server
     /// starts before it, for the kubelet's probes).
     pub fn set_speaker(&self, report: AgentReport, monitor: SpeakerMonitor) {
-        match self.monitor.write() {
-            Ok(mut m) => *m = monitor,
-            Err(p) => *p.into_inner() = monitor,
-        }
-        match self.report.write() {
-            Ok(mut r) => *r = report,
-            Err(p) => *p.into_inner() = report,
-        }
+        *write(&self.monitor) = monitor;
+        *write(&self.report) = report;
     }
 
     /// Replaces the prefix list.
@@ -88,66 +82,52 @@ impl Shared {
         self.metrics
             .prefixes_announced
             .set(i64::try_from(announced).unwrap_or(i64::MAX));
-        if let Ok(mut r) = self.report.write() {
-            r.prefixes = prefixes;
-        }
+        write(&self.report).prefixes = prefixes;
     }
 
     fn monitor(&self) -> SpeakerMonitor {
-        match self.monitor.read() {
-            Ok(m) => m.clone(),
-            Err(p) => p.into_inner().clone(),
-        }
+        read(&self.monitor).clone()
     }
 
     /// The full report now.
     pub fn report(&self) -> AgentReport {
-        let mut r = match self.report.read() {
-            Ok(r) => r.clone(),
-            Err(p) => p.into_inner().clone(),
-        };
+        let mut r = read(&self.report).clone();
         r.peers = self.monitor().reports();
         r
     }
 }
 
-/// The probes' routes: open to anyone, and they say nothing beyond "ok" / "not ready".
+impl Observable for Shared {
+    fn readiness(&self) -> Readiness {
+        if self.ready.load(Ordering::Relaxed) {
+            Readiness::Ready
+        } else {
+            Readiness::NotReady("starting".into())
+        }
+    }
+
+    fn metrics(&self) -> String {
+        self.metrics.encode(&self.monitor())
+    }
+}
+
+/// The probes' routes: open to anyone, and they say nothing beyond "ok" / "not ready: starting".
 pub fn probe_router(shared: Arc<Shared>) -> Router {
-    Router::new()
-        .route("/healthz", get(|| async { "ok" }))
-        .route("/readyz", get(readyz))
-        .with_state(shared)
+    probe_routes(shared)
 }
 
 /// The routes that reveal the node's sessions and addresses.
 pub fn data_router(shared: Arc<Shared>) -> Router {
-    Router::new()
-        .route("/metrics", get(metrics))
-        .route("/status", get(status))
-        .with_state(shared)
+    metrics_routes(shared.clone()).merge(
+        Router::new()
+            .route("/status", get(status))
+            .with_state(shared),
+    )
 }
 
 /// Every route, without authentication.
 pub fn router(shared: Arc<Shared>) -> Router {
     probe_router(shared.clone()).merge(data_router(shared))
-}
-
-async fn metrics(State(s): State<Arc<Shared>>) -> impl IntoResponse {
-    (
-        [(
-            header::CONTENT_TYPE,
-            "application/openmetrics-text; version=1.0.0; charset=utf-8",
-        )],
-        s.metrics.encode(&s.monitor()),
-    )
-}
-
-async fn readyz(State(s): State<Arc<Shared>>) -> impl IntoResponse {
-    if s.ready.load(Ordering::Relaxed) {
-        (StatusCode::OK, "ok")
-    } else {
-        (StatusCode::SERVICE_UNAVAILABLE, "not ready")
-    }
 }
 
 async fn status(State(s): State<Arc<Shared>>) -> Json<AgentReport> {

@@ -50,7 +50,7 @@ pub struct KubeSettings {
 
 /// Runs `sharedip-node-agent run` until SIGTERM; SIGHUP re-evaluates everything.
 pub async fn run(args: RunArgs) -> Result<(), AgentError> {
-    let mut signals = runtime::Signals::install()?;
+    let mut signals = runtime::Signals::install(runtime::Hangup::Reload)?;
     let common = &args.common;
     let client = kube::Client::try_default()
         .await

@@ -22,4 +22,3 @@ pub mod speaker;
 pub mod standalone;
 pub mod status;
 pub mod status_cmd;
-pub mod telemetry;

@@ -1,7 +1,8 @@
 use std::process::ExitCode;
 
 use sharedip_node_agent::config::{self, Command};
-use sharedip_node_agent::{kube_agent, standalone, status_cmd, telemetry};
+use sharedip_node_agent::{kube_agent, standalone, status_cmd};
+use sharedip_process::logging;
 
 // One thread: the agent's work is a few sockets and timers, nothing CPU-bound, and the default
 // runtime's worker thread per core (each with its own malloc arena) would make the footprint grow
@@ -11,11 +12,11 @@ async fn main() -> ExitCode {
     let cli = config::parse();
     let result = match cli.command {
         Command::Run(args) => {
-            telemetry::init(args.common.log_format, &args.common.log_level);
+            logging::init(args.common.log_format, &args.common.log_level);
             kube_agent::run(args).await
         }
         Command::Standalone(args) => {
-            telemetry::init(args.log_format(), &args.common.log_level);
+            logging::init(args.log_format(), &args.common.log_level);
             if !args.ignored.is_empty() {
                 tracing::warn!(ignored = ?args.ignored, "ignoring the arguments after the flags, as lelastic does");
             }

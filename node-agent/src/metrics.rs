@@ -9,6 +9,7 @@ use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
+use sharedip_process::sync::lock;
 
 use crate::orchestrator::Transition;
 use crate::speaker::{PeerReport, SpeakerMonitor};
@@ -43,7 +44,7 @@ pub struct TransitionLabels {
 
 /// Every metric the agent exports.
 pub struct Metrics {
-    registry: Mutex<Registry>,
+    registry: Registry,
     pub session_state: Family<PeerStateLabels, Gauge<i64, AtomicI64>>,
     pub session_established: Family<PeerLabels, Gauge<i64, AtomicI64>>,
     pub updates_sent: Family<PeerLabels, Counter>,
@@ -57,9 +58,8 @@ pub struct Metrics {
 
 impl Default for Metrics {
     fn default() -> Self {
-        let mut registry = Registry::with_prefix("sharedip_agent");
-        let m = Self {
-            registry: Mutex::new(Registry::default()),
+        let mut m = Self {
+            registry: Registry::with_prefix("sharedip_agent"),
             session_state: Family::default(),
             session_established: Family::default(),
             updates_sent: Family::default(),
@@ -69,44 +69,41 @@ impl Default for Metrics {
             transitions: Family::default(),
             seen: Mutex::new(HashMap::new()),
         };
-        registry.register(
+        m.registry.register(
             "bgp_session_state",
             "1 for the current BGP FSM state of each route server session",
             m.session_state.clone(),
         );
-        registry.register(
+        m.registry.register(
             "bgp_session_established",
             "1 while the session with the route server is established",
             m.session_established.clone(),
         );
-        registry.register(
+        m.registry.register(
             "bgp_updates_sent",
             "BGP UPDATE messages sent per route server",
             m.updates_sent.clone(),
         );
-        registry.register(
+        m.registry.register(
             "bgp_updates_received",
             "BGP UPDATE messages received (and discarded) per route server",
             m.updates_received.clone(),
         );
-        registry.register(
+        m.registry.register(
             "bgp_sessions_established",
             "Times the session with the route server reached Established",
             m.session_flaps.clone(),
         );
-        registry.register(
+        m.registry.register(
             "prefixes_announced",
             "Prefixes this node announces",
             m.prefixes_announced.clone(),
         );
-        registry.register(
+        m.registry.register(
             "transitions",
             "Announcements, withdrawals and bind failures by reason",
             m.transitions.clone(),
         );
-        if let Ok(mut r) = m.registry.lock() {
-            *r = registry;
-        }
         m
     }
 }
@@ -115,22 +112,12 @@ impl Metrics {
     /// Refreshes the session metrics from the speaker and returns the text format.
     pub fn encode(&self, monitor: &SpeakerMonitor) -> String {
         self.observe_peers(&monitor.reports());
-        let mut out = String::new();
-        let registry = match self.registry.lock() {
-            Ok(r) => r,
-            Err(poisoned) => poisoned.into_inner(),
-        };
-        // Writing into a String cannot fail.
-        let _ = prometheus_client::encoding::text::encode(&mut out, &registry);
-        out
+        sharedip_process::metrics::encode(&self.registry)
     }
 
     /// Sets the per-peer series from a snapshot.
     pub fn observe_peers(&self, peers: &[PeerReport]) {
-        let mut seen = match self.seen.lock() {
-            Ok(s) => s,
-            Err(poisoned) => poisoned.into_inner(),
-        };
+        let mut seen = lock(&self.seen);
         for p in peers {
             let peer = p.peer.clone();
             for s in STATES {

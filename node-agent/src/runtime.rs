@@ -5,9 +5,9 @@ use std::net::{IpAddr, Ipv6Addr, SocketAddr, UdpSocket};
 use std::path::Path;
 use std::sync::Arc;
 
-use futures::Stream;
+use sharedip_process::signals::SignalError;
+pub use sharedip_process::signals::{Control, Hangup, Signals};
 use sharedip_secure_http::{Authorizer, CertSource};
-use tokio::signal::unix::{signal, Signal, SignalKind};
 
 use crate::bgp::fsm::FsmConfig;
 use crate::config::{router_id_from, CommonArgs, ConfigError};
@@ -43,12 +43,8 @@ pub enum AgentError {
         #[source]
         source: std::io::Error,
     },
-    #[error("cannot handle {name}: {source}")]
-    Signal {
-        name: &'static str,
-        #[source]
-        source: std::io::Error,
-    },
+    #[error(transparent)]
+    Signal(#[from] SignalError),
     #[error("cannot find this node's global IPv6 address toward {peer}: {reason}; set --next-hop")]
     NextHop { peer: SocketAddr, reason: String },
     #[error("the {0} cache stopped before it synced")]
@@ -215,57 +211,5 @@ pub async fn serve_status_socket(
             tracing::warn!(path = %path.display(), %error, "cannot serve the status socket; `sharedip-node-agent status` will not reach this agent");
             Ok(None)
         }
-    }
-}
-
-/// What a signal asks of the agent.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Control {
-    /// SIGTERM or SIGINT: withdraw, CEASE, unbind, exit.
-    Stop,
-    /// SIGHUP (`systemctl reload`, `kill -HUP`): re-read what can change and apply the
-    /// difference; never exit.
-    Reload,
-}
-
-/// The agent's signal handlers. Installed first thing, so that from then on none of these
-/// signals can end the process with its default action (which would leave routes announced
-/// and addresses bound).
-pub struct Signals {
-    term: Signal,
-    int: Signal,
-    hup: Signal,
-}
-
-impl Signals {
-    /// Installs the handlers of SIGTERM, SIGINT and SIGHUP.
-    pub fn install() -> Result<Self, AgentError> {
-        let install = |kind: SignalKind, name: &'static str| {
-            signal(kind).map_err(|source| AgentError::Signal { name, source })
-        };
-        Ok(Self {
-            term: install(SignalKind::terminate(), "SIGTERM")?,
-            int: install(SignalKind::interrupt(), "SIGINT")?,
-            hup: install(SignalKind::hangup(), "SIGHUP")?,
-        })
-    }
-
-    /// The next signal.
-    pub async fn recv(&mut self) -> Control {
-        tokio::select! {
-            Some(()) = self.term.recv() => Control::Stop,
-            Some(()) = self.int.recv() => Control::Stop,
-            Some(()) = self.hup.recv() => Control::Reload,
-            // The runtime is going away: nothing will be delivered any more.
-            else => Control::Stop,
-        }
-    }
-
-    /// The signals as a stream, for the agent loops.
-    pub fn into_stream(self) -> impl Stream<Item = Control> + Send + Unpin {
-        Box::pin(futures::stream::unfold(self, |mut s| async move {
-            let c = s.recv().await;
-            Some((c, s))
-        }))
     }
 }

@@ -158,7 +158,7 @@ fn merge_reload(
 
 /// Runs `sharedip-node-agent standalone` until SIGTERM or SIGINT; SIGHUP reloads.
 pub async fn run(args: StandaloneArgs) -> Result<(), AgentError> {
-    let signals = runtime::Signals::install()?;
+    let signals = runtime::Signals::install(runtime::Hangup::Reload)?;
     let common = &args.common;
     let role = args.role();
     let community = match role {

@@ -5,6 +5,8 @@
 //! fields survive), drain and the readiness gate withdraw with the right reason, events are
 //! recorded, and SIGTERM (the stop future) withdraws, unbinds and reports ShuttingDown.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is a failed test
+
 use std::collections::BTreeMap;
 use std::future::Future;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};

@@ -10,6 +10,8 @@
 //! daemons and namespaces are removed by Drop guards on every path, and on failure the
 //! agent's and the daemons' logs are printed.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is a failed test
+
 mod interop_common;
 
 use std::future::Future;

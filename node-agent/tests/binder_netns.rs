@@ -9,6 +9,8 @@
 //! namespace is deleted by a Drop guard on every exit path; every wait is
 //! bounded.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is a failed test
+
 use std::collections::BTreeSet;
 use std::future::Future;
 use std::net::IpAddr;

@@ -1,6 +1,8 @@
 //! Our BGP speaker against four FRR (bgpd) route servers configured like Linode's.
 //! Root only (skipped otherwise); see `interop_common` for the topology.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is a failed test
+
 #[macro_use]
 mod interop_common;
 

@@ -1,6 +1,8 @@
 //! The agent's text log, written to a file (a systemd journal, a container log), carries no
 //! terminal colour codes: they are noise there and break grep.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is a failed test
+
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 

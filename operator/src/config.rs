@@ -4,13 +4,9 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use clap::{Args, Parser, Subcommand, ValueEnum};
+use clap::{Args, Parser, Subcommand};
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum LogFormat {
-    Text,
-    Json,
-}
+pub use sharedip_process::logging::LogFormat;
 
 /// Reconciles SharedIP resources into Linode IP Sharing.
 #[derive(Debug, Clone, Parser)]
@@ -65,6 +61,11 @@ pub struct Config {
     /// Log format.
     #[arg(long, env = "LOG_FORMAT", value_enum, default_value = "text")]
     pub log_format: LogFormat,
+
+    /// Log level or filter, e.g. `debug` or `sharedip_operator=debug,info`; RUST_LOG wins when
+    /// set.
+    #[arg(long, env = "LOG_LEVEL", default_value = "info")]
+    pub log_level: String,
 
     /// How long a share wave gathers changes before calling the Linode API, e.g. 250ms.
     #[arg(long, env = "SHARE_BATCH_WINDOW", default_value = "250ms", value_parser = parse_duration)]
@@ -190,6 +191,26 @@ mod tests {
         assert_eq!(c.membership_hold_down, Duration::ZERO);
         assert!(c.command.is_none());
         assert_eq!(c.sweep_interval, Duration::from_secs(600));
+    }
+
+    #[test]
+    fn log_format_and_level() {
+        let c = Config::try_parse_from(["sharedip-operator"]).unwrap();
+        assert_eq!(
+            (c.log_format, c.log_level.as_str()),
+            (LogFormat::Text, "info")
+        );
+        let c = Config::try_parse_from([
+            "sharedip-operator",
+            "--log-format",
+            "json",
+            "--log-level",
+            "sharedip_operator=debug,info",
+        ])
+        .unwrap();
+        assert_eq!(c.log_format, LogFormat::Json);
+        assert_eq!(c.log_level, "sharedip_operator=debug,info");
+        assert!(Config::try_parse_from(["sharedip-operator", "--log-format", "xml"]).is_err());
     }
 
     #[test]

@@ -23,6 +23,8 @@ use kube::runtime::{watcher, WatchStreamExt};
 use kube::{Api, ResourceExt};
 use linode_client::{LinodeClient, TokenFileState, TokenSource};
 use sharedip_api::SharedIP;
+use sharedip_process::signals::{Hangup, SignalError, Signals};
+use sharedip_process::sync::lock;
 use tokio::sync::{mpsc, watch, Notify};
 use tokio::task::JoinHandle;
 use tracing::{debug, error, info, warn};
@@ -36,7 +38,7 @@ use crate::ledger::{ConfigMapStore, Ledger, LedgerError, LedgerStore};
 use crate::linode_api::DynLinodeApi;
 use crate::membership::{Decision, MembershipDamper};
 use crate::metrics::Metrics;
-use crate::reconciler::{self, lock, Backoff, Context, ReconcileConfig};
+use crate::reconciler::{self, Backoff, Context, ReconcileConfig};
 use crate::share_syncer::{ShareSyncer, SyncerConfig, SyncerTask};
 use crate::sweep::Sweeper;
 
@@ -79,6 +81,8 @@ pub enum RunError {
     Ledger(#[from] LedgerError),
     #[error("stopped: this installation is being uninstalled")]
     Uninstalled,
+    #[error(transparent)]
+    Signal(#[from] SignalError),
 }
 
 /// Settings of the controller proper (everything but process plumbing).
@@ -154,8 +158,11 @@ pub async fn run(config: Config) -> Result<(), RunError> {
     info!(cluster_id = %cluster_id, source = %source, "cluster identity");
 
     let (stop_tx, stop_rx) = watch::channel(false);
+    // Installed where the operator starts to watch `stop`: a SIGTERM before this point ends
+    // the process at once, which is right while it holds nothing.
+    let mut signals = Signals::install(Hangup::Default)?;
     tokio::spawn(async move {
-        shutdown_signal().await;
+        signals.recv().await;
         info!("shutdown requested");
         let _ = stop_tx.send(true);
     });
@@ -277,29 +284,6 @@ fn lease_config(config: &Config) -> LeaseConfig {
     );
     lease.deployment = config.operator_deployment.clone().filter(|d| !d.is_empty());
     lease
-}
-
-async fn shutdown_signal() {
-    let ctrl_c = tokio::signal::ctrl_c();
-    #[cfg(unix)]
-    {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut term) => {
-                tokio::select! {
-                    _ = ctrl_c => {}
-                    _ = term.recv() => {}
-                }
-            }
-            Err(e) => {
-                warn!(error = %e, "cannot listen for SIGTERM; only Ctrl-C stops the operator");
-                let _ = ctrl_c.await;
-            }
-        }
-    }
-    #[cfg(not(unix))]
-    {
-        let _ = ctrl_c.await;
-    }
 }
 
 /// Runs the SharedIP controller until `stop` resolves.

@@ -7,12 +7,9 @@ use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
-use axum::extract::State;
-use axum::http::{header, StatusCode};
-use axum::response::IntoResponse;
-use axum::routing::get;
 use axum::Router;
-
+use sharedip_process::endpoints::{metrics_routes, probe_routes, Observable, Readiness};
+use sharedip_process::sync::lock;
 use sharedip_secure_http::{Authorizer, CertSource};
 
 use crate::metrics::Metrics;
@@ -32,7 +29,7 @@ impl Health {
     /// Sets (Some) or clears (None) the problem of `area`; returns whether that changed it, so
     /// callers log a problem once when it appears and once when it goes.
     pub fn set_problem(&self, area: &'static str, problem: Option<String>) -> bool {
-        let mut p = self.problems.lock().unwrap_or_else(|e| e.into_inner());
+        let mut p = lock(&self.problems);
         match problem {
             Some(text) => p.insert(area, text.clone()).as_ref() != Some(&text),
             None => p.remove(area).is_some(),
@@ -41,7 +38,7 @@ impl Health {
 
     /// The current problems, one line each.
     pub fn problems(&self) -> Vec<String> {
-        let p = self.problems.lock().unwrap_or_else(|e| e.into_inner());
+        let p = lock(&self.problems);
         p.values().cloned().collect()
     }
 
@@ -49,57 +46,47 @@ impl Health {
     /// who can reach the port. The details (paths, API answers) go to the log and the
     /// SharedIPs' conditions.
     pub fn problem_areas(&self) -> Vec<&'static str> {
-        let p = self.problems.lock().unwrap_or_else(|e| e.into_inner());
+        let p = lock(&self.problems);
         p.keys().copied().collect()
     }
 
     pub fn is_ready(&self) -> bool {
         self.ready.load(Ordering::Relaxed) && self.problems().is_empty()
     }
+
+    /// What `/readyz` says: the problem areas while there are any, else whether it started.
+    pub fn readiness(&self) -> Readiness {
+        let problems = self.problem_areas();
+        if !problems.is_empty() {
+            Readiness::NotReady(problems.join(", "))
+        } else if self.ready.load(Ordering::Relaxed) {
+            Readiness::Ready
+        } else {
+            Readiness::NotReady("starting".into())
+        }
+    }
 }
 
-#[derive(Clone)]
-struct AppState {
+/// What the probes and `/metrics` read.
+struct Endpoints {
     metrics: Arc<Metrics>,
     health: Arc<Health>,
 }
 
+impl Observable for Endpoints {
+    fn readiness(&self) -> Readiness {
+        self.health.readiness()
+    }
+
+    fn metrics(&self) -> String {
+        self.metrics.encode()
+    }
+}
+
 /// The routes: the probes open, `/metrics` behind `auth`.
 pub fn router(metrics: Arc<Metrics>, health: Arc<Health>, auth: Arc<Authorizer>) -> Router {
-    let state = AppState { metrics, health };
-    let probes = Router::new()
-        .route("/healthz", get(|| async { "ok" }))
-        .route("/readyz", get(readyz))
-        .with_state(state.clone());
-    let data = Router::new()
-        .route("/metrics", get(metrics_handler))
-        .with_state(state);
-    sharedip_secure_http::protected(probes, data, auth)
-}
-
-async fn metrics_handler(State(s): State<AppState>) -> impl IntoResponse {
-    (
-        [(
-            header::CONTENT_TYPE,
-            "application/openmetrics-text; version=1.0.0; charset=utf-8",
-        )],
-        s.metrics.encode(),
-    )
-}
-
-async fn readyz(State(s): State<AppState>) -> impl IntoResponse {
-    let problems = s.health.problem_areas();
-    if !problems.is_empty() {
-        let text = format!("not ready: {}\n", problems.join(", "));
-        (StatusCode::SERVICE_UNAVAILABLE, text)
-    } else if s.health.ready.load(Ordering::Relaxed) {
-        (StatusCode::OK, "ok".to_string())
-    } else {
-        (
-            StatusCode::SERVICE_UNAVAILABLE,
-            "not ready: starting\n".to_string(),
-        )
-    }
+    let state = Arc::new(Endpoints { metrics, health });
+    sharedip_secure_http::protected(probe_routes(state.clone()), metrics_routes(state), auth)
 }
 
 /// Why the HTTPS server cannot start.

@@ -33,7 +33,8 @@
 //!  uninstall.rs    `sharedip-operator uninstall`: take the Lease (leader.rs), unshare what
 //!                  the ledger and the statuses name, let every SharedIP go
 //!  cluster_id.rs   this cluster's identity, which names its ledger
-//!  http.rs, metrics.rs, telemetry.rs, config.rs: HTTPS endpoints, metrics, logs, flags
+//!  http.rs, metrics.rs, config.rs: HTTPS endpoints, metrics, flags (signals, logging and
+//!  the probe and metrics routes come from crates/process)
 //! ```
 //!
 //! The path runs one way, with a single request/response hop: reconcile → share wave →
@@ -60,5 +61,4 @@ pub mod selection;
 pub mod share_syncer;
 pub mod status;
 pub mod sweep;
-pub mod telemetry;
 pub mod uninstall;

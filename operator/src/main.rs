@@ -2,12 +2,13 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use sharedip_operator::config::{Command, Config};
-use sharedip_operator::{controller, telemetry, uninstall};
+use sharedip_operator::{controller, uninstall};
+use sharedip_process::logging;
 
 #[tokio::main]
 async fn main() -> ExitCode {
     let config = Config::parse();
-    telemetry::init(config.log_format);
+    logging::init(config.log_format, &config.log_level);
     if let Some(Command::Uninstall(args)) = &config.command {
         return match uninstall::run(&config, args).await {
             Ok(_) => ExitCode::SUCCESS,

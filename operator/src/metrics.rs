@@ -1,7 +1,6 @@
 //! Prometheus metrics of the operator, served on `/metrics`.
 
 use std::sync::atomic::AtomicI64;
-use std::sync::Mutex;
 use std::time::Duration;
 
 use prometheus_client::encoding::EncodeLabelSet;
@@ -36,7 +35,7 @@ pub struct EndpointLabels {
 
 /// Every metric the operator exports.
 pub struct Metrics {
-    registry: Mutex<Registry>,
+    registry: Registry,
     pub reconciles: Family<ResultLabels, Counter>,
     pub reconcile_failures: Family<ReasonLabels, Counter>,
     pub reconcile_duration: Histogram,
@@ -147,7 +146,7 @@ impl Default for Metrics {
             ledger_write_failures.clone(),
         );
         Self {
-            registry: Mutex::new(registry),
+            registry,
             reconciles,
             reconcile_failures,
             reconcile_duration,
@@ -167,16 +166,9 @@ impl Default for Metrics {
 }
 
 impl Metrics {
-    /// The metrics in the Prometheus text format.
+    /// The metrics as OpenMetrics text.
     pub fn encode(&self) -> String {
-        let mut out = String::new();
-        let registry = match self.registry.lock() {
-            Ok(r) => r,
-            Err(poisoned) => poisoned.into_inner(),
-        };
-        // Writing into a String cannot fail.
-        let _ = prometheus_client::encoding::text::encode(&mut out, &registry);
-        out
+        sharedip_process::metrics::encode(&self.registry)
     }
 
     pub fn observe_reconcile(&self, ok: bool, elapsed: Duration) {

@@ -24,6 +24,7 @@ use kube::ResourceExt;
 use sharedip_api::conditions::{self, Desired};
 use sharedip_api::rules;
 use sharedip_api::{OwnerStatus, Role, SharedAddress, SharedIP, SharedLinode, FINALIZER};
+use sharedip_process::sync::lock;
 use tokio::sync::mpsc;
 use tracing::{info, instrument, warn};
 
@@ -245,15 +246,6 @@ impl Backoff {
     fn delay(&self, attempt: u32) -> Duration {
         let factor = 2u32.saturating_pow(attempt.saturating_sub(1).min(16));
         self.base.saturating_mul(factor).min(self.max)
-    }
-}
-
-/// Locks a mutex, also after a panic elsewhere poisoned it (the data stays consistent: no
-/// critical section here can panic half-way).
-pub(crate) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    match m.lock() {
-        Ok(g) => g,
-        Err(p) => p.into_inner(),
     }
 }
 

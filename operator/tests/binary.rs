@@ -1,6 +1,8 @@
 //! The real `sharedip-operator` binary as a process: killed mid-reconcile, two replicas with
 //! leader election, and the Helm chart's RBAC as its only permissions.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is a failed test
+
 mod support;
 
 use std::collections::{BTreeMap, BTreeSet};

@@ -1,5 +1,7 @@
 //! The operator against a real kube-apiserver and the Linode API stand-in.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is a failed test
+
 mod support;
 
 use std::time::Duration;

@@ -2,6 +2,8 @@
 //! kube-apiserver per cluster, one Linode API stand-in, in-process operators restarted as a
 //! Deployment's pods would be.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is a failed test
+
 mod support;
 
 use std::collections::{BTreeMap, BTreeSet};

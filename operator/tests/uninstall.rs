@@ -3,6 +3,8 @@
 //! and the Deployment and Job controllers (support/kubelet.rs): the operator Deployment's pods,
 //! and the pre-delete hook Job with the operator's ServiceAccount and RBAC.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is a failed test
+
 mod support;
 
 use std::collections::{BTreeMap, BTreeSet};

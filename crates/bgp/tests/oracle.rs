@@ -3,6 +3,8 @@
 //! messages of real peers, the crafted seeds of the fuzz corpus, and every kind of
 //! message the speaker itself sends.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is a failed test
+
 #[path = "../fuzz/src/oracle.rs"]
 #[allow(dead_code)]
 mod oracle;

@@ -2,6 +2,8 @@
 //! speaker, and against a scripted peer that sends ROUTE-REFRESH and a malformed
 //! UPDATE. Every wait is bounded.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is a failed test
+
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;

@@ -1,6 +1,8 @@
 //! Decodes BGP messages captured from real peers (BIRD 2 and GoBGP); see
 //! `tests/captures/README.md`.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is a failed test
+
 use std::net::Ipv4Addr;
 
 use sharedip_bgp::wire::{

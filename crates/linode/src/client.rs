@@ -237,22 +237,7 @@ impl LinodeClient {
     ) -> std::result::Result<Vec<u8>, Failure> {
         let method = call.verb.as_str();
         let endpoint = call.endpoint;
-        let url = format!("{}{}", self.inner.base, call.path);
-        let mut request = self
-            .inner
-            .http
-            .request(call.verb.method(), url)
-            .header(AUTHORIZATION, token.header().clone())
-            .header(ACCEPT, HeaderValue::from_static("application/json"));
-        if let Some(filter) = call.filter {
-            request = request.header("X-Filter", crate::filter::header_value(filter));
-        }
-        if let Some(body) = &call.json_body {
-            request = request
-                .header(CONTENT_TYPE, HeaderValue::from_static("application/json"))
-                .body(body.clone());
-        }
-
+        let request = self.request(call, token);
         let start = Instant::now();
         let response = match request.send().await {
             Ok(r) => r,
@@ -285,31 +270,27 @@ impl LinodeClient {
         );
         let body = body.map_err(|e| self.transport_failure(call, e))?;
 
-        if status.is_success() {
-            return Ok(body.to_vec());
+        classify(call, status, retry_after, &body, token)
+    }
+
+    /// The request of one attempt: the token, JSON in and out, the filter header.
+    fn request(&self, call: &Call<'_>, token: &Token) -> reqwest::RequestBuilder {
+        let url = format!("{}{}", self.inner.base, call.path);
+        let mut request = self
+            .inner
+            .http
+            .request(call.verb.method(), url)
+            .header(AUTHORIZATION, token.header().clone())
+            .header(ACCEPT, HeaderValue::from_static("application/json"));
+        if let Some(filter) = call.filter {
+            request = request.header("X-Filter", crate::filter::header_value(filter));
         }
-        if status == StatusCode::TOO_MANY_REQUESTS {
-            return Err(Failure::Retryable {
-                error: Error::RateLimited {
-                    method,
-                    endpoint,
-                    retry_after,
-                },
-                retry_after,
-            });
+        if let Some(body) = &call.json_body {
+            request = request
+                .header(CONTENT_TYPE, HeaderValue::from_static("application/json"))
+                .body(body.clone());
         }
-        let error = Error::Api {
-            method,
-            endpoint,
-            status: status.as_u16(),
-            errors: parse_error_body(&body, token),
-        };
-        if status.is_server_error() {
-            // A 503 may carry Retry-After too; honour it the same way as on 429.
-            Err(Failure::Retryable { error, retry_after })
-        } else {
-            Err(Failure::Final(error))
-        }
+        request
     }
 
     fn transport_failure(&self, call: &Call<'_>, e: reqwest::Error) -> Failure {
@@ -368,6 +349,44 @@ impl fmt::Debug for LinodeClient {
             .field("page_size", &i.page_size)
             .field("observer", &i.observer.is_some())
             .finish_non_exhaustive()
+    }
+}
+
+/// What a response means: its body on success; a retryable failure on 429 and 5xx (honouring
+/// Retry-After); a final one otherwise.
+fn classify(
+    call: &Call<'_>,
+    status: StatusCode,
+    retry_after: Option<Duration>,
+    body: &[u8],
+    token: &Token,
+) -> std::result::Result<Vec<u8>, Failure> {
+    let method = call.verb.as_str();
+    let endpoint = call.endpoint;
+    if status.is_success() {
+        return Ok(body.to_vec());
+    }
+    if status == StatusCode::TOO_MANY_REQUESTS {
+        return Err(Failure::Retryable {
+            error: Error::RateLimited {
+                method,
+                endpoint,
+                retry_after,
+            },
+            retry_after,
+        });
+    }
+    let error = Error::Api {
+        method,
+        endpoint,
+        status: status.as_u16(),
+        errors: parse_error_body(body, token),
+    };
+    if status.is_server_error() {
+        // A 503 may carry Retry-After too; honour it the same way as on 429.
+        Err(Failure::Retryable { error, retry_after })
+    } else {
+        Err(Failure::Final(error))
     }
 }
 

@@ -8,6 +8,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
 use reqwest::header::HeaderValue;
+use sharedip_process::sync::lock;
 use tokio::sync::watch;
 
 use crate::error::{Error, Result, TokenProblem};
@@ -235,7 +236,7 @@ impl Observed {
                 let next = Observed::Token(h.finish());
                 if next != *self {
                     if let Inner::File { cache, .. } = &*source.inner {
-                        let mut guard = cache.lock().unwrap_or_else(|p| p.into_inner());
+                        let mut guard = lock(cache);
                         *guard = Some(Cached { stamp, token });
                     }
                 }
@@ -302,7 +303,7 @@ async fn load_file(path: &Path, cache: &Mutex<Option<Cached>>) -> Result<Token> 
     let meta = tokio::fs::metadata(path).await.map_err(io_fail)?;
     let stamp = FileStamp::of(&meta);
     {
-        let guard = cache.lock().unwrap_or_else(|p| p.into_inner());
+        let guard = lock(cache);
         if let Some(cached) = guard.as_ref().filter(|c| c.stamp == stamp) {
             return Ok(cached.token.clone());
         }
@@ -312,7 +313,7 @@ async fn load_file(path: &Path, cache: &Mutex<Option<Cached>>) -> Result<Token> 
     // under the old stamp; the next call sees a different stamp and reads again, so it heals.
     let text = tokio::fs::read_to_string(path).await.map_err(io_fail)?;
     let token = Token::parse(&text).map_err(fail)?;
-    let mut guard = cache.lock().unwrap_or_else(|p| p.into_inner());
+    let mut guard = lock(cache);
     let rotated = guard.is_some();
     *guard = Some(Cached {
         stamp,

@@ -1,5 +1,7 @@
 //! The client against a scripted HTTP server on 127.0.0.1.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is a failed test
+
 mod support;
 
 use std::net::IpAddr;

@@ -1,6 +1,8 @@
 //! The API token never shows up in errors (Display, alternate Display, Debug, source chain),
 //! in `Debug` of the client types, or in log output, even when a server echoes it back.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is a failed test
+
 mod support;
 
 use std::io::Write;

@@ -36,6 +36,7 @@ use k8s_openapi::api::authorization::v1::{
     NonResourceAttributes, SubjectAccessReview, SubjectAccessReviewSpec,
 };
 use kube::api::{Api, PostParams};
+use sharedip_process::sync::lock;
 use tokio::sync::OnceCell;
 
 /// How long an allowed request's verdict is reused (controller-runtime: 1 min for the
@@ -155,13 +156,6 @@ impl Drop for Inflight<'_> {
             }
             drop(cell);
         }
-    }
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    match m.lock() {
-        Ok(c) => c,
-        Err(poisoned) => poisoned.into_inner(),
     }
 }
 

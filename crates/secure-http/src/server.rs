@@ -26,6 +26,7 @@ use hyper::server::conn::http1;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::service::TowerToHyperService;
 use rustls::ServerConfig;
+use sharedip_process::sync::lock;
 use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
@@ -125,10 +126,7 @@ struct PeerCounts(Mutex<HashMap<IpAddr, usize>>);
 
 impl PeerCounts {
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<IpAddr, usize>> {
-        match self.0.lock() {
-            Ok(c) => c,
-            Err(poisoned) => poisoned.into_inner(),
-        }
+        lock(&self.0)
     }
 
     /// One more connection for `ip`'s peer, or `None` when it has its share.

@@ -12,6 +12,7 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::server::{ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
 use rustls::ServerConfig;
+use sharedip_process::sync::lock;
 
 /// How often the certificate files are checked for a change (at most, on a handshake).
 const RECHECK: Duration = Duration::from_secs(10);
@@ -203,10 +204,7 @@ impl FileResolver {
 
 impl ResolvesServerCert for FileResolver {
     fn resolve(&self, _hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
-        let mut loaded = match self.loaded.lock() {
-            Ok(l) => l,
-            Err(poisoned) => poisoned.into_inner(),
-        };
+        let mut loaded = lock(&self.loaded);
         if loaded.checked.elapsed() >= RECHECK {
             loaded.checked = Instant::now();
             let now = stamp(&self.cert, &self.key);

@@ -4,6 +4,8 @@
 //! TLS; plain HTTP gets nothing; the probes answer without a token; made-up tokens beyond
 //! the budget of reviews get 429; a rotated certificate is served without a restart.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is a failed test
+
 use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::Arc;

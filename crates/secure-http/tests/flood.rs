@@ -4,6 +4,8 @@
 //!
 //! 127.0.0.1 and 127.0.0.2 are different peers on the loopback interface.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is a failed test
+
 use std::net::SocketAddr;
 use std::time::Duration;
 

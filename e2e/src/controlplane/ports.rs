@@ -14,9 +14,7 @@ static HANDED_OUT: Mutex<BTreeSet<u16>> = Mutex::new(BTreeSet::new());
 /// Another process can still grab one before our server binds it; the caller retries the
 /// whole start when a server reports "address already in use".
 pub(crate) fn free_loopback_ports(count: usize) -> std::io::Result<Vec<u16>> {
-    let mut handed_out = HANDED_OUT
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner());
+    let mut handed_out = sharedip_process::sync::lock(&HANDED_OUT);
     // All probing listeners stay open until we have `count` ports, so the kernel cannot hand
     // us the same port twice.
     let mut listeners = Vec::with_capacity(count);

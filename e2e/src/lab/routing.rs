@@ -19,6 +19,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
+use sharedip_process::sync::lock;
 use tokio::sync::watch;
 
 use super::topology::{route_server_address, Topology, NODES_BRIDGE, ROUTER_RS_SIDE};
@@ -325,9 +326,7 @@ impl Routing {
             return Err(RoutingError::NoSuchServer(i + 1));
         }
         let (done, result) = std::sync::mpsc::channel();
-        self.owner
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
+        lock(&self.owner)
             .send(OwnerRequest::Restart { index: i, done })
             .map_err(|_| RoutingError::OwnerGone)?;
         // Bounded: stopping takes at most 5 s, starting at most 15 s (FRR).
@@ -387,11 +386,6 @@ fn start_servers(
                 })
         })
         .collect()
-}
-
-fn lock(m: &Mutex<RouteServer>) -> MutexGuard<'_, RouteServer> {
-    // A panic while holding the lock leaves the daemon as it was; keep using it.
-    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 fn follow_sharing(

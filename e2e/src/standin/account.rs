@@ -7,7 +7,7 @@ use super::model::{
     prefix_mask, Ipv4Address, Ipv6Range, Linode, LinodeId, NewIpv4, NewIpv6Range, NewLinode,
     ShareKey, LINODE_STATUSES,
 };
-use super::sharing::{IpKind, SharedIp, SharingSnapshot};
+use super::sharing::{AccountIp, IpKind, SharingSnapshot};
 use axum::http::StatusCode;
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
@@ -683,7 +683,7 @@ impl Account {
         for a in self.ipv4.values() {
             ips.insert(
                 a.address.to_string(),
-                SharedIp {
+                AccountIp {
                     kind: IpKind::Ipv4,
                     prefix: 32,
                     region: a.region.clone(),
@@ -695,7 +695,7 @@ impl Account {
         for r in self.ranges.values() {
             ips.insert(
                 r.range.to_string(),
-                SharedIp {
+                AccountIp {
                     kind: IpKind::Ipv6Range,
                     prefix: r.prefix,
                     region: r.region.clone(),

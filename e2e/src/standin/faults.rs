@@ -159,9 +159,7 @@ pub struct Faults {
 
 impl Faults {
     fn lock(&self) -> std::sync::MutexGuard<'_, FaultsView> {
-        self.inner
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
+        sharedip_process::sync::lock(&self.inner)
     }
 
     /// Adds a rule after the existing ones.

@@ -44,5 +44,5 @@ pub use model::{Ipv4Address, Ipv6Range, Linode, LinodeId, NewIpv4, NewIpv6Range,
 pub use request_log::{InFlight, RequestCount, RequestLog, ShareCall};
 pub use seed::{Seed, SeedShare};
 pub use server::{StandIn, StandInBuilder, StandInHandle};
-pub use sharing::{IpKind, SharedIp, SharingSnapshot};
+pub use sharing::{AccountIp, IpKind, SharingSnapshot};
 pub use state::StandInState;

@@ -81,9 +81,7 @@ impl Drop for InFlightGuard<'_> {
 
 impl RequestLog {
     fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
-        self.inner
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
+        sharedip_process::sync::lock(&self.inner)
     }
 
     pub(crate) fn begin(&self, method: &str, template: &str) -> InFlightGuard<'_> {

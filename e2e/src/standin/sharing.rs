@@ -17,7 +17,7 @@ pub enum IpKind {
 
 /// One IPv4 address or IPv6 range of the account and the Linodes it is shared with.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct SharedIp {
+pub struct AccountIp {
     /// IPv4 address or IPv6 range.
     pub kind: IpKind,
     /// Prefix length: 32 for IPv4 (as announced), the range's length for IPv6.
@@ -37,7 +37,7 @@ pub struct SharingSnapshot {
     /// Increases by one whenever `ips` changes.
     pub version: u64,
     /// Address → owner and shares.
-    pub ips: BTreeMap<String, SharedIp>,
+    pub ips: BTreeMap<String, AccountIp>,
 }
 
 impl SharingSnapshot {

@@ -5,7 +5,7 @@ use super::error::ApiError;
 use super::model::{Ipv4Address, Ipv6Range, Linode, LinodeId, NewIpv4, NewIpv6Range, NewLinode};
 use super::seed::Seed;
 use super::sharing::SharingSnapshot;
-use std::sync::{Mutex, MutexGuard, PoisonError};
+use std::sync::{Mutex, MutexGuard};
 use tokio::sync::watch;
 
 /// The stand-in's state. Cheap to share behind an `Arc`; every method is atomic.
@@ -26,7 +26,7 @@ impl StandInState {
     }
 
     fn lock(&self) -> MutexGuard<'_, Account> {
-        self.account.lock().unwrap_or_else(PoisonError::into_inner)
+        sharedip_process::sync::lock(&self.account)
     }
 
     /// Reads the account.

@@ -440,29 +440,7 @@ impl PathAttribute {
             Self::Origin(o) => v.put_u8(o.to_u8()),
             Self::AsPath(p) => p.encode(opts.four_octet_as, &mut v),
             Self::NextHop(a) => v.put_slice(&a.octets()),
-            Self::MpReach(m) => {
-                v.put_u16(m.family.afi.0);
-                v.put_u8(m.family.safi.0);
-                match (m.family.afi, m.next_hop) {
-                    (Afi::IPV6, MpNextHop::Ipv4(_)) => {
-                        return Err(EncodeError::NextHopFamily { family: m.family })
-                    }
-                    (_, nh) => {
-                        v.put_u8(nh.encoded_len());
-                        match nh {
-                            MpNextHop::Ipv4(a) => v.put_slice(&a.octets()),
-                            MpNextHop::Ipv6 { global, link_local } => {
-                                v.put_slice(&global.octets());
-                                if let Some(ll) = link_local {
-                                    v.put_slice(&ll.octets());
-                                }
-                            }
-                        }
-                    }
-                }
-                v.put_u8(0); // Reserved (formerly number of SNPAs).
-                encode_prefixes(&m.nlri, m.family, &mut v)?;
-            }
+            Self::MpReach(m) => m.encode_value(&mut v)?,
             Self::MpUnreach(m) => {
                 v.put_u16(m.family.afi.0);
                 v.put_u8(m.family.safi.0);
@@ -794,13 +772,25 @@ impl Update {
             nlri,
             ..Update::default()
         };
+        let seen = update.decode_attributes(attr_field, opts)?;
+        update.check_mandatory(&seen);
+        Ok(update)
+    }
+
+    /// Decodes the path attributes into `self`, recording per-attribute errors; returns which
+    /// type codes were present.
+    fn decode_attributes(
+        &mut self,
+        attr_field: &[u8],
+        opts: &WireOptions,
+    ) -> Result<[bool; 256], UpdateSessionReset> {
         let mut seen = [false; 256];
         let mut ar = Reader::new(attr_field);
         while !ar.is_empty() {
             let Some((aflags, type_code, value)) = read_attribute(&mut ar) else {
                 // RFC 7606 §4: header or value overruns the attribute field;
                 // treat-as-withdraw and stop, the NLRI is still found by length.
-                update.errors.push(AttributeError {
+                self.errors.push(AttributeError {
                     type_code: 0,
                     kind: AttributeErrorKind::Overrun,
                     action: ErrorAction::TreatAsWithdraw,
@@ -816,7 +806,7 @@ impl Update {
                     return Err(UpdateSessionReset::DuplicateMpAttribute { type_code });
                 }
                 // RFC 7606 §3.g: keep the first, discard the others.
-                update.errors.push(AttributeError {
+                self.errors.push(AttributeError {
                     type_code,
                     kind: AttributeErrorKind::Duplicate,
                     action: ErrorAction::AttributeDiscard,
@@ -824,44 +814,44 @@ impl Update {
                 continue;
             }
             *slot = true;
+            let error = |(kind, action)| AttributeError {
+                type_code,
+                kind,
+                action,
+            };
             match decode_attribute(aflags, type_code, value, opts)? {
-                Decoded::Ok(attr) => update.attributes.push(attr),
-                Decoded::Err(kind, action) => update.errors.push(AttributeError {
-                    type_code,
-                    kind,
-                    action,
-                }),
+                Decoded::Ok(attr) => self.attributes.push(attr),
+                Decoded::Err(kind, action) => self.errors.push(error((kind, action))),
                 Decoded::OkWithError(attr, kind, action) => {
-                    update.attributes.push(attr);
-                    update.errors.push(AttributeError {
-                        type_code,
-                        kind,
-                        action,
-                    });
+                    self.attributes.push(attr);
+                    self.errors.push(error((kind, action)));
                 }
             }
         }
+        Ok(seen)
+    }
 
-        // RFC 7606 §3.d: missing well-known mandatory attributes → treat-as-withdraw.
-        // Only an UPDATE that announces something needs them (RFC 4760 §4: NEXT_HOP
-        // only with NLRI in the UPDATE's own field).
-        let reaches = !update.nlri.is_empty() || seen[usize::from(attr_type::MP_REACH_NLRI)];
-        if reaches {
-            let mut mandatory = vec![attr_type::ORIGIN, attr_type::AS_PATH];
-            if !update.nlri.is_empty() {
-                mandatory.push(attr_type::NEXT_HOP);
-            }
-            for t in mandatory {
-                if !seen[usize::from(t)] {
-                    update.errors.push(AttributeError {
-                        type_code: t,
-                        kind: AttributeErrorKind::Missing,
-                        action: ErrorAction::TreatAsWithdraw,
-                    });
-                }
+    /// RFC 7606 §3.d: missing well-known mandatory attributes → treat-as-withdraw. Only an
+    /// UPDATE that announces something needs them (RFC 4760 §4: NEXT_HOP only with NLRI in the
+    /// UPDATE's own field).
+    fn check_mandatory(&mut self, seen: &[bool; 256]) {
+        let reaches = !self.nlri.is_empty() || seen[usize::from(attr_type::MP_REACH_NLRI)];
+        if !reaches {
+            return;
+        }
+        let mut mandatory = vec![attr_type::ORIGIN, attr_type::AS_PATH];
+        if !self.nlri.is_empty() {
+            mandatory.push(attr_type::NEXT_HOP);
+        }
+        for t in mandatory {
+            if !seen[usize::from(t)] {
+                self.errors.push(AttributeError {
+                    type_code: t,
+                    kind: AttributeErrorKind::Missing,
+                    action: ErrorAction::TreatAsWithdraw,
+                });
             }
         }
-        Ok(update)
     }
 }
 
@@ -892,7 +882,7 @@ fn decode_attribute(
     opts: &WireOptions,
 ) -> Result<Decoded, UpdateSessionReset> {
     use attr_type::*;
-    use ErrorAction::{AttributeDiscard as Discard, TreatAsWithdraw as Withdraw};
+    use ErrorAction::TreatAsWithdraw as Withdraw;
 
     let raw = || {
         PathAttribute::Raw(RawAttribute {
@@ -901,15 +891,6 @@ fn decode_attribute(
             value: value.to_vec(),
         })
     };
-    let len_err = |action| {
-        Decoded::Err(
-            AttributeErrorKind::Length {
-                length: value.len(),
-            },
-            action,
-        )
-    };
-
     let Some(expected) = expected_flags(type_code) else {
         if aflags & flags::OPTIONAL == 0 {
             return Ok(Decoded::Err(
@@ -929,7 +910,34 @@ fn decode_attribute(
         ));
     }
 
-    let decoded = match type_code {
+    let decoded = decode_value(aflags, type_code, value, opts)?;
+    Ok(match decoded {
+        Decoded::Ok(attr) if !flags_ok => {
+            Decoded::OkWithError(attr, AttributeErrorKind::Flags { flags: aflags }, Withdraw)
+        }
+        d => d,
+    })
+}
+
+/// Decodes an attribute's value by its type code, with RFC 7606's action for a malformed one.
+fn decode_value(
+    aflags: u8,
+    type_code: u8,
+    value: &[u8],
+    opts: &WireOptions,
+) -> Result<Decoded, UpdateSessionReset> {
+    use attr_type::*;
+    use ErrorAction::{AttributeDiscard as Discard, TreatAsWithdraw as Withdraw};
+
+    let len_err = |action| {
+        Decoded::Err(
+            AttributeErrorKind::Length {
+                length: value.len(),
+            },
+            action,
+        )
+    };
+    Ok(match type_code {
         ORIGIN => match value {
             [v] => match Origin::from_u8(*v) {
                 Some(o) => Decoded::Ok(PathAttribute::Origin(o)),
@@ -945,31 +953,14 @@ fn decode_attribute(
             Ok(b) => Decoded::Ok(PathAttribute::NextHop(Ipv4Addr::from(b))),
             Err(_) => len_err(Withdraw),
         },
-        COMMUNITIES => {
-            if value.is_empty() || !value.len().is_multiple_of(4) {
-                len_err(Withdraw)
-            } else {
-                let mut r = Reader::new(value);
-                let mut cs = Vec::with_capacity(value.len() / 4);
-                while let Some(c) = r.u32() {
-                    cs.push(Community(c));
-                }
-                Decoded::Ok(PathAttribute::Communities(cs))
-            }
-        }
-        LARGE_COMMUNITY => {
-            // RFC 8092 §6.
-            if value.is_empty() || !value.len().is_multiple_of(12) {
-                len_err(Withdraw)
-            } else {
-                let mut r = Reader::new(value);
-                let mut cs = Vec::with_capacity(value.len() / 12);
-                while let (Some(g), Some(l1), Some(l2)) = (r.u32(), r.u32(), r.u32()) {
-                    cs.push(LargeCommunity::new(g, l1, l2));
-                }
-                Decoded::Ok(PathAttribute::LargeCommunities(cs))
-            }
-        }
+        COMMUNITIES => match decode_communities(value) {
+            Some(cs) => Decoded::Ok(PathAttribute::Communities(cs)),
+            None => len_err(Withdraw),
+        },
+        LARGE_COMMUNITY => match decode_large_communities(value) {
+            Some(cs) => Decoded::Ok(PathAttribute::LargeCommunities(cs)),
+            None => len_err(Withdraw),
+        },
         MP_REACH_NLRI => decode_mp_reach(aflags, value)?,
         MP_UNREACH_NLRI => decode_mp_unreach(aflags, value)?,
         // RFC 7606 §7.4, §7.5, §7.9.
@@ -983,14 +974,63 @@ fn decode_attribute(
         EXTENDED_COMMUNITIES if value.is_empty() || !value.len().is_multiple_of(8) => {
             len_err(Withdraw)
         }
-        _ => Decoded::Ok(raw()),
-    };
-    Ok(match decoded {
-        Decoded::Ok(attr) if !flags_ok => {
-            Decoded::OkWithError(attr, AttributeErrorKind::Flags { flags: aflags }, Withdraw)
-        }
-        d => d,
+        _ => Decoded::Ok(PathAttribute::Raw(RawAttribute {
+            flags: aflags,
+            type_code,
+            value: value.to_vec(),
+        })),
     })
+}
+
+/// RFC 1997 communities; `None` when the length is not a non-zero multiple of 4.
+fn decode_communities(value: &[u8]) -> Option<Vec<Community>> {
+    if value.is_empty() || !value.len().is_multiple_of(4) {
+        return None;
+    }
+    let mut r = Reader::new(value);
+    let mut cs = Vec::with_capacity(value.len() / 4);
+    while let Some(c) = r.u32() {
+        cs.push(Community(c));
+    }
+    Some(cs)
+}
+
+/// RFC 8092 §6 large communities; `None` when the length is not a non-zero multiple of 12.
+fn decode_large_communities(value: &[u8]) -> Option<Vec<LargeCommunity>> {
+    if value.is_empty() || !value.len().is_multiple_of(12) {
+        return None;
+    }
+    let mut r = Reader::new(value);
+    let mut cs = Vec::with_capacity(value.len() / 12);
+    while let (Some(g), Some(l1), Some(l2)) = (r.u32(), r.u32(), r.u32()) {
+        cs.push(LargeCommunity::new(g, l1, l2));
+    }
+    Some(cs)
+}
+
+impl MpReach {
+    /// The MP_REACH_NLRI value (RFC 4760 §3): family, next hop, a reserved octet, NLRI.
+    fn encode_value(&self, v: &mut BytesMut) -> Result<(), EncodeError> {
+        v.put_u16(self.family.afi.0);
+        v.put_u8(self.family.safi.0);
+        if let (Afi::IPV6, MpNextHop::Ipv4(_)) = (self.family.afi, self.next_hop) {
+            return Err(EncodeError::NextHopFamily {
+                family: self.family,
+            });
+        }
+        v.put_u8(self.next_hop.encoded_len());
+        match self.next_hop {
+            MpNextHop::Ipv4(a) => v.put_slice(&a.octets()),
+            MpNextHop::Ipv6 { global, link_local } => {
+                v.put_slice(&global.octets());
+                if let Some(ll) = link_local {
+                    v.put_slice(&ll.octets());
+                }
+            }
+        }
+        v.put_u8(0); // Reserved (formerly number of SNPAs).
+        encode_prefixes(&self.nlri, self.family, v)
+    }
 }
 
 fn supported(family: Family) -> bool {
