@@ -1,4 +1,9 @@
-//! Wires the pieces together: watches, the SharedIP controller, leader election, HTTP.
+//! Wires the operator together. [`run`] reads as clients → settings → lead: it serves HTTPS,
+//! builds the Kubernetes and Linode clients, waits for the CRD, then
+//! [leads](crate::leader::LeaderElector::lead) and, while leading, runs the controller.
+//! [`run_controller`] is the controller proper: the Node watch (with its fingerprints and the
+//! membership damper), the ledger, the share syncer, the sweep, and the SharedIP controller
+//! whose reconciles live in [`crate::reconciler`].
 
 use std::collections::hash_map::DefaultHasher;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
@@ -21,19 +26,20 @@ use sharedip_api::SharedIP;
 use sharedip_process::signals::{Hangup, SignalError, Signals};
 use sharedip_process::sync::lock;
 use tokio::sync::{mpsc, watch, Notify};
+use tokio::task::JoinHandle;
 use tracing::{debug, error, info, warn};
 
 use crate::cluster_id::{self, ClusterId, IdentityError};
 use crate::config::Config;
 use crate::directory::{Directory, DirectoryConfig};
 use crate::http::{self, Health};
-use crate::leader::{LeaderElector, LeaseConfig};
+use crate::leader::{LeaderElector, LeaseConfig, Term};
 use crate::ledger::{ConfigMapStore, Ledger, LedgerError, LedgerStore};
 use crate::linode_api::DynLinodeApi;
 use crate::membership::{Decision, MembershipDamper};
 use crate::metrics::Metrics;
-use crate::reconciler::{self, Context, ReconcileConfig};
-use crate::share_syncer::{ShareSyncer, SyncerConfig};
+use crate::reconciler::{self, Backoff, Context, ReconcileConfig};
+use crate::share_syncer::{ShareSyncer, SyncerConfig, SyncerTask};
 use crate::sweep::Sweeper;
 
 /// Areas of the problems that make `/readyz` fail (see [`Health::set_problem`]).
@@ -145,30 +151,8 @@ pub async fn run(config: Config) -> Result<(), RunError> {
         source,
     })?;
     info!(%local, "serving HTTPS: /healthz and /readyz open, /metrics for authorized bearer tokens");
-    let observer = {
-        let m = metrics.clone();
-        let h = health.clone();
-        Arc::new(
-            move |endpoint: &'static str,
-                  method: &'static str,
-                  status: Option<u16>,
-                  elapsed: std::time::Duration| {
-                m.observe_api(endpoint, method, status, elapsed);
-                track_auth(&h, endpoint, method, status);
-            },
-        )
-    };
-    let linode = LinodeClient::builder(TokenSource::from_file(&config.linode_token_file))
-        .base_url(config.linode_api_url.clone())
-        .request_timeout(config.linode_api_timeout)
-        .observer(observer)
-        .build()
-        .map_err(RunError::Linode)?;
-    let token_changes = linode.token_source().watch(TOKEN_POLL).await;
-    if let Some(rx) = &token_changes {
-        report_token(&health, &rx.borrow());
-        tokio::spawn(follow_token(rx.clone(), health.clone()));
-    }
+    let linode = linode_client(&config, &metrics, &health)?;
+    let token_changes = follow_token_file(&linode, &health).await;
     info!(api = %linode.base_url(), "Linode API client ready");
     let (cluster_id, source) = cluster_id::resolve(&client, config.cluster_id.as_deref()).await?;
     info!(cluster_id = %cluster_id, source = %source, "cluster identity");
@@ -182,7 +166,6 @@ pub async fn run(config: Config) -> Result<(), RunError> {
         info!("shutdown requested");
         let _ = stop_tx.send(true);
     });
-
     {
         let mut early_stop = stop_rx.clone();
         tokio::select! {
@@ -191,9 +174,89 @@ pub async fn run(config: Config) -> Result<(), RunError> {
         }
     }
 
-    let identity = config.identity();
-    let settings = ControllerSettings {
-        identity: identity.clone(),
+    let settings = controller_settings(&config, cluster_id, token_changes, health.clone());
+    // A standby is ready: it is healthy and waiting to take over.
+    health.ready.store(true, Ordering::Relaxed);
+    let elector = LeaderElector::new(client.clone(), lease_config(&config));
+    let linode: DynLinodeApi = Arc::new(linode);
+    let controller = |stop| async move {
+        metrics.leader.set(1);
+        let result = run_controller(client, linode, metrics.clone(), settings, stop).await;
+        metrics.leader.set(0);
+        result
+    };
+    let term = if config.leader_election {
+        elector.lead(stop_rx, controller).await
+    } else {
+        elector.lead_unelected(stop_rx, controller).await
+    };
+    exit_status(term)
+}
+
+/// How the process ends after its term: a lost lease and an uninstall are errors (the pod
+/// restarts; a replica an uninstall retired then waits for the uninstall to end).
+fn exit_status(term: Term<Result<(), RunError>>) -> Result<(), RunError> {
+    match term {
+        Term::NotStarted => Ok(()),
+        Term::Stopped(result) => result,
+        Term::Lost(e) => Err(e.into()),
+        Term::Uninstalled(result) => {
+            result?;
+            Err(RunError::Uninstalled)
+        }
+    }
+}
+
+/// The Linode API client, reporting every call to the metrics and a refused token to the
+/// health checks.
+fn linode_client(
+    config: &Config,
+    metrics: &Arc<Metrics>,
+    health: &Arc<Health>,
+) -> Result<LinodeClient, RunError> {
+    let observer = {
+        let m = metrics.clone();
+        let h = health.clone();
+        Arc::new(
+            move |endpoint: &'static str,
+                  method: &'static str,
+                  status: Option<u16>,
+                  elapsed: std::time::Duration| {
+                m.observe_api(endpoint, method, status, elapsed);
+                track_auth(&h, endpoint, method, status);
+            },
+        )
+    };
+    LinodeClient::builder(TokenSource::from_file(&config.linode_token_file))
+        .base_url(config.linode_api_url.clone())
+        .request_timeout(config.linode_api_timeout)
+        .observer(observer)
+        .build()
+        .map_err(RunError::Linode)
+}
+
+/// Follows the token file for the health checks; returns its changes, for the controller.
+async fn follow_token_file(
+    linode: &LinodeClient,
+    health: &Arc<Health>,
+) -> Option<watch::Receiver<TokenFileState>> {
+    let token_changes = linode.token_source().watch(TOKEN_POLL).await;
+    if let Some(rx) = &token_changes {
+        report_token(health, &rx.borrow());
+        tokio::spawn(follow_token(rx.clone(), health.clone()));
+    }
+    token_changes
+}
+
+/// The controller's settings from the command line.
+fn controller_settings(
+    config: &Config,
+    cluster_id: ClusterId,
+    token_changes: Option<watch::Receiver<TokenFileState>>,
+    health: Arc<Health>,
+) -> ControllerSettings {
+    ControllerSettings {
+        identity: config.identity(),
         cluster_id,
         namespace: config.lease_namespace.clone(),
         sweep_interval: config.sweep_interval,
@@ -208,151 +271,19 @@ pub async fn run(config: Config) -> Result<(), RunError> {
             ..Default::default()
         },
         token_changes,
-        health: Some(health.clone()),
-    };
-    // A standby is ready: it is healthy and waiting to take over.
-    health.ready.store(true, Ordering::Relaxed);
+        health: Some(health),
+    }
+}
 
+/// The leader Lease of this replica, from the command line.
+fn lease_config(config: &Config) -> LeaseConfig {
     let mut lease = LeaseConfig::new(
         config.lease_namespace.clone(),
         config.lease_name.clone(),
-        identity,
+        config.identity(),
     );
     lease.deployment = config.operator_deployment.clone().filter(|d| !d.is_empty());
-
-    if !config.leader_election {
-        return run_without_election(client, Arc::new(linode), metrics, settings, lease, stop_rx)
-            .await;
-    }
-
-    let mut elector = LeaderElector::new(client.clone(), lease);
-    let mut early_stop = stop_rx.clone();
-    tokio::select! {
-        _ = elector.acquire() => {}
-        _ = early_stop.wait_for(|s| *s) => return Ok(()),
-    }
-    metrics.leader.set(1);
-
-    // Stop the controller on a signal or when the lease is lost, whichever comes first.
-    let (lost_tx, lost_rx) = watch::channel(false);
-    let lost_reason = Arc::new(Mutex::new(None));
-    let renewal = {
-        let lost_reason = lost_reason.clone();
-        let mut renew_stop = stop_rx.clone();
-        tokio::spawn(async move {
-            tokio::select! {
-                e = elector.keep_leading() => {
-                    error!(error = %e, "leadership lost; stopping");
-                    if let Ok(mut r) = lost_reason.lock() { *r = Some(e); }
-                    let _ = lost_tx.send(true);
-                }
-                _ = renew_stop.wait_for(|s| *s) => {}
-            }
-            elector
-        })
-    };
-    let stop = {
-        let mut a = stop_rx.clone();
-        let mut b = lost_rx;
-        async move {
-            tokio::select! {
-                _ = a.wait_for(|s| *s) => {}
-                _ = b.wait_for(|s| *s) => {}
-            }
-        }
-    };
-    let result = run_controller(client, Arc::new(linode), metrics.clone(), settings, stop).await;
-    metrics.leader.set(0);
-    let mut elector = match renewal.await {
-        Ok(e) => e,
-        Err(e) => {
-            error!(error = %e, "lease renewal task failed");
-            return result;
-        }
-    };
-    let lost = lost_reason.lock().ok().and_then(|mut r| r.take());
-    if let Some(e) = lost {
-        // The controller and its share calls have finished: if an uninstall took the lease,
-        // it may now unshare without racing us.
-        if let Err(a) = elector.acknowledge_step_down().await {
-            warn!(error = %a, "cannot tell the uninstaller that this replica stopped; it goes on after its timeout");
-        }
-        return Err(e.into());
-    }
-    if let Err(e) = elector.release().await {
-        warn!(error = %e, "cannot release the lease; a standby takes over when it expires");
-    }
-    result
-}
-
-/// A single replica without leader election still stops for an uninstall of its installation
-/// (the uninstall takes the Lease all the same), and does not start while one holds it.
-async fn run_without_election(
-    client: kube::Client,
-    linode: DynLinodeApi,
-    metrics: Arc<Metrics>,
-    settings: ControllerSettings,
-    lease: LeaseConfig,
-    stop_rx: watch::Receiver<bool>,
-) -> Result<(), RunError> {
-    let period = lease.retry_period;
-    let mut fence = LeaderElector::new(client.clone(), lease);
-    let mut logged = false;
-    loop {
-        match fence.uninstalling().await {
-            Ok(false) => break,
-            Ok(true) => {
-                if !logged {
-                    info!("this installation is being uninstalled; not starting");
-                    logged = true;
-                }
-            }
-            Err(e) => {
-                // Without permission to read the Lease there is no uninstall to respect.
-                warn!(error = %e, "cannot check the Lease for an uninstall; starting");
-                break;
-            }
-        }
-        let mut early = stop_rx.clone();
-        tokio::select! {
-            _ = tokio::time::sleep(period) => {}
-            _ = early.wait_for(|s| *s) => return Ok(()),
-        }
-    }
-    metrics.leader.set(1);
-    let (fenced_tx, mut fenced_rx) = watch::channel(false);
-    let watcher = tokio::spawn(async move {
-        loop {
-            tokio::time::sleep(period).await;
-            if let Ok(true) = fence.uninstalling().await {
-                error!("this installation is being uninstalled; stopping");
-                let _ = fenced_tx.send(true);
-                return fence;
-            }
-        }
-    });
-    let stop = {
-        let mut a = stop_rx.clone();
-        async move {
-            tokio::select! {
-                _ = a.wait_for(|s| *s) => {}
-                _ = fenced_rx.wait_for(|s| *s) => {}
-            }
-        }
-    };
-    let result = run_controller(client, linode, metrics.clone(), settings, stop).await;
-    metrics.leader.set(0);
-    watcher.abort();
-    match watcher.await {
-        Ok(fence) => {
-            if let Err(e) = fence.acknowledge_step_down().await {
-                warn!(error = %e, "cannot tell the uninstaller that this replica stopped");
-            }
-            result?;
-            Err(RunError::Uninstalled)
-        }
-        Err(_) => result,
-    }
+    lease
 }
 
 /// Runs the SharedIP controller until `stop` resolves.
@@ -365,47 +296,22 @@ pub async fn run_controller(
 ) -> Result<(), RunError> {
     let sharedips: Api<SharedIP> = Api::all(client.clone());
     let controller = Controller::new(sharedips, watcher::Config::default());
-    let damper = Arc::new(Mutex::new(MembershipDamper::new(
-        settings.reconcile.membership_hold_down,
-    )));
-    let (node_store, node_writer) = reflector::store::<Node>();
-    let (trigger_tx, trigger_rx) = mpsc::channel::<()>(1);
-    let node_task = tokio::spawn(watch_nodes(
-        client.clone(),
-        node_writer,
-        trigger_tx.clone(),
-        damper.clone(),
-        controller.store(),
-    ));
-    node_store
-        .wait_until_ready()
-        .await
-        .map_err(|_| RunError::NodeCache)?;
-    info!(nodes = node_store.state().len(), "node cache synced");
+    let hold_down = settings.reconcile.membership_hold_down;
+    let nodes = NodeWatch::start(&client, controller.store(), hold_down).await?;
 
     // `stop` is awaited here while the ledger cannot be read, and then by the controller.
     let stop = stop.shared();
-    let store: Arc<dyn LedgerStore> = Arc::new(ConfigMapStore::new(
-        client.clone(),
-        &settings.namespace,
-        &settings.cluster_id,
-    ));
-    let Some(ledger) = open_ledger(store, &metrics, settings.health.as_deref(), stop.clone()).await
-    else {
-        node_task.abort();
+    let Some(ledger) = read_ledger(&client, &metrics, &settings, stop.clone()).await else {
+        nodes.task.abort();
         info!("controller stopped before the ledger could be read");
         return Ok(());
     };
-    let ledger = Arc::new(ledger);
-    let recorded = ledger.entries().await.len();
-    info!(ledger = %ledger.name(), linodes = recorded, "ledger read");
     let (syncer, syncer_task) = ShareSyncer::start(
         linode.clone(),
         settings.syncer.clone(),
         metrics.clone(),
         ledger.clone(),
     );
-
     let recorder = Recorder::new(
         client.clone(),
         Reporter {
@@ -413,56 +319,118 @@ pub async fn run_controller(
             instance: Some(settings.identity.clone()),
         },
     );
-    let sweeper = Sweeper {
-        syncer: syncer.clone(),
-        ledger,
-        nodes: node_store.clone(),
-        sharedips: controller.store(),
-        recorder: recorder.clone(),
-        metrics: metrics.clone(),
-        interval: settings.sweep_interval,
-    };
     let ctx = Arc::new(Context {
         client: client.clone(),
         recorder,
         metrics: metrics.clone(),
         directory: Directory::new(linode.clone(), settings.directory.clone()),
         syncer,
-        nodes: node_store,
+        nodes: nodes.store,
         sharedips: controller.store(),
         config: settings.reconcile.clone(),
-        failures: Mutex::new(HashMap::new()),
-        damper,
-        reconcile_all: trigger_tx,
+        backoff: Backoff::new(&settings.reconcile),
+        damper: nodes.damper,
+        reconcile_all: nodes.trigger,
         auth_failed: Mutex::new(BTreeSet::new()),
     });
+    let sweep_task = tokio::spawn(sweeper(&ctx, ledger, settings.sweep_interval).run());
     let token_task = settings
         .token_changes
         .clone()
         .map(|rx| tokio::spawn(retry_on_token_change(rx, ctx.clone())));
-    // The CRD can go away while the controller runs (deleted by hand, or with the chart); the
-    // controller's watch then fails with 404 and retries on its own. Report it until it is back.
-    let crd_lost = Arc::new(Notify::new());
-    let crd_task = settings.health.clone().map(|health| {
-        let client = client.clone();
-        let crd_lost = crd_lost.clone();
-        tokio::spawn(async move {
-            loop {
-                crd_lost.notified().await;
-                if health.set_problem(problem::CRD, Some(CRD_MISSING.to_string())) {
-                    error!("{CRD_MISSING}");
-                }
-                wait_for_crd(&client, &health).await;
-            }
+    let (crd_lost, crd_task) = report_crd_loss(&client, settings.health.clone());
+    info!("controller started");
+    reconcile_until(controller, nodes.triggers, stop, ctx, crd_lost).await;
+    let tasks = [Some(nodes.task), token_task, crd_task, Some(sweep_task)];
+    wind_down(
+        tasks.into_iter().flatten(),
+        syncer_task,
+        settings.reconcile.wave_timeout,
+    )
+    .await;
+    info!("controller stopped");
+    Ok(())
+}
+
+/// Stops the controller's background tasks, then waits (up to `bound`) for the share waves
+/// already submitted, so that no share call of ours is in flight when it returns.
+async fn wind_down(
+    tasks: impl IntoIterator<Item = JoinHandle<()>>,
+    syncer_task: SyncerTask,
+    bound: Duration,
+) {
+    for task in tasks {
+        task.abort();
+        // Wait until it is gone: the sweep and the token task hold handles of the syncer,
+        // which finishes only once every handle is dropped.
+        let _ = task.await;
+    }
+    if tokio::time::timeout(bound, syncer_task.finish())
+        .await
+        .is_err()
+    {
+        warn!(?bound, "the share syncer did not finish its waves in time");
+    }
+}
+
+/// The Node watch of a running controller.
+struct NodeWatch {
+    /// The Node cache.
+    store: Store<Node>,
+    /// Holds flapping nodes; fed by the watch, read by the reconciles.
+    damper: Arc<Mutex<MembershipDamper>>,
+    /// Asks for a reconcile of every SharedIP (the watch sends on a clone).
+    trigger: mpsc::Sender<()>,
+    triggers: mpsc::Receiver<()>,
+    task: JoinHandle<()>,
+}
+
+impl NodeWatch {
+    /// Starts watching the Nodes, and returns once the cache has synced.
+    async fn start(
+        client: &kube::Client,
+        sharedips: Store<SharedIP>,
+        hold_down: Duration,
+    ) -> Result<Self, RunError> {
+        let damper = Arc::new(Mutex::new(MembershipDamper::new(hold_down)));
+        let (store, writer) = reflector::store::<Node>();
+        let (trigger, triggers) = mpsc::channel::<()>(1);
+        let task = tokio::spawn(watch_nodes(
+            client.clone(),
+            writer,
+            trigger.clone(),
+            damper.clone(),
+            sharedips,
+        ));
+        store
+            .wait_until_ready()
+            .await
+            .map_err(|_| RunError::NodeCache)?;
+        info!(nodes = store.state().len(), "node cache synced");
+        Ok(Self {
+            store,
+            damper,
+            trigger,
+            triggers,
+            task,
         })
-    });
-    let sweep_task = tokio::spawn(sweeper.run());
-    let node_changes = futures::stream::unfold(trigger_rx, |mut rx| async move {
+    }
+}
+
+/// Runs the SharedIP controller proper: every SharedIP is reconciled on its own changes and
+/// on every trigger (a Node change that matters, a duplicate to wake), until `stop`.
+async fn reconcile_until(
+    controller: Controller<SharedIP>,
+    triggers: mpsc::Receiver<()>,
+    stop: impl Future<Output = ()> + Send + Sync + 'static,
+    ctx: Arc<Context>,
+    crd_lost: Arc<Notify>,
+) {
+    let triggers = futures::stream::unfold(triggers, |mut rx| async move {
         rx.recv().await.map(|v| (v, rx))
     });
-    info!("controller started");
     controller
-        .reconcile_all_on(node_changes)
+        .reconcile_all_on(triggers)
         .graceful_shutdown_on(stop)
         .run(reconciler::reconcile, reconciler::error_policy, ctx)
         .for_each(|res| {
@@ -480,26 +448,62 @@ pub async fn run_controller(
             }
         })
         .await;
-    node_task.abort();
-    if let Some(t) = token_task {
-        t.abort();
+}
+
+/// The sweep of the leader, over the reconciler's caches and share syncer.
+fn sweeper(ctx: &Context, ledger: Arc<Ledger>, interval: Duration) -> Sweeper {
+    Sweeper {
+        syncer: ctx.syncer.clone(),
+        ledger,
+        nodes: ctx.nodes.clone(),
+        sharedips: ctx.sharedips.clone(),
+        recorder: ctx.recorder.clone(),
+        metrics: ctx.metrics.clone(),
+        interval,
     }
-    if let Some(t) = crd_task {
-        t.abort();
-    }
-    sweep_task.abort();
-    let _ = sweep_task.await;
-    // Every handle is gone now; wait for the waves already submitted, so that when this
-    // returns no share call of ours is in flight.
-    let bound = settings.reconcile.wave_timeout;
-    if tokio::time::timeout(bound, syncer_task.finish())
-        .await
-        .is_err()
-    {
-        warn!(?bound, "the share syncer did not finish its waves in time");
-    }
-    info!("controller stopped");
-    Ok(())
+}
+
+/// The CRD can go away while the controller runs (deleted by hand, or with the chart); the
+/// controller's watch then fails with 404 and retries on its own. Reports it, once notified,
+/// until it is back.
+fn report_crd_loss(
+    client: &kube::Client,
+    health: Option<Arc<Health>>,
+) -> (Arc<Notify>, Option<JoinHandle<()>>) {
+    let crd_lost = Arc::new(Notify::new());
+    let task = health.map(|health| {
+        let client = client.clone();
+        let crd_lost = crd_lost.clone();
+        tokio::spawn(async move {
+            loop {
+                crd_lost.notified().await;
+                if health.set_problem(problem::CRD, Some(CRD_MISSING.to_string())) {
+                    error!("{CRD_MISSING}");
+                }
+                wait_for_crd(&client, &health).await;
+            }
+        })
+    });
+    (crd_lost, task)
+}
+
+/// Opens this cluster's ledger (see [`open_ledger`]).
+async fn read_ledger(
+    client: &kube::Client,
+    metrics: &Metrics,
+    settings: &ControllerSettings,
+    stop: impl Future<Output = ()>,
+) -> Option<Arc<Ledger>> {
+    let store: Arc<dyn LedgerStore> = Arc::new(ConfigMapStore::new(
+        client.clone(),
+        &settings.namespace,
+        &settings.cluster_id,
+    ));
+    let ledger = open_ledger(store, metrics, settings.health.as_deref(), stop).await?;
+    let ledger = Arc::new(ledger);
+    let recorded = ledger.entries().await.len();
+    info!(ledger = %ledger.name(), linodes = recorded, "ledger read");
+    Some(ledger)
 }
 
 /// The longest wait between two attempts to read the ledger.
@@ -686,22 +690,58 @@ async fn watch_nodes(
         .default_backoff()
         .reflect(writer);
     futures::pin_mut!(stream);
-    let mut known: HashMap<String, u64> = HashMap::new();
-    let mut identities: HashMap<String, u64> = HashMap::new();
-    let mut relist: Option<HashMap<String, u64>> = None;
-    let notify = |why: &str, node: &str| {
+    let mut changes = NodeChanges {
+        trigger,
+        damper,
+        sharedips,
+        known: HashMap::new(),
+        identities: HashMap::new(),
+        relist: None,
+    };
+    loop {
+        let release = lock(&changes.damper).next_release();
+        let event = tokio::select! {
+            e = stream.next() => match e {
+                Some(e) => e,
+                None => break,
+            },
+            _ = sleep_until(release) => {
+                changes.release_due();
+                continue;
+            }
+        };
+        changes.on_event(event);
+    }
+}
+
+/// What the Node watch knows of each Node, to tell the changes that matter.
+struct NodeChanges {
+    trigger: mpsc::Sender<()>,
+    damper: Arc<Mutex<MembershipDamper>>,
+    sharedips: Store<SharedIP>,
+    /// [`fingerprint`] per Node.
+    known: HashMap<String, u64>,
+    /// [`identity_fingerprint`] per Node.
+    identities: HashMap<String, u64>,
+    /// The fingerprints of a relist in progress.
+    relist: Option<HashMap<String, u64>>,
+}
+
+impl NodeChanges {
+    fn notify(&self, why: &str, node: &str) {
         debug!(node, why, "node change: reconciling all SharedIPs");
         // A full channel already holds a pending trigger, which covers this change too.
-        let _ = trigger.try_send(());
-    };
-    // Whether the node's change must reach the reconciles (a held change must not).
-    let observe = |n: &Node| -> bool {
+        let _ = self.trigger.try_send(());
+    }
+
+    /// Whether the node's change must reach the reconciles (a held change must not).
+    fn observe(&self, n: &Node) -> bool {
         let name = n.name_any();
         let labels = n.metadata.labels.clone().unwrap_or_default();
         let now = tokio::time::Instant::now();
-        let mut d = lock(&damper);
+        let mut d = lock(&self.damper);
         let hold_down = d.hold_down();
-        match d.observe(&name, &labels, &sharedips.state(), now) {
+        match d.observe(&name, &labels, &self.sharedips.state(), now) {
             Decision::HoldStarted { .. } => {
                 info!(
                     node = %name,
@@ -713,65 +753,66 @@ async fn watch_nodes(
             Decision::HoldExtended { .. } => false,
             Decision::New | Decision::Unchanged | Decision::Applied => true,
         }
-    };
-    loop {
-        let release = lock(&damper).next_release();
-        let event = tokio::select! {
-            e = stream.next() => match e {
-                Some(e) => e,
-                None => break,
-            },
-            _ = sleep_until(release) => {
-                let released = lock(&damper).release_due(tokio::time::Instant::now());
-                for (node, changes) in &released {
-                    info!(node = %node, changes_while_held = changes, "node membership released: its labels are stable, they apply now");
-                }
-                if !released.is_empty() {
-                    notify("membership released", "*");
-                }
-                continue;
-            }
-        };
+    }
+
+    /// Releases the held nodes whose labels have been stable for the hold-down.
+    fn release_due(&self) {
+        let released = lock(&self.damper).release_due(tokio::time::Instant::now());
+        for (node, changes) in &released {
+            info!(node = %node, changes_while_held = changes, "node membership released: its labels are stable, they apply now");
+        }
+        if !released.is_empty() {
+            self.notify("membership released", "*");
+        }
+    }
+
+    fn on_event(&mut self, event: Result<watcher::Event<Node>, watcher::Error>) {
         match event {
-            Ok(watcher::Event::Apply(n)) => {
-                let name = n.name_any();
-                let fp = fingerprint(&n);
-                let pass = observe(&n);
-                // A held label change must not reach the reconciles; a new Linode or a
-                // deletion in the same event must.
-                let identity = identity_fingerprint(&n);
-                let identity_changed = identities.insert(name.clone(), identity) != Some(identity);
-                if known.insert(name.clone(), fp) != Some(fp) && (pass || identity_changed) {
-                    notify("changed", &name);
-                }
-            }
+            Ok(watcher::Event::Apply(n)) => self.on_apply(&n),
             Ok(watcher::Event::Delete(n)) => {
                 let name = n.name_any();
-                known.remove(&name);
-                identities.remove(&name);
-                lock(&damper).forget(&name);
-                notify("deleted", &name);
+                self.known.remove(&name);
+                self.identities.remove(&name);
+                lock(&self.damper).forget(&name);
+                self.notify("deleted", &name);
             }
-            Ok(watcher::Event::Init) => relist = Some(HashMap::new()),
+            Ok(watcher::Event::Init) => self.relist = Some(HashMap::new()),
             Ok(watcher::Event::InitApply(n)) => {
-                observe(&n);
-                identities.insert(n.name_any(), identity_fingerprint(&n));
-                if let Some(r) = relist.as_mut() {
+                self.observe(&n);
+                self.identities
+                    .insert(n.name_any(), identity_fingerprint(&n));
+                if let Some(r) = self.relist.as_mut() {
                     r.insert(n.name_any(), fingerprint(&n));
                 }
             }
-            Ok(watcher::Event::InitDone) => {
-                if let Some(fresh) = relist.take() {
-                    let names: BTreeSet<String> = fresh.keys().cloned().collect();
-                    identities.retain(|n, _| names.contains(n));
-                    lock(&damper).retain(&names);
-                    if fresh != known {
-                        known = fresh;
-                        notify("relisted", "*");
-                    }
-                }
-            }
+            Ok(watcher::Event::InitDone) => self.on_relisted(),
             Err(e) => warn!(error = %e, "node watch error; retrying"),
+        }
+    }
+
+    fn on_apply(&mut self, n: &Node) {
+        let name = n.name_any();
+        let fp = fingerprint(n);
+        let pass = self.observe(n);
+        // A held label change must not reach the reconciles; a new Linode or a deletion in
+        // the same event must.
+        let identity = identity_fingerprint(n);
+        let identity_changed = self.identities.insert(name.clone(), identity) != Some(identity);
+        if self.known.insert(name.clone(), fp) != Some(fp) && (pass || identity_changed) {
+            self.notify("changed", &name);
+        }
+    }
+
+    fn on_relisted(&mut self) {
+        let Some(fresh) = self.relist.take() else {
+            return;
+        };
+        let names: BTreeSet<String> = fresh.keys().cloned().collect();
+        self.identities.retain(|n, _| names.contains(n));
+        lock(&self.damper).retain(&names);
+        if fresh != self.known {
+            self.known = fresh;
+            self.notify("relisted", "*");
         }
     }
 }

@@ -154,6 +154,78 @@ impl ConfigMapStore {
             message,
         })
     }
+
+    /// A failed write: someone else wrote in between, or a real failure.
+    fn write_error(&self, e: kube::Error) -> WriteError {
+        match e {
+            // 409: changed (patch) or created (create) by someone else since we read it.
+            kube::Error::Api(s) if s.code == 409 => WriteError::Conflict,
+            // 404 on patch: deleted since we read it; create it again.
+            kube::Error::Api(s) if s.code == 404 => WriteError::Conflict,
+            e => WriteError::Failed(self.kube_err(e)),
+        }
+    }
+
+    /// Creates the ConfigMap, holding `all`.
+    async fn create(&self, all: &Entries) -> Result<ConfigMap, WriteError> {
+        let mut data: BTreeMap<String, String> = all
+            .iter()
+            .filter(|(_, a)| !a.is_empty())
+            .map(|(l, a)| (key(*l), value(a)))
+            .collect();
+        data.insert(CLUSTER_ID_KEY.into(), self.cluster.to_string());
+        let cm: ConfigMap = serde_json::from_value(json!({
+            "apiVersion": "v1",
+            "kind": "ConfigMap",
+            "metadata": {
+                "name": self.name,
+                "namespace": self.namespace,
+                "labels": {
+                    CLUSTER_ID_LABEL: self.cluster.as_str(),
+                    "app.kubernetes.io/part-of": "sharedip",
+                    "app.kubernetes.io/managed-by": "sharedip-operator",
+                },
+                "annotations": {
+                    "sharedip.io/description": "Linodes that received this cluster's shared addresses (linode.<id>: addresses). Written by the sharedip operator before each share; read by its sweep and by uninstall. Deleting it makes the operator forget shares it would otherwise clean up.",
+                },
+            },
+            "data": data,
+        }))
+        .map_err(|e| {
+            WriteError::Failed(LedgerError::Store {
+                name: self.name(),
+                message: e.to_string(),
+            })
+        })?;
+        self.api
+            .create(&PostParams::default(), &cm)
+            .await
+            .map_err(|e| self.write_error(e))
+    }
+
+    /// Applies `changes` to the ConfigMap if it is still at `version`.
+    async fn patch(&self, version: &str, changes: &Changes) -> Result<ConfigMap, WriteError> {
+        let data: serde_json::Map<String, serde_json::Value> = changes
+            .iter()
+            .map(|(l, a)| {
+                let v = match a {
+                    Some(a) if !a.is_empty() => json!(value(a)),
+                    _ => serde_json::Value::Null,
+                };
+                (key(*l), v)
+            })
+            .collect();
+        // The resourceVersion makes the patch conditional: a concurrent writer turns it into a
+        // 409 instead of a lost update.
+        let patch = json!({
+            "metadata": {"resourceVersion": version},
+            "data": data,
+        });
+        self.api
+            .patch(&self.name, &PatchParams::default(), &Patch::Merge(&patch))
+            .await
+            .map_err(|e| self.write_error(e))
+    }
 }
 
 /// The per-Linode keys of a ConfigMap's data; other keys are ignored.
@@ -219,76 +291,17 @@ impl LedgerStore for ConfigMapStore {
         all: &'a Entries,
     ) -> BoxFuture<'a, Result<String, WriteError>> {
         Box::pin(async move {
-            let result = match version {
-                None => {
-                    let mut data: BTreeMap<String, String> = all
-                        .iter()
-                        .filter(|(_, a)| !a.is_empty())
-                        .map(|(l, a)| (key(*l), value(a)))
-                        .collect();
-                    data.insert(CLUSTER_ID_KEY.into(), self.cluster.to_string());
-                    let cm: ConfigMap = match serde_json::from_value(json!({
-                        "apiVersion": "v1",
-                        "kind": "ConfigMap",
-                        "metadata": {
-                            "name": self.name,
-                            "namespace": self.namespace,
-                            "labels": {
-                                CLUSTER_ID_LABEL: self.cluster.as_str(),
-                                "app.kubernetes.io/part-of": "sharedip",
-                                "app.kubernetes.io/managed-by": "sharedip-operator",
-                            },
-                            "annotations": {
-                                "sharedip.io/description": "Linodes that received this cluster's shared addresses (linode.<id>: addresses). Written by the sharedip operator before each share; read by its sweep and by uninstall. Deleting it makes the operator forget shares it would otherwise clean up.",
-                            },
-                        },
-                        "data": data,
-                    })) {
-                        Ok(cm) => cm,
-                        Err(e) => {
-                            return Err(WriteError::Failed(LedgerError::Store {
-                                name: self.name(),
-                                message: e.to_string(),
-                            }))
-                        }
-                    };
-                    self.api.create(&PostParams::default(), &cm).await
-                }
-                Some(v) => {
-                    let data: serde_json::Map<String, serde_json::Value> = changes
-                        .iter()
-                        .map(|(l, a)| {
-                            let v = match a {
-                                Some(a) if !a.is_empty() => json!(value(a)),
-                                _ => serde_json::Value::Null,
-                            };
-                            (key(*l), v)
-                        })
-                        .collect();
-                    // The resourceVersion makes the patch conditional: a concurrent writer turns
-                    // it into a 409 instead of a lost update.
-                    let patch = json!({
-                        "metadata": {"resourceVersion": v},
-                        "data": data,
-                    });
-                    self.api
-                        .patch(&self.name, &PatchParams::default(), &Patch::Merge(&patch))
-                        .await
-                }
+            let written = match version {
+                None => self.create(all).await,
+                Some(v) => self.patch(v, changes).await,
             };
-            match result {
-                Ok(cm) => Ok(cm.metadata.resource_version.unwrap_or_default()),
-                // 409: changed (patch) or created (create) by someone else since we read it.
-                Err(kube::Error::Api(s)) if s.code == 409 => Err(WriteError::Conflict),
-                // 404 on patch: deleted since we read it; create it again.
-                Err(kube::Error::Api(s)) if s.code == 404 => Err(WriteError::Conflict),
-                Err(e) => Err(WriteError::Failed(self.kube_err(e))),
-            }
+            written.map(|cm| cm.metadata.resource_version.unwrap_or_default())
         })
     }
 }
 
-struct State {
+/// The ledger as last read or written, and the store's version of it.
+struct Cached {
     entries: Entries,
     version: Option<String>,
 }
@@ -296,7 +309,7 @@ struct State {
 /// The ledger of this cluster: a cached copy of the store, written through.
 pub struct Ledger {
     store: Arc<dyn LedgerStore>,
-    state: tokio::sync::Mutex<State>,
+    state: tokio::sync::Mutex<Cached>,
     pairs: Option<Gauge>,
 }
 
@@ -319,7 +332,7 @@ impl Ledger {
         }
         Ok(Self {
             store,
-            state: tokio::sync::Mutex::new(State {
+            state: tokio::sync::Mutex::new(Cached {
                 entries: stored.entries,
                 version: stored.version,
             }),

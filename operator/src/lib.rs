@@ -1,17 +1,52 @@
 //! The sharedip operator: reconciles SharedIP resources into Linode IP Sharing.
 //!
-//! Layout: [`reconciler`] decides per SharedIP; [`selection`] maps nodes to Linodes;
-//! [`share_syncer`] turns every SharedIP's wish into at most one share call per Linode per wave;
-//! [`directory`] caches what the account holds; [`leader`] elects one active replica.
-//! [`cluster_id`] names this cluster; [`ledger`] records which Linodes received its addresses;
-//! [`sweep`] removes its shares no SharedIP wants any more; [`uninstall`] unshares everything of
-//! this cluster and lets go of every SharedIP for `helm uninstall`.
+//! How a SharedIP flows through it, file by file (why it is built this way is in the
+//! repository's architecture document, [docs/ARCHITECTURE.md](../../docs/ARCHITECTURE.md)):
+//!
+//! ```text
+//!  SharedIP watch                 Node watch (controller.rs: only label, providerID and
+//!       │                           │         deletion changes count; flapping nodes are
+//!       │                           │         held by membership.rs)
+//!       ▼                           ▼ "reconcile every SharedIP"
+//!  controller.rs   the SharedIP Controller, run while this replica leads (leader.rs)
+//!       │
+//!       ▼ reconcile → finalizer → apply | cleanup                          reconciler.rs
+//!  plan.rs         plan (changes nothing):
+//!                    the address ─ crates/api address.rs
+//!                    duplicate?  ─ crates/api rules.rs (the agents apply the same rule)
+//!                    the account's address and Linodes ─ directory.rs ─► linode_api.rs
+//!                    selection and placement ─ selection.rs
+//!       │ Plan | Blocked
+//!       ▼
+//!  reconciler.rs   execute: Request ──► share_syncer.rs   one wave: the union of every
+//!                                         │               SharedIP's wish, at most one
+//!                                         │               share call per Linode
+//!                                         ├─► ledger.rs   recorded before the call
+//!                                         └─► linode_api.rs ─► crates/linode ─► Linode API
+//!                            ◄── Outcome ─┘
+//!       │
+//!       ├─► events.rs     Events: shared, unshared, failed, excluded, held
+//!       └─► status.rs     status: Shared; Announced and Ready from the agents' entries
+//!
+//!  sweep.rs        while leading: the ledger against the Nodes and SharedIPs
+//!                  ─► unshare orders ─► share_syncer.rs
+//!  uninstall.rs    `sharedip-operator uninstall`: take the Lease (leader.rs), unshare what
+//!                  the ledger and the statuses name, let every SharedIP go
+//!  cluster_id.rs   this cluster's identity, which names its ledger
+//!  http.rs, metrics.rs, config.rs: HTTPS endpoints, metrics, flags (signals, logging and
+//!  the probe and metrics routes come from crates/process)
+//! ```
+//!
+//! The path runs one way, with a single request/response hop: reconcile → share wave →
+//! outcome. The one loop is deliberate: Announced and Ready read what the node agents wrote
+//! into the SharedIP's status.
 
 pub mod cluster_id;
 pub mod config;
 pub mod controller;
 pub mod crd;
 pub mod directory;
+pub mod events;
 #[cfg(test)]
 mod fake_linode;
 pub mod http;
@@ -20,8 +55,10 @@ pub mod ledger;
 pub mod linode_api;
 pub mod membership;
 pub mod metrics;
+pub mod plan;
 pub mod reconciler;
 pub mod selection;
 pub mod share_syncer;
+pub mod status;
 pub mod sweep;
 pub mod uninstall;

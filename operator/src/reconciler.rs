@@ -1,59 +1,45 @@
-//! Reconciles one SharedIP: which Linodes must share its address, through the share syncer,
-//! and what its status and events say about it.
+//! Reconciles one SharedIP: [`reconcile`] runs the finalizer, which calls `apply` while the
+//! SharedIP exists and `cleanup` once it is deleted; [`error_policy`] requeues a failure with
+//! exponential backoff.
+//!
+//! `apply` is a [plan](crate::plan) and its execution. The plan decides, without changing
+//! anything, where the address goes or why it cannot be shared. Executing it hands the wish to
+//! the [share syncer](crate::share_syncer) and waits for the wave that carries it, then records
+//! what changed as [`events`] and writes the [`status`](crate::status). A blocked
+//! SharedIP drops its claim (and retires its previous address, where the block says so) and says
+//! why. `cleanup` unshares the address everywhere before the finalizer lets the SharedIP go.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeSet, HashMap};
 use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use k8s_openapi::api::core::v1::{Node, ObjectReference};
-use k8s_openapi::jiff::Timestamp;
-use kube::api::{Api, Patch, PatchParams};
+use k8s_openapi::api::core::v1::Node;
+use kube::api::Api;
 use kube::runtime::controller::Action;
-use kube::runtime::events::{Event, EventType, Recorder};
+use kube::runtime::events::{EventType, Recorder};
 use kube::runtime::finalizer::{finalizer, Event as Finalizer};
 use kube::runtime::reflector::Store;
-use kube::{Resource, ResourceExt};
-use serde_json::json;
+use kube::ResourceExt;
 use sharedip_api::conditions::{self, Desired};
 use sharedip_api::rules;
-use sharedip_api::{
-    ExcludedNode, NodeStatus, OwnerStatus, Role, SharedAddress, SharedIP, SharedIPStatus,
-    SharedLinode, FINALIZER,
-};
+use sharedip_api::{OwnerStatus, Role, SharedAddress, SharedIP, SharedLinode, FINALIZER};
 use sharedip_process::sync::lock;
 use tokio::sync::mpsc;
 use tracing::{info, instrument, warn};
 
 use crate::directory::Directory;
+use crate::events::{self, publish, WaveChanges};
 use crate::linode_api::ApiError;
-use crate::membership::{HeldNode, MembershipDamper};
+use crate::membership::MembershipDamper;
 use crate::metrics::Metrics;
-use crate::selection::{self, linode_id_from_provider_id, place, select_nodes, Placement};
-use crate::share_syncer::{LinodeOutcome, Outcome, Request, ShareSyncer, SyncerError};
-
-/// Field manager of the operator's status writes; each node agent uses its own.
-pub const FIELD_MANAGER: &str = "sharedip-operator";
-
-/// Condition reasons.
-pub mod reason {
-    pub const SHARED: &str = "Shared";
-    pub const INVALID_SPEC: &str = "InvalidSpec";
-    pub const DUPLICATE: &str = sharedip_api::rules::DUPLICATE_ADDRESS;
-    pub const NOT_IN_ACCOUNT: &str = "AddressNotInAccount";
-    pub const PREFIX_MISMATCH: &str = "PrefixMismatch";
-    pub const NO_NODES: &str = "NoNodesSelected";
-    pub const NO_USABLE_NODES: &str = "NoUsableNodes";
-    pub const API_ERROR: &str = "LinodeAPIError";
-    pub const TOKEN_ERROR: &str = "LinodeTokenError";
-    /// Event reason: a flapping node keeps its previous membership for a while.
-    pub const MEMBERSHIP_HELD: &str = "NodeMembershipHeld";
-    pub const OWNER_SELECTED: &str = "OwnerIsSelectedNode";
-    pub const READY: &str = "Ready";
-    pub const PRIMARY_ANNOUNCES: &str = "PrimaryAnnounces";
-    pub const SECONDARY_ANNOUNCES: &str = "SecondaryAnnounces";
-    pub const NOT_ANNOUNCED: &str = "NotAnnounced";
-}
+use crate::plan::{plan, Blocked, Plan, Previously, Refusal, Retry};
+use crate::selection::{self, linodes_of};
+use crate::share_syncer::{Claim, LinodeOutcome, Outcome, Request, ShareSyncer, SyncerError};
+use crate::status::{
+    api_failure_reason, condition, describe_failures, previous_address, reason, share_conditions,
+    write_status, Previous, ShareResult, StatusUpdate,
+};
 
 /// Timing of the reconciler.
 #[derive(Debug, Clone)]
@@ -101,7 +87,7 @@ pub struct Context {
     pub sharedips: Store<SharedIP>,
     pub config: ReconcileConfig,
     /// Consecutive failures per SharedIP, for exponential backoff.
-    pub failures: Mutex<HashMap<String, u32>>,
+    pub backoff: Backoff,
     /// Holds flapping nodes at their previous membership; fed by the Node watch.
     pub damper: Arc<Mutex<MembershipDamper>>,
     /// Asks for a reconcile of every SharedIP (coalesced: a pending request covers the next).
@@ -189,16 +175,6 @@ fn share_error(failures: &[(u64, &ApiError)]) -> Error {
     }
 }
 
-/// The Linodes behind the cluster's nodes (those with a Linode providerID).
-fn cluster_linodes(nodes: &[Arc<Node>]) -> impl Iterator<Item = u64> + '_ {
-    nodes.iter().filter_map(|n| {
-        n.spec
-            .as_ref()
-            .and_then(|s| s.provider_id.as_deref())
-            .and_then(linode_id_from_provider_id)
-    })
-}
-
 /// Entry point for the controller.
 #[instrument(skip_all, fields(sharedip = %sip.name_any()))]
 pub async fn reconcile(sip: Arc<SharedIP>, ctx: Arc<Context>) -> Result<Action, Error> {
@@ -216,7 +192,7 @@ pub async fn reconcile(sip: Arc<SharedIP>, ctx: Arc<Context>) -> Result<Action, 
     ctx.metrics
         .observe_reconcile(result.is_ok(), started.elapsed());
     if result.is_ok() {
-        lock(&ctx.failures).remove(&name);
+        ctx.backoff.succeeded(&name);
     }
     match &result {
         Err(e) if e.is_auth() => lock(&ctx.auth_failed).insert(name),
@@ -229,191 +205,237 @@ pub async fn reconcile(sip: Arc<SharedIP>, ctx: Arc<Context>) -> Result<Action, 
 pub fn error_policy(sip: Arc<SharedIP>, error: &Error, ctx: Arc<Context>) -> Action {
     let name = sip.name_any();
     ctx.metrics.observe_failure(error.metric_label());
-    let attempt = {
-        let mut f = lock(&ctx.failures);
-        let n = f.entry(name.clone()).or_insert(0);
-        *n = n.saturating_add(1);
-        *n
-    };
-    let delay = backoff(&ctx.config, attempt);
+    let (attempt, delay) = ctx.backoff.failed(&name);
     warn!(sharedip = %name, error = %error, attempt, retry_in = ?delay, "reconcile failed");
     Action::requeue(delay)
 }
 
-fn backoff(config: &ReconcileConfig, attempt: u32) -> Duration {
-    let factor = 2u32.saturating_pow(attempt.saturating_sub(1).min(16));
-    config
-        .backoff_base
-        .saturating_mul(factor)
-        .min(config.backoff_max)
+/// Consecutive failed reconciles per SharedIP, and the delay they earn: doubling from `base`
+/// on each failure in a row, capped at `max`, forgotten on a success.
+pub struct Backoff {
+    base: Duration,
+    max: Duration,
+    failures: Mutex<HashMap<String, u32>>,
 }
 
-/// What the status said last time: the address and the Linodes it was shared with.
-fn previous(status: &SharedIPStatus) -> (Option<IpAddr>, BTreeMap<u64, SharedLinode>) {
-    let addr = status
-        .shared_address
-        .as_deref()
-        .and_then(|a| a.parse().ok());
-    let linodes = status
-        .shared_with
-        .iter()
-        .filter_map(|s| u64::try_from(s.linode_id).ok().map(|id| (id, s.clone())))
-        .collect();
-    (addr, linodes)
-}
-
-/// The operator-owned part of the status, computed by one reconcile.
-struct StatusUpdate {
-    shared: Desired,
-    /// Ready as far as sharing goes; announcement is folded in by [`ready_condition`].
-    ready: Desired,
-    /// Names of the selected nodes, whose agents' entries count for Announced.
-    selected: BTreeSet<String>,
-    primary: Option<String>,
-    secondary: Option<String>,
-    owner: Option<OwnerStatus>,
-    shared_address: Option<String>,
-    /// The announced prefix length, once the spec's address parses.
-    prefix: Option<i32>,
-    shared_with: Vec<SharedLinode>,
-    excluded: Vec<ExcludedNode>,
-}
-
-impl StatusUpdate {
-    /// A SharedIP that cannot be shared at all, with Ready and Shared false for `reason`.
-    fn blocked(reason: &str, message: String) -> Self {
+impl Backoff {
+    pub fn new(config: &ReconcileConfig) -> Self {
         Self {
-            shared: Desired::new(conditions::SHARED, false, reason, message.clone()),
-            ready: Desired::new(conditions::READY, false, reason, message),
-            selected: BTreeSet::new(),
-            primary: None,
-            secondary: None,
-            owner: None,
-            shared_address: None,
-            prefix: None,
-            shared_with: Vec::new(),
-            excluded: Vec::new(),
+            base: config.backoff_base,
+            max: config.backoff_max,
+            failures: Mutex::new(HashMap::new()),
         }
     }
 
-    fn with_prefix(mut self, addr: &SharedAddress) -> Self {
-        self.prefix = Some(i32::from(addr.prefix()));
-        self
+    /// Counts a failure of `sharedip`: how many in a row now, and how long to wait.
+    pub fn failed(&self, sharedip: &str) -> (u32, Duration) {
+        let attempt = {
+            let mut f = lock(&self.failures);
+            let n = f.entry(sharedip.to_string()).or_insert(0);
+            *n = n.saturating_add(1);
+            *n
+        };
+        (attempt, self.delay(attempt))
+    }
+
+    /// Forgets the failures of `sharedip`: its next failure waits `base` again.
+    pub fn succeeded(&self, sharedip: &str) {
+        lock(&self.failures).remove(sharedip);
+    }
+
+    fn delay(&self, attempt: u32) -> Duration {
+        let factor = 2u32.saturating_pow(attempt.saturating_sub(1).min(16));
+        self.base.saturating_mul(factor).min(self.max)
     }
 }
 
-async fn write_status(sip: &SharedIP, ctx: &Context, update: StatusUpdate) -> Result<(), Error> {
-    let prev = sip.status.clone().unwrap_or_default();
-    let generation = sip.metadata.generation;
-    let announced = announced_condition(&prev.nodes, &update.selected);
-    let ready = ready_condition(&update.ready, &announced);
-    let conds = conditions::merge(
-        &prev.conditions,
-        &[ready, update.shared, announced],
-        generation,
-        Timestamp::now(),
-    );
-    // Only the operator's own conditions go into its apply patch: node agents may own others.
-    let mine: Vec<_> = conds
-        .into_iter()
-        .filter(|c| {
-            c.type_ == conditions::READY
-                || c.type_ == conditions::SHARED
-                || c.type_ == conditions::ANNOUNCED
-        })
-        .collect();
-    let mut shared_with = update.shared_with;
-    shared_with.sort();
-    let mut excluded = update.excluded;
-    excluded.sort();
-    let next = SharedIPStatus {
-        observed_generation: generation,
-        conditions: mine,
-        primary: update.primary,
-        secondary: update.secondary,
-        owner: update.owner,
-        shared_address: update.shared_address,
-        prefix: update.prefix,
-        shared_linode_count: Some(i32::try_from(shared_with.len()).unwrap_or(i32::MAX)),
-        shared_with,
-        excluded_nodes: excluded,
-        nodes: Vec::new(),
+async fn apply(sip: Arc<SharedIP>, ctx: &Context) -> Result<Action, Error> {
+    wake_waiters_of_previous_address(&sip, ctx);
+    let sharedips = ctx.sharedips.state();
+    let nodes = ctx.effective_nodes();
+    match plan(&sip, &sharedips, &nodes, &ctx.directory).await {
+        Ok(plan) => execute(&sip, ctx, plan).await,
+        Err(Blocked::Refused(refusal)) => block(&sip, ctx, refusal).await,
+        Err(Blocked::AccountUnreadable(e)) => api_failure(&sip, ctx, e).await,
+    }
+}
+
+/// The spec moved away from the address it held: a duplicate waiting for that address takes
+/// it over now.
+fn wake_waiters_of_previous_address(sip: &SharedIP, ctx: &Context) {
+    let Some(old) = previous_address(sip.status.as_ref()) else {
+        return;
     };
-    let unchanged = prev.observed_generation == next.observed_generation
-        && prev.primary == next.primary
-        && prev.secondary == next.secondary
-        && prev.owner == next.owner
-        && prev.shared_address == next.shared_address
-        && prev.prefix == next.prefix
-        && prev.shared_linode_count == next.shared_linode_count
-        && prev.shared_with == next.shared_with
-        && prev.excluded_nodes == next.excluded_nodes
-        && next.conditions.iter().all(|c| prev.conditions.contains(c));
-    if unchanged {
-        return Ok(());
+    let kept = SharedAddress::from_spec(&sip.spec).is_ok_and(|a| a.overlaps(&old));
+    if !kept && blocks_others(sip, &old, &ctx.sharedips.state()) {
+        info!(sharedip = %sip.name_any(), address = %old, "address released: waking the SharedIPs that wait for it");
+        ctx.wake_all();
     }
-    let patch = json!({
-        "apiVersion": "sharedip.io/v1alpha1",
-        "kind": "SharedIP",
-        "status": next,
-    });
-    let api: Api<SharedIP> = Api::all(ctx.client.clone());
-    api.patch_status(
-        &sip.name_any(),
-        &PatchParams::apply(FIELD_MANAGER).force(),
-        &Patch::Apply(&patch),
-    )
-    .await
-    .map_err(Error::Kube)?;
-    Ok(())
 }
 
-/// A reference to a Node, as the related object of an event: the recorder folds events with
-/// the same reason and related object into one series, so each node gets its own.
-fn node_ref(name: &str) -> Option<ObjectReference> {
-    Some(ObjectReference {
-        api_version: Some("v1".into()),
-        kind: Some("Node".into()),
-        name: Some(name.into()),
-        ..Default::default()
+/// Whether another SharedIP is blocked as a duplicate of `addr` (its address overlaps and its
+/// status says so): when this one lets the address go, the other must take it over at once,
+/// not when its retry comes.
+fn blocks_others(sip: &SharedIP, addr: &SharedAddress, all: &[Arc<SharedIP>]) -> bool {
+    all.iter().any(|o| {
+        o.name_any() != sip.name_any()
+            && condition(o, conditions::SHARED).is_some_and(|c| c.reason == reason::DUPLICATE)
+            && SharedAddress::from_spec(&o.spec).is_ok_and(|a| a.overlaps(addr))
     })
 }
 
-async fn publish(
-    ctx: &Context,
-    sip: &SharedIP,
-    type_: EventType,
-    reason: &str,
-    note: String,
-    related: Option<ObjectReference>,
-) {
-    let ev = Event {
-        type_,
-        reason: reason.into(),
-        note: Some(note),
-        action: "Reconcile".into(),
-        secondary: related,
+/// Shares the address as planned, through the share syncer, and reports what the wave did:
+/// events for what changed, then the status.
+async fn execute(sip: &SharedIP, ctx: &Context, plan: Plan) -> Result<Action, Error> {
+    let previous = Previous::of(sip);
+    let outcome = submit(ctx, share_request(sip, &plan, &previous)).await?;
+    let shared_with = shared_now(&plan, &previous, &outcome);
+    let wave = WaveChanges {
+        address: &plan.address,
+        placement: &plan.placement,
+        previous: &previous.linodes,
+        outcome: &outcome,
     };
-    // Events are best effort: a failure to record one must not fail the reconcile.
-    if let Err(e) = ctx.recorder.publish(&ev, &sip.object_ref(&())).await {
-        warn!(error = %e, reason, "cannot publish event");
+    events::emit_changes(&ctx.recorder, sip, &wave).await;
+    let owner_node = plan.owner_node.as_deref();
+    events::owner_is_a_node(&ctx.recorder, sip, owner_node, plan.account.owner).await;
+
+    let failures: Vec<(u64, &ApiError)> = outcome.failures().collect();
+    let held = lock(&ctx.damper).held_for(&sip.name_any());
+    let hold_down = ctx.config.membership_hold_down;
+    let result = ShareResult {
+        selected: &plan.selected,
+        placement: &plan.placement,
+        failures: &failures,
+        owner_node,
+    };
+    let (shared, ready) = share_conditions(&result, &held, hold_down);
+    events::held_nodes(&ctx.recorder, sip, &held, hold_down).await;
+
+    let update = sharing_status(&plan, shared, ready, shared_with);
+    write_status(&ctx.client, sip, update)
+        .await
+        .map_err(Error::Kube)?;
+    if failures.is_empty() {
+        Ok(Action::requeue(ctx.config.resync))
+    } else {
+        Err(share_error(&failures))
     }
+}
+
+/// The wish a plan hands to the share syncer.
+fn share_request(sip: &SharedIP, plan: &Plan, previous: &Previous) -> Request {
+    let network = plan.account.network;
+    // Examine every Linode of the cluster, not only those the status names: a crash (or a
+    // leader change) between a share call and the status write leaves shares the status does
+    // not know, and a node deselected meanwhile would keep the address forever. The syncer's
+    // cached lists make this free for Linodes already in line.
+    let mut examine: BTreeSet<u64> = previous.linodes.keys().copied().collect();
+    examine.extend(plan.cluster_linodes.iter().copied());
+    Request {
+        owner: sip.name_any(),
+        claim: Some(Claim {
+            network,
+            linodes: plan.placement.linodes(),
+        }),
+        retire: previous
+            .address
+            .filter(|a| *a != network)
+            .into_iter()
+            .collect(),
+        examine,
+    }
+}
+
+/// What is shared now: wanted Linodes in sync, plus Linodes where removing the address failed
+/// (still shared as far as we know, so the next reconcile examines them again).
+fn shared_now(plan: &Plan, previous: &Previous, outcome: &Outcome) -> Vec<SharedLinode> {
+    let share_with = &plan.placement.share_with;
+    let mut shared_with: Vec<SharedLinode> = Vec::new();
+    for (linode, (node, role)) in share_with {
+        if matches!(outcome.linodes.get(linode), Some(LinodeOutcome::InSync)) {
+            shared_with.push(SharedLinode {
+                linode_id: *linode as i64,
+                node: node.clone(),
+                role: *role,
+            });
+        }
+    }
+    for (linode, entry) in &previous.linodes {
+        if !share_with.contains_key(linode)
+            && matches!(outcome.linodes.get(linode), Some(LinodeOutcome::Failed(_)))
+        {
+            shared_with.push(entry.clone());
+        }
+    }
+    shared_with
+}
+
+/// The status of an executed plan.
+fn sharing_status(
+    plan: &Plan,
+    shared: Desired,
+    ready: Desired,
+    shared_with: Vec<SharedLinode>,
+) -> StatusUpdate {
+    let account = &plan.account;
+    StatusUpdate {
+        shared,
+        ready,
+        selected: plan.selected.iter().map(|n| n.name.clone()).collect(),
+        primary: selection::summarize(&plan.selected, Role::Primary),
+        secondary: selection::summarize(&plan.selected, Role::Secondary),
+        owner: account.owner.map(|id| OwnerStatus {
+            linode_id: id as i64,
+            region: Some(account.region.clone()),
+            node: plan.owner_node.clone(),
+        }),
+        shared_address: Some(account.network.to_string()),
+        prefix: Some(i32::from(plan.address.prefix())),
+        shared_with,
+        excluded: plan.placement.excluded.clone(),
+    }
+}
+
+/// Stops sharing for a SharedIP that cannot be shared (see [`release`]), and says why: in its
+/// conditions, and in a Warning event when the reason or message is new (a retry that finds
+/// the same problem does not repeat it).
+async fn block(sip: &SharedIP, ctx: &Context, refusal: Refusal) -> Result<Action, Error> {
+    release(sip, ctx, refusal.previous).await?;
+    let mut update = StatusUpdate::blocked(refusal.reason, refusal.message);
+    if let Some(address) = &refusal.address {
+        update = update.with_prefix(address);
+    }
+    let before = condition(sip, conditions::SHARED).map(|c| (c.reason, c.message));
+    let now = (update.shared.reason.clone(), update.shared.message.clone());
+    write_status(&ctx.client, sip, update)
+        .await
+        .map_err(Error::Kube)?;
+    if before.as_ref() != Some(&now) {
+        warn!(sharedip = %sip.name_any(), reason = %now.0, message = %now.1, "cannot share");
+        publish(&ctx.recorder, sip, EventType::Warning, &now.0, now.1, None).await;
+    }
+    Ok(match refusal.retry {
+        Retry::OnChange => Action::await_change(),
+        Retry::Later => Action::requeue(ctx.config.blocked_retry),
+    })
 }
 
 /// Stops managing the address without touching any share (a duplicate must not undo the
 /// sharing of the SharedIP that owns the address), or retires the previous address.
-async fn release(sip: &SharedIP, ctx: &Context, retire_previous: bool) -> Result<Outcome, Error> {
-    let (prev_addr, prev_linodes) = previous(&sip.status.clone().unwrap_or_default());
+async fn release(sip: &SharedIP, ctx: &Context, previously: Previously) -> Result<Outcome, Error> {
+    let previous = Previous::of(sip);
+    let retire = previously == Previously::Retire;
     let request = Request {
         owner: sip.name_any(),
         claim: None,
-        retire: if retire_previous {
-            prev_addr.into_iter().collect()
+        retire: if retire {
+            previous.address.into_iter().collect()
         } else {
             BTreeSet::new()
         },
-        examine: if retire_previous {
-            prev_linodes.keys().copied().collect()
+        examine: if retire {
+            previous.linodes.keys().copied().collect()
         } else {
             BTreeSet::new()
         },
@@ -428,503 +450,6 @@ async fn submit(ctx: &Context, request: Request) -> Result<Outcome, Error> {
     }
 }
 
-/// Stops sharing for a SharedIP that cannot be shared (see [`release`]), and says why: in its
-/// conditions, and in a Warning event when the reason or message is new (a retry that finds
-/// the same problem does not repeat it).
-async fn block(
-    sip: &SharedIP,
-    ctx: &Context,
-    retire_previous: bool,
-    update: StatusUpdate,
-    then: Action,
-) -> Result<Action, Error> {
-    release(sip, ctx, retire_previous).await?;
-    let before = condition(sip, conditions::SHARED).map(|c| (c.reason, c.message));
-    let now = (update.shared.reason.clone(), update.shared.message.clone());
-    write_status(sip, ctx, update).await?;
-    if before.as_ref() != Some(&now) {
-        warn!(sharedip = %sip.name_any(), reason = %now.0, message = %now.1, "cannot share");
-        publish(ctx, sip, EventType::Warning, &now.0, now.1, None).await;
-    }
-    Ok(then)
-}
-
-/// A condition of the SharedIP's current status.
-fn condition(
-    sip: &SharedIP,
-    type_: &str,
-) -> Option<k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition> {
-    sip.status
-        .as_ref()?
-        .conditions
-        .iter()
-        .find(|c| c.type_ == type_)
-        .cloned()
-}
-
-/// Whether another SharedIP is blocked as a duplicate of `addr` (its address overlaps and its
-/// status says so): when this one lets the address go, the other must take it over at once,
-/// not when its retry comes.
-fn blocks_others(sip: &SharedIP, addr: &SharedAddress, all: &[Arc<SharedIP>]) -> bool {
-    all.iter().any(|o| {
-        o.name_any() != sip.name_any()
-            && condition(o, conditions::SHARED).is_some_and(|c| c.reason == reason::DUPLICATE)
-            && SharedAddress::from_spec(&o.spec).is_ok_and(|a| a.overlaps(addr))
-    })
-}
-
-async fn apply(sip: Arc<SharedIP>, ctx: &Context) -> Result<Action, Error> {
-    let name = sip.name_any();
-    let retry = Action::requeue(ctx.config.blocked_retry);
-    // The spec moved away from the address it held: a duplicate waiting for that address
-    // takes it over now.
-    if let Some(old) = previous_address(sip.status.as_ref()) {
-        let kept = SharedAddress::from_spec(&sip.spec).is_ok_and(|a| a.overlaps(&old));
-        if !kept && blocks_others(&sip, &old, &ctx.sharedips.state()) {
-            info!(sharedip = %name, address = %old, "address released: waking the SharedIPs that wait for it");
-            ctx.wake_all();
-        }
-    }
-    let addr = match SharedAddress::from_spec(&sip.spec) {
-        Ok(a) => a,
-        Err(e) => {
-            let update = StatusUpdate::blocked(reason::INVALID_SPEC, e.to_string());
-            return block(&sip, ctx, true, update, Action::await_change()).await;
-        }
-    };
-
-    let all = ctx.sharedips.state();
-    if let Some(duplicate) = rules::earlier_claimant(&sip, all.iter().map(AsRef::as_ref)) {
-        let message = duplicate.to_string();
-        // A duplicate must not undo the sharing of the SharedIP that owns the address.
-        let update = StatusUpdate::blocked(reason::DUPLICATE, message).with_prefix(&addr);
-        return block(&sip, ctx, false, update, retry).await;
-    }
-
-    let info = match ctx.directory.address(&addr).await {
-        Ok(Some(i)) => i,
-        Ok(None) => {
-            let message = format!(
-                "{} is not an IPv4 address or IPv6 range of this Linode account; add it in Cloud Manager (or with the API) first",
-                addr.address()
-            );
-            let update = StatusUpdate::blocked(reason::NOT_IN_ACCOUNT, message).with_prefix(&addr);
-            return block(&sip, ctx, true, update, retry).await;
-        }
-        Err(e) => return api_failure(&sip, ctx, e).await,
-    };
-    if !addr.is_ipv4() && info.prefix != addr.prefix() {
-        let message = format!(
-            "spec.prefix is {} but the account's range {}/{} is a /{}; set spec.prefix to {}",
-            addr.prefix(),
-            info.network,
-            info.prefix,
-            info.prefix,
-            info.prefix
-        );
-        let then = Action::await_change();
-        let update = StatusUpdate::blocked(reason::PREFIX_MISMATCH, message).with_prefix(&addr);
-        return block(&sip, ctx, true, update, then).await;
-    }
-
-    let nodes = ctx.effective_nodes();
-    let selected = match select_nodes(&sip.spec, nodes.iter().map(|n| n.as_ref())) {
-        Ok(s) => s,
-        Err(e) => {
-            // The CRD refuses such selectors at admission, so this one was stored before the
-            // CRD had the rule (an upgrade): report it, and keep the address shared where it
-            // is, as the agents keep announcing it, rather than take traffic away.
-            let message = format!("{e}; the address stays shared where it was until it is fixed");
-            let update = StatusUpdate::blocked(reason::INVALID_SPEC, message).with_prefix(&addr);
-            return block(&sip, ctx, false, update, Action::await_change()).await;
-        }
-    };
-    let wanted: Vec<u64> = selected.iter().filter_map(|n| n.linode).collect();
-    let facts = match ctx.directory.linodes(&wanted).await {
-        Ok(f) => f,
-        Err(e) => return api_failure(&sip, ctx, e).await,
-    };
-    let placement = place(&selected, &info.region, info.owner, &facts);
-
-    let prev_status = sip.status.clone().unwrap_or_default();
-    let (prev_addr, prev_linodes) = previous(&prev_status);
-    let network = info.network;
-    // Examine every Linode of the cluster, not only those the status names: a crash (or a
-    // leader change) between a share call and the status write leaves shares the status does
-    // not know, and a node deselected meanwhile would keep the address forever. The syncer's
-    // cached lists make this free for Linodes already in line.
-    let mut examine: BTreeSet<u64> = prev_linodes.keys().copied().collect();
-    examine.extend(cluster_linodes(&nodes));
-    let request = Request {
-        owner: name.clone(),
-        claim: Some((network, placement.linodes())),
-        retire: prev_addr.filter(|a| *a != network).into_iter().collect(),
-        examine,
-    };
-    let outcome = submit(ctx, request).await?;
-
-    // What is shared now: wanted Linodes in sync, plus Linodes where removing the address
-    // failed (still shared as far as we know, so the next reconcile examines them again).
-    let mut shared_with: Vec<SharedLinode> = Vec::new();
-    for (linode, (node, role)) in &placement.share_with {
-        if matches!(outcome.linodes.get(linode), Some(LinodeOutcome::InSync)) {
-            shared_with.push(SharedLinode {
-                linode_id: *linode as i64,
-                node: node.clone(),
-                role: *role,
-            });
-        }
-    }
-    for (linode, entry) in &prev_linodes {
-        if !placement.share_with.contains_key(linode)
-            && matches!(outcome.linodes.get(linode), Some(LinodeOutcome::Failed(_)))
-        {
-            shared_with.push(entry.clone());
-        }
-    }
-
-    emit_changes(ctx, &sip, &addr, &placement, &prev_linodes, &outcome).await;
-
-    let owner_node = info.owner.and_then(|owner| {
-        nodes
-            .iter()
-            .find(|n| {
-                n.spec
-                    .as_ref()
-                    .and_then(|s| s.provider_id.as_deref())
-                    .and_then(linode_id_from_provider_id)
-                    == Some(owner)
-            })
-            .map(|n| n.name_any())
-    });
-    let had_owner_node = prev_status.owner.as_ref().and_then(|o| o.node.clone());
-    if let (Some(node), None) = (&owner_node, &had_owner_node) {
-        publish(
-            ctx,
-            &sip,
-            EventType::Warning,
-            reason::OWNER_SELECTED,
-            format!(
-                "the address is owned by Linode {} behind node {node}; recycling that node deletes the Linode and the address with it; assign the address to an IP holder Linode",
-                info.owner.unwrap_or_default()
-            ),
-            node_ref(node),
-        )
-        .await;
-    }
-
-    let failures: Vec<(u64, &ApiError)> = outcome.failures().collect();
-    let held = lock(&ctx.damper).held_for(&name);
-    let hold_down = ctx.config.membership_hold_down;
-    let (shared, ready) = share_conditions(
-        &selected,
-        &placement,
-        &failures,
-        owner_node.as_deref(),
-        &held,
-        hold_down,
-    );
-    let before = condition(&sip, conditions::SHARED)
-        .map(|c| c.message)
-        .unwrap_or_default();
-    for h in &held {
-        let note = held_note(&h.node, hold_down);
-        if !before.contains(&note) {
-            publish(
-                ctx,
-                &sip,
-                EventType::Warning,
-                reason::MEMBERSHIP_HELD,
-                note,
-                node_ref(&h.node),
-            )
-            .await;
-        }
-    }
-
-    write_status(
-        &sip,
-        ctx,
-        StatusUpdate {
-            shared,
-            ready,
-            selected: selected.iter().map(|n| n.name.clone()).collect(),
-            primary: selection::summarize(&selected, Role::Primary),
-            secondary: selection::summarize(&selected, Role::Secondary),
-            owner: info.owner.map(|id| OwnerStatus {
-                linode_id: id as i64,
-                region: Some(info.region.clone()),
-                node: owner_node.clone(),
-            }),
-            shared_address: Some(network.to_string()),
-            prefix: Some(i32::from(addr.prefix())),
-            shared_with,
-            excluded: placement.excluded.clone(),
-        },
-    )
-    .await?;
-
-    if failures.is_empty() {
-        Ok(Action::requeue(ctx.config.resync))
-    } else {
-        Err(share_error(&failures))
-    }
-}
-
-/// The address a status says the SharedIP held.
-fn previous_address(status: Option<&SharedIPStatus>) -> Option<SharedAddress> {
-    let status = status?;
-    SharedAddress::parse(status.shared_address.as_deref()?, status.prefix).ok()
-}
-
-/// What the conditions say about a held node (stable while it is held, so the status is not
-/// rewritten on every flap).
-fn held_note(node: &str, hold_down: Duration) -> String {
-    let d = if hold_down.subsec_millis() == 0 {
-        format!("{}s", hold_down.as_secs())
-    } else {
-        format!("{}ms", hold_down.as_millis())
-    };
-    format!("membership of node {node} held for {d} (flapping): it keeps its previous role until its labels stop changing for {d}")
-}
-
-/// Announced, from the entries the node agents write: which selected nodes announce now.
-fn announced_condition(nodes: &[NodeStatus], selected: &BTreeSet<String>) -> Desired {
-    let entries: Vec<&NodeStatus> = nodes
-        .iter()
-        .filter(|n| selected.contains(&n.name))
-        .collect();
-    let by_role = |role: Role| -> Vec<&str> {
-        entries
-            .iter()
-            .filter(|n| n.announcing && n.role == Some(role))
-            .map(|n| n.name.as_str())
-            .collect()
-    };
-    let primaries = by_role(Role::Primary);
-    let secondaries = by_role(Role::Secondary);
-    if !primaries.is_empty() {
-        let mut msg = format!("announced by primary {}", primaries.join(", "));
-        if !secondaries.is_empty() {
-            msg.push_str(&format!(" and secondary {}", secondaries.join(", ")));
-        }
-        return Desired::new(conditions::ANNOUNCED, true, reason::PRIMARY_ANNOUNCES, msg);
-    }
-    if !secondaries.is_empty() {
-        return Desired::new(
-            conditions::ANNOUNCED,
-            true,
-            reason::SECONDARY_ANNOUNCES,
-            format!(
-                "no primary announces; failed over to secondary {}",
-                secondaries.join(", ")
-            ),
-        );
-    }
-    let why: Vec<String> = entries
-        .iter()
-        .map(|n| {
-            format!(
-                "{}: {}",
-                n.name,
-                n.reason.as_deref().unwrap_or("not announcing")
-            )
-        })
-        .collect();
-    let message = if entries.is_empty() {
-        "no node agent of a selected node reports this address yet; is the node agent DaemonSet running on the selected nodes?".to_string()
-    } else {
-        format!("no selected node announces: {}", why.join("; "))
-    };
-    Desired::new(conditions::ANNOUNCED, false, reason::NOT_ANNOUNCED, message)
-}
-
-/// Ready: shared with the Linodes of the selected nodes, and announced by one of them.
-fn ready_condition(sharing: &Desired, announced: &Desired) -> Desired {
-    if !sharing.status {
-        return sharing.clone();
-    }
-    if !announced.status {
-        return Desired::new(
-            conditions::READY,
-            false,
-            announced.reason.clone(),
-            format!("{}; {}", sharing.message, announced.message),
-        );
-    }
-    Desired::new(
-        conditions::READY,
-        true,
-        reason::READY,
-        format!("{}; {}", sharing.message, announced.message),
-    )
-}
-
-fn describe_failures(failures: &[(u64, &ApiError)]) -> String {
-    failures
-        .iter()
-        .map(|(l, e)| format!("Linode {l}: {e}"))
-        .collect::<Vec<_>>()
-        .join("; ")
-}
-
-/// The Shared and Ready conditions for a reconcile's result.
-fn share_conditions(
-    selected: &[selection::SelectedNode],
-    placement: &Placement,
-    failures: &[(u64, &ApiError)],
-    owner_node: Option<&str>,
-    held: &[HeldNode],
-    hold_down: Duration,
-) -> (Desired, Desired) {
-    let excluded_note = if placement.excluded.is_empty() {
-        String::new()
-    } else {
-        format!(
-            "; {} selected node(s) excluded: {}",
-            placement.excluded.len(),
-            placement
-                .excluded
-                .iter()
-                .map(|e| format!("{} ({})", e.name, e.reason))
-                .collect::<Vec<_>>()
-                .join(", ")
-        )
-    };
-    let owner_note = owner_node
-        .map(|n| format!("; warning: the owner Linode is node {n}, recycling it loses the address"))
-        .unwrap_or_default();
-    let held_text: String = held
-        .iter()
-        .map(|h| format!("; {}", held_note(&h.node, hold_down)))
-        .collect();
-    let (ok, reason, message) = if selected.is_empty() {
-        (
-            false,
-            reason::NO_NODES,
-            "no node matches the primary or secondary nodeSelector".to_string(),
-        )
-    } else if !failures.is_empty() {
-        let auth = failures.iter().all(|(_, e)| e.is_auth());
-        (
-            false,
-            if auth {
-                reason::TOKEN_ERROR
-            } else {
-                reason::API_ERROR
-            },
-            format!(
-                "the Linode API refused or failed: {}",
-                describe_failures(failures)
-            ),
-        )
-    } else if placement.share_with.is_empty() && placement.owner_nodes.is_empty() {
-        (
-            false,
-            reason::NO_USABLE_NODES,
-            format!("no selected node can take the address{excluded_note}"),
-        )
-    } else {
-        (
-            true,
-            reason::SHARED,
-            format!(
-                "shared with {} Linode(s){}{excluded_note}{owner_note}",
-                placement.share_with.len(),
-                if placement.owner_nodes.is_empty() {
-                    String::new()
-                } else {
-                    format!(", owned by node(s) {}", placement.owner_nodes.join(", "))
-                }
-            ),
-        )
-    };
-    let message = format!("{message}{held_text}");
-    (
-        Desired::new(conditions::SHARED, ok, reason, message.clone()),
-        Desired::new(conditions::READY, ok, reason, message),
-    )
-}
-
-async fn emit_changes(
-    ctx: &Context,
-    sip: &SharedIP,
-    addr: &SharedAddress,
-    placement: &Placement,
-    prev: &BTreeMap<u64, SharedLinode>,
-    outcome: &Outcome,
-) {
-    for (linode, (node, role)) in &placement.share_with {
-        if !prev.contains_key(linode) && outcome.linodes.get(linode) == Some(&LinodeOutcome::InSync)
-        {
-            info!(%addr, linode, node = %node, role = %role, "shared");
-            publish(
-                ctx,
-                sip,
-                EventType::Normal,
-                "Shared",
-                format!("shared {addr} with Linode {linode} (node {node}, {role})"),
-                node_ref(node),
-            )
-            .await;
-        }
-    }
-    for (linode, entry) in prev {
-        if !placement.share_with.contains_key(linode)
-            && matches!(
-                outcome.linodes.get(linode),
-                Some(LinodeOutcome::InSync | LinodeOutcome::Gone)
-            )
-        {
-            info!(%addr, linode, node = %entry.node, "unshared");
-            publish(
-                ctx,
-                sip,
-                EventType::Normal,
-                "Unshared",
-                format!("unshared {addr} from Linode {linode} (node {})", entry.node),
-                node_ref(&entry.node),
-            )
-            .await;
-        }
-    }
-    let linode_node: BTreeMap<u64, &str> = placement
-        .share_with
-        .iter()
-        .map(|(l, (n, _))| (*l, n.as_str()))
-        .chain(prev.iter().map(|(l, e)| (*l, e.node.as_str())))
-        .collect();
-    for (linode, e) in outcome.failures() {
-        publish(
-            ctx,
-            sip,
-            EventType::Warning,
-            "ShareFailed",
-            format!("Linode {linode}: {e}"),
-            linode_node.get(&linode).and_then(|n| node_ref(n)),
-        )
-        .await;
-    }
-    let before: BTreeSet<&str> = sip
-        .status
-        .as_ref()
-        .map(|s| s.excluded_nodes.iter().map(|e| e.name.as_str()).collect())
-        .unwrap_or_default();
-    for e in &placement.excluded {
-        if !before.contains(e.name.as_str()) {
-            publish(
-                ctx,
-                sip,
-                EventType::Warning,
-                &e.reason,
-                format!("node {}: {}", e.name, e.message),
-                node_ref(&e.name),
-            )
-            .await;
-        }
-    }
-}
-
 /// Reports a failure to read the account: in the conditions, and in a Warning event on every
 /// failure (the backoff spaces them; the event's count shows how long it has lasted).
 async fn api_failure(sip: &SharedIP, ctx: &Context, e: ApiError) -> Result<Action, Error> {
@@ -933,12 +458,16 @@ async fn api_failure(sip: &SharedIP, ctx: &Context, e: ApiError) -> Result<Actio
     } else {
         format!("cannot read the account from the Linode API: {e}")
     };
-    let reason = if e.is_auth() {
-        reason::TOKEN_ERROR
-    } else {
-        reason::API_ERROR
-    };
-    publish(ctx, sip, EventType::Warning, reason, message.clone(), None).await;
+    let reason = api_failure_reason(e.is_auth());
+    publish(
+        &ctx.recorder,
+        sip,
+        EventType::Warning,
+        reason,
+        message.clone(),
+        None,
+    )
+    .await;
     // Keep what the status said about sharing: nothing changed on Linode's side.
     let prev = sip.status.clone().unwrap_or_default();
     let mut update = StatusUpdate::blocked(reason, message);
@@ -951,76 +480,40 @@ async fn api_failure(sip: &SharedIP, ctx: &Context, e: ApiError) -> Result<Actio
         .map(|a| i32::from(a.prefix()));
     update.shared_with = prev.shared_with;
     update.excluded = prev.excluded_nodes;
-    write_status(sip, ctx, update).await?;
+    write_status(&ctx.client, sip, update)
+        .await
+        .map_err(Error::Kube)?;
     Err(Error::Linode(e))
 }
 
+/// Unshares the address everywhere before the finalizer lets the SharedIP go; a duplicate
+/// only drops its claim.
 async fn cleanup(sip: Arc<SharedIP>, ctx: &Context) -> Result<Action, Error> {
     let name = sip.name_any();
-    let status = sip.status.clone().unwrap_or_default();
-    let (prev_addr, prev_linodes) = previous(&status);
-    let parsed = SharedAddress::from_spec(&sip.spec).ok();
-    // An earlier SharedIP with the same address owns it: a duplicate only drops its claim.
-    let all = ctx.sharedips.state();
-    let duplicate = rules::earlier_claimant(&sip, all.iter().map(AsRef::as_ref));
-    // A later duplicate takes the address over: now, not when its retry comes. Woken before
-    // this claim goes, its claim most likely rides the same wave, so the Linodes both select
-    // keep the address throughout.
-    if let Some(a) = parsed.as_ref().filter(|_| duplicate.is_none()) {
-        if blocks_others(&sip, a, &ctx.sharedips.state()) {
-            info!(sharedip = %name, address = %a, "deleting the SharedIP that holds the address: waking the SharedIPs that wait for it");
-            ctx.wake_all();
-        }
-    }
-    let mut retire: BTreeSet<IpAddr> = prev_addr.into_iter().collect();
-    if duplicate.is_none() {
-        if let Some(a) = &parsed {
-            retire.insert(a.network());
-        }
-    }
-    if duplicate.is_some() {
-        retire.clear();
-    }
+    let previous = Previous::of(&sip);
+    let retire = retired_by_deletion(&sip, ctx, &previous);
     // Examine every Linode of the cluster too: the status may predate a share that a crash
     // kept out of it.
-    let mut examine: BTreeSet<u64> = prev_linodes.keys().copied().collect();
+    let mut examine: BTreeSet<u64> = previous.linodes.keys().copied().collect();
     if !retire.is_empty() {
-        examine.extend(cluster_linodes(&ctx.nodes.state()));
+        examine.extend(linodes_of(ctx.nodes.state().iter().map(AsRef::as_ref)));
     }
-    let outcome = submit(
-        ctx,
-        Request {
-            owner: name.clone(),
-            claim: None,
-            retire: retire.clone(),
-            examine,
-        },
-    )
-    .await?;
+    let request = Request {
+        owner: name.clone(),
+        claim: None,
+        retire: retire.clone(),
+        examine,
+    };
+    let outcome = submit(ctx, request).await?;
     let failures: Vec<(u64, &ApiError)> = outcome.failures().collect();
     if !failures.is_empty() {
-        let message = format!(
-            "cannot unshare before deletion: {}",
-            describe_failures(&failures)
-        );
-        let error = share_error(&failures);
-        let reason = if error.is_auth() {
-            reason::TOKEN_ERROR
-        } else {
-            reason::API_ERROR
-        };
-        let mut update = StatusUpdate::blocked(reason, message);
-        update.shared_address = status.shared_address.clone();
-        update.prefix = status.prefix;
-        update.shared_with = status.shared_with.clone();
-        write_status(&sip, ctx, update).await?;
-        return Err(error);
+        return cannot_unshare(&sip, ctx, &failures).await;
     }
     if !retire.is_empty() {
         let addrs: Vec<String> = retire.iter().map(|a| a.to_string()).collect();
         info!(sharedip = %name, addresses = ?addrs, "unshared everywhere before deletion");
         publish(
-            ctx,
+            &ctx.recorder,
             &sip,
             EventType::Normal,
             "Unshared",
@@ -1035,69 +528,74 @@ async fn cleanup(sip: Arc<SharedIP>, ctx: &Context) -> Result<Action, Error> {
     Ok(Action::await_change())
 }
 
+/// The addresses a deleted SharedIP unshares: the one its status names and its spec's, unless
+/// it is a duplicate (an earlier SharedIP with the same address owns it). Wakes the duplicates
+/// that wait for the address.
+fn retired_by_deletion(sip: &SharedIP, ctx: &Context, previous: &Previous) -> BTreeSet<IpAddr> {
+    let parsed = SharedAddress::from_spec(&sip.spec).ok();
+    let all = ctx.sharedips.state();
+    if rules::earlier_claimant(sip, all.iter().map(AsRef::as_ref)).is_some() {
+        return BTreeSet::new();
+    }
+    // A later duplicate takes the address over: now, not when its retry comes. Woken before
+    // this claim goes, its claim most likely rides the same wave, so the Linodes both select
+    // keep the address throughout.
+    if let Some(a) = &parsed {
+        if blocks_others(sip, a, &all) {
+            info!(sharedip = %sip.name_any(), address = %a, "deleting the SharedIP that holds the address: waking the SharedIPs that wait for it");
+            ctx.wake_all();
+        }
+    }
+    previous
+        .address
+        .into_iter()
+        .chain(parsed.map(|a| a.network()))
+        .collect()
+}
+
+/// Keeps the finalizer while the address could not be unshared everywhere, and says why.
+async fn cannot_unshare(
+    sip: &SharedIP,
+    ctx: &Context,
+    failures: &[(u64, &ApiError)],
+) -> Result<Action, Error> {
+    let message = format!(
+        "cannot unshare before deletion: {}",
+        describe_failures(failures)
+    );
+    let error = share_error(failures);
+    let status = sip.status.clone().unwrap_or_default();
+    let mut update = StatusUpdate::blocked(api_failure_reason(error.is_auth()), message);
+    update.shared_address = status.shared_address;
+    update.prefix = status.prefix;
+    update.shared_with = status.shared_with;
+    write_status(&ctx.client, sip, update)
+        .await
+        .map_err(Error::Kube)?;
+    Err(error)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn entry(name: &str, role: Role, announcing: bool, why: &str) -> NodeStatus {
-        NodeStatus {
-            name: name.into(),
-            role: Some(role),
-            announcing,
-            reason: Some(why.into()),
-            ..Default::default()
-        }
-    }
-
-    #[test]
-    fn announced_counts_only_selected_nodes() {
-        let nodes = vec![
-            entry("a", Role::Primary, false, "Draining"),
-            entry("b", Role::Secondary, true, "Announced"),
-            entry("gone", Role::Primary, true, "Announced"),
-        ];
-        let selected: BTreeSet<String> = ["a", "b"].into_iter().map(String::from).collect();
-        let c = announced_condition(&nodes, &selected);
-        assert!(c.status);
-        assert_eq!(c.reason, reason::SECONDARY_ANNOUNCES);
-        assert!(c.message.contains("secondary b"), "{}", c.message);
-
-        let only_a: BTreeSet<String> = ["a".to_string()].into();
-        let c = announced_condition(&nodes, &only_a);
-        assert!(!c.status);
-        assert!(c.message.contains("a: Draining"), "{}", c.message);
-
-        let c = announced_condition(&[], &only_a);
-        assert_eq!(c.reason, reason::NOT_ANNOUNCED);
-        assert!(c.message.contains("DaemonSet"));
-    }
-
-    #[test]
-    fn ready_needs_sharing_and_announcement() {
-        let shared = Desired::new(conditions::READY, true, "Shared", "shared with 2 Linode(s)");
-        let not_shared = Desired::new(conditions::READY, false, "LinodeAPIError", "boom");
-        let yes = Desired::new(
-            conditions::ANNOUNCED,
-            true,
-            reason::PRIMARY_ANNOUNCES,
-            "by a",
-        );
-        let no = Desired::new(conditions::ANNOUNCED, false, reason::NOT_ANNOUNCED, "none");
-        assert_eq!(ready_condition(&not_shared, &yes).reason, "LinodeAPIError");
-        let r = ready_condition(&shared, &no);
-        assert!(!r.status);
-        assert_eq!(r.reason, reason::NOT_ANNOUNCED);
-        let r = ready_condition(&shared, &yes);
-        assert!(r.status);
-        assert_eq!(r.reason, reason::READY);
-    }
-
     #[test]
     fn backoff_grows_and_caps() {
-        let c = ReconcileConfig::default();
-        assert_eq!(backoff(&c, 1), Duration::from_secs(2));
-        assert_eq!(backoff(&c, 2), Duration::from_secs(4));
-        assert_eq!(backoff(&c, 5), Duration::from_secs(32));
-        assert_eq!(backoff(&c, 30), Duration::from_secs(300));
+        let c = Backoff::new(&ReconcileConfig::default());
+        assert_eq!(c.delay(1), Duration::from_secs(2));
+        assert_eq!(c.delay(2), Duration::from_secs(4));
+        assert_eq!(c.delay(5), Duration::from_secs(32));
+        assert_eq!(c.delay(30), Duration::from_secs(300));
+    }
+
+    #[test]
+    fn backoff_counts_failures_in_a_row_per_sharedip() {
+        let b = Backoff::new(&ReconcileConfig::default());
+        assert_eq!(b.failed("a"), (1, Duration::from_secs(2)));
+        assert_eq!(b.failed("a"), (2, Duration::from_secs(4)));
+        assert_eq!(b.failed("b"), (1, Duration::from_secs(2)));
+        b.succeeded("a");
+        assert_eq!(b.failed("a"), (1, Duration::from_secs(2)));
+        assert_eq!(b.failed("b"), (2, Duration::from_secs(4)));
     }
 }

@@ -24,6 +24,19 @@ pub fn linode_id_from_provider_id(provider_id: &str) -> Option<u64> {
     (id > 0).then_some(id)
 }
 
+/// The Linode behind a node, from its `spec.providerID`.
+pub fn linode_of(node: &Node) -> Option<u64> {
+    node.spec
+        .as_ref()
+        .and_then(|s| s.provider_id.as_deref())
+        .and_then(linode_id_from_provider_id)
+}
+
+/// The Linodes behind `nodes` (those with a Linode providerID), deleting or not.
+pub fn linodes_of<'a>(nodes: impl IntoIterator<Item = &'a Node>) -> BTreeSet<u64> {
+    nodes.into_iter().filter_map(linode_of).collect()
+}
+
 /// A node chosen by a selector, with its role.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SelectedNode {
@@ -48,11 +61,7 @@ pub fn select_nodes<'a>(
             Some(SelectedNode {
                 name: n.name_any(),
                 role,
-                linode: n
-                    .spec
-                    .as_ref()
-                    .and_then(|s| s.provider_id.as_deref())
-                    .and_then(linode_id_from_provider_id),
+                linode: linode_of(n),
             })
         })
         .collect();

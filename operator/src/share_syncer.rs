@@ -62,12 +62,20 @@ pub struct Request {
     pub owner: String,
     /// The address this SharedIP manages and the Linodes to share it with; None drops the
     /// SharedIP's claim (deleted, invalid, or a duplicate that must not touch the address).
-    pub claim: Option<(IpAddr, BTreeSet<u64>)>,
+    pub claim: Option<Claim>,
     /// Addresses this SharedIP no longer wants shared (after deletion or an address change):
     /// they are removed from the examined Linodes unless another claim wants them there.
     pub retire: BTreeSet<IpAddr>,
     /// Linodes whose lists must be brought in line (where the address is or was shared).
     pub examine: BTreeSet<u64>,
+}
+
+/// An address a SharedIP manages, and the Linodes it wants it shared with.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Claim {
+    /// The IPv4 address, or the IPv6 range base (how the share call names it).
+    pub network: IpAddr,
+    pub linodes: BTreeSet<u64>,
 }
 
 /// How a Linode fared in a wave.
@@ -97,6 +105,21 @@ impl Outcome {
             LinodeOutcome::Failed(e) => Some((*l, e)),
             _ => None,
         })
+    }
+
+    /// The part of a wave's outcome about `linodes`.
+    fn about(&self, linodes: &BTreeSet<u64>) -> Outcome {
+        Outcome {
+            linodes: linodes
+                .iter()
+                .filter_map(|l| self.linodes.get(l).map(|o| (*l, o.clone())))
+                .collect(),
+            changed: linodes.intersection(&self.changed).copied().collect(),
+            removed: linodes
+                .iter()
+                .filter_map(|l| self.removed.get(l).map(|r| (*l, r.clone())))
+                .collect(),
+        }
     }
 }
 
@@ -156,7 +179,7 @@ impl ShareSyncer {
         ledger: Arc<Ledger>,
     ) -> (Self, SyncerTask) {
         let (tx, rx) = mpsc::channel(4096);
-        let state = State {
+        let state = SyncerState {
             api,
             config,
             metrics,
@@ -190,19 +213,33 @@ impl ShareSyncer {
     }
 }
 
-struct Claim {
-    network: IpAddr,
-    linodes: BTreeSet<u64>,
-}
-
-struct State {
+/// The syncer task's own state.
+struct SyncerState {
     api: DynLinodeApi,
     config: SyncerConfig,
     metrics: Arc<Metrics>,
     ledger: Arc<Ledger>,
+    /// The claim of every SharedIP, by name.
     claims: HashMap<String, Claim>,
-    /// Last known shared list per Linode, and when it was read or set.
-    observed: HashMap<u64, (BTreeSet<IpAddr>, Instant)>,
+    /// Last known shared list per Linode.
+    observed: HashMap<u64, Observation>,
+}
+
+/// A Linode's shared list as last read or set, and when.
+struct Observation {
+    list: BTreeSet<IpAddr>,
+    at: Instant,
+}
+
+/// What the requests of one wave ask for, once the claims are updated.
+#[derive(Default)]
+struct WaveWork {
+    /// Addresses no longer wanted by the SharedIPs that had them (still managed in this wave).
+    retiring: BTreeSet<IpAddr>,
+    /// Linodes whose lists the wave brings in line.
+    affected: BTreeSet<u64>,
+    /// Addresses to remove from exactly these Linodes (unshare orders).
+    unshare: Entries,
 }
 
 /// The per-wave plan for one Linode.
@@ -238,7 +275,7 @@ impl LinodeResult {
     }
 }
 
-impl State {
+impl SyncerState {
     async fn run(mut self, mut rx: mpsc::Receiver<Envelope>) {
         while let Some(first) = rx.recv().await {
             let mut wave = vec![first];
@@ -257,64 +294,94 @@ impl State {
         debug!("share syncer stopped");
     }
 
+    /// One wave: every Linode its requests touch gets its list computed once and set at most
+    /// once; each request gets the outcome of its Linodes.
     async fn process(&mut self, wave: Vec<Envelope>) {
         let started = Instant::now();
-        let mut retiring: BTreeSet<IpAddr> = BTreeSet::new();
-        let mut affected: BTreeSet<u64> = BTreeSet::new();
-        let mut unshare: Entries = Entries::new();
-        for Envelope { work, .. } in &wave {
-            let r = match work {
+        let work = self.take_requests(&wave);
+        let mut managed: HashSet<IpAddr> = self.claims.values().map(|c| c.network).collect();
+        managed.extend(work.retiring.iter().copied());
+        let plans = self.plans(&work);
+        let results = self.sync(plans, &managed).await;
+        let outcome = self.absorb(results).await;
+        self.metrics.observe_wave(wave.len(), started.elapsed());
+        debug!(
+            requests = wave.len(),
+            linodes = outcome.linodes.len(),
+            changed = outcome.changed.len(),
+            "share wave done"
+        );
+        for Envelope { work, reply } in wave {
+            let mine: BTreeSet<u64> = match &work {
+                Work::Claim(request) => {
+                    let mut mine = request.examine.clone();
+                    if let Some(claim) = &request.claim {
+                        mine.extend(claim.linodes.iter().copied());
+                    }
+                    mine
+                }
+                Work::Unshare(pairs) => pairs.keys().copied().collect(),
+            };
+            // The reconcile may have given up waiting; nothing to do then.
+            let _ = reply.send(outcome.about(&mine));
+        }
+    }
+
+    /// Updates the claims from the wave's requests, and collects what the wave must do.
+    fn take_requests(&mut self, wave: &[Envelope]) -> WaveWork {
+        let mut work = WaveWork::default();
+        for Envelope { work: w, .. } in wave {
+            let r = match w {
                 Work::Claim(r) => r,
                 Work::Unshare(pairs) => {
                     for (l, addrs) in pairs {
-                        affected.insert(*l);
-                        unshare.entry(*l).or_default().extend(addrs.iter().copied());
+                        work.affected.insert(*l);
+                        work.unshare
+                            .entry(*l)
+                            .or_default()
+                            .extend(addrs.iter().copied());
                     }
                     continue;
                 }
             };
             match &r.claim {
-                Some((network, linodes)) => {
+                Some(claim) => {
                     if let Some(old) = self.claims.get(&r.owner) {
                         // An address change retires the old address where it was shared.
-                        if old.network != *network {
-                            retiring.insert(old.network);
+                        if old.network != claim.network {
+                            work.retiring.insert(old.network);
                         }
-                        affected.extend(old.linodes.iter().copied());
+                        work.affected.extend(old.linodes.iter().copied());
                     }
-                    affected.extend(linodes.iter().copied());
-                    self.claims.insert(
-                        r.owner.clone(),
-                        Claim {
-                            network: *network,
-                            linodes: linodes.clone(),
-                        },
-                    );
+                    work.affected.extend(claim.linodes.iter().copied());
+                    self.claims.insert(r.owner.clone(), claim.clone());
                 }
                 None => {
                     if let Some(old) = self.claims.remove(&r.owner) {
-                        affected.extend(old.linodes.iter().copied());
+                        work.affected.extend(old.linodes.iter().copied());
                     }
                 }
             }
-            retiring.extend(r.retire.iter().copied());
-            affected.extend(r.examine.iter().copied());
+            work.retiring.extend(r.retire.iter().copied());
+            work.affected.extend(r.examine.iter().copied());
         }
+        work
+    }
 
-        let mut managed: HashSet<IpAddr> = self.claims.values().map(|c| c.network).collect();
-        managed.extend(retiring.iter().copied());
+    /// The plan of every affected Linode: the addresses the claims want on it, what to remove
+    /// from it, and its cached list when still fresh.
+    fn plans(&self, work: &WaveWork) -> Vec<LinodePlan> {
         let mut wanted: HashMap<u64, BTreeSet<IpAddr>> = HashMap::new();
         for c in self.claims.values() {
             for l in &c.linodes {
                 wanted.entry(*l).or_default().insert(c.network);
             }
         }
-
         let now = Instant::now();
-        let plans: Vec<LinodePlan> = affected
+        work.affected
             .iter()
             .map(|l| {
-                let unshare = unshare.get(l).cloned().unwrap_or_default();
+                let unshare = work.unshare.get(l).cloned().unwrap_or_default();
                 LinodePlan {
                     linode: *l,
                     // An unshare order reads the list fresh: it must see what is there now.
@@ -322,22 +389,24 @@ impl State {
                         .observed
                         .get(l)
                         .filter(|_| unshare.is_empty())
-                        .filter(|(_, at)| now.duration_since(*at) < self.config.observation_ttl)
-                        .map(|(s, _)| s.clone()),
+                        .filter(|o| now.duration_since(o.at) < self.config.observation_ttl)
+                        .map(|o| o.list.clone()),
                     wanted: wanted.get(l).cloned().unwrap_or_default(),
                     unshare,
                 }
             })
-            .collect();
+            .collect()
+    }
 
+    /// Records the new pairs in the ledger, then brings every Linode whose pairs are recorded
+    /// in line, a few at a time; a Linode whose pairs could not be recorded is not called.
+    async fn sync(&self, plans: Vec<LinodePlan>, managed: &HashSet<IpAddr>) -> Vec<LinodeResult> {
         let blocked = self.record_ahead(&plans).await;
         let (blocked_plans, plans): (Vec<LinodePlan>, Vec<LinodePlan>) = plans
             .into_iter()
             .partition(|p| blocked.contains_key(&p.linode));
-
         let api = &self.api;
         let metrics = &self.metrics;
-        let managed = &managed;
         let mut results: Vec<LinodeResult> = futures::stream::iter(plans)
             .map(|plan| sync_linode(api, metrics, managed, plan))
             .buffer_unordered(self.config.max_parallel.max(1))
@@ -349,16 +418,23 @@ impl State {
             });
             results.push(LinodeResult::new(p.linode, LinodeOutcome::Failed(e), None));
         }
+        results
+    }
 
-        let mut outcomes: HashMap<u64, LinodeOutcome> = HashMap::new();
-        let mut changed: BTreeSet<u64> = BTreeSet::new();
-        let mut removed: BTreeMap<u64, BTreeSet<IpAddr>> = BTreeMap::new();
+    /// Keeps what the wave learned (each Linode's list, for the cache and the ledger) and
+    /// returns its outcome for every affected Linode.
+    async fn absorb(&mut self, results: Vec<LinodeResult>) -> Outcome {
+        let mut outcome = Outcome::default();
         let mut lists: BTreeMap<u64, Option<BTreeSet<IpAddr>>> = BTreeMap::new();
         let stamp = Instant::now();
         for r in results {
             match &r.list {
                 Some(list) => {
-                    self.observed.insert(r.linode, (list.clone(), stamp));
+                    let observation = Observation {
+                        list: list.clone(),
+                        at: stamp,
+                    };
+                    self.observed.insert(r.linode, observation);
                 }
                 None => {
                     self.observed.remove(&r.linode);
@@ -374,48 +450,15 @@ impl State {
                 _ => {}
             }
             if r.changed {
-                changed.insert(r.linode);
+                outcome.changed.insert(r.linode);
             }
             if !r.removed.is_empty() {
-                removed.insert(r.linode, r.removed);
+                outcome.removed.insert(r.linode, r.removed);
             }
-            outcomes.insert(r.linode, r.outcome);
+            outcome.linodes.insert(r.linode, r.outcome);
         }
         self.forget_absent(&lists).await;
-
-        self.metrics.observe_wave(wave.len(), started.elapsed());
-        debug!(
-            requests = wave.len(),
-            linodes = outcomes.len(),
-            changed = changed.len(),
-            "share wave done"
-        );
-
-        for Envelope { work, reply } in wave {
-            let mine: BTreeSet<u64> = match &work {
-                Work::Claim(request) => {
-                    let mut mine = request.examine.clone();
-                    if let Some((_, l)) = &request.claim {
-                        mine.extend(l.iter().copied());
-                    }
-                    mine
-                }
-                Work::Unshare(pairs) => pairs.keys().copied().collect(),
-            };
-            let outcome = Outcome {
-                linodes: mine
-                    .iter()
-                    .filter_map(|l| outcomes.get(l).map(|o| (*l, o.clone())))
-                    .collect(),
-                changed: mine.intersection(&changed).copied().collect(),
-                removed: mine
-                    .iter()
-                    .filter_map(|l| removed.get(l).map(|r| (*l, r.clone())))
-                    .collect(),
-            };
-            // The reconcile may have given up waiting; nothing to do then.
-            let _ = reply.send(outcome);
-        }
+        outcome
     }
 
     /// Records in the ledger, before any share call, the pairs the claims want that it does not
@@ -570,7 +613,10 @@ mod tests {
     fn claim(owner: &str, addr: &str, ls: &[u64]) -> Request {
         Request {
             owner: owner.into(),
-            claim: Some((ip(addr), set(ls))),
+            claim: Some(Claim {
+                network: ip(addr),
+                linodes: set(ls),
+            }),
             retire: BTreeSet::new(),
             examine: BTreeSet::new(),
         }
@@ -659,7 +705,10 @@ mod tests {
         let out = s
             .submit(Request {
                 owner: "a".into(),
-                claim: Some((ip("192.0.2.10"), set(&[1]))),
+                claim: Some(Claim {
+                    network: ip("192.0.2.10"),
+                    linodes: set(&[1]),
+                }),
                 retire: BTreeSet::new(),
                 examine: set(&[9]),
             })

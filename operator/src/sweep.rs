@@ -33,8 +33,8 @@ use tracing::{debug, info, warn};
 
 use crate::ledger::{Entries, Ledger};
 use crate::metrics::Metrics;
-use crate::selection::linode_id_from_provider_id;
-use crate::share_syncer::{LinodeOutcome, ShareSyncer, SyncerError};
+use crate::selection::linodes_of;
+use crate::share_syncer::{LinodeOutcome, Outcome, ShareSyncer, SyncerError};
 
 /// Event reason on a SharedIP whose address the sweep unshared from a Linode.
 pub const REASON_SWEPT: &str = "Swept";
@@ -67,7 +67,7 @@ impl Why {
 }
 
 /// Per Linode, the recorded addresses to unshare and why.
-pub type Plan = BTreeMap<u64, BTreeMap<IpAddr, Why>>;
+pub type SweepPlan = BTreeMap<u64, BTreeMap<IpAddr, Why>>;
 
 /// Whether a recorded address is some SharedIP's: a recorded IPv6 range base counts as a /64
 /// (ranges are /64 or /56), and an overlap with any claimed address keeps it. Unparseable means
@@ -82,8 +82,12 @@ fn claimed_by_any(addr: IpAddr, claimed: &[SharedAddress]) -> bool {
 
 /// What to unshare, from the ledger, the Linodes behind the cluster's Nodes and the addresses of
 /// its SharedIPs (pure, so every rule is unit-tested).
-pub fn plan(ledger: &Entries, node_linodes: &BTreeSet<u64>, claimed: &[SharedAddress]) -> Plan {
-    let mut out = Plan::new();
+pub fn plan(
+    ledger: &Entries,
+    node_linodes: &BTreeSet<u64>,
+    claimed: &[SharedAddress],
+) -> SweepPlan {
+    let mut out = SweepPlan::new();
     for (linode, addrs) in ledger {
         let node_gone = !node_linodes.contains(linode);
         let pairs: BTreeMap<IpAddr, Why> = addrs
@@ -103,20 +107,6 @@ pub fn plan(ledger: &Entries, node_linodes: &BTreeSet<u64>, claimed: &[SharedAdd
         }
     }
     out
-}
-
-/// The Linodes behind the cluster's Nodes (those with a Linode providerID), deleting or not:
-/// shares on a Node that still exists are the reconciler's to decide.
-pub fn node_linodes<'a>(nodes: impl IntoIterator<Item = &'a Node>) -> BTreeSet<u64> {
-    nodes
-        .into_iter()
-        .filter_map(|n| {
-            n.spec
-                .as_ref()
-                .and_then(|s| s.provider_id.as_deref())
-                .and_then(linode_id_from_provider_id)
-        })
-        .collect()
 }
 
 /// The addresses the cluster's SharedIPs claim (not those being deleted; invalid specs claim
@@ -189,7 +179,8 @@ impl Sweeper {
         let sharedips = self.sharedips.state();
         let plan = plan(
             &entries,
-            &node_linodes(nodes.iter().map(|n| n.as_ref())),
+            // Deleting Nodes count: shares on a Node that still exists are the reconciler's.
+            &linodes_of(nodes.iter().map(|n| n.as_ref())),
             &claimed(sharedips.iter().map(|s| s.as_ref())),
         );
         if plan.is_empty() {
@@ -200,8 +191,29 @@ impl Sweeper {
             .map(|(l, p)| (*l, p.keys().copied().collect()))
             .collect();
         let outcome = self.syncer.unshare(pairs).await?;
+        let report = self.report(&plan, &outcome, &sharedips).await;
+        if report.failed.is_empty() {
+            Ok(report)
+        } else {
+            let failed: Vec<String> = report
+                .failed
+                .iter()
+                .map(|l| format!("Linode {l}"))
+                .collect();
+            Err(SweepError::Linodes(failed.join(", ")))
+        }
+    }
+
+    /// What the unshare orders of `plan` did: each removal logged, counted and reported on the
+    /// SharedIP that had the address; the Linodes that failed.
+    async fn report(
+        &self,
+        plan: &SweepPlan,
+        outcome: &Outcome,
+        sharedips: &[Arc<SharedIP>],
+    ) -> Report {
         let mut report = Report::default();
-        for (linode, addrs) in &plan {
+        for (linode, addrs) in plan {
             match outcome.linodes.get(linode) {
                 Some(LinodeOutcome::InSync | LinodeOutcome::Gone) => {}
                 Some(LinodeOutcome::Failed(e)) => {
@@ -222,7 +234,7 @@ impl Sweeper {
                 }
                 self.metrics.swept.inc();
                 report.unshared.entry(*linode).or_default().insert(*addr);
-                let owner = owner_of(*addr, &sharedips);
+                let owner = owner_of(*addr, sharedips);
                 info!(
                     linode,
                     address = %addr,
@@ -235,16 +247,7 @@ impl Sweeper {
                 }
             }
         }
-        if report.failed.is_empty() {
-            Ok(report)
-        } else {
-            let failed: Vec<String> = report
-                .failed
-                .iter()
-                .map(|l| format!("Linode {l}"))
-                .collect();
-            Err(SweepError::Linodes(failed.join(", ")))
-        }
+        report
     }
 
     async fn publish(&self, sip: &SharedIP, linode: u64, addr: IpAddr, why: Why) {
@@ -323,7 +326,7 @@ mod tests {
         let p = plan(&ledger, &[101, 102].into(), &[addr("192.0.2.10", None)]);
         assert_eq!(
             p,
-            Plan::from([(
+            SweepPlan::from([(
                 103,
                 BTreeMap::from([
                     (ip("192.0.2.10"), Why::NodeGone),
@@ -339,7 +342,7 @@ mod tests {
         let p = plan(&ledger, &[101].into(), &[addr("192.0.2.10", None)]);
         assert_eq!(
             p,
-            Plan::from([(
+            SweepPlan::from([(
                 101,
                 BTreeMap::from([(ip("192.0.2.11"), Why::AddressUnclaimed)])
             )])
@@ -389,7 +392,7 @@ mod tests {
             "spec": {"providerID": "aws:///i-1"},
         }))
         .unwrap();
-        assert_eq!(node_linodes([&node, &other]), [101].into());
+        assert_eq!(linodes_of([&node, &other]), [101].into());
         let sip = |name: &str, address: &str, deleting: bool| -> SharedIP {
             let mut v = serde_json::json!({
                 "apiVersion": "sharedip.io/v1alpha1",

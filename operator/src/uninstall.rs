@@ -47,8 +47,8 @@ use crate::leader::{
 };
 use crate::ledger::{ConfigMapStore, Entries, Ledger, LedgerError};
 use crate::metrics::Metrics;
-use crate::reconciler::FIELD_MANAGER;
 use crate::share_syncer::{ShareSyncer, SyncerConfig, SyncerError};
+use crate::status::FIELD_MANAGER;
 
 /// Condition reason on SharedIPs after an uninstall.
 pub const REASON_UNINSTALLED: &str = "Uninstalled";
@@ -105,31 +105,10 @@ pub async fn run(config: &Config, args: &UninstallArgs) -> Result<Summary, Unins
         .map_err(UninstallError::Linode)?;
     linode.check_token().await.map_err(UninstallError::Linode)?;
     let deadline = Instant::now() + args.timeout;
+    let mut elector = take_the_lease(&client, config, args).await?;
 
-    let namespace = config.lease_namespace.clone();
-    let identity = format!("{UNINSTALL_PREFIX}{}", config.identity());
-    let deployment = config.operator_deployment.clone().filter(|d| !d.is_empty());
-    let mut lease = LeaseConfig::new(
-        namespace.clone(),
-        config.lease_name.clone(),
-        identity.clone(),
-    );
-    lease.lease_duration = args.hold;
-    lease.deployment = deployment.clone();
-    let mut annotations = BTreeMap::new();
-    if let Some(uid) = deployment_uid(&client, &namespace, deployment.as_deref()).await {
-        annotations.insert(RETIRED_DEPLOYMENT_ANNOTATION.to_string(), uid);
-    }
-    let mut elector = LeaderElector::new(client.clone(), lease);
-    let previous = elector.seize(annotations).await?;
-    match previous.filter(|p| !is_uninstaller(p)) {
-        Some(leader) => wait_step_down(&elector, Some(&leader), args.step_down_timeout).await?,
-        // No leader: at most a replica without leader election, which checks the Lease every
-        // retry period and says when it stopped; or none at all.
-        None => wait_step_down(&elector, None, NO_LEADER_GRACE).await?,
-    }
-
-    let store = ConfigMapStore::new(client.clone(), &namespace, &cluster);
+    let namespace = &config.lease_namespace;
+    let store = ConfigMapStore::new(client.clone(), namespace, &cluster);
     let ledger = Arc::new(Ledger::open(Arc::new(store), None).await?);
     let recorded = ledger.entries().await.len();
     info!(ledger = %ledger.name(), linodes = recorded, "ledger read");
@@ -143,33 +122,17 @@ pub async fn run(config: &Config, args: &UninstallArgs) -> Result<Summary, Unins
         client.clone(),
         Reporter {
             controller: "sharedip-operator".into(),
-            instance: Some(identity),
+            instance: Some(elector.identity().to_string()),
         },
     );
-    let api: Api<SharedIP> = Api::all(client.clone());
-    let mut summary = Summary::default();
-    let result = loop {
-        summary.passes += 1;
-        match pass(&api, &ledger, &syncer, &recorder, &mut summary).await {
-            Ok(0) if summary.passes >= 2 => break Ok(()),
-            Ok(_) => {}
-            Err(e) if Instant::now() >= deadline => {
-                break Err(UninstallError::Incomplete {
-                    after: args.timeout,
-                    left: e.to_string(),
-                })
-            }
-            Err(e) => warn!(error = %e, "uninstall pass incomplete; trying again"),
-        }
-        if Instant::now() >= deadline {
-            break Err(UninstallError::Incomplete {
-                after: args.timeout,
-                left: "a pass still changed something".into(),
-            });
-        }
-        tokio::time::sleep(SETTLE).await;
+    let uninstall = Uninstall {
+        api: Api::all(client.clone()),
+        ledger,
+        syncer,
+        recorder,
     };
-    drop(syncer);
+    let (summary, result) = uninstall.until_settled(deadline, args.timeout).await;
+    drop(uninstall);
     task.finish().await;
     result?;
     // The hold counts from the end, so Helm has all of it to delete the installation.
@@ -186,6 +149,74 @@ pub async fn run(config: &Config, args: &UninstallArgs) -> Result<Summary, Unins
     Ok(summary)
 }
 
+/// Seizes the operator's lease for the uninstall, marking the operator Deployment as retired,
+/// and waits (bounded) for the leader to say it stopped.
+async fn take_the_lease(
+    client: &kube::Client,
+    config: &Config,
+    args: &UninstallArgs,
+) -> Result<LeaderElector, UninstallError> {
+    let namespace = config.lease_namespace.clone();
+    let identity = format!("{UNINSTALL_PREFIX}{}", config.identity());
+    let deployment = config.operator_deployment.clone().filter(|d| !d.is_empty());
+    let mut lease = LeaseConfig::new(namespace.clone(), config.lease_name.clone(), identity);
+    lease.lease_duration = args.hold;
+    lease.deployment = deployment.clone();
+    let mut annotations = BTreeMap::new();
+    if let Some(uid) = deployment_uid(client, &namespace, deployment.as_deref()).await {
+        annotations.insert(RETIRED_DEPLOYMENT_ANNOTATION.to_string(), uid);
+    }
+    let mut elector = LeaderElector::new(client.clone(), lease);
+    let previous = elector.seize(annotations).await?;
+    match previous.filter(|p| !is_uninstaller(p)) {
+        Some(leader) => wait_step_down(&elector, Some(&leader), args.step_down_timeout).await?,
+        // No leader: at most a replica without leader election, which checks the Lease every
+        // retry period and says when it stopped; or none at all.
+        None => wait_step_down(&elector, None, NO_LEADER_GRACE).await?,
+    }
+    Ok(elector)
+}
+
+/// What the passes of an uninstall work with.
+struct Uninstall {
+    api: Api<SharedIP>,
+    ledger: Arc<Ledger>,
+    syncer: ShareSyncer,
+    recorder: Recorder,
+}
+
+impl Uninstall {
+    /// Makes passes until one changes nothing (at least two), or `deadline`.
+    async fn until_settled(
+        &self,
+        deadline: Instant,
+        timeout: Duration,
+    ) -> (Summary, Result<(), UninstallError>) {
+        let mut summary = Summary::default();
+        let result = loop {
+            summary.passes += 1;
+            match self.pass(&mut summary).await {
+                Ok(0) if summary.passes >= 2 => break Ok(()),
+                Ok(_) => {}
+                Err(e) if Instant::now() >= deadline => {
+                    break Err(UninstallError::Incomplete {
+                        after: timeout,
+                        left: e.to_string(),
+                    })
+                }
+                Err(e) => warn!(error = %e, "uninstall pass incomplete; trying again"),
+            }
+            if Instant::now() >= deadline {
+                break Err(UninstallError::Incomplete {
+                    after: timeout,
+                    left: "a pass still changed something".into(),
+                });
+            }
+            tokio::time::sleep(SETTLE).await;
+        };
+        (summary, result)
+    }
+}
 async fn deployment_uid(
     client: &kube::Client,
     namespace: &str,
@@ -211,7 +242,9 @@ async fn wait_step_down(
 ) -> Result<(), UninstallError> {
     match leader {
         Some(l) => info!(leader = l, "waiting for the leader to stop"),
-        None => info!("no replica held the lease; waiting briefly for one without leader election"),
+        None => {
+            info!("no replica held the lease; waiting briefly for one without leader election")
+        }
     }
     let deadline = Instant::now() + timeout;
     loop {
@@ -259,77 +292,81 @@ fn status_pairs(sip: &SharedIP) -> Entries {
     out
 }
 
-/// One pass; returns how many changes it made.
-async fn pass(
-    api: &Api<SharedIP>,
-    ledger: &Ledger,
-    syncer: &ShareSyncer,
-    recorder: &Recorder,
-    summary: &mut Summary,
-) -> Result<usize, UninstallError> {
-    // Another writer (the old leader's last wave) may have recorded more.
-    ledger.reload().await?;
-    let sips = api
-        .list(&ListParams::default())
-        .await
-        .map_err(|source| UninstallError::Kube {
-            what: "list SharedIPs".into(),
-            source,
-        })?
-        .items;
-    let mut pairs = ledger.entries().await;
-    for s in &sips {
-        for (l, a) in status_pairs(s) {
-            pairs.entry(l).or_default().extend(a);
-        }
-    }
-    let mut changes = 0;
-    let mut failed = Vec::new();
-    if !pairs.is_empty() {
-        let outcome = syncer.unshare(pairs).await?;
-        for (l, e) in outcome.failures() {
-            warn!(linode = l, error = %e, "cannot unshare from this Linode");
-            failed.push(format!("Linode {l}: {e}"));
-        }
-        for (l, addrs) in &outcome.removed {
-            for a in addrs {
-                info!(linode = l, address = %a, "uninstall: unshared");
-                summary.unshared.entry(*l).or_default().insert(*a);
-                changes += 1;
+impl Uninstall {
+    /// One pass; returns how many changes it made.
+    async fn pass(&self, summary: &mut Summary) -> Result<usize, UninstallError> {
+        // Another writer (the old leader's last wave) may have recorded more.
+        self.ledger.reload().await?;
+        let sips = self
+            .api
+            .list(&ListParams::default())
+            .await
+            .map_err(|source| UninstallError::Kube {
+                what: "list SharedIPs".into(),
+                source,
+            })?
+            .items;
+        let mut pairs = self.ledger.entries().await;
+        for s in &sips {
+            for (l, a) in status_pairs(s) {
+                pairs.entry(l).or_default().extend(a);
             }
         }
+        let mut changes = 0;
+        let mut failed = Vec::new();
+        if !pairs.is_empty() {
+            let outcome = self.syncer.unshare(pairs).await?;
+            for (l, e) in outcome.failures() {
+                warn!(linode = l, error = %e, "cannot unshare from this Linode");
+                failed.push(format!("Linode {l}: {e}"));
+            }
+            for (l, addrs) in &outcome.removed {
+                for a in addrs {
+                    info!(linode = l, address = %a, "uninstall: unshared");
+                    summary.unshared.entry(*l).or_default().insert(*a);
+                    changes += 1;
+                }
+            }
+        }
+        if !failed.is_empty() {
+            // Keep the finalizers: the SharedIPs still guard shares that could not be removed.
+            return Err(UninstallError::Unshare(failed.join("; ")));
+        }
+        for s in &sips {
+            changes += self.let_go(s, summary).await?;
+        }
+        Ok(changes)
     }
-    if !failed.is_empty() {
-        // Keep the finalizers: the SharedIPs still guard shares that could not be removed.
-        return Err(UninstallError::Unshare(failed.join("; ")));
-    }
-    for s in &sips {
-        changes += let_go(api, recorder, s, summary).await?;
-    }
-    Ok(changes)
-}
 
-/// Marks one SharedIP as no longer shared and removes the operator's finalizer; returns how
-/// many writes that took.
-async fn let_go(
-    api: &Api<SharedIP>,
-    recorder: &Recorder,
-    sip: &SharedIP,
-    summary: &mut Summary,
-) -> Result<usize, UninstallError> {
-    let unshared = &summary.unshared;
-    let name = sip.name_any();
-    let kube_err = |what: &str| {
-        let what = format!("{what} of SharedIP {name}");
-        move |source| UninstallError::Kube { what, source }
-    };
-    let mut writes = 0;
-    let mut version = sip.metadata.resource_version.clone();
-    let status = sip.status.clone().unwrap_or_default();
-    let already = conditions::find(&status.conditions, conditions::READY)
-        .is_some_and(|c| c.reason == REASON_UNINSTALLED)
-        && status.shared_with.is_empty();
-    if sip.metadata.deletion_timestamp.is_none() && !already {
+    /// Marks one SharedIP as no longer shared and removes the operator's finalizer; returns how
+    /// many writes that took.
+    async fn let_go(&self, sip: &SharedIP, summary: &mut Summary) -> Result<usize, UninstallError> {
+        let mut writes = 0;
+        let mut version = sip.metadata.resource_version.clone();
+        let status = sip.status.clone().unwrap_or_default();
+        let already = conditions::find(&status.conditions, conditions::READY)
+            .is_some_and(|c| c.reason == REASON_UNINSTALLED)
+            && status.shared_with.is_empty();
+        if sip.metadata.deletion_timestamp.is_none() && !already {
+            match self.mark_uninstalled(sip).await? {
+                Marked::Written(v) => {
+                    writes += 1;
+                    version = v;
+                }
+                Marked::Gone => return Ok(writes),
+            }
+            self.publish_uninstalled(sip, &summary.unshared).await;
+        }
+        if sip.finalizers().iter().any(|f| f == FINALIZER) {
+            writes += self.remove_finalizer(sip, version, summary).await?;
+        }
+        Ok(writes)
+    }
+
+    /// Writes the status of an uninstalled SharedIP: Ready and Shared false (`Uninstalled`),
+    /// and nothing else the operator wrote.
+    async fn mark_uninstalled(&self, sip: &SharedIP) -> Result<Marked, UninstallError> {
+        let status = sip.status.clone().unwrap_or_default();
         let message = "the sharedip operator was uninstalled: the address is shared with no Linode and stays in the Linode account; installing the operator again shares it again";
         let conds = conditions::merge(
             &status.conditions,
@@ -355,21 +392,27 @@ async fn let_go(
                 "sharedLinodeCount": 0,
             },
         });
-        match api
+        let written = self
+            .api
             .patch_status(
-                &name,
+                &sip.name_any(),
                 &PatchParams::apply(FIELD_MANAGER).force(),
                 &Patch::Apply(&patch),
             )
-            .await
-        {
-            Ok(written) => {
-                writes += 1;
-                version = written.metadata.resource_version;
-            }
-            Err(kube::Error::Api(s)) if s.code == 404 => return Ok(writes),
-            Err(e) => return Err(kube_err("status")(e)),
+            .await;
+        match written {
+            Ok(written) => Ok(Marked::Written(written.metadata.resource_version)),
+            Err(kube::Error::Api(s)) if s.code == 404 => Ok(Marked::Gone),
+            Err(source) => Err(UninstallError::Kube {
+                what: format!("status of SharedIP {}", sip.name_any()),
+                source,
+            }),
         }
+    }
+
+    /// Tells, on the SharedIP, which Linodes the uninstall unshared its address from.
+    async fn publish_uninstalled(&self, sip: &SharedIP, unshared: &Entries) {
+        let status = sip.status.clone().unwrap_or_default();
         let addr = status
             .shared_address
             .clone()
@@ -398,13 +441,25 @@ async fn let_go(
             action: "Uninstall".into(),
             secondary: None,
         };
-        if let Err(e) = recorder.publish(&ev, &sip.object_ref(&())).await {
-            warn!(error = %e, sharedip = %name, "cannot publish the uninstall event");
+        if let Err(e) = self.recorder.publish(&ev, &sip.object_ref(&())).await {
+            warn!(error = %e, sharedip = %sip.name_any(), "cannot publish the uninstall event");
         }
     }
-    let finalizers = sip.finalizers().to_vec();
-    if finalizers.iter().any(|f| f == FINALIZER) {
-        let rest: Vec<&String> = finalizers.iter().filter(|f| *f != FINALIZER).collect();
+
+    /// Removes the operator's finalizer, if the SharedIP is still at `version`; returns how
+    /// many writes that took (a list changed meanwhile counts: the next pass looks again).
+    async fn remove_finalizer(
+        &self,
+        sip: &SharedIP,
+        version: Option<String>,
+        summary: &mut Summary,
+    ) -> Result<usize, UninstallError> {
+        let name = sip.name_any();
+        let rest: Vec<&String> = sip
+            .finalizers()
+            .iter()
+            .filter(|f| *f != FINALIZER)
+            .collect();
         // The resourceVersion makes the removal exact: a list changed in between turns it
         // into a 409, and the next pass reads it again.
         let patch = json!({
@@ -413,24 +468,35 @@ async fn let_go(
                 "finalizers": rest,
             },
         });
-        match api
+        match self
+            .api
             .patch(&name, &PatchParams::default(), &Patch::Merge(&patch))
             .await
         {
             Ok(_) => {
                 info!(sharedip = %name, finalizer = FINALIZER, "uninstall: removed the finalizer");
-                summary.finalizers_removed.push(name.clone());
-                writes += 1;
+                summary.finalizers_removed.push(name);
+                Ok(1)
             }
-            Err(kube::Error::Api(s)) if s.code == 404 => {}
+            Err(kube::Error::Api(s)) if s.code == 404 => Ok(0),
             Err(kube::Error::Api(s)) if s.code == 422 || s.code == 409 => {
                 warn!(sharedip = %name, "finalizers changed meanwhile; the next pass tries again");
-                writes += 1;
+                Ok(1)
             }
-            Err(e) => return Err(kube_err("finalizers")(e)),
+            Err(source) => Err(UninstallError::Kube {
+                what: format!("finalizers of SharedIP {name}"),
+                source,
+            }),
         }
     }
-    Ok(writes)
+}
+
+/// The outcome of writing an uninstalled SharedIP's status.
+enum Marked {
+    /// Written; the SharedIP's new resourceVersion.
+    Written(Option<String>),
+    /// The SharedIP is gone.
+    Gone,
 }
 
 #[cfg(test)]
