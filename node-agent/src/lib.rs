@@ -31,6 +31,10 @@
 //! servers; `testing.rs` holds in-memory doubles of the binder and the speaker,
 //! compiled only for tests.
 
+// Unit tests may be long: a scenario reads best in one piece. Product code is held to the
+// limit in clippy.toml.
+#![cfg_attr(test, allow(clippy::too_many_lines))]
+
 /// The embedded BGP speaker (its own crate, so the codec and its fuzz target build alone).
 pub use sharedip_bgp as bgp;
 pub mod binder;

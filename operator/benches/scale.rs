@@ -10,7 +10,8 @@
 //! `cargo bench -p sharedip-operator --bench scale` (env: SHAREDIP_BENCH_NODES, default 100;
 //! SHAREDIP_BENCH_SHAREDIPS, default 1000; needs the control plane binaries, see README).
 
-#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is a failed test
+// Test code: a panic is a failed test, and a scenario reads best in one piece.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::too_many_lines)]
 
 #[path = "../tests/support/mod.rs"]
 mod support;

@@ -5,7 +5,6 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
-
 pub use sharedip_process::logging::LogFormat;
 
 /// Reconciles SharedIP resources into Linode IP Sharing.

@@ -244,8 +244,9 @@ impl MembershipDamper {
 
 #[cfg(test)]
 mod tests {
-    use super::*;
     use serde_json::json;
+
+    use super::*;
 
     fn sharedip(name: &str) -> Arc<SharedIP> {
         Arc::new(

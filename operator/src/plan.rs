@@ -223,15 +223,16 @@ fn node_of(nodes: &[Arc<Node>], linode: u64) -> Option<String> {
 
 #[cfg(test)]
 mod tests {
-    use super::*;
-    use crate::directory::DirectoryConfig;
-    use crate::fake_linode::FakeLinode;
-    use crate::selection;
     use k8s_openapi::api::core::v1::NodeSpec;
     use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
     use kube::api::ObjectMeta;
     use serde_json::json;
     use sharedip_api::Role;
+
+    use super::*;
+    use crate::directory::DirectoryConfig;
+    use crate::fake_linode::FakeLinode;
+    use crate::selection;
 
     fn node(name: &str, role: &str, linode: u64) -> Arc<Node> {
         Arc::new(Node {

@@ -160,12 +160,14 @@ pub fn summarize(selected: &[SelectedNode], role: Role) -> Option<String> {
 
 #[cfg(test)]
 mod tests {
-    use super::*;
+    use std::collections::HashMap;
+
     use k8s_openapi::api::core::v1::NodeSpec;
     use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
     use kube::api::ObjectMeta;
     use sharedip_api::RoleSelector;
-    use std::collections::HashMap;
+
+    use super::*;
 
     fn node(name: &str, labels: &[(&str, &str)], provider: Option<&str>) -> Node {
         Node {

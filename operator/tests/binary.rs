@@ -1,7 +1,8 @@
 //! The real `sharedip-operator` binary as a process: killed mid-reconcile, two replicas with
 //! leader election, and the Helm chart's RBAC as its only permissions.
 
-#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is a failed test
+// Test code: a panic is a failed test, and a scenario reads best in one piece.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::too_many_lines)]
 
 mod support;
 

@@ -3,7 +3,8 @@
 //! messages of real peers, the crafted seeds of the fuzz corpus, and every kind of
 //! message the speaker itself sends.
 
-#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is a failed test
+// Test code: a panic is a failed test, and a scenario reads best in one piece.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::too_many_lines)]
 
 #[path = "../fuzz/src/oracle.rs"]
 #[allow(dead_code)]

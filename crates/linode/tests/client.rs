@@ -1,6 +1,7 @@
 //! The client against a scripted HTTP server on 127.0.0.1.
 
-#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is a failed test
+// Test code: a panic is a failed test, and a scenario reads best in one piece.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::too_many_lines)]
 
 mod support;
 

@@ -10,6 +10,10 @@
 //!   each binary serves over HTTPS through `sharedip-secure-http` (and the agent also over plain
 //!   HTTP and its status socket).
 
+// Unit tests may be long: a scenario reads best in one piece. Product code is held to the
+// limit in clippy.toml.
+#![cfg_attr(test, allow(clippy::too_many_lines))]
+
 pub mod sync;
 
 #[cfg(feature = "endpoints")]
