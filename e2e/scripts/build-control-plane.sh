@@ -6,7 +6,7 @@
 # Output: ${SHAREDIP_CACHE_DIR:-$HOME/.cache/sharedip}/bin/{kube-apiserver,kubectl,etcd,helm}
 # Each binary has a version stamp next to it; a run that finds every binary at
 # its pinned version does nothing and returns at once. The Rust harness
-# (e2e/src/controlplane.rs) looks in the same place (or in $SHAREDIP_BIN_DIR).
+# (e2e/src/controlplane/) looks in the same place (or in $SHAREDIP_BIN_DIR).
 #
 # Network: only the Go module proxy and checksum database (GOPROXY/GOSUMDB as
 # configured), plus apt-get if ca-certificates is missing. No prebuilt binaries.

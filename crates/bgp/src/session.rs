@@ -202,17 +202,6 @@ struct Driver {
     stopping: bool,
 }
 
-const TIMERS: [Timer; 4] = [
-    Timer::ConnectRetry,
-    Timer::Hold,
-    Timer::Keepalive,
-    Timer::IdleHold,
-];
-
-fn timer_index(t: Timer) -> usize {
-    TIMERS.iter().position(|x| *x == t).unwrap_or(0)
-}
-
 async fn read_some(conn: &mut Option<Conn>) -> io::Result<usize> {
     match conn {
         Some(c) => c.stream.read_buf(&mut c.buf).await,
@@ -276,8 +265,8 @@ impl Driver {
                 },
                 () = sleep_until(next) => {
                     let now = Instant::now();
-                    for t in TIMERS {
-                        let i = timer_index(t);
+                    for t in Timer::ALL {
+                        let i = t.index();
                         if self.deadlines[i].is_some_and(|d| d <= now) {
                             self.deadlines[i] = None;
                             self.event(Event::TimerExpires(t)).await;
@@ -372,8 +361,8 @@ impl Driver {
                         tokio::time::timeout(self.config.write_timeout, c.stream.shutdown()).await;
                 }
             }
-            Action::StartTimer(t, d) => self.deadlines[timer_index(t)] = Some(Instant::now() + d),
-            Action::StopTimer(t) => self.deadlines[timer_index(t)] = None,
+            Action::StartTimer(t, d) => self.deadlines[t.index()] = Some(Instant::now() + d),
+            Action::StopTimer(t) => self.deadlines[t.index()] = None,
             Action::SessionUp(neg) => {
                 tracing::info!(hold_time = neg.hold_time, families = ?neg.families, "BGP session established");
                 self.established_since = Some(SystemTime::now());

@@ -11,20 +11,12 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 use sharedip_process::sync::lock;
 
+use crate::bgp::fsm::State;
 use crate::orchestrator::Transition;
 use crate::report::{peer_reports, PeerReport};
 use crate::speaker::SpeakerMonitor;
 
 /// Every FSM state, so each peer exports one series per state (1 for the current one).
-const STATES: [&str; 6] = [
-    "idle",
-    "connect",
-    "active",
-    "opensent",
-    "openconfirm",
-    "established",
-];
-
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct PeerLabels {
     pub peer: String,
@@ -121,7 +113,7 @@ impl Metrics {
         let mut seen = lock(&self.seen);
         for p in peers {
             let peer = p.peer.clone();
-            for s in STATES {
+            for s in State::ALL.map(State::as_str) {
                 self.session_state
                     .get_or_create(&PeerStateLabels {
                         peer: peer.clone(),
@@ -131,7 +123,7 @@ impl Metrics {
             }
             self.session_established
                 .get_or_create(&PeerLabels { peer: peer.clone() })
-                .set(i64::from(p.state == "established"));
+                .set(i64::from(p.state == State::Established.as_str()));
             let prev = seen.entry(peer.clone()).or_default();
             let labels = PeerLabels { peer };
             self.updates_sent

@@ -41,6 +41,16 @@ pub enum State {
 
 impl State {
     /// Lower-case name for logs and metrics.
+    /// Every state, in the RFC's order.
+    pub const ALL: [State; 6] = [
+        Self::Idle,
+        Self::Connect,
+        Self::Active,
+        Self::OpenSent,
+        Self::OpenConfirm,
+        Self::Established,
+    ];
+
     pub fn as_str(self) -> &'static str {
         match self {
             Self::Idle => "idle",
@@ -67,14 +77,16 @@ pub enum Timer {
 }
 
 impl Timer {
-    const ALL: [Timer; 4] = [
+    /// Every timer, in the order of [`Timer::index`].
+    pub const ALL: [Timer; 4] = [
         Timer::ConnectRetry,
         Timer::Hold,
         Timer::Keepalive,
         Timer::IdleHold,
     ];
 
-    fn index(self) -> usize {
+    /// A dense index, for a driver that keeps one deadline per timer.
+    pub fn index(self) -> usize {
         match self {
             Self::ConnectRetry => 0,
             Self::Hold => 1,
