@@ -103,6 +103,7 @@ pub struct SessionClosed;
 enum Command {
     Announce(Route),
     Withdraw(Prefix),
+    FastRetry(Duration),
     Shutdown(Option<String>),
 }
 
@@ -129,6 +130,14 @@ impl SessionHandle {
             .map_err(|_| SessionClosed)
     }
 
+    /// Retries on the fast schedule for `window` from now (see [`Event::FastRetry`]): the
+    /// peer is expected to accept soon.
+    pub fn fast_retry(&self, window: Duration) -> Result<(), SessionClosed> {
+        self.tx
+            .send(Command::FastRetry(window))
+            .map_err(|_| SessionClosed)
+    }
+
     /// A receiver of status changes.
     pub fn status(&self) -> watch::Receiver<SessionStatus> {
         self.status.clone()
@@ -146,7 +155,7 @@ impl SessionHandle {
 
 /// Validates the configuration and starts the session task.
 pub fn spawn(config: SessionConfig) -> Result<SessionHandle, ConfigError> {
-    let fsm = Fsm::new(config.fsm.clone())?;
+    let fsm = Fsm::new(config.fsm.clone())?.with_jitter_seed(jitter_seed(&config.transport));
     let (tx, rx) = mpsc::unbounded_channel();
     let (status_tx, status) = watch::channel(SessionStatus {
         state: State::Idle,
@@ -163,7 +172,7 @@ pub fn spawn(config: SessionConfig) -> Result<SessionHandle, ConfigError> {
         config,
         conn: None,
         connecting: None,
-        deadlines: [None; 4],
+        deadlines: [None; Timer::ALL.len()],
         rib: BTreeMap::new(),
         status: status_tx,
         established_since: None,
@@ -180,6 +189,23 @@ pub fn spawn(config: SessionConfig) -> Result<SessionHandle, ConfigError> {
     Ok(SessionHandle { tx, status, task })
 }
 
+/// A seed that differs per peer and per process start, so the fast-retry attempts of the
+/// sessions of one node, and of nodes hurried at the same moment, are spread.
+fn jitter_seed(transport: &Transport) -> u64 {
+    use std::hash::{BuildHasher, Hash, Hasher};
+    // RandomState is keyed randomly per process.
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    if let Transport::Connect { remote, .. } = transport {
+        remote.hash(&mut h);
+    }
+    SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_nanos()
+        .hash(&mut h);
+    h.finish()
+}
+
 type ConnectFuture = Pin<Box<dyn Future<Output = io::Result<TcpStream>> + Send>>;
 
 struct Conn {
@@ -192,7 +218,7 @@ struct Driver {
     config: SessionConfig,
     conn: Option<Conn>,
     connecting: Option<ConnectFuture>,
-    deadlines: [Option<Instant>; 4],
+    deadlines: [Option<Instant>; Timer::ALL.len()],
     rib: BTreeMap<Prefix, Route>,
     status: watch::Sender<SessionStatus>,
     established_since: Option<SystemTime>,
@@ -232,6 +258,7 @@ impl Driver {
                 cmd = rx.recv() => match cmd {
                     Some(Command::Announce(route)) => self.announce(route).await,
                     Some(Command::Withdraw(prefix)) => self.withdraw(prefix).await,
+                    Some(Command::FastRetry(window)) => self.fast_retry(window).await,
                     Some(Command::Shutdown(message)) => {
                         self.stopping = true;
                         self.event(Event::ManualStop { message }).await;
@@ -276,6 +303,19 @@ impl Driver {
             }
         }
         self.publish();
+    }
+
+    async fn fast_retry(&mut self, window: Duration) {
+        let was = self.fsm.fast_retry_active();
+        self.event(Event::FastRetry { window }).await;
+        if self.fsm.fast_retry_active() {
+            tracing::debug!(
+                ?window,
+                extended = was,
+                state = self.fsm.state().as_str(),
+                "retrying on the fast schedule"
+            );
+        }
     }
 
     fn remote_label(&self) -> String {

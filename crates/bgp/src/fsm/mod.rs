@@ -13,6 +13,16 @@
 //! failure the FSM returns to `Idle` and, while started, restarts by itself after an
 //! idle-hold delay (RFC 4271's optional AutomaticStart with DampPeerOscillations),
 //! using the same capped exponential backoff as the connect-retry timer.
+//!
+//! Fast retry: a route server that silently drops a node's connection attempts until the
+//! node's Linode is given a share makes the backoff costly, since it has often grown when the
+//! share lands. [`Event::FastRetry`] opens a window in which every connect-retry and
+//! idle-hold delay is drawn from `[fast_retry, 2 × fast_retry)` instead of the backoff; the
+//! delay in Connect also bounds the attempt, so a stalled attempt is abandoned after at most
+//! `2 × fast_retry`. The window is the [`Timer::FastRetry`] timer: a new event restarts it, so
+//! the window ends at most one window after the latest event; when it expires, or the session
+//! reaches Established, or it is stopped, the backoff applies again. Consecutive attempts
+//! are always at least `fast_retry` apart.
 
 use std::net::Ipv4Addr;
 use std::time::Duration;
@@ -74,11 +84,22 @@ pub enum Timer {
     Keepalive,
     /// Delay before restarting from Idle after a failure.
     IdleHold,
+    /// End of the fast-retry window.
+    FastRetry,
 }
 
 impl Timer {
     /// Every timer, in the order of [`Timer::index`].
-    pub const ALL: [Timer; 4] = [
+    pub const ALL: [Timer; 5] = [
+        Timer::ConnectRetry,
+        Timer::Hold,
+        Timer::Keepalive,
+        Timer::IdleHold,
+        Timer::FastRetry,
+    ];
+
+    /// The timers of a session attempt; the fast-retry window outlives failed attempts.
+    const SESSION: [Timer; 4] = [
         Timer::ConnectRetry,
         Timer::Hold,
         Timer::Keepalive,
@@ -92,6 +113,7 @@ impl Timer {
             Self::Hold => 1,
             Self::Keepalive => 2,
             Self::IdleHold => 3,
+            Self::FastRetry => 4,
         }
     }
 }
@@ -125,6 +147,12 @@ pub enum Event {
     TimerExpires(Timer),
     /// The byte stream could not be decoded; the error carries the NOTIFICATION.
     DecodeError(DecodeError),
+    /// Retry on the fast schedule until `window` from now (the peer is expected to accept
+    /// soon). Ignored while Established or stopped.
+    FastRetry {
+        /// Length of the window, from now; zero is ignored.
+        window: Duration,
+    },
 }
 
 /// Why an Established session went down (or the last attempt failed).
@@ -219,6 +247,9 @@ pub struct FsmConfig {
     pub connect_retry: Duration,
     /// Cap of the connect-retry backoff.
     pub connect_retry_max: Duration,
+    /// Shortest delay between attempts in a fast-retry window; delays are drawn from
+    /// `[fast_retry, 2 × fast_retry)`.
+    pub fast_retry: Duration,
     /// Hold timer while waiting for the peer's OPEN (RFC 4271 suggests 4 minutes).
     pub open_hold_time: Duration,
     /// Families to advertise with the multiprotocol capability.
@@ -237,6 +268,7 @@ impl Default for FsmConfig {
             hold_time: 9,
             connect_retry: Duration::from_secs(5),
             connect_retry_max: Duration::from_secs(120),
+            fast_retry: Duration::from_secs(1),
             open_hold_time: Duration::from_secs(240),
             families: vec![Family::IPV4_UNICAST, Family::IPV6_UNICAST],
             extended_next_hop: true,
@@ -259,7 +291,13 @@ pub enum ConfigError {
     /// Zero connect-retry delay or a cap below it.
     #[error("connect-retry delay must be positive and not above its cap")]
     ConnectRetry,
+    /// A fast-retry delay below its floor, which would hammer the peer.
+    #[error("fast-retry delay must be at least {FAST_RETRY_MIN:?}")]
+    FastRetry,
 }
+
+/// The shortest fast-retry delay accepted: the schedule must never hammer a route server.
+pub const FAST_RETRY_MIN: Duration = Duration::from_millis(100);
 
 impl FsmConfig {
     /// Checks the values.
@@ -275,6 +313,9 @@ impl FsmConfig {
         }
         if self.connect_retry.is_zero() || self.connect_retry_max < self.connect_retry {
             return Err(ConfigError::ConnectRetry);
+        }
+        if self.fast_retry < FAST_RETRY_MIN {
+            return Err(ConfigError::FastRetry);
         }
         Ok(())
     }
@@ -366,9 +407,13 @@ pub struct Fsm {
     started: bool,
     /// Consecutive failures since the last Established; drives the backoff.
     connect_retry_counter: u32,
-    running: [bool; 4],
+    running: [bool; Timer::ALL.len()],
     negotiated: Option<Negotiated>,
     last_error: Option<DownReason>,
+    /// A fast-retry window is open.
+    fast: bool,
+    /// State of the jitter generator (splitmix64).
+    jitter: u64,
 }
 
 impl Fsm {
@@ -376,14 +421,31 @@ impl Fsm {
     pub fn new(config: FsmConfig) -> Result<Self, ConfigError> {
         config.validate()?;
         Ok(Self {
-            config,
             state: State::Idle,
             started: false,
             connect_retry_counter: 0,
-            running: [false; 4],
+            running: [false; Timer::ALL.len()],
             negotiated: None,
             last_error: None,
+            fast: false,
+            // Deterministic per node and peer AS; drivers that run several sessions of one
+            // node reseed with [`Fsm::with_jitter_seed`].
+            jitter: u64::from(u32::from(config.router_id)) << 32 | u64::from(config.peer_as),
+            config,
         })
+    }
+
+    /// Reseeds the jitter of the fast-retry delays, so sessions that are hurried together
+    /// do not attempt in lockstep.
+    #[must_use]
+    pub fn with_jitter_seed(mut self, seed: u64) -> Self {
+        self.jitter = seed;
+        self
+    }
+
+    /// Whether a fast-retry window is open.
+    pub fn fast_retry_active(&self) -> bool {
+        self.fast
     }
 
     /// Current state.
@@ -424,7 +486,8 @@ impl Fsm {
         self.running[t.index()]
     }
 
-    /// The current backoff: `connect_retry * 2^(failures-1)`, capped.
+    /// The normal backoff: `connect_retry * 2^(failures-1)`, capped (a fast-retry window
+    /// overrides it, see [`Fsm::handle`]).
     pub fn retry_delay(&self) -> Duration {
         let doublings = self.connect_retry_counter.saturating_sub(1).min(16);
         self.config
@@ -442,6 +505,16 @@ impl Fsm {
             }
             // One-shot: the handler restarts it if it should keep going.
             self.running[t.index()] = false;
+            if *t == Timer::FastRetry {
+                // The pending attempt keeps its delay; later ones follow the backoff.
+                self.fast = false;
+
+                return out;
+            }
+        }
+        if let Event::FastRetry { window } = event {
+            self.hurry(window, &mut out);
+            return out;
         }
         match self.state {
             State::Idle => self.idle(event, &mut out),
@@ -467,14 +540,63 @@ impl Fsm {
                 self.started = false;
                 self.connect_retry_counter = 0;
                 self.stop_timer(Timer::IdleHold, out);
+                self.end_fast_retry(out);
             }
             // RFC 4271 §8.2.2: all other events are ignored in Idle.
             _ => {}
         }
     }
 
+    /// Opens or extends the fast-retry window and moves a pending attempt onto it.
+    fn hurry(&mut self, window: Duration, out: &mut Vec<Action>) {
+        if !self.started || window.is_zero() || self.state == State::Established {
+            return;
+        }
+        let opening = !self.fast;
+        self.fast = true;
+        // Restarted, not lengthened: the window ends one window after the latest event.
+        self.start_timer(Timer::FastRetry, window, out);
+        if !opening {
+            return;
+        }
+        // Only the pending timer moves: no attempt starts at once, so attempts stay at least
+        // `fast_retry` apart even when a window opens just after one began.
+        let pending = match self.state {
+            State::Idle => Timer::IdleHold,
+            State::Connect | State::Active => Timer::ConnectRetry,
+            // Connected: the OPEN exchange decides; a failure retries on the window.
+            State::OpenSent | State::OpenConfirm | State::Established => return,
+        };
+        if self.running[pending.index()] {
+            let delay = self.next_delay();
+            self.start_timer(pending, delay, out);
+        }
+    }
+
+    /// The delay before the next attempt: jittered in a fast-retry window, else the backoff.
+    fn next_delay(&mut self) -> Duration {
+        if !self.fast {
+            return self.retry_delay();
+        }
+        // splitmix64: enough to spread attempts, no dependency, reproducible in tests.
+        self.jitter = self.jitter.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.jitter;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^= z >> 31;
+        let base = self.config.fast_retry;
+        let nanos = u64::try_from(base.as_nanos()).unwrap_or(u64::MAX).max(1);
+        base + Duration::from_nanos(z % nanos)
+    }
+
+    fn end_fast_retry(&mut self, out: &mut Vec<Action>) {
+        self.fast = false;
+        self.stop_timer(Timer::FastRetry, out);
+    }
+
     fn connect(&mut self, out: &mut Vec<Action>) {
-        self.start_timer(Timer::ConnectRetry, self.retry_delay(), out);
+        let delay = self.next_delay();
+        self.start_timer(Timer::ConnectRetry, delay, out);
         out.push(Action::Connect);
         self.state = State::Connect;
     }
@@ -499,7 +621,8 @@ impl Fsm {
             Event::TcpConnectionFails if self.state == State::Connect => {
                 self.connect_retry_counter = self.connect_retry_counter.saturating_add(1);
                 self.last_error = Some(DownReason::ConnectionLost);
-                self.start_timer(Timer::ConnectRetry, self.retry_delay(), out);
+                let delay = self.next_delay();
+                self.start_timer(Timer::ConnectRetry, delay, out);
                 self.state = State::Active;
             }
             Event::TcpConnectionFails => self.fail(None, DownReason::ConnectionLost, out),
@@ -531,7 +654,8 @@ impl Fsm {
                 self.stop_all_timers(out);
                 self.connect_retry_counter = self.connect_retry_counter.saturating_add(1);
                 self.last_error = Some(DownReason::ConnectionLost);
-                self.start_timer(Timer::ConnectRetry, self.retry_delay(), out);
+                let delay = self.next_delay();
+                self.start_timer(Timer::ConnectRetry, delay, out);
                 self.state = State::Active;
             }
             other => self.common(other, fsm_subcode::UNEXPECTED_IN_OPEN_SENT, out),
@@ -544,6 +668,7 @@ impl Fsm {
                 self.restart_hold(out);
                 self.connect_retry_counter = 0;
                 self.last_error = None;
+                self.end_fast_retry(out);
                 self.state = State::Established;
                 if let Some(neg) = &self.negotiated {
                     out.push(Action::SessionUp(neg.clone()));
@@ -619,6 +744,7 @@ impl Fsm {
     /// Administrative stop: optional CEASE, close, Idle, no restart.
     fn stop(&mut self, notification: Option<Notification>, out: &mut Vec<Action>) {
         self.started = false;
+        self.end_fast_retry(out);
         self.leave(notification, DownReason::ManualStop, out);
         self.connect_retry_counter = 0;
     }
@@ -633,7 +759,8 @@ impl Fsm {
         self.connect_retry_counter = self.connect_retry_counter.saturating_add(1);
         self.leave(notification, reason, out);
         if self.started {
-            self.start_timer(Timer::IdleHold, self.retry_delay(), out);
+            let delay = self.next_delay();
+            self.start_timer(Timer::IdleHold, delay, out);
         }
     }
 
@@ -670,7 +797,7 @@ impl Fsm {
     }
 
     fn stop_all_timers(&mut self, out: &mut Vec<Action>) {
-        for t in Timer::ALL {
+        for t in Timer::SESSION {
             self.stop_timer(t, out);
         }
     }

@@ -658,6 +658,219 @@ fn config_validation() {
         .unwrap_err(),
         ConfigError::ConnectRetry
     );
+    assert_eq!(
+        Fsm::new(FsmConfig {
+            fast_retry: Duration::from_millis(99),
+            ..config()
+        })
+        .unwrap_err(),
+        ConfigError::FastRetry
+    );
+}
+
+const WINDOW: Duration = Duration::from_secs(60);
+
+fn hurry() -> Event {
+    Event::FastRetry { window: WINDOW }
+}
+
+/// The delay a timer was (re)started with in `actions`.
+fn started(actions: &[Action], t: Timer) -> Option<Duration> {
+    actions.iter().find_map(|a| match a {
+        Action::StartTimer(x, d) if *x == t => Some(*d),
+        _ => None,
+    })
+}
+
+fn assert_fast(d: Option<Duration>, ctx: &str) {
+    let d = d.unwrap_or_else(|| panic!("no timer started: {ctx}"));
+    assert!(d >= S(1) && d < S(2), "{d:?} outside [1 s, 2 s): {ctx}");
+}
+
+/// A session whose backoff has grown to the cap, waiting in Active.
+fn backed_off() -> Fsm {
+    let mut f = fsm();
+    f.handle(Event::ManualStart);
+    for _ in 0..10 {
+        f.handle(Event::TcpConnectionFails);
+        f.handle(Event::TimerExpires(Timer::ConnectRetry));
+    }
+    f.handle(Event::TcpConnectionFails);
+    assert_eq!((f.state(), f.retry_delay()), (State::Active, S(120)));
+    f
+}
+
+#[test]
+fn fast_retry_replaces_the_backoff_in_every_waiting_state() {
+    // Active: the pending attempt moves onto the fast schedule, no attempt starts at once.
+    let mut f = backed_off();
+    let a = f.handle(hurry());
+    assert_eq!(started(&a, Timer::FastRetry), Some(WINDOW));
+    assert_fast(started(&a, Timer::ConnectRetry), "Active");
+    assert!(!a.contains(&Action::Connect), "{a:?}");
+    assert!(f.fast_retry_active());
+    // Each attempt is bounded by the fast delay (it is the connect timeout in Connect)...
+    let a = f.handle(Event::TimerExpires(Timer::ConnectRetry));
+    assert_eq!(f.state(), State::Connect);
+    assert!(a.contains(&Action::Connect), "{a:?}");
+    assert_fast(started(&a, Timer::ConnectRetry), "attempt bound");
+    let a = f.handle(Event::TimerExpires(Timer::ConnectRetry));
+    assert_eq!(
+        a.first(),
+        Some(&Action::CloseConnection),
+        "stalled attempt aborted"
+    );
+    assert_fast(started(&a, Timer::ConnectRetry), "next attempt bound");
+    // ...and a refused one waits a fast delay, however many failures came before.
+    for _ in 0..20 {
+        let a = f.handle(Event::TcpConnectionFails);
+        assert_eq!(f.state(), State::Active);
+        assert_fast(started(&a, Timer::ConnectRetry), "after refusal");
+        f.handle(Event::TimerExpires(Timer::ConnectRetry));
+    }
+
+    // Connect: the attempt under way is bounded by a fast delay.
+    let mut f = fsm();
+    f.handle(Event::ManualStart);
+    let a = f.handle(hurry());
+    assert_eq!(f.state(), State::Connect);
+    assert_fast(started(&a, Timer::ConnectRetry), "Connect");
+    assert!(!a.contains(&Action::CloseConnection), "{a:?}");
+
+    // Idle after a failed session: the idle hold moves onto the fast schedule.
+    let mut f = fsm();
+    to_established(&mut f, 9);
+    for _ in 0..5 {
+        f.handle(Event::TcpConnectionFails);
+        f.handle(Event::TimerExpires(Timer::IdleHold));
+        f.handle(Event::TcpConnectionConfirmed);
+        f.handle(Event::NotifMsg(Notification::new(ErrorCode::Cease, 5)));
+    }
+    assert_eq!(f.state(), State::Idle);
+    assert!(f.timer_running(Timer::IdleHold));
+    assert_fast(started(&f.handle(hurry()), Timer::IdleHold), "Idle");
+    // A failure after the connection came up retries on the window too.
+    f.handle(Event::TimerExpires(Timer::IdleHold));
+    f.handle(Event::TcpConnectionConfirmed);
+    let a = f.handle(Event::NotifMsg(Notification::new(ErrorCode::Cease, 5)));
+    assert!(f.fast_retry_active());
+    assert_fast(started(&a, Timer::IdleHold), "after NOTIFICATION");
+}
+
+#[test]
+fn fast_retry_jitter_stays_in_bounds_and_spreads() {
+    let mut all = Vec::new();
+    for seed in 0..50u64 {
+        let mut f = fsm().with_jitter_seed(seed.wrapping_mul(0x1234_5678_9abc));
+        f.handle(Event::ManualStart);
+        f.handle(Event::TcpConnectionFails);
+        all.extend(started(&f.handle(hurry()), Timer::ConnectRetry));
+        for _ in 0..20 {
+            let a = f.handle(Event::TimerExpires(Timer::ConnectRetry));
+            all.extend(started(&a, Timer::ConnectRetry));
+        }
+    }
+    assert_eq!(all.len(), 50 * 21);
+    for d in &all {
+        assert_fast(Some(*d), "jitter");
+    }
+    let (min, max) = (all.iter().min().unwrap(), all.iter().max().unwrap());
+    assert!(*min < Duration::from_millis(1100) && *max > Duration::from_millis(1900));
+    // The seeds of two sessions give them different schedules.
+    let delay = |seed| {
+        let mut f = fsm().with_jitter_seed(seed);
+        f.handle(Event::ManualStart);
+        started(&f.handle(hurry()), Timer::ConnectRetry)
+    };
+    assert_ne!(delay(1), delay(2));
+    // The floor scales with the configuration.
+    let mut f = Fsm::new(FsmConfig {
+        fast_retry: Duration::from_millis(300),
+        ..config()
+    })
+    .unwrap();
+    f.handle(Event::ManualStart);
+    let d = started(&f.handle(hurry()), Timer::ConnectRetry).unwrap();
+    assert!(
+        d >= Duration::from_millis(300) && d < Duration::from_millis(600),
+        "{d:?}"
+    );
+}
+
+#[test]
+fn fast_retry_window_end_returns_to_the_backoff() {
+    let mut f = backed_off();
+    f.handle(hurry());
+    f.handle(Event::TimerExpires(Timer::ConnectRetry));
+    assert!(f.handle(Event::TimerExpires(Timer::FastRetry)).is_empty());
+    assert!(!f.fast_retry_active());
+    // The failures counted on, so the backoff is where it was.
+    let a = f.handle(Event::TcpConnectionFails);
+    assert_eq!(started(&a, Timer::ConnectRetry), Some(S(120)));
+    let a = f.handle(Event::TimerExpires(Timer::ConnectRetry));
+    assert_eq!(started(&a, Timer::ConnectRetry), Some(S(120)));
+}
+
+#[test]
+fn fast_retry_window_extension_is_bounded() {
+    let mut f = backed_off();
+    f.handle(hurry());
+    // A new share restarts the window from now, never lengthens it past one window, and
+    // does not pull the next attempt forward (attempts stay at least 1 s apart).
+    let a = f.handle(hurry());
+    assert_eq!(a, vec![Action::StartTimer(Timer::FastRetry, WINDOW)]);
+    let a = f.handle(Event::FastRetry { window: S(10) });
+    assert_eq!(a, vec![Action::StartTimer(Timer::FastRetry, S(10))]);
+    assert!(f.handle(Event::FastRetry { window: S(0) }).is_empty());
+    // Not started: nothing to hurry, and a later start does not inherit a window.
+    let mut f = fsm();
+    assert!(f.handle(hurry()).is_empty());
+    f.handle(Event::ManualStart);
+    assert!(!f.fast_retry_active());
+}
+
+#[test]
+fn established_session_ends_the_fast_retry_window() {
+    let mut f = fsm();
+    f.handle(Event::ManualStart);
+    f.handle(hurry());
+    f.handle(Event::TcpConnectionConfirmed);
+    f.handle(Event::BgpOpen(peer_open(9)));
+    let a = f.handle(Event::KeepAliveMsg);
+    assert!(a.contains(&Action::StopTimer(Timer::FastRetry)), "{a:?}");
+    assert!(!f.fast_retry_active());
+    // The session is up: nothing to hurry.
+    assert!(f.handle(hurry()).is_empty());
+    // A later failure restarts on the backoff.
+    let a = f.handle(Event::TcpConnectionFails);
+    assert_eq!(started(&a, Timer::IdleHold), Some(S(5)));
+
+    // A stop ends the window as well, in Idle or while connecting.
+    let mut f = backed_off();
+    f.handle(hurry());
+    let a = f.handle(Event::ManualStop { message: None });
+    assert!(a.contains(&Action::StopTimer(Timer::FastRetry)), "{a:?}");
+    assert!(!f.fast_retry_active());
+}
+
+#[test]
+fn stale_fast_retry_expiry_is_ignored() {
+    let mut f = fsm();
+    f.handle(Event::ManualStart);
+    f.handle(hurry());
+    to_established_from_connect(&mut f);
+    // The driver fires the window's old deadline after all: nothing happens.
+    assert!(f.handle(Event::TimerExpires(Timer::FastRetry)).is_empty());
+    assert_eq!(f.state(), State::Established);
+    let a = f.handle(Event::TcpConnectionFails);
+    assert_eq!(started(&a, Timer::IdleHold), Some(S(5)));
+}
+
+fn to_established_from_connect(f: &mut Fsm) {
+    f.handle(Event::TcpConnectionConfirmed);
+    f.handle(Event::BgpOpen(peer_open(9)));
+    f.handle(Event::KeepAliveMsg);
+    assert_eq!(f.state(), State::Established);
 }
 
 fn all_events() -> Vec<Event> {
@@ -676,6 +889,7 @@ fn all_events() -> Vec<Event> {
         }),
         Event::NotifMsg(Notification::new(ErrorCode::Cease, 2)),
         Event::DecodeError(DecodeError::BadMessageType { msg_type: 9 }),
+        Event::FastRetry { window: S(60) },
     ];
     v.extend(Timer::ALL.map(Event::TimerExpires));
     v
