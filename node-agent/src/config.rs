@@ -108,6 +108,12 @@ pub struct CommonArgs {
     #[arg(long, env = "CONNECT_RETRY", default_value = "5s", value_parser = parse_duration)]
     pub connect_retry: Duration,
 
+    /// How long the sessions retry every 1-2 s instead of on the backoff after this node's
+    /// Linode is given a share, and after the agent starts: the route servers answer only
+    /// once a share exists. 0 turns fast retries off.
+    #[arg(long, env = "FAST_RETRY_WINDOW", default_value = "60s", value_parser = parse_duration)]
+    pub fast_retry_window: Duration,
+
     /// Next hop of the announcements: this node's global IPv6 address. Default: the source
     /// address the kernel picks toward the first route server.
     #[arg(long, env = "NEXT_HOP")]
@@ -1031,6 +1037,7 @@ mod tests {
                 assert_eq!(r.common.dcid, Some(18));
                 assert_eq!(r.common.hold_time, 9);
                 assert_eq!(r.common.connect_retry, Duration::from_secs(5));
+                assert_eq!(r.common.fast_retry_window, Duration::from_secs(60));
                 assert_eq!(r.common.local_asn, 65001);
                 assert_eq!(r.common.peer_asn, 65000);
                 assert_eq!(r.common.primary_community, RoleCommunity::PRIMARY);

@@ -27,6 +27,7 @@ use crate::report::events::Events;
 use crate::report::node_status::StatusWriter;
 use crate::report::{self, AgentReport};
 use crate::setup::{self, AgentError, Control};
+use crate::shares::{self, ShareFacts};
 use crate::speaker::{Announcer, Speaker, SpeakerMonitor};
 
 /// Settings of the Kubernetes loop.
@@ -356,6 +357,9 @@ pub async fn run_loop<B: AddressBinding, A: Announcer>(
         state,
         interfaces: Vec::new(),
         own: OwnAddresses::default(),
+        // Empty: a share that exists at the first round counts as new, since a sync that
+        // took longer than the start's fast-retry window left the sessions on the backoff.
+        shares: ShareFacts::new(),
     };
     if !stopped_early {
         tracing::info!(node = %ctx.settings.node, "caches synced");
@@ -393,6 +397,8 @@ struct LoopCtx {
     interfaces: Vec<crate::binder::InterfaceAddress>,
     /// The node's own addresses, as of this round.
     own: OwnAddresses,
+    /// What the SharedIPs said about this node's Linode last round.
+    shares: ShareFacts,
 }
 
 impl LoopCtx {
@@ -545,6 +551,7 @@ impl LoopCtx {
     ) {
         self.refresh_own(orchestrator.binder()).await;
         let desired = self.decisions(false);
+        self.hurry_on_new_shares(&desired, orchestrator.announcer());
         self.events.refusals(&self.stores.sharedips, &desired).await;
         let effects = orchestrator.apply(&desired).await;
         self.after_transitions(&effects.transitions).await;
@@ -556,6 +563,43 @@ impl LoopCtx {
             sessions(orchestrator.announcer()),
         )
         .await;
+    }
+
+    /// Puts the sessions on the fast retry schedule when this node's Linode has just been
+    /// given a share: the route servers are about to accept them.
+    fn hurry_on_new_shares(
+        &mut self,
+        desired: &BTreeMap<String, Decision>,
+        announcer: &impl Announcer,
+    ) {
+        let linode = self
+            .stores
+            .node
+            .state()
+            .into_iter()
+            .next()
+            .and_then(|n| shares::own_linode(&n));
+        let sips = self.stores.sharedips.state();
+        let current = shares::share_facts(sips.iter().map(AsRef::as_ref), linode, |name| {
+            desired.get(name).is_some_and(|d| d.role.is_some())
+        });
+        let new = shares::newly_shared(&self.shares, &current);
+        self.shares = current;
+        let (established, total) = (announcer.established(), announcer.total());
+        if new.is_empty() || established == total || !announcer.fast_retry() {
+            return;
+        }
+        let sharedips: Vec<String> = new
+            .iter()
+            .map(|(name, why)| format!("{name} ({})", why.as_str()))
+            .collect();
+        tracing::info!(
+            ?linode,
+            ?sharedips,
+            established,
+            total,
+            "new share for this node's Linode: retrying the BGP sessions on the fast schedule"
+        );
     }
 
     /// Metrics, log lines and events of what a turn changed.

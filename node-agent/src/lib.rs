@@ -49,6 +49,7 @@ pub mod orchestrator;
 pub mod prefix;
 pub mod report;
 pub mod setup;
+pub mod shares;
 pub mod speaker;
 pub mod standalone;
 #[cfg(any(test, feature = "testing"))]

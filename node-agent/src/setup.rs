@@ -146,6 +146,8 @@ pub fn speaker_config(
         },
         next_hop,
         next_hop_v4: None,
+        fast_retry_window: common.fast_retry_window,
+        fast_retry_at_start: true,
     }
 }
 

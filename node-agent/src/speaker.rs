@@ -26,6 +26,12 @@ pub struct SpeakerConfig {
     pub next_hop: Ipv6Addr,
     /// IPv4 next hop for peers without extended next hop.
     pub next_hop_v4: Option<Ipv4Addr>,
+    /// How long [`Announcer::fast_retry`] keeps the sessions on the fast schedule; zero turns
+    /// it off.
+    pub fast_retry_window: Duration,
+    /// Start in the fast-retry window: after a restart the share usually exists already, and
+    /// the route servers may have been ignoring this node until a moment ago.
+    pub fast_retry_at_start: bool,
 }
 
 /// Why the speaker cannot start.
@@ -46,6 +52,10 @@ pub trait Announcer: Send {
     fn announce(&mut self, prefix: AnnouncedPrefix, community: RoleCommunity);
     /// Withdraws a prefix on every session.
     fn withdraw(&mut self, prefix: AnnouncedPrefix);
+    /// The route servers are expected to accept this node's sessions soon (its Linode was just
+    /// given a share): sessions not established retry on the fast schedule for the configured
+    /// window, from now. False when fast retries are turned off.
+    fn fast_retry(&self) -> bool;
     /// Sessions established now.
     fn established(&self) -> usize;
     /// Sessions configured.
@@ -59,6 +69,7 @@ pub trait Announcer: Send {
 pub struct Speaker {
     sessions: Vec<(SocketAddr, SessionHandle)>,
     monitor: SpeakerMonitor,
+    fast_retry_window: Duration,
 }
 
 impl Speaker {
@@ -84,7 +95,16 @@ impl Speaker {
             peers: sessions.iter().map(|(a, h)| (*a, h.status())).collect(),
             peer_as: config.fsm.peer_as,
         };
-        Ok(Self { sessions, monitor })
+        let speaker = Self {
+            sessions,
+            monitor,
+            fast_retry_window: config.fast_retry_window,
+        };
+        if config.fast_retry_at_start && !config.fast_retry_window.is_zero() {
+            tracing::info!(window = ?config.fast_retry_window, "starting the sessions on the fast retry schedule");
+            speaker.fast_retry();
+        }
+        Ok(speaker)
     }
 
     /// A read-only view of the sessions, for the reports (`crate::report`) and the loops.
@@ -109,6 +129,18 @@ impl Announcer for Speaker {
                 tracing::error!(%peer, %prefix, "BGP session task ended; cannot withdraw");
             }
         }
+    }
+
+    fn fast_retry(&self) -> bool {
+        if self.fast_retry_window.is_zero() {
+            return false;
+        }
+        for (peer, h) in &self.sessions {
+            if h.fast_retry(self.fast_retry_window).is_err() {
+                tracing::error!(%peer, "BGP session task ended; cannot hurry it");
+            }
+        }
+        true
     }
 
     fn established(&self) -> usize {
@@ -234,6 +266,8 @@ mod tests {
             },
             next_hop: "2001:db8::1".parse().unwrap(),
             next_hop_v4: None,
+            fast_retry_window: Duration::from_secs(60),
+            fast_retry_at_start: true,
         })
         .unwrap();
         let mut mon = speaker.monitor();

@@ -21,6 +21,7 @@ pub enum Op {
     Unbind(IpAddr),
     Announce(String),
     Withdraw(String),
+    FastRetry,
     Shutdown,
 }
 
@@ -157,6 +158,11 @@ impl Announcer for FakeAnnouncer {
 
     fn withdraw(&mut self, prefix: AnnouncedPrefix) {
         push(&self.log, Op::Withdraw(prefix.to_string()));
+    }
+
+    fn fast_retry(&self) -> bool {
+        push(&self.log, Op::FastRetry);
+        true
     }
 
     fn established(&self) -> usize {

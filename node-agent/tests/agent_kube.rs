@@ -178,6 +178,8 @@ async fn agent_against_a_real_apiserver() {
         },
         next_hop: "2001:db8::1".parse().unwrap(),
         next_hop_v4: None,
+        fast_retry_window: Duration::from_secs(60),
+        fast_retry_at_start: true,
     })
     .unwrap();
     let monitor = speaker.monitor();
@@ -421,6 +423,8 @@ async fn the_nodes_own_address_is_refused_unless_it_is_the_owner() {
         },
         next_hop: "2001:db8::1".parse().unwrap(),
         next_hop_v4: None,
+        fast_retry_window: Duration::from_secs(60),
+        fast_retry_at_start: true,
     })
     .unwrap();
     let monitor = speaker.monitor();
@@ -575,6 +579,8 @@ async fn a_later_sharedip_for_an_overlapping_address_is_a_duplicate() {
         },
         next_hop: "2001:db8::1".parse().unwrap(),
         next_hop_v4: None,
+        fast_retry_window: Duration::from_secs(60),
+        fast_retry_at_start: true,
     })
     .unwrap();
     let monitor = speaker.monitor();
@@ -673,6 +679,8 @@ async fn the_unbind_follows_the_withdrawal_after_the_delay_without_another_chang
         },
         next_hop: "2001:db8::1".parse().unwrap(),
         next_hop_v4: None,
+        fast_retry_window: Duration::from_secs(60),
+        fast_retry_at_start: true,
     })
     .unwrap();
     let monitor = speaker.monitor();
@@ -719,6 +727,139 @@ async fn the_unbind_follows_the_withdrawal_after_the_delay_without_another_chang
         }
     })
     .await;
+
+    stop_tx.send(()).unwrap();
+    tokio::time::timeout(WAIT, agent)
+        .await
+        .expect("agent stops within bound")
+        .expect("agent task")
+        .expect("agent ok");
+    rs.shutdown(None).await;
+}
+
+/// Linode's route servers ignore a node until its Linode is given a share. Here the route
+/// server refuses the first attempt (the backoff then waits 60 s), starts answering, and the
+/// operator writes the share into the SharedIP's status: the agent hurries its sessions and
+/// announces well before the backoff would have tried again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_share_for_this_linode_hurries_the_sessions() {
+    let cp = ControlPlane::start().await.expect("control plane starts");
+    let crds = Path::new(env!("CARGO_MANIFEST_DIR")).join("../crds");
+    cp.apply_crds(&crds).await.expect("CRDs apply");
+    let client = cp.client();
+    let node: Node = serde_json::from_value(json!({
+        "apiVersion": "v1", "kind": "Node",
+        "metadata": {"name": NODE, "labels": {"role": "primary"}},
+        "spec": {"providerID": "linode://4242"},
+    }))
+    .unwrap();
+    Api::<Node>::all(client.clone())
+        .create(&PostParams::default(), &node)
+        .await
+        .unwrap();
+    let sips: Api<SharedIP> = Api::all(client.clone());
+    let obj = sharedip("web", "192.0.2.10", "primary");
+    sips.patch(
+        "web",
+        &PatchParams::apply("test").force(),
+        &Patch::Apply(&obj),
+    )
+    .await
+    .unwrap();
+
+    // Nobody listens yet: the first attempt is refused and the backoff takes over.
+    let addr = TcpListener::bind("[::1]:0")
+        .await
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let speaker = Speaker::start(&SpeakerConfig {
+        peers: vec![addr],
+        source: None,
+        multihop_ttl: Some(16),
+        fsm: FsmConfig {
+            router_id: Ipv4Addr::new(192, 0, 2, 1),
+            hold_time: 3,
+            connect_retry: Duration::from_secs(60),
+            ..FsmConfig::default()
+        },
+        next_hop: "2001:db8::1".parse().unwrap(),
+        next_hop_v4: None,
+        fast_retry_window: Duration::from_secs(60),
+        fast_retry_at_start: false,
+    })
+    .unwrap();
+    let monitor = speaker.monitor();
+    let state = AgentState::new(AgentReport::default(), monitor.clone());
+    let (stop_tx, stop_rx) = oneshot::channel::<()>();
+    let agent = tokio::spawn(run_loop(
+        client.clone(),
+        KubeSettings {
+            node: NODE.into(),
+            bgp: BgpDefaults::default(),
+            resync: Duration::from_secs(300),
+            shutdown_timeout: Duration::from_secs(20),
+            interface: "lo".into(),
+            session_addresses: OwnAddresses::default(),
+        },
+        Orchestrator::new(FakeBinder::default(), speaker, Duration::ZERO),
+        monitor.clone(),
+        state,
+        futures::stream::once(async move {
+            let _ = stop_rx.await;
+            Control::Stop
+        }),
+    ));
+    wait_entry(&sips, false, "NoSessions").await;
+    assert_eq!(
+        monitor.sessions()[0].1.state,
+        sharedip_node_agent::bgp::fsm::State::Active
+    );
+
+    // The route server answers from now on; then the operator records the share.
+    let listener = Arc::new(TcpListener::bind(addr).await.unwrap());
+    let (tx, mut updates) = mpsc::unbounded_channel();
+    let rs = session::spawn(SessionConfig {
+        fsm: FsmConfig {
+            local_as: 65000,
+            peer_as: 65001,
+            router_id: Ipv4Addr::new(192, 0, 2, 254),
+            ..FsmConfig::default()
+        },
+        transport: Transport::Accept(listener),
+        next_hop: "2001:db8::fe".parse().unwrap(),
+        next_hop_v4: None,
+        write_timeout: Duration::from_secs(5),
+        observer: Some(tx),
+    })
+    .unwrap();
+    let shared = json!({
+        "apiVersion": "sharedip.io/v1alpha1", "kind": "SharedIP",
+        "status": {"sharedWith": [{"linodeId": 4242, "node": NODE, "role": "Primary"}]},
+    });
+    sips.patch_status(
+        "web",
+        &PatchParams::apply("sharedip-operator").force(),
+        &Patch::Apply(&shared),
+    )
+    .await
+    .unwrap();
+    let prefix = Prefix::new("192.0.2.10".parse().unwrap(), 32).unwrap();
+    // Well inside the 60 s backoff: fast attempts are at most 2 s apart.
+    let bound = Duration::from_secs(20);
+    let announced = tokio::time::timeout(bound, async {
+        loop {
+            let u = updates.recv().await.expect("route server running");
+            if u.announced().any(|p| *p == prefix) {
+                return;
+            }
+        }
+    })
+    .await;
+    assert!(
+        announced.is_ok(),
+        "not announced within {bound:?} of the share"
+    );
 
     stop_tx.send(()).unwrap();
     tokio::time::timeout(WAIT, agent)

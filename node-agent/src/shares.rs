@@ -1,0 +1,255 @@
+//! When this node's Linode has just been given a share: the moment Linode's route servers are
+//! about to accept the node's sessions (they ignore its connection attempts while no share
+//! exists for its Linode), so the speaker stops waiting out its connect-retry backoff.
+//!
+//! Pure functions over the SharedIP statuses the operator writes; the Kubernetes loop keeps
+//! the previous round's [`ShareFacts`] and asks [`newly_shared`] each round.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::core::v1::Node;
+use kube::ResourceExt;
+use sharedip_api::{conditions, SharedIP};
+
+/// What one SharedIP's status says about this node's Linode.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct ShareFact {
+    /// `status.sharedWith` lists the Linode, or `status.owner` is the Linode.
+    pub listed: bool,
+    /// The SharedIP selects this node and its `Shared` condition is True.
+    pub shared_and_selected: bool,
+}
+
+/// Per SharedIP name.
+pub type ShareFacts = BTreeMap<String, ShareFact>;
+
+/// Why a SharedIP counts as a new share.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NewShare {
+    /// Its status newly lists this node's Linode.
+    Listed,
+    /// `Shared` turned True while it selects this node (or it newly selects this node while
+    /// True).
+    SharedTrue,
+}
+
+impl NewShare {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Listed => "linode listed in sharedWith",
+            Self::SharedTrue => "Shared turned True",
+        }
+    }
+}
+
+/// Parses `linode://<id>` (the Linode CCM's providerID).
+pub fn linode_id_from_provider_id(provider_id: &str) -> Option<u64> {
+    let id: u64 = provider_id.strip_prefix("linode://")?.parse().ok()?;
+    (id > 0).then_some(id)
+}
+
+/// This node's Linode, from its Node's `spec.providerID`.
+pub fn own_linode(node: &Node) -> Option<u64> {
+    node.spec
+        .as_ref()
+        .and_then(|s| s.provider_id.as_deref())
+        .and_then(linode_id_from_provider_id)
+}
+
+/// What every SharedIP says about `linode` (None: the Linode is not known, so nothing lists
+/// it); `selected` tells whether a SharedIP (by name) selects this node.
+pub fn share_facts<'a>(
+    sharedips: impl IntoIterator<Item = &'a SharedIP>,
+    linode: Option<u64>,
+    selected: impl Fn(&str) -> bool,
+) -> ShareFacts {
+    let linode = linode.and_then(|l| i64::try_from(l).ok());
+    sharedips
+        .into_iter()
+        .map(|sip| {
+            let name = sip.name_any();
+            let status = sip.status.as_ref();
+            let listed = linode.is_some_and(|l| {
+                status.is_some_and(|s| {
+                    s.shared_with.iter().any(|w| w.linode_id == l)
+                        || s.owner.as_ref().is_some_and(|o| o.linode_id == l)
+                })
+            });
+            let shared = status.is_some_and(|s| {
+                s.conditions
+                    .iter()
+                    .any(|c| c.type_ == conditions::SHARED && c.status == "True")
+            });
+            let fact = ShareFact {
+                listed,
+                shared_and_selected: shared && selected(&name),
+            };
+            (name, fact)
+        })
+        .collect()
+}
+
+/// The SharedIPs that give this node's Linode a share now and did not in `previous` (a
+/// SharedIP absent from `previous` gave none). A share that goes away and comes back counts
+/// again; one that stays does not.
+pub fn newly_shared(previous: &ShareFacts, current: &ShareFacts) -> Vec<(String, NewShare)> {
+    current
+        .iter()
+        .filter_map(|(name, now)| {
+            let before = previous.get(name).copied().unwrap_or_default();
+            if now.listed && !before.listed {
+                Some((name.clone(), NewShare::Listed))
+            } else if now.shared_and_selected && !before.shared_and_selected {
+                Some((name.clone(), NewShare::SharedTrue))
+            } else {
+                None
+            }
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+    use sharedip_api::{OwnerStatus, Role, SharedIPStatus, SharedLinode};
+
+    use super::*;
+
+    fn sip(name: &str, shared_with: &[i64], shared: Option<bool>) -> SharedIP {
+        let mut s = SharedIP::new(
+            name,
+            serde_json::from_value(serde_json::json!({
+                "address": "192.0.2.10",
+                "primary": {"nodeSelector": {}}
+            }))
+            .unwrap(),
+        );
+        s.status = Some(SharedIPStatus {
+            shared_with: shared_with
+                .iter()
+                .map(|l| SharedLinode {
+                    linode_id: *l,
+                    node: format!("node-{l}"),
+                    role: Role::Primary,
+                })
+                .collect(),
+            conditions: shared
+                .map(|v| Condition {
+                    type_: conditions::SHARED.into(),
+                    status: if v { "True" } else { "False" }.into(),
+                    reason: "Test".into(),
+                    message: String::new(),
+                    last_transition_time: Time(k8s_openapi::jiff::Timestamp::UNIX_EPOCH),
+                    observed_generation: None,
+                })
+                .into_iter()
+                .collect(),
+            ..Default::default()
+        });
+        s
+    }
+
+    fn facts(sips: &[SharedIP], linode: Option<u64>, selects: &[&str]) -> ShareFacts {
+        share_facts(sips, linode, |n| selects.contains(&n))
+    }
+
+    #[test]
+    fn parses_the_linode_from_the_provider_id() {
+        assert_eq!(linode_id_from_provider_id("linode://123"), Some(123));
+        for bad in [
+            "linode://",
+            "linode://0",
+            "linode://-1",
+            "aws://1",
+            "123",
+            "",
+        ] {
+            assert_eq!(linode_id_from_provider_id(bad), None, "{bad}");
+        }
+        let mut node = Node::default();
+        assert_eq!(own_linode(&node), None);
+        node.spec = Some(k8s_openapi::api::core::v1::NodeSpec {
+            provider_id: Some("linode://77".into()),
+            ..Default::default()
+        });
+        assert_eq!(own_linode(&node), Some(77));
+    }
+
+    #[test]
+    fn a_new_listing_of_our_linode_is_a_new_share() {
+        let before = facts(&[sip("web", &[1], Some(true))], Some(7), &[]);
+        let after = facts(&[sip("web", &[1, 7], Some(true))], Some(7), &[]);
+        assert_eq!(
+            newly_shared(&before, &after),
+            vec![("web".to_string(), NewShare::Listed)]
+        );
+        // Once listed, later rounds do not count it again.
+        assert!(newly_shared(&after, &after).is_empty());
+        // Another Linode's share is not ours.
+        let other = facts(&[sip("web", &[1, 8], Some(true))], Some(7), &[]);
+        assert!(newly_shared(&before, &other).is_empty());
+        // Removed, then given again: a new share.
+        let removed = facts(&[sip("web", &[1], Some(true))], Some(7), &[]);
+        assert!(newly_shared(&after, &removed).is_empty());
+        assert_eq!(newly_shared(&removed, &after).len(), 1);
+    }
+
+    #[test]
+    fn a_new_sharedip_or_the_first_round_counts() {
+        let after = facts(
+            &[sip("web", &[7], None), sip("db", &[1], None)],
+            Some(7),
+            &[],
+        );
+        assert_eq!(
+            newly_shared(&ShareFacts::new(), &after),
+            vec![("web".to_string(), NewShare::Listed)]
+        );
+    }
+
+    #[test]
+    fn the_owner_linode_counts_as_listed() {
+        let mut owned = sip("web", &[], None);
+        if let Some(s) = owned.status.as_mut() {
+            s.owner = Some(OwnerStatus {
+                linode_id: 7,
+                ..Default::default()
+            });
+        }
+        let after = facts(&[owned], Some(7), &[]);
+        assert_eq!(
+            newly_shared(&facts(&[sip("web", &[], None)], Some(7), &[]), &after),
+            vec![("web".to_string(), NewShare::Listed)]
+        );
+    }
+
+    #[test]
+    fn shared_turning_true_counts_only_for_a_sharedip_that_selects_us() {
+        let before = facts(&[sip("web", &[], Some(false))], None, &["web"]);
+        let after = facts(&[sip("web", &[], Some(true))], None, &["web"]);
+        assert_eq!(
+            newly_shared(&before, &after),
+            vec![("web".to_string(), NewShare::SharedTrue)]
+        );
+        // Not selecting us: not our share.
+        let before = facts(&[sip("web", &[], Some(false))], None, &[]);
+        let after = facts(&[sip("web", &[], Some(true))], None, &[]);
+        assert!(newly_shared(&before, &after).is_empty());
+        // Newly selected while Shared is already True.
+        let after_selected = facts(&[sip("web", &[], Some(true))], None, &["web"]);
+        assert_eq!(newly_shared(&after, &after_selected).len(), 1);
+        // Shared going False is no share.
+        let off = facts(&[sip("web", &[], Some(false))], None, &["web"]);
+        assert!(newly_shared(&after_selected, &off).is_empty());
+    }
+
+    #[test]
+    fn one_entry_per_sharedip_even_when_both_signals_change() {
+        let before = facts(&[sip("web", &[], Some(false))], Some(7), &["web"]);
+        let after = facts(&[sip("web", &[7], Some(true))], Some(7), &["web"]);
+        assert_eq!(
+            newly_shared(&before, &after),
+            vec![("web".to_string(), NewShare::Listed)]
+        );
+    }
+}
