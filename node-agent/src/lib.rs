@@ -7,7 +7,8 @@
 //! One loop per mode turns its inputs into decisions, applies them, and reports:
 //!
 //! ```text
-//!  kubernetes.rs   Node, SharedIP and Pod reflectors, session changes, resync, SIGHUP
+//!  kubernetes.rs   Node, SharedIP and Pod reflectors, session changes, resync, SIGHUP;
+//!                  a new share for this node's Linode (shares.rs) hurries the sessions
 //!  standalone.rs   --address, or the addresses found on the interfaces; SIGHUP
 //!        │ each turn
 //!        ▼
