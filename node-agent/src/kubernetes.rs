@@ -578,7 +578,7 @@ impl LoopCtx {
             .state()
             .into_iter()
             .next()
-            .and_then(|n| shares::own_linode(&n));
+            .and_then(|n| rules::linode_of(&n));
         let sips = self.stores.sharedips.state();
         let current = shares::share_facts(sips.iter().map(AsRef::as_ref), linode, |name| {
             desired.get(name).is_some_and(|d| d.role.is_some())

@@ -7,7 +7,6 @@
 
 use std::collections::BTreeMap;
 
-use k8s_openapi::api::core::v1::Node;
 use kube::ResourceExt;
 use sharedip_api::{conditions, SharedIP};
 
@@ -40,20 +39,6 @@ impl NewShare {
             Self::SharedTrue => "Shared turned True",
         }
     }
-}
-
-/// Parses `linode://<id>` (the Linode CCM's providerID).
-pub fn linode_id_from_provider_id(provider_id: &str) -> Option<u64> {
-    let id: u64 = provider_id.strip_prefix("linode://")?.parse().ok()?;
-    (id > 0).then_some(id)
-}
-
-/// This node's Linode, from its Node's `spec.providerID`.
-pub fn own_linode(node: &Node) -> Option<u64> {
-    node.spec
-        .as_ref()
-        .and_then(|s| s.provider_id.as_deref())
-        .and_then(linode_id_from_provider_id)
 }
 
 /// What every SharedIP says about `linode` (None: the Linode is not known, so nothing lists
@@ -151,28 +136,6 @@ mod tests {
 
     fn facts(sips: &[SharedIP], linode: Option<u64>, selects: &[&str]) -> ShareFacts {
         share_facts(sips, linode, |n| selects.contains(&n))
-    }
-
-    #[test]
-    fn parses_the_linode_from_the_provider_id() {
-        assert_eq!(linode_id_from_provider_id("linode://123"), Some(123));
-        for bad in [
-            "linode://",
-            "linode://0",
-            "linode://-1",
-            "aws://1",
-            "123",
-            "",
-        ] {
-            assert_eq!(linode_id_from_provider_id(bad), None, "{bad}");
-        }
-        let mut node = Node::default();
-        assert_eq!(own_linode(&node), None);
-        node.spec = Some(k8s_openapi::api::core::v1::NodeSpec {
-            provider_id: Some("linode://77".into()),
-            ..Default::default()
-        });
-        assert_eq!(own_linode(&node), Some(77));
     }
 
     #[test]

@@ -17,11 +17,12 @@ use std::sync::Arc;
 
 use k8s_openapi::api::core::v1::Node;
 use kube::ResourceExt;
+use sharedip_api::rules::linode_of;
 use sharedip_api::{rules, SharedAddress, SharedIP};
 
 use crate::directory::Directory;
 use crate::linode_api::{AddressInfo, ApiError};
-use crate::selection::{linode_of, linodes_of, place, select_nodes, Placement, SelectedNode};
+use crate::selection::{linodes_of, place, select_nodes, Placement, SelectedNode};
 use crate::status::reason;
 
 /// What a SharedIP should have: where its address goes.

@@ -7,7 +7,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use k8s_openapi::api::core::v1::Node;
 use kube::ResourceExt;
-use sharedip_api::rules::{RoleSelectors, SelectorError};
+use sharedip_api::rules::{linode_of, RoleSelectors, SelectorError};
 use sharedip_api::{ExcludedNode, Role, SharedIPSpec};
 
 /// Reasons a selected node does not take part.
@@ -15,21 +15,6 @@ pub mod reason {
     pub const NO_PROVIDER_ID: &str = "NodeWithoutProviderID";
     pub const LINODE_NOT_FOUND: &str = "LinodeNotFound";
     pub const OTHER_REGION: &str = "LinodeInOtherRegion";
-}
-
-/// Parses `linode://<id>` (the Linode CCM's providerID).
-pub fn linode_id_from_provider_id(provider_id: &str) -> Option<u64> {
-    let id = provider_id.strip_prefix("linode://")?;
-    let id: u64 = id.parse().ok()?;
-    (id > 0).then_some(id)
-}
-
-/// The Linode behind a node, from its `spec.providerID`.
-pub fn linode_of(node: &Node) -> Option<u64> {
-    node.spec
-        .as_ref()
-        .and_then(|s| s.provider_id.as_deref())
-        .and_then(linode_id_from_provider_id)
 }
 
 /// The Linodes behind `nodes` (those with a Linode providerID), deleting or not.
@@ -215,15 +200,6 @@ mod tests {
         fn region_of(&self, l: u64) -> Option<String> {
             self.0.get(&l).map(|s| s.to_string())
         }
-    }
-
-    #[test]
-    fn provider_id_parsing() {
-        assert_eq!(linode_id_from_provider_id("linode://123"), Some(123));
-        assert_eq!(linode_id_from_provider_id("linode://"), None);
-        assert_eq!(linode_id_from_provider_id("linode://0"), None);
-        assert_eq!(linode_id_from_provider_id("linode://12a"), None);
-        assert_eq!(linode_id_from_provider_id("aws:///us-east-1a/i-1"), None);
     }
 
     #[test]

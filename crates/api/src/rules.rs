@@ -10,6 +10,7 @@
 use std::collections::BTreeMap;
 use std::fmt;
 
+use k8s_openapi::api::core::v1::Node;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 use kube::core::{Selector, SelectorExt};
 use kube::ResourceExt;
@@ -85,6 +86,21 @@ pub fn role_of(
     labels: &BTreeMap<String, String>,
 ) -> Result<Option<Role>, SelectorError> {
     Ok(RoleSelectors::compile(spec)?.role_of(labels))
+}
+
+/// The Linode behind a node: its `spec.providerID` as the Linode CCM sets it (`linode://<id>`).
+/// The operator shares with this Linode; the agent on the node watches for shares with it.
+pub fn linode_of(node: &Node) -> Option<u64> {
+    node.spec
+        .as_ref()
+        .and_then(|s| s.provider_id.as_deref())
+        .and_then(linode_id_from_provider_id)
+}
+
+/// Parses `linode://<id>`; None for any other provider, an empty or zero id.
+pub fn linode_id_from_provider_id(provider_id: &str) -> Option<u64> {
+    let id: u64 = provider_id.strip_prefix("linode://")?.parse().ok()?;
+    (id > 0).then_some(id)
 }
 
 /// Which SharedIP keeps an address that several claim: of those whose addresses overlap
@@ -178,6 +194,29 @@ mod tests {
             k8s_openapi::jiff::Timestamp::from_second(created).unwrap(),
         ));
         s
+    }
+
+    #[test]
+    fn the_linode_behind_a_node_is_its_linode_provider_id() {
+        assert_eq!(linode_id_from_provider_id("linode://123"), Some(123));
+        for bad in [
+            "linode://",
+            "linode://0",
+            "linode://-1",
+            "linode://12a",
+            "aws:///us-east-1a/i-1",
+            "123",
+            "",
+        ] {
+            assert_eq!(linode_id_from_provider_id(bad), None, "{bad}");
+        }
+        let mut node = Node::default();
+        assert_eq!(linode_of(&node), None);
+        node.spec = Some(k8s_openapi::api::core::v1::NodeSpec {
+            provider_id: Some("linode://77".into()),
+            ..Default::default()
+        });
+        assert_eq!(linode_of(&node), Some(77));
     }
 
     #[test]
