@@ -98,6 +98,18 @@ impl Propagation {
         Ok(())
     }
 
+    /// Parses a jitter fraction (a command-line value), between 0 and 1.
+    pub fn parse_jitter(text: &str) -> Result<f64, String> {
+        let j: f64 = text
+            .parse()
+            .map_err(|e| format!("not a number: {text:?}: {e}"))?;
+        if (0.0..=1.0).contains(&j) {
+            Ok(j)
+        } else {
+            Err(format!("between 0 and 1, not {j}"))
+        }
+    }
+
     /// The delay of each of `servers` route servers: spread evenly over
     /// `delay × (1 ± jitter)`, assigned in an order drawn from `seed`.
     pub fn delays(&self, servers: usize, seed: u64) -> Vec<Duration> {
@@ -307,6 +319,10 @@ mod tests {
         assert!(p.check().is_ok());
         p.jitter = 1.5;
         assert!(p.check().unwrap_err().contains("jitter"));
+        assert_eq!(Propagation::parse_jitter("0.25"), Ok(0.25));
+        assert!(Propagation::parse_jitter("1.5").is_err());
+        assert!(Propagation::parse_jitter("-0.1").is_err());
+        assert!(Propagation::parse_jitter("half").is_err());
     }
 
     #[test]
