@@ -22,7 +22,7 @@ use sharedip_e2e::lab::report::{
     plot_png, write_json, BenchmarkReport, Metric, ModeResult, RunResult, Stats,
 };
 use sharedip_e2e::lab::traffic::{ProbeLog, Prober, ProberConfig, Sample};
-use sharedip_e2e::lab::{role_spec, Lab, LabConfig};
+use sharedip_e2e::lab::{role_spec, Lab, LabConfig, Propagation};
 use sharedip_e2e::netns;
 use sharedip_e2e::routeserver::Flavor;
 
@@ -64,6 +64,13 @@ struct Args {
     /// Hold time the agents propose, in seconds (3 is the lowest).
     #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u16).range(3..=90))]
     hold_time: u16,
+    /// Mean delay, in milliseconds, before a share change reaches a route server (Linode's
+    /// took 10–20 s when observed in 2026; each route server has its own delay around it).
+    #[arg(long, default_value_t = 300, value_parser = clap::value_parser!(u64).range(0..=600_000))]
+    propagation_delay_ms: u64,
+    /// How far the route servers' delays spread around the mean, as a fraction (0 to 1).
+    #[arg(long, default_value_t = 0.5, value_parser = Propagation::parse_jitter)]
+    propagation_jitter: f64,
     /// Directory for bench.json, probes.json and failover.png.
     #[arg(long, default_value = "target/bench")]
     out: PathBuf,
@@ -551,6 +558,11 @@ async fn run(args: Args) -> Result<()> {
     );
     let config = LabConfig {
         hold_time: args.hold_time,
+        propagation: Propagation {
+            delay: Duration::from_millis(args.propagation_delay_ms),
+            jitter: args.propagation_jitter,
+            ..Propagation::default()
+        },
         ..LabConfig::default()
     };
     let mut lab = Lab::start(config).await.context("starting the lab")?;

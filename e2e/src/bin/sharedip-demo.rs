@@ -23,7 +23,7 @@ use sharedip_e2e::lab::processes::{self, AGENT_BIN};
 use sharedip_e2e::lab::report::plot_png;
 use sharedip_e2e::lab::topology::{self, CLIENT_V4};
 use sharedip_e2e::lab::traffic::{ProbeLog, Prober, ProberConfig};
-use sharedip_e2e::lab::{role_spec, Lab, LabConfig};
+use sharedip_e2e::lab::{role_spec, Lab, LabConfig, Propagation};
 use sharedip_e2e::netns;
 
 /// The SharedIP's name.
@@ -46,6 +46,13 @@ struct Args {
     /// Skip the planned switchover (drain annotation).
     #[arg(long)]
     no_drain: bool,
+    /// Mean delay, in milliseconds, before a share change reaches a route server (Linode's
+    /// took 10–20 s when observed in 2026; each route server has its own delay around it).
+    #[arg(long, default_value_t = 300, value_parser = clap::value_parser!(u64).range(0..=600_000))]
+    propagation_delay_ms: u64,
+    /// How far the route servers' delays spread around the mean, as a fraction (0 to 1).
+    #[arg(long, default_value_t = 0.5, value_parser = Propagation::parse_jitter)]
+    propagation_jitter: f64,
 }
 
 /// Prints the next step's title; `n` counts the steps.
@@ -349,11 +356,19 @@ async fn run(args: &Args) -> Result<()> {
     step(&mut n, "Bringing the lab up");
     say("Everything runs on this machine, in network namespaces, with documentation addresses.");
     let lab_started = Instant::now();
-    let mut lab = Lab::start(LabConfig::default())
-        .await
-        .context("starting the lab")?;
+    let mut lab = Lab::start(LabConfig {
+        propagation: Propagation {
+            delay: Duration::from_millis(args.propagation_delay_ms),
+            jitter: args.propagation_jitter,
+            ..Propagation::default()
+        },
+        ..LabConfig::default()
+    })
+    .await
+    .context("starting the lab")?;
     say(&format!(
-        "Up in {} (every agent has its 4 BGP sessions):",
+        "Up in {} (every agent has tried its 4 route servers, which, like Linode's, leave\n\
+         its sessions unanswered until its Linode holds a shared address):",
         secs(lab_started.elapsed())
     ));
     print_topology(&lab)?;

@@ -5,8 +5,8 @@
 //! - the Linode API stand-in: an IP holder Linode (100, offline) owning [`SHARED_V4`],
 //!   [`SPARE_V4`], [`SPARE_V4_B`] and the IPv6 range [`SPARE_V6_RANGE`], and one Linode per
 //!   node (101, 102, …);
-//! - four route servers (BIRD by default) whose allow-lists follow the stand-in's sharing,
-//!   and a router whose kernel routes follow their best routes ([`super::routing`]);
+//! - four route servers (BIRD by default) whose allow-lists and admission follow the
+//!   stand-in's sharing after a propagation delay, as on Linode, and a router whose kernel routes follow their best routes ([`super::routing`]);
 //! - per node: a namespace, the real `sharedip-node-agent run` binary reaching the apiserver
 //!   through a [`KubeBridge`], and a [`Responder`] answering with the node's name;
 //! - two real `sharedip-operator` replicas (leader election) in the root namespace;
@@ -33,6 +33,7 @@ use serde_json::{json, Value};
 use sharedip_api::{SharedIP, DRAIN_ANNOTATION, REGION_LABEL};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
+use super::admission::Propagation;
 use super::expect::{differences, HeardRoute, Observed, Wanted};
 use super::processes::{
     self, start_agent, start_operator, AgentSettings, OperatorSettings, Process, ProcessError,
@@ -197,6 +198,9 @@ pub struct LabConfig {
     pub operators: usize,
     /// The responders' TCP port.
     pub port: u16,
+    /// How the route servers refuse nodes without a share and how late share changes
+    /// reach them ([`Propagation::default`]: 300 ms ± 50 %, attempts dropped).
+    pub propagation: Propagation,
 }
 
 impl Default for LabConfig {
@@ -213,6 +217,7 @@ impl Default for LabConfig {
             agent_args: Vec::new(),
             operators: 2,
             port: 80,
+            propagation: Propagation::default(),
         }
     }
 }
@@ -289,8 +294,9 @@ fn seed(nodes: &[NodeSpec]) -> Result<Seed, LabError> {
 }
 
 impl Lab {
-    /// Starts the whole lab and returns once every node's agent has its four BGP sessions
-    /// established (bounded by [`BOUND`]).
+    /// Starts the whole lab and returns once every node's agent has tried all four route
+    /// servers: established where its Linode holds an address, refused elsewhere (bounded by
+    /// [`BOUND`]).
     pub async fn start(config: LabConfig) -> Result<Lab, LabError> {
         let begun = std::time::Instant::now();
         if config.nodes.is_empty() || config.nodes.len() > MAX_NODES {
@@ -339,10 +345,10 @@ impl Lab {
         // The namespaces and daemons (blocking, mostly waiting on `ip` and the daemons)
         // come up while the control plane starts.
         let sharing = standin.subscribe();
-        let (n, flavor) = (config.nodes.len(), config.flavor);
+        let (n, flavor, propagation) = (config.nodes.len(), config.flavor, config.propagation);
         let network = tokio::task::spawn_blocking(move || -> Result<_, LabError> {
             let topo = Topology::create(n)?;
-            let routing = Routing::start(&topo, flavor, peers, sharing)?;
+            let routing = Routing::start(&topo, flavor, peers, sharing, propagation)?;
             Ok((topo, routing))
         });
         let cp = async {
@@ -439,7 +445,7 @@ impl Lab {
             startup: Duration::ZERO,
             work,
         };
-        if let Err(e) = lab.wait_sessions(BOUND).await {
+        if let Err(e) = lab.wait_sessions_or_refused(BOUND).await {
             eprintln!("lab start failed: {e}\n{}", lab.logs());
             return Err(e);
         }
@@ -449,33 +455,60 @@ impl Lab {
         Ok(lab)
     }
 
-    /// Waits until every route server has an Established session with every node whose
-    /// agent runs and whose link is up.
+    /// Waits until every route server has an Established session with every node it
+    /// admits (whose Linode holds an address, as that route server knows it).
     pub async fn wait_sessions(&self, bound: Duration) -> Result<(), LabError> {
-        let expected: Vec<Ipv6Addr> = self.routing.nodes().iter().map(|n| n.address).collect();
         eventually(
-            "every node's four BGP sessions established",
+            "every admitted node's BGP sessions established",
             bound,
-            || async {
-                for i in 0..self.routing.len() {
-                    let Some(rs) = self.routing.server(i) else {
-                        continue;
-                    };
-                    let peers = rs.peers().map_err(|e| format!("rs{}: {e}", i + 1))?;
-                    drop(rs);
-                    for a in &expected {
-                        let up = peers
-                            .iter()
-                            .any(|p| p.address == IpAddr::V6(*a) && p.established);
-                        if !up {
-                            return Err(format!("rs{}: {a} not established", i + 1));
-                        }
-                    }
-                }
-                Ok(())
-            },
+            || async { self.sessions_check(false) },
         )
         .await
+    }
+
+    /// Waits until every node is, on every route server, either established or refused at
+    /// least once (its agent tried while it had no share).
+    pub async fn wait_sessions_or_refused(&self, bound: Duration) -> Result<(), LabError> {
+        eventually(
+            "every node established with or refused by every route server",
+            bound,
+            || async { self.sessions_check(true) },
+        )
+        .await
+    }
+
+    fn sessions_check(&self, refused_will_do: bool) -> Result<(), String> {
+        for i in 0..self.routing.len() {
+            let admitted = self
+                .routing
+                .applied(i)
+                .map(|a| a.admitted)
+                .unwrap_or_default();
+            let refused = if refused_will_do {
+                self.routing.refused(i).map_err(|e| e.to_string())?
+            } else {
+                BTreeSet::new()
+            };
+            let Some(rs) = self.routing.server(i) else {
+                continue;
+            };
+            let peers = rs.peers().map_err(|e| format!("rs{}: {e}", i + 1))?;
+            drop(rs);
+            for node in self.routing.nodes() {
+                let up = peers
+                    .iter()
+                    .any(|p| p.address == IpAddr::V6(node.address) && p.established);
+                let excused = if refused_will_do {
+                    refused.contains(&node.address)
+                } else {
+                    !admitted.contains(&node.address)
+                };
+                if !up && !excused {
+                    return Err(format!("rs{}: {} not established", i + 1, node.address));
+                }
+            }
+        }
+        Ok(())
     }
 
     // -----------------------------------------------------------------------------------

@@ -1,6 +1,7 @@
 //! The end-to-end lab: a real control plane, the Linode API stand-in, four route
 //! servers and a router, node namespaces with the real agent, two real operators and a
 //! client; see [`cluster`] and [`Lab::start`].
+pub mod admission;
 pub mod cluster;
 pub mod expect;
 pub mod processes;
@@ -9,5 +10,6 @@ pub mod routing;
 pub mod topology;
 pub mod traffic;
 
+pub use admission::{Propagation, Refusal};
 pub use cluster::{role_spec, Lab, LabConfig, LabError, NodeSpec};
 pub use expect::{Wanted, WantedAddress};

@@ -1,11 +1,18 @@
 //! The lab's Linode network: four route servers whose import filters follow the Linode
 //! stand-in's sharing state, and a router whose kernel FIB follows their best routes.
 //!
-//! - **Allow-lists.** Every node is a peer of every route server (its session comes up
-//!   whatever is shared, as on Linode), but a route server accepts a prefix from a node only
-//!   when the stand-in says the node's Linode owns the address or has it shared. A thread
-//!   watches [`crate::standin::StandInHandle::subscribe`] and re-applies the lists on every change, so a
-//!   share call the operator forgot shows up as traffic that does not fail over.
+//! - **Allow-lists.** Every node is a peer of every route server, but a route server accepts
+//!   a prefix from a node only when the stand-in says the node's Linode owns the address or
+//!   has it shared. A thread watches [`crate::standin::StandInHandle::subscribe`] and
+//!   re-applies the lists on every change, so a share call the operator forgot shows up as
+//!   traffic that does not fail over.
+//! - **Share-gated sessions and propagation** (the model of [`super::admission`]): as on
+//!   Linode, a node's connection attempts are refused (silently by default) until its Linode
+//!   holds an address, and each route server takes up a share change — addition or removal,
+//!   allow-list and admission alike — only after its own delay (by default 300 ms ± 50 %,
+//!   [`super::admission::Propagation`]), in the order the changes were made. So a scenario
+//!   passes only if it survives moments where some route servers know a share and some do
+//!   not. On Linode the delay is 10–20 s; the benchmark can run with that.
 //! - **Forwarding.** A thread polls the four route servers' best routes every
 //!   [`FIB_INTERVAL`], picks per prefix the node most route servers prefer, and keeps the
 //!   router namespace's kernel routes (`proto bgp`) pointing at that node: an IPv4 /32 via
@@ -22,6 +29,7 @@ use std::time::Duration;
 use sharedip_process::sync::lock;
 use tokio::sync::watch;
 
+use super::admission::{self, Change, Gate, Pending, Propagation};
 use super::topology::{route_server_address, Topology, NODES_BRIDGE, ROUTER_RS_SIDE};
 use crate::netns::Netns;
 use crate::routeserver::{
@@ -32,8 +40,18 @@ use crate::standin::{IpKind, LinodeId, SharingSnapshot};
 
 /// How often the router re-reads the route servers' best routes.
 pub const FIB_INTERVAL: Duration = Duration::from_millis(100);
-/// How often the allow-list thread looks for a new sharing snapshot.
-const ALLOW_INTERVAL: Duration = Duration::from_millis(50);
+/// How often the allow-list thread looks for a new sharing snapshot or a due change (the
+/// resolution of the propagation delay).
+const ALLOW_INTERVAL: Duration = Duration::from_millis(10);
+
+/// What one route server has taken up of the sharing state.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Applied {
+    /// The stand-in's snapshot version.
+    pub version: u64,
+    /// The nodes it admits.
+    pub admitted: BTreeSet<Ipv6Addr>,
+}
 
 /// A node as the route servers know it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -152,6 +170,9 @@ pub struct Routing {
     stop: Arc<AtomicBool>,
     threads: Vec<JoinHandle<()>>,
     servers: Arc<Vec<Mutex<RouteServer>>>,
+    namespaces: Vec<Arc<Netns>>,
+    applied: Arc<Vec<Mutex<Applied>>>,
+    delays: Vec<Duration>,
     nodes: Vec<NodePeer>,
     owner: Mutex<std::sync::mpsc::Sender<OwnerRequest>>,
 }
@@ -191,6 +212,17 @@ pub enum RoutingError {
     /// The thread owning the daemons is gone (the lab is stopping).
     #[error("the route server thread has stopped")]
     OwnerGone,
+    /// The admission table of a route server's namespace could not be set up.
+    #[error("route server rs{index}: admission: {source}")]
+    Gate {
+        /// 1-based index.
+        index: usize,
+        /// Why.
+        source: crate::netns::NetnsError,
+    },
+    /// A bad propagation model.
+    #[error("{0}")]
+    Propagation(String),
     /// A thread could not be started.
     #[error("cannot start the {what} thread: {source}")]
     Thread {
@@ -203,57 +235,64 @@ pub enum RoutingError {
 
 impl Routing {
     /// Starts four route servers of `flavor` in the topology's route server namespaces
-    /// with the allow-lists of the current sharing state, and the allow-list and forwarding
-    /// threads. `sharing` is the stand-in's [`crate::standin::StandInHandle::subscribe`].
+    /// with the allow-lists and admission of the current sharing state, and the allow-list
+    /// and forwarding threads; later share changes reach each route server as
+    /// `propagation` says. `sharing` is the stand-in's
+    /// [`crate::standin::StandInHandle::subscribe`].
     pub fn start(
         topo: &Topology,
         flavor: Flavor,
         nodes: Vec<NodePeer>,
         mut sharing: watch::Receiver<SharingSnapshot>,
+        propagation: Propagation,
     ) -> Result<Routing, RoutingError> {
-        let peers = allow_lists(&sharing.borrow_and_update(), &nodes);
-        let stop = Arc::new(AtomicBool::new(false));
-        // The daemons die with the thread that spawned them (PR_SET_PDEATHSIG), so a thread
-        // that lives as long as the lab starts them, and then follows the sharing state.
-        let (tx, rx) = std::sync::mpsc::channel();
-        let (requests_tx, requests) = std::sync::mpsc::channel();
-        let rs_namespaces: Vec<Arc<Netns>> = topo.rs.clone();
-        let (st, owned_nodes) = (stop.clone(), nodes.clone());
-        let owner = std::thread::Builder::new()
-            .name("lab-route-servers".into())
-            .spawn(
-                move || match start_servers(flavor, &rs_namespaces, &peers) {
-                    Ok(servers) => {
-                        let servers = Arc::new(servers);
-                        let _ = tx.send(Ok(servers.clone()));
-                        follow_sharing(&servers, &owned_nodes, &mut sharing, &requests, &st);
-                    }
-                    Err(e) => {
-                        let _ = tx.send(Err(e));
-                    }
-                },
-            )
-            .map_err(|source| RoutingError::Thread {
-                what: "route server",
-                source,
+        propagation.check().map_err(RoutingError::Propagation)?;
+        let first = change_of(&sharing.borrow_and_update(), &nodes);
+        for (i, ns) in topo.rs.iter().enumerate() {
+            Gate::install(ns, propagation.refusal, &first.admitted).map_err(|source| {
+                RoutingError::Gate {
+                    index: i + 1,
+                    source,
+                }
             })?;
-        let started = rx.recv().unwrap_or_else(|_| {
-            Err(RoutingError::RouteServer {
-                index: 0,
-                source: RouteServerError::NotRunning(flavor),
-            })
-        });
-        let servers = match started {
-            Ok(s) => s,
-            Err(e) => {
-                let _ = owner.join();
-                return Err(e);
-            }
+        }
+        let delays = propagation.delays(topo.rs.len(), admission::random_seed());
+        tracing::info!(?delays, refusal = ?propagation.refusal, "route server propagation delays");
+        let applied: Arc<Vec<Mutex<Applied>>> = Arc::new(
+            topo.rs
+                .iter()
+                .map(|_| {
+                    Mutex::new(Applied {
+                        version: first.version,
+                        admitted: first.admitted.clone(),
+                    })
+                })
+                .collect(),
+        );
+        let stop = Arc::new(AtomicBool::new(false));
+        let (requests_tx, requests) = std::sync::mpsc::channel();
+        let follower = Follower {
+            nodes: nodes.clone(),
+            namespaces: topo.rs.clone(),
+            pending: delays.iter().map(|d| Pending::new(*d)).collect(),
+            last: vec![first.clone(); topo.rs.len()],
+            applied: applied.clone(),
         };
+        let (owner, servers) = spawn_owner(
+            flavor,
+            follower,
+            first.peers,
+            sharing,
+            requests,
+            stop.clone(),
+        )?;
         let mut routing = Routing {
             stop: stop.clone(),
             threads: vec![owner],
             servers: servers.clone(),
+            namespaces: topo.rs.clone(),
+            applied,
+            delays,
             nodes,
             owner: Mutex::new(requests_tx),
         };
@@ -268,6 +307,41 @@ impl Routing {
             })?;
         routing.threads.push(fib);
         Ok(routing)
+    }
+
+    /// What route server `i` (0-based) has taken up of the sharing state.
+    pub fn applied(&self, i: usize) -> Option<Applied> {
+        self.applied.get(i).map(|a| lock(a).clone())
+    }
+
+    /// Each route server's propagation delay.
+    pub fn delays(&self) -> &[Duration] {
+        &self.delays
+    }
+
+    /// The nodes route server `i` (0-based) refused at least once (read from its
+    /// namespace's packet filter).
+    pub fn refused(&self, i: usize) -> Result<BTreeSet<Ipv6Addr>, RoutingError> {
+        let ns = self
+            .namespaces
+            .get(i)
+            .ok_or(RoutingError::NoSuchServer(i + 1))?;
+        Gate::attempted(ns).map_err(|source| RoutingError::Gate {
+            index: i + 1,
+            source,
+        })
+    }
+
+    /// The nodes route server `i`'s packet filter admits now.
+    pub fn admitted(&self, i: usize) -> Result<BTreeSet<Ipv6Addr>, RoutingError> {
+        let ns = self
+            .namespaces
+            .get(i)
+            .ok_or(RoutingError::NoSuchServer(i + 1))?;
+        Gate::admitted(ns).map_err(|source| RoutingError::Gate {
+            index: i + 1,
+            source,
+        })
     }
 
     /// Route server `i` (0-based), locked.
@@ -388,56 +462,165 @@ fn start_servers(
         .collect()
 }
 
-fn follow_sharing(
-    servers: &[Mutex<RouteServer>],
-    nodes: &[NodePeer],
-    sharing: &mut watch::Receiver<SharingSnapshot>,
-    requests: &std::sync::mpsc::Receiver<OwnerRequest>,
-    stop: &AtomicBool,
-) {
-    let mut applied: Option<Vec<Peer>> = None;
-    while !stop.load(Ordering::Relaxed) {
-        while let Ok(request) = requests.try_recv() {
-            match request {
-                OwnerRequest::Restart { index, done } => {
-                    let result = match servers.get(index) {
-                        // Restarted with the allow-list in force (set_peers keeps it in
-                        // the configuration).
-                        Some(s) => lock(s)
-                            .restart()
-                            .map_err(|source| RoutingError::RouteServer {
-                                index: index + 1,
-                                source,
-                            }),
-                        None => Err(RoutingError::NoSuchServer(index + 1)),
-                    };
-                    tracing::info!(
-                        rs = index + 1,
-                        ok = result.is_ok(),
-                        "route server restarted"
-                    );
-                    let _ = done.send(result);
+/// The running route servers, shared by the threads that follow them.
+type Servers = Arc<Vec<Mutex<RouteServer>>>;
+
+/// The thread that starts the daemons (they die with it) and then follows the sharing
+/// state; returns it with the started servers.
+fn spawn_owner(
+    flavor: Flavor,
+    mut follower: Follower,
+    peers: Vec<Peer>,
+    mut sharing: watch::Receiver<SharingSnapshot>,
+    requests: std::sync::mpsc::Receiver<OwnerRequest>,
+    stop: Arc<AtomicBool>,
+) -> Result<(JoinHandle<()>, Servers), RoutingError> {
+    let (tx, rx) = std::sync::mpsc::channel();
+    let rs_namespaces = follower.namespaces.clone();
+    let owner = std::thread::Builder::new()
+        .name("lab-route-servers".into())
+        .spawn(
+            move || match start_servers(flavor, &rs_namespaces, &peers) {
+                Ok(servers) => {
+                    let servers = Arc::new(servers);
+                    let _ = tx.send(Ok(servers.clone()));
+                    follower.run(&servers, &mut sharing, &requests, &stop);
                 }
-            }
+                Err(e) => {
+                    let _ = tx.send(Err(e));
+                }
+            },
+        )
+        .map_err(|source| RoutingError::Thread {
+            what: "route server",
+            source,
+        })?;
+    let started = rx.recv().unwrap_or_else(|_| {
+        Err(RoutingError::RouteServer {
+            index: 0,
+            source: RouteServerError::NotRunning(flavor),
+        })
+    });
+    match started {
+        Ok(servers) => Ok((owner, servers)),
+        Err(e) => {
+            let _ = owner.join();
+            Err(e)
         }
-        match sharing.has_changed() {
-            Ok(true) => {
-                let peers = allow_lists(&sharing.borrow_and_update(), nodes);
-                if applied.as_ref() != Some(&peers) {
-                    for (i, s) in servers.iter().enumerate() {
-                        if let Err(error) = lock(s).set_peers(peers.clone()) {
-                            tracing::warn!(rs = i + 1, %error, "cannot apply the allow-list");
-                        }
+    }
+}
+
+/// A sharing snapshot as the route servers take it up.
+fn change_of(snapshot: &SharingSnapshot, nodes: &[NodePeer]) -> Change {
+    Change {
+        version: snapshot.version,
+        peers: allow_lists(snapshot, nodes),
+        admitted: admission::admitted(snapshot, nodes),
+    }
+}
+
+/// Carries sharing snapshots to each route server after its delay.
+struct Follower {
+    nodes: Vec<NodePeer>,
+    namespaces: Vec<Arc<Netns>>,
+    pending: Vec<Pending>,
+    /// The change each route server has taken up last.
+    last: Vec<Change>,
+    applied: Arc<Vec<Mutex<Applied>>>,
+}
+
+impl Follower {
+    fn run(
+        &mut self,
+        servers: &[Mutex<RouteServer>],
+        sharing: &mut watch::Receiver<SharingSnapshot>,
+        requests: &std::sync::mpsc::Receiver<OwnerRequest>,
+        stop: &AtomicBool,
+    ) {
+        while !stop.load(Ordering::Relaxed) {
+            while let Ok(request) = requests.try_recv() {
+                serve(servers, request);
+            }
+            match sharing.has_changed() {
+                Ok(true) => {
+                    let change = change_of(&sharing.borrow_and_update(), &self.nodes);
+                    let now = std::time::Instant::now();
+                    for p in &mut self.pending {
+                        p.push(now, change.clone());
                     }
-                    tracing::debug!(?peers, "route server allow-lists follow the sharing state");
-                    applied = Some(peers);
+                }
+                Ok(false) => {}
+                // The stand-in is gone: nothing will change any more.
+                Err(_) => return,
+            }
+            self.take_up_due(servers);
+            std::thread::sleep(ALLOW_INTERVAL);
+        }
+    }
+
+    /// Applies to each route server the newest change whose delay has passed.
+    fn take_up_due(&mut self, servers: &[Mutex<RouteServer>]) {
+        let now = std::time::Instant::now();
+        for (i, s) in servers.iter().enumerate() {
+            let Some(change) = self.pending.get_mut(i).and_then(|p| p.due(now)) else {
+                continue;
+            };
+            let Some(last) = self.last.get_mut(i) else {
+                continue;
+            };
+            if last.peers != change.peers {
+                if let Err(error) = lock(s).set_peers(change.peers.clone()) {
+                    tracing::warn!(rs = i + 1, %error, "cannot apply the allow-list");
                 }
             }
-            Ok(false) => {}
-            // The stand-in is gone: nothing will change any more.
-            Err(_) => return,
+            if last.admitted != change.admitted {
+                if let Some(ns) = self.namespaces.get(i) {
+                    if let Err(error) = Gate::admit(ns, &change.admitted) {
+                        tracing::warn!(rs = i + 1, %error, "cannot update the admitted nodes");
+                    }
+                }
+            }
+            if last != &change {
+                tracing::info!(
+                    rs = i + 1,
+                    version = change.version,
+                    admitted = ?change.admitted,
+                    "route server takes up the sharing state"
+                );
+            }
+            if let Some(a) = self.applied.get(i) {
+                *lock(a) = Applied {
+                    version: change.version,
+                    admitted: change.admitted.clone(),
+                };
+            }
+            *last = change;
         }
-        std::thread::sleep(ALLOW_INTERVAL);
+    }
+}
+
+/// Carries out a request for the thread that owns the daemons.
+fn serve(servers: &[Mutex<RouteServer>], request: OwnerRequest) {
+    match request {
+        OwnerRequest::Restart { index, done } => {
+            let result = match servers.get(index) {
+                // Restarted with the allow-list in force (set_peers keeps it in the
+                // configuration); the admission table lives in the namespace and stays.
+                Some(s) => lock(s)
+                    .restart()
+                    .map_err(|source| RoutingError::RouteServer {
+                        index: index + 1,
+                        source,
+                    }),
+                None => Err(RoutingError::NoSuchServer(index + 1)),
+            };
+            tracing::info!(
+                rs = index + 1,
+                ok = result.is_ok(),
+                "route server restarted"
+            );
+            let _ = done.send(result);
+        }
     }
 }
 
