@@ -116,6 +116,7 @@ mod tests {
                     linode_id: *l,
                     node: format!("node-{l}"),
                     role: Role::Primary,
+                    since: None,
                 })
                 .collect(),
             conditions: shared

@@ -80,6 +80,12 @@ pub struct Config {
     /// delayed. 0 disables damping.
     #[arg(long, env = "MEMBERSHIP_HOLD_DOWN", default_value = "10s", value_parser = parse_duration)]
     pub membership_hold_down: Duration,
+    /// How long the address stays shared with the Linode of a node that no longer takes it
+    /// (deselected, or its Node being deleted) while that node's agent still reports that it
+    /// announces. The share goes as soon as the agent reports it withdrew, or its entry or Node
+    /// is gone.
+    #[arg(long, env = "UNSHARE_AFTER_WITHDRAW_TIMEOUT", default_value = "60s", value_parser = parse_duration)]
+    pub unshare_after_withdraw_timeout: Duration,
     /// This cluster's identity, which keeps "ours" exact when several clusters share a Linode
     /// account: it names the ledger of the Linodes that received this cluster's addresses.
     /// Lower-case letters, digits and '-', at most 63 characters. Default: the UID of the
@@ -185,6 +191,7 @@ mod tests {
         assert!(!c.leader_election);
         assert_eq!(c.batch_window, Duration::from_millis(100));
         assert_eq!(c.membership_hold_down, Duration::from_secs(10));
+        assert_eq!(c.unshare_after_withdraw_timeout, Duration::from_secs(60));
         let c =
             Config::try_parse_from(["sharedip-operator", "--membership-hold-down", "0"]).unwrap();
         assert_eq!(c.membership_hold_down, Duration::ZERO);

@@ -38,6 +38,7 @@ use crate::ledger::{ConfigMapStore, Ledger, LedgerError, LedgerStore};
 use crate::linode_api::DynLinodeApi;
 use crate::membership::{Decision, MembershipDamper};
 use crate::metrics::Metrics;
+use crate::plan::DepartureClock;
 use crate::reconciler::{self, Backoff, Context, ReconcileConfig};
 use crate::share_syncer::{ShareSyncer, SyncerConfig, SyncerTask};
 use crate::sweep::Sweeper;
@@ -268,6 +269,7 @@ fn controller_settings(
         reconcile: ReconcileConfig {
             resync: config.resync_interval,
             membership_hold_down: config.membership_hold_down,
+            unshare_after_withdraw_timeout: config.unshare_after_withdraw_timeout,
             ..Default::default()
         },
         token_changes,
@@ -332,6 +334,7 @@ pub async fn run_controller(
         damper: nodes.damper,
         reconcile_all: nodes.trigger,
         auth_failed: Mutex::new(BTreeSet::new()),
+        departures: DepartureClock::default(),
     });
     let sweep_task = tokio::spawn(sweeper(&ctx, ledger, settings.sweep_interval).run());
     let token_task = settings

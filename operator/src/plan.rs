@@ -12,13 +12,15 @@
 //! hold it before its region is known; selection comes next, and placement needs the regions
 //! of the selected nodes' Linodes.
 
-use std::collections::BTreeSet;
-use std::sync::Arc;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use k8s_openapi::api::core::v1::Node;
 use kube::ResourceExt;
 use sharedip_api::rules::linode_of;
-use sharedip_api::{rules, SharedAddress, SharedIP};
+use sharedip_api::{rules, NodeStatus, SharedAddress, SharedIP, SharedLinode};
+use sharedip_process::sync::lock;
 
 use crate::directory::Directory;
 use crate::linode_api::{AddressInfo, ApiError};
@@ -214,6 +216,125 @@ async fn account_address(
     Ok(info)
 }
 
+impl Plan {
+    /// Keeps the address on `linode` although its node no longer takes it (see
+    /// [`departure`]): the share wave leaves it there and the status goes on naming it.
+    pub fn keep(&mut self, linode: u64, entry: &SharedLinode) {
+        self.placement
+            .share_with
+            .entry(linode)
+            .or_insert_with(|| (entry.node.clone(), entry.role));
+    }
+}
+
+/// The default bound of the wait for a leaving node's agent to withdraw: long enough for an
+/// agent that is alive to notice its deselection and report it, short enough that a share
+/// with a node whose agent is dead does not linger.
+pub const DEFAULT_UNSHARE_AFTER_WITHDRAW_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// What becomes of the share with a Linode whose node no longer takes the address.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Departure {
+    /// Its agent still announces: removing the share now would have the route servers drop
+    /// the route that may carry the traffic. Look again after `remaining` at the latest.
+    Keep { remaining: Duration },
+    /// Remove the share now, for this reason.
+    Release(Released),
+}
+
+/// Why a share with a leaving Linode is removed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Released {
+    /// Its agent reports that it no longer announces the address.
+    Withdrawn,
+    /// Its agent has no entry in the status (never had one, or took it away).
+    NoEntry,
+    /// Its Node no longer exists.
+    NodeGone,
+    /// Its agent still reports announcing after the wait's bound.
+    TimedOut,
+}
+
+impl Released {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Released::Withdrawn => "withdrawn",
+            Released::NoEntry => "no agent entry",
+            Released::NodeGone => "node gone",
+            Released::TimedOut => "timed out",
+        }
+    }
+}
+
+/// The Linodes the status names that the plan no longer shares with, when the address is
+/// still the one they hold: those a [`departure`] decides on. An address that changed is
+/// retired from them at once, as agents withdraw it at once.
+pub fn leaving<'a>(
+    plan: &Plan,
+    previous_address: Option<std::net::IpAddr>,
+    previous: &'a BTreeMap<u64, SharedLinode>,
+) -> Vec<(u64, &'a SharedLinode)> {
+    if previous_address != Some(plan.account.network) {
+        return Vec::new();
+    }
+    previous
+        .iter()
+        .filter(|(l, _)| !plan.placement.share_with.contains_key(l))
+        .filter(|(l, _)| Some(**l) != plan.account.owner)
+        .map(|(l, e)| (*l, e))
+        .collect()
+}
+
+/// Whether the share with the Linode of `node`, which no longer takes the address, stays:
+/// until the node's agent reports in `entries` that it no longer announces, its entry or its
+/// Node is gone, or it has been waited for `timeout`.
+pub fn departure(
+    node: &str,
+    node_exists: bool,
+    entries: &[NodeStatus],
+    waited: Duration,
+    timeout: Duration,
+) -> Departure {
+    if !node_exists {
+        return Departure::Release(Released::NodeGone);
+    }
+    match entries.iter().find(|e| e.name == node) {
+        None => Departure::Release(Released::NoEntry),
+        Some(e) if !e.announcing => Departure::Release(Released::Withdrawn),
+        Some(_) if waited >= timeout => Departure::Release(Released::TimedOut),
+        Some(_) => Departure::Keep {
+            remaining: timeout.saturating_sub(waited),
+        },
+    }
+}
+
+/// Since when each kept share has waited for its node's agent, per SharedIP and Linode. In
+/// memory: a restarted operator starts the wait again, which the timeout still bounds.
+#[derive(Debug, Default)]
+pub struct DepartureClock {
+    started: Mutex<HashMap<(String, u64), Instant>>,
+}
+
+impl DepartureClock {
+    /// How long `sharedip`'s share with `linode` has waited at `now`, and whether the wait
+    /// starts now.
+    pub fn waited(&self, sharedip: &str, linode: u64, now: Instant) -> (Duration, bool) {
+        let mut started = lock(&self.started);
+        match started.get(&(sharedip.to_string(), linode)) {
+            Some(at) => (now.saturating_duration_since(*at), false),
+            None => {
+                started.insert((sharedip.to_string(), linode), now);
+                (Duration::ZERO, true)
+            }
+        }
+    }
+
+    /// Forgets the waits of `sharedip` except those for `waiting`.
+    pub fn retain(&self, sharedip: &str, waiting: &BTreeSet<u64>) {
+        lock(&self.started).retain(|(s, l), _| s != sharedip || waiting.contains(l));
+    }
+}
+
 /// The name of the node whose providerID is `linode`.
 fn node_of(nodes: &[Arc<Node>], linode: u64) -> Option<String> {
     nodes
@@ -365,6 +486,100 @@ mod tests {
         );
         assert_eq!(p.owner_node, None);
         assert_eq!(p.cluster_linodes, BTreeSet::from([1, 2, 3]));
+    }
+
+    fn entry(name: &str, announcing: bool) -> NodeStatus {
+        NodeStatus {
+            name: name.into(),
+            announcing,
+            ..Default::default()
+        }
+    }
+
+    fn shared(node: &str, role: Role) -> SharedLinode {
+        SharedLinode {
+            linode_id: 0,
+            node: node.into(),
+            role,
+            since: None,
+        }
+    }
+
+    #[tokio::test]
+    async fn a_deselected_linode_whose_agent_announces_stays_wanted_until_it_withdraws() {
+        let sip = sharedip("web", "192.0.2.10", None, 1_000);
+        // b2 was shared before and is no longer selected.
+        let nodes = vec![node("a1", "a", 1), node("b2", "other", 2)];
+        let mut p = plan(&sip, std::slice::from_ref(&sip), &nodes, &account())
+            .await
+            .unwrap();
+        assert_eq!(p.placement.linodes(), BTreeSet::from([1]));
+        let previous = BTreeMap::from([
+            (1, shared("a1", Role::Primary)),
+            (2, shared("b2", Role::Secondary)),
+        ]);
+        let network = Some(p.account.network);
+        let out = leaving(&p, network, &previous);
+        assert_eq!(out.len(), 1);
+        assert_eq!(out[0].0, 2);
+        // An address that changed is not kept anywhere.
+        let other: std::net::IpAddr = "192.0.2.99".parse().unwrap();
+        assert!(leaving(&p, Some(other), &previous).is_empty());
+
+        let timeout = Duration::from_secs(60);
+        let announcing = [entry("a1", true), entry("b2", true)];
+        let d = departure("b2", true, &announcing, Duration::from_secs(5), timeout);
+        assert_eq!(
+            d,
+            Departure::Keep {
+                remaining: Duration::from_secs(55)
+            }
+        );
+        p.keep(2, out[0].1);
+        assert_eq!(p.placement.linodes(), BTreeSet::from([1, 2]));
+        assert_eq!(
+            p.placement.share_with.get(&2),
+            Some(&("b2".to_string(), Role::Secondary))
+        );
+        // Kept shares are not "leaving" again in the same plan.
+        assert!(leaving(&p, network, &previous).is_empty());
+    }
+
+    #[test]
+    fn a_kept_share_is_released_on_withdrawal_on_timeout_and_when_its_node_or_entry_goes() {
+        let timeout = Duration::from_secs(60);
+        let early = Duration::from_secs(1);
+        let withdrawn = [entry("b2", false)];
+        assert_eq!(
+            departure("b2", true, &withdrawn, early, timeout),
+            Departure::Release(Released::Withdrawn)
+        );
+        let announcing = [entry("b2", true)];
+        assert_eq!(
+            departure("b2", true, &announcing, timeout, timeout),
+            Departure::Release(Released::TimedOut)
+        );
+        assert_eq!(
+            departure("b2", false, &announcing, early, timeout),
+            Departure::Release(Released::NodeGone)
+        );
+        assert_eq!(
+            departure("b2", true, &[entry("a1", true)], early, timeout),
+            Departure::Release(Released::NoEntry)
+        );
+    }
+
+    #[test]
+    fn the_departure_clock_starts_once_and_forgets_what_is_no_longer_waited_for() {
+        let clock = DepartureClock::default();
+        let t0 = Instant::now();
+        assert_eq!(clock.waited("web", 2, t0), (Duration::ZERO, true));
+        let t1 = t0 + Duration::from_secs(7);
+        assert_eq!(clock.waited("web", 2, t1), (Duration::from_secs(7), false));
+        assert_eq!(clock.waited("other", 2, t1), (Duration::ZERO, true));
+        clock.retain("web", &BTreeSet::new());
+        assert_eq!(clock.waited("web", 2, t1), (Duration::ZERO, true));
+        assert_eq!(clock.waited("other", 2, t1), (Duration::ZERO, false));
     }
 
     #[tokio::test]

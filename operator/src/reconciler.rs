@@ -15,6 +15,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use k8s_openapi::api::core::v1::Node;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use k8s_openapi::jiff::Timestamp;
 use kube::api::Api;
 use kube::runtime::controller::Action;
 use kube::runtime::events::{EventType, Recorder};
@@ -33,7 +35,10 @@ use crate::events::{self, publish, WaveChanges};
 use crate::linode_api::ApiError;
 use crate::membership::MembershipDamper;
 use crate::metrics::Metrics;
-use crate::plan::{plan, Blocked, Plan, Previously, Refusal, Retry};
+use crate::plan::{
+    departure, leaving, plan, Blocked, Departure, DepartureClock, Plan, Previously, Refusal, Retry,
+    DEFAULT_UNSHARE_AFTER_WITHDRAW_TIMEOUT,
+};
 use crate::selection::{self, linodes_of};
 use crate::share_syncer::{Claim, LinodeOutcome, Outcome, Request, ShareSyncer, SyncerError};
 use crate::status::{
@@ -55,6 +60,8 @@ pub struct ReconcileConfig {
     pub backoff_max: Duration,
     /// Hold-down of a node whose membership flaps (see [`crate::membership`]).
     pub membership_hold_down: Duration,
+    /// Bound of the wait for a leaving node's agent to withdraw (see [`crate::plan::departure`]).
+    pub unshare_after_withdraw_timeout: Duration,
 }
 
 /// The default hold-down of a flapping node. Linode takes 10-20 s to carry a share call to its
@@ -72,6 +79,7 @@ impl Default for ReconcileConfig {
             backoff_base: Duration::from_secs(2),
             backoff_max: Duration::from_secs(300),
             membership_hold_down: DEFAULT_MEMBERSHIP_HOLD_DOWN,
+            unshare_after_withdraw_timeout: DEFAULT_UNSHARE_AFTER_WITHDRAW_TIMEOUT,
         }
     }
 }
@@ -95,6 +103,8 @@ pub struct Context {
     /// SharedIPs whose last reconcile failed for lack of a usable Linode token: a change of
     /// the token file retries them at once.
     pub auth_failed: Mutex<BTreeSet<String>>,
+    /// Since when each share kept for a leaving node has waited for its agent to withdraw.
+    pub departures: DepartureClock,
 }
 
 impl Context {
@@ -286,10 +296,11 @@ fn blocks_others(sip: &SharedIP, addr: &SharedAddress, all: &[Arc<SharedIP>]) ->
 
 /// Shares the address as planned, through the share syncer, and reports what the wave did:
 /// events for what changed, then the status.
-async fn execute(sip: &SharedIP, ctx: &Context, plan: Plan) -> Result<Action, Error> {
+async fn execute(sip: &SharedIP, ctx: &Context, mut plan: Plan) -> Result<Action, Error> {
     let previous = Previous::of(sip);
+    let recheck = keep_leaving(sip, ctx, &mut plan, &previous);
     let outcome = submit(ctx, share_request(sip, &plan, &previous)).await?;
-    let shared_with = shared_now(&plan, &previous, &outcome);
+    let shared_with = shared_now(&plan, &previous, &outcome, Timestamp::now());
     let wave = WaveChanges {
         address: &plan.address,
         placement: &plan.placement,
@@ -317,10 +328,49 @@ async fn execute(sip: &SharedIP, ctx: &Context, plan: Plan) -> Result<Action, Er
         .await
         .map_err(Error::Kube)?;
     if failures.is_empty() {
-        Ok(Action::requeue(ctx.config.resync))
+        let resync = ctx.config.resync;
+        Ok(Action::requeue(recheck.map_or(resync, |r| r.min(resync))))
     } else {
         Err(share_error(&failures))
     }
+}
+
+/// Keeps the address on the Linodes of nodes that no longer take it while their agents still
+/// announce it, so the traffic those nodes carry is not dropped by the route servers before
+/// they withdraw; logs each share kept and each released. Returns when the first wait runs
+/// out: an agent's status change reconciles sooner, and the wait blocks nothing meanwhile.
+fn keep_leaving(
+    sip: &SharedIP,
+    ctx: &Context,
+    plan: &mut Plan,
+    previous: &Previous,
+) -> Option<Duration> {
+    let name = sip.name_any();
+    let entries = sip.status.as_ref().map_or(&[][..], |s| s.nodes.as_slice());
+    let present: BTreeSet<String> = ctx.nodes.state().iter().map(|n| n.name_any()).collect();
+    let timeout = ctx.config.unshare_after_withdraw_timeout;
+    let now = Instant::now();
+    let mut waiting = BTreeSet::new();
+    let mut recheck: Option<Duration> = None;
+    for (linode, entry) in leaving(plan, previous.address, &previous.linodes) {
+        let (waited, starts) = ctx.departures.waited(&name, linode, now);
+        let node = &entry.node;
+        match departure(node, present.contains(node), entries, waited, timeout) {
+            Departure::Keep { remaining } => {
+                if starts {
+                    info!(sharedip = %name, linode, node = %node, timeout = ?timeout, "share kept until the node's agent withdraws");
+                }
+                plan.keep(linode, entry);
+                waiting.insert(linode);
+                recheck = Some(recheck.map_or(remaining, |r| r.min(remaining)));
+            }
+            Departure::Release(why) => {
+                info!(sharedip = %name, linode, node = %node, reason = why.as_str(), waited = ?waited, "share released");
+            }
+        }
+    }
+    ctx.departures.retain(&name, &waiting);
+    recheck
 }
 
 /// The wish a plan hands to the share syncer.
@@ -348,16 +398,36 @@ fn share_request(sip: &SharedIP, plan: &Plan, previous: &Previous) -> Request {
 }
 
 /// What is shared now: wanted Linodes in sync, plus Linodes where removing the address failed
-/// (still shared as far as we know, so the next reconcile examines them again).
-fn shared_now(plan: &Plan, previous: &Previous, outcome: &Outcome) -> Vec<SharedLinode> {
+/// (still shared as far as we know, so the next reconcile examines them again). Each with
+/// since when: `now` if this wave's share call added the address, else what the status said
+/// (`now` for a share the status did not date).
+fn shared_now(
+    plan: &Plan,
+    previous: &Previous,
+    outcome: &Outcome,
+    now: Timestamp,
+) -> Vec<SharedLinode> {
     let share_with = &plan.placement.share_with;
+    let network = plan.account.network;
+    // The apiserver keeps whole seconds: a finer time would differ from its own read-back.
+    let now = Time(Timestamp::from_second(now.as_second()).unwrap_or(now));
     let mut shared_with: Vec<SharedLinode> = Vec::new();
     for (linode, (node, role)) in share_with {
         if matches!(outcome.linodes.get(linode), Some(LinodeOutcome::InSync)) {
+            let added = outcome
+                .added
+                .get(linode)
+                .is_some_and(|a| a.contains(&network));
+            let before = previous.linodes.get(linode).and_then(|e| e.since.clone());
+            let since = match before {
+                Some(t) if !added => t,
+                _ => now.clone(),
+            };
             shared_with.push(SharedLinode {
                 linode_id: *linode as i64,
                 node: node.clone(),
                 role: *role,
+                since: Some(since),
             });
         }
     }
@@ -401,6 +471,7 @@ fn sharing_status(
 /// conditions, and in a Warning event when the reason or message is new (a retry that finds
 /// the same problem does not repeat it).
 async fn block(sip: &SharedIP, ctx: &Context, refusal: Refusal) -> Result<Action, Error> {
+    ctx.departures.retain(&sip.name_any(), &BTreeSet::new());
     release(sip, ctx, refusal.previous).await?;
     let mut update = StatusUpdate::blocked(refusal.reason, refusal.message);
     if let Some(address) = &refusal.address {
@@ -490,6 +561,7 @@ async fn api_failure(sip: &SharedIP, ctx: &Context, e: ApiError) -> Result<Actio
 /// only drops its claim.
 async fn cleanup(sip: Arc<SharedIP>, ctx: &Context) -> Result<Action, Error> {
     let name = sip.name_any();
+    ctx.departures.retain(&name, &BTreeSet::new());
     let previous = Previous::of(&sip);
     let retire = retired_by_deletion(&sip, ctx, &previous);
     // Examine every Linode of the cluster too: the status may predate a share that a crash
@@ -577,7 +649,84 @@ async fn cannot_unshare(
 
 #[cfg(test)]
 mod tests {
+    use std::collections::BTreeMap;
+
+    use sharedip_api::SharedAddress;
+
     use super::*;
+    use crate::linode_api::AddressInfo;
+    use crate::selection::Placement;
+
+    fn plan_sharing_with(linodes: &[(u64, &str)]) -> Plan {
+        let address = SharedAddress::parse("192.0.2.10", None).unwrap();
+        Plan {
+            address,
+            account: AddressInfo {
+                network: address.network(),
+                prefix: 32,
+                region: "us-east".into(),
+                owner: Some(9),
+            },
+            selected: Vec::new(),
+            placement: Placement {
+                share_with: linodes
+                    .iter()
+                    .map(|(l, n)| (*l, (n.to_string(), Role::Primary)))
+                    .collect(),
+                ..Default::default()
+            },
+            owner_node: None,
+            cluster_linodes: BTreeSet::new(),
+        }
+    }
+
+    fn at(second: i64) -> Time {
+        Time(Timestamp::from_second(second).unwrap())
+    }
+
+    #[test]
+    fn since_is_the_share_calls_time_and_is_carried_until_a_new_call_adds_the_address() {
+        let plan = plan_sharing_with(&[(1, "a"), (2, "b"), (3, "c")]);
+        let network = plan.account.network;
+        let mut previous = Previous {
+            address: Some(network),
+            ..Default::default()
+        };
+        for (l, n) in [(1, "a"), (3, "c")] {
+            previous.linodes.insert(
+                l,
+                SharedLinode {
+                    linode_id: l as i64,
+                    node: n.into(),
+                    role: Role::Primary,
+                    since: Some(at(1_000)),
+                },
+            );
+        }
+        let mut outcome = Outcome::default();
+        for l in [1, 2, 3] {
+            outcome.linodes.insert(l, LinodeOutcome::InSync);
+        }
+        // 2 is new; 3 had lost the address (drift) and this wave's call put it back.
+        outcome.added.insert(2, BTreeSet::from([network]));
+        outcome.added.insert(3, BTreeSet::from([network]));
+        // A call that added another address to 1 does not make 1's share new.
+        let other: IpAddr = "198.51.100.7".parse().unwrap();
+        outcome.added.insert(1, BTreeSet::from([other]));
+        let now = Timestamp::from_second(2_000).unwrap() + std::time::Duration::from_millis(300);
+        let since: BTreeMap<i64, Option<Time>> = shared_now(&plan, &previous, &outcome, now)
+            .into_iter()
+            .map(|s| (s.linode_id, s.since))
+            .collect();
+        assert_eq!(
+            since,
+            BTreeMap::from([
+                (1, Some(at(1_000))),
+                (2, Some(at(2_000))),
+                (3, Some(at(2_000)))
+            ])
+        );
+    }
 
     #[test]
     fn backoff_grows_and_caps() {

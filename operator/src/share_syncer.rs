@@ -97,6 +97,8 @@ pub struct Outcome {
     pub changed: BTreeSet<u64>,
     /// Per Linode, the addresses a share call of this wave removed from it.
     pub removed: BTreeMap<u64, BTreeSet<IpAddr>>,
+    /// Per Linode, the addresses a share call of this wave added to it.
+    pub added: BTreeMap<u64, BTreeSet<IpAddr>>,
 }
 
 impl Outcome {
@@ -118,6 +120,10 @@ impl Outcome {
             removed: linodes
                 .iter()
                 .filter_map(|l| self.removed.get(l).map(|r| (*l, r.clone())))
+                .collect(),
+            added: linodes
+                .iter()
+                .filter_map(|l| self.added.get(l).map(|a| (*l, a.clone())))
                 .collect(),
         }
     }
@@ -261,6 +267,8 @@ struct LinodeResult {
     changed: bool,
     /// Addresses a share call removed.
     removed: BTreeSet<IpAddr>,
+    /// Addresses a share call added.
+    added: BTreeSet<IpAddr>,
 }
 
 impl LinodeResult {
@@ -271,6 +279,7 @@ impl LinodeResult {
             list,
             changed: false,
             removed: BTreeSet::new(),
+            added: BTreeSet::new(),
         }
     }
 }
@@ -455,6 +464,9 @@ impl SyncerState {
             if !r.removed.is_empty() {
                 outcome.removed.insert(r.linode, r.removed);
             }
+            if !r.added.is_empty() {
+                outcome.added.insert(r.linode, r.added);
+            }
             outcome.linodes.insert(r.linode, r.outcome);
         }
         self.forget_absent(&lists).await;
@@ -541,10 +553,8 @@ async fn sync_linode(
     if target == observed {
         return LinodeResult::new(linode, LinodeOutcome::InSync, Some(observed));
     }
-    let added: Vec<String> = target
-        .difference(&observed)
-        .map(|a| a.to_string())
-        .collect();
+    let added: BTreeSet<IpAddr> = target.difference(&observed).copied().collect();
+    let added_text: Vec<String> = added.iter().map(|a| a.to_string()).collect();
     let removed: BTreeSet<IpAddr> = observed.difference(&target).copied().collect();
     let removed_text: Vec<String> = removed.iter().map(|a| a.to_string()).collect();
     match api.share(linode, target.iter().copied().collect()).await {
@@ -552,7 +562,7 @@ async fn sync_linode(
             metrics.share_calls.inc();
             info!(
                 linode,
-                added = ?added,
+                added = ?added_text,
                 removed = ?removed_text,
                 shared = target.len(),
                 "set the Linode's shared addresses"
@@ -563,11 +573,12 @@ async fn sync_linode(
                 list: Some(target),
                 changed: true,
                 removed,
+                added,
             }
         }
         Err(e) if e.is_not_found() => LinodeResult::new(linode, LinodeOutcome::Gone, None),
         Err(e) => {
-            warn!(linode, added = ?added, removed = ?removed_text, error = %e, "share call failed");
+            warn!(linode, added = ?added_text, removed = ?removed_text, error = %e, "share call failed");
             LinodeResult::new(linode, LinodeOutcome::Failed(e), None)
         }
     }

@@ -859,3 +859,133 @@ async fn a_selector_stored_before_the_crd_refused_it_keeps_the_address_shared() 
     })
     .await;
 }
+
+/// Writes `node`'s agent entry into the SharedIP "web", as its agent does.
+async fn agent_entry(env: &Env, node: &str, role: &str, announcing: bool, why: &str) {
+    let patch = json!({
+        "apiVersion": "sharedip.io/v1alpha1",
+        "kind": "SharedIP",
+        "status": {"nodes": [{
+            "name": node, "role": role, "announcing": announcing, "reason": why,
+            "sessionsEstablished": 4, "sessionsTotal": 4,
+        }]},
+    });
+    env.sharedips()
+        .patch_status(
+            "web",
+            &kube::api::PatchParams::apply(&format!("sharedip-node-agent/{node}")).force(),
+            &kube::api::Patch::Apply(&patch),
+        )
+        .await
+        .expect("agent status apply");
+}
+
+/// `status.sharedWith` of "web": Linode → (node, since).
+async fn shared_with(env: &Env) -> std::collections::BTreeMap<i64, (String, Option<String>)> {
+    env.get("web")
+        .await
+        .and_then(|s| s.status)
+        .unwrap_or_default()
+        .shared_with
+        .into_iter()
+        .map(|s| {
+            let since = s.since.map(|t| t.0.to_string());
+            (s.linode_id, (s.node, since))
+        })
+        .collect()
+}
+
+/// A deselected node whose agent still announces keeps its share until the agent reports it
+/// withdrew (the status change alone triggers the reconcile that removes it), or until the
+/// wait's bound; `since` dates each share and survives reconciles and an operator restart.
+#[tokio::test]
+async fn a_deselected_node_keeps_its_share_until_its_agent_withdraws() {
+    bounded(async {
+        let env = Env::start().await;
+        env.add_node("node-a", &[("role", "primary")], Some(101))
+            .await;
+        env.add_node("node-b", &[("role", "secondary")], Some(102))
+            .await;
+        // Neither the bound nor the resync can release the share within the test's waits:
+        // only the reconcile an agent's status change triggers can.
+        let mut settings = fast_settings("in-process");
+        settings.reconcile.unshare_after_withdraw_timeout = Duration::from_secs(600);
+        settings.reconcile.membership_hold_down = Duration::ZERO;
+        let op = env.spawn_operator_with(settings.clone());
+        env.apply_sharedip("web", spec("192.0.2.10")).await;
+        env.eventually_shared("192.0.2.10", &[101, 102]).await;
+        eventually("sharedWith dated", || async {
+            let w = shared_with(&env).await;
+            if w.len() == 2 && w.values().all(|(_, s)| s.is_some()) {
+                Ok(())
+            } else {
+                Err(format!("{w:?}"))
+            }
+        })
+        .await;
+        let first = shared_with(&env).await;
+        agent_entry(&env, "node-b", "Secondary", true, "Announced").await;
+
+        env.set_role("node-b", None).await;
+        eventually("node-b deselected in status", || async {
+            let s = env
+                .get("web")
+                .await
+                .and_then(|s| s.status)
+                .unwrap_or_default();
+            match s.secondary {
+                None => Ok(()),
+                Some(n) => Err(format!("secondary = {n}")),
+            }
+        })
+        .await;
+        assert_eq!(
+            env.shared("192.0.2.10"),
+            [101, 102].into(),
+            "kept while node-b's agent announces"
+        );
+        assert_eq!(
+            shared_with(&env).await,
+            first,
+            "kept share stays in the status"
+        );
+
+        agent_entry(&env, "node-b", "Secondary", false, "NotSelected").await;
+        env.eventually_shared("192.0.2.10", &[101]).await;
+        let reasons = env.event_reasons("web").await;
+        assert!(
+            reasons
+                .iter()
+                .any(|(r, n)| r == "Unshared" && n.contains("Linode 102")),
+            "{reasons:?}"
+        );
+
+        // A new operator carries `since` over from the status; a new share gets its own.
+        op.stop().await;
+        tokio::time::sleep(Duration::from_millis(1_100)).await;
+        settings.reconcile.unshare_after_withdraw_timeout = Duration::from_secs(2);
+        let _op = env.spawn_operator_with(settings);
+        env.add_node("node-c", &[("role", "secondary")], Some(103))
+            .await;
+        env.eventually_shared("192.0.2.10", &[101, 103]).await;
+        eventually("node-c in sharedWith", || async {
+            let w = shared_with(&env).await;
+            if w.contains_key(&103) {
+                Ok(())
+            } else {
+                Err(format!("{w:?}"))
+            }
+        })
+        .await;
+        let now = shared_with(&env).await;
+        assert_eq!(now[&101], first[&101], "since kept across the restart");
+        let c_since = now[&103].1.clone().expect("dated");
+        assert!(c_since > first[&101].1.clone().expect("dated"), "{now:?}");
+
+        // An agent that never reports its withdrawal keeps the share only for the bound.
+        agent_entry(&env, "node-c", "Secondary", true, "Announced").await;
+        env.set_role("node-c", None).await;
+        env.eventually_shared("192.0.2.10", &[101]).await;
+    })
+    .await;
+}

@@ -276,6 +276,12 @@ pub struct SharedLinode {
     pub node: String,
     /// The node's role: Primary or Secondary.
     pub role: Role,
+    /// Since when the address is shared with this Linode: when the share call that added it
+    /// succeeded (or, for a share found already in place, when the operator first recorded it).
+    /// Linode's route servers accept the Linode's route only some seconds later, so a recent
+    /// time means the share may still be propagating.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub since: Option<Time>,
 }
 
 /// A selected node that does not take part, and why.
