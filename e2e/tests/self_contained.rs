@@ -39,7 +39,8 @@ fn text_files(dir: &Path, out: &mut Vec<PathBuf>) {
             if !SKIP_DIRS.contains(&name.as_str()) {
                 text_files(&path, out);
             }
-        } else if kind.is_file() {
+        } else if kind.is_file() && name != ".git" {
+            // A `.git` file is a linked worktree's pointer to its repository, not a source.
             // Binary files (captures, images) are not text and cannot cite anything.
             if let Ok(bytes) = std::fs::read(&path) {
                 if !bytes.contains(&0) && std::str::from_utf8(&bytes).is_ok() {
