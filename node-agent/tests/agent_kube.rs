@@ -29,8 +29,8 @@ use sharedip_node_agent::kubernetes::{run_loop, KubeSettings};
 use sharedip_node_agent::node_addresses::OwnAddresses;
 use sharedip_node_agent::orchestrator::Orchestrator;
 use sharedip_node_agent::report::AgentReport;
-use sharedip_node_agent::setup::Control;
-use sharedip_node_agent::speaker::{Speaker, SpeakerConfig};
+use sharedip_node_agent::setup::{AgentError, Control};
+use sharedip_node_agent::speaker::{Speaker, SpeakerConfig, SpeakerMonitor};
 use sharedip_node_agent::testing::FakeBinder;
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, oneshot};
@@ -114,6 +114,91 @@ async fn wait_entry(api: &Api<SharedIP>, announcing: bool, reason: &str) -> Shar
     .await
 }
 
+/// What the tests vary in the agent under test; the rest is the same for all.
+struct AgentOptions {
+    peer: SocketAddr,
+    connect_retry: Duration,
+    fast_retry_at_start: bool,
+    resync: Duration,
+    unbind_delay: Duration,
+    session_addresses: OwnAddresses,
+    report: AgentReport,
+}
+
+impl Default for AgentOptions {
+    fn default() -> Self {
+        Self {
+            peer: "[::1]:179".parse().unwrap(),
+            connect_retry: Duration::from_millis(200),
+            fast_retry_at_start: true,
+            resync: Duration::from_secs(5),
+            unbind_delay: Duration::ZERO,
+            session_addresses: OwnAddresses::default(),
+            report: AgentReport::default(),
+        }
+    }
+}
+
+/// The agent's Kubernetes loop for `NODE`, with a fake binder and the real speaker.
+struct TestAgent {
+    binder: FakeBinder,
+    state: Arc<AgentState>,
+    monitor: SpeakerMonitor,
+    /// Sending (or dropping) it is the agent's SIGTERM.
+    stop: oneshot::Sender<()>,
+    task: tokio::task::JoinHandle<Result<(), AgentError>>,
+}
+
+impl TestAgent {
+    fn start(client: &kube::Client, o: AgentOptions) -> Self {
+        let speaker = Speaker::start(&SpeakerConfig {
+            peers: vec![o.peer],
+            source: None,
+            multihop_ttl: Some(16),
+            fsm: FsmConfig {
+                router_id: Ipv4Addr::new(192, 0, 2, 1),
+                hold_time: 3,
+                connect_retry: o.connect_retry,
+                ..FsmConfig::default()
+            },
+            next_hop: "2001:db8::1".parse().unwrap(),
+            next_hop_v4: None,
+            fast_retry_window: Duration::from_secs(60),
+            fast_retry_at_start: o.fast_retry_at_start,
+        })
+        .unwrap();
+        let monitor = speaker.monitor();
+        let binder = FakeBinder::default();
+        let state = AgentState::new(o.report, monitor.clone());
+        let (stop, stop_rx) = oneshot::channel::<()>();
+        let task = tokio::spawn(run_loop(
+            client.clone(),
+            KubeSettings {
+                node: NODE.into(),
+                bgp: BgpDefaults::default(),
+                resync: o.resync,
+                shutdown_timeout: Duration::from_secs(20),
+                interface: "lo".into(),
+                session_addresses: o.session_addresses,
+            },
+            Orchestrator::new(binder.clone(), speaker, o.unbind_delay),
+            monitor.clone(),
+            state.clone(),
+            futures::stream::once(async move {
+                let _ = stop_rx.await;
+                Control::Stop
+            }),
+        ));
+        Self {
+            binder,
+            state,
+            monitor,
+            stop,
+            task,
+        }
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn agent_against_a_real_apiserver() {
     let cp = ControlPlane::start().await.expect("control plane starts");
@@ -166,51 +251,24 @@ async fn agent_against_a_real_apiserver() {
     .unwrap();
 
     let (rs_addr, rs, mut updates) = route_server().await;
-    let speaker = Speaker::start(&SpeakerConfig {
-        peers: vec![rs_addr],
-        source: None,
-        multihop_ttl: Some(16),
-        fsm: FsmConfig {
-            router_id: Ipv4Addr::new(192, 0, 2, 1),
-            hold_time: 3,
-            connect_retry: Duration::from_millis(200),
-            ..FsmConfig::default()
+    let TestAgent {
+        binder,
+        state,
+        stop: stop_tx,
+        task: agent,
+        ..
+    } = TestAgent::start(
+        &client,
+        AgentOptions {
+            peer: rs_addr,
+            report: AgentReport {
+                mode: "kubernetes".into(),
+                node: Some(NODE.into()),
+                ..Default::default()
+            },
+            ..AgentOptions::default()
         },
-        next_hop: "2001:db8::1".parse().unwrap(),
-        next_hop_v4: None,
-        fast_retry_window: Duration::from_secs(60),
-        fast_retry_at_start: true,
-    })
-    .unwrap();
-    let monitor = speaker.monitor();
-    let binder = FakeBinder::default();
-    let state = AgentState::new(
-        AgentReport {
-            mode: "kubernetes".into(),
-            node: Some(NODE.into()),
-            ..Default::default()
-        },
-        monitor.clone(),
     );
-    let (stop_tx, stop_rx) = oneshot::channel::<()>();
-    let agent = tokio::spawn(run_loop(
-        client.clone(),
-        KubeSettings {
-            node: NODE.into(),
-            bgp: BgpDefaults::default(),
-            resync: Duration::from_secs(5),
-            shutdown_timeout: Duration::from_secs(20),
-            interface: "lo".into(),
-            session_addresses: OwnAddresses::default(),
-        },
-        Orchestrator::new(binder.clone(), speaker, Duration::ZERO),
-        monitor,
-        state.clone(),
-        futures::stream::once(async move {
-            let _ = stop_rx.await;
-            Control::Stop
-        }),
-    ));
     let prefix = Prefix::new("192.0.2.10".parse().unwrap(), 32).unwrap();
     let ip: IpAddr = "192.0.2.10".parse().unwrap();
 
@@ -411,46 +469,22 @@ async fn the_nodes_own_address_is_refused_unless_it_is_the_owner() {
     .unwrap();
 
     let (rs_addr, rs, mut updates) = route_server().await;
-    let speaker = Speaker::start(&SpeakerConfig {
-        peers: vec![rs_addr],
-        source: None,
-        multihop_ttl: Some(16),
-        fsm: FsmConfig {
-            router_id: Ipv4Addr::new(192, 0, 2, 1),
-            hold_time: 3,
-            connect_retry: Duration::from_millis(200),
-            ..FsmConfig::default()
-        },
-        next_hop: "2001:db8::1".parse().unwrap(),
-        next_hop_v4: None,
-        fast_retry_window: Duration::from_secs(60),
-        fast_retry_at_start: true,
-    })
-    .unwrap();
-    let monitor = speaker.monitor();
-    let binder = FakeBinder::default();
-    let state = AgentState::new(AgentReport::default(), monitor.clone());
     let mut session_addresses = OwnAddresses::default();
     session_addresses.add_session("2001:db8::1".parse().unwrap(), []);
-    let (stop_tx, stop_rx) = oneshot::channel::<()>();
-    let agent = tokio::spawn(run_loop(
-        client.clone(),
-        KubeSettings {
-            node: NODE.into(),
-            bgp: BgpDefaults::default(),
-            resync: Duration::from_secs(5),
-            shutdown_timeout: Duration::from_secs(20),
-            interface: "lo".into(),
+    let TestAgent {
+        binder,
+        state,
+        stop: stop_tx,
+        task: agent,
+        ..
+    } = TestAgent::start(
+        &client,
+        AgentOptions {
+            peer: rs_addr,
             session_addresses,
+            ..AgentOptions::default()
         },
-        Orchestrator::new(binder.clone(), speaker, Duration::ZERO),
-        monitor,
-        state.clone(),
-        futures::stream::once(async move {
-            let _ = stop_rx.await;
-            Control::Stop
-        }),
-    ));
+    );
     let prefix = Prefix::new("198.51.100.20".parse().unwrap(), 32).unwrap();
     let ip: IpAddr = "198.51.100.20".parse().unwrap();
 
@@ -567,44 +601,19 @@ async fn a_later_sharedip_for_an_overlapping_address_is_a_duplicate() {
     .unwrap();
 
     let (rs_addr, rs, _updates) = route_server().await;
-    let speaker = Speaker::start(&SpeakerConfig {
-        peers: vec![rs_addr],
-        source: None,
-        multihop_ttl: Some(16),
-        fsm: FsmConfig {
-            router_id: Ipv4Addr::new(192, 0, 2, 1),
-            hold_time: 3,
-            connect_retry: Duration::from_millis(200),
-            ..FsmConfig::default()
+    let TestAgent {
+        binder,
+        state,
+        stop: stop_tx,
+        task: agent,
+        ..
+    } = TestAgent::start(
+        &client,
+        AgentOptions {
+            peer: rs_addr,
+            ..AgentOptions::default()
         },
-        next_hop: "2001:db8::1".parse().unwrap(),
-        next_hop_v4: None,
-        fast_retry_window: Duration::from_secs(60),
-        fast_retry_at_start: true,
-    })
-    .unwrap();
-    let monitor = speaker.monitor();
-    let binder = FakeBinder::default();
-    let state = AgentState::new(AgentReport::default(), monitor.clone());
-    let (stop_tx, stop_rx) = oneshot::channel::<()>();
-    let agent = tokio::spawn(run_loop(
-        client.clone(),
-        KubeSettings {
-            node: NODE.into(),
-            bgp: BgpDefaults::default(),
-            resync: Duration::from_secs(5),
-            shutdown_timeout: Duration::from_secs(20),
-            interface: "lo".into(),
-            session_addresses: OwnAddresses::default(),
-        },
-        Orchestrator::new(binder.clone(), speaker, Duration::ZERO),
-        monitor,
-        state.clone(),
-        futures::stream::once(async move {
-            let _ = stop_rx.await;
-            Control::Stop
-        }),
-    ));
+    );
 
     let sip = wait_entry(&sips, false, "DuplicateAddress").await;
     assert_eq!(
@@ -667,45 +676,21 @@ async fn the_unbind_follows_the_withdrawal_after_the_delay_without_another_chang
     .unwrap();
 
     let (rs_addr, rs, mut updates) = route_server().await;
-    let speaker = Speaker::start(&SpeakerConfig {
-        peers: vec![rs_addr],
-        source: None,
-        multihop_ttl: Some(16),
-        fsm: FsmConfig {
-            router_id: Ipv4Addr::new(192, 0, 2, 1),
-            hold_time: 3,
-            connect_retry: Duration::from_millis(200),
-            ..FsmConfig::default()
-        },
-        next_hop: "2001:db8::1".parse().unwrap(),
-        next_hop_v4: None,
-        fast_retry_window: Duration::from_secs(60),
-        fast_retry_at_start: true,
-    })
-    .unwrap();
-    let monitor = speaker.monitor();
-    let binder = FakeBinder::default();
-    let state = AgentState::new(AgentReport::default(), monitor.clone());
-    let (stop_tx, stop_rx) = oneshot::channel::<()>();
-    let agent = tokio::spawn(run_loop(
-        client.clone(),
-        KubeSettings {
-            node: NODE.into(),
-            bgp: BgpDefaults::default(),
+    let TestAgent {
+        binder,
+        stop: stop_tx,
+        task: agent,
+        ..
+    } = TestAgent::start(
+        &client,
+        AgentOptions {
+            peer: rs_addr,
             // Far beyond the test's bound: no periodic turn unbinds for the deadline.
             resync: Duration::from_secs(3600),
-            shutdown_timeout: Duration::from_secs(20),
-            interface: "lo".into(),
-            session_addresses: OwnAddresses::default(),
+            unbind_delay: Duration::from_secs(2),
+            ..AgentOptions::default()
         },
-        Orchestrator::new(binder.clone(), speaker, Duration::from_secs(2)),
-        monitor,
-        state.clone(),
-        futures::stream::once(async move {
-            let _ = stop_rx.await;
-            Control::Stop
-        }),
-    ));
+    );
     let prefix = Prefix::new("192.0.2.10".parse().unwrap(), 32).unwrap();
     let ip: IpAddr = "192.0.2.10".parse().unwrap();
     assert!(next_about(&mut updates, prefix).await.is_some());
@@ -773,43 +758,21 @@ async fn a_new_share_for_this_linode_hurries_the_sessions() {
         .unwrap()
         .local_addr()
         .unwrap();
-    let speaker = Speaker::start(&SpeakerConfig {
-        peers: vec![addr],
-        source: None,
-        multihop_ttl: Some(16),
-        fsm: FsmConfig {
-            router_id: Ipv4Addr::new(192, 0, 2, 1),
-            hold_time: 3,
+    let TestAgent {
+        monitor,
+        stop: stop_tx,
+        task: agent,
+        ..
+    } = TestAgent::start(
+        &client,
+        AgentOptions {
+            peer: addr,
             connect_retry: Duration::from_secs(60),
-            ..FsmConfig::default()
-        },
-        next_hop: "2001:db8::1".parse().unwrap(),
-        next_hop_v4: None,
-        fast_retry_window: Duration::from_secs(60),
-        fast_retry_at_start: false,
-    })
-    .unwrap();
-    let monitor = speaker.monitor();
-    let state = AgentState::new(AgentReport::default(), monitor.clone());
-    let (stop_tx, stop_rx) = oneshot::channel::<()>();
-    let agent = tokio::spawn(run_loop(
-        client.clone(),
-        KubeSettings {
-            node: NODE.into(),
-            bgp: BgpDefaults::default(),
+            fast_retry_at_start: false,
             resync: Duration::from_secs(300),
-            shutdown_timeout: Duration::from_secs(20),
-            interface: "lo".into(),
-            session_addresses: OwnAddresses::default(),
+            ..AgentOptions::default()
         },
-        Orchestrator::new(FakeBinder::default(), speaker, Duration::ZERO),
-        monitor.clone(),
-        state,
-        futures::stream::once(async move {
-            let _ = stop_rx.await;
-            Control::Stop
-        }),
-    ));
+    );
     wait_entry(&sips, false, "NoSessions").await;
     assert_eq!(
         monitor.sessions()[0].1.state,
