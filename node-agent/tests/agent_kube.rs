@@ -114,6 +114,29 @@ async fn wait_entry(api: &Api<SharedIP>, announcing: bool, reason: &str) -> Shar
     .await
 }
 
+/// A real kube-apiserver with the CRDs applied, and a client of it; the apiserver lives as
+/// long as the returned handle.
+async fn control_plane() -> (ControlPlane, kube::Client) {
+    let cp = ControlPlane::start().await.expect("control plane starts");
+    let crds = Path::new(env!("CARGO_MANIFEST_DIR")).join("../crds");
+    cp.apply_crds(&crds).await.expect("CRDs apply");
+    let client = cp.client();
+    (cp, client)
+}
+
+/// The agent's SIGTERM, and its bounded, successful end.
+async fn stop_agent(
+    stop: oneshot::Sender<()>,
+    task: tokio::task::JoinHandle<Result<(), AgentError>>,
+) {
+    stop.send(()).unwrap();
+    tokio::time::timeout(WAIT, task)
+        .await
+        .expect("agent stops within bound")
+        .expect("agent task")
+        .expect("agent ok");
+}
+
 /// What the tests vary in the agent under test; the rest is the same for all.
 struct AgentOptions {
     peer: SocketAddr,
@@ -201,10 +224,7 @@ impl TestAgent {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn agent_against_a_real_apiserver() {
-    let cp = ControlPlane::start().await.expect("control plane starts");
-    let crds = Path::new(env!("CARGO_MANIFEST_DIR")).join("../crds");
-    cp.apply_crds(&crds).await.expect("CRDs apply");
-    let client = cp.client();
+    let (_cp, client) = control_plane().await;
 
     let node: Node = serde_json::from_value(json!({
         "apiVersion": "v1", "kind": "Node",
@@ -399,12 +419,7 @@ async fn agent_against_a_real_apiserver() {
     assert!(reasons["Announced"] >= 1);
 
     // SIGTERM: withdraw, CEASE, unbind, final status.
-    stop_tx.send(()).unwrap();
-    tokio::time::timeout(WAIT, agent)
-        .await
-        .expect("agent stops within bound")
-        .expect("agent task")
-        .expect("agent ok");
+    stop_agent(stop_tx, agent).await;
     assert_eq!(next_about(&mut updates, prefix).await, None);
     assert!(binder.bound().is_empty());
     let sip = sips.get("web").await.unwrap();
@@ -427,10 +442,7 @@ async fn agent_against_a_real_apiserver() {
 /// SharedIP's owner is this node, which then announces it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_nodes_own_address_is_refused_unless_it_is_the_owner() {
-    let cp = ControlPlane::start().await.expect("control plane starts");
-    let crds = Path::new(env!("CARGO_MANIFEST_DIR")).join("../crds");
-    cp.apply_crds(&crds).await.expect("CRDs apply");
-    let client = cp.client();
+    let (_cp, client) = control_plane().await;
 
     let node: Node = serde_json::from_value(json!({
         "apiVersion": "v1", "kind": "Node",
@@ -539,12 +551,7 @@ async fn the_nodes_own_address_is_refused_unless_it_is_the_owner() {
     wait_entry(&sips, true, "Announced").await;
     assert!(binder.bound().contains(&ip));
 
-    stop_tx.send(()).unwrap();
-    tokio::time::timeout(WAIT, agent)
-        .await
-        .expect("agent stops within bound")
-        .expect("agent task")
-        .expect("agent ok");
+    stop_agent(stop_tx, agent).await;
     assert!(binder.bound().is_empty());
     rs.shutdown(None).await;
 }
@@ -566,10 +573,7 @@ fn sharedip(name: &str, address: &str, role: &str) -> serde_json::Value {
 /// node's Linode was never given).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_later_sharedip_for_an_overlapping_address_is_a_duplicate() {
-    let cp = ControlPlane::start().await.expect("control plane starts");
-    let crds = Path::new(env!("CARGO_MANIFEST_DIR")).join("../crds");
-    cp.apply_crds(&crds).await.expect("CRDs apply");
-    let client = cp.client();
+    let (_cp, client) = control_plane().await;
     let node: Node = serde_json::from_value(json!({
         "apiVersion": "v1", "kind": "Node",
         "metadata": {"name": NODE, "labels": {"role": "primary"}},
@@ -641,12 +645,7 @@ async fn a_later_sharedip_for_an_overlapping_address_is_a_duplicate() {
     )
     .await;
 
-    stop_tx.send(()).unwrap();
-    tokio::time::timeout(WAIT, agent)
-        .await
-        .expect("agent stops within bound")
-        .expect("agent task")
-        .expect("agent ok");
+    stop_agent(stop_tx, agent).await;
     rs.shutdown(None).await;
 }
 
@@ -655,10 +654,7 @@ async fn a_later_sharedip_for_an_overlapping_address_is_a_duplicate() {
 /// wake-up at the unbind's deadline can remove the address.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_unbind_follows_the_withdrawal_after_the_delay_without_another_change() {
-    let cp = ControlPlane::start().await.expect("control plane starts");
-    let crds = Path::new(env!("CARGO_MANIFEST_DIR")).join("../crds");
-    cp.apply_crds(&crds).await.expect("CRDs apply");
-    let client = cp.client();
+    let (_cp, client) = control_plane().await;
     let node: Node = serde_json::from_value(json!({
         "apiVersion": "v1", "kind": "Node",
         "metadata": {"name": NODE, "labels": {"role": "primary"}},
@@ -713,12 +709,7 @@ async fn the_unbind_follows_the_withdrawal_after_the_delay_without_another_chang
     })
     .await;
 
-    stop_tx.send(()).unwrap();
-    tokio::time::timeout(WAIT, agent)
-        .await
-        .expect("agent stops within bound")
-        .expect("agent task")
-        .expect("agent ok");
+    stop_agent(stop_tx, agent).await;
     rs.shutdown(None).await;
 }
 
@@ -728,10 +719,7 @@ async fn the_unbind_follows_the_withdrawal_after_the_delay_without_another_chang
 /// announces well before the backoff would have tried again.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_new_share_for_this_linode_hurries_the_sessions() {
-    let cp = ControlPlane::start().await.expect("control plane starts");
-    let crds = Path::new(env!("CARGO_MANIFEST_DIR")).join("../crds");
-    cp.apply_crds(&crds).await.expect("CRDs apply");
-    let client = cp.client();
+    let (_cp, client) = control_plane().await;
     let node: Node = serde_json::from_value(json!({
         "apiVersion": "v1", "kind": "Node",
         "metadata": {"name": NODE, "labels": {"role": "primary"}},
@@ -824,11 +812,6 @@ async fn a_new_share_for_this_linode_hurries_the_sessions() {
         "not announced within {bound:?} of the share"
     );
 
-    stop_tx.send(()).unwrap();
-    tokio::time::timeout(WAIT, agent)
-        .await
-        .expect("agent stops within bound")
-        .expect("agent task")
-        .expect("agent ok");
+    stop_agent(stop_tx, agent).await;
     rs.shutdown(None).await;
 }
