@@ -28,7 +28,7 @@ use std::time::Duration;
 
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{Namespace, Node, Pod};
-use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
+use kube::api::{Api, DeleteParams, EvictParams, ListParams, Patch, PatchParams, PostParams};
 use serde_json::{json, Value};
 use sharedip_api::{SharedIP, DRAIN_ANNOTATION, REGION_LABEL};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -201,6 +201,9 @@ pub struct LabConfig {
     /// How the route servers refuse nodes without a share and how late share changes
     /// reach them ([`Propagation::default`]: 300 ms ± 50 %, attempts dropped).
     pub propagation: Propagation,
+    /// Starts the agents with `--withdraw-on-cordon`: a cordoned node hands its addresses
+    /// over make-before-break (the agent's default is off, so is the lab's).
+    pub withdraw_on_cordon: bool,
 }
 
 impl Default for LabConfig {
@@ -218,6 +221,7 @@ impl Default for LabConfig {
             operators: 2,
             port: 80,
             propagation: Propagation::default(),
+            withdraw_on_cordon: false,
         }
     }
 }
@@ -291,6 +295,15 @@ fn seed(nodes: &[NodeSpec]) -> Result<Seed, LabError> {
         "ipv6_ranges": [{"range": SPARE_V6_RANGE, "linode_id": HOLDER_LINODE}],
     });
     serde_json::from_value(v).map_err(|e| LabError::Config(format!("seed: {e}")))
+}
+
+/// The agents' arguments beyond the ones every lab agent gets.
+fn agent_args(config: &LabConfig) -> Vec<String> {
+    let mut args = config.agent_args.clone();
+    if config.withdraw_on_cordon {
+        args.push("--withdraw-on-cordon".to_owned());
+    }
+    args
 }
 
 impl Lab {
@@ -393,7 +406,7 @@ impl Lab {
             binary: agent_bin,
             hold_time: config.hold_time,
             unbind_delay: config.unbind_delay.clone(),
-            extra_args: config.agent_args.clone(),
+            extra_args: agent_args(&config),
         };
         let operator_settings = OperatorSettings {
             binary: operator_bin,
@@ -892,6 +905,84 @@ impl Lab {
             .await
             .map_err(LabError::kube(format!("delete Node {node}")))?;
         Ok(())
+    }
+
+    /// Cordons the node (`spec.unschedulable: true`, what `kubectl cordon` and the first step
+    /// of an LKE node recycle do) or uncordons it (`false`).
+    pub async fn cordon_node(&self, node: &str, cordon: bool) -> Result<(), LabError> {
+        self.patch_node(
+            node,
+            json!({"spec": {"unschedulable": cordon.then_some(true)}}),
+        )
+        .await
+    }
+
+    /// Drains the node as `kubectl drain --ignore-daemonsets` does: every Pod bound to it but
+    /// a DaemonSet's is evicted through the Eviction API (so PodDisruptionBudgets count), then
+    /// deleted for good, which is the kubelet's part once the containers stopped (the lab has
+    /// no kubelet). The agent itself is a DaemonSet pod on a real node and outlives a drain;
+    /// in the lab it is a process and runs on. Returns the evicted Pods as `namespace/name`.
+    pub async fn drain_node(&self, node: &str) -> Result<Vec<String>, LabError> {
+        self.index(node)?;
+        let all = Api::<Pod>::all(self.client.clone());
+        let on_node = ListParams::default().fields(&format!("spec.nodeName={node}"));
+        let pods = all
+            .list(&on_node)
+            .await
+            .map_err(LabError::kube(format!("list the Pods on {node}")))?;
+        let mut evicted = Vec::new();
+        for pod in pods {
+            let daemon = pod
+                .metadata
+                .owner_references
+                .iter()
+                .flatten()
+                .any(|o| o.kind == "DaemonSet");
+            let (Some(ns), Some(name)) = (pod.metadata.namespace, pod.metadata.name) else {
+                continue;
+            };
+            if daemon {
+                continue;
+            }
+            let api = Api::<Pod>::namespaced(self.client.clone(), &ns);
+            api.evict(&name, &EvictParams::default())
+                .await
+                .map_err(LabError::kube(format!("evict Pod {ns}/{name}")))?;
+            match api
+                .delete(&name, &DeleteParams::default().grace_period(0))
+                .await
+            {
+                Ok(_) => {}
+                Err(kube::Error::Api(s)) if s.code == 404 => {}
+                Err(e) => return Err(LabError::kube(format!("delete Pod {ns}/{name}"))(e)),
+            }
+            evicted.push(format!("{ns}/{name}"));
+        }
+        tracing::info!(node, ?evicted, "node drained");
+        Ok(evicted)
+    }
+
+    /// The node's Linode is deleted: its link is cut, then its agent is SIGKILLed. Deleting a
+    /// Linode powers it off without a shutdown the agent could act on, so nothing leaves the
+    /// node any more — no withdraw, no CEASE, not even the kernel's resets of the dead
+    /// agent's sessions (the link is cut first); the route servers drop its routes when
+    /// their hold timers expire. The namespace stays (its `lo` still holds what the agent
+    /// bound), as a powered-off disk would.
+    pub fn delete_linode(&mut self, node: &str) -> Result<(), LabError> {
+        self.set_link(node, false)?;
+        self.sigkill_agent(node)?;
+        tracing::info!(node, "Linode deleted: link cut, agent killed");
+        Ok(())
+    }
+
+    /// Recycles the node as LKE does (a node-pool recycle or upgrade): cordon, drain, delete
+    /// the Node object, delete the Linode ([`Lab::delete_linode`]). Each step is a method of
+    /// its own for scenarios that wait between them.
+    pub async fn recycle_node(&mut self, node: &str) -> Result<(), LabError> {
+        self.cordon_node(node, true).await?;
+        self.drain_node(node).await?;
+        self.delete_node(node).await?;
+        self.delete_linode(node)
     }
 
     /// Starts every operator replica that is not running.
