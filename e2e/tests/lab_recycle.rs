@@ -1,7 +1,7 @@
 //! The node recycle of LKE (a node-pool recycle or upgrade) in the whole lab, with a client
 //! probing the shared IP every 20 ms: the node carrying the traffic (node-a, primary) is
-//! cordoned, drained, its Node deleted and its Linode deleted (link cut, agent SIGKILLed;
-//! see `Lab::recycle_node`). Without `--withdraw-on-cordon` the address ends on node-b once
+//! cordoned, drained, its Linode deleted (link cut, agent SIGKILLed) and its Node deleted
+//! (see `Lab::recycle_node`). Without `--withdraw-on-cordon` the address ends on node-b once
 //! the route servers' hold timers drop node-a (probes are lost meanwhile: reported, not
 //! asserted); with it, node-a hands over make-before-break right after the cordon and no
 //! probe is lost.
@@ -154,8 +154,8 @@ async fn recycled_primary_with_withdraw_on_cordon_hands_over_without_loss() {
     );
 
     lab.drain_node("node-a").await.expect("drain");
-    lab.delete_node("node-a").await.expect("delete Node");
     lab.delete_linode("node-a").expect("delete Linode");
+    lab.delete_node("node-a").await.expect("delete Node");
     // Past the route servers' hold time: had node-a still carried the route, its death would
     // show as lost probes by now.
     tokio::time::sleep(Duration::from_secs(u64::from(lab.config().hold_time) + 1)).await;

@@ -976,13 +976,17 @@ impl Lab {
     }
 
     /// Recycles the node as LKE does (a node-pool recycle or upgrade): cordon, drain, delete
-    /// the Node object, delete the Linode ([`Lab::delete_linode`]). Each step is a method of
-    /// its own for scenarios that wait between them.
+    /// the Linode ([`Lab::delete_linode`]), then delete the Node object, as the cloud
+    /// controller manager does once the Linode is gone. In that order nothing the agent could
+    /// still do after the drain reaches the route servers: deleting the Node first would let
+    /// a running agent withdraw in the moment before its link goes, a race the lab would
+    /// win and Linode would not. Each step is a method of its own for scenarios that wait
+    /// between them.
     pub async fn recycle_node(&mut self, node: &str) -> Result<(), LabError> {
         self.cordon_node(node, true).await?;
         self.drain_node(node).await?;
-        self.delete_node(node).await?;
-        self.delete_linode(node)
+        self.delete_linode(node)?;
+        self.delete_node(node).await
     }
 
     /// Starts every operator replica that is not running.
