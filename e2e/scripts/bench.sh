@@ -8,20 +8,27 @@
 # The agent and the operator are built as they ship (the agent with the size-optimised `agent`
 # profile, the operator in release: the footprint target is about what ships); the benchmark
 # driver itself in debug. `--debug-binaries` measures debug builds.
+# Then the propagation suite twice (`--suite propagation`: apply → traffic, a node newly selected,
+# every agent restarted, a node recycle with and without --withdraw-on-cordon), with the route
+# servers' share propagation delay D = 15 s ± 20 % as observed on Linode and with D = 0 to compare,
+# one run each (about 3 minutes together; each figure is one measurement, indicative only);
+# `--no-propagation` skips it. Into target/bench/propagation-15s and target/bench/propagation-0s.
 # Then the operator's scale benchmark (1,000 SharedIPs × 100 nodes: time to converge, share calls
 # per Linode per wave): cargo bench -p sharedip-operator --bench scale; `--no-scale` skips it.
 #
-# Usage (root): e2e/scripts/bench.sh [--debug-binaries] [--no-scale] [--runs K] [--out DIR] [other sharedip-bench flags]
+# Usage (root): e2e/scripts/bench.sh [--debug-binaries] [--no-scale] [--no-propagation] [--runs K] [--out DIR] [other sharedip-bench flags]
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/../.."
 
 profile=release
 scale=1
+propagation=1
 args=()
 for a in "$@"; do
     case $a in
         --debug-binaries) profile=debug ;;
         --no-scale) scale=0 ;;
+        --no-propagation) propagation=0 ;;
         *) args+=("$a") ;;
     esac
 done
@@ -48,6 +55,15 @@ export SHAREDIP_BENCH_PROFILE="agent: $agent_profile, operator: $operator_profil
 
 echo "==> the lab: failure modes, footprint, apply latency (default: 3 runs per mode, about 5 minutes)"
 "$TARGET_DIR/debug/sharedip-bench" "${args[@]}"
+
+if ((propagation)); then
+    for d in 15000 0; do
+        echo
+        echo "==> the propagation suite with D = $((d / 1000)) s (one run; about $((d ? 2 : 1)) minute(s))"
+        "$TARGET_DIR/debug/sharedip-bench" --suite propagation --runs 1 \
+            --propagation-delay-ms "$d" --propagation-jitter 0.2 --out "target/bench/propagation-$((d / 1000))s"
+    done
+fi
 
 if ((scale)); then
     echo

@@ -26,6 +26,9 @@ use sharedip_e2e::lab::{role_spec, Lab, LabConfig, Propagation};
 use sharedip_e2e::netns;
 use sharedip_e2e::routeserver::Flavor;
 
+#[path = "sharedip-bench/propagation.rs"]
+mod propagation;
+
 /// The SharedIP the benchmark applies.
 const SIP: &str = "bench";
 /// The lab's primary and secondary (LabConfig::default()).
@@ -49,7 +52,13 @@ const SCALE_COMMAND: &str = "cargo bench -p sharedip-operator --bench scale";
 #[derive(Debug, Parser)]
 #[command(name = "sharedip-bench", version)]
 struct Args {
-    /// Repetitions of each failure mode (and of its failback).
+    /// What to measure: `failover` (the failure modes, footprint and apply latency) or
+    /// `propagation` (apply, a new secondary, a restart of every agent and a node recycle,
+    /// under the route servers' propagation delay; see the `propagation` module).
+    #[arg(long, value_enum, default_value_t = Suite::Failover)]
+    suite: Suite,
+    /// Repetitions of each failure mode (and of its failback); in the propagation suite, of
+    /// the restart of every agent.
     #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..=50))]
     runs: u32,
     /// Repetitions of the apply → announced measurement.
@@ -77,6 +86,13 @@ struct Args {
     /// Build profile of the binaries under test (recorded in the report; bench.sh sets it).
     #[arg(long, env = "SHAREDIP_BENCH_PROFILE", default_value = "unknown")]
     profile: String,
+}
+
+/// The measurement suites.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum Suite {
+    Failover,
+    Propagation,
 }
 
 /// The failure modes: what fails, and how it comes back.
@@ -552,6 +568,9 @@ async fn run(args: Args) -> Result<()> {
         .out
         .canonicalize()
         .with_context(|| format!("resolving {}", args.out.display()))?;
+    if args.suite == Suite::Propagation {
+        return propagation::run(args, &out).await;
+    }
 
     println!(
         "== starting the lab: 2 nodes ({PRIMARY} primary, {SECONDARY} secondary), 4 BIRD route servers, 2 operators"
