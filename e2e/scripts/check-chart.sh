@@ -569,6 +569,7 @@ for ds in by_kind("DaemonSet"):
         "STATE_FILE": "/var/lib/sharedip/bound.json",
         "INTERFACE": "dummy0" if full else "lo",
         "SHUTDOWN_TIMEOUT": "45s" if full else "20s",
+        "ROUTE_SERVER_GRACE": "90s" if full else "240s",
         "LOG_FORMAT": "text" if full else "json",
         "LOG_LEVEL": "sharedip_node_agent=debug,info" if full else "info",
     }
@@ -793,6 +794,7 @@ expect_reject "agent community not ASN:VALUE" "/agent/primaryCommunity" "${TOK[@
 expect_reject "agent interface name too long" "/agent/interface" "${TOK[@]}" --set agent.interface=a-very-long-interface0
 expect_reject "agent stateHostPath relative" "/agent/stateHostPath" "${TOK[@]}" --set agent.stateHostPath=var/lib/sharedip
 expect_reject "agent shutdownTimeout not a duration" "/agent/shutdownTimeout" "${TOK[@]}" --set agent.shutdownTimeout=soon
+expect_reject "agent routeServerGrace not a duration" "/agent/routeServerGrace" "${TOK[@]}" --set agent.routeServerGrace=4min
 expect_reject "agent grace period not above shutdownTimeout" "terminationGracePeriodSeconds \\(30\\) must be greater" \
   "${TOK[@]}" --set agent.shutdownTimeout=30s
 expect_reject "agent grace period below shutdownTimeout in minutes" "must be greater than agent.shutdownTimeout" \

@@ -106,6 +106,30 @@ async fn watch_propagation(lab: &Lab, addr: Ipv6Addr, admitted: bool) -> Vec<usi
     order
 }
 
+/// The reasons `node`'s status entry gave while it did not announce, in order, until it
+/// announces.
+async fn reasons_until_announcing(lab: &Lab, node: &str) -> Vec<String> {
+    let mut seen: Vec<String> = Vec::new();
+    let deadline = tokio::time::Instant::now() + BOUND;
+    loop {
+        match lab.node_status(SIP, node).await.unwrap() {
+            Some(e) if e.announcing => return seen,
+            Some(e) => {
+                let reason = e.reason.unwrap_or_default();
+                if seen.last() != Some(&reason) {
+                    seen.push(reason);
+                }
+            }
+            None => {}
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{node} does not announce; it said {seen:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 /// The route servers (0-based) from the shortest propagation delay to the longest.
 fn by_delay(lab: &Lab) -> Vec<usize> {
     let delays = lab.routing().delays();
@@ -146,10 +170,21 @@ async fn sessions_wait_for_a_share_which_reaches_each_route_server_after_its_del
     lab.apply_sharedip(SIP, role_spec(&SHARED_V4.to_string()))
         .await
         .unwrap();
+    let (order, waiting) = tokio::join!(
+        watch_propagation(&lab, a, true),
+        reasons_until_announcing(&lab, "node-a")
+    );
     assert_eq!(
-        watch_propagation(&lab, a, true).await,
+        order,
         by_delay(&lab),
         "the share reached the route servers in the order of their delays"
+    );
+    // Whatever node-a reported before it announced (perhaps nothing: the wait is short), it
+    // said it awaited the route servers, not NoSessions, which would mean an outage.
+    eprintln!("node-a before announcing: {waiting:?}");
+    assert!(
+        waiting.iter().all(|r| r == "AwaitingRouteServers"),
+        "node-a reported {waiting:?} while its share propagated"
     );
     for i in 0..lab.routing().len() {
         let filter = lab.routing().admitted(i).unwrap();

@@ -114,6 +114,14 @@ pub struct CommonArgs {
     #[arg(long, env = "FAST_RETRY_WINDOW", default_value = "60s", value_parser = parse_duration)]
     pub fast_retry_window: Duration,
 
+    /// How long a node without an established BGP session waits for Linode's route servers
+    /// (they accept a Linode's sessions about 10-20 s after a share; a freshly booted node
+    /// took 3-3.5 minutes): counted from its Linode's first share and from the agent's start.
+    /// Meanwhile the status reason is AwaitingRouteServers instead of NoSessions, and /readyz
+    /// waits for a session unless no address is shared with the Linode.
+    #[arg(long, env = "ROUTE_SERVER_GRACE", default_value = "240s", value_parser = parse_duration)]
+    pub route_server_grace: Duration,
+
     /// Next hop of the announcements: this node's global IPv6 address. Default: the source
     /// address the kernel picks toward the first route server.
     #[arg(long, env = "NEXT_HOP")]
@@ -1038,6 +1046,7 @@ mod tests {
                 assert_eq!(r.common.hold_time, 9);
                 assert_eq!(r.common.connect_retry, Duration::from_secs(5));
                 assert_eq!(r.common.fast_retry_window, Duration::from_secs(60));
+                assert_eq!(r.common.route_server_grace, Duration::from_secs(240));
                 assert_eq!(r.common.local_asn, 65001);
                 assert_eq!(r.common.peer_asn, 65000);
                 assert_eq!(r.common.primary_community, RoleCommunity::PRIMARY);

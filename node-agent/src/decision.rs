@@ -20,6 +20,7 @@ use std::collections::BTreeMap;
 use std::fmt;
 
 use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::jiff::Timestamp;
 use kube::core::{Selector, SelectorExt};
 use kube::ResourceExt;
 use sharedip_api::rules;
@@ -42,6 +43,10 @@ pub enum Reason {
     ReadinessGateFailed,
     /// Announced, but no BGP session is established, so no route server hears it.
     NoSessions,
+    /// Announced, no BGP session established yet, and Linode's route servers are not
+    /// expected to accept one yet: no share for this node's Linode, a share younger than the
+    /// route-server grace, or an agent that started less than the grace ago.
+    AwaitingRouteServers,
     /// The SharedIP is being deleted.
     Deleting,
     /// The agent is stopping (SIGTERM).
@@ -69,6 +74,7 @@ impl Reason {
             Reason::Draining => "Draining",
             Reason::ReadinessGateFailed => "ReadinessGateFailed",
             Reason::NoSessions => "NoSessions",
+            Reason::AwaitingRouteServers => "AwaitingRouteServers",
             Reason::Deleting => "Deleting",
             Reason::ShuttingDown => "ShuttingDown",
             Reason::InvalidSpec => "InvalidSpec",
@@ -209,6 +215,54 @@ pub struct Sessions {
     pub total: usize,
 }
 
+/// Whether a node without an established session is still waiting for Linode's route
+/// servers, which ignore a Linode's connection attempts until a share exists for it and accept
+/// them about 10–20 s after the share call; decided by the caller against the route-server
+/// grace ([`crate::shares::ShareTimes::wait`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum RouteServerWait {
+    /// This SharedIP is not shared with this node's Linode yet, nor owned by it.
+    NotShared,
+    /// This node's Linode got its first share (over every SharedIP) at this time, less than
+    /// the grace ago.
+    Propagating(Timestamp),
+    /// The agent started at this time, less than the grace ago, and no session has been
+    /// established since.
+    Starting(Timestamp),
+    /// None of these: no session is an outage.
+    #[default]
+    Over,
+}
+
+const ROUTE_SERVERS_ACCEPT: &str =
+    "Linode's route servers accept a Linode's sessions about 10-20 s after a share";
+
+impl RouteServerWait {
+    /// The reason and message for a node that wants to announce without a session.
+    fn no_sessions(self, total: usize) -> (Reason, String) {
+        let waiting = match self {
+            Self::NotShared => "the address is not shared with this node's Linode yet".to_string(),
+            Self::Propagating(at) => format!("this node's Linode was shared an address at {at}"),
+            Self::Starting(at) => format!("the node agent started at {at}"),
+            Self::Over => {
+                return (
+                    Reason::NoSessions,
+                    format!(
+                        "ready to announce, but none of the {total} BGP sessions is established"
+                    ),
+                )
+            }
+        };
+        (
+            Reason::AwaitingRouteServers,
+            format!(
+                "ready to announce, waiting for the first of the {total} BGP sessions: \
+                 {waiting}; {ROUTE_SERVERS_ACCEPT}"
+            ),
+        )
+    }
+}
+
 /// What the node reports for one SharedIP: whether it announces, and why.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Verdict {
@@ -222,10 +276,15 @@ pub struct Verdict {
 
 /// The final reason for one SharedIP, the only place it is built: the decision's own reason
 /// when it withdraws; when it announces, [`Reason::BindFailed`] while the address cannot be
-/// bound, [`Reason::NoSessions`] until a session carries the route, else
-/// [`Reason::Announced`]. `outcome` is what applying the decision achieved (None: nothing
-/// applied yet, or the agent is stopping).
-pub fn verdict(decision: &Decision, outcome: Option<&Outcome>, sessions: Sessions) -> Verdict {
+/// bound, [`Reason::AwaitingRouteServers`] or [`Reason::NoSessions`] (as `wait` says) until a
+/// session carries the route, else [`Reason::Announced`]. `outcome` is what applying the
+/// decision achieved (None: nothing applied yet, or the agent is stopping).
+pub fn verdict(
+    decision: &Decision,
+    outcome: Option<&Outcome>,
+    sessions: Sessions,
+    wait: RouteServerWait,
+) -> Verdict {
     let (announcing, reason, message) = match (&decision.target, outcome) {
         (
             Some(target),
@@ -241,14 +300,10 @@ pub fn verdict(decision: &Decision, outcome: Option<&Outcome>, sessions: Session
         (Some(_), Some(o)) if o.announced && sessions.established > 0 => {
             (true, Reason::Announced, decision.message.clone())
         }
-        (Some(_), _) => (
-            false,
-            Reason::NoSessions,
-            format!(
-                "ready to announce, but none of the {} BGP sessions is established",
-                sessions.total
-            ),
-        ),
+        (Some(_), _) => {
+            let (reason, message) = wait.no_sessions(sessions.total);
+            (false, reason, message)
+        }
         (None, _) => (false, decision.reason, decision.message.clone()),
     };
     Verdict {
@@ -709,35 +764,99 @@ mod tests {
             established,
             total: 4,
         };
-        let v = verdict(&d, Some(&announced), sessions(0));
+        let v = verdict(&d, Some(&announced), sessions(0), RouteServerWait::Over);
         assert_eq!((v.announcing, v.reason), (false, Reason::NoSessions));
         assert_eq!(
             v.message,
             "ready to announce, but none of the 4 BGP sessions is established"
         );
         // Nothing applied yet: no session carries it either.
-        assert_eq!(verdict(&d, None, sessions(4)).reason, Reason::NoSessions);
+        assert_eq!(
+            verdict(&d, None, sessions(4), RouteServerWait::Over).reason,
+            Reason::NoSessions
+        );
         let failed = Outcome {
             bound: None,
             announced: false,
             bind_error: Some("EPERM".into()),
         };
-        let v = verdict(&d, Some(&failed), sessions(4));
+        let v = verdict(&d, Some(&failed), sessions(4), RouteServerWait::Over);
         assert_eq!((v.announcing, v.reason), (false, Reason::BindFailed));
         assert!(v.message.contains("EPERM"), "{}", v.message);
         assert!(v.message.contains("192.0.2.10"), "{}", v.message);
-        let v = verdict(&d, Some(&announced), sessions(1));
+        let v = verdict(&d, Some(&announced), sessions(1), RouteServerWait::Over);
         assert_eq!(
             (v.announcing, v.reason, v.message),
             (true, Reason::Announced, d.message.clone())
         );
         // A withdrawal keeps the decision's reason and message.
         let drained = Decision::withdraw(Some(Role::Primary), Reason::Draining, "m");
-        let v = verdict(&drained, None, sessions(4));
+        let v = verdict(&drained, None, sessions(4), RouteServerWait::Over);
         assert_eq!(
             (v.announcing, v.reason, v.message.as_str()),
             (false, Reason::Draining, "m")
         );
+    }
+
+    #[test]
+    fn no_sessions_while_waiting_for_the_route_servers() {
+        let d = go(&base(), &[("role", "primary")]);
+        let announced = Outcome {
+            bound: Some(BoundBy::Agent),
+            announced: true,
+            bind_error: None,
+        };
+        let none = Sessions {
+            established: 0,
+            total: 4,
+        };
+        let at: Timestamp = "2026-12-01T05:40:00Z".parse().unwrap();
+        let v = verdict(&d, Some(&announced), none, RouteServerWait::NotShared);
+        assert_eq!(
+            (v.announcing, v.reason),
+            (false, Reason::AwaitingRouteServers)
+        );
+        assert!(
+            v.message.contains("not shared with this node's Linode yet"),
+            "{}",
+            v.message
+        );
+        assert!(v.message.contains("10-20 s after a share"), "{}", v.message);
+        let v = verdict(&d, Some(&announced), none, RouteServerWait::Propagating(at));
+        assert_eq!(v.reason, Reason::AwaitingRouteServers);
+        assert!(
+            v.message
+                .contains("shared an address at 2026-12-01T05:40:00Z"),
+            "{}",
+            v.message
+        );
+        let v = verdict(&d, None, none, RouteServerWait::Starting(at));
+        assert_eq!(v.reason, Reason::AwaitingRouteServers);
+        assert!(
+            v.message.contains("agent started at 2026-12-01T05:40:00Z"),
+            "{}",
+            v.message
+        );
+        // After the grace: an outage.
+        let v = verdict(&d, Some(&announced), none, RouteServerWait::Over);
+        assert_eq!(v.reason, Reason::NoSessions);
+        // A session up, or a reason of its own, is not waiting.
+        let one = Sessions {
+            established: 1,
+            total: 4,
+        };
+        let v = verdict(&d, Some(&announced), one, RouteServerWait::NotShared);
+        assert_eq!((v.announcing, v.reason), (true, Reason::Announced));
+        let failed = Outcome {
+            bound: None,
+            announced: false,
+            bind_error: Some("EPERM".into()),
+        };
+        let v = verdict(&d, Some(&failed), none, RouteServerWait::NotShared);
+        assert_eq!(v.reason, Reason::BindFailed);
+        let drained = Decision::withdraw(Some(Role::Primary), Reason::Draining, "m");
+        let v = verdict(&drained, None, none, RouteServerWait::NotShared);
+        assert_eq!(v.reason, Reason::Draining);
     }
 
     #[test]

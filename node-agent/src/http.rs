@@ -9,10 +9,12 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock};
+use std::time::Duration;
 
 use axum::extract::State;
 use axum::routing::get;
 use axum::{Json, Router};
+use k8s_openapi::jiff::Timestamp;
 use sharedip_process::endpoints::{metrics_routes, probe_routes, Observable, Readiness};
 use sharedip_process::sync::{read, write};
 
@@ -20,11 +22,87 @@ use crate::report::metrics::Metrics;
 use crate::report::{peer_reports, AgentReport, PrefixReport};
 use crate::speaker::SpeakerMonitor;
 
+/// The default of `--route-server-grace`: Linode's route servers accept a Linode's sessions
+/// about 10–20 s after a share, but a freshly booted node took 3–3.5 minutes to get all up.
+pub const DEFAULT_ROUTE_SERVER_GRACE: Duration = Duration::from_secs(240);
+
+/// Whether this node's Linode has a share, as far as `/readyz` goes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LinodeShare {
+    /// Not known: standalone mode (no Kubernetes), or not looked at yet.
+    Unknown,
+    /// No SharedIP lists this node's Linode, and it owns none: no route server will accept
+    /// a session, so none is waited for.
+    None,
+    /// Shared; since this time when it may still be propagating (None: owned, or of an
+    /// unrecorded age).
+    Shared(Option<Timestamp>),
+}
+
+/// What `/readyz` says about BGP: ready once a session has been established since the start
+/// (`session_seen`), when no share exists for this node's Linode, or once `grace` has passed
+/// since the agent started (`started`), so a rolling update neither runs ahead of a node that
+/// cannot announce yet nor stalls on one that never will.
+pub fn bgp_readiness(
+    session_seen: bool,
+    share: LinodeShare,
+    started: Timestamp,
+    now: Timestamp,
+    grace: Duration,
+) -> Readiness {
+    if session_seen {
+        return Readiness::Ready;
+    }
+    if share == LinodeShare::None {
+        return Readiness::ReadyWith(
+            "no BGP session expected: no address is shared with this Linode".into(),
+        );
+    }
+    let waited = now
+        .duration_since(started)
+        .try_into()
+        .is_ok_and(|age: Duration| age >= grace);
+    if waited {
+        return Readiness::ReadyWith(format!(
+            "no BGP session established within the route-server grace of {}s since the start at {started}",
+            grace.as_secs()
+        ));
+    }
+    Readiness::NotReady(match share {
+        LinodeShare::Shared(Some(at)) => {
+            format!("waiting for a BGP session (shared with this Linode since {at})")
+        }
+        LinodeShare::Shared(None) => {
+            "waiting for a BGP session (an address is shared with this Linode)".into()
+        }
+        LinodeShare::Unknown | LinodeShare::None => {
+            format!("waiting for a BGP session (started at {started})")
+        }
+    })
+}
+
+/// The agent's start to the second, as statuses and probes show it.
+fn start_time() -> Timestamp {
+    let now = Timestamp::now();
+    Timestamp::from_second(now.as_second()).unwrap_or(now)
+}
+
+/// What `/readyz` needs beyond the first decisions.
+#[derive(Debug, Clone, Copy)]
+struct BgpWait {
+    started: Timestamp,
+    grace: Duration,
+    share: LinodeShare,
+}
+
 /// What the agent loop tells the HTTP server: readiness, metrics, sessions and the `/status`
 /// document.
 pub struct AgentState {
     /// Set once the agent has made its first decisions.
     pub ready: AtomicBool,
+    /// Set once a BGP session has been established since the start.
+    session_seen: AtomicBool,
+    bgp: RwLock<BgpWait>,
     /// Metrics registry.
     pub metrics: Metrics,
     /// The sessions.
@@ -38,6 +116,12 @@ impl AgentState {
     pub fn new(report: AgentReport, monitor: SpeakerMonitor) -> Arc<Self> {
         Arc::new(Self {
             ready: AtomicBool::new(false),
+            session_seen: AtomicBool::new(false),
+            bgp: RwLock::new(BgpWait {
+                started: start_time(),
+                grace: DEFAULT_ROUTE_SERVER_GRACE,
+                share: LinodeShare::Unknown,
+            }),
             metrics: Metrics::default(),
             monitor: RwLock::new(monitor),
             report: RwLock::new(report),
@@ -64,6 +148,39 @@ impl AgentState {
         read(&self.monitor).clone()
     }
 
+    /// Sets `--route-server-grace`.
+    pub fn set_route_server_grace(&self, grace: Duration) {
+        write(&self.bgp).grace = grace;
+    }
+
+    /// Records whether this node's Linode has a share (the Kubernetes loop, every turn).
+    pub fn set_linode_share(&self, share: LinodeShare) {
+        write(&self.bgp).share = share;
+    }
+
+    /// When the agent started, to the second.
+    pub fn started(&self) -> Timestamp {
+        read(&self.bgp).started
+    }
+
+    /// `--route-server-grace`.
+    pub fn route_server_grace(&self) -> Duration {
+        read(&self.bgp).grace
+    }
+
+    /// Whether a BGP session has been established since the agent started (it is now, or
+    /// was at an earlier look).
+    pub fn session_seen(&self) -> bool {
+        if self.session_seen.load(Ordering::Relaxed) {
+            return true;
+        }
+        let now = self.monitor().established() > 0;
+        if now {
+            self.session_seen.store(true, Ordering::Relaxed);
+        }
+        now
+    }
+
     /// The full report now.
     pub fn report(&self) -> AgentReport {
         let mut r = read(&self.report).clone();
@@ -74,11 +191,12 @@ impl AgentState {
 
 impl Observable for AgentState {
     fn readiness(&self) -> Readiness {
-        if self.ready.load(Ordering::Relaxed) {
-            Readiness::Ready
-        } else {
-            Readiness::NotReady("starting".into())
+        if !self.ready.load(Ordering::Relaxed) {
+            return Readiness::NotReady("starting".into());
         }
+        let seen = self.session_seen();
+        let bgp = *read(&self.bgp);
+        bgp_readiness(seen, bgp.share, bgp.started, Timestamp::now(), bgp.grace)
     }
 
     fn metrics(&self) -> String {
@@ -86,7 +204,8 @@ impl Observable for AgentState {
     }
 }
 
-/// The probes' routes: open to anyone, and they say nothing beyond "ok" / "not ready: starting".
+/// The probes' routes: open to anyone, and they say nothing beyond "ok" / "not ready: starting"
+/// and whether (since when) the node waits for a BGP session.
 pub fn probe_router(state: Arc<AgentState>) -> Router {
     probe_routes(state)
 }
@@ -234,5 +353,60 @@ mod tests {
         std::fs::write(&file, "keep").unwrap();
         assert!(serve_unix(&file, state()).await.is_err());
         assert_eq!(std::fs::read_to_string(&file).unwrap(), "keep");
+    }
+
+    #[test]
+    fn readiness_waits_for_a_session_only_while_one_is_expected_within_the_grace() {
+        let ts = |t: &str| -> Timestamp { t.parse().unwrap() };
+        let start = ts("2026-12-01T05:00:00Z");
+        let early = ts("2026-12-01T05:01:00Z");
+        let late = ts("2026-12-01T05:04:00Z");
+        let grace = DEFAULT_ROUTE_SERVER_GRACE;
+        let shared = LinodeShare::Shared(Some(ts("2026-12-01T04:59:30Z")));
+        let r = |seen, share, now| bgp_readiness(seen, share, start, now, grace);
+        assert_eq!(
+            r(false, shared, early),
+            Readiness::NotReady(
+                "waiting for a BGP session (shared with this Linode since 2026-12-01T04:59:30Z)"
+                    .into()
+            )
+        );
+        assert_eq!(r(true, shared, early), Readiness::Ready);
+        assert!(
+            matches!(r(false, shared, late), Readiness::ReadyWith(m) if m.contains("grace of 240s"))
+        );
+        assert!(matches!(
+            r(false, LinodeShare::None, early),
+            Readiness::ReadyWith(m) if m.contains("no address is shared")
+        ));
+        // Standalone: a session or the grace.
+        assert_eq!(
+            r(false, LinodeShare::Unknown, early),
+            Readiness::NotReady(
+                "waiting for a BGP session (started at 2026-12-01T05:00:00Z)".into()
+            )
+        );
+        assert!(matches!(
+            r(false, LinodeShare::Unknown, late),
+            Readiness::ReadyWith(_)
+        ));
+        assert_eq!(r(true, LinodeShare::Unknown, early), Readiness::Ready);
+        assert!(matches!(
+            r(false, LinodeShare::Shared(None), early),
+            Readiness::NotReady(_)
+        ));
+    }
+
+    #[test]
+    fn readiness_starts_not_ready_until_the_first_decisions() {
+        let s = state();
+        assert_eq!(s.readiness(), Readiness::NotReady("starting".into()));
+        s.ready.store(true, Ordering::Relaxed);
+        s.set_linode_share(LinodeShare::None);
+        assert!(matches!(s.readiness(), Readiness::ReadyWith(_)));
+        s.set_linode_share(LinodeShare::Unknown);
+        assert!(matches!(s.readiness(), Readiness::NotReady(_)));
+        s.set_route_server_grace(Duration::ZERO);
+        assert!(matches!(s.readiness(), Readiness::ReadyWith(_)));
     }
 }

@@ -19,15 +19,17 @@ use tokio::sync::Notify;
 
 use crate::binder::AddressBinding;
 use crate::config::RunArgs;
-use crate::decision::{self, BgpDefaults, Decision, Outcome, Reason, Sessions, Situation};
-use crate::http::AgentState;
+use crate::decision::{
+    self, BgpDefaults, Decision, Outcome, Reason, RouteServerWait, Sessions, Situation,
+};
+use crate::http::{AgentState, LinodeShare};
 use crate::node_addresses::{self, OwnAddresses};
 use crate::orchestrator::{Orchestrator, Transition};
 use crate::report::events::Events;
 use crate::report::node_status::StatusWriter;
 use crate::report::{self, AgentReport};
 use crate::setup::{self, AgentError, Control};
-use crate::shares::{self, ShareFacts};
+use crate::shares::{self, ShareFacts, ShareTimes};
 use crate::speaker::{Announcer, Speaker, SpeakerMonitor};
 
 /// Settings of the Kubernetes loop.
@@ -100,6 +102,7 @@ async fn serve_endpoints(
         },
         SpeakerMonitor::empty(),
     );
+    state.set_route_server_grace(args.common.route_server_grace);
     let cert = match (&args.tls_cert_file, &args.tls_key_file) {
         (Some(cert), Some(key)) => CertSource::Files {
             cert: cert.clone(),
@@ -540,6 +543,7 @@ impl LoopCtx {
             &desired,
             &BTreeMap::new(),
             sessions(orchestrator.announcer()),
+            &BTreeMap::new(),
         )
         .await;
     }
@@ -557,12 +561,44 @@ impl LoopCtx {
         self.after_transitions(&effects.transitions).await;
         self.state
             .set_prefixes(report::prefix_reports(orchestrator.applied()));
+        let waits = self.route_server_waits(&desired);
         self.write_statuses(
             &desired,
             &effects.outcomes,
             sessions(orchestrator.announcer()),
+            &waits,
         )
         .await;
+    }
+
+    /// This node's Linode's shares, for `/readyz`, and per SharedIP this node would announce
+    /// whether a missing session is still expected to come up.
+    fn route_server_waits(
+        &self,
+        desired: &BTreeMap<String, Decision>,
+    ) -> BTreeMap<String, RouteServerWait> {
+        let linode = self
+            .stores
+            .node
+            .state()
+            .into_iter()
+            .next()
+            .and_then(|n| rules::linode_of(&n));
+        let sips = self.stores.sharedips.state();
+        let times = ShareTimes::of(sips.iter().map(AsRef::as_ref), linode, &self.settings.node);
+        self.state.set_linode_share(if times.is_empty() {
+            LinodeShare::None
+        } else {
+            LinodeShare::Shared(times.oldest())
+        });
+        let (started, grace) = (self.state.started(), self.state.route_server_grace());
+        let seen = self.state.session_seen();
+        let now = k8s_openapi::jiff::Timestamp::now();
+        desired
+            .iter()
+            .filter(|(_, d)| d.target.is_some())
+            .map(|(name, _)| (name.clone(), times.wait(name, started, seen, now, grace)))
+            .collect()
     }
 
     /// Puts the sessions on the fast retry schedule when this node's Linode has just been
@@ -616,9 +652,16 @@ impl LoopCtx {
         desired: &BTreeMap<String, Decision>,
         outcomes: &BTreeMap<String, Outcome>,
         sessions: Sessions,
+        waits: &BTreeMap<String, RouteServerWait>,
     ) {
         self.statuses
-            .write(self.stores.sharedips.state(), desired, outcomes, sessions)
+            .write(
+                self.stores.sharedips.state(),
+                desired,
+                outcomes,
+                sessions,
+                waits,
+            )
             .await;
     }
 }

@@ -200,6 +200,7 @@ pub async fn run(args: StandaloneArgs) -> Result<(), AgentError> {
         },
         speaker.monitor(),
     );
+    state.set_route_server_grace(common.route_server_grace);
     setup::serve_plain_http(args.http_addr(), state.clone()).await?;
     let _socket = setup::serve_status_socket(&common.status_socket, state.clone()).await?;
     let reload = |listing: &[InterfaceAddress]| {

@@ -32,6 +32,7 @@ use sharedip_node_agent::report::AgentReport;
 use sharedip_node_agent::setup::{AgentError, Control};
 use sharedip_node_agent::speaker::{Speaker, SpeakerConfig, SpeakerMonitor};
 use sharedip_node_agent::testing::FakeBinder;
+use sharedip_process::endpoints::{Observable, Readiness};
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, oneshot};
 
@@ -761,7 +762,8 @@ async fn a_new_share_for_this_linode_hurries_the_sessions() {
             ..AgentOptions::default()
         },
     );
-    wait_entry(&sips, false, "NoSessions").await;
+    // Not shared with this node's Linode yet: waiting for the route servers, not an outage.
+    wait_entry(&sips, false, "AwaitingRouteServers").await;
     assert_eq!(
         monitor.sessions()[0].1.state,
         sharedip_node_agent::bgp::fsm::State::Active
@@ -811,6 +813,100 @@ async fn a_new_share_for_this_linode_hurries_the_sessions() {
         announced.is_ok(),
         "not announced within {bound:?} of the share"
     );
+
+    stop_agent(stop_tx, agent).await;
+    rs.shutdown(None).await;
+}
+
+/// While the route servers ignore the node and its Linode's share is young, the node reports
+/// AwaitingRouteServers (not the NoSessions of an outage) and `/readyz` waits for a BGP
+/// session; once a route server answers, the node announces and is ready.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_young_share_awaits_the_route_servers_and_readyz_waits_for_a_session() {
+    let (_cp, client) = control_plane().await;
+    let node: Node = serde_json::from_value(json!({
+        "apiVersion": "v1", "kind": "Node",
+        "metadata": {"name": NODE, "labels": {"role": "primary"}},
+        "spec": {"providerID": "linode://4242"},
+    }))
+    .unwrap();
+    Api::<Node>::all(client.clone())
+        .create(&PostParams::default(), &node)
+        .await
+        .unwrap();
+    let sips: Api<SharedIP> = Api::all(client.clone());
+    let obj = sharedip("web", "192.0.2.10", "primary");
+    sips.patch(
+        "web",
+        &PatchParams::apply("test").force(),
+        &Patch::Apply(&obj),
+    )
+    .await
+    .unwrap();
+    // The operator has just shared the address with this node's Linode.
+    let since = k8s_openapi::jiff::Timestamp::now().to_string();
+    let shared = json!({
+        "apiVersion": "sharedip.io/v1alpha1", "kind": "SharedIP",
+        "status": {"sharedWith": [{"linodeId": 4242, "node": NODE, "role": "Primary", "since": since}]},
+    });
+    sips.patch_status(
+        "web",
+        &PatchParams::apply("sharedip-operator").force(),
+        &Patch::Apply(&shared),
+    )
+    .await
+    .unwrap();
+
+    // Nobody answers yet: the route servers ignore the node.
+    let addr = TcpListener::bind("[::1]:0")
+        .await
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let TestAgent {
+        state,
+        stop: stop_tx,
+        task: agent,
+        ..
+    } = TestAgent::start(
+        &client,
+        AgentOptions {
+            peer: addr,
+            ..AgentOptions::default()
+        },
+    );
+    let sip = wait_entry(&sips, false, "AwaitingRouteServers").await;
+    let message = entry(&sip).unwrap().message.unwrap();
+    assert!(
+        message.contains("this node's Linode was shared an address at"),
+        "{message}"
+    );
+    match state.readiness() {
+        Readiness::NotReady(why) => assert!(
+            why.starts_with("waiting for a BGP session (shared with this Linode since "),
+            "{why}"
+        ),
+        other => panic!("ready without a session: {other:?}"),
+    }
+
+    // The route server answers: the session comes up, the node announces and is ready.
+    let listener = Arc::new(TcpListener::bind(addr).await.unwrap());
+    let rs = session::spawn(SessionConfig {
+        fsm: FsmConfig {
+            local_as: 65000,
+            peer_as: 65001,
+            router_id: Ipv4Addr::new(192, 0, 2, 254),
+            ..FsmConfig::default()
+        },
+        transport: Transport::Accept(listener),
+        next_hop: "2001:db8::fe".parse().unwrap(),
+        next_hop_v4: None,
+        write_timeout: Duration::from_secs(5),
+        observer: None,
+    })
+    .unwrap();
+    wait_entry(&sips, true, "Announced").await;
+    assert_eq!(state.readiness(), Readiness::Ready);
 
     stop_agent(stop_tx, agent).await;
     rs.shutdown(None).await;

@@ -47,6 +47,16 @@ pub mod reason {
     pub const PRIMARY_ANNOUNCES: &str = "PrimaryAnnounces";
     pub const SECONDARY_ANNOUNCES: &str = "SecondaryAnnounces";
     pub const NOT_ANNOUNCED: &str = "NotAnnounced";
+    /// No selected node announces yet, and one waits for Linode's route servers to accept its
+    /// sessions (its node entry's reason, the same word).
+    pub const AWAITING_ROUTE_SERVERS: &str = "AwaitingRouteServers";
+    /// A node announces while it hands the address over (node entry reason `HandingOver`).
+    pub const HANDOVER_IN_PROGRESS: &str = "HandoverInProgress";
+    /// No selected node announces after a handover found no successor in time (node entry
+    /// reason, the same word).
+    pub const HANDOVER_TIMED_OUT: &str = "HandoverTimedOut";
+    /// Node entry reason of a node that still announces while it hands the address over.
+    pub const NODE_HANDING_OVER: &str = "HandingOver";
 }
 
 /// What the status said last time about where the SharedIP is shared.
@@ -242,22 +252,51 @@ fn announced_condition(nodes: &[NodeStatus], selected: &BTreeSet<String>) -> Des
     };
     let primaries = by_role(Role::Primary);
     let secondaries = by_role(Role::Secondary);
-    if !primaries.is_empty() {
+    let handing_over: Vec<&str> = entries
+        .iter()
+        .filter(|n| n.announcing && n.reason.as_deref() == Some(reason::NODE_HANDING_OVER))
+        .map(|n| n.name.as_str())
+        .collect();
+    let (reason, message) = if !primaries.is_empty() {
         let mut msg = format!("announced by primary {}", primaries.join(", "));
         if !secondaries.is_empty() {
             msg.push_str(&format!(" and secondary {}", secondaries.join(", ")));
         }
-        return Desired::new(conditions::ANNOUNCED, true, reason::PRIMARY_ANNOUNCES, msg);
-    }
-    if !secondaries.is_empty() {
-        return Desired::new(
-            conditions::ANNOUNCED,
-            true,
+        (reason::PRIMARY_ANNOUNCES, msg)
+    } else if !secondaries.is_empty() {
+        (
             reason::SECONDARY_ANNOUNCES,
             format!(
                 "no primary announces; failed over to secondary {}",
                 secondaries.join(", ")
             ),
+        )
+    } else {
+        let (reason, message) = not_announced(&entries);
+        return Desired::new(conditions::ANNOUNCED, false, reason, message);
+    };
+    if handing_over.is_empty() {
+        return Desired::new(conditions::ANNOUNCED, true, reason, message);
+    }
+    Desired::new(
+        conditions::ANNOUNCED,
+        true,
+        reason::HANDOVER_IN_PROGRESS,
+        format!(
+            "{message}; {} hand(s) the address over, waiting for a successor the route servers accept",
+            handing_over.join(", ")
+        ),
+    )
+}
+
+/// The reason and message when no selected node announces: the most hopeful of the entries'
+/// reasons (a node waiting for the route servers is about to announce; a handover that timed
+/// out explains the gap), else NotAnnounced.
+fn not_announced(entries: &[&NodeStatus]) -> (&'static str, String) {
+    if entries.is_empty() {
+        return (
+            reason::NOT_ANNOUNCED,
+            "no node agent of a selected node reports this address yet; is the node agent DaemonSet running on the selected nodes?".to_string(),
         );
     }
     let why: Vec<String> = entries
@@ -270,12 +309,27 @@ fn announced_condition(nodes: &[NodeStatus], selected: &BTreeSet<String>) -> Des
             )
         })
         .collect();
-    let message = if entries.is_empty() {
-        "no node agent of a selected node reports this address yet; is the node agent DaemonSet running on the selected nodes?".to_string()
-    } else {
-        format!("no selected node announces: {}", why.join("; "))
-    };
-    Desired::new(conditions::ANNOUNCED, false, reason::NOT_ANNOUNCED, message)
+    let has = |r: &str| entries.iter().any(|n| n.reason.as_deref() == Some(r));
+    let why = why.join("; ");
+    if has(reason::AWAITING_ROUTE_SERVERS) {
+        return (
+            reason::AWAITING_ROUTE_SERVERS,
+            format!(
+                "no selected node announces yet: waiting for Linode's route servers to accept \
+                 the BGP sessions (about 10-20 s after a share): {why}"
+            ),
+        );
+    }
+    if has(reason::HANDOVER_TIMED_OUT) {
+        return (
+            reason::HANDOVER_TIMED_OUT,
+            format!("no selected node announces: a handover found no successor in time: {why}"),
+        );
+    }
+    (
+        reason::NOT_ANNOUNCED,
+        format!("no selected node announces: {why}"),
+    )
 }
 
 /// Ready: shared with the Linodes of the selected nodes, and announced by one of them.
@@ -291,10 +345,16 @@ fn ready_condition(sharing: &Desired, announced: &Desired) -> Desired {
             format!("{}; {}", sharing.message, announced.message),
         );
     }
+    // A handover in progress stays visible in `kubectl get sip` while the address is served.
+    let reason = if announced.reason == reason::HANDOVER_IN_PROGRESS {
+        reason::HANDOVER_IN_PROGRESS
+    } else {
+        reason::READY
+    };
     Desired::new(
         conditions::READY,
         true,
-        reason::READY,
+        reason,
         format!("{}; {}", sharing.message, announced.message),
     )
 }
@@ -464,5 +524,70 @@ mod tests {
         let r = ready_condition(&shared, &yes);
         assert!(r.status);
         assert_eq!(r.reason, reason::READY);
+    }
+
+    #[test]
+    fn waiting_for_route_servers_and_handovers_show_in_the_reasons() {
+        let both: BTreeSet<String> = ["a", "b"].into_iter().map(String::from).collect();
+        let shared = Desired::new(conditions::READY, true, "Shared", "shared with 2 Linode(s)");
+        let ready = |nodes: &[NodeStatus]| {
+            let a = announced_condition(nodes, &both);
+            (a.clone(), ready_condition(&shared, &a))
+        };
+        // Nobody announces; one waits for the route servers: the most hopeful reason wins.
+        let (a, r) = ready(&[
+            entry("a", Role::Primary, false, "AwaitingRouteServers"),
+            entry("b", Role::Secondary, false, "ReadinessGateFailed"),
+        ]);
+        assert_eq!(
+            (a.status, a.reason.as_str()),
+            (false, "AwaitingRouteServers")
+        );
+        assert!(a.message.contains("route servers"), "{}", a.message);
+        assert!(
+            a.message.contains("b: ReadinessGateFailed"),
+            "{}",
+            a.message
+        );
+        assert_eq!(
+            (r.status, r.reason.as_str()),
+            (false, "AwaitingRouteServers")
+        );
+        // An outage stays an outage.
+        let (a, _) = ready(&[entry("a", Role::Primary, false, "NoSessions")]);
+        assert_eq!(a.reason, reason::NOT_ANNOUNCED);
+        // A handover that found no successor in time, nothing announcing.
+        let (a, r) = ready(&[
+            entry("a", Role::Primary, false, "HandoverTimedOut"),
+            entry("b", Role::Secondary, false, "NoSessions"),
+        ]);
+        assert_eq!(
+            (a.reason.as_str(), r.reason.as_str()),
+            ("HandoverTimedOut", "HandoverTimedOut")
+        );
+        assert!(!r.status);
+        // Waiting for the route servers is more hopeful than a timed-out handover.
+        let (a, _) = ready(&[
+            entry("a", Role::Primary, false, "HandoverTimedOut"),
+            entry("b", Role::Secondary, false, "AwaitingRouteServers"),
+        ]);
+        assert_eq!(a.reason, reason::AWAITING_ROUTE_SERVERS);
+        // A node handing over still announces: Ready stays true, with the handover's reason.
+        let (a, r) = ready(&[
+            entry("a", Role::Primary, true, "HandingOver"),
+            entry("b", Role::Secondary, false, "AwaitingRouteServers"),
+        ]);
+        assert_eq!((a.status, a.reason.as_str()), (true, "HandoverInProgress"));
+        assert!(a.message.contains("primary a"), "{}", a.message);
+        assert_eq!((r.status, r.reason.as_str()), (true, "HandoverInProgress"));
+        // Once the successor announces and the old node withdrew: plain Ready.
+        let (a, r) = ready(&[
+            entry("a", Role::Primary, false, "Draining"),
+            entry("b", Role::Secondary, true, "Announced"),
+        ]);
+        assert_eq!(
+            (a.reason.as_str(), r.reason.as_str()),
+            (reason::SECONDARY_ANNOUNCES, reason::READY)
+        );
     }
 }

@@ -469,6 +469,15 @@ async fn agents_status_entries_drive_announced_and_ready() {
             "{}",
             ready.message
         );
+        // A node that waits for the route servers: the Ready reason (`kubectl get sip`'s
+        // Reason column) says so rather than NotAnnounced.
+        agent_apply("node-b", "Secondary", false, "AwaitingRouteServers").await;
+        env.eventually_condition("web", "Ready", "False", "AwaitingRouteServers")
+            .await;
+        // Handing over while still announcing: Ready stays True, with the handover's reason.
+        agent_apply("node-a", "Primary", true, "HandingOver").await;
+        env.eventually_condition("web", "Ready", "True", "HandoverInProgress")
+            .await;
     })
     .await;
 }

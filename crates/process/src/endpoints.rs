@@ -23,6 +23,8 @@ pub trait Observable: Send + Sync + 'static {
 pub enum Readiness {
     /// 200 "ok".
     Ready,
+    /// 200 "ok: <note>": ready, and why, when that is worth saying (same rule as `NotReady`).
+    ReadyWith(String),
     /// 503 "not ready: <why>". Anyone who reaches the port may read `why`: name areas
     /// (`starting`, `token-file`), never paths or API answers.
     NotReady(String),
@@ -32,6 +34,7 @@ impl IntoResponse for Readiness {
     fn into_response(self) -> Response {
         match self {
             Self::Ready => (StatusCode::OK, "ok").into_response(),
+            Self::ReadyWith(note) => (StatusCode::OK, format!("ok: {note}\n")).into_response(),
             Self::NotReady(why) => (
                 StatusCode::SERVICE_UNAVAILABLE,
                 format!("not ready: {why}\n"),
@@ -101,6 +104,14 @@ mod tests {
             .get(reqwest::header::CONTENT_TYPE)
             .map(|v| v.to_str().unwrap().to_string());
         (r.status().as_u16(), ct, r.text().await.unwrap())
+    }
+
+    #[tokio::test]
+    async fn ready_with_a_note_is_ok_and_says_why() {
+        let r = Readiness::ReadyWith("no session expected".into()).into_response();
+        assert_eq!(r.status(), StatusCode::OK);
+        let body = axum::body::to_bytes(r.into_body(), 1024).await.unwrap();
+        assert_eq!(&body[..], b"ok: no session expected\n");
     }
 
     #[tokio::test]

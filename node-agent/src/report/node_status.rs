@@ -12,7 +12,7 @@ use kube::ResourceExt;
 use serde_json::{json, Value};
 use sharedip_api::{NodeStatus, SharedIP};
 
-use crate::decision::{self, Decision, Outcome, Sessions};
+use crate::decision::{self, Decision, Outcome, RouteServerWait, Sessions};
 
 /// Writes this node's entries, remembering what it wrote: the entry and the object's
 /// resourceVersion seen then, so a store that has not caught up with our own write does not
@@ -41,13 +41,15 @@ impl StatusWriter {
 
     /// Writes this node's entry of every SharedIP in `sharedips` whose entry changed:
     /// `desired` is what this turn decided, `outcomes` what applying it achieved (empty at
-    /// shutdown: nothing is applied any more).
+    /// shutdown: nothing is applied any more), `waits` whether a SharedIP's sessions are still
+    /// expected to come up (absent: not waiting).
     pub async fn write(
         &mut self,
         sharedips: Vec<Arc<SharedIP>>,
         desired: &BTreeMap<String, Decision>,
         outcomes: &BTreeMap<String, Outcome>,
         sessions: Sessions,
+        waits: &BTreeMap<String, RouteServerWait>,
     ) {
         let params = PatchParams::apply(&field_manager(&self.node)).force();
         let now = Time(Timestamp::now());
@@ -65,6 +67,7 @@ impl StatusWriter {
                 d,
                 outcomes.get(&name),
                 sessions,
+                waits.get(&name).copied().unwrap_or_default(),
                 previous,
                 now.clone(),
             );
@@ -120,11 +123,12 @@ pub fn node_entry(
     decision: &Decision,
     outcome: Option<&Outcome>,
     sessions: Sessions,
+    wait: RouteServerWait,
     previous: Option<&NodeStatus>,
     now: Time,
 ) -> Option<NodeStatus> {
     let role = decision.role?;
-    let verdict = decision::verdict(decision, outcome, sessions);
+    let verdict = decision::verdict(decision, outcome, sessions, wait);
     let since = match previous {
         Some(p) if p.announcing == verdict.announcing && p.since.is_some() => p.since.clone(),
         _ => Some(now),
@@ -216,6 +220,7 @@ mod tests {
             &decision(true, Reason::Announced),
             Some(&announced()),
             sessions(3, 4),
+            RouteServerWait::Over,
             None,
             t(100),
         )
@@ -233,12 +238,22 @@ mod tests {
     fn no_role_no_entry() {
         let mut d = decision(false, Reason::NotSelected);
         d.role = None;
-        assert!(node_entry("n1", &d, None, sessions(4, 4), None, t(1)).is_none());
+        assert!(node_entry(
+            "n1",
+            &d,
+            None,
+            sessions(4, 4),
+            RouteServerWait::Over,
+            None,
+            t(1)
+        )
+        .is_none());
         let e = node_entry(
             "n1",
             &decision(false, Reason::Draining),
             None,
             sessions(4, 4),
+            RouteServerWait::Over,
             None,
             t(1),
         )
@@ -253,9 +268,27 @@ mod tests {
     fn since_changes_only_with_announcing() {
         let d = decision(true, Reason::Announced);
         let a = announced();
-        let first = node_entry("n1", &d, Some(&a), sessions(4, 4), None, t(100)).unwrap();
+        let first = node_entry(
+            "n1",
+            &d,
+            Some(&a),
+            sessions(4, 4),
+            RouteServerWait::Over,
+            None,
+            t(100),
+        )
+        .unwrap();
         // Sessions change, announcing does not: since stays.
-        let second = node_entry("n1", &d, Some(&a), sessions(3, 4), Some(&first), t(200)).unwrap();
+        let second = node_entry(
+            "n1",
+            &d,
+            Some(&a),
+            sessions(3, 4),
+            RouteServerWait::Over,
+            Some(&first),
+            t(200),
+        )
+        .unwrap();
         assert_eq!(second.since, Some(t(100)));
         assert!(!same_entry(Some(&first), Some(&second)));
         let off = node_entry(
@@ -263,6 +296,7 @@ mod tests {
             &decision(false, Reason::Draining),
             None,
             sessions(3, 4),
+            RouteServerWait::Over,
             Some(&second),
             t(300),
         )
@@ -282,6 +316,7 @@ mod tests {
             &decision(true, Reason::Announced),
             Some(&announced()),
             sessions(4, 4),
+            RouteServerWait::Over,
             None,
             t(0),
         )
