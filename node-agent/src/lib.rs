@@ -43,6 +43,7 @@ pub mod community;
 pub mod config;
 pub mod dcid;
 pub mod decision;
+pub mod handover;
 pub mod http;
 pub mod kubernetes;
 pub mod node_addresses;
