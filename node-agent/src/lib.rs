@@ -13,7 +13,9 @@
 //!        │ each turn
 //!        ▼
 //!  decide ─── decision.rs: decide, evaluate_gate; sharedip_api::rules (role, duplicates);
-//!        │    node_addresses.rs (the node's own addresses are refused)
+//!        │    node_addresses.rs (the node's own addresses are refused);
+//!        │    handover.rs (Kubernetes mode: a planned withdrawal keeps announcing until a
+//!        │    successor qualifies or the timeout runs out; the loop wakes at its next_wake)
 //!        │ BTreeMap<name, Decision>, computed once per turn
 //!        ▼
 //!  apply ──── orchestrator.rs: Orchestrator::apply
