@@ -120,7 +120,6 @@ async fn recycled_primary_moves_the_address_to_the_secondary() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "needs the agent's --withdraw-on-cordon"]
 async fn recycled_primary_with_withdraw_on_cordon_hands_over_without_loss() {
     if !preflight(Flavor::Bird) {
         return;

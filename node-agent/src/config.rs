@@ -212,6 +212,22 @@ pub struct RunArgs {
     #[arg(long, env = "TLS_KEY_FILE", requires = "tls_cert_file")]
     pub tls_key_file: Option<PathBuf>,
 
+    /// How long a planned withdrawal (drain, deselection, a terminating readiness-gate pod, a
+    /// cordon with --withdraw-on-cordon) keeps announcing until another node can take the
+    /// traffic; then it withdraws anyway. 0 withdraws at once.
+    #[arg(long, env = "HANDOVER_TIMEOUT", default_value = "30s", value_parser = parse_duration)]
+    pub handover_timeout: Duration,
+
+    /// How old another node's share of the address must be before it counts as successor:
+    /// Linode's route servers accept a newly shared Linode's route only after some seconds.
+    #[arg(long, env = "PROPAGATION_MARGIN", default_value = "20s", value_parser = parse_duration)]
+    pub propagation_margin: Duration,
+
+    /// Withdraw (make-before-break) from a cordoned node (spec.unschedulable), so a node-pool
+    /// recycle moves the address before the node goes away.
+    #[arg(long, env = "WITHDRAW_ON_CORDON", default_value_t = false, action = clap::ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
+    pub withdraw_on_cordon: bool,
+
     #[command(flatten)]
     pub common: CommonArgs,
 }
@@ -220,6 +236,14 @@ impl RunArgs {
     /// The HTTPS server's address.
     pub fn http_addr(&self) -> SocketAddr {
         self.common.http_addr.unwrap_or(DEFAULT_HTTP_ADDR)
+    }
+
+    /// The wait of planned withdrawals.
+    pub fn handover_settings(&self) -> crate::handover::HandoverSettings {
+        crate::handover::HandoverSettings {
+            timeout: self.handover_timeout,
+            margin: self.propagation_margin,
+        }
     }
 }
 
@@ -1035,6 +1059,48 @@ mod tests {
             "k"
         ])
         .is_ok());
+    }
+
+    #[test]
+    fn handover_flags() {
+        let run = |extra: &[&str]| {
+            let mut args = vec!["run", "--node-name", "n"];
+            args.extend_from_slice(extra);
+            match parse(&args).command {
+                Command::Run(r) => r,
+                other => panic!("{other:?}"),
+            }
+        };
+        let r = run(&[]);
+        assert_eq!(r.handover_timeout, Duration::from_secs(30));
+        assert_eq!(r.propagation_margin, Duration::from_secs(20));
+        assert!(!r.withdraw_on_cordon);
+        let r = run(&[
+            "--handover-timeout",
+            "0",
+            "--propagation-margin",
+            "1500ms",
+            "--withdraw-on-cordon",
+        ]);
+        assert_eq!(
+            r.handover_settings(),
+            crate::handover::HandoverSettings {
+                timeout: Duration::ZERO,
+                margin: Duration::from_millis(1500),
+            }
+        );
+        assert!(r.withdraw_on_cordon);
+        assert!(!run(&["--withdraw-on-cordon=false"]).withdraw_on_cordon);
+        assert!(run(&["-withdraw-on-cordon", "--interface", "lo"]).withdraw_on_cordon);
+        for bad in [
+            ["--handover-timeout", "soon"],
+            ["--propagation-margin", "-1s"],
+            ["--withdraw-on-cordon", "maybe"],
+        ] {
+            let mut args = vec!["x", "run", "--node-name", "n"];
+            args.extend_from_slice(&bad);
+            assert!(try_parse_from(args).is_err(), "{bad:?}");
+        }
     }
 
     #[test]

@@ -41,6 +41,17 @@ pub enum Reason {
     Draining,
     /// No Ready pod matching the readiness gate runs on the node.
     ReadinessGateFailed,
+    /// The only Ready pods matching the readiness gate are terminating: they still serve, so
+    /// the node hands the address over before they stop.
+    EndpointTerminating,
+    /// The node is cordoned (`spec.unschedulable`) and the agent runs with
+    /// `--withdraw-on-cordon`.
+    Cordoned,
+    /// A planned withdrawal waits until another node can take the traffic; the node keeps
+    /// announcing meanwhile.
+    HandingOver,
+    /// A planned withdrawal waited `--handover-timeout` for another node in vain and withdrew.
+    HandoverTimedOut,
     /// Announced, but no BGP session is established, so no route server hears it.
     NoSessions,
     /// Announced, no BGP session established yet, and Linode's route servers are not
@@ -73,6 +84,10 @@ impl Reason {
             Reason::NotSelected => "NotSelected",
             Reason::Draining => "Draining",
             Reason::ReadinessGateFailed => "ReadinessGateFailed",
+            Reason::EndpointTerminating => "EndpointTerminating",
+            Reason::Cordoned => "Cordoned",
+            Reason::HandingOver => "HandingOver",
+            Reason::HandoverTimedOut => "HandoverTimedOut",
             Reason::NoSessions => "NoSessions",
             Reason::AwaitingRouteServers => "AwaitingRouteServers",
             Reason::Deleting => "Deleting",
@@ -123,6 +138,11 @@ pub enum GateState {
     NotConfigured,
     /// This Ready pod satisfies the gate.
     Ready {
+        /// `namespace/name` of the pod.
+        pod: String,
+    },
+    /// No pod satisfies the gate, but this Ready pod is terminating: it still serves.
+    Terminating {
         /// `namespace/name` of the pod.
         pod: String,
     },
@@ -277,7 +297,8 @@ pub struct Verdict {
 /// The final reason for one SharedIP, the only place it is built: the decision's own reason
 /// when it withdraws; when it announces, [`Reason::BindFailed`] while the address cannot be
 /// bound, [`Reason::AwaitingRouteServers`] or [`Reason::NoSessions`] (as `wait` says) until a
-/// session carries the route, else [`Reason::Announced`]. `outcome` is what applying the
+/// session carries the route, else the decision's reason ([`Reason::Announced`], or
+/// [`Reason::HandingOver`] while a planned withdrawal is held). `outcome` is what applying the
 /// decision achieved (None: nothing applied yet, or the agent is stopping).
 pub fn verdict(
     decision: &Decision,
@@ -298,7 +319,7 @@ pub fn verdict(
             format!("cannot bind {}: {error}", target.address().address()),
         ),
         (Some(_), Some(o)) if o.announced && sessions.established > 0 => {
-            (true, Reason::Announced, decision.message.clone())
+            (true, decision.reason, decision.message.clone())
         }
         (Some(_), _) => {
             let (reason, message) = wait.no_sessions(sessions.total);
@@ -313,13 +334,15 @@ pub fn verdict(
     }
 }
 
-/// Facts outside the spec and the node that force a withdrawal.
+/// Facts outside the spec and the node's labels that force a withdrawal.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Situation {
     /// The SharedIP has a deletion timestamp (or is gone).
     pub deleting: bool,
     /// The agent is stopping.
     pub shutting_down: bool,
+    /// The node is cordoned and the agent withdraws from cordoned nodes.
+    pub cordoned: bool,
 }
 
 /// Whether the node's annotations drain it: `sharedip.io/drain` with any value but `false`.
@@ -331,7 +354,7 @@ pub fn is_draining(annotations: &BTreeMap<String, String>) -> bool {
 
 /// Decides role, target and reason for one SharedIP. The reasons to withdraw are checked in
 /// this order: a selector that cannot be read, deletion, no role, an unusable address or BGP
-/// setting, shutdown, drain, the readiness gate.
+/// setting, shutdown, drain, cordon, the readiness gate.
 pub fn decide(
     spec: &SharedIPSpec,
     labels: &BTreeMap<String, String>,
@@ -379,7 +402,8 @@ fn what_to_announce(
     Ok((address, community))
 }
 
-/// Announces, unless the agent stops, the node is drained or the readiness gate fails.
+/// Announces, unless the agent stops, the node is drained or cordoned, or the readiness gate
+/// fails or its pods terminate.
 fn announce_unless_held(
     role: Role,
     address: SharedAddress,
@@ -405,7 +429,21 @@ fn announce_unless_held(
             ),
         );
     }
+    if situation.cordoned {
+        return Decision::withdraw(
+            Some(role),
+            Reason::Cordoned,
+            "the node is cordoned (spec.unschedulable) and the agent withdraws from cordoned nodes (--withdraw-on-cordon)",
+        );
+    }
     let message = match gate {
+        GateState::Terminating { pod } => {
+            return Decision::withdraw(
+                Some(role),
+                Reason::EndpointTerminating,
+                format!("the readiness gate's pod {pod} is terminating"),
+            )
+        }
         GateState::NotReady { message } => {
             return Decision::withdraw(Some(role), Reason::ReadinessGateFailed, message.clone())
         }
@@ -470,9 +508,9 @@ fn community_for(
 }
 
 /// Whether a pod counts for a readiness gate on `node`: scheduled there, in the gate's
-/// namespace, matching its selector, not terminating, and with condition Ready=True.
-/// A terminating pod does not count even while still Ready, so the node withdraws while the
-/// pod can still serve, which makes the switchover lossless.
+/// namespace, matching its selector, and with condition Ready=True. Whether it terminates is
+/// the caller's question: a terminating pod that is still Ready serves while the node hands
+/// the address over, which makes the switchover lossless.
 fn pod_satisfies(pod: &Pod, node: &str, namespace: &str, selector: &Selector) -> bool {
     let empty = BTreeMap::new();
     let on_node = pod
@@ -487,12 +525,12 @@ fn pod_satisfies(pod: &Pod, node: &str, namespace: &str, selector: &Selector) ->
         .is_some_and(|cs| cs.iter().any(|c| c.type_ == "Ready" && c.status == "True"));
     on_node
         && ready
-        && pod.metadata.deletion_timestamp.is_none()
         && pod.metadata.namespace.as_deref() == Some(namespace)
         && selector.matches(pod.metadata.labels.as_ref().unwrap_or(&empty))
 }
 
-/// Evaluates a SharedIP's readiness gate against the pods on this node.
+/// Evaluates a SharedIP's readiness gate against the pods on this node: Ready when a Ready pod
+/// that is not terminating satisfies it, Terminating when only terminating ones do.
 pub fn evaluate_gate<'a>(
     gate: Option<&ReadinessGate>,
     node: &str,
@@ -509,14 +547,19 @@ pub fn evaluate_gate<'a>(
             }
         }
     };
-    let mut ready: Vec<String> = pods
+    let mut ready: Vec<(bool, String)> = pods
         .into_iter()
         .filter(|p| pod_satisfies(p, node, &gate.namespace, &selector))
-        .map(|p| format!("{}/{}", gate.namespace, p.name_any()))
+        .map(|p| {
+            let terminating = p.metadata.deletion_timestamp.is_some();
+            (terminating, format!("{}/{}", gate.namespace, p.name_any()))
+        })
         .collect();
+    // A pod that stays comes first.
     ready.sort();
     match ready.into_iter().next() {
-        Some(pod) => GateState::Ready { pod },
+        Some((false, pod)) => GateState::Ready { pod },
+        Some((true, pod)) => GateState::Terminating { pod },
         None => GateState::NotReady {
             message: format!(
                 "no Ready pod matching the readiness gate's podSelector in namespace {} runs on this node",
@@ -720,6 +763,7 @@ mod tests {
         let all = Situation {
             deleting: true,
             shutting_down: true,
+            cordoned: true,
         };
         let d = decide(&s, &l, true, &not_ready, all, &bgp);
         assert_eq!((d.reason, d.target), (Reason::Deleting, None));
@@ -736,8 +780,18 @@ mod tests {
             &bgp,
         );
         assert_eq!(d.reason, Reason::ShuttingDown);
-        let d = decide(&s, &l, true, &not_ready, Situation::default(), &bgp);
+        let cordoned = Situation {
+            cordoned: true,
+            ..Default::default()
+        };
+        let d = decide(&s, &l, true, &not_ready, cordoned, &bgp);
         assert_eq!(d.reason, Reason::Draining);
+        let d = decide(&s, &l, false, &not_ready, cordoned, &bgp);
+        assert_eq!((d.reason, d.target), (Reason::Cordoned, None));
+        let terminating = GateState::Terminating { pod: "ns/p".into() };
+        let d = decide(&s, &l, false, &terminating, Situation::default(), &bgp);
+        assert_eq!((d.reason, d.target), (Reason::EndpointTerminating, None));
+        assert!(d.message.contains("ns/p"), "{}", d.message);
         let d = decide(&s, &l, false, &not_ready, Situation::default(), &bgp);
         assert_eq!(
             (d.reason, d.message.as_str()),
@@ -788,6 +842,17 @@ mod tests {
         assert_eq!(
             (v.announcing, v.reason, v.message),
             (true, Reason::Announced, d.message.clone())
+        );
+        // A held withdrawal announces with its own reason.
+        let held = Decision {
+            reason: Reason::HandingOver,
+            message: "waiting".into(),
+            ..d.clone()
+        };
+        let v = verdict(&held, Some(&announced), sessions(1), RouteServerWait::Over);
+        assert_eq!(
+            (v.announcing, v.reason, v.message.as_str()),
+            (true, Reason::HandingOver, "waiting")
         );
         // A withdrawal keeps the decision's reason and message.
         let drained = Decision::withdraw(Some(Role::Primary), Reason::Draining, "m");
@@ -940,7 +1005,23 @@ mod tests {
         terminating.metadata.deletion_timestamp = Some(
             k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(Default::default()),
         );
-        assert!(matches!(g(&[terminating]), GateState::NotReady { .. }));
+        assert_eq!(
+            g(&[terminating.clone()]),
+            GateState::Terminating {
+                pod: "ingress/a".into()
+            }
+        );
+        // A terminating pod that is no longer Ready cannot serve.
+        let mut gone = pod("a", "ingress", "n1", "nginx", false);
+        gone.metadata.deletion_timestamp = terminating.metadata.deletion_timestamp.clone();
+        assert!(matches!(g(&[gone]), GateState::NotReady { .. }));
+        // A pod that stays wins over a terminating one.
+        assert_eq!(
+            g(&[terminating, pod("b", "ingress", "n1", "nginx", true)]),
+            GateState::Ready {
+                pod: "ingress/b".into()
+            }
+        );
         // One good pod among bad ones is enough.
         assert_eq!(
             g(&[

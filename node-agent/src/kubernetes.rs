@@ -1,7 +1,7 @@
 //! Kubernetes mode: watch this node's Node, every SharedIP and the pods on this node; decide,
 //! apply (bind/announce, withdraw/unbind), write this node's status entry and events.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
@@ -20,11 +20,12 @@ use tokio::sync::Notify;
 use crate::binder::AddressBinding;
 use crate::config::RunArgs;
 use crate::decision::{
-    self, BgpDefaults, Decision, Outcome, Reason, RouteServerWait, Sessions, Situation,
+    self, BgpDefaults, Decision, GateState, Outcome, Reason, RouteServerWait, Sessions, Situation,
 };
+use crate::handover::{self, HandoverSettings, Handovers};
 use crate::http::{AgentState, LinodeShare};
 use crate::node_addresses::{self, OwnAddresses};
-use crate::orchestrator::{Orchestrator, Transition};
+use crate::orchestrator::{self, Orchestrator, Transition};
 use crate::report::events::Events;
 use crate::report::node_status::StatusWriter;
 use crate::report::{self, AgentReport};
@@ -48,6 +49,10 @@ pub struct KubeSettings {
     /// The sessions' own addresses (next hop, sources); every round adds the interfaces' and
     /// the Node's, and no shared address may be one of them.
     pub session_addresses: OwnAddresses,
+    /// How a planned withdrawal waits for a successor.
+    pub handover: HandoverSettings,
+    /// Whether a cordoned node (`spec.unschedulable`) withdraws.
+    pub withdraw_on_cordon: bool,
 }
 
 /// Runs `sharedip-node-agent run` until SIGTERM; SIGHUP re-evaluates everything.
@@ -76,6 +81,8 @@ pub async fn run(args: RunArgs) -> Result<(), AgentError> {
             shutdown_timeout: common.shutdown_timeout,
             interface: common.interface.clone(),
             session_addresses,
+            handover: args.handover_settings(),
+            withdraw_on_cordon: args.withdraw_on_cordon,
         },
         orchestrator,
         monitor,
@@ -353,6 +360,7 @@ pub async fn run_loop<B: AddressBinding, A: Announcer>(
     let mut control = Box::pin(control.fuse());
     let stopped_early = stores.wait_synced(&mut control).await?;
     let mut ctx = LoopCtx {
+        handovers: Handovers::new(&settings.node, settings.handover),
         events: Events::new(client.clone(), &settings.node),
         statuses: StatusWriter::new(client, &settings.node),
         settings,
@@ -402,25 +410,46 @@ struct LoopCtx {
     own: OwnAddresses,
     /// What the SharedIPs said about this node's Linode last round.
     shares: ShareFacts,
+    /// Planned withdrawals waiting for a successor.
+    handovers: Handovers,
+}
+
+/// What the decisions read of this node's Node.
+struct NodeFacts {
+    labels: BTreeMap<String, String>,
+    draining: bool,
+    /// Cordoned, and the agent withdraws from cordoned nodes.
+    cordoned: bool,
 }
 
 impl LoopCtx {
-    fn node_facts(&self) -> (BTreeMap<String, String>, bool) {
+    fn node_facts(&self) -> NodeFacts {
         match self.stores.node.state().into_iter().next() {
-            Some(n) => (
-                n.metadata.labels.clone().unwrap_or_default(),
-                decision::is_draining(&n.metadata.annotations.clone().unwrap_or_default()),
-            ),
+            Some(n) => NodeFacts {
+                labels: n.metadata.labels.clone().unwrap_or_default(),
+                draining: decision::is_draining(
+                    &n.metadata.annotations.clone().unwrap_or_default(),
+                ),
+                cordoned: self.settings.withdraw_on_cordon
+                    && n.spec.as_ref().and_then(|s| s.unschedulable) == Some(true),
+            },
             // Our Node is gone: nothing selects us.
-            None => (BTreeMap::new(), false),
+            None => NodeFacts {
+                labels: BTreeMap::new(),
+                draining: false,
+                cordoned: false,
+            },
         }
     }
 
-    fn decisions(&self, shutting_down: bool) -> BTreeMap<String, Decision> {
-        let (labels, draining) = self.node_facts();
+    /// Every SharedIP's decision, and the names whose readiness gate fails: those cannot
+    /// serve, so a planned withdrawal of theirs does not wait for a successor.
+    fn decisions(&self, shutting_down: bool) -> (BTreeMap<String, Decision>, BTreeSet<String>) {
+        let node = self.node_facts();
         let pods = self.stores.pods.state();
         let sips = self.stores.sharedips.state();
         let mut out = BTreeMap::new();
+        let mut cannot_serve = BTreeSet::new();
         for sip in &sips {
             let name = sip.name_any();
             let gate = decision::evaluate_gate(
@@ -431,52 +460,57 @@ impl LoopCtx {
             let situation = Situation {
                 deleting: sip.metadata.deletion_timestamp.is_some(),
                 shutting_down,
+                cordoned: node.cordoned,
             };
-            let mut d = decision::decide(
+            let d = decision::decide(
                 &sip.spec,
-                &labels,
-                draining,
+                &node.labels,
+                node.draining,
                 &gate,
                 situation,
                 &self.settings.bgp,
             );
-            if let Some(t) = d.target {
-                let addr = t.address();
-                if let Some(duplicate) =
-                    rules::earlier_claimant(sip, sips.iter().map(AsRef::as_ref))
-                {
-                    // The operator refuses to share a duplicate, so announcing it would be
-                    // announcing an address this node's Linode was not given.
-                    d = Decision {
-                        role: d.role,
-                        target: None,
-                        reason: Reason::DuplicateAddress,
-                        message: duplicate.to_string(),
-                    };
-                } else {
-                    // The owner Linode, when it is this node, has the address configured by
-                    // Network Helper and listed by the CCM: that is not a conflict.
-                    let owner_is_this_node = sip
-                        .status
-                        .as_ref()
-                        .and_then(|s| s.owner.as_ref())
-                        .and_then(|o| o.node.as_deref())
-                        == Some(self.settings.node.as_str());
-                    if let Err(conflict) =
-                        node_addresses::check(&addr, &self.own, owner_is_this_node)
-                    {
-                        d = Decision {
-                            role: d.role,
-                            target: None,
-                            reason: Reason::AddressIsNodeAddress,
-                            message: conflict.to_string(),
-                        };
-                    }
-                }
+            if matches!(gate, GateState::NotReady { .. }) {
+                cannot_serve.insert(name.clone());
             }
-            out.insert(name, d);
+            out.insert(name, self.refuse_conflicts(sip, &sips, d));
         }
-        out
+        (out, cannot_serve)
+    }
+
+    /// Refuses a target that duplicates an earlier SharedIP's address or is one of the node's
+    /// own addresses.
+    fn refuse_conflicts(&self, sip: &SharedIP, sips: &[Arc<SharedIP>], d: Decision) -> Decision {
+        let Some(t) = d.target else {
+            return d;
+        };
+        if let Some(duplicate) = rules::earlier_claimant(sip, sips.iter().map(AsRef::as_ref)) {
+            // The operator refuses to share a duplicate, so announcing it would be
+            // announcing an address this node's Linode was not given.
+            return Decision {
+                role: d.role,
+                target: None,
+                reason: Reason::DuplicateAddress,
+                message: duplicate.to_string(),
+            };
+        }
+        // The owner Linode, when it is this node, has the address configured by Network
+        // Helper and listed by the CCM: that is not a conflict.
+        let owner_is_this_node = sip
+            .status
+            .as_ref()
+            .and_then(|s| s.owner.as_ref())
+            .and_then(|o| o.node.as_deref())
+            == Some(self.settings.node.as_str());
+        match node_addresses::check(&t.address(), &self.own, owner_is_this_node) {
+            Ok(()) => d,
+            Err(conflict) => Decision {
+                role: d.role,
+                target: None,
+                reason: Reason::AddressIsNodeAddress,
+                message: conflict.to_string(),
+            },
+        }
     }
 
     /// Gathers the node's own addresses for this round: the sessions', the interfaces' and
@@ -515,6 +549,7 @@ impl LoopCtx {
                 () = notify.notified() => {}
                 () = monitor.changed() => {}
                 () = orchestrator.unbinds_due() => {}
+                () = self.handovers.due() => {}
                 _ = resync.tick() => self.statuses.forget_written(),
                 Some(c) = control.next() => match c {
                     Control::Stop => return,
@@ -537,7 +572,8 @@ impl LoopCtx {
         self.after_transitions(&t).await;
         self.state
             .set_prefixes(report::prefix_reports(orchestrator.applied()));
-        let desired = self.decisions(true);
+        // SIGTERM has its own bounded path: nothing is held.
+        let (desired, _) = self.decisions(true);
         // Nothing is applied any more: no outcomes.
         self.write_statuses(
             &desired,
@@ -554,7 +590,9 @@ impl LoopCtx {
         orchestrator: &mut Orchestrator<B, A>,
     ) {
         self.refresh_own(orchestrator.binder()).await;
-        let desired = self.decisions(false);
+        let (mut desired, cannot_serve) = self.decisions(false);
+        self.hold_handovers(&mut desired, &cannot_serve, orchestrator.applied())
+            .await;
         self.hurry_on_new_shares(&desired, orchestrator.announcer());
         self.events.refusals(&self.stores.sharedips, &desired).await;
         let effects = orchestrator.apply(&desired).await;
@@ -599,6 +637,36 @@ impl LoopCtx {
             .filter(|(_, d)| d.target.is_some())
             .map(|(name, _)| (name.clone(), times.wait(name, started, seen, now, grace)))
             .collect()
+    }
+
+    /// Holds the planned withdrawals of announced addresses until a successor qualifies (see
+    /// [`handover`]), and warns of those that waited in vain.
+    async fn hold_handovers(
+        &mut self,
+        desired: &mut BTreeMap<String, Decision>,
+        cannot_serve: &BTreeSet<String>,
+        applied: &BTreeMap<String, orchestrator::Applied>,
+    ) {
+        let sips = self.stores.sharedips.state();
+        let statuses: BTreeMap<String, &sharedip_api::SharedIPStatus> = sips
+            .iter()
+            .filter_map(|s| s.status.as_ref().map(|st| (s.name_any(), st)))
+            .collect();
+        let timed_out = self.handovers.review(
+            desired,
+            |name| handover::Facts {
+                applied: applied.get(name),
+                status: statuses.get(name).copied(),
+                can_serve: !cannot_serve.contains(name),
+            },
+            tokio::time::Instant::now(),
+            k8s_openapi::jiff::Timestamp::now(),
+        );
+        for t in &timed_out {
+            self.events
+                .handover_timed_out(&self.stores.sharedips, t)
+                .await;
+        }
     }
 
     /// Puts the sessions on the fast retry schedule when this node's Linode has just been

@@ -13,7 +13,9 @@
 //!        │ each turn
 //!        ▼
 //!  decide ─── decision.rs: decide, evaluate_gate; sharedip_api::rules (role, duplicates);
-//!        │    node_addresses.rs (the node's own addresses are refused)
+//!        │    node_addresses.rs (the node's own addresses are refused);
+//!        │    handover.rs (Kubernetes mode: a planned withdrawal keeps announcing until a
+//!        │    successor qualifies or the timeout runs out; the loop wakes at its next_wake)
 //!        │ BTreeMap<name, Decision>, computed once per turn
 //!        ▼
 //!  apply ──── orchestrator.rs: Orchestrator::apply
@@ -43,6 +45,7 @@ pub mod community;
 pub mod config;
 pub mod dcid;
 pub mod decision;
+pub mod handover;
 pub mod http;
 pub mod kubernetes;
 pub mod node_addresses;

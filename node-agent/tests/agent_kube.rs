@@ -24,6 +24,7 @@ use sharedip_node_agent::bgp::fsm::FsmConfig;
 use sharedip_node_agent::bgp::session::{self, SessionConfig, SessionHandle, Transport};
 use sharedip_node_agent::bgp::wire::{Community, Prefix, Update};
 use sharedip_node_agent::decision::BgpDefaults;
+use sharedip_node_agent::handover::HandoverSettings;
 use sharedip_node_agent::http::AgentState;
 use sharedip_node_agent::kubernetes::{run_loop, KubeSettings};
 use sharedip_node_agent::node_addresses::OwnAddresses;
@@ -147,6 +148,8 @@ struct AgentOptions {
     unbind_delay: Duration,
     session_addresses: OwnAddresses,
     report: AgentReport,
+    /// The scenarios that do not test the handover withdraw at once.
+    handover: HandoverSettings,
 }
 
 impl Default for AgentOptions {
@@ -159,6 +162,7 @@ impl Default for AgentOptions {
             unbind_delay: Duration::ZERO,
             session_addresses: OwnAddresses::default(),
             report: AgentReport::default(),
+            handover: HandoverSettings::IMMEDIATE,
         }
     }
 }
@@ -204,6 +208,8 @@ impl TestAgent {
                 shutdown_timeout: Duration::from_secs(20),
                 interface: "lo".into(),
                 session_addresses: o.session_addresses,
+                handover: o.handover,
+                withdraw_on_cordon: false,
             },
             Orchestrator::new(binder.clone(), speaker, o.unbind_delay),
             monitor.clone(),
@@ -815,6 +821,211 @@ async fn a_new_share_for_this_linode_hurries_the_sessions() {
     );
 
     stop_agent(stop_tx, agent).await;
+    rs.shutdown(None).await;
+}
+
+/// Node `name`'s status entry as its own agent writes it.
+async fn other_agents_entry(sips: &Api<SharedIP>, name: &str, announcing: bool, reason: &str) {
+    let entry = json!({
+        "apiVersion": "sharedip.io/v1alpha1", "kind": "SharedIP",
+        "status": {"nodes": [{
+            "name": name, "role": "Secondary", "announcing": announcing, "reason": reason,
+            "sessionsEstablished": if announcing { 4 } else { 0 }, "sessionsTotal": 4,
+        }]},
+    });
+    sips.patch_status(
+        "web",
+        &PatchParams::apply(&format!("sharedip-node-agent/{name}")).force(),
+        &Patch::Apply(&entry),
+    )
+    .await
+    .unwrap();
+}
+
+/// The operator's shares: node-a's old, node-b's since `node_b_since`.
+async fn shares(sips: &Api<SharedIP>, node_b_since: k8s_openapi::jiff::Timestamp) {
+    let old =
+        k8s_openapi::jiff::Timestamp::now() - k8s_openapi::jiff::SignedDuration::from_hours(2);
+    let status = json!({
+        "apiVersion": "sharedip.io/v1alpha1", "kind": "SharedIP",
+        "status": {"primary": NODE, "secondary": "node-b", "sharedWith": [
+            {"linodeId": 1, "node": NODE, "role": "Primary", "since": old.to_string()},
+            {"linodeId": 2, "node": "node-b", "role": "Secondary", "since": node_b_since.to_string()},
+        ]},
+    });
+    sips.patch_status(
+        "web",
+        &PatchParams::apply("sharedip-operator").force(),
+        &Patch::Apply(&status),
+    )
+    .await
+    .unwrap();
+}
+
+/// node-a announces `web` (primary), with a route server; node-b exists only as the status
+/// entry and share the test writes.
+async fn handover_setup(
+    client: &kube::Client,
+    handover: HandoverSettings,
+) -> (
+    Api<Node>,
+    Api<SharedIP>,
+    TestAgent,
+    SessionHandle,
+    mpsc::UnboundedReceiver<Update>,
+) {
+    let node: Node = serde_json::from_value(json!({
+        "apiVersion": "v1", "kind": "Node",
+        "metadata": {"name": NODE, "labels": {"role": "primary"}},
+    }))
+    .unwrap();
+    let nodes: Api<Node> = Api::all(client.clone());
+    nodes.create(&PostParams::default(), &node).await.unwrap();
+    let sips: Api<SharedIP> = Api::all(client.clone());
+    let mut obj = sharedip("web", "192.0.2.10", "primary");
+    obj["spec"]["secondary"] = json!({"nodeSelector": {"matchLabels": {"role": "secondary"}}});
+    sips.patch(
+        "web",
+        &PatchParams::apply("test").force(),
+        &Patch::Apply(&obj),
+    )
+    .await
+    .unwrap();
+    let (rs_addr, rs, mut updates) = route_server().await;
+    let agent = TestAgent::start(
+        client,
+        AgentOptions {
+            peer: rs_addr,
+            // Only a wake-up of the handover itself ends a wait without a watch event.
+            resync: Duration::from_secs(300),
+            handover,
+            ..AgentOptions::default()
+        },
+    );
+    let prefix = Prefix::new("192.0.2.10".parse().unwrap(), 32).unwrap();
+    assert!(next_about(&mut updates, prefix).await.is_some());
+    wait_entry(&sips, true, "Announced").await;
+    (nodes, sips, agent, rs, updates)
+}
+
+async fn drain(nodes: &Api<Node>) {
+    let p = json!({"metadata": {"annotations": {"sharedip.io/drain": "true"}}});
+    nodes
+        .patch(NODE, &PatchParams::default(), &Patch::Merge(&p))
+        .await
+        .unwrap();
+}
+
+/// Waits for this node's entry to say `reason` with `fragment` in its message.
+async fn wait_message(api: &Api<SharedIP>, announcing: bool, reason: &str, fragment: &str) {
+    eventually(&format!("{reason} entry saying {fragment:?}"), || async {
+        let sip = api.get("web").await.map_err(|e| e.to_string())?;
+        match entry(&sip) {
+            Some(e)
+                if e.announcing == announcing
+                    && e.reason.as_deref() == Some(reason)
+                    && e.message.as_deref().unwrap_or("").contains(fragment) =>
+            {
+                Ok(())
+            }
+            other => Err(format!("entry is {other:?}")),
+        }
+    })
+    .await;
+}
+
+/// A drain of the announcing node is make-before-break: the node keeps announcing (reason
+/// HandingOver) while no other node announces, and while the only one that does has a share
+/// younger than the propagation margin; it withdraws, by itself, once that share is old enough.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_drain_waits_for_a_successor_whose_share_has_propagated() {
+    let (_cp, client) = control_plane().await;
+    let margin = Duration::from_secs(3600);
+    let (nodes, sips, agent, rs, mut updates) = handover_setup(
+        &client,
+        HandoverSettings {
+            timeout: Duration::from_secs(7200),
+            margin,
+        },
+    )
+    .await;
+    let prefix = Prefix::new("192.0.2.10".parse().unwrap(), 32).unwrap();
+    let now = k8s_openapi::jiff::Timestamp::now;
+    other_agents_entry(&sips, "node-b", false, "NoSessions").await;
+    shares(&sips, now()).await;
+
+    drain(&nodes).await;
+    wait_message(
+        &sips,
+        true,
+        "HandingOver",
+        "node-b: not announcing (NoSessions)",
+    )
+    .await;
+    // node-b announces, but its share is younger than the margin.
+    other_agents_entry(&sips, "node-b", true, "Announced").await;
+    wait_message(&sips, true, "HandingOver", "node-b: its Linode's share is").await;
+    assert!(agent
+        .binder
+        .bound()
+        .contains(&"192.0.2.10".parse().unwrap()));
+    // The share reaches the margin in a few seconds, with no further change to watch.
+    let almost = now() - k8s_openapi::jiff::SignedDuration::try_from(margin).unwrap()
+        + k8s_openapi::jiff::SignedDuration::from_secs(3);
+    shares(&sips, almost).await;
+    assert_eq!(next_about(&mut updates, prefix).await, None, "withdrawn");
+    wait_entry(&sips, false, "Draining").await;
+
+    stop_agent(agent.stop, agent.task).await;
+    rs.shutdown(None).await;
+}
+
+/// When no successor qualifies within the timeout, the node withdraws anyway, says so in its
+/// entry (HandoverTimedOut, naming the drain and what was missing) and with a Warning event.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_handover_that_finds_no_successor_times_out() {
+    let (_cp, client) = control_plane().await;
+    let (nodes, sips, agent, rs, mut updates) = handover_setup(
+        &client,
+        HandoverSettings {
+            timeout: Duration::from_secs(3),
+            margin: Duration::from_secs(3600),
+        },
+    )
+    .await;
+    let prefix = Prefix::new("192.0.2.10".parse().unwrap(), 32).unwrap();
+    other_agents_entry(&sips, "node-b", true, "Announced").await;
+    shares(&sips, k8s_openapi::jiff::Timestamp::now()).await;
+
+    drain(&nodes).await;
+    assert_eq!(next_about(&mut updates, prefix).await, None, "withdrawn");
+    wait_message(
+        &sips,
+        false,
+        "HandoverTimedOut",
+        "node-b: its Linode's share is",
+    )
+    .await;
+    wait_message(&sips, false, "HandoverTimedOut", "Draining").await;
+    let warning = eventually("HandoverTimedOut event", || async {
+        use k8s_openapi::api::events::v1::Event;
+        let list = Api::<Event>::all(client.clone())
+            .list(&Default::default())
+            .await
+            .map_err(|e| e.to_string())?;
+        list.items
+            .into_iter()
+            .find(|e| e.reason.as_deref() == Some("HandoverTimedOut"))
+            .ok_or_else(|| "no HandoverTimedOut event yet".to_string())
+    })
+    .await;
+    assert_eq!(warning.type_.as_deref(), Some("Warning"));
+    assert_eq!(
+        warning.regarding.and_then(|r| r.name).as_deref(),
+        Some("web")
+    );
+
+    stop_agent(agent.stop, agent.task).await;
     rs.shutdown(None).await;
 }
 

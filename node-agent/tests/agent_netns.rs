@@ -660,6 +660,10 @@ impl KubeLab {
             PATTERN,
             "--resync-interval",
             "5s",
+            // The only node: a planned withdrawal has no successor to wait for (agent_kube
+            // tests the handover).
+            "--handover-timeout",
+            "0",
         ];
         args.extend_from_slice(COMMON_FLAGS);
         if apiserver_down {

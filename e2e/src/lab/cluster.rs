@@ -275,6 +275,13 @@ impl std::fmt::Debug for Lab {
     }
 }
 
+/// The agents' `--propagation-margin` in a lab: the slowest route server's delay plus a
+/// second, as Linode's 20 s default sits at its slowest observed delay. Twice the delay would
+/// outgrow the 30 s handover timeout at the benchmark's 15 s ± 50 %.
+pub fn agent_propagation_margin(propagation: &Propagation) -> Duration {
+    propagation.delay.mul_f64(1.0 + propagation.jitter) + Duration::from_secs(1)
+}
+
 fn seed(nodes: &[NodeSpec]) -> Result<Seed, LabError> {
     let mut linodes = vec![json!({
         "id": HOLDER_LINODE, "label": "ip-holder", "region": REGION,
@@ -406,6 +413,7 @@ impl Lab {
             binary: agent_bin,
             hold_time: config.hold_time,
             unbind_delay: config.unbind_delay.clone(),
+            propagation_margin: agent_propagation_margin(&config.propagation),
             extra_args: agent_args(&config),
         };
         let operator_settings = OperatorSettings {
@@ -1378,5 +1386,31 @@ where
             });
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_agents_margin_covers_the_slowest_route_server() {
+        // The lab's default: 300 ms ± 50 %, the slowest at 450 ms.
+        assert_eq!(
+            agent_propagation_margin(&Propagation::default()),
+            Duration::from_millis(1450)
+        );
+        assert_eq!(
+            agent_propagation_margin(&Propagation::instant()),
+            Duration::from_secs(1)
+        );
+        // The benchmark's 15 s ± 50 % stays inside the default 30 s handover timeout.
+        let bench = Propagation {
+            delay: Duration::from_secs(15),
+            ..Propagation::default()
+        };
+        let margin = agent_propagation_margin(&bench);
+        assert_eq!(margin, Duration::from_millis(23_500));
+        assert!(margin < Duration::from_secs(30));
     }
 }

@@ -205,6 +205,9 @@ pub struct AgentSettings {
     pub hold_time: u16,
     /// `--unbind-delay`, e.g. `300ms`; `None` keeps the agent's default.
     pub unbind_delay: Option<String>,
+    /// `--propagation-margin`: fitted to the lab's route servers, whose shares take effect
+    /// within a second, not Linode's 10-20 s.
+    pub propagation_margin: Duration,
     /// Further arguments.
     pub extra_args: Vec<String>,
 }
@@ -242,6 +245,8 @@ pub fn start_agent(
     if let Some(d) = &settings.unbind_delay {
         cmd.args(["--unbind-delay", d]);
     }
+    let margin = format!("{}ms", settings.propagation_margin.as_millis());
+    cmd.args(["--propagation-margin", &margin]);
     cmd.args(&settings.extra_args);
     Process::spawn(&format!("agent {node}"), cmd, &dir.join("agent.log"))
 }

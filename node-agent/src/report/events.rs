@@ -12,6 +12,7 @@ use kube::Resource;
 use sharedip_api::SharedIP;
 
 use crate::decision::{Decision, Reason};
+use crate::handover::TimedOut;
 use crate::orchestrator::Transition;
 
 /// Records the events of one node's agent.
@@ -119,6 +120,21 @@ impl Events {
             }
         }
         self.refused.retain(|name, _| desired.contains_key(name));
+    }
+
+    /// One warning event when a planned withdrawal waited `--handover-timeout` for a
+    /// successor in vain (the handover logs its own line).
+    pub async fn handover_timed_out(&self, sharedips: &Store<SharedIP>, t: &TimedOut) {
+        let note = format!("node {}: {}", self.node, t.message);
+        self.publish(
+            sharedips,
+            &t.name,
+            EventType::Warning,
+            Reason::HandoverTimedOut.as_str(),
+            "Withdraw",
+            note,
+        )
+        .await;
     }
 
     /// Records an event on SharedIP `name`, with this Node as the related object.
