@@ -139,8 +139,7 @@ fn share_age(
     let met_at = jiff_add(since, margin);
     Check::Short {
         why: format!(
-            "its Linode's share is {}s old, the route servers may still filter it (margin {}s)",
-            age.as_secs(),
+            "its Linode's share dates from {since}, the route servers may still filter it (margin {}s)",
             margin.as_secs()
         ),
         met_at,
@@ -215,6 +214,9 @@ pub struct TimedOut {
 #[derive(Debug, Clone, PartialEq, Eq)]
 struct Pending {
     deadline: Instant,
+    /// The deadline on the wall clock, for the status message: a fixed time rather than a
+    /// countdown, so the entry is not rewritten every second of the wait.
+    until: Option<Timestamp>,
     /// Set once the wait ran out: the withdrawal's message.
     timed_out: Option<String>,
 }
@@ -310,17 +312,18 @@ impl Handovers {
             self.pending.remove(name);
             return None;
         };
-        let deadline = self
+        let pending = self
             .pending
             .entry(name.to_string())
             .or_insert_with(|| {
                 tracing::info!(sharedip = %name, reason = %decision.reason, timeout = ?self.settings.timeout, "holding the withdrawal until another node can take the traffic");
                 Pending {
                     deadline: now + self.settings.timeout,
+                    until: jiff_add(wall, self.settings.timeout),
                     timed_out: None,
                 }
-            })
-            .deadline;
+            });
+        let (deadline, until) = (pending.deadline, pending.until);
         let found = successors(facts.status, &self.node, self.settings.margin, wall);
         if let Some(successor) = &found.qualified {
             tracing::info!(sharedip = %name, reason = %decision.reason, %successor, "successor qualifies: withdrawing");
@@ -341,11 +344,11 @@ impl Handovers {
             target: Some(applied.target),
             reason: Reason::HandingOver,
             message: format!(
-                "{} ({}); keeps announcing up to {}s more until another node announces with a session established and a share older than {}s; {missing}",
+                "{} ({}); keeps announcing until another node announces with a session established and a share older than {}s, at the latest until {}; {missing}",
                 decision.reason,
                 decision.message,
-                deadline.saturating_duration_since(now).as_secs(),
                 self.settings.margin.as_secs(),
+                until.map_or_else(|| "the timeout".to_string(), |t| t.to_string()),
             ),
         };
         None
@@ -531,16 +534,19 @@ mod tests {
         assert_eq!(d.role, Some(Role::Primary));
         assert!(d.message.contains("Draining"), "{}", d.message);
         assert!(
-            d.message.contains("node-b: its Linode's share is 5s old"),
+            d.message.contains("node-b: its Linode's share dates from "),
             "{}",
             d.message
         );
         // The next wake: node-b's share reaches the margin 15 s from now, before the deadline.
         assert_eq!(h.next_wake(), Some(start + Duration::from_secs(15)));
 
-        // Still held a little later.
+        // Still held a little later, with the same message: a countdown in it would rewrite
+        // the status entry every second of the wait.
+        let first = d.message;
         let (d, _) = turn.run(&mut h, Reason::Draining, start, 10);
         assert_eq!(d.reason, Reason::HandingOver);
+        assert_eq!(d.message, first);
         // Once the share is older than the margin, node-b qualifies: withdraw, original reason.
         let (d, t) = turn.run(&mut h, Reason::Draining, start, 15);
         assert_eq!((d.reason, d.target), (Reason::Draining, None));
@@ -634,7 +640,7 @@ mod tests {
         let s = check(entry("node-b", false, "NoSessions", 0), Some(-5));
         assert_eq!(s.next_met, None);
         assert_eq!(s.short.len(), 1);
-        assert!(s.short[0].contains("NoSessions") && s.short[0].contains("5s old"));
+        assert!(s.short[0].contains("NoSessions") && s.short[0].contains("share dates from"));
         assert_eq!(
             successors(None, "node-a", MARGIN, now),
             Successors::default()

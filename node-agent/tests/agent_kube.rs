@@ -964,7 +964,13 @@ async fn a_drain_waits_for_a_successor_whose_share_has_propagated() {
     .await;
     // node-b announces, but its share is younger than the margin.
     other_agents_entry(&sips, "node-b", true, "Announced").await;
-    wait_message(&sips, true, "HandingOver", "node-b: its Linode's share is").await;
+    wait_message(
+        &sips,
+        true,
+        "HandingOver",
+        "node-b: its Linode's share dates from",
+    )
+    .await;
     assert!(agent
         .binder
         .bound()
@@ -1003,7 +1009,7 @@ async fn a_handover_that_finds_no_successor_times_out() {
         &sips,
         false,
         "HandoverTimedOut",
-        "node-b: its Linode's share is",
+        "node-b: its Linode's share dates from",
     )
     .await;
     wait_message(&sips, false, "HandoverTimedOut", "Draining").await;
