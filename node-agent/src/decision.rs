@@ -18,6 +18,7 @@
 
 use std::collections::BTreeMap;
 use std::fmt;
+use std::time::Duration;
 
 use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::jiff::Timestamp;
@@ -258,6 +259,16 @@ const ROUTE_SERVERS_ACCEPT: &str =
     "Linode's route servers accept a Linode's sessions about 10-20 s after a share";
 
 impl RouteServerWait {
+    /// When this wait turns into an outage, `grace` after what it counts from (None: it does
+    /// not end by the passing of time alone).
+    pub fn ends(self, grace: Duration) -> Option<Timestamp> {
+        let grace = k8s_openapi::jiff::SignedDuration::try_from(grace).ok()?;
+        match self {
+            Self::Propagating(at) | Self::Starting(at) => at.checked_add(grace).ok(),
+            Self::NotShared | Self::Over => None,
+        }
+    }
+
     /// The reason and message for a node that wants to announce without a session.
     fn no_sessions(self, total: usize) -> (Reason, String) {
         let waiting = match self {
@@ -861,6 +872,17 @@ mod tests {
             (v.announcing, v.reason, v.message.as_str()),
             (false, Reason::Draining, "m")
         );
+    }
+
+    #[test]
+    fn a_route_server_wait_ends_a_grace_after_what_it_counts_from() {
+        let at: Timestamp = "2026-12-01T05:40:00Z".parse().unwrap();
+        let grace = Duration::from_secs(240);
+        let end: Timestamp = "2026-12-01T05:44:00Z".parse().unwrap();
+        assert_eq!(RouteServerWait::Propagating(at).ends(grace), Some(end));
+        assert_eq!(RouteServerWait::Starting(at).ends(grace), Some(end));
+        assert_eq!(RouteServerWait::NotShared.ends(grace), None);
+        assert_eq!(RouteServerWait::Over.ends(grace), None);
     }
 
     #[test]

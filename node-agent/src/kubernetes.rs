@@ -361,6 +361,7 @@ pub async fn run_loop<B: AddressBinding, A: Announcer>(
     let stopped_early = stores.wait_synced(&mut control).await?;
     let mut ctx = LoopCtx {
         handovers: Handovers::new(&settings.node, settings.handover),
+        grace_over: None,
         events: Events::new(client.clone(), &settings.node),
         statuses: StatusWriter::new(client, &settings.node),
         settings,
@@ -391,6 +392,14 @@ pub async fn run_loop<B: AddressBinding, A: Announcer>(
     Ok(())
 }
 
+/// Resolves at `at`, never when there is none.
+async fn sleep_until(at: Option<tokio::time::Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
+
 fn sessions(announcer: &impl Announcer) -> Sessions {
     Sessions {
         established: announcer.established(),
@@ -412,6 +421,8 @@ struct LoopCtx {
     shares: ShareFacts,
     /// Planned withdrawals waiting for a successor.
     handovers: Handovers,
+    /// When the earliest wait for the route servers turns into an outage, if one waits.
+    grace_over: Option<tokio::time::Instant>,
 }
 
 /// What the decisions read of this node's Node.
@@ -550,6 +561,7 @@ impl LoopCtx {
                 () = monitor.changed() => {}
                 () = orchestrator.unbinds_due() => {}
                 () = self.handovers.due() => {}
+                () = sleep_until(self.grace_over) => {}
                 _ = resync.tick() => self.statuses.forget_written(),
                 Some(c) = control.next() => match c {
                     Control::Stop => return,
@@ -612,7 +624,7 @@ impl LoopCtx {
     /// This node's Linode's shares, for `/readyz`, and per SharedIP this node would announce
     /// whether a missing session is still expected to come up.
     fn route_server_waits(
-        &self,
+        &mut self,
         desired: &BTreeMap<String, Decision>,
     ) -> BTreeMap<String, RouteServerWait> {
         let linode = self
@@ -632,11 +644,22 @@ impl LoopCtx {
         let (started, grace) = (self.state.started(), self.state.route_server_grace());
         let seen = self.state.session_seen();
         let now = k8s_openapi::jiff::Timestamp::now();
-        desired
+        let waits: BTreeMap<String, RouteServerWait> = desired
             .iter()
             .filter(|(_, d)| d.target.is_some())
             .map(|(name, _)| (name.clone(), times.wait(name, started, seen, now, grace)))
-            .collect()
+            .collect();
+        // Without this wake-up the reason would turn into NoSessions only at the next watch
+        // event or resync, up to a resync interval after the grace.
+        let instant = tokio::time::Instant::now();
+        self.grace_over = waits
+            .values()
+            .filter_map(|w| w.ends(grace))
+            .min()
+            .map(|end| {
+                instant + Duration::try_from(end.duration_since(now)).unwrap_or(Duration::ZERO)
+            });
+        waits
     }
 
     /// Holds the planned withdrawals of announced addresses until a successor qualifies (see

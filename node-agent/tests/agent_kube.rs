@@ -25,7 +25,7 @@ use sharedip_node_agent::bgp::session::{self, SessionConfig, SessionHandle, Tran
 use sharedip_node_agent::bgp::wire::{Community, Prefix, Update};
 use sharedip_node_agent::decision::BgpDefaults;
 use sharedip_node_agent::handover::HandoverSettings;
-use sharedip_node_agent::http::AgentState;
+use sharedip_node_agent::http::{AgentState, DEFAULT_ROUTE_SERVER_GRACE};
 use sharedip_node_agent::kubernetes::{run_loop, KubeSettings};
 use sharedip_node_agent::node_addresses::OwnAddresses;
 use sharedip_node_agent::orchestrator::Orchestrator;
@@ -150,6 +150,8 @@ struct AgentOptions {
     report: AgentReport,
     /// The scenarios that do not test the handover withdraw at once.
     handover: HandoverSettings,
+    route_server_grace: Duration,
+    fast_retry_window: Duration,
 }
 
 impl Default for AgentOptions {
@@ -163,6 +165,8 @@ impl Default for AgentOptions {
             session_addresses: OwnAddresses::default(),
             report: AgentReport::default(),
             handover: HandoverSettings::IMMEDIATE,
+            route_server_grace: DEFAULT_ROUTE_SERVER_GRACE,
+            fast_retry_window: Duration::from_secs(60),
         }
     }
 }
@@ -191,13 +195,14 @@ impl TestAgent {
             },
             next_hop: "2001:db8::1".parse().unwrap(),
             next_hop_v4: None,
-            fast_retry_window: Duration::from_secs(60),
+            fast_retry_window: o.fast_retry_window,
             fast_retry_at_start: o.fast_retry_at_start,
         })
         .unwrap();
         let monitor = speaker.monitor();
         let binder = FakeBinder::default();
         let state = AgentState::new(o.report, monitor.clone());
+        state.set_route_server_grace(o.route_server_grace);
         let (stop, stop_rx) = oneshot::channel::<()>();
         let task = tokio::spawn(run_loop(
             client.clone(),
@@ -1127,4 +1132,67 @@ async fn a_young_share_awaits_the_route_servers_and_readyz_waits_for_a_session()
 
     stop_agent(stop_tx, agent).await;
     rs.shutdown(None).await;
+}
+
+/// A wait for the route servers turns into the NoSessions of an outage when the grace ends,
+/// by itself: no watch event, no session attempt and no resync (all far beyond the test's
+/// bound) wakes the agent.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wait_for_the_route_servers_turns_into_an_outage_when_the_grace_ends() {
+    let (_cp, client) = control_plane().await;
+    let node: Node = serde_json::from_value(json!({
+        "apiVersion": "v1", "kind": "Node",
+        "metadata": {"name": NODE, "labels": {"role": "primary"}},
+        "spec": {"providerID": "linode://4242"},
+    }))
+    .unwrap();
+    Api::<Node>::all(client.clone())
+        .create(&PostParams::default(), &node)
+        .await
+        .unwrap();
+    let sips: Api<SharedIP> = Api::all(client.clone());
+    sips.patch(
+        "web",
+        &PatchParams::apply("test").force(),
+        &Patch::Apply(&sharedip("web", "192.0.2.10", "primary")),
+    )
+    .await
+    .unwrap();
+    let since = k8s_openapi::jiff::Timestamp::now().to_string();
+    let shared = json!({
+        "apiVersion": "sharedip.io/v1alpha1", "kind": "SharedIP",
+        "status": {"sharedWith": [{"linodeId": 4242, "node": NODE, "role": "Primary", "since": since}]},
+    });
+    sips.patch_status(
+        "web",
+        &PatchParams::apply("sharedip-operator").force(),
+        &Patch::Apply(&shared),
+    )
+    .await
+    .unwrap();
+
+    // Nobody answers: the route servers never accept this node.
+    let addr = TcpListener::bind("[::1]:0")
+        .await
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let agent = TestAgent::start(
+        &client,
+        AgentOptions {
+            peer: addr,
+            // No retry in the test's time either (not even the fast one after a new share):
+            // a session's state change would wake the loop too.
+            connect_retry: Duration::from_secs(100),
+            fast_retry_at_start: false,
+            fast_retry_window: Duration::ZERO,
+            resync: Duration::from_secs(3600),
+            route_server_grace: Duration::from_secs(4),
+            ..AgentOptions::default()
+        },
+    );
+    wait_entry(&sips, false, "AwaitingRouteServers").await;
+    wait_entry(&sips, false, "NoSessions").await;
+
+    stop_agent(agent.stop, agent.task).await;
 }
