@@ -995,15 +995,15 @@ async fn simple_write_operations_follow_the_spec() {
             )
             .await;
         assert_eq!(a.status, StatusCode::OK);
-        // Not implemented: answered in Linode's error shape.
+        // Assign refuses an empty list, in Linode's error shape (its rules: standin_lifecycle).
         let a = api
             .post(
                 "/v4/networking/ips/assign",
                 r#"{"region": "us-east", "assignments": []}"#,
             )
             .await;
-        assert_eq!(a.status, StatusCode::NOT_IMPLEMENTED);
-        assert!(a.body["errors"][0]["reason"].is_string());
+        assert_eq!(a.status, StatusCode::BAD_REQUEST);
+        assert_eq!(a.body["errors"][0]["field"], "assignments");
     })
     .await;
 }

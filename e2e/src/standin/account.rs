@@ -8,6 +8,7 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use axum::http::StatusCode;
 
 use super::error::ApiError;
+use super::lifecycle::Counters;
 use super::model::{
     prefix_mask, Ipv4Address, Ipv6Range, Linode, LinodeId, NewIpv4, NewIpv6Range, NewLinode,
     ShareKey, LINODE_STATUSES,
@@ -49,6 +50,8 @@ pub struct Account {
     /// Linode → the addresses shared with it (its whole shared list).
     pub(crate) shared: BTreeMap<LinodeId, BTreeSet<ShareKey>>,
     pub(crate) pools: Pools,
+    /// What the API created and deleted.
+    pub(crate) counters: Counters,
 }
 
 /// What an address on the account is.
@@ -109,6 +112,11 @@ impl Account {
     /// All IPv4 addresses.
     pub fn ipv4_addresses(&self) -> &BTreeMap<Ipv4Addr, Ipv4Address> {
         &self.ipv4
+    }
+
+    /// What the API created and deleted since the last reset.
+    pub fn counters(&self) -> &Counters {
+        &self.counters
     }
 
     /// All IPv6 ranges by base address.
@@ -183,7 +191,7 @@ impl Account {
             || self.ranges.values().any(|r| r.overlaps(a, 128))
     }
 
-    fn allocate_ipv4(
+    pub(crate) fn allocate_ipv4(
         &self,
         public: bool,
         reserved: &BTreeSet<Ipv4Addr>,

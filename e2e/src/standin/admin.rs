@@ -13,7 +13,8 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 
 use super::error::ApiError;
-use super::faults::{FaultRule, ShareFailure};
+use super::faults::{AllocationKnobs, FaultRule, ShareFailure};
+use super::holds::HeldOperation;
 use super::model::{LinodeId, NewIpv4, NewIpv6Range, NewLinode};
 use super::render::{self, V4Schema};
 use super::seed::{Seed, SeedShare};
@@ -41,6 +42,13 @@ pub(crate) fn routes() -> Router<Arc<App>> {
         .route("/_standin/faults/http", post(add_fault))
         .route("/_standin/faults/latency", put(set_latency))
         .route("/_standin/faults/reply-delay", put(set_reply_delay))
+        .route("/_standin/counters", get(counters))
+        .route(
+            "/_standin/faults/allocation",
+            get(allocation).put(set_allocation),
+        )
+        .route("/_standin/holds", get(holds).put(arm_hold))
+        .route("/_standin/holds/release", post(release_holds))
         .route(
             "/_standin/faults/share/{id}",
             put(fail_share).delete(clear_share_failure),
@@ -77,6 +85,7 @@ async fn seed(State(app): State<Arc<App>>, body: Bytes) -> AdminResult {
 async fn reset(State(app): State<Arc<App>>) -> AdminResult {
     app.state.reset();
     app.faults.clear();
+    app.holds.clear();
     app.log.reset();
     Ok(Json(json!({})))
 }
@@ -166,6 +175,7 @@ async fn faults(State(app): State<Arc<App>>) -> AdminResult {
 
 async fn clear_faults(State(app): State<Arc<App>>) -> AdminResult {
     app.faults.clear();
+    app.holds.clear();
     Ok(Json(json!({})))
 }
 
@@ -224,4 +234,64 @@ async fn fail_share(
 async fn clear_share_failure(State(app): State<Arc<App>>, Path(id): Path<String>) -> AdminResult {
     app.faults.clear_share_failure(path_id(&id)?);
     Ok(Json(json!({})))
+}
+
+fn to_json<T: serde::Serialize>(v: &T) -> AdminResult {
+    serde_json::to_value(v).map(Json).map_err(|e| {
+        ApiError::new(
+            axum::http::StatusCode::INTERNAL_SERVER_ERROR,
+            e.to_string(),
+            None,
+        )
+    })
+}
+
+async fn counters(State(app): State<Arc<App>>) -> AdminResult {
+    to_json(&app.state.read(|a| a.counters().clone()))
+}
+
+async fn allocation(State(app): State<Arc<App>>) -> AdminResult {
+    to_json(&app.faults.allocation())
+}
+
+async fn set_allocation(State(app): State<Arc<App>>, body: Bytes) -> AdminResult {
+    let knobs: AllocationKnobs = parse(&body)?;
+    app.faults.set_allocation(knobs)?;
+    Ok(Json(json!({})))
+}
+
+async fn holds(State(app): State<Arc<App>>) -> AdminResult {
+    to_json(&app.holds.view())
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ArmHold {
+    operation: HeldOperation,
+    count: u32,
+}
+
+async fn arm_hold(State(app): State<Arc<App>>, body: Bytes) -> AdminResult {
+    let b: ArmHold = parse(&body)?;
+    app.holds.arm(b.operation, b.count);
+    Ok(Json(json!({})))
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct Release {
+    id: Option<u64>,
+}
+
+async fn release_holds(State(app): State<Arc<App>>, body: Bytes) -> AdminResult {
+    let b: Release = if body.is_empty() {
+        Release::default()
+    } else {
+        parse(&body)?
+    };
+    let released = app.holds.release(b.id);
+    if released == 0 && b.id.is_some() {
+        return Err(ApiError::not_found());
+    }
+    Ok(Json(json!({ "released": released })))
 }

@@ -16,6 +16,8 @@ use serde_json::{json, Map, Value};
 use super::account::{Account, Lookup};
 use super::error::ApiError;
 use super::filter::Filter;
+use super::holds::HeldOperation;
+use super::lifecycle::{AssignRequest, CreateLinode};
 use super::model::{LinodeId, ShareKey};
 use super::pagination::Page;
 use super::render::{self, V4Schema};
@@ -28,6 +30,8 @@ type ApiResult = Result<Json<Value>, ApiError>;
 const LINODE_FILTERABLE: &[&str] = &["label", "region", "image", "group", "tags", "id", "ipv4"];
 /// Filterable fields of `GET /networking/ips` items.
 const IP_FILTERABLE: &[&str] = &["address", "prefix", "type", "rdns", "region"];
+/// Linode types: `class` is what a client picks the cheapest type by.
+const TYPE_FILTERABLE: &[&str] = &["class", "id", "label", "vcpus", "memory", "disk"];
 /// `IPv6Range` has no filterable field.
 const RANGE_FILTERABLE: &[&str] = &[];
 
@@ -35,7 +39,8 @@ const RANGE_FILTERABLE: &[&str] = &[];
 /// named as in the spec so a route's template is the spec's path key.
 pub(crate) fn routes() -> Router<Arc<App>> {
     Router::new()
-        .route("/linode/instances", get(list_linodes))
+        .route("/linode/instances", get(list_linodes).post(create_linode))
+        .route("/linode/types", get(list_types))
         .route(
             "/linode/instances/{linodeId}",
             get(get_linode).put(update_linode).delete(delete_linode),
@@ -249,7 +254,7 @@ async fn update_linode(
 
 async fn delete_linode(State(app): State<Arc<App>>, Path(id): Path<String>) -> ApiResult {
     let id = path_id(&id)?;
-    app.state.write(|a| a.delete_linode(id))?;
+    app.state.write(|a| a.delete_linode_api(id))?;
     tracing::info!(linode_id = id, "linode deleted");
     Ok(Json(json!({})))
 }
@@ -267,13 +272,16 @@ async fn add_linode_ip(
 ) -> ApiResult {
     let id = path_id(&id)?;
     let obj = body_object(&body)?;
-    app.state.write(|a| {
+    let knobs = app.faults.allocation();
+    let rec = app.state.write(|a| {
         a.linode(id)?;
         req_ipv4_type(&obj)?;
         let public = req_bool(&obj, "public")?;
-        let rec = a.allocate_for(id, public)?;
-        Ok(Json(render::ipv4(&rec, V4Schema::IpAddress)))
-    })
+        a.allocate_api(id, public, &knobs)
+    })?;
+    tracing::info!(linode_id = id, address = %rec.address, "ipv4 allocated");
+    app.holds.hold(HeldOperation::Ipv4Allocate).await;
+    Ok(Json(render::ipv4(&rec, V4Schema::IpAddress)))
 }
 
 /// An address as seen from Linode `id`: its own IPv4s, IPv4s shared with it, its SLAAC and
@@ -340,7 +348,12 @@ async fn remove_linode_ip(
             ));
         }
     };
-    app.state.write(|a| a.remove_ipv4(id, ip))?;
+    app.state.write(|a| {
+        a.remove_ipv4(id, ip)?;
+        a.counters.ipv4_deleted += 1;
+        Ok(())
+    })?;
+    tracing::info!(linode_id = id, address = %ip, "ipv4 deleted");
     Ok(Json(json!({})))
 }
 
@@ -387,13 +400,16 @@ async fn allocate_ip(State(app): State<Arc<App>>, body: Bytes) -> ApiResult {
     req_ipv4_type(&obj)?;
     let public = req_bool(&obj, "public")?;
     let id = req_id(&obj, "linode_id")?;
-    app.state.write(|a| {
+    let knobs = app.faults.allocation();
+    let rec = app.state.write(|a| {
         if !a.linodes.contains_key(&id) {
             return Err(ApiError::bad_request("Linode not found", "linode_id"));
         }
-        let rec = a.allocate_for(id, public)?;
-        Ok(Json(render::ipv4(&rec, V4Schema::IpAddress)))
-    })
+        a.allocate_api(id, public, &knobs)
+    })?;
+    tracing::info!(linode_id = id, address = %rec.address, "ipv4 allocated");
+    app.holds.hold(HeldOperation::Ipv4Allocate).await;
+    Ok(Json(render::ipv4(&rec, V4Schema::IpAddress)))
 }
 
 fn account_address(a: &Account, ip: IpAddr) -> Result<Value, ApiError> {
@@ -426,12 +442,49 @@ async fn update_ip(
     })
 }
 
-async fn assign_ips() -> ApiError {
-    ApiError::new(
-        StatusCode::NOT_IMPLEMENTED,
-        "POST /networking/ips/assign is not implemented by the Linode API stand-in",
-        None,
-    )
+/// `POST /networking/ips/assign`: moves addresses and ranges between Linodes of one region.
+async fn assign_ips(State(app): State<Arc<App>>, body: Bytes) -> ApiResult {
+    let value = parse_body(&body)?;
+    let req: AssignRequest = serde_json::from_value(value).map_err(|e| {
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            format!("Invalid request: {e}"),
+            None,
+        )
+    })?;
+    app.state.write(|a| a.assign(&req))?;
+    tracing::info!(region = %req.region, assignments = req.assignments.len(), "ips assigned");
+    Ok(Json(json!({})))
+}
+
+/// `POST /linode/instances`.
+async fn create_linode(State(app): State<Arc<App>>, body: Bytes) -> ApiResult {
+    let knobs = app.faults.allocation();
+    if let Some(f) = &knobs.linode_create_failure {
+        return Err(ApiError::new(
+            StatusCode::from_u16(f.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
+            f.reason.clone(),
+            None,
+        ));
+    }
+    let req = CreateLinode::parse(&body)?;
+    let (linode, body) = app.state.write(|a| {
+        let l = a.create_linode_api(&req, &knobs)?;
+        let body = render::linode(a, &l);
+        Ok((l, body))
+    })?;
+    tracing::info!(linode_id = linode.id, label = %linode.label, region = %linode.region, "linode created");
+    app.holds.hold(HeldOperation::LinodeCreate).await;
+    Ok(Json(body))
+}
+
+/// `GET /linode/types`.
+async fn list_types(Query(q): Query<HashMap<String, String>>, headers: HeaderMap) -> ApiResult {
+    let items = super::types::LINODE_TYPES
+        .iter()
+        .map(super::types::LinodeType::render)
+        .collect();
+    list(&headers, &q, TYPE_FILTERABLE, items)
 }
 
 /// `POST /networking/ips/share` and `POST /networking/ipv4/share`: sets the Linode's whole
@@ -515,7 +568,7 @@ async fn create_range(State(app): State<Arc<App>>, body: Bytes) -> ApiResult {
     };
     let by_id = obj.get("linode_id").filter(|v| !v.is_null());
     let by_target = obj.get("route_target").filter(|v| !v.is_null());
-    app.state.write(|a| {
+    let created = app.state.write(|a| {
         let owner = match (by_id, by_target) {
             (Some(_), Some(_)) => {
                 return Err(ApiError::bad_request(
@@ -546,9 +599,13 @@ async fn create_range(State(app): State<Arc<App>>, body: Bytes) -> ApiResult {
             }
         };
         let r = a.create_range_api(owner, prefix)?;
+        a.counters.ranges_created += 1;
         let target = a.linode(owner)?.slaac;
-        Ok(Json(json!({"range": format!("{}/{}", r.range, r.prefix), "route_target": target.to_string()})))
-    })
+        Ok(json!({"range": format!("{}/{}", r.range, r.prefix), "route_target": target.to_string()}))
+    }).map(Json)?;
+    tracing::info!(range = %created["range"], "ipv6 range created");
+    app.holds.hold(HeldOperation::RangeCreate).await;
+    Ok(created)
 }
 
 fn path_range(raw: &str) -> Result<Ipv6Addr, ApiError> {
@@ -565,6 +622,11 @@ async fn get_range(State(app): State<Arc<App>>, Path(range): Path<String>) -> Ap
 
 async fn delete_range(State(app): State<Arc<App>>, Path(range): Path<String>) -> ApiResult {
     let base = path_range(&range)?;
-    app.state.write(|a| a.delete_range(base))?;
+    app.state.write(|a| {
+        a.delete_range(base)?;
+        a.counters.ranges_deleted += 1;
+        Ok(())
+    })?;
+    tracing::info!(range = %base, "ipv6 range deleted");
     Ok(Json(json!({})))
 }

@@ -119,7 +119,7 @@ impl FaultRule {
     }
 }
 
-/// How share calls for one Linode fail.
+/// How share calls for one Linode (or Linode creation) fail.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ShareFailure {
     /// Status code to answer (any 4xx or 5xx).
@@ -151,7 +151,32 @@ pub struct FaultsView {
     pub reply_delay_ms: u64,
     /// Linodes whose share calls fail.
     pub share_failures: BTreeMap<LinodeId, ShareFailure>,
+    /// Allocation limits and refusals.
+    #[serde(default)]
+    pub allocation: AllocationKnobs,
 }
+
+/// Linode's refusals around creating things: what an account without the right limits gets.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AllocationKnobs {
+    /// A public IPv4 address beyond a Linode's first needs a support ticket: allocating
+    /// one is refused with [`SUPPORT_TICKET_REASON`].
+    #[serde(default)]
+    pub ipv4_needs_ticket: bool,
+    /// The account holds at most this many public IPv4 addresses (Linodes' own included);
+    /// allocating or creating a Linode beyond it is refused.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ipv4_limit: Option<u32>,
+    /// `POST /linode/instances` is refused with this until cleared.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub linode_create_failure: Option<ShareFailure>,
+}
+
+/// The refusal of an extra public IPv4 address. The spec only says a support ticket is
+/// needed; this wording is the stand-in's, modelled on what Linode answers.
+pub const SUPPORT_TICKET_REASON: &str = "Additional IPv4 addresses require technical \
+     justification. Please open a Support Ticket describing your requirement.";
 
 /// Fault knobs, shared by the server and tests.
 #[derive(Debug, Default)]
@@ -200,6 +225,25 @@ impl Faults {
     /// Lets share calls for `linode_id` through again.
     pub fn clear_share_failure(&self, linode_id: LinodeId) {
         self.lock().share_failures.remove(&linode_id);
+    }
+
+    /// Sets the allocation knobs (all of them at once).
+    pub fn set_allocation(&self, knobs: AllocationKnobs) -> Result<(), ApiError> {
+        if let Some(f) = &knobs.linode_create_failure {
+            if !(400..=599).contains(&f.status) {
+                return Err(ApiError::bad_request(
+                    "status must be a 4xx or 5xx code",
+                    "linode_create_failure",
+                ));
+            }
+        }
+        self.lock().allocation = knobs;
+        Ok(())
+    }
+
+    /// The allocation knobs.
+    pub fn allocation(&self) -> AllocationKnobs {
+        self.lock().allocation.clone()
     }
 
     /// Removes every fault.

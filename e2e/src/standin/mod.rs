@@ -1,5 +1,6 @@
-//! A stand-in for the Linode API v4 subset that IP sharing needs, following
-//! `crates/linode/openapi/openapi-ip-sharing.yaml`.
+//! A stand-in for the Linode API v4 subset that IP sharing and the IP lifecycle need,
+//! following `crates/linode/openapi/openapi-ip-sharing.yaml` and
+//! `crates/linode/openapi/openapi-ip-lifecycle.yaml`.
 //!
 //! - API under `/v4` and `/v4beta`: bearer auth, Linode's error bodies, pagination,
 //!   `X-Filter`, the share calls with Linode's rules (see [`account::Account::set_shared`]).
@@ -27,6 +28,8 @@ pub mod api;
 pub mod error;
 pub mod faults;
 pub mod filter;
+pub mod holds;
+pub mod lifecycle;
 pub mod model;
 pub mod openapi;
 pub mod pagination;
@@ -36,10 +39,15 @@ pub mod seed;
 pub mod server;
 pub mod sharing;
 pub mod state;
+pub mod types;
 
 pub use account::{Account, Pools};
 pub use error::{ApiError, ErrorObject, StandInError};
-pub use faults::{FaultKind, FaultRule, Faults, FaultsView, ShareFailure};
+pub use faults::{
+    AllocationKnobs, FaultKind, FaultRule, Faults, FaultsView, ShareFailure, SUPPORT_TICKET_REASON,
+};
+pub use holds::{HeldOperation, HeldResponse, HeldState, Holds, HoldsView};
+pub use lifecycle::{AssignRequest, Counters, CreateLinode};
 pub use model::{Ipv4Address, Ipv6Range, Linode, LinodeId, NewIpv4, NewIpv6Range, NewLinode};
 pub use request_log::{InFlight, RequestCount, RequestLog, ShareCall};
 pub use seed::{Seed, SeedShare};

@@ -11,14 +11,13 @@ use super::account::Account;
 use super::model::{Ipv4Address, Ipv6Range, Linode, ShareKey};
 
 fn type_specs(linode_type: &str) -> (u64, u64, u64, u64) {
-    // (disk MB, memory MB, vcpus, transfer GB) of common types; unknown types get g6-standard-1's.
-    match linode_type {
-        "g6-nanode-1" => (25_600, 1_024, 1, 1_000),
-        "g6-standard-2" => (81_920, 4_096, 2, 4_000),
-        "g6-standard-4" => (163_840, 8_192, 4, 5_000),
-        "g6-dedicated-2" => (81_920, 4_096, 2, 4_000),
-        _ => (51_200, 2_048, 1, 2_000),
-    }
+    // Types outside the catalogue (seeded by hand) report g6-standard-1's specs.
+    let t = super::types::find(linode_type)
+        .or_else(|| super::types::find("g6-standard-1"))
+        .copied();
+    t.map_or((51_200, 2_048, 1, 2_000), |t| {
+        (t.disk, t.memory, t.vcpus, t.transfer)
+    })
 }
 
 fn host_uuid(id: u64) -> String {

@@ -14,6 +14,7 @@ use super::admin;
 use super::api;
 use super::error::StandInError;
 use super::faults::Faults;
+use super::holds::Holds;
 use super::request_log::RequestLog;
 use super::seed::Seed;
 use super::sharing::SharingSnapshot;
@@ -48,6 +49,8 @@ pub struct App {
     pub state: StandInState,
     /// Fault knobs.
     pub faults: Faults,
+    /// Held answers of creating calls.
+    pub holds: Holds,
     /// Request counts.
     pub log: RequestLog,
     /// The accepted bearer token.
@@ -112,6 +115,7 @@ impl StandInBuilder {
         let app = Arc::new(App {
             state: StandInState::new(self.pools),
             faults: Faults::default(),
+            holds: Holds::default(),
             log: RequestLog::default(),
             token: self.token,
         });
@@ -211,6 +215,16 @@ impl StandInHandle {
     /// The fault knobs.
     pub fn faults(&self) -> &Faults {
         &self.app.faults
+    }
+
+    /// Held answers: arm, watch, release.
+    pub fn holds(&self) -> &Holds {
+        &self.app.holds
+    }
+
+    /// What the API created and deleted (Linodes, IPv4 addresses, IPv6 ranges).
+    pub fn counters(&self) -> super::lifecycle::Counters {
+        self.app.state.read(|a| a.counters().clone())
     }
 
     /// The request counts and share calls.
