@@ -1,11 +1,14 @@
 //! The typed endpoints.
 
-use std::net::{IpAddr, Ipv6Addr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
-use crate::client::{Call, LinodeClient, Verb};
+use crate::client::{Call, LinodeClient};
 use crate::endpoints;
 use crate::error::Result;
-use crate::models::{IpAddress, Ipv6Range, Ipv6RangeBgp, Linode, LinodeIps};
+use crate::models::{
+    CreateLinode, IpAddress, Ipv6Prefix, Ipv6Range, Ipv6RangeBgp, Linode, LinodeIps, LinodeType,
+    NewIpv6Range,
+};
 
 impl LinodeClient {
     /// `GET /linode/instances/{linodeId}`.
@@ -80,13 +83,12 @@ impl LinodeClient {
     /// which is why it is retried on 5xx, 429 and transport errors like the GETs.
     pub async fn share_ips(&self, linode_id: u64, ips: &[IpAddr]) -> Result<()> {
         let body = serde_json::json!({ "linode_id": linode_id, "ips": ips });
-        let call = Call {
-            verb: Verb::Post,
-            endpoint: endpoints::IPS_SHARE,
-            path: "/networking/ips/share".to_owned(),
-            filter: None,
-            json_body: Some(body.to_string().into_bytes()),
-        };
+        let call = Call::post(
+            endpoints::IPS_SHARE,
+            "/networking/ips/share".to_owned(),
+            &body,
+            true,
+        );
         tracing::debug!(
             linode_id,
             count = ips.len(),
@@ -94,5 +96,120 @@ impl LinodeClient {
         );
         // The success body is `{}`; nothing in it is needed, so it is not decoded.
         self.call(&call).await.map(drop)
+    }
+
+    /// `GET /linode/types`, every page, optionally narrowed by an `X-Filter`
+    /// (e.g. `{"class": "nanode"}`).
+    pub async fn list_linode_types(
+        &self,
+        filter: Option<&serde_json::Value>,
+    ) -> Result<Vec<LinodeType>> {
+        self.list_all(endpoints::LINODE_TYPES, "/linode/types", filter)
+            .await
+    }
+}
+
+/// The calls that create, allocate and delete. The creating ones (`create_linode`,
+/// `allocate_ipv4`, `create_ipv6_range`) are **not idempotent**: a repeat after an answer
+/// that got lost would create a second Linode, allocate (and bill) a second address or fail
+/// on the region's one range. So they are retried only when Linode certainly did nothing (a
+/// 429, or a connection that was never made), never after a 5xx, a timeout or a connection
+/// lost mid-call; [`crate::Error::may_have_taken_effect`] tells the caller to look at what
+/// exists before it asks again. The deletes are retried like the GETs: a repeat after a lost
+/// answer finds nothing and gets a 404, which callers take as "gone".
+impl LinodeClient {
+    /// `POST /linode/instances`: creates the Linode that `req` describes (empty, unbooted).
+    /// Not retried after an ambiguous failure (see above).
+    pub async fn create_linode(&self, req: &CreateLinode) -> Result<Linode> {
+        let call = Call::post(
+            endpoints::LINODES,
+            "/linode/instances".to_owned(),
+            &req.body(),
+            false,
+        );
+        let linode: Linode = self.call_json(&call).await?;
+        tracing::info!(
+            linode_id = linode.id,
+            label = %linode.label,
+            region = %linode.region,
+            "created Linode"
+        );
+        Ok(linode)
+    }
+
+    /// `DELETE /linode/instances/{linodeId}`: deletes the Linode with every address and
+    /// range it owns. A 404 means it is gone.
+    pub async fn delete_linode(&self, id: u64) -> Result<()> {
+        let call = Call::delete(endpoints::LINODE, format!("/linode/instances/{id}"));
+        self.call(&call).await?;
+        tracing::info!(linode_id = id, "deleted Linode");
+        Ok(())
+    }
+
+    /// `POST /linode/instances/{linodeId}/ips` with `type: ipv4, public: true`: allocates one
+    /// more public IPv4 address on the Linode and returns it. Linode may refuse it (an extra
+    /// address can need a support ticket; the account has a limit); its reason is in the
+    /// error ([`crate::Error::linode_reason`]). Not retried after an ambiguous failure (see
+    /// above).
+    pub async fn allocate_ipv4(&self, linode_id: u64) -> Result<IpAddress> {
+        let body = serde_json::json!({ "type": "ipv4", "public": true });
+        let call = Call::post(
+            endpoints::LINODE_IPS,
+            format!("/linode/instances/{linode_id}/ips"),
+            &body,
+            false,
+        );
+        let ip: IpAddress = self.call_json(&call).await?;
+        tracing::info!(linode_id, address = %ip.address, "allocated IPv4 address");
+        Ok(ip)
+    }
+
+    /// `DELETE /linode/instances/{linodeId}/ips/{address}`: gives the address back. Linode
+    /// refuses to delete a Linode's last public IPv4. A 404 means it is gone.
+    pub async fn delete_ipv4(&self, linode_id: u64, address: Ipv4Addr) -> Result<()> {
+        let call = Call::delete(
+            endpoints::LINODE_IP,
+            format!("/linode/instances/{linode_id}/ips/{address}"),
+        );
+        self.call(&call).await?;
+        tracing::info!(linode_id, %address, "deleted IPv4 address");
+        Ok(())
+    }
+
+    /// `POST /networking/ipv6/ranges` with `linode_id` and `prefix_length`: creates a range
+    /// routed to the Linode's SLAAC address. Linode allows one range per Linode and one per
+    /// account and region. Not retried after an ambiguous failure (see above).
+    pub async fn create_ipv6_range(
+        &self,
+        linode_id: u64,
+        prefix: Ipv6Prefix,
+    ) -> Result<NewIpv6Range> {
+        let body = serde_json::json!({ "linode_id": linode_id, "prefix_length": prefix.bits() });
+        let call = Call::post(
+            endpoints::IPV6_RANGES,
+            "/networking/ipv6/ranges".to_owned(),
+            &body,
+            false,
+        );
+        let range: NewIpv6Range = self.call_json(&call).await?;
+        tracing::info!(
+            linode_id,
+            range = %range.range,
+            prefix = range.prefix,
+            "created IPv6 range"
+        );
+        Ok(range)
+    }
+
+    /// `DELETE /networking/ipv6/ranges/{range}`; `range` is the base address. Linode refuses
+    /// to delete a range that is shared. A 404 means it is gone.
+    pub async fn delete_ipv6_range(&self, range: Ipv6Addr) -> Result<()> {
+        let call = Call::delete(
+            endpoints::IPV6_RANGE,
+            format!("/networking/ipv6/ranges/{range}"),
+        );
+        self.call(&call).await?;
+        tracing::info!(%range, "deleted IPv6 range");
+        Ok(())
     }
 }

@@ -44,6 +44,7 @@ struct Inner {
 pub(crate) enum Verb {
     Get,
     Post,
+    Delete,
 }
 
 impl Verb {
@@ -51,6 +52,7 @@ impl Verb {
         match self {
             Verb::Get => "GET",
             Verb::Post => "POST",
+            Verb::Delete => "DELETE",
         }
     }
 
@@ -58,6 +60,7 @@ impl Verb {
         match self {
             Verb::Get => Method::GET,
             Verb::Post => Method::POST,
+            Verb::Delete => Method::DELETE,
         }
     }
 }
@@ -71,6 +74,10 @@ pub(crate) struct Call<'a> {
     pub path: String,
     pub filter: Option<&'a serde_json::Value>,
     pub json_body: Option<Vec<u8>>,
+    /// Whether repeating the call after an answer that was lost, or a 5xx, is harmless.
+    /// A call that is not (one that allocates or creates) is only retried when the request
+    /// certainly never reached Linode's handler: a 429, or a connection that was never made.
+    pub idempotent: bool,
 }
 
 impl<'a> Call<'a> {
@@ -81,6 +88,31 @@ impl<'a> Call<'a> {
             path,
             filter: None,
             json_body: None,
+            idempotent: true,
+        }
+    }
+
+    /// A DELETE: repeating it is harmless (a repeat after a lost answer gets a 404).
+    pub(crate) fn delete(endpoint: &'static str, path: String) -> Self {
+        Call {
+            verb: Verb::Delete,
+            ..Call::get(endpoint, path)
+        }
+    }
+
+    /// A POST with a JSON body; `idempotent` says whether it may be repeated after an
+    /// ambiguous failure.
+    pub(crate) fn post(
+        endpoint: &'static str,
+        path: String,
+        body: &serde_json::Value,
+        idempotent: bool,
+    ) -> Self {
+        Call {
+            verb: Verb::Post,
+            json_body: Some(body.to_string().into_bytes()),
+            idempotent,
+            ..Call::get(endpoint, path)
         }
     }
 }
@@ -89,8 +121,15 @@ impl<'a> Call<'a> {
 enum Failure {
     /// Do not retry.
     Final(Error),
-    /// May be retried; `retry_after` is what the server asked for, if anything.
-    Retryable {
+    /// Linode did not act on the request (429, or no connection was made): any call may be
+    /// retried. `retry_after` is what the server asked for, if anything.
+    Unsent {
+        error: Error,
+        retry_after: Option<Duration>,
+    },
+    /// The request may or may not have taken effect (5xx, timeout, connection lost): only an
+    /// idempotent call may be retried.
+    Ambiguous {
         error: Error,
         retry_after: Option<Duration>,
     },
@@ -207,7 +246,20 @@ impl LinodeClient {
             match self.attempt(call, &token, retry + 1).await {
                 Ok(body) => return Ok((body, token)),
                 Err(Failure::Final(error)) => return Err(error),
-                Err(Failure::Retryable { error, retry_after }) => {
+                Err(Failure::Ambiguous { error, .. }) if !call.idempotent => {
+                    tracing::warn!(
+                        method = call.verb.as_str(),
+                        endpoint = call.endpoint,
+                        status = error.status(),
+                        error = %error,
+                        "Linode API call failed and may have taken effect; not repeating it"
+                    );
+                    return Err(error);
+                }
+                Err(
+                    Failure::Unsent { error, retry_after }
+                    | Failure::Ambiguous { error, retry_after },
+                ) => {
                     if retry >= policy.max_retries {
                         return Err(error);
                     }
@@ -296,29 +348,32 @@ impl LinodeClient {
     fn transport_failure(&self, call: &Call<'_>, e: reqwest::Error) -> Failure {
         let method = call.verb.as_str();
         let endpoint = call.endpoint;
-        if e.is_timeout() {
-            return Failure::Retryable {
-                error: Error::Timeout {
-                    method,
-                    endpoint,
-                    timeout: self.inner.request_timeout,
-                },
-                retry_after: None,
-            };
-        }
+        // A failed connect means the request was never sent; anything later (a reset, a
+        // timeout while waiting for the answer) may come after Linode acted on it.
+        let unsent = e.is_connect();
         let is_builder = e.is_builder();
-        let error = Error::Transport {
-            method,
-            endpoint,
-            source: e,
+        let error = if e.is_timeout() {
+            Error::Timeout {
+                method,
+                endpoint,
+                timeout: self.inner.request_timeout,
+            }
+        } else {
+            Error::Transport {
+                method,
+                endpoint,
+                source: e,
+            }
         };
         if is_builder {
             Failure::Final(error)
+        } else if unsent {
+            Failure::Unsent {
+                error,
+                retry_after: None,
+            }
         } else {
-            // Connection refused/reset and friends. Every call this client makes is safe to
-            // repeat (GETs, and a share call that sets a whole list), so retrying after an
-            // ambiguous failure cannot apply anything twice.
-            Failure::Retryable {
+            Failure::Ambiguous {
                 error,
                 retry_after: None,
             }
@@ -367,7 +422,8 @@ fn classify(
         return Ok(body.to_vec());
     }
     if status == StatusCode::TOO_MANY_REQUESTS {
-        return Err(Failure::Retryable {
+        // Linode rate-limits before it handles a request, so even a creating call may repeat.
+        return Err(Failure::Unsent {
             error: Error::RateLimited {
                 method,
                 endpoint,
@@ -383,8 +439,9 @@ fn classify(
         errors: parse_error_body(body, token),
     };
     if status.is_server_error() {
-        // A 503 may carry Retry-After too; honour it the same way as on 429.
-        Err(Failure::Retryable { error, retry_after })
+        // A 503 may carry Retry-After too; honour it the same way as on 429. A 5xx may come
+        // from a proxy after Linode committed the change, so it is ambiguous.
+        Err(Failure::Ambiguous { error, retry_after })
     } else {
         Err(Failure::Final(error))
     }

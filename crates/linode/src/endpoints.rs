@@ -1,21 +1,25 @@
 //! Path templates of the endpoints the client calls, as reported to [`crate::ApiObserver`]
 //! and in errors. Metrics can pre-register these labels.
 
-/// `GET /linode/instances` (paginated).
+/// `GET /linode/instances` (paginated), `POST /linode/instances`.
 pub const LINODES: &str = "/linode/instances";
-/// `GET /linode/instances/{linodeId}`.
+/// `GET`/`DELETE /linode/instances/{linodeId}`.
 pub const LINODE: &str = "/linode/instances/{linodeId}";
-/// `GET /linode/instances/{linodeId}/ips`.
+/// `GET`/`POST /linode/instances/{linodeId}/ips`.
 pub const LINODE_IPS: &str = "/linode/instances/{linodeId}/ips";
+/// `DELETE /linode/instances/{linodeId}/ips/{address}`.
+pub const LINODE_IP: &str = "/linode/instances/{linodeId}/ips/{address}";
+/// `GET /linode/types` (paginated).
+pub const LINODE_TYPES: &str = "/linode/types";
 /// `GET /networking/ips` (paginated).
 pub const IPS: &str = "/networking/ips";
 /// `GET /networking/ips/{address}`.
 pub const IP: &str = "/networking/ips/{address}";
 /// `POST /networking/ips/share`.
 pub const IPS_SHARE: &str = "/networking/ips/share";
-/// `GET /networking/ipv6/ranges` (paginated).
+/// `GET /networking/ipv6/ranges` (paginated), `POST /networking/ipv6/ranges`.
 pub const IPV6_RANGES: &str = "/networking/ipv6/ranges";
-/// `GET /networking/ipv6/ranges/{range}`.
+/// `GET`/`DELETE /networking/ipv6/ranges/{range}`.
 pub const IPV6_RANGE: &str = "/networking/ipv6/ranges/{range}";
 
 /// Every template above.
@@ -23,6 +27,8 @@ pub const ALL: &[&str] = &[
     LINODES,
     LINODE,
     LINODE_IPS,
+    LINODE_IP,
+    LINODE_TYPES,
     IPS,
     IP,
     IPS_SHARE,

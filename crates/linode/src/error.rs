@@ -146,12 +146,40 @@ impl Error {
     }
 
     /// True when trying again later may succeed: 5xx, 429, transport errors and timeouts.
-    /// Token, configuration, decode and other 4xx errors need a change first.
+    /// Token, configuration, decode and other 4xx errors need a change first. Before trying
+    /// a creating call again, see [`Error::may_have_taken_effect`].
     pub fn is_retryable(&self) -> bool {
         match self {
             Error::Api { status, .. } => *status >= 500,
             Error::RateLimited { .. } | Error::Transport { .. } | Error::Timeout { .. } => true,
             Error::Decode { .. } | Error::Token { .. } | Error::Config(_) => false,
+        }
+    }
+
+    /// True when the call failed but Linode may still have acted on it: a 5xx (possibly from
+    /// a proxy after the change was committed), a timeout, a connection lost after the
+    /// request was sent, or a success answer whose body could not be decoded. The client
+    /// never repeats a creating call after such a failure (see
+    /// [`crate::LinodeClient::allocate_ipv4`]); the caller has to look at what exists before
+    /// it asks again. False when the request certainly changed nothing: 4xx, 429, a
+    /// connection that was never made, and errors before any request.
+    pub fn may_have_taken_effect(&self) -> bool {
+        match self {
+            Error::Api { status, .. } => *status >= 500,
+            Error::Timeout { .. } | Error::Decode { .. } => true,
+            Error::Transport { source, .. } => !source.is_connect() && !source.is_builder(),
+            Error::RateLimited { .. } | Error::Token { .. } | Error::Config(_) => false,
+        }
+    }
+
+    /// Linode's reasons joined with `"; "` (each with its field), for a condition or an
+    /// Event; `None` for errors that are not [`Error::Api`] or carry no entries.
+    pub fn linode_reason(&self) -> Option<String> {
+        match self {
+            Error::Api { errors, .. } if !errors.is_empty() => {
+                Some(DisplayEntries(errors).to_string())
+            }
+            _ => None,
         }
     }
 
@@ -285,5 +313,50 @@ mod tests {
         );
         assert!(!e.is_retryable());
         assert_eq!(e.endpoint(), None);
+    }
+
+    #[test]
+    fn what_may_have_taken_effect_and_linode_reason() {
+        let api = |status: u16, errors: Vec<ApiErrorEntry>| Error::Api {
+            method: "POST",
+            endpoint: "/linode/instances/{linodeId}/ips",
+            status,
+            errors,
+        };
+        assert!(api(502, vec![]).may_have_taken_effect());
+        assert!(!api(400, vec![]).may_have_taken_effect());
+        let timeout = Error::Timeout {
+            method: "POST",
+            endpoint: "/x",
+            timeout: Duration::from_secs(1),
+        };
+        assert!(timeout.may_have_taken_effect());
+        let limited = Error::RateLimited {
+            method: "POST",
+            endpoint: "/x",
+            retry_after: None,
+        };
+        assert!(!limited.may_have_taken_effect());
+        assert!(!Error::Config("x".into()).may_have_taken_effect());
+
+        let e = api(
+            400,
+            vec![
+                ApiErrorEntry {
+                    reason: "Please open a Support Ticket".into(),
+                    field: None,
+                },
+                ApiErrorEntry {
+                    reason: "Too many".into(),
+                    field: Some("type".into()),
+                },
+            ],
+        );
+        assert_eq!(
+            e.linode_reason().as_deref(),
+            Some("Please open a Support Ticket; Too many (field `type`)")
+        );
+        assert_eq!(api(500, vec![]).linode_reason(), None);
+        assert_eq!(limited.linode_reason(), None);
     }
 }

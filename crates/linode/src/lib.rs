@@ -1,4 +1,5 @@
-//! Typed async client for the parts of the Linode API v4 that IP sharing needs.
+//! Typed async client for the parts of the Linode API v4 that IP sharing and the IP lifecycle
+//! (a holder Linode, its addresses and ranges) need.
 //!
 //! ```no_run
 //! # async fn demo() -> linode_client::Result<()> {
@@ -19,7 +20,9 @@
 //!   (Secret rotation), and [`TokenSource::watch`] tells when that happens. The token never
 //!   appears in logs, errors or `Debug` output.
 //! - Retries: 5xx, 429 (honouring `Retry-After`, capped) and transport errors/timeouts are
-//!   retried with capped exponential backoff and jitter; other 4xx are not.
+//!   retried with capped exponential backoff and jitter; other 4xx are not. The calls that
+//!   create or allocate are retried only when Linode certainly did nothing (429, no
+//!   connection): a repeat after a lost answer would allocate twice.
 //! - Lists follow `pages` and accept an `X-Filter`.
 //! - [`ApiObserver`] sees every HTTP attempt, for metrics.
 
@@ -47,8 +50,8 @@ pub use config::{
 };
 pub use error::{ApiErrorEntry, Error, Result, TokenProblem};
 pub use models::{
-    IpAddress, IpType, Ipv6Range, Ipv6RangeBgp, Linode, LinodeIps, LinodeIpv4, LinodeIpv6,
-    LinodeStatus,
+    CreateLinode, IpAddress, IpType, Ipv6Prefix, Ipv6Range, Ipv6RangeBgp, Linode, LinodeClass,
+    LinodeIps, LinodeIpv4, LinodeIpv6, LinodeStatus, LinodeType, NewIpv6Range, Price, RegionPrice,
 };
 pub use observer::ApiObserver;
 pub use retry::RetryPolicy;

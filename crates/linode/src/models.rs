@@ -1,4 +1,5 @@
-//! Response types, following the schemas of `openapi-ip-sharing.yaml`.
+//! Request and response types, following the schemas of `openapi-ip-sharing.yaml` and
+//! `openapi-ip-lifecycle.yaml`.
 //!
 //! Decoding is lenient where it can be without guessing: unknown fields are ignored, absent or
 //! `null` optional fields take their default, unknown enum values map to `Unknown`. Addresses
@@ -7,7 +8,7 @@
 use std::collections::BTreeSet;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 use crate::de;
 
@@ -255,6 +256,236 @@ impl LinodeIps {
     }
 }
 
+/// A Linode type (plan) from `GET /linode/types`; only what choosing and pricing a plan needs.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+pub struct LinodeType {
+    /// The type's ID, e.g. `g6-nanode-1`: the `type` of [`CreateLinode`].
+    pub id: String,
+    /// Display label, e.g. `Nanode 1GB`.
+    #[serde(default, deserialize_with = "de::null_default")]
+    pub label: String,
+    /// The class, e.g. [`LinodeClass::Nanode`].
+    #[serde(default, deserialize_with = "de::null_default")]
+    pub class: LinodeClass,
+    /// Disk in MB.
+    #[serde(default, deserialize_with = "de::null_default")]
+    pub disk: u64,
+    /// Memory in MB.
+    #[serde(default, deserialize_with = "de::null_default")]
+    pub memory: u64,
+    /// Virtual CPUs.
+    #[serde(default, deserialize_with = "de::null_default")]
+    pub vcpus: u32,
+    /// Monthly outbound transfer in GB.
+    #[serde(default, deserialize_with = "de::null_default")]
+    pub transfer: u64,
+    /// Outbound bandwidth in Mbit/s.
+    #[serde(default, deserialize_with = "de::null_default")]
+    pub network_out: u64,
+    /// The default price; some regions differ (see [`LinodeType::price_in`]).
+    #[serde(default)]
+    pub price: Option<Price>,
+    /// Prices of the regions that differ from the default.
+    #[serde(default, deserialize_with = "de::null_default")]
+    pub region_prices: Vec<RegionPrice>,
+    /// The type that replaces this one, if it is being retired.
+    #[serde(default)]
+    pub successor: Option<String>,
+}
+
+impl LinodeType {
+    /// The price in `region`: its regional price if it has one, else the default.
+    pub fn price_in(&self, region: &str) -> Option<Price> {
+        self.region_prices
+            .iter()
+            .find(|p| p.id == region)
+            .map(|p| Price {
+                hourly: p.hourly,
+                monthly: p.monthly,
+            })
+            .or(self.price)
+    }
+}
+
+/// `LinodeType.class`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Deserialize)]
+#[serde(rename_all = "snake_case")]
+#[non_exhaustive]
+#[allow(missing_docs)]
+pub enum LinodeClass {
+    Nanode,
+    Standard,
+    Dedicated,
+    Premium,
+    Gpu,
+    Highmem,
+    /// A value this client does not know, or none.
+    #[default]
+    #[serde(other)]
+    Unknown,
+}
+
+/// A price in US dollars.
+#[derive(Debug, Clone, Copy, PartialEq, Default, Deserialize)]
+pub struct Price {
+    /// Per hour.
+    #[serde(default)]
+    pub hourly: Option<f64>,
+    /// Per month.
+    #[serde(default)]
+    pub monthly: Option<f64>,
+}
+
+/// A region's own price of a [`LinodeType`].
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+pub struct RegionPrice {
+    /// The region, e.g. `id-cgk`.
+    pub id: String,
+    /// Per hour.
+    #[serde(default)]
+    pub hourly: Option<f64>,
+    /// Per month.
+    #[serde(default)]
+    pub monthly: Option<f64>,
+}
+
+/// The body of `POST /linode/instances` for a Linode that only holds addresses: no image, so
+/// no disks, no root password and nothing to boot; created `booted: false` (an empty Linode
+/// stays `offline` anyway) and with legacy configuration-profile interfaces
+/// (`interface_generation: legacy_config`, a field newer than the spec subset): Linodes with
+/// the newer Linode interfaces cannot take addresses through `POST /networking/ips`, and an
+/// account may default to them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CreateLinode {
+    /// Region ID, e.g. `us-east`.
+    pub region: String,
+    /// Type ID from `GET /linode/types`, e.g. `g6-nanode-1`.
+    pub linode_type: String,
+    /// Label; Linode requires it to be unique on the account, which makes it the handle to
+    /// find the Linode again.
+    pub label: String,
+    /// Tags (only an unrestricted user may set them); none are sent when empty.
+    pub tags: Vec<String>,
+}
+
+impl CreateLinode {
+    /// A request for an empty, unbooted Linode of `linode_type` in `region` labelled `label`.
+    pub fn new(
+        region: impl Into<String>,
+        linode_type: impl Into<String>,
+        label: impl Into<String>,
+    ) -> Self {
+        CreateLinode {
+            region: region.into(),
+            linode_type: linode_type.into(),
+            label: label.into(),
+            tags: Vec::new(),
+        }
+    }
+
+    /// Adds tags.
+    #[must_use]
+    pub fn tags(mut self, tags: impl IntoIterator<Item = impl Into<String>>) -> Self {
+        self.tags.extend(tags.into_iter().map(Into::into));
+        self
+    }
+
+    /// The JSON body Linode expects.
+    pub(crate) fn body(&self) -> serde_json::Value {
+        let wire = CreateLinodeWire {
+            region: &self.region,
+            linode_type: &self.linode_type,
+            label: &self.label,
+            tags: &self.tags,
+            booted: false,
+            interface_generation: "legacy_config",
+        };
+        serde_json::json!(wire)
+    }
+}
+
+#[derive(Serialize)]
+struct CreateLinodeWire<'a> {
+    region: &'a str,
+    #[serde(rename = "type")]
+    linode_type: &'a str,
+    label: &'a str,
+    #[serde(skip_serializing_if = "<[String]>::is_empty")]
+    tags: &'a [String],
+    booted: bool,
+    interface_generation: &'static str,
+}
+
+/// The prefix length of a new IPv6 range.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Ipv6Prefix {
+    /// A `/64`.
+    Len64,
+    /// A `/56`.
+    Len56,
+}
+
+impl Ipv6Prefix {
+    /// The length in bits.
+    pub fn bits(self) -> u8 {
+        match self {
+            Ipv6Prefix::Len64 => 64,
+            Ipv6Prefix::Len56 => 56,
+        }
+    }
+}
+
+impl TryFrom<u8> for Ipv6Prefix {
+    type Error = u8;
+
+    /// 64 or 56; any other length is given back.
+    fn try_from(bits: u8) -> Result<Self, u8> {
+        match bits {
+            64 => Ok(Ipv6Prefix::Len64),
+            56 => Ok(Ipv6Prefix::Len56),
+            other => Err(other),
+        }
+    }
+}
+
+/// The answer of `POST /networking/ipv6/ranges`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewIpv6Range {
+    /// The range's base address.
+    pub range: Ipv6Addr,
+    /// Its prefix length.
+    pub prefix: u8,
+    /// The SLAAC address it is routed to.
+    pub route_target: Option<Ipv6Addr>,
+}
+
+impl<'de> Deserialize<'de> for NewIpv6Range {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        struct Wire {
+            range: String,
+            #[serde(default, deserialize_with = "de::opt_addr")]
+            route_target: Option<Ipv6Addr>,
+        }
+        let wire = Wire::deserialize(d)?;
+        // Linode sends `base/len`; without the length the range is unusable.
+        let parsed = wire.range.split_once('/').and_then(|(base, len)| {
+            Some((base.parse::<Ipv6Addr>().ok()?, len.parse::<u8>().ok()?))
+        });
+        match parsed {
+            Some((range, prefix)) if prefix <= 128 => Ok(NewIpv6Range {
+                range,
+                prefix,
+                route_target: wire.route_target,
+            }),
+            _ => Err(serde::de::Error::custom(format!(
+                "invalid IPv6 range {:?} (expected base/length)",
+                wire.range
+            ))),
+        }
+    }
+}
+
 /// Linode's pagination envelope (`PaginationEnvelope` + `data`).
 #[derive(Debug, Deserialize)]
 pub(crate) struct Page<T> {
@@ -418,5 +649,62 @@ mod tests {
                 serde_json::from_value(json!({"address": "2001:db8::1", "type": s})).unwrap();
             assert_eq!(a.ip_type, t);
         }
+    }
+
+    #[test]
+    fn create_linode_body_is_an_empty_unbooted_legacy_linode() {
+        let req = CreateLinode::new("us-east", "g6-nanode-1", "sharedip-holder-us-east-c1");
+        assert_eq!(
+            req.body(),
+            json!({"region": "us-east", "type": "g6-nanode-1",
+                   "label": "sharedip-holder-us-east-c1", "booted": false,
+                   "interface_generation": "legacy_config"})
+        );
+        let tagged = req.tags(["a", "b"]);
+        assert_eq!(tagged.body()["tags"], json!(["a", "b"]));
+        assert!(tagged.body().get("image").is_none());
+    }
+
+    #[test]
+    fn decodes_linode_types_with_region_prices() {
+        let t: LinodeType = serde_json::from_value(json!({
+            "id": "g6-nanode-1", "label": "Nanode 1GB", "class": "nanode", "disk": 25600,
+            "memory": 1024, "vcpus": 1, "transfer": 1000, "network_out": 1000, "gpus": 0,
+            "price": {"hourly": 0.0075, "monthly": 5.0},
+            "region_prices": [{"id": "id-cgk", "hourly": 0.009, "monthly": 6.0}],
+            "addons": {"backups": {"price": {"hourly": 0.003, "monthly": 2.0}}},
+            "successor": null
+        }))
+        .unwrap();
+        assert_eq!(t.class, LinodeClass::Nanode);
+        assert_eq!(t.price_in("us-east").unwrap().monthly, Some(5.0));
+        assert_eq!(t.price_in("id-cgk").unwrap().monthly, Some(6.0));
+        let odd: LinodeType =
+            serde_json::from_value(json!({"id": "x", "class": "quantum", "disk": null})).unwrap();
+        assert_eq!(odd.class, LinodeClass::Unknown);
+        assert_eq!(odd.price_in("us-east"), None);
+    }
+
+    #[test]
+    fn decodes_a_new_range_with_its_length_and_rejects_one_without() {
+        let r: NewIpv6Range = serde_json::from_value(json!({
+            "range": "2001:db8:100::/56", "route_target": "2001:db8::f03c:91ff:fe24:1"
+        }))
+        .unwrap();
+        assert_eq!(r.range, "2001:db8:100::".parse::<Ipv6Addr>().unwrap());
+        assert_eq!(r.prefix, 56);
+        assert!(r.route_target.is_some());
+        for bad in [
+            "2001:db8:100::",
+            "2001:db8:100::/x",
+            "192.0.2.0/24",
+            "2001:db8::/200",
+        ] {
+            let e = serde_json::from_value::<NewIpv6Range>(json!({"range": bad})).unwrap_err();
+            assert!(e.to_string().contains("invalid IPv6 range"), "{bad}: {e}");
+        }
+        assert_eq!(Ipv6Prefix::try_from(56), Ok(Ipv6Prefix::Len56));
+        assert_eq!(Ipv6Prefix::try_from(48), Err(48));
+        assert_eq!(Ipv6Prefix::Len64.bits(), 64);
     }
 }

@@ -6,7 +6,8 @@ use std::time::Duration;
 use reqwest::header::{HeaderMap, RETRY_AFTER};
 
 /// How failed attempts are retried. Only 5xx, 429 and transport errors/timeouts are retried;
-/// other 4xx never are.
+/// other 4xx never are. Calls that create or allocate are retried only after a 429 or a
+/// connection that was never made (see [`crate::LinodeClient::allocate_ipv4`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct RetryPolicy {
     /// Retries after the first attempt (0 = no retries).

@@ -496,6 +496,7 @@ async fn slow_server_times_out_after_retries() {
             other => panic!("unexpected {other:?}"),
         }
         assert!(err.is_retryable());
+        assert!(err.may_have_taken_effect());
         assert_eq!(server.requests().len(), 2);
         assert_eq!(obs.statuses(), vec![None, None]);
     })
@@ -521,8 +522,15 @@ async fn connection_refused_is_a_retried_transport_error() {
         let err = c.get_linode(1).await.unwrap_err();
         assert!(matches!(err, Error::Transport { .. }), "{err:?}");
         assert!(err.is_retryable());
+        assert!(!err.may_have_taken_effect());
         assert_eq!(err.status(), None);
         assert_eq!(obs.statuses(), vec![None, None, None]);
+
+        // No connection means Linode never saw the request: even an allocation may repeat.
+        let err = c.allocate_ipv4(1).await.unwrap_err();
+        assert!(matches!(err, Error::Transport { .. }), "{err:?}");
+        assert!(!err.may_have_taken_effect());
+        assert_eq!(obs.statuses(), vec![None; 6]);
     })
     .await
 }
