@@ -1040,12 +1040,9 @@ async fn a_handover_that_finds_no_successor_times_out() {
     rs.shutdown(None).await;
 }
 
-/// While the route servers ignore the node and its Linode's share is young, the node reports
-/// AwaitingRouteServers (not the NoSessions of an outage) and `/readyz` waits for a BGP
-/// session; once a route server answers, the node announces and is ready.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_young_share_awaits_the_route_servers_and_readyz_waits_for_a_session() {
-    let (_cp, client) = control_plane().await;
+/// Node `NODE` (Linode 4242) selected as primary of `web`, whose address the operator has just
+/// shared with that Linode.
+async fn primary_with_a_young_share(client: &kube::Client) -> Api<SharedIP> {
     let node: Node = serde_json::from_value(json!({
         "apiVersion": "v1", "kind": "Node",
         "metadata": {"name": NODE, "labels": {"role": "primary"}},
@@ -1057,15 +1054,13 @@ async fn a_young_share_awaits_the_route_servers_and_readyz_waits_for_a_session()
         .await
         .unwrap();
     let sips: Api<SharedIP> = Api::all(client.clone());
-    let obj = sharedip("web", "192.0.2.10", "primary");
     sips.patch(
         "web",
         &PatchParams::apply("test").force(),
-        &Patch::Apply(&obj),
+        &Patch::Apply(&sharedip("web", "192.0.2.10", "primary")),
     )
     .await
     .unwrap();
-    // The operator has just shared the address with this node's Linode.
     let since = k8s_openapi::jiff::Timestamp::now().to_string();
     let shared = json!({
         "apiVersion": "sharedip.io/v1alpha1", "kind": "SharedIP",
@@ -1078,6 +1073,16 @@ async fn a_young_share_awaits_the_route_servers_and_readyz_waits_for_a_session()
     )
     .await
     .unwrap();
+    sips
+}
+
+/// While the route servers ignore the node and its Linode's share is young, the node reports
+/// AwaitingRouteServers (not the NoSessions of an outage) and `/readyz` waits for a BGP
+/// session; once a route server answers, the node announces and is ready.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_young_share_awaits_the_route_servers_and_readyz_waits_for_a_session() {
+    let (_cp, client) = control_plane().await;
+    let sips = primary_with_a_young_share(&client).await;
 
     // Nobody answers yet: the route servers ignore the node.
     let addr = TcpListener::bind("[::1]:0")
@@ -1140,36 +1145,7 @@ async fn a_young_share_awaits_the_route_servers_and_readyz_waits_for_a_session()
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_wait_for_the_route_servers_turns_into_an_outage_when_the_grace_ends() {
     let (_cp, client) = control_plane().await;
-    let node: Node = serde_json::from_value(json!({
-        "apiVersion": "v1", "kind": "Node",
-        "metadata": {"name": NODE, "labels": {"role": "primary"}},
-        "spec": {"providerID": "linode://4242"},
-    }))
-    .unwrap();
-    Api::<Node>::all(client.clone())
-        .create(&PostParams::default(), &node)
-        .await
-        .unwrap();
-    let sips: Api<SharedIP> = Api::all(client.clone());
-    sips.patch(
-        "web",
-        &PatchParams::apply("test").force(),
-        &Patch::Apply(&sharedip("web", "192.0.2.10", "primary")),
-    )
-    .await
-    .unwrap();
-    let since = k8s_openapi::jiff::Timestamp::now().to_string();
-    let shared = json!({
-        "apiVersion": "sharedip.io/v1alpha1", "kind": "SharedIP",
-        "status": {"sharedWith": [{"linodeId": 4242, "node": NODE, "role": "Primary", "since": since}]},
-    });
-    sips.patch_status(
-        "web",
-        &PatchParams::apply("sharedip-operator").force(),
-        &Patch::Apply(&shared),
-    )
-    .await
-    .unwrap();
+    let sips = primary_with_a_young_share(&client).await;
 
     // Nobody answers: the route servers never accept this node.
     let addr = TcpListener::bind("[::1]:0")
