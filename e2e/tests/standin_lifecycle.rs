@@ -231,6 +231,16 @@ async fn ipv4_allocation_and_deletion_with_the_last_address_kept() {
     .await;
 }
 
+/// Creates a Nanode labelled `label` in `region` and returns its id.
+async fn create_nanode(api: &Api, region: &str, label: &str) -> u64 {
+    let body = json!({"type": "g6-nanode-1", "region": region, "label": label});
+    api.post("/v4/linode/instances", &body.to_string())
+        .await
+        .body["id"]
+        .as_u64()
+        .expect("id")
+}
+
 async fn set_knobs(api: &Api, knobs: Value) {
     let a = api
         .send(
@@ -336,13 +346,7 @@ async fn one_range_per_region_routed_to_its_linode_and_not_deletable_while_share
         );
         conforms(&spec, "POST", "/networking/ipv6/ranges", &a);
         // A new region: the first range is created, routed to the Linode's SLAAC.
-        let body = json!({"type": "g6-nanode-1", "region": "eu-west", "label": "holder-eu"});
-        let id = api
-            .post("/v4/linode/instances", &body.to_string())
-            .await
-            .body["id"]
-            .as_u64()
-            .expect("id");
+        let id = create_nanode(&api, "eu-west", "holder-eu").await;
         let a = api
             .post(
                 "/v4/networking/ipv6/ranges",
@@ -355,13 +359,7 @@ async fn one_range_per_region_routed_to_its_linode_and_not_deletable_while_share
         assert_eq!(a.body["route_target"], slaac.as_str());
         let range = a.body["range"].as_str().expect("range").to_owned();
         assert!(range.ends_with("/56"));
-        let second = json!({"type": "g6-nanode-1", "region": "eu-west", "label": "other-eu"});
-        let other = api
-            .post("/v4/linode/instances", &second.to_string())
-            .await
-            .body["id"]
-            .as_u64()
-            .expect("id");
+        let other = create_nanode(&api, "eu-west", "other-eu").await;
         let a = api
             .post(
                 "/v4/networking/ipv6/ranges",
