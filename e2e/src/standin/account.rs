@@ -13,6 +13,7 @@ use super::model::{
     prefix_mask, Ipv4Address, Ipv6Range, Linode, LinodeId, NewIpv4, NewIpv6Range, NewLinode,
     ShareKey, LINODE_STATUSES,
 };
+use super::reserved::Reservation;
 use super::sharing::{AccountIp, IpKind, SharingSnapshot};
 
 /// First ID handed out when a Linode is created without one.
@@ -50,6 +51,9 @@ pub struct Account {
     /// Linode → the addresses shared with it (its whole shared list).
     pub(crate) shared: BTreeMap<LinodeId, BTreeSet<ShareKey>>,
     pub(crate) pools: Pools,
+    /// Reserved IPv4 addresses, assigned or not. An assigned one is also in `ipv4`, owned
+    /// by its Linode like any other address.
+    pub(crate) reserved: BTreeMap<Ipv4Addr, Reservation>,
     /// What the API created and deleted.
     pub(crate) counters: Counters,
 }
@@ -117,6 +121,11 @@ impl Account {
     /// What the API created and deleted since the last reset.
     pub fn counters(&self) -> &Counters {
         &self.counters
+    }
+
+    /// Reserved IPv4 addresses by address, assigned or not.
+    pub fn reserved_ipv4(&self) -> &BTreeMap<Ipv4Addr, Reservation> {
+        &self.reserved
     }
 
     /// All IPv6 ranges by base address.
@@ -191,10 +200,11 @@ impl Account {
             || self.ranges.values().any(|r| r.overlaps(a, 128))
     }
 
+    /// The next free address of a pool: not on a Linode, not reserved, not in `taken`.
     pub(crate) fn allocate_ipv4(
         &self,
         public: bool,
-        reserved: &BTreeSet<Ipv4Addr>,
+        taken: &BTreeSet<Ipv4Addr>,
     ) -> Result<Ipv4Addr, ApiError> {
         let (base, prefix) = if public {
             self.pools.public_ipv4
@@ -207,7 +217,12 @@ impl Account {
         (2..size.saturating_sub(1))
             .filter_map(|off| u32::try_from(u64::from(start) + off).ok())
             .map(Ipv4Addr::from)
-            .find(|a| a.octets()[3] > 1 && !self.ipv4.contains_key(a) && !reserved.contains(a))
+            .find(|a| {
+                a.octets()[3] > 1
+                    && !self.ipv4.contains_key(a)
+                    && !self.reserved.contains_key(a)
+                    && !taken.contains(a)
+            })
             .ok_or_else(|| {
                 ApiError::new(
                     StatusCode::BAD_REQUEST,
@@ -269,6 +284,7 @@ impl Account {
                     "ipv4",
                 ));
             }
+            self.check_reserved_region(a, &spec.region)?;
             new_v4.push(Ipv4Address {
                 address: a,
                 linode_id: id,
@@ -329,6 +345,7 @@ impl Account {
                 "address",
             ));
         }
+        self.check_reserved_region(spec.address, &owner.region)?;
         let public = spec.public.unwrap_or(!spec.address.is_private());
         let rdns = spec
             .rdns
@@ -488,7 +505,8 @@ impl Account {
         Ok(changed)
     }
 
-    /// Deletes a Linode with its addresses, ranges and shares.
+    /// Deletes a Linode with its addresses, ranges and shares. Its reserved addresses leave
+    /// it but stay on the account, unassigned (as recorded at Linode).
     pub fn delete_linode(&mut self, id: LinodeId) -> Result<(), ApiError> {
         self.linode(id)?;
         let gone: BTreeSet<ShareKey> = self

@@ -68,6 +68,7 @@ pub(crate) fn routes() -> Router<Arc<App>> {
             "/networking/ipv6/ranges/{range}",
             get(get_range).delete(delete_range),
         )
+        .merge(super::reserved::routes())
         .method_not_allowed_fallback(|| async { ApiError::method_not_allowed() })
 }
 
@@ -136,7 +137,7 @@ pub(crate) async fn api_layer(State(app): State<Arc<App>>, req: Request, next: N
     resp
 }
 
-fn parse_body(body: &Bytes) -> Result<Value, ApiError> {
+pub(crate) fn parse_body(body: &Bytes) -> Result<Value, ApiError> {
     serde_json::from_slice(body).map_err(|_| ApiError::invalid_json())
 }
 
@@ -203,7 +204,8 @@ fn path_ip(raw: &str) -> Result<IpAddr, ApiError> {
     raw.parse().map_err(|_| ApiError::not_found())
 }
 
-fn list(
+/// A paginated, filtered list answer.
+pub(crate) fn list(
     headers: &HeaderMap,
     q: &HashMap<String, String>,
     filterable: &[&str],
@@ -293,7 +295,7 @@ fn linode_address(a: &Account, id: LinodeId, ip: IpAddr) -> Result<Value, ApiErr
             if rec.linode_id == id
                 || a.shared_list(id).any(|k| *k == ShareKey::V4(rec.address)) =>
         {
-            Ok(render::ipv4(rec, V4Schema::IpAddress))
+            Ok(render::account_ipv4(a, rec, V4Schema::IpAddress))
         }
         Some(Lookup::Slaac(o)) if o.id == l.id => Ok(render::slaac(l, true, false)),
         Some(Lookup::LinkLocal(o)) if o.id == l.id => Ok(render::link_local(l, true)),
@@ -383,8 +385,15 @@ async fn list_ips(
             .ipv4
             .values()
             .filter(|r| r.public)
-            .map(|r| render::ipv4(r, V4Schema::IpAddress))
+            .map(|r| render::account_ipv4(a, r, V4Schema::IpAddress))
             .collect();
+        // Reserved addresses on no Linode are listed too, as recorded at Linode.
+        items.extend(
+            a.reserved
+                .values()
+                .filter(|r| !a.ipv4.contains_key(&r.address))
+                .map(|r| super::reserved::render(a, r)),
+        );
         items.extend(
             a.linodes
                 .values()
@@ -414,10 +423,18 @@ async fn allocate_ip(State(app): State<Arc<App>>, body: Bytes) -> ApiResult {
 
 fn account_address(a: &Account, ip: IpAddr) -> Result<Value, ApiError> {
     match a.lookup(ip) {
-        Some(Lookup::V4(rec)) => Ok(render::ipv4(rec, V4Schema::IpAddress)),
+        Some(Lookup::V4(rec)) => Ok(render::account_ipv4(a, rec, V4Schema::IpAddress)),
         Some(Lookup::Slaac(l)) => Ok(render::slaac(l, true, false)),
         Some(Lookup::LinkLocal(l)) => Ok(render::link_local(l, true)),
-        None => Err(ApiError::not_found()),
+        None => match ip {
+            // A reserved address on no Linode.
+            IpAddr::V4(v4) => a
+                .reserved
+                .get(&v4)
+                .map(|r| super::reserved::render(a, r))
+                .ok_or_else(ApiError::not_found),
+            IpAddr::V6(_) => Err(ApiError::not_found()),
+        },
     }
 }
 

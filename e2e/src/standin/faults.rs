@@ -171,6 +171,14 @@ pub struct AllocationKnobs {
     /// `POST /linode/instances` is refused with this until cleared.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub linode_create_failure: Option<ShareFailure>,
+    /// The account has no access to reserved IPs: every `/networking/reserved/ips` call gets
+    /// 404 [`super::reserved::RESERVED_IPS_DENIED_REASON`].
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub reserved_ips_denied: bool,
+    /// The account holds at most this many reserved IPv4 addresses; reserving beyond it is
+    /// refused with [`super::reserved::RESERVED_IPV4_LIMIT_REASON`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reserved_ipv4_limit: Option<u32>,
 }
 
 /// The refusal of an extra public IPv4 address. The spec only says a support ticket is

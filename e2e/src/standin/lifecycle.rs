@@ -26,7 +26,8 @@ pub struct Counters {
     pub ipv4_allocated: u64,
     /// `DELETE /linode/instances/{linodeId}/ips/{address}` that succeeded.
     pub ipv4_deleted: u64,
-    /// IPv4 addresses that went away with a deleted Linode (its own ones included).
+    /// IPv4 addresses that went away with a deleted Linode (its own ones included; reserved
+    /// ones stay on the account and are not counted).
     pub ipv4_removed_with_linodes: u64,
     /// `POST /networking/ipv6/ranges` that succeeded.
     pub ranges_created: u64,
@@ -36,6 +37,12 @@ pub struct Counters {
     pub ranges_removed_with_linodes: u64,
     /// Addresses moved by `POST /networking/ips/assign`.
     pub ips_assigned: u64,
+    /// `POST /networking/reserved/ips` that succeeded.
+    #[serde(default)]
+    pub ipv4_reserved: u64,
+    /// `DELETE /networking/reserved/ips/{address}` that succeeded.
+    #[serde(default)]
+    pub ipv4_released: u64,
 }
 
 /// One interface of a legacy configuration profile (`interfaces` of the create request).
@@ -113,7 +120,7 @@ fn required<'a>(v: &'a Option<String>, field: &str) -> Result<&'a str, ApiError>
         .ok_or_else(|| ApiError::bad_request(format!("{field} is required"), field))
 }
 
-fn valid_region(r: &str) -> bool {
+pub(crate) fn valid_region(r: &str) -> bool {
     // Linode's region IDs: `us-east`, `us-ord`, `eu-west`, `ap-south-1`, ...
     let mut parts = r.split('-');
     let cc = parts.next().unwrap_or_default();
@@ -329,6 +336,8 @@ pub struct AssignRequest {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 enum Moved {
     V4(Ipv4Addr),
+    /// A reserved address that is on no Linode yet.
+    Unassigned(Ipv4Addr),
     Range(Ipv6Addr),
 }
 
@@ -382,7 +391,11 @@ impl Account {
 
     /// `DELETE /linode/instances/{linodeId}`, counted.
     pub fn delete_linode_api(&mut self, id: LinodeId) -> Result<(), ApiError> {
-        let v4 = self.owned_ipv4(id).len() as u64;
+        let v4 = self
+            .owned_ipv4(id)
+            .iter()
+            .filter(|a| !self.is_reserved(a.address))
+            .count() as u64;
         let ranges = self.owned_ranges(id).len() as u64;
         self.delete_linode(id)?;
         self.counters.linodes_deleted += 1;
@@ -438,6 +451,18 @@ impl Account {
                         rec.linode_id = *to;
                     }
                 }
+                Moved::Unassigned(a) => {
+                    next.ipv4.insert(
+                        *a,
+                        Ipv4Address {
+                            address: *a,
+                            linode_id: *to,
+                            region: req.region.clone(),
+                            public: true,
+                            rdns: Some(Ipv4Address::default_rdns(*a)),
+                        },
+                    );
+                }
                 Moved::Range(b) => {
                     if let Some(r) = next.ranges.get_mut(b) {
                         involved.insert(r.linode_id);
@@ -466,13 +491,16 @@ impl Account {
             )));
         }
         let (moved, key, from_region) = if let Ok(IpAddr::V4(v4)) = a.address.parse() {
-            let rec = self.ipv4.get(&v4).ok_or_else(|| {
-                assign_error(format!(
-                    "{} is not an IPv4 address on your account",
-                    a.address
-                ))
-            })?;
-            (Moved::V4(v4), ShareKey::V4(v4), rec.region.as_str())
+            match (self.ipv4.get(&v4), self.reserved.get(&v4)) {
+                (Some(rec), _) => (Moved::V4(v4), ShareKey::V4(v4), rec.region.as_str()),
+                (None, Some(r)) => (Moved::Unassigned(v4), ShareKey::V4(v4), r.region.as_str()),
+                (None, None) => {
+                    return Err(assign_error(format!(
+                        "{} is not an IPv4 address on your account",
+                        a.address
+                    )))
+                }
+            }
         } else {
             let (base, prefix) = Self::parse_range(&a.address).map_err(|_| {
                 assign_error(format!(

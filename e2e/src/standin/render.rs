@@ -93,6 +93,17 @@ pub fn ipv4(a: &Ipv4Address, schema: V4Schema) -> Value {
     Value::Object(m)
 }
 
+/// An IPv4 address of the account as [`ipv4`] renders it, plus `reserved: true` when it is a
+/// reserved address. Ordinary addresses keep the spec's fields only: Linode sends
+/// `reserved: false` on them, but the spec subsets predate the field.
+pub fn account_ipv4(acct: &Account, a: &Ipv4Address, schema: V4Schema) -> Value {
+    let mut v = ipv4(a, schema);
+    if let (Some(obj), true) = (v.as_object_mut(), acct.is_reserved(a.address)) {
+        obj.insert("reserved".into(), json!(true));
+    }
+    v
+}
+
 /// The SLAAC address as `IPAddressV6Slaac` (and, with `nullable_rdns`, as `IPAddress`).
 pub fn slaac(l: &Linode, nullable_rdns: bool, skip_rdns: bool) -> Value {
     let mut v = json!({
@@ -168,7 +179,7 @@ pub fn linode_ips(acct: &Account, l: &Linode) -> Value {
     let public: Vec<Value> = owned
         .iter()
         .filter(|a| a.public)
-        .map(|a| ipv4(a, V4Schema::IpAddress))
+        .map(|a| account_ipv4(acct, a, V4Schema::IpAddress))
         .collect();
     let private: Vec<Value> = owned
         .iter()
@@ -185,7 +196,7 @@ pub fn linode_ips(acct: &Account, l: &Linode) -> Value {
         match key {
             ShareKey::V4(a) => {
                 if let Some(rec) = acct.ipv4.get(a) {
-                    shared.push(ipv4(rec, V4Schema::IpAddress));
+                    shared.push(account_ipv4(acct, rec, V4Schema::IpAddress));
                 }
             }
             // A range shared with this Linode shows up in its `ipv6.global` with the

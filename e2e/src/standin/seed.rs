@@ -22,6 +22,10 @@
 //! sharing:                      # each entry is one share call (same validation)
 //!   - linode_id: 101
 //!     ips: ["192.0.2.10", "2001:db8:100::"]
+//! reserved_ipv4:                # applied first; an address listed under a Linode or
+//!   - address: 192.0.2.20       # `ipv4:` too is assigned to it (same region)
+//!     region: us-east
+//!     tags: [sharedip]          # optional
 //! ```
 //!
 //! Unknown keys are rejected. A seed applies all or nothing.
@@ -33,6 +37,7 @@ use serde::{Deserialize, Serialize};
 use super::account::Account;
 use super::error::{ApiError, StandInError};
 use super::model::{LinodeId, NewIpv4, NewIpv6Range, NewLinode};
+use super::reserved::Reservation;
 
 /// One share call of a seed.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -60,6 +65,9 @@ pub struct Seed {
     /// Share calls, applied last.
     #[serde(default)]
     pub sharing: Vec<SeedShare>,
+    /// Reserved IPv4 addresses (experimental), applied first.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub reserved_ipv4: Vec<Reservation>,
 }
 
 impl Seed {
@@ -83,6 +91,9 @@ impl Seed {
     /// Applies the seed to `acct`. On error `acct` may be partly changed: callers apply
     /// to a copy (as [`super::StandInState::apply_seed`] does).
     pub fn apply(&self, acct: &mut Account) -> Result<(), ApiError> {
+        for r in &self.reserved_ipv4 {
+            acct.add_reservation(r)?;
+        }
         for l in &self.linodes {
             acct.create_linode(l)?;
         }
@@ -149,6 +160,7 @@ impl Seed {
             ipv4,
             ipv6_ranges,
             sharing,
+            reserved_ipv4: acct.reserved.values().cloned().collect(),
         }
     }
 }
