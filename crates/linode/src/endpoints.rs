@@ -21,6 +21,10 @@ pub const IPS_SHARE: &str = "/networking/ips/share";
 pub const IPV6_RANGES: &str = "/networking/ipv6/ranges";
 /// `GET`/`DELETE /networking/ipv6/ranges/{range}`.
 pub const IPV6_RANGE: &str = "/networking/ipv6/ranges/{range}";
+/// `GET /networking/reserved/ips` (paginated), `POST /networking/reserved/ips`. Experimental.
+pub const RESERVED_IPS: &str = "/networking/reserved/ips";
+/// `DELETE /networking/reserved/ips/{address}`. Experimental.
+pub const RESERVED_IP: &str = "/networking/reserved/ips/{address}";
 
 /// Every template above.
 pub const ALL: &[&str] = &[
@@ -34,4 +38,6 @@ pub const ALL: &[&str] = &[
     IPS_SHARE,
     IPV6_RANGES,
     IPV6_RANGE,
+    RESERVED_IPS,
+    RESERVED_IP,
 ];

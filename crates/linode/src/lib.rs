@@ -24,6 +24,9 @@
 //!   create or allocate are retried only when Linode certainly did nothing (429, no
 //!   connection): a repeat after a lost answer would allocate twice.
 //! - Lists follow `pages` and accept an `X-Filter`.
+//! - Reserved IPv4 addresses ([`LinodeClient::reserve_ipv4`] and its siblings) are
+//!   experimental: modelled on recorded traffic, granted per account, and not known to be
+//!   shareable.
 //! - [`ApiObserver`] sees every HTTP attempt, for metrics.
 
 // Unit tests may be long: a scenario reads best in one piece. Product code is held to the
@@ -40,6 +43,7 @@ mod error;
 mod filter;
 mod models;
 mod observer;
+mod reserved;
 mod retry;
 mod token;
 
@@ -54,5 +58,6 @@ pub use models::{
     LinodeIps, LinodeIpv4, LinodeIpv6, LinodeStatus, LinodeType, NewIpv6Range, Price, RegionPrice,
 };
 pub use observer::ApiObserver;
+pub use reserved::{AssignedEntity, ReservedIp, RESERVED_IPS_DENIED_REASON};
 pub use retry::RetryPolicy;
 pub use token::{Token, TokenFileState, TokenSource};

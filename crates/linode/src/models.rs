@@ -109,6 +109,10 @@ pub struct IpAddress {
     /// Region.
     #[serde(default, deserialize_with = "de::null_default")]
     pub region: String,
+    /// A reserved address (experimental, see [`crate::ReservedIp`]). Not in the spec
+    /// subsets; absent means not reserved.
+    #[serde(default, deserialize_with = "de::null_default")]
+    pub reserved: bool,
 }
 
 /// `IPAddress.type`.
