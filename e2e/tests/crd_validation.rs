@@ -1,11 +1,11 @@
 //! The CRD's OpenAPI and CEL validation, through a real kube-apiserver: every bad spec is
 //! rejected at apply time with a message a user understands, and good specs are accepted.
 
-use kube::api::{Api, DynamicObject, PostParams};
+use kube::api::{Api, DynamicObject, Patch, PatchParams, PostParams};
 use kube::core::{ApiResource, GroupVersionKind};
 use kube::CustomResourceExt;
 use serde_json::{json, Value};
-use sharedip_api::SharedIP;
+use sharedip_api::{address, AddressFamily, SharedIP};
 use sharedip_e2e::controlplane::ControlPlane;
 
 fn api(cp: &ControlPlane) -> Api<DynamicObject> {
@@ -43,6 +43,17 @@ async fn create(cp: &ControlPlane, name: &str, spec: Value) -> Result<(), String
         .create(&PostParams::default(), &object(name, spec))
         .await
     {
+        Ok(_) => Ok(()),
+        Err(kube::Error::Api(s)) => Err(s.message),
+        Err(e) => panic!("unexpected client error: {e}"),
+    }
+}
+
+/// Merges `spec` into the SharedIP's spec (a null removes a field), as `kubectl patch --type
+/// merge` does.
+async fn update(cp: &ControlPlane, name: &str, spec: Value) -> Result<(), String> {
+    let patch = Patch::Merge(json!({"spec": spec}));
+    match api(cp).patch(name, &PatchParams::default(), &patch).await {
         Ok(_) => Ok(()),
         Err(kube::Error::Api(s)) => Err(s.message),
         Err(e) => panic!("unexpected client error: {e}"),
@@ -394,4 +405,186 @@ async fn rejects_bad_label_selectors_and_accepts_good_ones() {
             .await
             .unwrap_or_else(|m| panic!("{name} rejected: {m}"));
     }
+}
+
+/// A spec without an address, plus `extra`.
+fn unaddressed(extra: Value) -> Value {
+    let mut s = json!({
+        "primary": {"nodeSelector": {"matchLabels": {"sharedip.io/role": "primary"}}},
+    });
+    if let (Some(s), Some(extra)) = (s.as_object_mut(), extra.as_object()) {
+        s.extend(extra.clone());
+    }
+    s
+}
+
+/// The fields of an address the operator allocates: `spec.address` may be left unset,
+/// `spec.family` and `spec.prefix` then say what to allocate, and `spec.allocatedAddress` is
+/// written once and then fixed.
+#[tokio::test]
+async fn allocation_fields_are_checked_at_admission() {
+    let cp = tokio::time::timeout(std::time::Duration::from_secs(240), start())
+        .await
+        .expect("control plane within 240 s");
+    let ipv4_prefix = address::prefix_message(AddressFamily::IPv4);
+    let ipv6_prefix = address::prefix_message(AddressFamily::IPv6);
+    let cases: Vec<(&str, Value, &str)> = vec![
+        (
+            "given-and-allocated",
+            unaddressed(json!({"address": "192.0.2.10", "allocatedAddress": "192.0.2.20"})),
+            address::EXCLUSIVE_MESSAGE,
+        ),
+        (
+            "family-mismatch",
+            unaddressed(json!({"address": "192.0.2.10", "family": "IPv6"})),
+            address::FAMILY_MESSAGE,
+        ),
+        (
+            "family-mismatch-allocated",
+            unaddressed(json!({"allocatedAddress": "2001:db8:1:2::", "family": "IPv4"})),
+            address::FAMILY_MESSAGE,
+        ),
+        (
+            "ipv4-family-prefix-64",
+            unaddressed(json!({"family": "IPv4", "prefix": 64})),
+            ipv4_prefix,
+        ),
+        (
+            "default-family-prefix-64",
+            unaddressed(json!({"prefix": 64})),
+            ipv4_prefix,
+        ),
+        (
+            "ipv6-family-prefix-48",
+            unaddressed(json!({"family": "IPv6", "prefix": 48})),
+            ipv6_prefix,
+        ),
+        (
+            "allocated-prefix",
+            unaddressed(json!({"allocatedAddress": "192.0.2.20", "prefix": 56})),
+            ipv4_prefix,
+        ),
+        (
+            "allocated-loopback",
+            unaddressed(json!({"allocatedAddress": "127.0.0.1"})),
+            "spec.allocatedAddress must not be a loopback address",
+        ),
+        (
+            "allocated-with-length",
+            unaddressed(json!({"allocatedAddress": "192.0.2.20/32"})),
+            "spec.allocatedAddress must be an IPv4 or IPv6 address",
+        ),
+        (
+            "bad-reclaim-policy",
+            unaddressed(json!({"reclaimPolicy": "Keep"})),
+            "spec.reclaimPolicy: Unsupported value: \"Keep\": supported values: \"Delete\", \"Retain\"",
+        ),
+        (
+            "bad-family",
+            unaddressed(json!({"family": "ipv4"})),
+            "spec.family: Unsupported value: \"ipv4\"",
+        ),
+    ];
+    let mut failures = Vec::new();
+    for (name, s, expected) in &cases {
+        match create(&cp, name, s.clone()).await {
+            Ok(()) => failures.push(format!(
+                "{name}: accepted, expected rejection with {expected:?}"
+            )),
+            Err(msg) if msg.contains(expected) => {}
+            Err(msg) => failures.push(format!("{name}: message {msg:?} lacks {expected:?}")),
+        }
+    }
+    assert!(
+        failures.is_empty(),
+        "validation mismatches:\n{}",
+        failures.join("\n")
+    );
+
+    let good: Vec<(&str, Value)> = vec![
+        ("ok-unaddressed", unaddressed(json!({}))),
+        (
+            "ok-v6-56",
+            unaddressed(json!({"family": "IPv6", "prefix": 56})),
+        ),
+        (
+            "ok-v4-retain",
+            unaddressed(json!({"family": "IPv4", "prefix": 32, "reclaimPolicy": "Retain"})),
+        ),
+        (
+            "ok-given-family",
+            unaddressed(
+                json!({"address": "2001:db8:1:2::1", "family": "IPv6", "reclaimPolicy": "Delete"}),
+            ),
+        ),
+        (
+            "ok-restored",
+            unaddressed(json!({"allocatedAddress": "2001:db8:1:200::", "prefix": 56})),
+        ),
+    ];
+    for (name, s) in good {
+        create(&cp, name, s)
+            .await
+            .unwrap_or_else(|m| panic!("{name} rejected: {m}"));
+    }
+    // Nothing is defaulted: the family and policy left unset stay unset, so a later address
+    // of either family agrees with the spec.
+    let typed: Api<SharedIP> = Api::all(cp.client());
+    let o = typed
+        .get("ok-unaddressed")
+        .await
+        .expect("get ok-unaddressed");
+    assert_eq!(
+        (o.spec.address, o.spec.family, o.spec.reclaim_policy),
+        (None, None, None)
+    );
+
+    // The operator writes the address it allocated once; then it stays.
+    update(
+        &cp,
+        "ok-unaddressed",
+        json!({"allocatedAddress": "192.0.2.20"}),
+    )
+    .await
+    .unwrap_or_else(|m| panic!("first allocatedAddress rejected: {m}"));
+    let o = typed
+        .get("ok-unaddressed")
+        .await
+        .expect("get ok-unaddressed");
+    assert_eq!(o.spec.allocated_address.as_deref(), Some("192.0.2.20"));
+    let updates: Vec<(&str, Value, &str)> = vec![
+        (
+            "changed",
+            json!({"allocatedAddress": "192.0.2.21"}),
+            address::ALLOCATED_FIXED_MESSAGE,
+        ),
+        (
+            "removed",
+            json!({"allocatedAddress": null}),
+            address::ALLOCATED_FIXED_MESSAGE,
+        ),
+        (
+            "address-added",
+            json!({"address": "192.0.2.10"}),
+            address::EXCLUSIVE_MESSAGE,
+        ),
+    ];
+    for (what, patch, expected) in &updates {
+        match update(&cp, "ok-unaddressed", patch.clone()).await {
+            Ok(()) => failures.push(format!(
+                "{what}: accepted, expected rejection with {expected:?}"
+            )),
+            Err(msg) if msg.contains(expected) => {}
+            Err(msg) => failures.push(format!("{what}: message {msg:?} lacks {expected:?}")),
+        }
+    }
+    assert!(
+        failures.is_empty(),
+        "update mismatches:\n{}",
+        failures.join("\n")
+    );
+    // Other fields still change.
+    update(&cp, "ok-unaddressed", json!({"reclaimPolicy": "Retain"}))
+        .await
+        .unwrap_or_else(|m| panic!("reclaimPolicy change rejected: {m}"));
 }

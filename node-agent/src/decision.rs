@@ -748,7 +748,7 @@ mod tests {
     #[test]
     fn invalid_specs() {
         let mut s = base();
-        s.address = "not-an-ip".into();
+        s.address = Some("not-an-ip".into());
         let d = go(&s, &[("role", "primary")]);
         assert_eq!(d.reason, Reason::InvalidSpec);
         assert_eq!(d.role, Some(Role::Primary));
@@ -967,10 +967,10 @@ mod tests {
     #[test]
     fn ipv6_prefixes() {
         let mut s = base();
-        s.address = "2001:db8:1:2::1".into();
+        s.address = Some("2001:db8:1:2::1".into());
         let t = go(&s, &[("role", "primary")]).target.unwrap();
         assert_eq!(t.address().to_string(), "2001:db8:1:2::/64");
-        s.address = "2001:db8:1:2ff::1".into();
+        s.address = Some("2001:db8:1:2ff::1".into());
         s.prefix = Some(56);
         let t = go(&s, &[("role", "primary")]).target.unwrap();
         assert_eq!(t.address().to_string(), "2001:db8:1:200::/56");

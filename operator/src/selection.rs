@@ -185,8 +185,11 @@ mod tests {
 
     fn spec() -> SharedIPSpec {
         SharedIPSpec {
-            address: "192.0.2.10".into(),
+            address: Some("192.0.2.10".into()),
+            allocated_address: None,
+            family: None,
             prefix: None,
+            reclaim_policy: None,
             primary: selector("role", "a"),
             secondary: Some(selector("tier", "edge")),
             failback: true,

@@ -150,7 +150,7 @@ pub(crate) async fn write_status(
     update: StatusUpdate,
 ) -> Result<(), kube::Error> {
     let prev = sip.status.clone().unwrap_or_default();
-    let next = next_status(&prev, sip.metadata.generation, update, Timestamp::now());
+    let next = next_status(sip, &prev, update, Timestamp::now());
     if unchanged(&prev, &next) {
         return Ok(());
     }
@@ -169,13 +169,14 @@ pub(crate) async fn write_status(
     Ok(())
 }
 
-/// The operator's part of the status after `update`, from the status it has now.
+/// The operator's part of `sip`'s status after `update`, from the status it has now (`prev`).
 fn next_status(
+    sip: &SharedIP,
     prev: &SharedIPStatus,
-    generation: Option<i64>,
     update: StatusUpdate,
     now: Timestamp,
 ) -> SharedIPStatus {
+    let generation = sip.metadata.generation;
     let announced = announced_condition(&prev.nodes, &update.selected);
     let ready = ready_condition(&update.ready, &announced);
     let conds = conditions::merge(
@@ -199,6 +200,9 @@ fn next_status(
     excluded.sort();
     SharedIPStatus {
         observed_generation: generation,
+        // Every write names the address in use, whatever else it reports: `kubectl get` shows
+        // it, given or allocated.
+        address: sip.spec.address_in_use().map(str::to_string),
         conditions: mine,
         primary: update.primary,
         secondary: update.secondary,
@@ -215,6 +219,7 @@ fn next_status(
 /// Whether writing `next` would leave the operator's part of `prev` as it is.
 fn unchanged(prev: &SharedIPStatus, next: &SharedIPStatus) -> bool {
     prev.observed_generation == next.observed_generation
+        && prev.address == next.address
         && prev.primary == next.primary
         && prev.secondary == next.secondary
         && prev.owner == next.owner

@@ -9,8 +9,8 @@
 //! sweep, at leader start and then periodically, unshares from each Linode in the ledger:
 //!
 //! - every recorded address, when the Linode is no longer behind any Node of the cluster;
-//! - a recorded address that no SharedIP of the cluster has any more (no spec address overlaps
-//!   it).
+//! - a recorded address that no SharedIP of the cluster has any more (no address in use,
+//!   given or allocated, overlaps it).
 //!
 //! Everything else recorded is left to the reconciler, which knows exactly where a current
 //! SharedIP wants its address. Only ledger Linodes are touched and only recorded addresses are

@@ -382,8 +382,9 @@ impl Uninstall {
             .filter(|c| c.type_ == conditions::READY || c.type_ == conditions::SHARED)
             .collect();
         // The operator's field manager: what it wrote (sharedWith, primary, owner…) and is not
-        // in this patch goes, the agents' entries stay.
-        let patch = json!({
+        // in this patch goes, the agents' entries stay. The address stays: it is still the
+        // SharedIP's, and `kubectl get` shows it.
+        let mut patch = json!({
             "apiVersion": "sharedip.io/v1alpha1",
             "kind": "SharedIP",
             "status": {
@@ -392,6 +393,9 @@ impl Uninstall {
                 "sharedLinodeCount": 0,
             },
         });
+        if let Some(address) = sip.spec.address_in_use() {
+            patch["status"]["address"] = json!(address);
+        }
         let written = self
             .api
             .patch_status(
@@ -416,7 +420,7 @@ impl Uninstall {
         let addr = status
             .shared_address
             .clone()
-            .unwrap_or_else(|| sip.spec.address.clone());
+            .or_else(|| sip.spec.address_in_use().map(str::to_string));
         let from: Vec<String> = status
             .shared_with
             .iter()
@@ -430,14 +434,7 @@ impl Uninstall {
         let ev = Event {
             type_: EventType::Normal,
             reason: REASON_UNINSTALLED.into(),
-            note: Some(if from.is_empty() {
-                format!("sharedip was uninstalled; {addr} stays in the Linode account")
-            } else {
-                format!(
-                    "sharedip was uninstalled: unshared {addr} from Linode(s) {}; it stays in the Linode account",
-                    from.join(", ")
-                )
-            }),
+            note: Some(uninstalled_note(addr.as_deref(), &from)),
             action: "Uninstall".into(),
             secondary: None,
         };
@@ -491,6 +488,21 @@ impl Uninstall {
     }
 }
 
+/// The note of the `Uninstalled` event: the address (None: the SharedIP had none yet) and the
+/// Linodes it was unshared from.
+fn uninstalled_note(addr: Option<&str>, from: &[String]) -> String {
+    match (addr, from.is_empty()) {
+        (None, _) => "sharedip was uninstalled; this SharedIP had no address yet".to_string(),
+        (Some(addr), true) => {
+            format!("sharedip was uninstalled; {addr} stays in the Linode account")
+        }
+        (Some(addr), false) => format!(
+            "sharedip was uninstalled: unshared {addr} from Linode(s) {}; it stays in the Linode account",
+            from.join(", ")
+        ),
+    }
+}
+
 /// The outcome of writing an uninstalled SharedIP's status.
 enum Marked {
     /// Written; the SharedIP's new resourceVersion.
@@ -532,5 +544,22 @@ mod tests {
         }))
         .unwrap();
         assert!(status_pairs(&bare).is_empty());
+    }
+
+    #[test]
+    fn the_uninstall_note_names_the_address_if_there_is_one() {
+        assert_eq!(
+            uninstalled_note(Some("192.0.2.10"), &["101".into(), "102".into()]),
+            "sharedip was uninstalled: unshared 192.0.2.10 from Linode(s) 101, 102; it stays in \
+             the Linode account"
+        );
+        assert_eq!(
+            uninstalled_note(Some("192.0.2.10"), &[]),
+            "sharedip was uninstalled; 192.0.2.10 stays in the Linode account"
+        );
+        assert_eq!(
+            uninstalled_note(None, &[]),
+            "sharedip was uninstalled; this SharedIP had no address yet"
+        );
     }
 }

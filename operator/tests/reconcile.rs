@@ -49,6 +49,13 @@ async fn create_update_delete() {
             Some("32"),
             "{wide:?}"
         );
+        // The Address column reads the address in use from the status.
+        assert_eq!(status.address.as_deref(), Some("192.0.2.10"));
+        assert_eq!(
+            wide.get("ADDRESS").map(String::as_str),
+            Some("192.0.2.10"),
+            "{wide:?}"
+        );
         assert!(sip
             .metadata
             .finalizers

@@ -197,7 +197,7 @@ async fn uninstall_unshares_and_lets_go_and_install_again_shares_again() {
             "only reads and share calls: {deletes:?}"
         );
         // The SharedIPs stay, let go: no finalizer of ours, status says why.
-        for name in ["web", "v6"] {
+        for (name, address) in [("web", "192.0.2.10"), ("v6", "2001:db8:1:2::")] {
             let sip = env.get(name).await.expect("the SharedIP stays");
             let f = sip.metadata.finalizers.clone().unwrap_or_default();
             assert!(
@@ -206,6 +206,8 @@ async fn uninstall_unshares_and_lets_go_and_install_again_shares_again() {
             );
             let st = sip.status.expect("status");
             assert!(st.shared_with.is_empty(), "{name}: {:?}", st.shared_with);
+            // Still its address: `kubectl get` goes on showing it.
+            assert_eq!(st.address.as_deref(), Some(address), "{name}");
             let ready = st
                 .conditions
                 .iter()

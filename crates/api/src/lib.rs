@@ -26,3 +26,7 @@ pub const FINALIZER: &str = "sharedip.io/unshare";
 pub const DRAIN_ANNOTATION: &str = "sharedip.io/drain";
 /// Standard node label carrying the Linode region (the data center).
 pub const REGION_LABEL: &str = "topology.kubernetes.io/region";
+/// Annotation the operator writes on a SharedIP before it asks Linode for an address, so an
+/// allocation interrupted by a crash is found and finished (or undone) rather than repeated.
+/// Do not edit it.
+pub const ALLOCATION_INTENT_ANNOTATION: &str = "sharedip.io/allocation-intent";

@@ -171,8 +171,11 @@ mod tests {
 
     fn spec(address: &str, secondary: bool) -> SharedIPSpec {
         SharedIPSpec {
-            address: address.to_string(),
+            address: Some(address.to_string()),
+            allocated_address: None,
+            family: None,
             prefix: None,
+            reclaim_policy: None,
             primary: selector("role", "edge"),
             secondary: secondary.then(|| selector("zone", "a")),
             failback: true,
@@ -308,5 +311,21 @@ mod tests {
         assert!(earlier_claimant(&new, [&deleting, &invalid, &new]).is_none());
         // A duplicate's own invalid address is reported as invalid, not as a duplicate.
         assert!(earlier_claimant(&sip("x", "nonsense", 300), [&new]).is_none());
+    }
+
+    /// A SharedIP without an address yet claims nothing; one the operator allocated an address
+    /// for claims it as if it were given.
+    #[test]
+    fn an_allocated_address_claims_and_no_address_claims_nothing() {
+        let mut waiting = sip("waiting", "192.0.2.10", 100);
+        waiting.spec.address = None;
+        let given = sip("given", "192.0.2.10", 200);
+        assert!(earlier_claimant(&given, [&waiting, &given]).is_none());
+        assert!(earlier_claimant(&waiting, [&waiting, &given]).is_none());
+        waiting.spec.allocated_address = Some("192.0.2.10".into());
+        assert_eq!(
+            earlier_claimant(&given, [&waiting, &given]).map(|d| d.earlier.name_any()),
+            Some("waiting".into())
+        );
     }
 }

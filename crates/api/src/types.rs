@@ -21,7 +21,12 @@ use serde::{Deserialize, Serialize};
     status = "SharedIPStatus",
     derive = "PartialEq",
     doc = "A highly available shared IP on Linode: one public IPv4 address or IPv6 range that follows healthy nodes (primary first, secondary while no primary announces).",
-    printcolumn(name = "Address", type_ = "string", json_path = ".spec.address"),
+    printcolumn(
+        name = "Address",
+        type_ = "string",
+        json_path = ".status.address",
+        description = "The address in use: spec.address or spec.allocatedAddress"
+    ),
     printcolumn(
         name = "Prefix",
         type_ = "integer",
@@ -65,29 +70,50 @@ use serde::{Deserialize, Serialize};
     )
 )]
 #[x_kube(
-    validation = Rule::new("!isIP(self.address) || ip(self.address).family() != 4 || !has(self.prefix) || self.prefix == 32")
-        .message("IPv4 shared addresses must use prefix 32 (Linode shares single IPv4 addresses)")
+    validation = Rule::new(crate::address::prefix_rule(AddressFamily::IPv4))
+        .message(crate::address::prefix_message(AddressFamily::IPv4))
         .field_path(".prefix"),
-    validation = Rule::new("!isIP(self.address) || ip(self.address).family() != 6 || !has(self.prefix) || self.prefix == 64 || self.prefix == 56")
-        .message("IPv6 shared ranges must use prefix 64 or 56 (the size of the Linode IPv6 range)")
+    validation = Rule::new(crate::address::prefix_rule(AddressFamily::IPv6))
+        .message(crate::address::prefix_message(AddressFamily::IPv6))
         .field_path(".prefix"),
+    validation = Rule::new(crate::address::family_rule())
+        .message(crate::address::FAMILY_MESSAGE)
+        .field_path(".family"),
+    validation = Rule::new(crate::address::EXCLUSIVE_RULE)
+        .message(crate::address::EXCLUSIVE_MESSAGE)
+        .field_path(".address"),
+    validation = Rule::new(crate::address::ALLOCATED_FIXED_RULE)
+        .message(crate::address::ALLOCATED_FIXED_MESSAGE)
+        .field_path(".allocatedAddress"),
 )]
 #[serde(rename_all = "camelCase")]
 pub struct SharedIPSpec {
     /// The shared address: a public IPv4 address (for example 192.0.2.10) or an address inside a
     /// routed IPv6 range (for example 2001:db8:1:2::1). The address must belong to your Linode
     /// account and to the same region as the selected nodes. Nodes bind exactly this address on
-    /// their loopback (or configured) interface.
-    #[x_kube(
-        validation = Rule::new("isIP(self)").message("spec.address must be an IPv4 or IPv6 address such as 192.0.2.10 or 2001:db8::1, without a prefix length (set spec.prefix instead)"),
-        validation = Rule::new("!isIP(self) || !ip(self).isUnspecified()").message("spec.address must not be the unspecified address (0.0.0.0 or ::)"),
-        validation = Rule::new("!isIP(self) || !ip(self).isLoopback()").message("spec.address must not be a loopback address (127.0.0.0/8 or ::1)"),
-        validation = Rule::new("!isIP(self) || !(ip(self).isLinkLocalUnicast() || ip(self).isLinkLocalMulticast())").message("spec.address must not be a link-local address (unicast 169.254.0.0/16, fe80::/10; multicast 224.0.0.0/24, ff02::/16)"),
-        validation = Rule::new("!isIP(self) || !(cidr('224.0.0.0/4').containsIP(self) || cidr('ff00::/8').containsIP(self))").message("spec.address must not be a multicast address (224.0.0.0/4, ff00::/8)"),
-        validation = Rule::new("self != '255.255.255.255'").message("spec.address must not be the broadcast address 255.255.255.255"),
-    )]
-    #[schemars(length(max = 64))]
-    pub address: String,
+    /// their loopback (or configured) interface. An address given here is never deleted from the
+    /// account, whatever `reclaimPolicy` says.
+    ///
+    /// Leave unset to have the operator allocate an address on the cluster's IP holder (see
+    /// `family`, `reclaimPolicy`); it records it in `allocatedAddress`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "crate::address::address_schema")]
+    pub address: Option<String>,
+
+    /// The address the operator allocated for this SharedIP, when `address` is unset. Written
+    /// once by the operator, like a Service's clusterIP, and fixed from then on: it is part of
+    /// the spec, not the status, so a SharedIP re-created from a backup (or restored with its
+    /// manifest) keeps its address. Set it yourself only to restore a SharedIP with the address
+    /// it had.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "crate::address::allocated_address_schema")]
+    pub allocated_address: Option<String>,
+
+    /// The family of the address the operator allocates when `address` is unset: IPv4 (the
+    /// default; a single address) or IPv6 (a routed range, /64 unless `prefix` is 56). When
+    /// `address` or `allocatedAddress` is set, it must be their family.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub family: Option<AddressFamily>,
 
     /// Prefix length of the shared range: 32 for IPv4 (the only size Linode shares), 64 or 56 for
     /// an IPv6 range. Defaults to 32 for IPv4 and 64 for IPv6. It is announced to the route
@@ -95,6 +121,15 @@ pub struct SharedIPSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 1, max = 128))]
     pub prefix: Option<i32>,
+
+    /// What happens to an address the operator allocated when the SharedIP is deleted: `Delete`
+    /// (default) gives it back to Linode; `Retain` keeps it on the IP holder and lists it in the
+    /// ConfigMap `sharedip-retained-<cluster id>` in the operator's namespace, where a later
+    /// SharedIP with the same name (or one that names the address in `address`) takes it again.
+    /// An address given in `address` is never deleted, whatever the policy. Deletions made by
+    /// uninstalling the operator always retain.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reclaim_policy: Option<ReclaimPolicy>,
 
     /// Nodes that announce the address with the primary community; the route servers prefer
     /// them. Usually one node.
@@ -125,6 +160,87 @@ pub struct SharedIPSpec {
 
 fn default_true() -> bool {
     true
+}
+
+impl SharedIPSpec {
+    /// The address the SharedIP uses: `address`, or else the one the operator allocated.
+    pub fn address_in_use(&self) -> Option<&str> {
+        self.address
+            .as_deref()
+            .or(self.allocated_address.as_deref())
+    }
+
+    /// Whether the address is (or is to be) one the operator allocates: `allocatedAddress` is
+    /// set, or `address` is not. Only such an address is ever deleted from the account.
+    pub fn is_allocated(&self) -> bool {
+        self.allocated_address.is_some() || self.address.is_none()
+    }
+
+    /// `reclaimPolicy`, or its default `Delete`. It governs only an allocated address
+    /// ([`Self::is_allocated`]): an address given in `address` is never deleted.
+    pub fn effective_reclaim_policy(&self) -> ReclaimPolicy {
+        self.reclaim_policy.unwrap_or_default()
+    }
+
+    /// The family of the SharedIP's address: that of the address in use when it is an IP
+    /// address, else `family` (default IPv4), the family the operator allocates.
+    pub fn family(&self) -> AddressFamily {
+        match self.address_in_use().map(str::parse::<std::net::IpAddr>) {
+            Some(Ok(std::net::IpAddr::V4(_))) => AddressFamily::IPv4,
+            Some(Ok(std::net::IpAddr::V6(_))) => AddressFamily::IPv6,
+            _ => self.family.unwrap_or_default(),
+        }
+    }
+}
+
+/// Drops a type's own description from its schema. The CRD's schema of an optional enum field
+/// takes the description of the enum over the field's, and the field's says what it is for.
+fn without_description(schema: &mut schemars::Schema) {
+    schema.remove("description");
+}
+
+/// An address family: IPv4 (a single address) or IPv6 (a routed range).
+#[derive(
+    schemars::JsonSchema, Deserialize, Serialize, Clone, Copy, Debug, Default, PartialEq, Eq, Hash,
+)]
+#[schemars(transform = without_description)]
+pub enum AddressFamily {
+    /// A single public IPv4 address.
+    #[default]
+    IPv4,
+    /// A routed IPv6 range, /64 or /56.
+    IPv6,
+}
+
+impl std::fmt::Display for AddressFamily {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            AddressFamily::IPv4 => "IPv4",
+            AddressFamily::IPv6 => "IPv6",
+        })
+    }
+}
+
+/// What becomes of an address the operator allocated when its SharedIP is deleted.
+#[derive(
+    schemars::JsonSchema, Deserialize, Serialize, Clone, Copy, Debug, Default, PartialEq, Eq, Hash,
+)]
+#[schemars(transform = without_description)]
+pub enum ReclaimPolicy {
+    /// Give the address back to Linode.
+    #[default]
+    Delete,
+    /// Keep the address on the IP holder, for a later SharedIP to take again.
+    Retain,
+}
+
+impl std::fmt::Display for ReclaimPolicy {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            ReclaimPolicy::Delete => "Delete",
+            ReclaimPolicy::Retain => "Retain",
+        })
+    }
 }
 
 /// Which nodes take a role.
@@ -202,6 +318,10 @@ pub struct SharedIPStatus {
     /// The generation of the spec that the operator last acted on.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,
+
+    /// The address in use: spec.address or spec.allocatedAddress.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub address: Option<String>,
 
     /// Ready: the address is shared with every selected node and announced. Shared: the Linode
     /// API shares the address with the Linodes of every selected node. Announced: a node
@@ -353,4 +473,68 @@ pub struct NodeStatus {
     /// When `announcing` last changed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub since: Option<Time>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec(extra: serde_json::Value) -> SharedIPSpec {
+        let mut s = serde_json::json!({
+            "primary": {"nodeSelector": {"matchLabels": {"role": "a"}}},
+        });
+        if let (Some(s), Some(extra)) = (s.as_object_mut(), extra.as_object()) {
+            s.extend(extra.clone());
+        }
+        serde_json::from_value(s).unwrap()
+    }
+
+    #[test]
+    fn the_address_in_use_is_the_given_one_or_else_the_allocated_one() {
+        let given = spec(serde_json::json!({"address": "192.0.2.10"}));
+        assert_eq!(given.address_in_use(), Some("192.0.2.10"));
+        assert!(!given.is_allocated());
+        let waiting = spec(serde_json::json!({}));
+        assert_eq!(waiting.address_in_use(), None);
+        assert!(waiting.is_allocated());
+        let allocated = spec(serde_json::json!({"allocatedAddress": "192.0.2.20"}));
+        assert_eq!(allocated.address_in_use(), Some("192.0.2.20"));
+        assert!(allocated.is_allocated());
+    }
+
+    #[test]
+    fn reclaim_policy_defaults_to_delete() {
+        assert_eq!(
+            spec(serde_json::json!({})).effective_reclaim_policy(),
+            ReclaimPolicy::Delete
+        );
+        let retain = spec(serde_json::json!({"reclaimPolicy": "Retain"}));
+        assert_eq!(retain.effective_reclaim_policy(), ReclaimPolicy::Retain);
+        assert!(
+            serde_json::from_value::<ReclaimPolicy>(serde_json::json!("retain")).is_err(),
+            "the API names are exact"
+        );
+    }
+
+    #[test]
+    fn the_family_is_the_addresss_or_else_the_one_to_allocate() {
+        assert_eq!(spec(serde_json::json!({})).family(), AddressFamily::IPv4);
+        let v6 = spec(serde_json::json!({"family": "IPv6"}));
+        assert_eq!(v6.family(), AddressFamily::IPv6);
+        assert_eq!(
+            serde_json::to_value(v6.family).unwrap(),
+            serde_json::json!("IPv6")
+        );
+        let given = spec(serde_json::json!({"address": "2001:db8::1"}));
+        assert_eq!(given.family(), AddressFamily::IPv6);
+        let allocated =
+            spec(serde_json::json!({"allocatedAddress": "192.0.2.20", "family": "IPv6"}));
+        assert_eq!(
+            allocated.family(),
+            AddressFamily::IPv4,
+            "the address decides"
+        );
+        let unusable = spec(serde_json::json!({"address": "nonsense", "family": "IPv6"}));
+        assert_eq!(unusable.family(), AddressFamily::IPv6);
+    }
 }
