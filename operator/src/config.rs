@@ -103,8 +103,38 @@ pub struct Config {
     #[arg(long, env = "OPERATOR_DEPLOYMENT")]
     pub operator_deployment: Option<String>,
 
+    /// IP holder of a region, the Linode that owns the addresses the operator allocates for
+    /// SharedIPs without spec.address: `auto` finds it by its label
+    /// (sharedip-holder-<region>-<cluster id>) or creates it (an unbooted Nanode, billed
+    /// monthly); `off` never creates one (SharedIPs without spec.address then report
+    /// NoIPHolder unless --ip-holder-linode names one for their region).
+    #[arg(long, env = "IP_HOLDER", value_enum, default_value = "auto")]
+    pub ip_holder: IpHolderMode,
+
+    /// An existing Linode to use as the IP holder of its region (repeatable, comma separated
+    /// in the environment). Never a node of the cluster.
+    #[arg(long, env = "IP_HOLDER_LINODES", value_delimiter = ',')]
+    pub ip_holder_linode: Vec<u64>,
+
+    /// Adopt the retired Linode CCM's IP holder of a region (label
+    /// linode-ccm-ip-holder-<region>, or with -<suffix> when --ccm-holder-suffix is set) and
+    /// its addresses, where this cluster has no holder of its own.
+    #[arg(long, env = "ADOPT_CCM_HOLDERS", default_value_t = false, action = clap::ArgAction::Set)]
+    pub adopt_ccm_holders: bool,
+
+    /// The CCM's --ip-holder-suffix, if it was set.
+    #[arg(long, env = "CCM_HOLDER_SUFFIX", default_value = "")]
+    pub ccm_holder_suffix: String,
+
     #[command(subcommand)]
     pub command: Option<Command>,
+}
+
+/// `--ip-holder`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum IpHolderMode {
+    Auto,
+    Off,
 }
 
 #[derive(Debug, Clone, Subcommand)]

@@ -29,17 +29,20 @@ use tokio::sync::{mpsc, watch, Notify};
 use tokio::task::JoinHandle;
 use tracing::{debug, error, info, warn};
 
+use crate::allocation::{self, Lifecycle};
 use crate::cluster_id::{self, ClusterId, IdentityError};
-use crate::config::Config;
+use crate::config::{Config, IpHolderMode};
 use crate::directory::{Directory, DirectoryConfig};
+use crate::holder::{HolderMode, HolderSettings, Holders};
 use crate::http::{self, Health};
 use crate::leader::{LeaderElector, LeaseConfig, Term};
 use crate::ledger::{ConfigMapStore, Ledger, LedgerError, LedgerStore};
-use crate::linode_api::DynLinodeApi;
+use crate::linode_api::{DynLifecycleApi, DynLinodeApi};
 use crate::membership::{Decision, MembershipDamper};
 use crate::metrics::Metrics;
 use crate::plan::DepartureClock;
 use crate::reconciler::{self, Backoff, Context, ReconcileConfig};
+use crate::retained::RetainedStore;
 use crate::share_syncer::{ShareSyncer, SyncerConfig, SyncerTask};
 use crate::sweep::Sweeper;
 
@@ -104,6 +107,11 @@ pub struct ControllerSettings {
     pub token_changes: Option<watch::Receiver<TokenFileState>>,
     /// Where to report problems that keep the controller from working (a CRD that goes away).
     pub health: Option<Arc<Health>>,
+    /// How IP holders are found or created for allocated addresses.
+    pub holders: HolderSettings,
+    /// The Linode API for holders and allocations; without it SharedIPs without spec.address
+    /// report NoIPHolder.
+    pub lifecycle_api: Option<DynLifecycleApi>,
 }
 
 impl ControllerSettings {
@@ -124,6 +132,8 @@ impl ControllerSettings {
             reconcile: ReconcileConfig::default(),
             token_changes: None,
             health: None,
+            holders: HolderSettings::default(),
+            lifecycle_api: None,
         }
     }
 }
@@ -175,7 +185,8 @@ pub async fn run(config: Config) -> Result<(), RunError> {
         }
     }
 
-    let settings = controller_settings(&config, cluster_id, token_changes, health.clone());
+    let mut settings = controller_settings(&config, cluster_id, token_changes, health.clone());
+    settings.lifecycle_api = Some(Arc::new(linode.clone()));
     // A standby is ready: it is healthy and waiting to take over.
     health.ready.store(true, Ordering::Relaxed);
     let elector = LeaderElector::new(client.clone(), lease_config(&config));
@@ -274,6 +285,42 @@ fn controller_settings(
         },
         token_changes,
         health: Some(health),
+        holders: HolderSettings {
+            mode: match config.ip_holder {
+                IpHolderMode::Auto => HolderMode::Auto,
+                IpHolderMode::Off => HolderMode::Off,
+            },
+            named: config.ip_holder_linode.clone(),
+            adopt_ccm: config
+                .adopt_ccm_holders
+                .then(|| config.ccm_holder_suffix.clone()),
+            ..HolderSettings::default()
+        },
+        lifecycle_api: None,
+    }
+}
+
+/// IP holders and the retained-address list of this cluster.
+fn lifecycle(client: &kube::Client, settings: &ControllerSettings) -> Lifecycle {
+    Lifecycle {
+        holders: Holders::new(
+            settings.lifecycle_api.clone(),
+            settings.cluster_id.clone(),
+            settings.holders.clone(),
+        ),
+        retained: RetainedStore::new(client.clone(), &settings.namespace, &settings.cluster_id),
+    }
+}
+
+/// Drops retained entries whose SharedIP came back (after an uninstall and install).
+async fn tidy_retained(client: &kube::Client, store: &RetainedStore) {
+    match allocation::tidy_retained(client, store).await {
+        Ok(0) => {}
+        Ok(n) => info!(
+            entries = n,
+            "retained addresses in use again: removed from the retained list"
+        ),
+        Err(e) => warn!(error = %e, "cannot tidy the retained-address list"),
     }
 }
 
@@ -335,7 +382,9 @@ pub async fn run_controller(
         reconcile_all: nodes.trigger,
         auth_failed: Mutex::new(BTreeSet::new()),
         departures: DepartureClock::default(),
+        lifecycle: lifecycle(&client, &settings),
     });
+    tidy_retained(&client, &ctx.lifecycle.retained).await;
     let sweep_task = tokio::spawn(sweeper(&ctx, ledger, settings.sweep_interval).run());
     let token_task = settings
         .token_changes

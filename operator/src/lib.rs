@@ -45,6 +45,7 @@
 // limit in clippy.toml.
 #![cfg_attr(test, allow(clippy::too_many_lines))]
 
+pub mod allocation;
 pub mod cluster_id;
 pub mod config;
 pub mod controller;
@@ -53,6 +54,7 @@ pub mod directory;
 pub mod events;
 #[cfg(test)]
 mod fake_linode;
+pub mod holder;
 pub mod http;
 pub mod leader;
 pub mod ledger;
@@ -61,6 +63,7 @@ pub mod membership;
 pub mod metrics;
 pub mod plan;
 pub mod reconciler;
+pub mod retained;
 pub mod selection;
 pub mod share_syncer;
 pub mod status;

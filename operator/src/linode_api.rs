@@ -4,8 +4,8 @@
 //! unit tests can use an in-memory double; integration tests use the real client against the
 //! stand-in server.
 
-use std::collections::BTreeSet;
-use std::net::IpAddr;
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::sync::Arc;
 
 use futures::future::BoxFuture;
@@ -37,6 +37,9 @@ pub struct ApiError {
     pub kind: ApiErrorKind,
     /// Human readable, includes Linode's reason and field; never the token.
     pub message: String,
+    /// The call failed but Linode may have acted on it (a 5xx, a timeout, a connection lost
+    /// after the request went out): a creating call must not simply be repeated.
+    pub may_have_taken_effect: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -57,6 +60,7 @@ impl ApiError {
         Self {
             kind,
             message: message.into(),
+            may_have_taken_effect: false,
         }
     }
     pub fn is_not_found(&self) -> bool {
@@ -147,6 +151,208 @@ impl LinodeApi for linode_client::LinodeClient {
     }
 }
 
+/// What an IP holder Linode has: its public IPv4 addresses and the IPv6 ranges routed to it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct HolderAddresses {
+    pub ipv4: BTreeSet<Ipv4Addr>,
+    /// Range base → prefix length.
+    pub ranges: BTreeMap<Ipv6Addr, u8>,
+}
+
+impl HolderAddresses {
+    /// Every address and range base, as the share call names them.
+    pub fn networks(&self) -> BTreeSet<IpAddr> {
+        let v4 = self.ipv4.iter().map(|a| IpAddr::V4(*a));
+        let v6 = self.ranges.keys().map(|r| IpAddr::V6(*r));
+        v4.chain(v6).collect()
+    }
+}
+
+/// The Linode API operations the address lifecycle needs: the IP holder Linode, and the
+/// addresses and ranges allocated on it.
+pub trait LifecycleApi: Send + Sync + 'static {
+    /// The Linodes with exactly this label (Linode keeps labels unique per account: zero or
+    /// one).
+    fn linodes_labelled(&self, label: &str) -> BoxFuture<'_, ApiResult<Vec<LinodeInfo>>>;
+    /// One Linode; `NotFound` once it is deleted.
+    fn linode(&self, id: u64) -> BoxFuture<'_, ApiResult<LinodeInfo>>;
+    /// The id of the smallest Linode type (class `nanode`).
+    fn nanode_type(&self) -> BoxFuture<'_, ApiResult<String>>;
+    /// Creates an empty, unbooted Linode with legacy configuration interfaces.
+    fn create_holder(
+        &self,
+        region: &str,
+        linode_type: &str,
+        label: &str,
+    ) -> BoxFuture<'_, ApiResult<LinodeInfo>>;
+    /// The holder's public IPv4 addresses and routed ranges.
+    fn holder_addresses(&self, linode: u64) -> BoxFuture<'_, ApiResult<HolderAddresses>>;
+    /// Allocates one more public IPv4 address on the Linode.
+    fn allocate_ipv4(&self, linode: u64) -> BoxFuture<'_, ApiResult<Ipv4Addr>>;
+    /// Gives an IPv4 address back; `NotFound` when it is already gone.
+    fn delete_ipv4(&self, linode: u64, address: Ipv4Addr) -> BoxFuture<'_, ApiResult<()>>;
+    /// Creates an IPv6 range of `prefix` bits routed to the Linode.
+    fn create_range(&self, linode: u64, prefix: u8) -> BoxFuture<'_, ApiResult<(Ipv6Addr, u8)>>;
+    /// Deletes an IPv6 range; `NotFound` when it is already gone.
+    fn delete_range(&self, range: Ipv6Addr) -> BoxFuture<'_, ApiResult<()>>;
+    /// Every IPv6 range of the account in `region`, with the Linode each is routed to.
+    fn ranges_in(&self, region: &str) -> BoxFuture<'_, ApiResult<Vec<AddressInfo>>>;
+}
+
+pub type DynLifecycleApi = Arc<dyn LifecycleApi>;
+
+fn linode_info(l: linode_client::Linode) -> LinodeInfo {
+    LinodeInfo {
+        id: l.id,
+        label: l.label,
+        region: l.region,
+    }
+}
+
+impl LifecycleApi for linode_client::LinodeClient {
+    fn linodes_labelled(&self, label: &str) -> BoxFuture<'_, ApiResult<Vec<LinodeInfo>>> {
+        let filter = serde_json::json!({ "label": label });
+        let label = label.to_string();
+        Box::pin(async move {
+            let found = linode_client::LinodeClient::list_linodes(self, Some(&filter))
+                .await
+                .map_err(to_api_error)?;
+            // The filter is Linode's; the exact match is ours.
+            Ok(found
+                .into_iter()
+                .filter(|l| l.label == label)
+                .map(linode_info)
+                .collect())
+        })
+    }
+
+    fn linode(&self, id: u64) -> BoxFuture<'_, ApiResult<LinodeInfo>> {
+        Box::pin(async move {
+            self.get_linode(id)
+                .await
+                .map(linode_info)
+                .map_err(to_api_error)
+        })
+    }
+
+    fn nanode_type(&self) -> BoxFuture<'_, ApiResult<String>> {
+        Box::pin(async move {
+            let filter = serde_json::json!({ "class": "nanode" });
+            let types = self
+                .list_linode_types(Some(&filter))
+                .await
+                .map_err(to_api_error)?;
+            types
+                .into_iter()
+                .filter(|t| t.class == linode_client::LinodeClass::Nanode)
+                .map(|t| t.id)
+                .min()
+                .ok_or_else(|| {
+                    ApiError::new(
+                        ApiErrorKind::Rejected,
+                        "GET /linode/types lists no type of class nanode",
+                    )
+                })
+        })
+    }
+
+    fn create_holder(
+        &self,
+        region: &str,
+        linode_type: &str,
+        label: &str,
+    ) -> BoxFuture<'_, ApiResult<LinodeInfo>> {
+        let req = linode_client::CreateLinode::new(region, linode_type, label);
+        Box::pin(async move {
+            self.create_linode(&req)
+                .await
+                .map(linode_info)
+                .map_err(to_api_error)
+        })
+    }
+
+    fn holder_addresses(&self, linode: u64) -> BoxFuture<'_, ApiResult<HolderAddresses>> {
+        Box::pin(async move {
+            let ips = self.get_linode_ips(linode).await.map_err(to_api_error)?;
+            let ipv4 = ips
+                .ipv4
+                .public
+                .iter()
+                .filter_map(|a| match a.address {
+                    IpAddr::V4(v4) => Some(v4),
+                    IpAddr::V6(_) => None,
+                })
+                .collect();
+            let slaac = ips.ipv6.slaac.as_ref().and_then(|s| match s.address {
+                IpAddr::V6(v6) => Some(v6),
+                IpAddr::V4(_) => None,
+            });
+            let ranges = ips
+                .ipv6
+                .global
+                .iter()
+                .filter(|r| slaac.is_some_and(|s| r.is_routed_to(s)))
+                .map(|r| (r.range, r.prefix))
+                .collect();
+            Ok(HolderAddresses { ipv4, ranges })
+        })
+    }
+
+    fn allocate_ipv4(&self, linode: u64) -> BoxFuture<'_, ApiResult<Ipv4Addr>> {
+        Box::pin(async move {
+            let ip = linode_client::LinodeClient::allocate_ipv4(self, linode)
+                .await
+                .map_err(to_api_error)?;
+            match ip.address {
+                IpAddr::V4(v4) => Ok(v4),
+                IpAddr::V6(v6) => Err(ApiError::new(
+                    ApiErrorKind::Transient,
+                    format!("Linode answered an IPv4 allocation with the IPv6 address {v6}"),
+                )),
+            }
+        })
+    }
+
+    fn delete_ipv4(&self, linode: u64, address: Ipv4Addr) -> BoxFuture<'_, ApiResult<()>> {
+        Box::pin(async move {
+            linode_client::LinodeClient::delete_ipv4(self, linode, address)
+                .await
+                .map_err(to_api_error)
+        })
+    }
+
+    fn create_range(&self, linode: u64, prefix: u8) -> BoxFuture<'_, ApiResult<(Ipv6Addr, u8)>> {
+        Box::pin(async move {
+            let prefix = linode_client::Ipv6Prefix::try_from(prefix).map_err(|p| {
+                ApiError::new(
+                    ApiErrorKind::Rejected,
+                    format!("an IPv6 range is /64 or /56, not /{p}"),
+                )
+            })?;
+            let r = self
+                .create_ipv6_range(linode, prefix)
+                .await
+                .map_err(to_api_error)?;
+            Ok((r.range, r.prefix))
+        })
+    }
+
+    fn delete_range(&self, range: Ipv6Addr) -> BoxFuture<'_, ApiResult<()>> {
+        Box::pin(async move { self.delete_ipv6_range(range).await.map_err(to_api_error) })
+    }
+
+    fn ranges_in(&self, region: &str) -> BoxFuture<'_, ApiResult<Vec<AddressInfo>>> {
+        let region = region.to_string();
+        Box::pin(async move {
+            let all = LinodeApi::list_addresses(self).await?;
+            Ok(all
+                .into_iter()
+                .filter(|a| a.network.is_ipv6() && a.region == region)
+                .collect())
+        })
+    }
+}
+
 /// Classifies a client error for the reconciler; the message never contains the token (the
 /// client guarantees it).
 pub fn to_api_error(e: linode_client::Error) -> ApiError {
@@ -163,7 +369,10 @@ pub fn to_api_error(e: linode_client::Error) -> ApiError {
     } else {
         ApiErrorKind::Transient
     };
-    ApiError::new(kind, e.to_string())
+    ApiError {
+        may_have_taken_effect: e.may_have_taken_effect(),
+        ..ApiError::new(kind, e.to_string())
+    }
 }
 
 #[cfg(test)]

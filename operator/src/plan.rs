@@ -87,10 +87,17 @@ pub enum Retry {
     /// Something outside the SharedIP can fix it (the address added to the account, the
     /// earlier claimant deleted): after the blocked-retry interval too.
     Later,
+    /// Linode refused and is asked again only after this wait (or when the SharedIP changes).
+    After(Duration),
 }
 
 impl Refusal {
-    fn new(reason: &'static str, message: String, previous: Previously, retry: Retry) -> Self {
+    pub(crate) fn new(
+        reason: &'static str,
+        message: String,
+        previous: Previously,
+        retry: Retry,
+    ) -> Self {
         Self {
             reason,
             message,
@@ -121,7 +128,8 @@ pub async fn plan(
     directory: &Directory,
 ) -> Result<Plan, Blocked> {
     let address = claimed_address(sip, sharedips)?;
-    let account = account_address(&address, directory).await?;
+    let allocated = sip.spec.address.is_none();
+    let account = account_address(&address, allocated, directory).await?;
     let selected = match select_nodes(&sip.spec, nodes.iter().map(AsRef::as_ref)) {
         Ok(s) => s,
         Err(e) => {
@@ -177,6 +185,7 @@ fn claimed_address(sip: &SharedIP, sharedips: &[Arc<SharedIP>]) -> Result<Shared
 /// The account's address or range holding `address`, when its prefix is the range's.
 async fn account_address(
     address: &SharedAddress,
+    allocated: bool,
     directory: &Directory,
 ) -> Result<AddressInfo, Blocked> {
     let Some(info) = directory
@@ -184,6 +193,20 @@ async fn account_address(
         .await
         .map_err(Blocked::AccountUnreadable)?
     else {
+        if allocated {
+            // Never replaced by another address behind the user's back: DNS points at this one.
+            let message = format!(
+                "{} was allocated for this SharedIP (spec.allocatedAddress) but is no longer in the Linode account; was its IP holder Linode deleted? The operator does not allocate a different address on its own because DNS and clients point at this one: restore it, or delete this SharedIP and create it again to get a new address",
+                address.address()
+            );
+            let refusal = Refusal::new(
+                reason::ADDRESS_LOST,
+                message,
+                Previously::Retire,
+                Retry::Later,
+            );
+            return Err(refusal.of(address).into());
+        }
         let message = format!(
             "{} is not an IPv4 address or IPv6 range of this Linode account; add it in Cloud Manager (or with the API) first",
             address.address()

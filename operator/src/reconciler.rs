@@ -30,6 +30,7 @@ use sharedip_process::sync::lock;
 use tokio::sync::mpsc;
 use tracing::{info, instrument, warn};
 
+use crate::allocation::{self, Ensured, Lifecycle, Release};
 use crate::directory::Directory;
 use crate::events::{self, publish, WaveChanges};
 use crate::linode_api::ApiError;
@@ -105,6 +106,8 @@ pub struct Context {
     pub auth_failed: Mutex<BTreeSet<String>>,
     /// Since when each share kept for a leaving node has waited for its agent to withdraw.
     pub departures: DepartureClock,
+    /// IP holders and allocated addresses.
+    pub lifecycle: Lifecycle,
 }
 
 impl Context {
@@ -143,6 +146,14 @@ pub enum Error {
     Syncer(#[from] SyncerError),
     #[error("no share wave result after {0:?}")]
     WaveTimeout(Duration),
+    #[error("address allocation: {0}")]
+    Lifecycle(String),
+    #[error("cannot give {address} back to Linode: {source}")]
+    Release {
+        address: String,
+        #[source]
+        source: ApiError,
+    },
 }
 
 impl Error {
@@ -159,6 +170,8 @@ impl Error {
             Error::Share { .. } => "share",
             Error::Syncer(_) => "syncer",
             Error::WaveTimeout(_) => "wave_timeout",
+            Error::Lifecycle(_) => "lifecycle",
+            Error::Release { .. } => "release",
         }
     }
 
@@ -173,6 +186,7 @@ impl Error {
             },
             Error::Linode(e) => e.is_auth(),
             Error::Share { auth, .. } => *auth,
+            Error::Release { source, .. } => source.is_auth(),
             _ => false,
         }
     }
@@ -263,6 +277,12 @@ async fn apply(sip: Arc<SharedIP>, ctx: &Context) -> Result<Action, Error> {
     wake_waiters_of_previous_address(&sip, ctx);
     let sharedips = ctx.sharedips.state();
     let nodes = ctx.effective_nodes();
+    match allocation::ensure_address(&sip, ctx, &nodes).await? {
+        Ensured::Named => {}
+        // Writing spec.allocatedAddress changed the SharedIP: the watch brings it back.
+        Ensured::Written(_) => return Ok(Action::await_change()),
+        Ensured::Refused(refusal) => return block(&sip, ctx, refusal).await,
+    }
     match plan(&sip, &sharedips, &nodes, &ctx.directory).await {
         Ok(plan) => execute(&sip, ctx, plan).await,
         Err(Blocked::Refused(refusal)) => block(&sip, ctx, refusal).await,
@@ -489,6 +509,7 @@ async fn block(sip: &SharedIP, ctx: &Context, refusal: Refusal) -> Result<Action
     Ok(match refusal.retry {
         Retry::OnChange => Action::await_change(),
         Retry::Later => Action::requeue(ctx.config.blocked_retry),
+        Retry::After(wait) => Action::requeue(wait),
     })
 }
 
@@ -581,6 +602,11 @@ async fn cleanup(sip: Arc<SharedIP>, ctx: &Context) -> Result<Action, Error> {
     if !failures.is_empty() {
         return cannot_unshare(&sip, ctx, &failures).await;
     }
+    match allocation::release(&sip, ctx).await {
+        Ok(Some(done)) => released(&sip, ctx, done).await,
+        Ok(None) => {}
+        Err(e) => return cannot_release(&sip, ctx, e).await,
+    }
     if !retire.is_empty() {
         let addrs: Vec<String> = retire.iter().map(|a| a.to_string()).collect();
         info!(sharedip = %name, addresses = ?addrs, "unshared everywhere before deletion");
@@ -623,6 +649,42 @@ fn retired_by_deletion(sip: &SharedIP, ctx: &Context, previous: &Previous) -> BT
         .into_iter()
         .chain(parsed.map(|a| a.network()))
         .collect()
+}
+
+/// Tells what became of a deleted SharedIP's allocated address.
+async fn released(sip: &SharedIP, ctx: &Context, done: Release) {
+    let address = sip.spec.allocated_address.as_deref().unwrap_or_default();
+    let (reason, note) = match done {
+        Release::Deleted => ("AddressReleased", format!("{address} was given back to Linode (reclaimPolicy Delete)")),
+        Release::Retained => ("AddressRetained", format!("{address} stays on the cluster's IP holder (reclaimPolicy Retain); a SharedIP named {} takes it back", sip.name_any())),
+        Release::NotOurs => ("AddressKept", format!("{address} is not on this cluster's IP holder; it was left alone")),
+    };
+    publish(&ctx.recorder, sip, EventType::Normal, reason, note, None).await;
+}
+
+/// Keeps the finalizer while Linode does not take the allocated address back, and says why.
+async fn cannot_release(sip: &SharedIP, ctx: &Context, e: Error) -> Result<Action, Error> {
+    let message = format!(
+        "{e}; the SharedIP is kept until it succeeds (set spec.reclaimPolicy to Retain to keep the address on the IP holder and let the SharedIP go)"
+    );
+    warn!(sharedip = %sip.name_any(), error = %e, "cannot release the allocated address");
+    publish(
+        &ctx.recorder,
+        sip,
+        EventType::Warning,
+        reason::RELEASE_FAILED,
+        message.clone(),
+        None,
+    )
+    .await;
+    let status = sip.status.clone().unwrap_or_default();
+    let mut update = StatusUpdate::blocked(reason::RELEASE_FAILED, message);
+    update.shared_address = status.shared_address;
+    update.prefix = status.prefix;
+    write_status(&ctx.client, sip, update)
+        .await
+        .map_err(Error::Kube)?;
+    Err(e)
 }
 
 /// Keeps the finalizer while the address could not be unshared everywhere, and says why.

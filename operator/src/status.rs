@@ -57,6 +57,26 @@ pub mod reason {
     pub const HANDOVER_TIMED_OUT: &str = "HandoverTimedOut";
     /// Node entry reason of a node that still announces while it hands the address over.
     pub const NODE_HANDING_OVER: &str = "HandingOver";
+    /// No address yet: the operator allocates one (spec.address is unset).
+    pub const AWAITING_ADDRESS: &str = "AwaitingAddress";
+    /// Allocation: the selected nodes' Linodes are in several regions.
+    pub const REGION_AMBIGUOUS: &str = "RegionAmbiguous";
+    /// Allocation: no IP holder may be used or created (`--ip-holder=off`, no API).
+    pub const NO_HOLDER: &str = "NoIPHolder";
+    /// Allocation: Linode refused to create the IP holder.
+    pub const HOLDER_REFUSED: &str = "IPHolderCreationRefused";
+    /// Allocation: the IP holder Linode was deleted.
+    pub const HOLDER_GONE: &str = "IPHolderGone";
+    /// Allocation: Linode refused an address or range (support ticket, account limit).
+    pub const ALLOCATION_REFUSED: &str = "AllocationRefused";
+    /// Allocation: an interrupted allocation left several candidate addresses.
+    pub const ALLOCATION_AMBIGUOUS: &str = "AllocationAmbiguous";
+    /// Allocation: the region's one IPv6 range is elsewhere, taken or of another size.
+    pub const RANGE_UNAVAILABLE: &str = "IPv6RangeUnavailable";
+    /// The allocated address is no longer in the account (its holder was deleted by hand).
+    pub const ADDRESS_LOST: &str = "AllocatedAddressLost";
+    /// Deletion: Linode refused to take the allocated address back.
+    pub const RELEASE_FAILED: &str = "ReleaseFailed";
 }
 
 /// What the status said last time about where the SharedIP is shared.

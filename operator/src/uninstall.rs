@@ -39,6 +39,7 @@ use sharedip_api::{SharedIP, FINALIZER};
 use tokio::time::Instant;
 use tracing::{info, warn};
 
+use crate::allocation;
 use crate::cluster_id::{self, IdentityError};
 use crate::config::{Config, UninstallArgs};
 use crate::leader::{
@@ -47,6 +48,7 @@ use crate::leader::{
 };
 use crate::ledger::{ConfigMapStore, Entries, Ledger, LedgerError};
 use crate::metrics::Metrics;
+use crate::retained::RetainedStore;
 use crate::share_syncer::{ShareSyncer, SyncerConfig, SyncerError};
 use crate::status::FIELD_MANAGER;
 
@@ -79,6 +81,8 @@ pub enum UninstallError {
     Syncer(#[from] SyncerError),
     #[error("cannot unshare: {0}")]
     Unshare(String),
+    #[error("cannot list the allocated addresses as retained: {0}")]
+    Retained(String),
     #[error("not finished within {after:?}: {left}")]
     Incomplete { after: Duration, left: String },
 }
@@ -127,6 +131,7 @@ pub async fn run(config: &Config, args: &UninstallArgs) -> Result<Summary, Unins
     );
     let uninstall = Uninstall {
         api: Api::all(client.clone()),
+        retained: RetainedStore::new(client.clone(), namespace, &cluster),
         ledger,
         syncer,
         recorder,
@@ -180,6 +185,8 @@ async fn take_the_lease(
 /// What the passes of an uninstall work with.
 struct Uninstall {
     api: Api<SharedIP>,
+    /// Where allocated addresses are listed, so deletions while the operator is away keep them.
+    retained: RetainedStore,
     ledger: Arc<Ledger>,
     syncer: ShareSyncer,
     recorder: Recorder,
@@ -332,6 +339,11 @@ impl Uninstall {
             // Keep the finalizers: the SharedIPs still guard shares that could not be removed.
             return Err(UninstallError::Unshare(failed.join("; ")));
         }
+        // Before the finalizers go: a SharedIP deleted from now on is not released by anyone,
+        // and its name must find its address again after the next install.
+        allocation::retain_for_uninstall(&sips, &self.retained)
+            .await
+            .map_err(|e| UninstallError::Retained(e.to_string()))?;
         for s in &sips {
             changes += self.let_go(s, summary).await?;
         }

@@ -20,6 +20,7 @@ use sharedip_e2e::controlplane::ControlPlane;
 use sharedip_e2e::standin::{Seed, StandIn, StandInHandle};
 use sharedip_operator::controller::{run_controller, ControllerSettings};
 use sharedip_operator::directory::DirectoryConfig;
+use sharedip_operator::holder::HolderSettings;
 use sharedip_operator::metrics::Metrics;
 use sharedip_operator::reconciler::ReconcileConfig;
 use sharedip_operator::share_syncer::SyncerConfig;
@@ -108,7 +109,10 @@ impl Env {
         self.spawn_operator_with(fast_settings("in-process"))
     }
 
-    pub fn spawn_operator_with(&self, settings: ControllerSettings) -> InProcessOperator {
+    pub fn spawn_operator_with(&self, mut settings: ControllerSettings) -> InProcessOperator {
+        if settings.lifecycle_api.is_none() {
+            settings.lifecycle_api = Some(Arc::new(self.linode_client()));
+        }
         self.spawn_operator_on(settings, Arc::new(self.linode_client()))
     }
 
@@ -319,6 +323,12 @@ pub fn fast_settings(identity: &str) -> ControllerSettings {
         },
         token_changes: None,
         health: None,
+        holders: HolderSettings {
+            backoff_base: Duration::from_secs(1),
+            backoff_max: Duration::from_secs(4),
+            ..Default::default()
+        },
+        lifecycle_api: None,
     }
 }
 
