@@ -25,7 +25,7 @@ use k8s_openapi::jiff::Timestamp;
 use kube::core::{Selector, SelectorExt};
 use kube::ResourceExt;
 use sharedip_api::rules;
-use sharedip_api::{ReadinessGate, Role, SharedAddress, SharedIPSpec};
+use sharedip_api::{AddressError, ReadinessGate, Role, SharedAddress, SharedIPSpec};
 
 use crate::binder::BoundBy;
 use crate::community::RoleCommunity;
@@ -65,6 +65,9 @@ pub enum Reason {
     ShuttingDown,
     /// The spec cannot be used (bad address, bad selector).
     InvalidSpec,
+    /// The SharedIP has no address yet: spec.address is unset and the operator has not
+    /// allocated one.
+    AwaitingAddress,
     /// The spec asks for a local or peer ASN other than the agent's sessions use.
     BgpOverrideUnsupported,
     /// Binding the address on the node failed; nothing is announced.
@@ -94,6 +97,7 @@ impl Reason {
             Reason::Deleting => "Deleting",
             Reason::ShuttingDown => "ShuttingDown",
             Reason::InvalidSpec => "InvalidSpec",
+            Reason::AwaitingAddress => "AwaitingAddress",
             Reason::BgpOverrideUnsupported => "BgpOverrideUnsupported",
             Reason::BindFailed => "BindFailed",
             Reason::DuplicateAddress => rules::DUPLICATE_ADDRESS,
@@ -402,8 +406,13 @@ fn what_to_announce(
     role: Role,
     bgp: &BgpDefaults,
 ) -> Result<(SharedAddress, RoleCommunity), (Reason, String)> {
-    let address =
-        SharedAddress::from_spec(spec).map_err(|e| (Reason::InvalidSpec, e.to_string()))?;
+    let address = SharedAddress::from_spec(spec).map_err(|e| {
+        let reason = match e {
+            AddressError::NotAllocated => Reason::AwaitingAddress,
+            _ => Reason::InvalidSpec,
+        };
+        (reason, e.to_string())
+    })?;
     let overrides = spec.bgp.clone().unwrap_or_default();
     if let Some(msg) = asn_mismatch(&overrides, bgp) {
         return Err((Reason::BgpOverrideUnsupported, msg));
@@ -761,6 +770,28 @@ mod tests {
         }));
         let d = go(&s, &[("a", "1")]);
         assert_eq!((d.reason, d.role), (Reason::InvalidSpec, None));
+    }
+
+    /// A SharedIP whose address the operator has not allocated yet announces nothing, and says
+    /// so without calling its spec invalid; once allocated, the address is announced.
+    #[test]
+    fn no_address_yet_awaits_one() {
+        let mut s = base();
+        s.address = None;
+        let d = go(&s, &[("role", "primary")]);
+        assert_eq!(
+            (d.reason, d.role, d.target),
+            (Reason::AwaitingAddress, Some(Role::Primary), None)
+        );
+        assert_eq!(
+            d.message,
+            "no address yet: the operator allocates one (spec.address is unset)"
+        );
+        assert_eq!(go(&s, &[]).reason, Reason::NotSelected);
+        s.allocated_address = Some("192.0.2.20".into());
+        let d = go(&s, &[("role", "primary")]);
+        assert_eq!(d.reason, Reason::Announced);
+        assert_eq!(d.target.unwrap().address().to_string(), "192.0.2.20/32");
     }
 
     #[test]

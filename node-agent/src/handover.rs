@@ -727,6 +727,7 @@ mod tests {
             Reason::ReadinessGateFailed,
             Reason::ShuttingDown,
             Reason::InvalidSpec,
+            Reason::AwaitingAddress,
             Reason::BgpOverrideUnsupported,
             Reason::DuplicateAddress,
             Reason::AddressIsNodeAddress,

@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 use k8s_openapi::api::core::v1::Node;
 use kube::ResourceExt;
 use sharedip_api::rules::linode_of;
-use sharedip_api::{rules, NodeStatus, SharedAddress, SharedIP, SharedLinode};
+use sharedip_api::{rules, AddressError, NodeStatus, SharedAddress, SharedIP, SharedLinode};
 use sharedip_process::sync::lock;
 
 use crate::directory::Directory;
@@ -163,16 +163,26 @@ pub async fn plan(
     })
 }
 
-/// The spec's address, unless it is invalid or an earlier SharedIP claims it.
+/// The spec's address, unless it has none yet, it is invalid or an earlier SharedIP claims it.
 fn claimed_address(sip: &SharedIP, sharedips: &[Arc<SharedIP>]) -> Result<SharedAddress, Refusal> {
     let address = SharedAddress::from_spec(&sip.spec).map_err(|e| {
         let message = e.to_string();
-        Refusal::new(
-            reason::INVALID_SPEC,
-            message,
-            Previously::Retire,
-            Retry::OnChange,
-        )
+        match e {
+            // Writing spec.allocatedAddress (or spec.address) changes the SharedIP; until then
+            // whatever it shared stays, as nothing says where the address goes.
+            AddressError::NotAllocated => Refusal::new(
+                reason::AWAITING_ADDRESS,
+                message,
+                Previously::Keep,
+                Retry::OnChange,
+            ),
+            _ => Refusal::new(
+                reason::INVALID_SPEC,
+                message,
+                Previously::Retire,
+                Retry::OnChange,
+            ),
+        }
     })?;
     if let Some(duplicate) = rules::earlier_claimant(sip, sharedips.iter().map(AsRef::as_ref)) {
         let message = duplicate.to_string();
@@ -458,6 +468,38 @@ mod tests {
         assert_eq!(r.address, None);
         assert_eq!(r.previous, Previously::Retire);
         assert_eq!(r.retry, Retry::OnChange);
+    }
+
+    /// Until the operator allocates an address, a SharedIP without one is refused, and keeps
+    /// what it shared: nothing says yet where the address goes. Once allocated, the address is
+    /// planned as a given one.
+    #[tokio::test]
+    async fn a_sharedip_without_an_address_awaits_one() {
+        let mut sip = (*sharedip("web", "192.0.2.10", None, 1_000)).clone();
+        sip.spec.address = None;
+        let sip = Arc::new(sip);
+        let r = refusal(plan(&sip, std::slice::from_ref(&sip), &nodes(), &account()).await);
+        assert_eq!(r.reason, reason::AWAITING_ADDRESS);
+        assert_eq!(
+            r.message,
+            "no address yet: the operator allocates one (spec.address is unset)"
+        );
+        assert_eq!(r.address, None);
+        assert_eq!(r.previous, Previously::Keep);
+        assert_eq!(r.retry, Retry::OnChange);
+
+        let mut allocated = (*sip).clone();
+        allocated.spec.allocated_address = Some("192.0.2.10".into());
+        let allocated = Arc::new(allocated);
+        let p = plan(
+            &allocated,
+            std::slice::from_ref(&allocated),
+            &nodes(),
+            &account(),
+        )
+        .await
+        .unwrap();
+        assert_eq!(p.address.to_string(), "192.0.2.10/32");
     }
 
     #[tokio::test]

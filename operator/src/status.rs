@@ -33,6 +33,9 @@ pub const FIELD_MANAGER: &str = "sharedip-operator";
 pub mod reason {
     pub const SHARED: &str = "Shared";
     pub const INVALID_SPEC: &str = "InvalidSpec";
+    /// The SharedIP has no address yet: spec.address is unset and the operator has not
+    /// allocated one (nor written spec.allocatedAddress).
+    pub const AWAITING_ADDRESS: &str = "AwaitingAddress";
     pub const DUPLICATE: &str = sharedip_api::rules::DUPLICATE_ADDRESS;
     pub const NOT_IN_ACCOUNT: &str = "AddressNotInAccount";
     pub const PREFIX_MISMATCH: &str = "PrefixMismatch";

@@ -109,6 +109,41 @@ async fn create_update_delete() {
     .await;
 }
 
+/// A SharedIP without an address waits for one: refused with AwaitingAddress, nothing shared.
+/// Once spec.allocatedAddress is written (as the allocation engine does), that address is
+/// shared and is the address the status shows.
+#[tokio::test]
+async fn a_sharedip_without_an_address_waits_then_shares_the_allocated_one() {
+    bounded(async {
+        let env = Env::start().await;
+        env.add_node("node-a", &[("role", "primary")], Some(101))
+            .await;
+        let op = env.spawn_operator();
+
+        let mut s = spec("192.0.2.11");
+        s.as_object_mut().unwrap().remove("address");
+        env.apply_sharedip("web", s.clone()).await;
+        let sip = env
+            .eventually_condition("web", "Shared", "False", "AwaitingAddress")
+            .await;
+        assert_eq!(sip.status.expect("status").address, None);
+        assert!(env.by_linode().is_empty(), "{:?}", env.by_linode());
+
+        s["allocatedAddress"] = json!("192.0.2.11");
+        env.apply_sharedip("web", s).await;
+        env.eventually_shared("192.0.2.11", &[101]).await;
+        let sip = env
+            .eventually_condition("web", "Shared", "True", "Shared")
+            .await;
+        assert_eq!(
+            sip.status.expect("status").address.as_deref(),
+            Some("192.0.2.11")
+        );
+        op.stop().await;
+    })
+    .await;
+}
+
 #[tokio::test]
 async fn nodes_join_leave_relabel_and_get_provider_ids() {
     bounded(async {
