@@ -60,8 +60,6 @@ pub mod reason {
     pub const HANDOVER_TIMED_OUT: &str = "HandoverTimedOut";
     /// Node entry reason of a node that still announces while it hands the address over.
     pub const NODE_HANDING_OVER: &str = "HandingOver";
-    /// No address yet: the operator allocates one (spec.address is unset).
-    pub const AWAITING_ADDRESS: &str = "AwaitingAddress";
     /// Allocation: the selected nodes' Linodes are in several regions.
     pub const REGION_AMBIGUOUS: &str = "RegionAmbiguous";
     /// Allocation: no IP holder may be used or created (`--ip-holder=off`, no API).

@@ -2,6 +2,9 @@
 //! without `spec.address` gets an address on an IP holder the operator creates, shares it,
 //! gives it back or keeps it when deleted, and takes a retained address back by name.
 
+// Test code: a panic is a failed test, and a scenario reads best in one piece.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::too_many_lines)]
+
 mod support;
 
 use std::collections::BTreeMap;
