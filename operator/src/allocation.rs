@@ -158,12 +158,13 @@ pub async fn ensure_address(
     }
     let mut state = lifecycle.holders.region(&region).await;
     if let Some(wait) = state.backing_off(Instant::now()) {
-        let why = state.last_refusal.clone().unwrap_or_default();
-        return Ok(Ensured::Refused(refused(
-            reason::ALLOCATION_REFUSED,
-            format!("{why}; next attempt in {}s", wait.as_secs()),
-            Retry::After(wait),
-        )));
+        // The message of the refusal, word for word: a countdown would make every reconcile
+        // during the wait a new Event.
+        let (reason, why) = state
+            .last_refusal
+            .clone()
+            .unwrap_or((reason::ALLOCATION_REFUSED, String::new()));
+        return Ok(Ensured::Refused(refused(reason, why, Retry::After(wait))));
     }
     let holder = match lifecycle.holders.holder(&mut state, &region, true).await {
         Ok(Some(h)) => h,
@@ -284,15 +285,13 @@ async fn holder_failure(
     if !e.is_refusal() {
         return Err(Error::Lifecycle(message));
     }
-    let retry = if matches!(e, HolderError::CreateRefused { .. }) {
-        let wait = state.refused(
-            &ctx.lifecycle.holders.settings,
-            message.clone(),
-            Instant::now(),
-        );
-        Retry::After(wait)
+    let (message, retry) = if matches!(e, HolderError::CreateRefused { .. }) {
+        let wait = state.refused(&ctx.lifecycle.holders.settings, Instant::now());
+        let message = format!("{message}; next attempt in {}s", wait.as_secs());
+        state.last_refusal = Some((reason, message.clone()));
+        (message, Retry::After(wait))
     } else {
-        Retry::OnChange
+        (message, Retry::OnChange)
     };
     warn!(sharedip = %sip.name_any(), reason, message = %message, "no IP holder");
     Ok(Ensured::Refused(refused(reason, message, retry)))
@@ -491,13 +490,13 @@ impl Allocation<'_> {
             self.holder.id, self.holder.region
         );
         let settings = &self.ctx.lifecycle.holders.settings;
-        let wait = self
-            .state
-            .refused(settings, message.clone(), Instant::now());
+        let wait = self.state.refused(settings, Instant::now());
+        let message = format!("{message}; next attempt in {}s", wait.as_secs());
+        self.state.last_refusal = Some((reason::ALLOCATION_REFUSED, message.clone()));
         warn!(sharedip = %self.sip.name_any(), region = %self.holder.region, retry_in = ?wait, error = %e, "allocation refused");
         Ok(Ensured::Refused(refused(
             reason::ALLOCATION_REFUSED,
-            format!("{message}; next attempt in {}s", wait.as_secs()),
+            message,
             Retry::After(wait),
         )))
     }
@@ -590,11 +589,14 @@ pub enum Release {
 /// After a deleted SharedIP's address is unshared everywhere: deletes or retains the address
 /// it allocated. Addresses given in spec.address are never touched.
 pub async fn release(sip: &SharedIP, ctx: &Context) -> Result<Option<Release>, Error> {
-    let Some(allocated) = sip.spec.allocated_address.as_deref() else {
-        return Ok(None);
+    let address = match sip.spec.allocated_address.as_deref() {
+        Some(allocated) => SharedAddress::parse(allocated, sip.spec.prefix)
+            .map_err(|e| Error::Lifecycle(e.to_string()))?,
+        None => match interrupted(sip, ctx).await? {
+            Some(a) => a,
+            None => return Ok(None),
+        },
     };
-    let address = SharedAddress::parse(allocated, sip.spec.prefix)
-        .map_err(|e| Error::Lifecycle(e.to_string()))?;
     let Some(info) = ctx
         .directory
         .address(&address)
@@ -631,7 +633,21 @@ pub async fn release(sip: &SharedIP, ctx: &Context) -> Result<Option<Release>, E
         info!(sharedip = %sip.name_any(), address = %address.address(), holder, "address retained on the IP holder");
         return Ok(Some(Release::Retained));
     }
-    let api = holders.api().map_err(|e| Error::Lifecycle(e.to_string()))?;
+    give_back(sip, ctx, &address, holder).await
+}
+
+/// `reclaimPolicy: Delete`: the address (or range) goes back to Linode; already gone is done.
+async fn give_back(
+    sip: &SharedIP,
+    ctx: &Context,
+    address: &SharedAddress,
+    holder: u64,
+) -> Result<Option<Release>, Error> {
+    let api = ctx
+        .lifecycle
+        .holders
+        .api()
+        .map_err(|e| Error::Lifecycle(e.to_string()))?;
     let result = match address.network() {
         IpAddr::V4(v4) => api.delete_ipv4(holder, v4).await,
         IpAddr::V6(base) => api.delete_range(base).await,
@@ -646,6 +662,40 @@ pub async fn release(sip: &SharedIP, ctx: &Context) -> Result<Option<Release>, E
             address: address.address().to_string(),
             source: e,
         }),
+    }
+}
+
+/// The address an interrupted allocation left for a SharedIP being deleted before the operator
+/// could write it: without this it would stay on the holder, unclaimed and unlisted.
+async fn interrupted(sip: &SharedIP, ctx: &Context) -> Result<Option<SharedAddress>, Error> {
+    let Some(intent) = Intent::of(sip).map_err(Error::Lifecycle)? else {
+        return Ok(None);
+    };
+    let holders = &ctx.lifecycle.holders;
+    let _region = holders.region(&intent.region).await;
+    let api = holders.api().map_err(|e| Error::Lifecycle(e.to_string()))?;
+    let on_holder = match api.holder_addresses(intent.holder).await {
+        Ok(a) => a,
+        Err(e) if e.is_not_found() => return Ok(None),
+        Err(e) => return Err(Error::Linode(e)),
+    };
+    let claimed = claimed_networks(ctx).await?;
+    match recover(&intent, &on_holder, &claimed) {
+        Recovery::Adopt(network) => {
+            let bound = match network {
+                IpAddr::V6(base) => IpAddr::V6(bound_in_range(base)),
+                v4 => v4,
+            };
+            info!(sharedip = %sip.name_any(), address = %bound, "an interrupted allocation left this address: releasing it with the SharedIP");
+            SharedAddress::parse(&bound.to_string(), Some(i32::from(intent.prefix)))
+                .map(Some)
+                .map_err(|e| Error::Lifecycle(e.to_string()))
+        }
+        Recovery::NothingNew => Ok(None),
+        Recovery::Ambiguous(new) => {
+            warn!(sharedip = %sip.name_any(), candidates = ?new, "an interrupted allocation left several unclaimed addresses on the holder: none is released");
+            Ok(None)
+        }
     }
 }
 

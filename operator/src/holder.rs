@@ -179,8 +179,9 @@ pub struct RegionState {
     pub holder: Option<Holder>,
     failures: u32,
     retry_at: Option<Instant>,
-    /// The refusal that started the wait, repeated while it lasts.
-    pub last_refusal: Option<String>,
+    /// The refusal that started the wait (condition reason and message), repeated while it
+    /// lasts.
+    pub last_refusal: Option<(&'static str, String)>,
 }
 
 impl RegionState {
@@ -192,7 +193,7 @@ impl RegionState {
     }
 
     /// Linode refused: wait twice as long as last time before asking again.
-    pub fn refused(&mut self, settings: &HolderSettings, why: String, now: Instant) -> Duration {
+    pub fn refused(&mut self, settings: &HolderSettings, now: Instant) -> Duration {
         self.failures = self.failures.saturating_add(1);
         let factor = 2u32.saturating_pow(self.failures.saturating_sub(1).min(16));
         let wait = settings
@@ -200,7 +201,6 @@ impl RegionState {
             .saturating_mul(factor)
             .min(settings.backoff_max);
         self.retry_at = Some(now + wait);
-        self.last_refusal = Some(why);
         wait
     }
 
@@ -436,16 +436,16 @@ mod tests {
         let s = HolderSettings::default();
         let mut r = RegionState::default();
         let t0 = Instant::now();
-        assert_eq!(r.refused(&s, "x".into(), t0), Duration::from_secs(30));
-        assert_eq!(r.refused(&s, "x".into(), t0), Duration::from_secs(60));
+        assert_eq!(r.refused(&s, t0), Duration::from_secs(30));
+        assert_eq!(r.refused(&s, t0), Duration::from_secs(60));
         assert!(r.backing_off(t0 + Duration::from_secs(59)).is_some());
         assert!(r.backing_off(t0 + Duration::from_secs(60)).is_none());
         for _ in 0..20 {
-            r.refused(&s, "x".into(), t0);
+            r.refused(&s, t0);
         }
         assert_eq!(r.backing_off(t0), Some(Duration::from_secs(3600)));
         r.succeeded();
         assert!(r.backing_off(t0).is_none());
-        assert_eq!(r.refused(&s, "x".into(), t0), Duration::from_secs(30));
+        assert_eq!(r.refused(&s, t0), Duration::from_secs(30));
     }
 }

@@ -504,7 +504,13 @@ async fn block(sip: &SharedIP, ctx: &Context, refusal: Refusal) -> Result<Action
         .map_err(Error::Kube)?;
     if before.as_ref() != Some(&now) {
         warn!(sharedip = %sip.name_any(), reason = %now.0, message = %now.1, "cannot share");
-        publish(&ctx.recorder, sip, EventType::Warning, &now.0, now.1, None).await;
+        // Waiting for an address to be allocated is the normal course, not a problem.
+        let kind = if now.0 == reason::AWAITING_ADDRESS {
+            EventType::Normal
+        } else {
+            EventType::Warning
+        };
+        publish(&ctx.recorder, sip, kind, &now.0, now.1, None).await;
     }
     Ok(match refusal.retry {
         Retry::OnChange => Action::await_change(),
@@ -653,7 +659,11 @@ fn retired_by_deletion(sip: &SharedIP, ctx: &Context, previous: &Previous) -> BT
 
 /// Tells what became of a deleted SharedIP's allocated address.
 async fn released(sip: &SharedIP, ctx: &Context, done: Release) {
-    let address = sip.spec.allocated_address.as_deref().unwrap_or_default();
+    let address = sip
+        .spec
+        .allocated_address
+        .as_deref()
+        .unwrap_or("the address of an interrupted allocation");
     let (reason, note) = match done {
         Release::Deleted => ("AddressReleased", format!("{address} was given back to Linode (reclaimPolicy Delete)")),
         Release::Retained => ("AddressRetained", format!("{address} stays on the cluster's IP holder (reclaimPolicy Retain); a SharedIP named {} takes it back", sip.name_any())),

@@ -109,15 +109,15 @@ async fn create_update_delete() {
     .await;
 }
 
-/// A SharedIP without an address waits for one: refused with AwaitingAddress, nothing shared.
-/// Once spec.allocatedAddress is written (as the allocation engine does), that address is
-/// shared and is the address the status shows.
+/// A SharedIP without an address waits while no selected node has a Linode (the address is
+/// allocated in the nodes' region): AwaitingAddress, nothing allocated or shared. An
+/// allocatedAddress written meanwhile is used as is once a node has its Linode, and is the
+/// address the status shows.
 #[tokio::test]
 async fn a_sharedip_without_an_address_waits_then_shares_the_allocated_one() {
     bounded(async {
         let env = Env::start().await;
-        env.add_node("node-a", &[("role", "primary")], Some(101))
-            .await;
+        env.add_node("node-a", &[("role", "primary")], None).await;
         let op = env.spawn_operator();
 
         let mut s = spec("192.0.2.11");
@@ -128,9 +128,12 @@ async fn a_sharedip_without_an_address_waits_then_shares_the_allocated_one() {
             .await;
         assert_eq!(sip.status.expect("status").address, None);
         assert!(env.by_linode().is_empty(), "{:?}", env.by_linode());
+        let c = env.standin.counters();
+        assert_eq!((c.linodes_created, c.ipv4_allocated), (0, 0), "{c:?}");
 
         s["allocatedAddress"] = json!("192.0.2.11");
         env.apply_sharedip("web", s).await;
+        env.set_provider_id("node-a", 101).await;
         env.eventually_shared("192.0.2.11", &[101]).await;
         let sip = env
             .eventually_condition("web", "Shared", "True", "Shared")
@@ -139,6 +142,8 @@ async fn a_sharedip_without_an_address_waits_then_shares_the_allocated_one() {
             sip.status.expect("status").address.as_deref(),
             Some("192.0.2.11")
         );
+        let c = env.standin.counters();
+        assert_eq!((c.linodes_created, c.ipv4_allocated), (0, 0), "{c:?}");
         op.stop().await;
     })
     .await;
