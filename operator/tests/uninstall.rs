@@ -353,3 +353,146 @@ async fn uninstall_stops_a_single_replica_without_leader_election() {
     .await
     .expect("test finished within 200 s");
 }
+
+/// The retained-address list of the installation's cluster: former SharedIP name → address.
+async fn retained(env: &Env) -> BTreeMap<String, String> {
+    let cm = Api::<ConfigMap>::namespaced(env.client(), NS)
+        .list(&Default::default())
+        .await
+        .expect("list ConfigMaps")
+        .items
+        .into_iter()
+        .find(|c| {
+            c.metadata
+                .name
+                .as_deref()
+                .is_some_and(|n| n.starts_with("sharedip-retained-"))
+        });
+    cm.and_then(|c| c.data)
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|(k, _)| k != "cluster-id")
+        .map(|(k, v)| {
+            let entry: serde_json::Value = serde_json::from_str(&v).expect("entry parses");
+            let address = entry["address"].as_str().expect("address").to_string();
+            (k, address)
+        })
+        .collect()
+}
+
+async fn allocated(env: &Env, kubelet: &mut Kubelet, name: &str) -> String {
+    let what = format!("{name} allocated");
+    let check = eventually(&what, || async {
+        let sip = env.get(name).await;
+        match sip.as_ref().and_then(|s| s.spec.allocated_address.as_ref()) {
+            Some(_) => Ok(()),
+            None => Err(format!("status {:?}", sip.and_then(|s| s.status))),
+        }
+    });
+    kubelet.while_running(env, check).await;
+    let sip = env.get(name).await.expect("the SharedIP");
+    sip.spec.allocated_address.expect("allocated")
+}
+
+#[tokio::test]
+async fn uninstall_and_install_keep_every_allocated_address() {
+    tokio::time::timeout(Duration::from_secs(280), async {
+        let env = Env::start().await;
+        let dir = tempfile::tempdir().expect("temp dir");
+        env.create_namespace(NS).await;
+        env.add_node("node-a", &[("role", "primary")], Some(101))
+            .await;
+        env.add_node("node-b", &[("role", "secondary")], Some(102))
+            .await;
+        let mut kubelet = Kubelet::new(NS, dir.path());
+        let _dump = kubelet.dump_on_panic();
+        // No address: each is allocated. `keep` survives the uninstall, the others are deleted
+        // while the operator is away and re-created from the same manifests.
+        let manifest = || {
+            let mut s = spec("unused");
+            s.as_object_mut().expect("object").remove("address");
+            s
+        };
+        let names = ["web", "api", "keep"];
+
+        install(&env, &mut kubelet).await;
+        for name in names {
+            env.apply_sharedip(name, manifest()).await;
+        }
+        let mut addresses = BTreeMap::new();
+        for name in names {
+            addresses.insert(name, allocated(&env, &mut kubelet, name).await);
+        }
+        for name in names {
+            expect_condition(&env, &mut kubelet, name, "Shared").await;
+        }
+        let distinct: BTreeSet<&String> = addresses.values().collect();
+        assert_eq!(distinct.len(), 3, "{addresses:?}");
+        let before = env.standin.counters();
+        assert_eq!(
+            (
+                before.linodes_created,
+                before.ipv4_allocated,
+                before.ipv4_deleted
+            ),
+            (1, 3, 0),
+            "{before:?}"
+        );
+
+        uninstall(&env, &mut kubelet).await;
+        assert_eq!(env.by_linode(), BTreeMap::new(), "nothing shared");
+        // Every allocated address is listed under its SharedIP's name.
+        let want: BTreeMap<String, String> = addresses
+            .iter()
+            .map(|(n, a)| (n.to_string(), a.clone()))
+            .collect();
+        assert_eq!(retained(&env).await, want);
+
+        // Deleted while nothing runs: no finalizer holds them, nothing releases the addresses.
+        for name in ["web", "api"] {
+            env.delete_sharedip(name).await;
+            assert!(env.get(name).await.is_none(), "{name} gone at once");
+            env.apply_sharedip(name, manifest()).await;
+        }
+
+        install(&env, &mut kubelet).await;
+        for name in names {
+            expect_condition(&env, &mut kubelet, name, "Shared").await;
+            let sip = env.get(name).await.expect("the SharedIP");
+            assert_eq!(
+                sip.spec.allocated_address.as_ref(),
+                Some(&addresses[name]),
+                "{name} has its old address"
+            );
+        }
+        let shared: Vec<&str> = addresses.values().map(String::as_str).collect();
+        expect_shared(
+            &env,
+            &mut kubelet,
+            &sharing(&[(101, &shared), (102, &shared)]),
+        )
+        .await;
+        // Taken back (web, api) and tidied at start (keep): the list is empty.
+        let check = eventually("the retained list emptied", || async {
+            let r = retained(&env).await;
+            if r.is_empty() {
+                Ok(())
+            } else {
+                Err(format!("{r:?}"))
+            }
+        });
+        kubelet.while_running(&env, check).await;
+        let after = env.standin.counters();
+        assert_eq!(
+            (
+                after.linodes_created,
+                after.ipv4_allocated,
+                after.ipv4_deleted
+            ),
+            (1, 3, 0),
+            "nothing allocated or deleted: {after:?}"
+        );
+    })
+    .await
+    .expect("test finished within 280 s");
+}
