@@ -314,6 +314,11 @@ impl Allocation<'_> {
             None => return Ok(self.holder_gone()),
         };
         let intent = Intent::of(self.sip).map_err(Error::Lifecycle)?;
+        if let Some(other) = intent.as_ref().filter(|i| i.holder != self.holder.id) {
+            // Only this region's holder is ever searched: an intent naming another Linode
+            // (edited by hand, or from before the holder changed) adopts nothing there.
+            warn!(sharedip = %self.sip.name_any(), intent_holder = other.holder, holder = self.holder.id, "the allocation intent names another Linode than the IP holder: it is replaced");
+        }
         if let Some(intent) = intent.filter(|i| i.holder == self.holder.id) {
             let claimed = claimed_networks(self.ctx).await?;
             match recover(&intent, &on_holder, &claimed) {
