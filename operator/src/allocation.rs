@@ -46,7 +46,7 @@ use crate::linode_api::{ApiError, HolderAddresses};
 use crate::plan::{Previously, Refusal, Retry};
 use crate::reconciler::{Context, Error};
 use crate::retained::{Retained, RetainedError, RetainedStore};
-use crate::selection::select_nodes;
+use crate::selection::{linodes_of, select_nodes};
 use crate::status::reason;
 
 /// What the operator needs to allocate and release addresses.
@@ -171,6 +171,17 @@ pub async fn ensure_address(
         Ok(None) => return Err(Error::Lifecycle("no holder".into())),
         Err(e) => return holder_failure(sip, ctx, &mut state, e).await,
     };
+    if linodes_of(nodes.iter().map(AsRef::as_ref)).contains(&holder.id) {
+        // Recycling that node would delete every address on it.
+        return Ok(Ensured::Refused(refused(
+            reason::NO_HOLDER,
+            format!(
+                "the IP holder of {region} would be Linode {} ({}), which is a node of this cluster; a holder must outlive the nodes: name another Linode in --ip-holder-linode",
+                holder.id, holder.label
+            ),
+            Retry::OnChange,
+        )));
+    }
     let mut alloc = Allocation {
         sip,
         ctx,
