@@ -13,7 +13,8 @@
 #   * NOTES.txt renders;
 #   * values that must be rejected (by values.schema.json or by the templates) really are;
 #   * the CRD in the chart equals crds/ (written by `cargo run -p sharedip-operator --bin crdgen`),
-#     the examples validate against it, and the chart README documents every value;
+#     the examples (documentation addresses, or none: allocated) validate against it, and the
+#     chart README documents every value;
 #   * `helm package` works.
 #
 # helm: $HELM, else ${SHAREDIP_CACHE_DIR:-$HOME/.cache/sharedip}/bin/helm (built by
@@ -209,6 +210,12 @@ if scenario == "full":
     check(val("EXTRA") == "1", "extraEnv")
     check(val("CLUSTER_ID") == "prod-eu-1", "CLUSTER_ID")
     check(val("SWEEP_INTERVAL") == "5m", "SWEEP_INTERVAL")
+    # Allocated addresses; the ids comma-joined as integers (the values file makes them floats).
+    check(val("IP_HOLDER") == "off", f"IP_HOLDER {val('IP_HOLDER')!r}")
+    check(val("IP_HOLDER_LINODES") == "123,4567890123", f"IP_HOLDER_LINODES {val('IP_HOLDER_LINODES')!r}")
+    check(val("ADOPT_CCM_HOLDERS") == "true", f"ADOPT_CCM_HOLDERS {val('ADOPT_CCM_HOLDERS')!r}")
+    check(val("CCM_HOLDER_SUFFIX") == "prod-eu", f"CCM_HOLDER_SUFFIX {val('CCM_HOLDER_SUFFIX')!r}")
+    check(val("EXPERIMENTAL_RESERVED_IPS") == "true", f"EXPERIMENTAL_RESERVED_IPS {val('EXPERIMENTAL_RESERVED_IPS')!r}")
 else:
     check(val("LINODE_API_URL") == "https://api.linode.com/v4", "LINODE_API_URL")
     check(val("LEASE_NAME") == "sharedip-operator", f"LEASE_NAME {val('LEASE_NAME')!r}")
@@ -216,6 +223,8 @@ else:
     check("MEMBERSHIP_HOLD_DOWN" not in env, "MEMBERSHIP_HOLD_DOWN set although empty")
     check("CLUSTER_ID" not in env, "CLUSTER_ID set although empty (the default is kube-system's UID)")
     check("SWEEP_INTERVAL" not in env, "SWEEP_INTERVAL set although empty")
+    for n in ("IP_HOLDER", "IP_HOLDER_LINODES", "ADOPT_CCM_HOLDERS", "CCM_HOLDER_SUFFIX", "EXPERIMENTAL_RESERVED_IPS"):
+        check(n not in env, f"{n} set although the value is empty or false (the operator's default applies)")
 
 # HTTPS only: the probes use HTTPS too (no token needed for them).
 ports = {p["name"]: p["containerPort"] for p in c.get("ports", [])}
@@ -772,6 +781,21 @@ expect_reject "clusterId too long" "/clusterId" "${TOK[@]}" --set clusterId=$(pr
 expect_reject "sweepInterval below a second" "/operator/sweepInterval" "${TOK[@]}" --set operator.sweepInterval=500ms
 expect_reject "uninstall deadline too short" "/operator/uninstall/activeDeadlineSeconds" "${TOK[@]}" \
   --set operator.uninstall.activeDeadlineSeconds=10
+expect_reject "addresses.ipHolder neither auto nor off" "/addresses/ipHolder" "${TOK[@]}" --set addresses.ipHolder=sometimes
+expect_reject "addresses.ipHolder: a bare off (YAML false)" "/addresses/ipHolder.*want string" "${TOK[@]}" \
+  --set addresses.ipHolder=false
+expect_reject "addresses.ipHolderLinodes not integers" "/addresses/ipHolderLinodes/0" "${TOK[@]}" \
+  --set-string 'addresses.ipHolderLinodes={holder}'
+expect_reject "addresses.ipHolderLinodes id 0" "/addresses/ipHolderLinodes/0.*minimum" "${TOK[@]}" \
+  --set 'addresses.ipHolderLinodes={0}'
+expect_reject "addresses.adoptCcmHolders not a boolean" "/addresses/adoptCcmHolders.*want boolean" "${TOK[@]}" \
+  --set-string addresses.adoptCcmHolders=yes
+expect_reject "addresses.ccmHolderSuffix with spaces" "/addresses/ccmHolderSuffix" "${TOK[@]}" \
+  --set addresses.adoptCcmHolders=true --set 'addresses.ccmHolderSuffix=a b'
+expect_reject "addresses.ccmHolderSuffix without adoptCcmHolders" "only used with addresses.adoptCcmHolders=true" \
+  "${TOK[@]}" --set addresses.ccmHolderSuffix=prod
+expect_reject "typo in addresses key (ipholder)" "additional properties 'ipholder' not allowed" "${TOK[@]}" \
+  --set addresses.ipholder=off
 expect_reject "bad podAntiAffinity preset" "/operator/podAntiAffinity" "${TOK[@]}" --set operator.podAntiAffinity=always
 expect_reject "apiURL not a URL" "/linode/apiURL" "${TOK[@]}" --set linode.apiURL=api.linode.com
 expect_reject "bad existingSecret name" "/linode/existingSecret" --set linode.existingSecret=Not_A_Name
@@ -859,8 +883,9 @@ else
 fi
 
 if python3 - "$ROOT" "$CRD" <<'PY'
-"""The examples are SharedIPs with documentation addresses; once the CRD exists they must
-validate against its OpenAPI schema (structure and types; CEL rules are the apiserver's job)."""
+"""The examples are SharedIPs with documentation addresses, or without an address (the operator
+allocates one); once the CRD exists they must validate against its OpenAPI schema (structure
+and types; CEL rules are the apiserver's job)."""
 import copy, glob, ipaddress, os, sys, yaml
 root, crd_name = sys.argv[1], sys.argv[2]
 DOC_NETS = [ipaddress.ip_network(n) for n in ("192.0.2.0/24", "198.51.100.0/24", "203.0.113.0/24", "2001:db8::/32")]
@@ -911,15 +936,22 @@ for f in files:
             errors.append(f"{name}: not a sharedip.io/v1alpha1 SharedIP")
             continue
         spec = d.get("spec", {})
-        for field in ("address", "prefix", "primary"):
-            if field not in spec:
-                errors.append(f"{name}: spec.{field} missing")
-        try:
-            addr = ipaddress.ip_address(spec.get("address", ""))
-            if not any(addr in n for n in DOC_NETS):
-                errors.append(f"{name}: {addr} is not a documentation address")
-        except ValueError:
-            errors.append(f"{name}: spec.address is not an IP address")
+        if "primary" not in spec:
+            errors.append(f"{name}: spec.primary missing")
+        # spec.allocatedAddress is the operator's to write, never a manifest's.
+        if "allocatedAddress" in spec:
+            errors.append(f"{name}: spec.allocatedAddress set (the operator writes it)")
+        # Without spec.address the operator allocates one; with it, it is a documentation
+        # address and its prefix is spelled out.
+        if "address" in spec:
+            if "prefix" not in spec:
+                errors.append(f"{name}: spec.prefix missing")
+            try:
+                addr = ipaddress.ip_address(spec["address"])
+                if not any(addr in n for n in DOC_NETS):
+                    errors.append(f"{name}: {addr} is not a documentation address")
+            except ValueError:
+                errors.append(f"{name}: spec.address is not an IP address")
         if schema is not None:
             try:
                 import jsonschema
@@ -936,7 +968,7 @@ for e in errors:
 sys.exit(1 if errors else 0)
 PY
 then
-  pass "examples/sharedip-*.yaml are SharedIPs with documentation addresses$([[ -f "$ROOT/crds/$CRD" ]] && echo ", valid against the CRD schema")"
+  pass "examples/sharedip-*.yaml are SharedIPs with documentation addresses or none$([[ -f "$ROOT/crds/$CRD" ]] && echo ", valid against the CRD schema")"
 else
   fail "examples"
 fi

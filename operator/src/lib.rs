@@ -11,6 +11,11 @@
 //!  controller.rs   the SharedIP Controller, run while this replica leads (leader.rs)
 //!       │
 //!       ▼ reconcile → finalizer → apply | cleanup                          reconciler.rs
+//!  allocation.rs   apply, first: no spec.address? take back the retained address of the
+//!                  name (retained.rs), or allocate on the region's IP holder (holder.rs)
+//!                  ─► linode_api.rs; write spec.allocatedAddress (the watch brings it back)
+//!       │
+//!       ▼
 //!  plan.rs         plan (changes nothing):
 //!                    the address ─ crates/api address.rs
 //!                    duplicate?  ─ crates/api rules.rs (the agents apply the same rule)
@@ -28,18 +33,23 @@
 //!       ├─► events.rs     Events: shared, unshared, failed, excluded, held
 //!       └─► status.rs     status: Shared; Announced and Ready from the agents' entries
 //!
+//!  cleanup         unshare everywhere, then allocation.rs `release`: give an allocated
+//!                  address back (Delete) or list it in retained.rs (Retain)
 //!  sweep.rs        while leading: the ledger against the Nodes and SharedIPs
 //!                  ─► unshare orders ─► share_syncer.rs
 //!  uninstall.rs    `sharedip-operator uninstall`: take the Lease (leader.rs), unshare what
-//!                  the ledger and the statuses name, let every SharedIP go
-//!  cluster_id.rs   this cluster's identity, which names its ledger
+//!                  the ledger and the statuses name, list allocated addresses as retained,
+//!                  let every SharedIP go
+//!  cluster_id.rs   this cluster's identity, which names its ledger, its IP holders and its
+//!                  retained list
 //!  http.rs, metrics.rs, config.rs: HTTPS endpoints, metrics, flags (signals, logging and
 //!  the probe and metrics routes come from crates/process)
 //! ```
 //!
 //! The path runs one way, with a single request/response hop: reconcile → share wave →
-//! outcome. The one loop is deliberate: Announced and Ready read what the node agents wrote
-//! into the SharedIP's status.
+//! outcome. The two loops are deliberate: Announced and Ready read what the node agents wrote
+//! into the SharedIP's status, and an allocation ends the reconcile once it has written
+//! `spec.allocatedAddress`, which the watch brings back as the next one.
 
 // Unit tests may be long: a scenario reads best in one piece. Product code is held to the
 // limit in clippy.toml.
