@@ -24,7 +24,7 @@
 //! SharedIP of the region reports the refusal without a call.
 
 use std::collections::BTreeSet;
-use std::net::{IpAddr, Ipv6Addr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -42,9 +42,10 @@ use tracing::{info, warn};
 
 use crate::events::publish;
 use crate::holder::{Holder, HolderError, Holders, RegionState};
-use crate::linode_api::{ApiError, HolderAddresses};
+use crate::linode_api::{ApiError, ApiErrorKind, HolderAddresses};
 use crate::plan::{Previously, Refusal, Retry};
 use crate::reconciler::{Context, Error};
+use crate::reserved;
 use crate::retained::{Retained, RetainedError, RetainedStore};
 use crate::selection::{linodes_of, select_nodes};
 use crate::status::reason;
@@ -68,6 +69,10 @@ pub struct Intent {
     pub before: BTreeSet<IpAddr>,
     /// When the intent was recorded (RFC 3339).
     pub at: String,
+    /// With `--experimental-reserved-ips`: this cluster's reserved addresses in the region
+    /// before the call (see [`crate::reserved`]); absent for an ordinary allocation.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reserved: Option<BTreeSet<Ipv4Addr>>,
 }
 
 impl Intent {
@@ -341,6 +346,11 @@ impl Allocation<'_> {
                     return Ok(Ensured::Written(address));
                 }
                 Recovery::NothingNew => {
+                    let found =
+                        reserved::recover(self.ctx, self.sip, self.state, self.holder, &intent);
+                    if let Some(done) = found.await? {
+                        return Ok(done);
+                    }
                     info!(sharedip = %self.sip.name_any(), holder = self.holder.id, "an interrupted allocation took no effect: allocating again");
                 }
                 Recovery::Ambiguous(new) => {
@@ -454,8 +464,29 @@ impl Allocation<'_> {
         Ok(Some(Ensured::Written(address)))
     }
 
+    /// With `--experimental-reserved-ips` an IPv4 allocation is a reservation: this
+    /// cluster's reservations in the region before it, for the intent.
+    async fn reservations_before(&self) -> Result<Option<BTreeSet<Ipv4Addr>>, ApiError> {
+        let holders = &self.ctx.lifecycle.holders;
+        if self.family != AddressFamily::IPv4 || !holders.settings.reserved_ips {
+            return Ok(None);
+        }
+        let api = holders
+            .api()
+            .map_err(|e| ApiError::new(ApiErrorKind::Auth, e.to_string()))?;
+        let tag = reserved::cluster_tag(holders.cluster());
+        let before = reserved::tagged(api.as_ref(), &self.holder.region, &tag).await?;
+        Ok(Some(before.into_keys().collect()))
+    }
+
     /// Records the intent, asks Linode, writes the address.
     async fn allocate(&mut self, on_holder: &HolderAddresses) -> Result<Ensured, Error> {
+        let reserved_before = match self.reservations_before().await {
+            Ok(r) => r,
+            Err(e) if e.kind == ApiErrorKind::Rejected => return self.refused_by_linode(e).await,
+            Err(e) => return Err(Error::Linode(e)),
+        };
+        let reserving = reserved_before.is_some();
         let intent = Intent {
             holder: self.holder.id,
             region: self.holder.region.clone(),
@@ -463,6 +494,7 @@ impl Allocation<'_> {
             prefix: self.prefix,
             before: on_holder.networks(),
             at: Timestamp::now().to_string(),
+            reserved: reserved_before,
         };
         write_intent(self.ctx, self.sip, Some(&intent)).await?;
         let api = self
@@ -471,7 +503,13 @@ impl Allocation<'_> {
             .holders
             .api()
             .map_err(|e| Error::Lifecycle(e.to_string()))?;
+        let tag = reserved::cluster_tag(self.ctx.lifecycle.holders.cluster());
         let result = match self.family {
+            AddressFamily::IPv4 if reserving => {
+                reserved::reserve_on(api.as_ref(), self.holder, &tag)
+                    .await
+                    .map(IpAddr::V4)
+            }
             AddressFamily::IPv4 => api.allocate_ipv4(self.holder.id).await.map(IpAddr::V4),
             AddressFamily::IPv6 => api
                 .create_range(self.holder.id, self.prefix)
@@ -498,6 +536,9 @@ impl Allocation<'_> {
             return Err(Error::Linode(e));
         }
         let what = match self.family {
+            AddressFamily::IPv4 if self.ctx.lifecycle.holders.settings.reserved_ips => {
+                "a reserved IPv4 address (--experimental-reserved-ips)"
+            }
             AddressFamily::IPv4 => "an IPv4 address",
             AddressFamily::IPv6 => "an IPv6 range",
         };
@@ -520,7 +561,7 @@ impl Allocation<'_> {
 
 /// The networks every SharedIP names (read fresh: the cache may not show an address written a
 /// moment ago) and every retained address.
-async fn claimed_networks(ctx: &Context) -> Result<BTreeSet<IpAddr>, Error> {
+pub(crate) async fn claimed_networks(ctx: &Context) -> Result<BTreeSet<IpAddr>, Error> {
     let api: Api<SharedIP> = Api::all(ctx.client.clone());
     let all = api
         .list(&ListParams::default())
@@ -566,7 +607,11 @@ async fn write_intent(ctx: &Context, sip: &SharedIP, intent: Option<&Intent>) ->
 
 /// Writes `spec.allocatedAddress` once and drops the intent, in one patch; the CRD refuses to
 /// change the field afterwards.
-async fn write_allocated(ctx: &Context, sip: &SharedIP, address: IpAddr) -> Result<(), Error> {
+pub(crate) async fn write_allocated(
+    ctx: &Context,
+    sip: &SharedIP,
+    address: IpAddr,
+) -> Result<(), Error> {
     let patch = json!({
         "metadata": { "annotations": { ALLOCATION_INTENT_ANNOTATION: null } },
         "spec": { "allocatedAddress": address.to_string() },
@@ -649,25 +694,7 @@ pub async fn release(sip: &SharedIP, ctx: &Context) -> Result<Option<Release>, E
         info!(sharedip = %sip.name_any(), address = %address.address(), holder, "address retained on the IP holder");
         return Ok(Some(Release::Retained));
     }
-    give_back(sip, ctx, &address, holder).await
-}
-
-/// `reclaimPolicy: Delete`: the address (or range) goes back to Linode; already gone is done.
-async fn give_back(
-    sip: &SharedIP,
-    ctx: &Context,
-    address: &SharedAddress,
-    holder: u64,
-) -> Result<Option<Release>, Error> {
-    let api = ctx
-        .lifecycle
-        .holders
-        .api()
-        .map_err(|e| Error::Lifecycle(e.to_string()))?;
-    let result = match address.network() {
-        IpAddr::V4(v4) => api.delete_ipv4(holder, v4).await,
-        IpAddr::V6(base) => api.delete_range(base).await,
-    };
+    let result = give_back(holders, holder, address.network()).await;
     match result {
         Ok(()) => {
             info!(sharedip = %sip.name_any(), address = %address.address(), holder, "address given back to Linode");
@@ -712,6 +739,22 @@ async fn interrupted(sip: &SharedIP, ctx: &Context) -> Result<Option<SharedAddre
             warn!(sharedip = %sip.name_any(), candidates = ?new, "an interrupted allocation left several unclaimed addresses on the holder: none is released");
             Ok(None)
         }
+    }
+}
+
+/// Gives an address (or range) of the holder back to Linode.
+async fn give_back(holders: &Holders, holder: u64, network: IpAddr) -> Result<(), ApiError> {
+    let api = holders
+        .api()
+        .map_err(|e| ApiError::new(ApiErrorKind::Auth, e.to_string()))?;
+    match network {
+        // A reservation is given up first: the address then is an ordinary one of the holder.
+        IpAddr::V4(v4) if holders.settings.reserved_ips => {
+            reserved::unreserve(api.as_ref(), v4).await?;
+            api.delete_ipv4(holder, v4).await
+        }
+        IpAddr::V4(v4) => api.delete_ipv4(holder, v4).await,
+        IpAddr::V6(base) => api.delete_range(base).await,
     }
 }
 
@@ -815,6 +858,7 @@ mod tests {
             prefix: 32,
             before: before.iter().map(|a| v4(a)).collect(),
             at: "2026-12-01T00:00:00Z".into(),
+            reserved: None,
         }
     }
 
@@ -877,5 +921,19 @@ mod tests {
         let text = serde_json::to_string(&i).unwrap();
         assert!(text.contains("\"family\":\"IPv4\""), "{text}");
         assert_eq!(serde_json::from_str::<Intent>(&text).unwrap(), i);
+    }
+
+    #[test]
+    fn reservation_intents_list_the_reservations_and_ordinary_ones_stay_as_they_were() {
+        let plain = intent(&["192.0.2.1"], AddressFamily::IPv4);
+        let text = serde_json::to_string(&plain).unwrap();
+        assert!(!text.contains("reserved"), "{text}");
+        let reserving = Intent {
+            reserved: Some(BTreeSet::from([Ipv4Addr::new(192, 0, 2, 7)])),
+            ..plain
+        };
+        let text = serde_json::to_string(&reserving).unwrap();
+        assert!(text.contains("\"reserved\":[\"192.0.2.7\"]"), "{text}");
+        assert_eq!(serde_json::from_str::<Intent>(&text).unwrap(), reserving);
     }
 }

@@ -126,6 +126,13 @@ pub struct Config {
     #[arg(long, env = "CCM_HOLDER_SUFFIX", default_value = "")]
     pub ccm_holder_suffix: String,
 
+    /// Experimental, unverified on real Linode: allocate IPv4 addresses as Linode Reserved
+    /// IPs (reserved in the region, tagged with the cluster id, assigned to the IP holder),
+    /// so an address outlives its holder. The account needs access to Reserved IPs; without
+    /// it allocations are refused (AllocationRefused), never made another way.
+    #[arg(long, env = "EXPERIMENTAL_RESERVED_IPS", default_value_t = false, action = clap::ArgAction::Set)]
+    pub experimental_reserved_ips: bool,
+
     #[command(subcommand)]
     pub command: Option<Command>,
 }

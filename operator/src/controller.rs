@@ -42,6 +42,7 @@ use crate::membership::{Decision, MembershipDamper};
 use crate::metrics::Metrics;
 use crate::plan::DepartureClock;
 use crate::reconciler::{self, Backoff, Context, ReconcileConfig};
+use crate::reserved;
 use crate::retained::RetainedStore;
 use crate::share_syncer::{ShareSyncer, SyncerConfig, SyncerTask};
 use crate::sweep::Sweeper;
@@ -294,6 +295,7 @@ fn controller_settings(
             adopt_ccm: config
                 .adopt_ccm_holders
                 .then(|| config.ccm_holder_suffix.clone()),
+            reserved_ips: config.experimental_reserved_ips,
             ..HolderSettings::default()
         },
         lifecycle_api: None,
@@ -302,6 +304,9 @@ fn controller_settings(
 
 /// IP holders and the retained-address list of this cluster.
 fn lifecycle(client: &kube::Client, settings: &ControllerSettings) -> Lifecycle {
+    if settings.holders.reserved_ips {
+        reserved::announce();
+    }
     Lifecycle {
         holders: Holders::new(
             settings.lifecycle_api.clone(),

@@ -56,6 +56,9 @@ pub struct HolderSettings {
     /// First and largest wait after Linode refused to create or allocate in a region.
     pub backoff_base: Duration,
     pub backoff_max: Duration,
+    /// Experimental: IPv4 addresses are Reserved IPs assigned to the holder
+    /// (`--experimental-reserved-ips`, see [`crate::reserved`]).
+    pub reserved_ips: bool,
 }
 
 impl Default for HolderSettings {
@@ -66,6 +69,7 @@ impl Default for HolderSettings {
             adopt_ccm: None,
             backoff_base: Duration::from_secs(30),
             backoff_max: Duration::from_secs(3600),
+            reserved_ips: false,
         }
     }
 }
@@ -167,7 +171,7 @@ pub fn is_valid_label(label: &str) -> bool {
 }
 
 /// 64-bit FNV-1a: a stable, documented hash for shortened labels (not for security).
-fn fnv1a(s: &str) -> u64 {
+pub(crate) fn fnv1a(s: &str) -> u64 {
     s.bytes().fold(0xcbf2_9ce4_8422_2325, |h, b| {
         (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
     })

@@ -73,6 +73,7 @@ pub mod membership;
 pub mod metrics;
 pub mod plan;
 pub mod reconciler;
+pub mod reserved;
 pub mod retained;
 pub mod selection;
 pub mod share_syncer;

@@ -197,6 +197,33 @@ pub trait LifecycleApi: Send + Sync + 'static {
     fn delete_range(&self, range: Ipv6Addr) -> BoxFuture<'_, ApiResult<()>>;
     /// Every IPv6 range of the account in `region`, with the Linode each is routed to.
     fn ranges_in(&self, region: &str) -> BoxFuture<'_, ApiResult<Vec<AddressInfo>>>;
+    /// Puts an IPv4 address of `region` on the Linode (`POST /networking/ips/assign`).
+    fn assign_ipv4(
+        &self,
+        region: &str,
+        address: Ipv4Addr,
+        linode: u64,
+    ) -> BoxFuture<'_, ApiResult<()>>;
+    /// Every reserved IPv4 address of the account; `Rejected` (with Linode's reason) when the
+    /// account has no access to reserved IPs. Experimental (`--experimental-reserved-ips`).
+    fn reserved_ipv4(&self) -> BoxFuture<'_, ApiResult<Vec<ReservedAddress>>>;
+    /// Reserves an IPv4 address in `region`, tagged, on no Linode; `Rejected` (with Linode's
+    /// reason) when the account has no access or is at its limit. Experimental.
+    fn reserve_ipv4(&self, region: &str, tags: Vec<String>) -> BoxFuture<'_, ApiResult<Ipv4Addr>>;
+    /// Gives a reservation up (an assigned address stays on its Linode as an ordinary one);
+    /// `NotFound` when the address is not reserved, or the account has no access to
+    /// reserved IPs. Experimental.
+    fn delete_reserved(&self, address: Ipv4Addr) -> BoxFuture<'_, ApiResult<()>>;
+}
+
+/// A reserved IPv4 address. Experimental.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReservedAddress {
+    pub address: Ipv4Addr,
+    pub region: String,
+    /// The Linode it is assigned to, if any.
+    pub linode: Option<u64>,
+    pub tags: Vec<String>,
 }
 
 pub type DynLifecycleApi = Arc<dyn LifecycleApi>;
@@ -351,6 +378,60 @@ impl LifecycleApi for linode_client::LinodeClient {
                 .collect())
         })
     }
+
+    fn assign_ipv4(
+        &self,
+        region: &str,
+        address: Ipv4Addr,
+        linode: u64,
+    ) -> BoxFuture<'_, ApiResult<()>> {
+        let region = region.to_string();
+        Box::pin(async move {
+            linode_client::LinodeClient::assign_ipv4(self, &region, address, linode)
+                .await
+                .map_err(to_api_error)
+        })
+    }
+
+    fn reserved_ipv4(&self) -> BoxFuture<'_, ApiResult<Vec<ReservedAddress>>> {
+        Box::pin(async move {
+            let all = self.list_reserved_ips().await.map_err(reserved_error)?;
+            Ok(all
+                .into_iter()
+                .map(|r| ReservedAddress {
+                    address: r.address,
+                    region: r.region,
+                    linode: r.linode_id,
+                    tags: r.tags,
+                })
+                .collect())
+        })
+    }
+
+    fn reserve_ipv4(&self, region: &str, tags: Vec<String>) -> BoxFuture<'_, ApiResult<Ipv4Addr>> {
+        let region = region.to_string();
+        Box::pin(async move {
+            let tags: Vec<&str> = tags.iter().map(String::as_str).collect();
+            linode_client::LinodeClient::reserve_ipv4(self, &region, &tags)
+                .await
+                .map(|r| r.address)
+                .map_err(reserved_error)
+        })
+    }
+
+    fn delete_reserved(&self, address: Ipv4Addr) -> BoxFuture<'_, ApiResult<()>> {
+        // Without access to the feature nothing is reserved: its 404 stays "not reserved".
+        Box::pin(async move { self.delete_reserved_ip(address).await.map_err(to_api_error) })
+    }
+}
+
+/// A reserved-IP call's error: an account without access to the feature gets a 404 from
+/// Linode, which is a refusal, not "no such address".
+fn reserved_error(e: linode_client::Error) -> ApiError {
+    if e.is_reserved_ips_denied() {
+        return ApiError::new(ApiErrorKind::Rejected, e.to_string());
+    }
+    to_api_error(e)
 }
 
 /// Classifies a client error for the reconciler; the message never contains the token (the

@@ -251,6 +251,7 @@ async fn two_clusters_in_one_account_allocate_on_their_own_holders_only() {
             prefix: 32,
             before,
             at: Timestamp::now().to_string(),
+            reserved: None,
         };
         let note = json!({ALLOCATION_INTENT_ANNOTATION: serde_json::to_string(&intent).unwrap()});
         apply_on(&a_client, "crash", edge(), note).await;

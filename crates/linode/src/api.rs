@@ -176,6 +176,26 @@ impl LinodeClient {
         Ok(())
     }
 
+    /// `POST /networking/ips/assign` with one assignment: puts `address` (of `region`) on
+    /// `linode_id`, moving it from the Linode that has it, or giving a reserved address that
+    /// is on no Linode its Linode. Linode refuses to move a shared address. Repeating it after
+    /// a lost answer asks for what is already so, so it is retried like the deletes.
+    pub async fn assign_ipv4(&self, region: &str, address: Ipv4Addr, linode_id: u64) -> Result<()> {
+        let body = serde_json::json!({
+            "region": region,
+            "assignments": [{ "address": address.to_string(), "linode_id": linode_id }],
+        });
+        let call = Call::post(
+            endpoints::IPS_ASSIGN,
+            "/networking/ips/assign".to_owned(),
+            &body,
+            true,
+        );
+        self.call(&call).await?;
+        tracing::info!(linode_id, %address, region, "assigned IPv4 address");
+        Ok(())
+    }
+
     /// `POST /networking/ipv6/ranges` with `linode_id` and `prefix_length`: creates a range
     /// routed to the Linode's SLAAC address. Linode allows one range per Linode and one per
     /// account and region. Not retried after an ambiguous failure (see above).
