@@ -157,11 +157,12 @@ pub async fn ensure_address(
         return Ok(Ensured::Written(r.address));
     }
     let mut state = lifecycle.holders.region(&region).await;
-    if let Some(wait) = state.backing_off(Instant::now()) {
-        let why = state.last_refusal.clone().unwrap_or_default();
+    // The refusal that started the wait, word for word: what was refused (the holder or the
+    // address) and when Linode is asked again.
+    if let Some((wait, last)) = state.backing_off(Instant::now()) {
         return Ok(Ensured::Refused(refused(
-            reason::ALLOCATION_REFUSED,
-            format!("{why}; next attempt in {}s", wait.as_secs()),
+            last.reason,
+            last.message.clone(),
             Retry::After(wait),
         )));
     }
@@ -284,15 +285,12 @@ async fn holder_failure(
     if !e.is_refusal() {
         return Err(Error::Lifecycle(message));
     }
-    let retry = if matches!(e, HolderError::CreateRefused { .. }) {
-        let wait = state.refused(
-            &ctx.lifecycle.holders.settings,
-            message.clone(),
-            Instant::now(),
-        );
-        Retry::After(wait)
+    let (message, retry) = if matches!(e, HolderError::CreateRefused { .. }) {
+        let settings = &ctx.lifecycle.holders.settings;
+        let (wait, last) = state.refused(settings, reason, &message, Instant::now());
+        (last.message, Retry::After(wait))
     } else {
-        Retry::OnChange
+        (message, Retry::OnChange)
     };
     warn!(sharedip = %sip.name_any(), reason, message = %message, "no IP holder");
     Ok(Ensured::Refused(refused(reason, message, retry)))
@@ -491,13 +489,16 @@ impl Allocation<'_> {
             self.holder.id, self.holder.region
         );
         let settings = &self.ctx.lifecycle.holders.settings;
-        let wait = self
-            .state
-            .refused(settings, message.clone(), Instant::now());
+        let (wait, last) = self.state.refused(
+            settings,
+            reason::ALLOCATION_REFUSED,
+            &message,
+            Instant::now(),
+        );
         warn!(sharedip = %self.sip.name_any(), region = %self.holder.region, retry_in = ?wait, error = %e, "allocation refused");
         Ok(Ensured::Refused(refused(
-            reason::ALLOCATION_REFUSED,
-            format!("{message}; next attempt in {}s", wait.as_secs()),
+            last.reason,
+            last.message,
             Retry::After(wait),
         )))
     }
