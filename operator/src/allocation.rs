@@ -125,6 +125,9 @@ pub enum Ensured {
     Named,
     /// `spec.allocatedAddress` was just written; the watch brings the SharedIP back with it.
     Written(IpAddr),
+    /// The cached SharedIP is behind the API's (it has an address by now, or is being
+    /// deleted or gone): the watch brings the current one.
+    Behind,
     /// No address can be had now, and why.
     Refused(Refusal),
 }
@@ -132,13 +135,23 @@ pub enum Ensured {
 /// Makes sure a SharedIP without `spec.address` has an allocated address: takes back its
 /// retained one, adopts what a crash left, or allocates.
 pub async fn ensure_address(
-    sip: &SharedIP,
+    cached: &SharedIP,
     ctx: &Context,
     nodes: &[Arc<Node>],
 ) -> Result<Ensured, Error> {
-    if sip.spec.address_in_use().is_some() {
+    if cached.spec.address_in_use().is_some() {
         return Ok(Ensured::Named);
     }
+    // The cache can lag behind what the previous reconcile wrote (the address, the intent):
+    // deciding on it would allocate a second address. The API's copy does not lag.
+    let api: Api<SharedIP> = Api::all(ctx.client.clone());
+    let fresh = api.get_opt(&cached.name_any()).await.map_err(Error::Kube)?;
+    let Some(sip) = fresh
+        .filter(|s| s.spec.address_in_use().is_none() && s.metadata.deletion_timestamp.is_none())
+    else {
+        return Ok(Ensured::Behind);
+    };
+    let sip = &sip;
     let family = sip.spec.family();
     let prefix = requested_prefix(sip);
     let region = match region_of_selection(sip, ctx, nodes).await? {
