@@ -476,6 +476,16 @@ impl Allocation<'_> {
         };
         match result {
             Ok(network) => {
+                if claimed_networks(self.ctx).await?.contains(&network) {
+                    // Linode hands freed addresses out again: one a SharedIP (or the retained
+                    // list) still names, say after its holder was deleted, is that one's
+                    // address come back, never this one's. The intent stays and recovery
+                    // finds nothing unclaimed, so the next attempt allocates another.
+                    warn!(sharedip = %self.sip.name_any(), address = %network, holder = self.holder.id, "Linode handed out an address another SharedIP names: left to it, allocating again");
+                    return Err(Error::Lifecycle(format!(
+                        "Linode allocated {network}, which another SharedIP or the retained list names; allocating another"
+                    )));
+                }
                 let address = self.bound(network);
                 info!(sharedip = %self.sip.name_any(), address = %address, holder = self.holder.id, region = %self.holder.region, "allocated an address on the IP holder");
                 write_allocated(self.ctx, self.sip, address).await?;
