@@ -130,6 +130,9 @@ pub enum Ensured {
     Named,
     /// `spec.allocatedAddress` was just written; the watch brings the SharedIP back with it.
     Written(IpAddr),
+    /// The cached SharedIP is behind the API's (it has an address by now, or is being
+    /// deleted or gone): the watch brings the current one.
+    Behind,
     /// No address can be had now, and why.
     Refused(Refusal),
 }
@@ -137,13 +140,23 @@ pub enum Ensured {
 /// Makes sure a SharedIP without `spec.address` has an allocated address: takes back its
 /// retained one, adopts what a crash left, or allocates.
 pub async fn ensure_address(
-    sip: &SharedIP,
+    cached: &SharedIP,
     ctx: &Context,
     nodes: &[Arc<Node>],
 ) -> Result<Ensured, Error> {
-    if sip.spec.address_in_use().is_some() {
+    if cached.spec.address_in_use().is_some() {
         return Ok(Ensured::Named);
     }
+    // The cache can lag behind what the previous reconcile wrote (the address, the intent):
+    // deciding on it would allocate a second address. The API's copy does not lag.
+    let api: Api<SharedIP> = Api::all(ctx.client.clone());
+    let fresh = api.get_opt(&cached.name_any()).await.map_err(Error::Kube)?;
+    let Some(sip) = fresh
+        .filter(|s| s.spec.address_in_use().is_none() && s.metadata.deletion_timestamp.is_none())
+    else {
+        return Ok(Ensured::Behind);
+    };
+    let sip = &sip;
     let family = sip.spec.family();
     let prefix = requested_prefix(sip);
     let region = match region_of_selection(sip, ctx, nodes).await? {
@@ -151,25 +164,18 @@ pub async fn ensure_address(
         Err(refusal) => return Ok(Ensured::Refused(refusal)),
     };
     let lifecycle = &ctx.lifecycle;
-    if let Some(r) = retained_for(sip, lifecycle, &region, prefix).await? {
-        info!(sharedip = %sip.name_any(), address = %r.address, holder = r.holder, "taking back the retained address of this SharedIP's name");
-        write_allocated(ctx, sip, r.address).await?;
-        lifecycle
-            .retained
-            .remove(&sip.name_any())
-            .await
-            .map_err(|e| Error::Lifecycle(e.to_string()))?;
-        return Ok(Ensured::Written(r.address));
+    if let Some(address) = take_back_retained(sip, ctx, &region, prefix).await? {
+        return Ok(Ensured::Written(address));
     }
     let mut state = lifecycle.holders.region(&region).await;
-    if let Some(wait) = state.backing_off(Instant::now()) {
-        // The message of the refusal, word for word: a countdown would make every reconcile
-        // during the wait a new Event.
-        let (reason, why) = state
-            .last_refusal
-            .clone()
-            .unwrap_or((reason::ALLOCATION_REFUSED, String::new()));
-        return Ok(Ensured::Refused(refused(reason, why, Retry::After(wait))));
+    // The refusal that started the wait, word for word: what was refused (the holder or the
+    // address) and when Linode is asked again.
+    if let Some((wait, last)) = state.backing_off(Instant::now()) {
+        return Ok(Ensured::Refused(refused(
+            last.reason,
+            last.message.clone(),
+            Retry::After(wait),
+        )));
     }
     let holder = match lifecycle.holders.holder(&mut state, &region, true).await {
         Ok(Some(h)) => h,
@@ -265,6 +271,27 @@ async fn region_of_selection(
     })
 }
 
+/// Takes back the retained address of this SharedIP's name, if there is one that fits.
+async fn take_back_retained(
+    sip: &SharedIP,
+    ctx: &Context,
+    region: &str,
+    prefix: u8,
+) -> Result<Option<IpAddr>, Error> {
+    let lifecycle = &ctx.lifecycle;
+    let Some(r) = retained_for(sip, lifecycle, region, prefix).await? else {
+        return Ok(None);
+    };
+    info!(sharedip = %sip.name_any(), address = %r.address, holder = r.holder, "taking back the retained address of this SharedIP's name");
+    write_allocated(ctx, sip, r.address).await?;
+    lifecycle
+        .retained
+        .remove(&sip.name_any())
+        .await
+        .map_err(|e| Error::Lifecycle(e.to_string()))?;
+    Ok(Some(r.address))
+}
+
 /// The retained address of this SharedIP's name, when it fits (same family, region and
 /// prefix).
 async fn retained_for(
@@ -302,10 +329,9 @@ async fn holder_failure(
         return Err(Error::Lifecycle(message));
     }
     let (message, retry) = if matches!(e, HolderError::CreateRefused { .. }) {
-        let wait = state.refused(&ctx.lifecycle.holders.settings, Instant::now());
-        let message = format!("{message}; next attempt in {}s", wait.as_secs());
-        state.last_refusal = Some((reason, message.clone()));
-        (message, Retry::After(wait))
+        let settings = &ctx.lifecycle.holders.settings;
+        let (wait, last) = state.refused(settings, reason, &message, Instant::now());
+        (last.message, Retry::After(wait))
     } else {
         (message, Retry::OnChange)
     };
@@ -518,6 +544,16 @@ impl Allocation<'_> {
         };
         match result {
             Ok(network) => {
+                if claimed_networks(self.ctx).await?.contains(&network) {
+                    // Linode hands freed addresses out again: one a SharedIP (or the retained
+                    // list) still names, say after its holder was deleted, is that one's
+                    // address come back, never this one's. The intent stays and recovery
+                    // finds nothing unclaimed, so the next attempt allocates another.
+                    warn!(sharedip = %self.sip.name_any(), address = %network, holder = self.holder.id, "Linode handed out an address another SharedIP names: left to it, allocating again");
+                    return Err(Error::Lifecycle(format!(
+                        "Linode allocated {network}, which another SharedIP or the retained list names; allocating another"
+                    )));
+                }
                 let address = self.bound(network);
                 info!(sharedip = %self.sip.name_any(), address = %address, holder = self.holder.id, region = %self.holder.region, "allocated an address on the IP holder");
                 write_allocated(self.ctx, self.sip, address).await?;
@@ -547,13 +583,16 @@ impl Allocation<'_> {
             self.holder.id, self.holder.region
         );
         let settings = &self.ctx.lifecycle.holders.settings;
-        let wait = self.state.refused(settings, Instant::now());
-        let message = format!("{message}; next attempt in {}s", wait.as_secs());
-        self.state.last_refusal = Some((reason::ALLOCATION_REFUSED, message.clone()));
+        let (wait, last) = self.state.refused(
+            settings,
+            reason::ALLOCATION_REFUSED,
+            &message,
+            Instant::now(),
+        );
         warn!(sharedip = %self.sip.name_any(), region = %self.holder.region, retry_in = ?wait, error = %e, "allocation refused");
         Ok(Ensured::Refused(refused(
-            reason::ALLOCATION_REFUSED,
-            message,
+            last.reason,
+            last.message,
             Retry::After(wait),
         )))
     }

@@ -21,6 +21,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use k8s_openapi::jiff::Timestamp;
 use sharedip_process::sync::lock;
 use tokio::sync::OwnedMutexGuard;
 use tracing::info;
@@ -183,21 +184,41 @@ pub struct RegionState {
     pub holder: Option<Holder>,
     failures: u32,
     retry_at: Option<Instant>,
-    /// The refusal that started the wait (condition reason and message), repeated while it
-    /// lasts.
-    pub last_refusal: Option<(&'static str, String)>,
+    /// The refusal that started the wait, repeated word for word while it lasts.
+    last_refusal: Option<LastRefusal>,
+}
+
+/// Linode's last refusal in a region, as SharedIPs report it while the wait lasts.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LastRefusal {
+    /// The condition reason (what was refused: the holder or the address).
+    pub reason: &'static str,
+    /// Linode's refusal and when it is asked again, as a time of day rather than a countdown:
+    /// a message that changed at every reconcile would rewrite the status and repeat the
+    /// Warning Event each time the SharedIP is touched.
+    pub message: String,
 }
 
 impl RegionState {
-    /// While Linode's last refusal in this region is being waited out: how long still.
-    pub fn backing_off(&self, now: Instant) -> Option<Duration> {
-        self.retry_at
+    /// While Linode's last refusal in this region is being waited out: how long still, and
+    /// the refusal.
+    pub fn backing_off(&self, now: Instant) -> Option<(Duration, &LastRefusal)> {
+        let wait = self
+            .retry_at
             .and_then(|at| at.checked_duration_since(now))
-            .filter(|d| !d.is_zero())
+            .filter(|d| !d.is_zero())?;
+        Some((wait, self.last_refusal.as_ref()?))
     }
 
-    /// Linode refused: wait twice as long as last time before asking again.
-    pub fn refused(&mut self, settings: &HolderSettings, now: Instant) -> Duration {
+    /// Linode refused: wait twice as long as last time before asking again. Returns the wait
+    /// and the refusal as reported until it ends.
+    pub fn refused(
+        &mut self,
+        settings: &HolderSettings,
+        reason: &'static str,
+        why: &str,
+        now: Instant,
+    ) -> (Duration, LastRefusal) {
         self.failures = self.failures.saturating_add(1);
         let factor = 2u32.saturating_pow(self.failures.saturating_sub(1).min(16));
         let wait = settings
@@ -205,7 +226,12 @@ impl RegionState {
             .saturating_mul(factor)
             .min(settings.backoff_max);
         self.retry_at = Some(now + wait);
-        wait
+        let refusal = LastRefusal {
+            reason,
+            message: format!("{why}; next attempt after {}", wall_clock_after(wait)),
+        };
+        self.last_refusal = Some(refusal.clone());
+        (wait, refusal)
     }
 
     /// Linode did what was asked: the next refusal waits the base time again.
@@ -214,6 +240,16 @@ impl RegionState {
         self.retry_at = None;
         self.last_refusal = None;
     }
+}
+
+/// The time of day `wait` from now, to the second (rounded up).
+fn wall_clock_after(wait: Duration) -> String {
+    let secs = i64::try_from(wait.as_secs())
+        .unwrap_or(i64::MAX)
+        .saturating_add(i64::from(wait.subsec_nanos() > 0));
+    let now = Timestamp::now().as_second();
+    Timestamp::from_second(now.saturating_add(secs))
+        .map_or_else(|_| format!("{}s", wait.as_secs()), |t| t.to_string())
 }
 
 /// The holders of every region, each region behind its own lock.
@@ -440,16 +476,40 @@ mod tests {
         let s = HolderSettings::default();
         let mut r = RegionState::default();
         let t0 = Instant::now();
-        assert_eq!(r.refused(&s, t0), Duration::from_secs(30));
-        assert_eq!(r.refused(&s, t0), Duration::from_secs(60));
+        let refuse = |r: &mut RegionState| r.refused(&s, "AllocationRefused", "no", t0).0;
+        assert_eq!(refuse(&mut r), Duration::from_secs(30));
+        assert_eq!(refuse(&mut r), Duration::from_secs(60));
         assert!(r.backing_off(t0 + Duration::from_secs(59)).is_some());
         assert!(r.backing_off(t0 + Duration::from_secs(60)).is_none());
         for _ in 0..20 {
-            r.refused(&s, t0);
+            refuse(&mut r);
         }
-        assert_eq!(r.backing_off(t0), Some(Duration::from_secs(3600)));
+        assert_eq!(
+            r.backing_off(t0).map(|(d, _)| d),
+            Some(Duration::from_secs(3600))
+        );
         r.succeeded();
         assert!(r.backing_off(t0).is_none());
-        assert_eq!(r.refused(&s, t0), Duration::from_secs(30));
+        assert_eq!(refuse(&mut r), Duration::from_secs(30));
+    }
+
+    #[test]
+    fn a_refusal_reads_the_same_for_as_long_as_it_lasts() {
+        let s = HolderSettings::default();
+        let mut r = RegionState::default();
+        let t0 = Instant::now();
+        let (_, first) = r.refused(&s, "IPHolderCreationRefused", "Linode said no", t0);
+        assert_eq!(first.reason, "IPHolderCreationRefused");
+        assert!(
+            first
+                .message
+                .starts_with("Linode said no; next attempt after "),
+            "{}",
+            first.message
+        );
+        for later in [1, 10, 29] {
+            let (_, now) = r.backing_off(t0 + Duration::from_secs(later)).unwrap();
+            assert_eq!(now, &first, "{later}s later");
+        }
     }
 }

@@ -280,7 +280,7 @@ async fn apply(sip: Arc<SharedIP>, ctx: &Context) -> Result<Action, Error> {
     match allocation::ensure_address(&sip, ctx, &nodes).await? {
         Ensured::Named => {}
         // Writing spec.allocatedAddress changed the SharedIP: the watch brings it back.
-        Ensured::Written(_) => return Ok(Action::await_change()),
+        Ensured::Written(_) | Ensured::Behind => return Ok(Action::await_change()),
         Ensured::Refused(refusal) => return block(&sip, ctx, refusal).await,
     }
     match plan(&sip, &sharedips, &nodes, &ctx.directory).await {
