@@ -98,6 +98,30 @@ impl LinodeClient {
         self.call(&call).await.map(drop)
     }
 
+    /// `POST /networking/ips/assign`: moves each address (an IPv4 address, or an IPv6 range as
+    /// `base/prefix`) to its Linode, all or nothing, within `region`.
+    ///
+    /// Linode refuses to move an address that is shared with any Linode; unshare it first.
+    /// The call names where the addresses end, so repeating it is harmless and it is retried
+    /// like the share call.
+    pub async fn assign_ips(&self, region: &str, assignments: &[(String, u64)]) -> Result<()> {
+        let assignments: Vec<serde_json::Value> = assignments
+            .iter()
+            .map(|(address, linode_id)| {
+                serde_json::json!({ "address": address, "linode_id": linode_id })
+            })
+            .collect();
+        let body = serde_json::json!({ "region": region, "assignments": assignments });
+        let call = Call::post(
+            endpoints::IPS_ASSIGN,
+            "/networking/ips/assign".to_owned(),
+            &body,
+            true,
+        );
+        tracing::debug!(region, count = assignments.len(), "assigning addresses");
+        self.call(&call).await.map(drop)
+    }
+
     /// `GET /linode/types`, every page, optionally narrowed by an `X-Filter`
     /// (e.g. `{"class": "nanode"}`).
     pub async fn list_linode_types(

@@ -17,6 +17,8 @@ pub const IPS: &str = "/networking/ips";
 pub const IP: &str = "/networking/ips/{address}";
 /// `POST /networking/ips/share`.
 pub const IPS_SHARE: &str = "/networking/ips/share";
+/// `POST /networking/ips/assign`.
+pub const IPS_ASSIGN: &str = "/networking/ips/assign";
 /// `GET /networking/ipv6/ranges` (paginated), `POST /networking/ipv6/ranges`.
 pub const IPV6_RANGES: &str = "/networking/ipv6/ranges";
 /// `GET`/`DELETE /networking/ipv6/ranges/{range}`.
@@ -36,6 +38,7 @@ pub const ALL: &[&str] = &[
     IPS,
     IP,
     IPS_SHARE,
+    IPS_ASSIGN,
     IPV6_RANGES,
     IPV6_RANGE,
     RESERVED_IPS,
