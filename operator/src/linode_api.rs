@@ -197,6 +197,18 @@ pub trait LifecycleApi: Send + Sync + 'static {
     fn delete_range(&self, range: Ipv6Addr) -> BoxFuture<'_, ApiResult<()>>;
     /// Every IPv6 range of the account in `region`, with the Linode each is routed to.
     fn ranges_in(&self, region: &str) -> BoxFuture<'_, ApiResult<Vec<AddressInfo>>>;
+    /// Moves an IPv4 address or an IPv6 range (`network`/`prefix`) of `region` to `linode`.
+    /// Linode refuses while it is shared with any Linode.
+    fn assign(
+        &self,
+        region: &str,
+        network: IpAddr,
+        prefix: u8,
+        linode: u64,
+    ) -> BoxFuture<'_, ApiResult<()>>;
+    /// The account's IPv4 address or IPv6 range `network`, with its owner; None when the
+    /// account has no such address (read fresh, not from a cache).
+    fn address(&self, network: IpAddr) -> BoxFuture<'_, ApiResult<Option<AddressInfo>>>;
 }
 
 pub type DynLifecycleApi = Arc<dyn LifecycleApi>;
@@ -350,6 +362,37 @@ impl LifecycleApi for linode_client::LinodeClient {
                 .filter(|a| a.network.is_ipv6() && a.region == region)
                 .collect())
         })
+    }
+
+    fn assign(
+        &self,
+        region: &str,
+        network: IpAddr,
+        prefix: u8,
+        linode: u64,
+    ) -> BoxFuture<'_, ApiResult<()>> {
+        let region = region.to_string();
+        let address = assignment_address(network, prefix);
+        Box::pin(async move {
+            self.assign_ips(&region, &[(address, linode)])
+                .await
+                .map_err(to_api_error)
+        })
+    }
+
+    fn address(&self, network: IpAddr) -> BoxFuture<'_, ApiResult<Option<AddressInfo>>> {
+        Box::pin(async move {
+            let all = LinodeApi::list_addresses(self).await?;
+            Ok(all.into_iter().find(|a| a.network == network))
+        })
+    }
+}
+
+/// How the assign call names an address: an IPv4 address as is, a range as `base/prefix`.
+fn assignment_address(network: IpAddr, prefix: u8) -> String {
+    match network {
+        IpAddr::V4(v4) => v4.to_string(),
+        IpAddr::V6(base) => format!("{base}/{prefix}"),
     }
 }
 
