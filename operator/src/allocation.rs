@@ -313,7 +313,7 @@ async fn retained_for(
 }
 
 /// Reports a region without a usable holder; Linode's refusals start the region's wait.
-async fn holder_failure(
+pub(crate) async fn holder_failure(
     sip: &SharedIP,
     ctx: &Context,
     state: &mut RegionState,

@@ -387,6 +387,7 @@ pub async fn run_controller(
         reconcile_all: nodes.trigger,
         auth_failed: Mutex::new(BTreeSet::new()),
         departures: DepartureClock::default(),
+        move_refused: Mutex::new(HashMap::new()),
         lifecycle: lifecycle(&client, &settings),
     });
     tidy_retained(&client, &ctx.lifecycle.retained).await;

@@ -119,6 +119,12 @@ impl Directory {
         Ok(LinodeSnapshot(l.items.clone()))
     }
 
+    /// Drops the cached address listing: an address just moved between Linodes must be seen
+    /// with its new owner by the next lookup.
+    pub async fn forget_addresses(&self) {
+        self.addresses.write().await.at = None;
+    }
+
     /// The account's address or range that holds `addr`, if any.
     pub async fn address(&self, addr: &SharedAddress) -> ApiResult<Option<AddressInfo>> {
         {

@@ -42,11 +42,26 @@ pub(crate) async fn publish(
     note: String,
     related: Option<ObjectReference>,
 ) {
+    publish_action(recorder, sip, type_, reason, "Reconcile", note, related).await;
+}
+
+/// Like [`publish`], with its own action: the recorder folds events with the same reason and
+/// action into one series, so the steps of one operation (a move to the IP holder) each need
+/// theirs to be seen.
+pub(crate) async fn publish_action(
+    recorder: &Recorder,
+    sip: &SharedIP,
+    type_: EventType,
+    reason: &str,
+    action: &str,
+    note: String,
+    related: Option<ObjectReference>,
+) {
     let ev = Event {
         type_,
         reason: reason.into(),
         note: Some(note),
-        action: "Reconcile".into(),
+        action: action.into(),
         secondary: related,
     };
     // Events are best effort: a failure to record one must not fail the reconcile.
@@ -177,7 +192,7 @@ pub(crate) async fn owner_is_a_node(
         EventType::Warning,
         reason::OWNER_SELECTED,
         format!(
-            "the address is owned by Linode {} behind node {node}; recycling that node deletes the Linode and the address with it; assign the address to an IP holder Linode",
+            "the address is owned by Linode {} behind node {node}; recycling that node deletes the Linode and the address with it; assign the address to an IP holder Linode, or set spec.moveToHolder to AcceptOutage to have the operator move it (the address is unreachable during the move)",
             owner.unwrap_or_default()
         ),
         node_ref(node),

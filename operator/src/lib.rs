@@ -71,6 +71,7 @@ pub mod ledger;
 pub mod linode_api;
 pub mod membership;
 pub mod metrics;
+pub mod move_to_holder;
 pub mod plan;
 pub mod reconciler;
 pub mod reserved;

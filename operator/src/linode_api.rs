@@ -197,13 +197,6 @@ pub trait LifecycleApi: Send + Sync + 'static {
     fn delete_range(&self, range: Ipv6Addr) -> BoxFuture<'_, ApiResult<()>>;
     /// Every IPv6 range of the account in `region`, with the Linode each is routed to.
     fn ranges_in(&self, region: &str) -> BoxFuture<'_, ApiResult<Vec<AddressInfo>>>;
-    /// Puts an IPv4 address of `region` on the Linode (`POST /networking/ips/assign`).
-    fn assign_ipv4(
-        &self,
-        region: &str,
-        address: Ipv4Addr,
-        linode: u64,
-    ) -> BoxFuture<'_, ApiResult<()>>;
     /// Every reserved IPv4 address of the account; `Rejected` (with Linode's reason) when the
     /// account has no access to reserved IPs. Experimental (`--experimental-reserved-ips`).
     fn reserved_ipv4(&self) -> BoxFuture<'_, ApiResult<Vec<ReservedAddress>>>;
@@ -214,6 +207,18 @@ pub trait LifecycleApi: Send + Sync + 'static {
     /// `NotFound` when the address is not reserved, or the account has no access to
     /// reserved IPs. Experimental.
     fn delete_reserved(&self, address: Ipv4Addr) -> BoxFuture<'_, ApiResult<()>>;
+    /// Moves an IPv4 address or an IPv6 range (`network`/`prefix`) of `region` to `linode`.
+    /// Linode refuses while it is shared with any Linode.
+    fn assign(
+        &self,
+        region: &str,
+        network: IpAddr,
+        prefix: u8,
+        linode: u64,
+    ) -> BoxFuture<'_, ApiResult<()>>;
+    /// The account's IPv4 address or IPv6 range `network`, with its owner; None when the
+    /// account has no such address (read fresh, not from a cache).
+    fn address(&self, network: IpAddr) -> BoxFuture<'_, ApiResult<Option<AddressInfo>>>;
 }
 
 /// A reserved IPv4 address. Experimental.
@@ -379,15 +384,17 @@ impl LifecycleApi for linode_client::LinodeClient {
         })
     }
 
-    fn assign_ipv4(
+    fn assign(
         &self,
         region: &str,
-        address: Ipv4Addr,
+        network: IpAddr,
+        prefix: u8,
         linode: u64,
     ) -> BoxFuture<'_, ApiResult<()>> {
         let region = region.to_string();
+        let address = assignment_address(network, prefix);
         Box::pin(async move {
-            linode_client::LinodeClient::assign_ipv4(self, &region, address, linode)
+            self.assign_ips(&region, &[(address, linode)])
                 .await
                 .map_err(to_api_error)
         })
@@ -423,6 +430,13 @@ impl LifecycleApi for linode_client::LinodeClient {
         // Without access to the feature nothing is reserved: its 404 stays "not reserved".
         Box::pin(async move { self.delete_reserved_ip(address).await.map_err(to_api_error) })
     }
+
+    fn address(&self, network: IpAddr) -> BoxFuture<'_, ApiResult<Option<AddressInfo>>> {
+        Box::pin(async move {
+            let all = LinodeApi::list_addresses(self).await?;
+            Ok(all.into_iter().find(|a| a.network == network))
+        })
+    }
 }
 
 /// A reserved-IP call's error: an account without access to the feature gets a 404 from
@@ -432,6 +446,14 @@ fn reserved_error(e: linode_client::Error) -> ApiError {
         return ApiError::new(ApiErrorKind::Rejected, e.to_string());
     }
     to_api_error(e)
+}
+
+/// How the assign call names an address: an IPv4 address as is, a range as `base/prefix`.
+fn assignment_address(network: IpAddr, prefix: u8) -> String {
+    match network {
+        IpAddr::V4(v4) => v4.to_string(),
+        IpAddr::V6(base) => format!("{base}/{prefix}"),
+    }
 }
 
 /// Classifies a client error for the reconciler; the message never contains the token (the

@@ -36,6 +36,7 @@ use crate::events::{self, publish, WaveChanges};
 use crate::linode_api::ApiError;
 use crate::membership::MembershipDamper;
 use crate::metrics::Metrics;
+use crate::move_to_holder::{self, Moved};
 use crate::plan::{
     departure, leaving, plan, Blocked, Departure, DepartureClock, Plan, Previously, Refusal, Retry,
     DEFAULT_UNSHARE_AFTER_WITHDRAW_TIMEOUT,
@@ -108,6 +109,9 @@ pub struct Context {
     pub departures: DepartureClock,
     /// IP holders and allocated addresses.
     pub lifecycle: Lifecycle,
+    /// SharedIPs whose move to the IP holder Linode refused, with the generation refused: the
+    /// move (and its outage) is not tried again until the spec changes.
+    pub move_refused: Mutex<HashMap<String, Option<i64>>>,
 }
 
 impl Context {
@@ -284,9 +288,75 @@ async fn apply(sip: Arc<SharedIP>, ctx: &Context) -> Result<Action, Error> {
         Ensured::Refused(refusal) => return block(&sip, ctx, refusal).await,
     }
     match plan(&sip, &sharedips, &nodes, &ctx.directory).await {
+        Ok(plan) if move_to_holder::wanted(&sip, &plan) && !move_refused(&sip, ctx) => {
+            move_then_share(&sip, ctx, plan).await
+        }
         Ok(plan) => execute(&sip, ctx, plan).await,
         Err(Blocked::Refused(refusal)) => block(&sip, ctx, refusal).await,
         Err(Blocked::AccountUnreadable(e)) => api_failure(&sip, ctx, e).await,
+    }
+}
+
+/// Whether Linode refused to move this generation of the SharedIP's address to the holder.
+fn move_refused(sip: &SharedIP, ctx: &Context) -> bool {
+    let mut refused = lock(&ctx.move_refused);
+    match refused.get(&sip.name_any()) {
+        Some(g) if *g == sip.metadata.generation => true,
+        Some(_) => {
+            refused.remove(&sip.name_any());
+            false
+        }
+        None => false,
+    }
+}
+
+/// Moves the address a node's Linode owns to the IP holder, then shares it as a new plan says;
+/// when Linode refuses the move, shares it again where it was and says why.
+async fn move_then_share(sip: &SharedIP, ctx: &Context, plan: Plan) -> Result<Action, Error> {
+    let started = Instant::now();
+    match move_to_holder::move_to_holder(sip, ctx, &plan).await? {
+        Moved::OnHolder { holder } => {
+            let sharedips = ctx.sharedips.state();
+            let nodes = ctx.effective_nodes();
+            let fresh = match crate::plan::plan(sip, &sharedips, &nodes, &ctx.directory).await {
+                Ok(p) => p,
+                Err(Blocked::Refused(refusal)) => return block(sip, ctx, refusal).await,
+                Err(Blocked::AccountUnreadable(e)) => return api_failure(sip, ctx, e).await,
+            };
+            let linodes = fresh.placement.linodes();
+            let action = execute(sip, ctx, fresh).await?;
+            let list: Vec<String> = linodes.iter().map(ToString::to_string).collect();
+            info!(sharedip = %sip.name_any(), holder, linodes = ?list, outage = ?started.elapsed(), "address moved to the IP holder and shared again");
+            events::publish_action(
+                &ctx.recorder,
+                sip,
+                EventType::Normal,
+                move_to_holder::EVENT,
+                "Share",
+                format!(
+                    "shared {} again from the IP holder Linode {holder} with Linodes [{}]; the move took {}s (plus Linode's propagation)",
+                    plan.account.network,
+                    list.join(", "),
+                    started.elapsed().as_secs()
+                ),
+                None,
+            )
+            .await;
+            Ok(action)
+        }
+        Moved::Refused(refusal) => {
+            lock(&ctx.move_refused).insert(sip.name_any(), sip.metadata.generation);
+            publish(
+                &ctx.recorder,
+                sip,
+                EventType::Warning,
+                refusal.reason,
+                refusal.message.clone(),
+                None,
+            )
+            .await;
+            execute(sip, ctx, plan).await
+        }
     }
 }
 
@@ -541,7 +611,7 @@ async fn release(sip: &SharedIP, ctx: &Context, previously: Previously) -> Resul
     submit(ctx, request).await
 }
 
-async fn submit(ctx: &Context, request: Request) -> Result<Outcome, Error> {
+pub(crate) async fn submit(ctx: &Context, request: Request) -> Result<Outcome, Error> {
     match tokio::time::timeout(ctx.config.wave_timeout, ctx.syncer.submit(request)).await {
         Ok(r) => Ok(r?),
         Err(_) => Err(Error::WaveTimeout(ctx.config.wave_timeout)),

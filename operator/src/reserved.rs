@@ -79,7 +79,7 @@ pub async fn reserve_on(api: &dyn LifecycleApi, holder: &Holder, tag: &str) -> A
 /// Puts a reservation on the holder. Its failure leaves the reservation behind, so it counts
 /// as one that may have taken effect: the intent stays and the next attempt finds it.
 async fn assign(api: &dyn LifecycleApi, holder: &Holder, address: Ipv4Addr) -> ApiResult<()> {
-    match api.assign_ipv4(&holder.region, address, holder.id).await {
+    match api.assign(&holder.region, IpAddr::V4(address), 32, holder.id).await {
         Ok(()) => {
             info!(address = %address, holder = holder.id, "assigned the reserved address to the IP holder");
             Ok(())

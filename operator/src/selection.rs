@@ -190,6 +190,7 @@ mod tests {
             family: None,
             prefix: None,
             reclaim_policy: None,
+            move_to_holder: None,
             primary: selector("role", "a"),
             secondary: Some(selector("tier", "edge")),
             failback: true,

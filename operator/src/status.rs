@@ -78,6 +78,10 @@ pub mod reason {
     pub const ADDRESS_LOST: &str = "AllocatedAddressLost";
     /// Deletion: Linode refused to take the allocated address back.
     pub const RELEASE_FAILED: &str = "ReleaseFailed";
+    /// spec.moveToHolder: the address is being moved from a node's Linode to the IP holder.
+    pub const MOVING_TO_HOLDER: &str = "MovingToHolder";
+    /// spec.moveToHolder: Linode refused to move the address to the IP holder.
+    pub const MOVE_REFUSED: &str = "MoveToHolderRefused";
 }
 
 /// What the status said last time about where the SharedIP is shared.

@@ -176,6 +176,7 @@ mod tests {
             family: None,
             prefix: None,
             reclaim_policy: None,
+            move_to_holder: None,
             primary: selector("role", "edge"),
             secondary: secondary.then(|| selector("zone", "a")),
             failback: true,

@@ -131,6 +131,14 @@ pub struct SharedIPSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reclaim_policy: Option<ReclaimPolicy>,
 
+    /// Set to `AcceptOutage` to move the address from the node's Linode that owns it to the
+    /// cluster's IP holder; Linode cannot move a shared address, so the operator unshares it
+    /// everywhere, assigns it to the holder and shares it again: the address is unreachable for
+    /// at least Linode's share propagation (10–20 s on Linode). Without it, an address owned by
+    /// a node's Linode only earns a warning (recycling that node deletes the address).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub move_to_holder: Option<MoveToHolder>,
+
     /// Nodes that announce the address with the primary community; the route servers prefer
     /// them. Usually one node.
     pub primary: RoleSelector,
@@ -219,6 +227,14 @@ impl std::fmt::Display for AddressFamily {
             AddressFamily::IPv6 => "IPv6",
         })
     }
+}
+
+/// Consent to move an address owned by a node's Linode to the IP holder, with its outage.
+#[derive(schemars::JsonSchema, Deserialize, Serialize, Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[schemars(transform = without_description)]
+pub enum MoveToHolder {
+    /// Move it, accepting that the address is unreachable while Linode propagates the shares.
+    AcceptOutage,
 }
 
 /// What becomes of an address the operator allocated when its SharedIP is deleted.

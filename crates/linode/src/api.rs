@@ -98,6 +98,30 @@ impl LinodeClient {
         self.call(&call).await.map(drop)
     }
 
+    /// `POST /networking/ips/assign`: moves each address (an IPv4 address, or an IPv6 range as
+    /// `base/prefix`) to its Linode, all or nothing, within `region`.
+    ///
+    /// Linode refuses to move an address that is shared with any Linode; unshare it first.
+    /// The call names where the addresses end, so repeating it is harmless and it is retried
+    /// like the share call.
+    pub async fn assign_ips(&self, region: &str, assignments: &[(String, u64)]) -> Result<()> {
+        let assignments: Vec<serde_json::Value> = assignments
+            .iter()
+            .map(|(address, linode_id)| {
+                serde_json::json!({ "address": address, "linode_id": linode_id })
+            })
+            .collect();
+        let body = serde_json::json!({ "region": region, "assignments": assignments });
+        let call = Call::post(
+            endpoints::IPS_ASSIGN,
+            "/networking/ips/assign".to_owned(),
+            &body,
+            true,
+        );
+        tracing::debug!(region, count = assignments.len(), "assigning addresses");
+        self.call(&call).await.map(drop)
+    }
+
     /// `GET /linode/types`, every page, optionally narrowed by an `X-Filter`
     /// (e.g. `{"class": "nanode"}`).
     pub async fn list_linode_types(
@@ -173,26 +197,6 @@ impl LinodeClient {
         );
         self.call(&call).await?;
         tracing::info!(linode_id, %address, "deleted IPv4 address");
-        Ok(())
-    }
-
-    /// `POST /networking/ips/assign` with one assignment: puts `address` (of `region`) on
-    /// `linode_id`, moving it from the Linode that has it, or giving a reserved address that
-    /// is on no Linode its Linode. Linode refuses to move a shared address. Repeating it after
-    /// a lost answer asks for what is already so, so it is retried like the deletes.
-    pub async fn assign_ipv4(&self, region: &str, address: Ipv4Addr, linode_id: u64) -> Result<()> {
-        let body = serde_json::json!({
-            "region": region,
-            "assignments": [{ "address": address.to_string(), "linode_id": linode_id }],
-        });
-        let call = Call::post(
-            endpoints::IPS_ASSIGN,
-            "/networking/ips/assign".to_owned(),
-            &body,
-            true,
-        );
-        self.call(&call).await?;
-        tracing::info!(linode_id, %address, region, "assigned IPv4 address");
         Ok(())
     }
 
