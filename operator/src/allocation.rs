@@ -109,11 +109,18 @@ pub fn recover(intent: &Intent, now: &HolderAddresses, claimed: &BTreeSet<IpAddr
         .filter(|a| a.is_ipv6() == v6)
         .filter(|a| !intent.before.contains(a) && !claimed.contains(a))
         .collect();
-    let mut it = new.iter();
-    match (it.next(), it.next()) {
-        (None, _) => Recovery::NothingNew,
-        (Some(a), None) => Recovery::Adopt(*a),
-        _ => Recovery::Ambiguous(new),
+    Recovery::among(new)
+}
+
+impl Recovery {
+    /// The verdict on the new, unclaimed addresses an interrupted call may have left.
+    pub(crate) fn among(new: BTreeSet<IpAddr>) -> Recovery {
+        let mut it = new.iter();
+        match (it.next(), it.next()) {
+            (None, _) => Recovery::NothingNew,
+            (Some(a), None) => Recovery::Adopt(*a),
+            _ => Recovery::Ambiguous(new),
+        }
     }
 }
 
@@ -633,11 +640,19 @@ async fn write_intent(ctx: &Context, sip: &SharedIP, intent: Option<&Intent>) ->
         None => serde_json::Value::Null,
     };
     let patch = json!({ "metadata": { "annotations": { ALLOCATION_INTENT_ANNOTATION: value } } });
+    merge_patch(ctx, sip, &patch).await
+}
+
+async fn merge_patch(
+    ctx: &Context,
+    sip: &SharedIP,
+    patch: &serde_json::Value,
+) -> Result<(), Error> {
     let api: Api<SharedIP> = Api::all(ctx.client.clone());
     api.patch(
         &sip.name_any(),
         &PatchParams::default(),
-        &Patch::Merge(&patch),
+        &Patch::Merge(patch),
     )
     .await
     .map_err(Error::Kube)?;
@@ -655,14 +670,7 @@ pub(crate) async fn write_allocated(
         "metadata": { "annotations": { ALLOCATION_INTENT_ANNOTATION: null } },
         "spec": { "allocatedAddress": address.to_string() },
     });
-    let api: Api<SharedIP> = Api::all(ctx.client.clone());
-    api.patch(
-        &sip.name_any(),
-        &PatchParams::default(),
-        &Patch::Merge(&patch),
-    )
-    .await
-    .map_err(Error::Kube)?;
+    merge_patch(ctx, sip, &patch).await?;
     publish(
         &ctx.recorder,
         sip,

@@ -109,12 +109,7 @@ pub fn pick(
         .map(|(a, _)| IpAddr::V4(*a))
         .filter(|a| !claimed.contains(a))
         .collect();
-    let mut it = new.iter();
-    match (it.next(), it.next()) {
-        (None, _) => Recovery::NothingNew,
-        (Some(a), None) => Recovery::Adopt(*a),
-        _ => Recovery::Ambiguous(new),
-    }
+    Recovery::among(new)
 }
 
 /// After an interrupted reservation that left nothing new on the holder: adopts the one new
