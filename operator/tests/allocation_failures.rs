@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use kube::api::{Patch, PatchParams};
 use linode_client::endpoints;
-use serde_json::{json, Value};
+use serde_json::json;
 use sharedip_api::ALLOCATION_INTENT_ANNOTATION;
 use sharedip_e2e::standin::{
     AllocationKnobs, FaultRule, HeldOperation, HeldState, ShareFailure, SUPPORT_TICKET_REASON,
@@ -22,49 +22,11 @@ use sharedip_e2e::standin::{
 use sharedip_operator::allocation::Intent;
 use sharedip_operator::holder::HolderMode;
 use sharedip_operator::metrics::{Metrics, ResultLabels};
+use support::alloc::*;
 use support::*;
-
-/// The holder label of the operators' cluster (`--cluster-id test-cluster`) in the region.
-const HOLDER_LABEL: &str = "sharedip-holder-us-east-test-cluster";
 
 /// How often each refusal test touches the SharedIP while Linode refuses.
 const POKES: usize = 20;
-
-async fn bounded<F: std::future::Future<Output = ()>>(f: F) {
-    tokio::time::timeout(Duration::from_secs(240), f)
-        .await
-        .expect("test finished within 240 s");
-}
-
-fn allocated_spec() -> Value {
-    json!({"primary": {"nodeSelector": {"matchLabels": {"role": "edge"}}}})
-}
-
-async fn eventually_allocated(env: &Env, name: &str) -> String {
-    eventually(&format!("{name} allocated"), || async {
-        let sip = env.get(name).await;
-        match sip.as_ref().and_then(|s| s.spec.allocated_address.as_ref()) {
-            Some(_) => Ok(()),
-            None => Err(format!("status {:?}", sip.and_then(|s| s.status))),
-        }
-    })
-    .await;
-    let sip = env.get(name).await.expect("SharedIP");
-    sip.spec.allocated_address.expect("allocated")
-}
-
-/// The one Linode labelled as this cluster's holder.
-fn holder_id(env: &Env) -> Option<u64> {
-    let ids: Vec<u64> = env.standin.state().read(|a| {
-        a.linodes()
-            .values()
-            .filter(|l| l.label == HOLDER_LABEL)
-            .map(|l| l.id)
-            .collect()
-    });
-    assert!(ids.len() <= 1, "one holder at most: {ids:?}");
-    ids.first().copied()
-}
 
 /// The public IPv4 addresses the stand-in has on `linode`.
 fn ipv4_of(env: &Env, linode: u64) -> BTreeSet<IpAddr> {
@@ -89,12 +51,20 @@ fn reconciles(m: &Metrics) -> u64 {
         .sum()
 }
 
-fn shared_condition(sip: &sharedip_api::SharedIP) -> (String, String) {
-    sip.status
-        .as_ref()
-        .and_then(|s| s.conditions.iter().find(|c| c.type_ == "Shared"))
-        .map(|c| (c.reason.clone(), c.message.clone()))
-        .unwrap_or_default()
+/// Sets how the stand-in answers allocations.
+fn set_knobs(env: &Env, knobs: AllocationKnobs) {
+    env.standin.faults().set_allocation(knobs).expect("knobs");
+}
+
+/// Applies SharedIP `web` and waits until its Shared condition gives the refusal `reason`:
+/// the SharedIP then, and the condition's message.
+async fn web_refused(env: &Env, reason: &str) -> (sharedip_api::SharedIP, String) {
+    env.apply_sharedip("web", edge()).await;
+    let sip = env
+        .eventually_condition("web", "Shared", "False", reason)
+        .await;
+    let (_, message) = condition(&sip, "Shared");
+    (sip, message)
 }
 
 /// Touches `name` `POKES` times, each time waiting until the operator has reconciled again,
@@ -116,7 +86,7 @@ async fn poke(env: &Env, op: &InProcessOperator, name: &str, reason: &str) {
         })
         .await;
         let sip = env.get(name).await.expect("SharedIP");
-        let (got, message) = shared_condition(&sip);
+        let (got, message) = condition(&sip, "Shared");
         assert_eq!(got, reason, "after poke {i}: {message}");
     }
 }
@@ -148,26 +118,11 @@ fn annotation(sip: &sharedip_api::SharedIP) -> Option<String> {
         .and_then(|a| a.get(ALLOCATION_INTENT_ANNOTATION).cloned())
 }
 
-/// Prints the operator logs to the test's output when the test fails.
-struct DumpLogsOnPanic(Vec<std::path::PathBuf>);
-
-impl Drop for DumpLogsOnPanic {
-    fn drop(&mut self) {
-        if std::thread::panicking() {
-            for p in &self.0 {
-                let log = std::fs::read_to_string(p).unwrap_or_default();
-                eprintln!("--- {} ---\n{log}", p.display());
-            }
-        }
-    }
-}
-
 #[tokio::test]
 async fn a_kill_between_allocation_and_write_allocates_nothing_twice() {
     bounded(async {
-        let env = Env::start().await;
+        let env = edge_env(SEED).await;
         let dir = tempfile::tempdir().expect("temp dir");
-        env.add_node("node-a", &[("role", "edge")], Some(101)).await;
         let kubeconfig = env.cp.kubeconfig_path().to_path_buf();
         let args = ["--leader-election", "false", "--cluster-id", CLUSTER_ID];
         let (first_log, second_log) = (dir.path().join("first.log"), dir.path().join("second.log"));
@@ -176,7 +131,7 @@ async fn a_kill_between_allocation_and_write_allocates_nothing_twice() {
         // Linode commits the allocation, and its answer never reaches the operator.
         env.standin.holds().arm(HeldOperation::Ipv4Allocate, 1);
         let mut first = env.spawn_binary(&kubeconfig, &args, &first_log);
-        env.apply_sharedip("web", allocated_spec()).await;
+        env.apply_sharedip("web", edge()).await;
         let held = env
             .standin
             .holds()
@@ -230,7 +185,7 @@ async fn a_kill_between_allocation_and_write_allocates_nothing_twice() {
                     .path_prefix(&format!("/linode/instances/{holder}/ips")),
             )
             .expect("fault");
-        env.apply_sharedip("api", allocated_spec()).await;
+        env.apply_sharedip("api", edge()).await;
         let api = eventually_allocated(&env, "api").await;
         assert_ne!(api, committed);
         assert_eq!(env.standin.faults().pending(), 0, "the 502 was answered");
@@ -262,21 +217,16 @@ async fn a_kill_between_allocation_and_write_allocates_nothing_twice() {
 #[tokio::test]
 async fn a_support_ticket_refusal_is_reported_and_not_asked_again_while_it_lasts() {
     bounded(async {
-        let env = Env::start().await;
-        env.add_node("node-a", &[("role", "edge")], Some(101)).await;
-        env.standin
-            .faults()
-            .set_allocation(AllocationKnobs {
+        let env = edge_env(SEED).await;
+        set_knobs(
+            &env,
+            AllocationKnobs {
                 ipv4_needs_ticket: true,
                 ..Default::default()
-            })
-            .expect("knobs");
+            },
+        );
         let op = env.spawn_operator_with(long_refusal_wait());
-        env.apply_sharedip("web", allocated_spec()).await;
-        let sip = env
-            .eventually_condition("web", "Shared", "False", "AllocationRefused")
-            .await;
-        let (_, message) = shared_condition(&sip);
+        let (_, message) = web_refused(&env, "AllocationRefused").await;
         assert!(message.contains(SUPPORT_TICKET_REASON), "{message}");
         assert_eq!(requests(&env, "POST", endpoints::LINODE_IPS), 1);
 
@@ -287,7 +237,7 @@ async fn a_support_ticket_refusal_is_reported_and_not_asked_again_while_it_lasts
             "asked once while the refusal lasts"
         );
         let sip = env.get("web").await.expect("web");
-        assert_eq!(shared_condition(&sip).1, message, "the same message");
+        assert_eq!(condition(&sip, "Shared").1, message, "the same message");
         let events = warnings(&env, "web", "AllocationRefused").await;
         assert_eq!(events.len(), 1, "one Warning Event: {events:?}");
         assert!(events[0].contains(SUPPORT_TICKET_REASON), "{events:?}");
@@ -297,10 +247,7 @@ async fn a_support_ticket_refusal_is_reported_and_not_asked_again_while_it_lasts
 
         // The ticket granted: a restarted operator (its wait starts afresh) allocates.
         op.stop().await;
-        env.standin
-            .faults()
-            .set_allocation(AllocationKnobs::default())
-            .expect("knobs");
+        set_knobs(&env, AllocationKnobs::default());
         let _op = env.spawn_operator();
         let web = eventually_allocated(&env, "web").await;
         env.eventually_shared(&web, &[101]).await;
@@ -313,28 +260,23 @@ async fn a_support_ticket_refusal_is_reported_and_not_asked_again_while_it_lasts
 #[tokio::test]
 async fn the_account_limit_is_reported_and_the_allocation_follows_once_lifted() {
     bounded(async {
-        let env = Env::start().await;
-        env.add_node("node-a", &[("role", "edge")], Some(101)).await;
+        let env = edge_env(SEED).await;
         // Room for the holder's own address, none for an allocated one.
         let public = env
             .standin
             .state()
             .read(|a| a.ipv4_addresses().values().filter(|r| r.public).count());
         let limit = u32::try_from(public + 1).unwrap();
-        env.standin
-            .faults()
-            .set_allocation(AllocationKnobs {
+        set_knobs(
+            &env,
+            AllocationKnobs {
                 ipv4_limit: Some(limit),
                 ..Default::default()
-            })
-            .expect("knobs");
+            },
+        );
         // fast_settings: the region waits 1 s, then 2 s, ... up to 4 s between attempts.
         let _op = env.spawn_operator();
-        env.apply_sharedip("web", allocated_spec()).await;
-        let sip = env
-            .eventually_condition("web", "Shared", "False", "AllocationRefused")
-            .await;
-        let (_, message) = shared_condition(&sip);
+        let (_, message) = web_refused(&env, "AllocationRefused").await;
         assert!(
             message.contains(&format!("Your account is limited to {limit} public IPv4")),
             "{message}"
@@ -343,10 +285,7 @@ async fn the_account_limit_is_reported_and_the_allocation_follows_once_lifted() 
         assert_eq!(env.standin.counters().ipv4_allocated, 0);
 
         // Lifted: the next attempt after the wait allocates, without any touch.
-        env.standin
-            .faults()
-            .set_allocation(AllocationKnobs::default())
-            .expect("knobs");
+        set_knobs(&env, AllocationKnobs::default());
         let web = eventually_allocated(&env, "web").await;
         env.eventually_shared(&web, &[101]).await;
         let c = env.standin.counters();
@@ -358,25 +297,20 @@ async fn the_account_limit_is_reported_and_the_allocation_follows_once_lifted() 
 #[tokio::test]
 async fn a_refused_holder_creation_is_reported_and_not_asked_again_while_it_lasts() {
     bounded(async {
-        let env = Env::start().await;
-        env.add_node("node-a", &[("role", "edge")], Some(101)).await;
+        let env = edge_env(SEED).await;
         let refusal = "Linode creation is restricted on this account";
-        env.standin
-            .faults()
-            .set_allocation(AllocationKnobs {
+        set_knobs(
+            &env,
+            AllocationKnobs {
                 linode_create_failure: Some(ShareFailure {
                     status: 400,
                     reason: refusal.into(),
                 }),
                 ..Default::default()
-            })
-            .expect("knobs");
+            },
+        );
         let op = env.spawn_operator_with(long_refusal_wait());
-        env.apply_sharedip("web", allocated_spec()).await;
-        let sip = env
-            .eventually_condition("web", "Shared", "False", "IPHolderCreationRefused")
-            .await;
-        let (_, message) = shared_condition(&sip);
+        let (_, message) = web_refused(&env, "IPHolderCreationRefused").await;
         assert!(
             message.contains(refusal) && message.contains(HOLDER_LABEL),
             "{message}"
@@ -401,14 +335,13 @@ async fn a_refused_holder_creation_is_reported_and_not_asked_again_while_it_last
 #[tokio::test]
 async fn a_deleted_holder_loses_the_address_and_never_replaces_it() {
     bounded(async {
-        let env = Env::start().await;
-        env.add_node("node-a", &[("role", "edge")], Some(101)).await;
+        let env = edge_env(SEED).await;
         // The account is read again a second after it was last read: Linode tells nobody
         // of a deleted Linode, and the periodic resync (minutes) is not what is tested here.
         let mut settings = fast_settings("in-process");
         settings.directory.ttl = Duration::from_secs(1);
         let _op = env.spawn_operator_with(settings);
-        env.apply_sharedip("web", allocated_spec()).await;
+        env.apply_sharedip("web", edge()).await;
         let web = eventually_allocated(&env, "web").await;
         env.eventually_shared(&web, &[101]).await;
         let old = holder_id(&env).expect("holder");
@@ -431,7 +364,7 @@ async fn a_deleted_holder_loses_the_address_and_never_replaces_it() {
                     .expect("touch web");
                 tokio::time::sleep(Duration::from_millis(400)).await;
                 let sip = e.get("web").await.expect("web");
-                match shared_condition(&sip) {
+                match condition(&sip, "Shared") {
                     (r, _) if r == "AllocatedAddressLost" => Ok(()),
                     other => Err(format!("{other:?}")),
                 }
@@ -442,7 +375,7 @@ async fn a_deleted_holder_loses_the_address_and_never_replaces_it() {
             .eventually_condition("web", "Shared", "False", "AllocatedAddressLost")
             .await;
         assert_eq!(sip.spec.allocated_address.as_deref(), Some(web.as_str()));
-        assert!(shared_condition(&sip).1.contains(&web));
+        assert!(condition(&sip, "Shared").1.contains(&web));
         // However often it was touched, nothing was created or allocated for it.
         let c = env.standin.counters();
         assert_eq!((c.linodes_created, c.ipv4_allocated), (1, 1), "{c:?}");
@@ -451,7 +384,7 @@ async fn a_deleted_holder_loses_the_address_and_never_replaces_it() {
         // out again (lowest first): the first one allocated for api is web's lost address. It
         // is web's address come back, not api's, so api gets the next one, and web is shared
         // again with the address its clients know.
-        env.apply_sharedip("api", allocated_spec()).await;
+        env.apply_sharedip("api", edge()).await;
         let api = eventually_allocated(&env, "api").await;
         assert_ne!(api, web, "web's address is not handed to api");
         // A new Linode (the stand-in hands out the freed ID again; linodes_created tells).
@@ -479,16 +412,11 @@ async fn a_deleted_holder_loses_the_address_and_never_replaces_it() {
 #[tokio::test]
 async fn without_holders_a_sharedip_without_address_reports_no_holder() {
     bounded(async {
-        let env = Env::start().await;
-        env.add_node("node-a", &[("role", "edge")], Some(101)).await;
+        let env = edge_env(SEED).await;
         let mut settings = fast_settings("in-process");
         settings.holders.mode = HolderMode::Off;
         let _op = env.spawn_operator_with(settings);
-        env.apply_sharedip("web", allocated_spec()).await;
-        let sip = env
-            .eventually_condition("web", "Shared", "False", "NoIPHolder")
-            .await;
-        let (_, message) = shared_condition(&sip);
+        let (sip, message) = web_refused(&env, "NoIPHolder").await;
         assert!(message.contains("--ip-holder=off"), "{message}");
         assert_eq!(requests(&env, "POST", endpoints::LINODES), 0);
         assert_eq!(requests(&env, "POST", endpoints::LINODE_IPS), 0);

@@ -12,6 +12,7 @@ use std::net::Ipv6Addr;
 use std::time::Duration;
 
 use serde_json::{json, Value};
+use support::alloc::*;
 use support::*;
 
 /// Two nodes' Linodes in the region, and a Linode outside the cluster with the region's only
@@ -25,55 +26,10 @@ ipv6_ranges:
   - {range: "2001:db8:9:9::/64", linode_id: 105}
 "#;
 
-const HOLDER_LABEL: &str = "sharedip-holder-us-east-test-cluster";
-
 fn v6_spec(extra: Value) -> Value {
-    let mut spec = json!({
-        "family": "IPv6",
-        "primary": {"nodeSelector": {"matchLabels": {"role": "edge"}}},
-    });
-    if let (Some(s), Some(e)) = (spec.as_object_mut(), extra.as_object()) {
-        s.extend(e.clone());
-    }
+    let mut spec = allocated_spec(extra);
+    spec["family"] = json!("IPv6");
     spec
-}
-
-async fn eventually_allocated(env: &Env, name: &str) -> String {
-    let deadline = tokio::time::Instant::now() + WAIT;
-    loop {
-        let sip = env.get(name).await;
-        if let Some(a) = sip.as_ref().and_then(|s| s.spec.allocated_address.clone()) {
-            return a;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "{name} got no allocated address; status {:?}",
-            sip.and_then(|s| s.status)
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
-async fn eventually_gone(env: &Env, name: &str) {
-    eventually(&format!("{name} deleted"), || async {
-        match env.get(name).await {
-            None => Ok(()),
-            Some(s) => Err(format!("still there, status {:?}", s.status)),
-        }
-    })
-    .await;
-}
-
-fn holder_id(env: &Env) -> u64 {
-    let ids: Vec<u64> = env.standin.state().read(|a| {
-        a.linodes()
-            .values()
-            .filter(|l| l.label == HOLDER_LABEL)
-            .map(|l| l.id)
-            .collect()
-    });
-    assert_eq!(ids.len(), 1, "one holder: {ids:?}");
-    ids[0]
 }
 
 /// The account's ranges in the region: base → (prefix, owner).
@@ -87,14 +43,6 @@ fn ranges(env: &Env) -> Vec<(String, u8, u64)> {
         .collect();
     out.sort();
     out
-}
-
-fn message(sip: &sharedip_api::SharedIP, type_: &str) -> String {
-    sip.status
-        .as_ref()
-        .and_then(|s| s.conditions.iter().find(|c| c.type_ == type_))
-        .map(|c| c.message.clone())
-        .unwrap_or_default()
 }
 
 #[tokio::test]
@@ -111,7 +59,7 @@ async fn ranges_are_created_on_the_holder_refused_when_taken_and_deleted_with_th
         let six = env
             .eventually_condition("six", "Shared", "False", "IPv6RangeUnavailable")
             .await;
-        let m = message(&six, "Shared");
+        let m = condition(&six, "Shared").1;
         assert!(
             m.contains("2001:db8:9:9::/64") && m.contains("routed to Linode 105"),
             "{m}"
@@ -124,7 +72,7 @@ async fn ranges_are_created_on_the_holder_refused_when_taken_and_deleted_with_th
             .await
             .unwrap();
         let address = eventually_allocated(&env, "six").await;
-        let holder = holder_id(&env);
+        let holder = the_holder(&env, HOLDER_LABEL);
         let listed = ranges(&env);
         assert_eq!(listed.len(), 1, "{listed:?}");
         let (base, prefix, owner) = listed[0].clone();
@@ -151,11 +99,10 @@ async fn ranges_are_created_on_the_holder_refused_when_taken_and_deleted_with_th
         let second = env
             .eventually_condition("second", "Shared", "False", "IPv6RangeUnavailable")
             .await;
-        let m = message(&second, "Shared");
+        let m = condition(&second, "Shared").1;
         assert!(m.contains("used by another SharedIP"), "{m}");
         assert!(second.spec.allocated_address.is_none());
-        env.delete_sharedip("second").await;
-        eventually_gone(&env, "second").await;
+        delete_until_gone(&env, "second").await;
 
         // Shared outside the operator with a Linode of no node: Linode refuses to delete the
         // range, and the SharedIP stays with its finalizer and Linode's reason.
@@ -167,7 +114,7 @@ async fn ranges_are_created_on_the_holder_refused_when_taken_and_deleted_with_th
         let six = env
             .eventually_condition("six", "Shared", "False", "ReleaseFailed")
             .await;
-        let m = message(&six, "Shared");
+        let m = condition(&six, "Shared").1;
         assert!(m.contains("Shared IPv6 ranges cannot be deleted"), "{m}");
         assert!(six.metadata.deletion_timestamp.is_some());
         assert_eq!(
@@ -204,7 +151,7 @@ async fn ranges_are_created_on_the_holder_refused_when_taken_and_deleted_with_th
         let wide = env
             .eventually_condition("wide", "Shared", "False", "IPv6RangeUnavailable")
             .await;
-        let m = message(&wide, "Shared");
+        let m = condition(&wide, "Shared").1;
         assert!(
             m.contains("asks for a /56") && m.contains("set spec.prefix to 64"),
             "{m}"

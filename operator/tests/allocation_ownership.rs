@@ -13,23 +13,17 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use k8s_openapi::jiff::Timestamp;
-use kube::api::{Api, DeleteParams, Patch, PatchParams};
-use serde_json::{json, Value};
-use sharedip_api::{AddressFamily, SharedIP, ALLOCATION_INTENT_ANNOTATION};
+use kube::api::Api;
+use serde_json::json;
+use sharedip_api::{AddressFamily, ALLOCATION_INTENT_ANNOTATION};
 use sharedip_e2e::controlplane::ControlPlane;
 use sharedip_operator::allocation::Intent;
 use sharedip_operator::cluster_id::ClusterId;
 use sharedip_operator::controller::{run_controller, ControllerSettings};
 use sharedip_operator::holder::HolderSettings;
 use sharedip_operator::metrics::Metrics;
+use support::alloc::*;
 use support::*;
-
-/// Bounds a whole test, so a hang fails instead of blocking CI.
-async fn bounded<F: std::future::Future<Output = ()>>(f: F) {
-    tokio::time::timeout(Duration::from_secs(240), f)
-        .await
-        .expect("test finished within 240 s");
-}
 
 /// The account of the CCM test: node Linodes, and the CCM's two holders of `us-east` (without
 /// and with the suffix `prod`), each holding an address beyond its own.
@@ -44,69 +38,6 @@ ipv4:
   - {address: 198.51.100.61, linode_id: 301, public: true}
 "#;
 
-/// A spec without an address, selecting the nodes labelled `role=edge`.
-fn edge() -> Value {
-    json!({"primary": {"nodeSelector": {"matchLabels": {"role": "edge"}}}})
-}
-
-/// Creates or replaces SharedIP `name` on `client`'s cluster, with `annotations`.
-async fn apply_on(client: &kube::Client, name: &str, spec: Value, annotations: Value) {
-    let obj = json!({
-        "apiVersion": "sharedip.io/v1alpha1",
-        "kind": "SharedIP",
-        "metadata": {"name": name, "annotations": annotations},
-        "spec": spec,
-    });
-    Api::<SharedIP>::all(client.clone())
-        .patch(
-            name,
-            &PatchParams::apply("test").force(),
-            &Patch::Apply(&obj),
-        )
-        .await
-        .expect("apply SharedIP");
-}
-
-async fn get_on(client: &kube::Client, name: &str) -> Option<SharedIP> {
-    Api::<SharedIP>::all(client.clone())
-        .get_opt(name)
-        .await
-        .expect("get SharedIP")
-}
-
-async fn delete_on(client: &kube::Client, name: &str) {
-    Api::<SharedIP>::all(client.clone())
-        .delete(name, &DeleteParams::default())
-        .await
-        .expect("delete SharedIP");
-}
-
-async fn allocated_on(client: &kube::Client, name: &str) -> String {
-    let deadline = tokio::time::Instant::now() + WAIT;
-    loop {
-        let sip = get_on(client, name).await;
-        if let Some(a) = sip.as_ref().and_then(|s| s.spec.allocated_address.clone()) {
-            return a;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "{name} got no allocated address; status {:?}",
-            sip.and_then(|s| s.status)
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
-async fn gone_on(client: &kube::Client, name: &str) {
-    eventually(&format!("{name} deleted"), || async {
-        match get_on(client, name).await {
-            None => Ok(()),
-            Some(s) => Err(format!("still there, status {:?}", s.status)),
-        }
-    })
-    .await;
-}
-
 async fn add_edge_node(client: &kube::Client, name: &str, linode: u64) {
     use k8s_openapi::api::core::v1::Node;
     let node: Node = serde_json::from_value(json!({
@@ -120,29 +51,6 @@ async fn add_edge_node(client: &kube::Client, name: &str, linode: u64) {
         .create(&Default::default(), &node)
         .await
         .expect("create node");
-}
-
-/// The stand-in's Linodes labelled `label`.
-fn labelled(env: &Env, label: &str) -> Vec<u64> {
-    env.standin.state().read(|a| {
-        a.linodes()
-            .values()
-            .filter(|l| l.label == label)
-            .map(|l| l.id)
-            .collect()
-    })
-}
-
-/// The one Linode labelled `label`.
-fn the_holder(env: &Env, label: &str) -> u64 {
-    let found = labelled(env, label);
-    assert_eq!(found.len(), 1, "one Linode labelled {label}: {found:?}");
-    found[0]
-}
-
-/// The Linode owning `ip`, if the account has it.
-fn owner_of(env: &Env, ip: &str) -> Option<u64> {
-    env.standin.sharing().ips.get(ip).map(|i| i.owner)
 }
 
 /// Every public IPv4 of Linode `linode`.
@@ -185,6 +93,11 @@ impl Operator {
             stop: Some(tx),
             task,
         }
+    }
+
+    /// An operator of the Env's own cluster, with these holder settings (see [`holders`]).
+    fn here(env: &Env, adopt_ccm: Option<&str>, named: Vec<u64>) -> Self {
+        Self::start(env, env.client(), CLUSTER_ID, holders(adopt_ccm, named))
     }
 
     async fn stop(mut self) {
@@ -303,15 +216,13 @@ async fn two_clusters_in_one_account_allocate_on_their_own_holders_only() {
 #[tokio::test]
 async fn ccm_holders_are_adopted_only_when_asked() {
     bounded(async {
-        let env = Env::start_with_seed(CCM_SEED).await;
-        let client = env.client();
-        env.add_node("node-a", &[("role", "edge")], Some(101)).await;
+        let env = edge_env(CCM_SEED).await;
 
         // Adopting the CCM's holder without a suffix: the address comes from it, no holder is
         // created.
-        let op = Operator::start(&env, client.clone(), CLUSTER_ID, holders(Some(""), vec![]));
+        let op = Operator::here(&env, Some(""), vec![]);
         env.apply_sharedip("web1", edge()).await;
-        let web1 = allocated_on(&client, "web1").await;
+        let web1 = eventually_allocated(&env, "web1").await;
         assert_eq!(owner_of(&env, &web1), Some(300), "{web1} on the CCM holder");
         env.eventually_shared(&web1, &[101]).await;
         // An address the CCM holder already had, named in spec.address: shared, and when the
@@ -320,8 +231,7 @@ async fn ccm_holders_are_adopted_only_when_asked() {
         given["address"] = json!("198.51.100.51");
         env.apply_sharedip("given", given).await;
         env.eventually_shared("198.51.100.51", &[101]).await;
-        env.delete_sharedip("given").await;
-        gone_on(&client, "given").await;
+        delete_until_gone(&env, "given").await;
         assert!(env.shared("198.51.100.51").is_empty(), "unshared");
         assert_eq!(owner_of(&env, "198.51.100.51"), Some(300), "kept");
         let c = env.standin.counters();
@@ -333,14 +243,9 @@ async fn ccm_holders_are_adopted_only_when_asked() {
         op.stop().await;
 
         // With a suffix: the suffixed holder, not the other one.
-        let op = Operator::start(
-            &env,
-            client.clone(),
-            CLUSTER_ID,
-            holders(Some("prod"), vec![]),
-        );
+        let op = Operator::here(&env, Some("prod"), vec![]);
         env.apply_sharedip("web2", edge()).await;
-        let web2 = allocated_on(&client, "web2").await;
+        let web2 = eventually_allocated(&env, "web2").await;
         assert_eq!(
             owner_of(&env, &web2),
             Some(301),
@@ -352,14 +257,13 @@ async fn ccm_holders_are_adopted_only_when_asked() {
 
         // Without the flag the CCM's holders are not this cluster's: a holder is created, and
         // an address allocated on a CCM holder earlier is no longer deleted with its SharedIP.
-        let op = Operator::start(&env, client.clone(), CLUSTER_ID, holders(None, vec![]));
+        let op = Operator::here(&env, None, vec![]);
         env.apply_sharedip("web3", edge()).await;
-        let web3 = allocated_on(&client, "web3").await;
-        let own = the_holder(&env, "sharedip-holder-us-east-test-cluster");
+        let web3 = eventually_allocated(&env, "web3").await;
+        let own = the_holder(&env, HOLDER_LABEL);
         assert_eq!(owner_of(&env, &web3), Some(own), "{web3} on a new holder");
         env.eventually_shared(&web3, &[101]).await;
-        env.delete_sharedip("web1").await;
-        gone_on(&client, "web1").await;
+        delete_until_gone(&env, "web1").await;
         assert!(env.shared(&web1).is_empty(), "{web1} unshared");
         assert_eq!(
             owner_of(&env, &web1),
@@ -376,14 +280,8 @@ async fn ccm_holders_are_adopted_only_when_asked() {
 
         // Adopting again: an address allocated on the adopted holder is given back with its
         // SharedIP (Delete).
-        let op = Operator::start(
-            &env,
-            client.clone(),
-            CLUSTER_ID,
-            holders(Some("prod"), vec![]),
-        );
-        env.delete_sharedip("web2").await;
-        gone_on(&client, "web2").await;
+        let op = Operator::here(&env, Some("prod"), vec![]);
+        delete_until_gone(&env, "web2").await;
         assert_eq!(owner_of(&env, &web2), None, "{web2} given back");
         assert_eq!(
             owner_of(&env, "198.51.100.61"),
@@ -399,31 +297,23 @@ async fn ccm_holders_are_adopted_only_when_asked() {
 #[tokio::test]
 async fn a_named_holder_serves_its_region_and_none_is_created() {
     bounded(async {
-        let env = Env::start().await;
-        let client = env.client();
-        env.add_node("node-a", &[("role", "edge")], Some(101)).await;
+        let env = edge_env(SEED).await;
         // 201 is in another region: it does not serve us-east; 100 does.
-        let op = Operator::start(
-            &env,
-            client.clone(),
-            CLUSTER_ID,
-            holders(None, vec![201, 100]),
-        );
+        let op = Operator::here(&env, None, vec![201, 100]);
         env.apply_sharedip("web", edge()).await;
-        let web = allocated_on(&client, "web").await;
+        let web = eventually_allocated(&env, "web").await;
         assert_eq!(owner_of(&env, &web), Some(100), "{web} on the named holder");
         env.eventually_shared(&web, &[101]).await;
         env.apply_sharedip("api", edge()).await;
-        let api = allocated_on(&client, "api").await;
+        let api = eventually_allocated(&env, "api").await;
         assert_eq!(owner_of(&env, &api), Some(100), "{api} on the named holder");
-        assert!(labelled(&env, "sharedip-holder-us-east-test-cluster").is_empty());
+        assert!(labelled(&env, HOLDER_LABEL).is_empty());
         let c = env.standin.counters();
         assert_eq!((c.linodes_created, c.ipv4_allocated), (0, 2), "{c:?}");
 
         // The named holder is this cluster's: Delete gives its allocated address back, and
         // leaves the addresses it had before (seeded, shared by others) alone.
-        env.delete_sharedip("web").await;
-        gone_on(&client, "web").await;
+        delete_until_gone(&env, "web").await;
         assert_eq!(owner_of(&env, &web), None, "{web} given back");
         for seeded in ["192.0.2.10", "192.0.2.11", "198.51.100.7"] {
             assert_eq!(owner_of(&env, seeded), Some(100), "{seeded}");

@@ -12,63 +12,13 @@ mod support;
 use std::time::Duration;
 
 use kube::ResourceExt;
-use serde_json::{json, Value};
+use serde_json::json;
 use sharedip_api::ALLOCATION_INTENT_ANNOTATION;
 use sharedip_e2e::standin::{AllocationKnobs, FaultRule, RESERVED_IPS_DENIED_REASON};
+use support::alloc::*;
 use support::*;
 
-const HOLDER_LABEL: &str = "sharedip-holder-us-east-test-cluster";
 const TAG: &str = "sharedip-cluster:test-cluster";
-
-fn allocated_spec(extra: Value) -> Value {
-    let mut spec = json!({"primary": {"nodeSelector": {"matchLabels": {"role": "edge"}}}});
-    if let (Some(s), Some(e)) = (spec.as_object_mut(), extra.as_object()) {
-        s.extend(e.clone());
-    }
-    spec
-}
-
-async fn eventually_allocated(env: &Env, name: &str) -> String {
-    let deadline = tokio::time::Instant::now() + WAIT;
-    loop {
-        let sip = env.get(name).await;
-        if let Some(a) = sip.as_ref().and_then(|s| s.spec.allocated_address.clone()) {
-            return a;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "{name} got no allocated address; status {:?}",
-            sip.and_then(|s| s.status)
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
-async fn eventually_gone(env: &Env, name: &str) {
-    eventually(&format!("{name} deleted"), || async {
-        match env.get(name).await {
-            None => Ok(()),
-            Some(s) => Err(format!("still there, status {:?}", s.status)),
-        }
-    })
-    .await;
-}
-
-fn holder_id(env: &Env) -> u64 {
-    let ids: Vec<u64> = env.standin.state().read(|a| {
-        a.linodes()
-            .values()
-            .filter(|l| l.label == HOLDER_LABEL)
-            .map(|l| l.id)
-            .collect()
-    });
-    assert_eq!(ids.len(), 1, "one holder: {ids:?}");
-    ids[0]
-}
-
-fn owner_of(env: &Env, ip: &str) -> Option<u64> {
-    env.standin.sharing().ips.get(ip).map(|i| i.owner)
-}
 
 /// The account's reservations as the client lists them: (address, Linode, tags).
 async fn reservations(env: &Env) -> Vec<(String, Option<u64>, Vec<String>)> {
@@ -95,8 +45,7 @@ fn reserved_calls(env: &Env) -> u64 {
 #[tokio::test]
 async fn with_the_flag_addresses_are_reservations_refused_clearly_without_access() {
     tokio::time::timeout(Duration::from_secs(240), async {
-        let env = Env::start().await;
-        env.add_node("node-a", &[("role", "edge")], Some(101)).await;
+        let env = edge_env(SEED).await;
         let denied = AllocationKnobs {
             reserved_ips_denied: true,
             ..Default::default()
@@ -111,11 +60,7 @@ async fn with_the_flag_addresses_are_reservations_refused_clearly_without_access
         let sip = env
             .eventually_condition("web", "Shared", "False", "AllocationRefused")
             .await;
-        let message = sip
-            .status
-            .and_then(|s| s.conditions.into_iter().find(|c| c.type_ == "Shared"))
-            .map(|c| c.message)
-            .unwrap_or_default();
+        let (_, message) = condition(&sip, "Shared");
         assert!(message.contains(RESERVED_IPS_DENIED_REASON), "{message}");
         assert!(message.contains("reserved IPv4"), "{message}");
         assert_eq!(env.get("web").await.unwrap().spec.allocated_address, None);
@@ -131,7 +76,7 @@ async fn with_the_flag_addresses_are_reservations_refused_clearly_without_access
             .set_allocation(AllocationKnobs::default())
             .unwrap();
         let web = eventually_allocated(&env, "web").await;
-        let holder = holder_id(&env);
+        let holder = the_holder(&env, HOLDER_LABEL);
         assert_eq!(owner_of(&env, &web), Some(holder), "{web} on the holder");
         env.eventually_shared(&web, &[101]).await;
         assert_eq!(
@@ -170,14 +115,12 @@ async fn with_the_flag_addresses_are_reservations_refused_clearly_without_access
         assert_eq!((c.ipv4_reserved, c.ips_assigned), (2, 2), "{c:?}");
         assert_eq!(owner_of(&env, &api), Some(holder), "{api} on the holder");
         env.eventually_shared(&api, &[101]).await;
-        env.delete_sharedip("api").await;
-        eventually_gone(&env, "api").await;
+        delete_until_gone(&env, "api").await;
         assert_eq!(owner_of(&env, &api), Some(holder), "{api} kept");
         assert!(reservations(&env).await.iter().any(|r| r.0 == api));
 
         // Delete gives the reservation up and the address back.
-        env.delete_sharedip("web").await;
-        eventually_gone(&env, "web").await;
+        delete_until_gone(&env, "web").await;
         assert_eq!(owner_of(&env, &web), None, "{web} given back");
         let left: Vec<String> = reservations(&env).await.into_iter().map(|r| r.0).collect();
         assert_eq!(left, vec![api.clone()]);
@@ -195,15 +138,13 @@ async fn with_the_flag_addresses_are_reservations_refused_clearly_without_access
 #[tokio::test]
 async fn without_the_flag_no_reserved_ip_call_is_made() {
     tokio::time::timeout(Duration::from_secs(180), async {
-        let env = Env::start().await;
-        env.add_node("node-a", &[("role", "edge")], Some(101)).await;
+        let env = edge_env(SEED).await;
         let _op = env.spawn_operator();
 
         env.apply_sharedip("web", allocated_spec(json!({}))).await;
         let web = eventually_allocated(&env, "web").await;
         env.eventually_shared(&web, &[101]).await;
-        env.delete_sharedip("web").await;
-        eventually_gone(&env, "web").await;
+        delete_until_gone(&env, "web").await;
         let c = env.standin.counters();
         assert_eq!(
             (c.ipv4_allocated, c.ipv4_deleted, c.ipv4_reserved),

@@ -58,20 +58,6 @@ async fn eventually_by_linode(env: &Env, want: &BTreeMap<u64, BTreeSet<String>>)
     .await;
 }
 
-/// Prints the operator logs to the test's output when the test fails (cargo shows it then).
-struct DumpLogsOnPanic(Vec<std::path::PathBuf>);
-
-impl Drop for DumpLogsOnPanic {
-    fn drop(&mut self) {
-        if std::thread::panicking() {
-            for p in &self.0 {
-                let log = std::fs::read_to_string(p).unwrap_or_default();
-                eprintln!("--- {} ---\n{log}", p.display());
-            }
-        }
-    }
-}
-
 fn assert_forbidden<T: std::fmt::Debug>(what: &str, r: Result<T, kube::Error>) {
     match r {
         Err(kube::Error::Api(s)) if s.code == 403 => {}

@@ -11,25 +11,12 @@ mod support;
 use std::time::Duration;
 
 use serde_json::json;
+use support::alloc::*;
 use support::*;
 
-const HOLDER_LABEL: &str = "sharedip-holder-us-east-test-cluster";
 /// Owned by Linode 101 (node-a) in the default seed.
 const ADDRESS: &str = "192.0.2.12";
 const ASSIGN: &str = "/networking/ips/assign";
-
-fn owner_of(env: &Env, ip: &str) -> Option<u64> {
-    env.standin.sharing().ips.get(ip).map(|i| i.owner)
-}
-
-fn holder_id(env: &Env) -> Option<u64> {
-    env.standin.state().read(|a| {
-        a.linodes()
-            .values()
-            .find(|l| l.label == HOLDER_LABEL)
-            .map(|l| l.id)
-    })
-}
 
 #[tokio::test]
 async fn an_address_a_node_owns_moves_to_the_holder_only_when_asked() {

@@ -3,6 +3,7 @@
 
 #![allow(dead_code)] // each test binary uses a different part
 
+pub mod alloc;
 pub mod kubelet;
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -399,6 +400,20 @@ where
             panic!("timed out after {WAIT:?} waiting for {what}: {last}");
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Prints the operator logs to the test's output when the test fails (cargo shows it then).
+pub struct DumpLogsOnPanic(pub Vec<PathBuf>);
+
+impl Drop for DumpLogsOnPanic {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            for p in &self.0 {
+                let log = std::fs::read_to_string(p).unwrap_or_default();
+                eprintln!("--- {} ---\n{log}", p.display());
+            }
+        }
     }
 }
 
