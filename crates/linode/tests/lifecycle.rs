@@ -4,66 +4,21 @@
 // Test code: a panic is a failed test, and a scenario reads best in one piece.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::too_many_lines)]
 
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::net::{IpAddr, Ipv6Addr};
 use std::time::Duration;
 
 use linode_client::{
-    endpoints, CreateLinode, Error, IpType, Ipv6Prefix, LinodeClass, LinodeClient, LinodeStatus,
-    TokenSource,
+    endpoints, CreateLinode, Error, IpType, Ipv6Prefix, LinodeClass, LinodeStatus,
 };
 use serde_json::json;
 use sharedip_e2e::standin::{
-    AllocationKnobs, FaultRule, HeldOperation, HeldState, NewLinode, ShareFailure, StandIn,
-    StandInHandle, SUPPORT_TICKET_REASON,
+    AllocationKnobs, FaultRule, HeldOperation, HeldState, NewLinode, ShareFailure,
+    SUPPORT_TICKET_REASON,
 };
 
-const TOKEN: &str = "lifecycle-t0ken";
-/// A Linode in us-east with one public IPv4 of its own.
-const HOLDER: u64 = 100;
-const HOLDER_IPV4: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 100);
+mod holder_standin;
 
-async fn bounded<F: std::future::Future>(f: F) -> F::Output {
-    tokio::time::timeout(Duration::from_secs(30), f)
-        .await
-        .expect("test exceeded its 30 s bound")
-}
-
-async fn standin() -> StandInHandle {
-    let s = StandIn::builder().token(TOKEN).start().await.unwrap();
-    s.state()
-        .create_linode(
-            &NewLinode::new("us-east")
-                .id(HOLDER)
-                .label("holder")
-                .ipv4([HOLDER_IPV4]),
-        )
-        .unwrap();
-    s
-}
-
-fn builder(s: &StandInHandle) -> linode_client::ClientBuilder {
-    LinodeClient::builder(TokenSource::from_string(TOKEN).unwrap())
-        .base_url(s.base_url())
-        .max_retries(3)
-        .backoff(Duration::from_millis(1), Duration::from_millis(5))
-        .max_retry_after(Duration::from_millis(10))
-        .request_timeout(Duration::from_secs(5))
-}
-
-fn client(s: &StandInHandle) -> LinodeClient {
-    builder(s).build().unwrap()
-}
-
-/// Every request of `method` on `template` the stand-in received, whatever it answered
-/// (injected faults included).
-fn requests(s: &StandInHandle, method: &str, template: &str) -> u64 {
-    s.request_log()
-        .counts()
-        .iter()
-        .filter(|c| c.method == method && c.template == template)
-        .map(|c| c.count)
-        .sum()
-}
+use holder_standin::*;
 
 fn reason(e: &Error) -> String {
     e.linode_reason()

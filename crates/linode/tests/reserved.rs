@@ -8,56 +8,14 @@ use std::net::{IpAddr, Ipv4Addr};
 use std::path::Path;
 use std::time::Duration;
 
-use linode_client::{endpoints, Error, LinodeClient, TokenSource, RESERVED_IPS_DENIED_REASON};
+use linode_client::{endpoints, Error, RESERVED_IPS_DENIED_REASON};
 use sharedip_e2e::standin::{
-    AllocationKnobs, FaultRule, NewLinode, Seed, StandIn, StandInHandle, RESERVED_IPV4_LIMIT_REASON,
+    AllocationKnobs, FaultRule, Seed, StandInHandle, RESERVED_IPV4_LIMIT_REASON,
 };
 
-const TOKEN: &str = "reserved-t0ken";
-/// A Linode in us-east with one public IPv4 of its own.
-const HOLDER: u64 = 100;
-const HOLDER_IPV4: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 100);
+mod holder_standin;
 
-async fn bounded<F: std::future::Future>(f: F) -> F::Output {
-    tokio::time::timeout(Duration::from_secs(30), f)
-        .await
-        .expect("test exceeded its 30 s bound")
-}
-
-async fn standin() -> StandInHandle {
-    let s = StandIn::builder().token(TOKEN).start().await.unwrap();
-    s.state()
-        .create_linode(
-            &NewLinode::new("us-east")
-                .id(HOLDER)
-                .label("holder")
-                .ipv4([HOLDER_IPV4]),
-        )
-        .unwrap();
-    s
-}
-
-fn builder(s: &StandInHandle) -> linode_client::ClientBuilder {
-    LinodeClient::builder(TokenSource::from_string(TOKEN).unwrap())
-        .base_url(s.base_url())
-        .max_retries(3)
-        .backoff(Duration::from_millis(1), Duration::from_millis(5))
-        .max_retry_after(Duration::from_millis(10))
-        .request_timeout(Duration::from_secs(5))
-}
-
-fn client(s: &StandInHandle) -> LinodeClient {
-    builder(s).build().unwrap()
-}
-
-fn requests(s: &StandInHandle, method: &str, template: &str) -> u64 {
-    s.request_log()
-        .counts()
-        .iter()
-        .filter(|c| c.method == method && c.template == template)
-        .map(|c| c.count)
-        .sum()
-}
+use holder_standin::*;
 
 /// Puts reserved address `addr` on Linode `linode_id` (us-east) through a seed.
 fn assign(s: &StandInHandle, addr: Ipv4Addr, linode_id: u64) {
