@@ -42,7 +42,7 @@ use tracing::{info, warn};
 
 use crate::events::publish;
 use crate::holder::{Holder, HolderError, Holders, RegionState};
-use crate::linode_api::{ApiError, ApiErrorKind, HolderAddresses};
+use crate::linode_api::{ApiError, ApiErrorKind, DynLifecycleApi, HolderAddresses};
 use crate::plan::{Previously, Refusal, Retry};
 use crate::reconciler::{Context, Error};
 use crate::reserved;
@@ -128,6 +128,23 @@ impl Recovery {
 /// guides use `::1`).
 pub fn bound_in_range(base: Ipv6Addr) -> Ipv6Addr {
     Ipv6Addr::from(u128::from(base) | 1)
+}
+
+/// The address nodes bind for an allocated network: an IPv4 address as is, a range's
+/// [first address](bound_in_range).
+pub fn bound_address(network: IpAddr) -> IpAddr {
+    match network {
+        IpAddr::V6(base) => IpAddr::V6(bound_in_range(base)),
+        v4 => v4,
+    }
+}
+
+/// The Linode API for holders and allocations.
+fn lifecycle_api(ctx: &Context) -> Result<&DynLifecycleApi, Error> {
+    ctx.lifecycle
+        .holders
+        .api()
+        .map_err(|e| Error::Lifecycle(e.to_string()))
 }
 
 /// What [`ensure_address`] did.
@@ -410,12 +427,7 @@ impl Allocation<'_> {
 
     /// The holder's addresses; `None` when the holder is gone.
     async fn holder_addresses(&mut self) -> Result<Option<HolderAddresses>, Error> {
-        let api = self
-            .ctx
-            .lifecycle
-            .holders
-            .api()
-            .map_err(|e| Error::Lifecycle(e.to_string()))?;
+        let api = lifecycle_api(self.ctx)?;
         match api.holder_addresses(self.holder.id).await {
             Ok(a) => Ok(Some(a)),
             Err(e) if e.is_not_found() => Ok(None),
@@ -437,21 +449,13 @@ impl Allocation<'_> {
     }
 
     fn bound(&self, network: IpAddr) -> IpAddr {
-        match network {
-            IpAddr::V6(base) => IpAddr::V6(bound_in_range(base)),
-            v4 => v4,
-        }
+        bound_address(network)
     }
 
     /// The region's one IPv6 range, if it exists: this SharedIP takes it when it is on the
     /// holder, of the right size and unclaimed; otherwise it is refused with the reason.
     async fn existing_range(&mut self) -> Result<Option<Ensured>, Error> {
-        let api = self
-            .ctx
-            .lifecycle
-            .holders
-            .api()
-            .map_err(|e| Error::Lifecycle(e.to_string()))?;
+        let api = lifecycle_api(self.ctx)?;
         let ranges = api
             .ranges_in(&self.holder.region)
             .await
@@ -530,12 +534,7 @@ impl Allocation<'_> {
             reserved: reserved_before,
         };
         write_intent(self.ctx, self.sip, Some(&intent)).await?;
-        let api = self
-            .ctx
-            .lifecycle
-            .holders
-            .api()
-            .map_err(|e| Error::Lifecycle(e.to_string()))?;
+        let api = lifecycle_api(self.ctx)?;
         let tag = reserved::cluster_tag(self.ctx.lifecycle.holders.cluster());
         let result = match self.family {
             AddressFamily::IPv4 if reserving => {
@@ -763,7 +762,7 @@ async fn interrupted(sip: &SharedIP, ctx: &Context) -> Result<Option<SharedAddre
     };
     let holders = &ctx.lifecycle.holders;
     let _region = holders.region(&intent.region).await;
-    let api = holders.api().map_err(|e| Error::Lifecycle(e.to_string()))?;
+    let api = lifecycle_api(ctx)?;
     let on_holder = match api.holder_addresses(intent.holder).await {
         Ok(a) => a,
         Err(e) if e.is_not_found() => return Ok(None),
@@ -772,10 +771,7 @@ async fn interrupted(sip: &SharedIP, ctx: &Context) -> Result<Option<SharedAddre
     let claimed = claimed_networks(ctx).await?;
     match recover(&intent, &on_holder, &claimed) {
         Recovery::Adopt(network) => {
-            let bound = match network {
-                IpAddr::V6(base) => IpAddr::V6(bound_in_range(base)),
-                v4 => v4,
-            };
+            let bound = bound_address(network);
             info!(sharedip = %sip.name_any(), address = %bound, "an interrupted allocation left this address: releasing it with the SharedIP");
             SharedAddress::parse(&bound.to_string(), Some(i32::from(intent.prefix)))
                 .map(Some)
