@@ -195,6 +195,7 @@ mod tests {
             secondary: Some(selector("tier", "edge")),
             failback: true,
             readiness_gate: None,
+            endpoint_gate: None,
             bgp: None,
         }
     }

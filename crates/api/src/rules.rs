@@ -181,6 +181,7 @@ mod tests {
             secondary: secondary.then(|| selector("zone", "a")),
             failback: true,
             readiness_gate: None,
+            endpoint_gate: None,
             bgp: None,
         }
     }

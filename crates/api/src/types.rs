@@ -160,6 +160,14 @@ pub struct SharedIPSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub readiness_gate: Option<ReadinessGate>,
 
+    /// Which nodes have endpoints of the LoadBalancer Service this SharedIP serves. The operator
+    /// writes it into the SharedIPs it makes for Services, from the Service's EndpointSlices
+    /// and `externalTrafficPolicy`; a node announces only while it is listed `ready`, and a
+    /// node listed `terminating` hands the address over (make-before-break). Not for
+    /// SharedIPs you write yourself: use `readinessGate`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub endpoint_gate: Option<EndpointGate>,
+
     /// Overrides of the BGP parameters the node agents use for this address. Leave unset on
     /// Linode: the defaults match Linode's route servers.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -295,6 +303,25 @@ pub struct ReadinessGate {
     )]
     #[schemars(schema_with = "crate::selector::label_selector_schema")]
     pub pod_selector: LabelSelector,
+}
+
+/// The nodes that may announce a Service's address, as the operator computed them from the
+/// Service's endpoints. A selected node in neither list does not announce.
+#[derive(KubeSchema, Deserialize, Serialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct EndpointGate {
+    /// The Service, as namespace/name.
+    #[schemars(length(min = 1, max = 317))]
+    pub service: String,
+    /// Nodes that may announce: with `externalTrafficPolicy: Local`, those with a ready local
+    /// endpoint (or, when no node has one, a serving one); with `Cluster`, every eligible node
+    /// while the Service has a ready (else a serving) endpoint anywhere.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ready: Vec<String>,
+    /// Nodes whose local endpoints are all terminating but still serving while another node
+    /// has a ready one (`Local` only): they withdraw once a ready node announces.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub terminating: Vec<String>,
 }
 
 /// BGP parameters that replace the node agent's defaults for this address.
