@@ -77,6 +77,7 @@ pub mod reconciler;
 pub mod reserved;
 pub mod retained;
 pub mod selection;
+pub mod service;
 pub mod share_syncer;
 pub mod status;
 pub mod sweep;

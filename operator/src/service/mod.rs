@@ -1,0 +1,3 @@
+//! The Service controller: `type: LoadBalancer` Services get a failover IP.
+
+pub mod endpoints;
