@@ -1,3 +1,4 @@
 //! The Service controller: `type: LoadBalancer` Services get a failover IP.
 
 pub mod endpoints;
+pub mod sharing;
