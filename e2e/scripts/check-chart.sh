@@ -3,9 +3,10 @@
 #
 #   * `helm lint --strict` with the values files in charts/sharedip/ci/;
 #   * `helm template` of each, parsed and checked object by object (kinds, names, labels, the
-#     operator pod's security settings, env, probes, token mount, least-privilege RBAC, no token
-#     leaking outside its Secret; the node agent DaemonSet's host network, non-privileged
-#     NET_ADMIN-only security context, NODE_NAME from spec.nodeName, state hostPath,
+#     operator pod's security settings, env, probes, token mount, least-privilege RBAC (the
+#     Service controller's rules only with services.enabled), no token leaking outside its
+#     Secret; the node agent DaemonSet's host network, non-privileged NET_ADMIN-only security
+#     context, NODE_NAME from spec.nodeName, state hostPath,
 #     tolerations, priority class, probes, environment (each variable one the agent reads in
 #     node-agent/src/config.rs) and its exact RBAC; HTTPS-only ports and probes, the
 #     ServiceMonitors scraping over HTTPS with a bearer token, the metrics-reader ClusterRole,
@@ -72,6 +73,8 @@ import yaml
 scenario, path, ns, agent_config = sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4]
 # Scenarios without the node agent (agent.enabled=false); "no-rbac" has neither component's RBAC.
 AGENT = scenario != "agent-disabled"
+# The Service controller (services.enabled) runs, and its RBAC rules exist, except here.
+SERVICES = scenario != "services-disabled"
 TOKEN = "0000000000000000000000000000000000000000000000000000000000000000"
 errors = []
 
@@ -143,6 +146,8 @@ expected_kinds = {
     "no-rbac": ["Deployment", "Job", "PodDisruptionBudget", "Secret"],
     "agent-disabled": ["ClusterRole", "ClusterRoleBinding", "Deployment", "Job", "PodDisruptionBudget", "Role",
                        "RoleBinding", "Secret", "ServiceAccount"],
+    "services-disabled": ["ClusterRole", "ClusterRoleBinding", "Deployment", "Job", "PodDisruptionBudget", "Role",
+                          "RoleBinding", "Secret", "ServiceAccount"],
 }[scenario]
 if AGENT:
     expected_kinds = sorted(set(expected_kinds) | {"DaemonSet"})
@@ -225,6 +230,24 @@ else:
     check("SWEEP_INTERVAL" not in env, "SWEEP_INTERVAL set although empty")
     for n in ("IP_HOLDER", "IP_HOLDER_LINODES", "ADOPT_CCM_HOLDERS", "CCM_HOLDER_SUFFIX", "EXPERIMENTAL_RESERVED_IPS"):
         check(n not in env, f"{n} set although the value is empty or false (the operator's default applies)")
+# LoadBalancer Services: SERVICES always explicit; the rest only while the controller runs, the
+# node selectors only when given.
+SERVICE_ENV = ("LOAD_BALANCER_CLASS", "SERVE_CLASSLESS_SERVICES", "SERVICE_PRIMARY_NODES", "SERVICE_SECONDARY_NODES")
+if not SERVICES:
+    check(val("SERVICES") == "false", f"SERVICES {val('SERVICES')!r}, want 'false'")
+    for n in SERVICE_ENV:
+        check(n not in env, f"{n} set although services.enabled=false")
+elif scenario == "full":
+    want_svc_env = {"SERVICES": "true", "LOAD_BALANCER_CLASS": "example.com/failover",
+                    "SERVE_CLASSLESS_SERVICES": "true", "SERVICE_PRIMARY_NODES": "node-role=ingress,zone in (a,b)",
+                    "SERVICE_SECONDARY_NODES": "!node-role"}
+    for n, v in want_svc_env.items():
+        check(val(n) == v, f"{n} {val(n)!r}, want {v!r}")
+else:
+    for n, v in {"SERVICES": "true", "LOAD_BALANCER_CLASS": "sharedip.io/linode", "SERVE_CLASSLESS_SERVICES": "false"}.items():
+        check(val(n) == v, f"{n} {val(n)!r}, want {v!r}")
+    for n in ("SERVICE_PRIMARY_NODES", "SERVICE_SECONDARY_NODES"):
+        check(n not in env, f"{n} set although empty (the operator's default applies)")
 
 # HTTPS only: the probes use HTTPS too (no token needed for them).
 ports = {p["name"]: p["containerPort"] for p in c.get("ports", [])}
@@ -342,6 +365,17 @@ WANT_CLUSTER = expand({
 # The default cluster identity is kube-system's UID: only when no clusterId is set.
 if scenario != "full":
     WANT_CLUSTER |= expand({("", "namespaces"): ["get"]})
+# The Service controller: it creates and deletes the Services' SharedIPs (server-side apply of a
+# new object is authorized as create), patches Services (finalizer, address annotation) and their
+# status (server-side apply), and reads EndpointSlices. Nothing of it without services.enabled.
+SERVICE_RULES = expand({
+    ("sharedip.io", "sharedips"): ["create", "delete"],
+    ("", "services"): ["get", "list", "watch", "patch"],
+    ("", "services/status"): ["patch"],
+    ("discovery.k8s.io", "endpointslices"): ["get", "list", "watch"],
+})
+if SERVICES:
+    WANT_CLUSTER |= SERVICE_RULES
 WANT_NS = expand({
     ("coordination.k8s.io", "leases"): ["get", "list", "watch", "create", "update", "patch"],
     ("", "configmaps"): ["get", "create", "patch"],
@@ -689,6 +723,8 @@ check_scenario no-rbac "rbac.create=false" -f "$CHART/ci/token-values.yaml" --se
   --set metricsReader.create=false
 check_scenario agent-disabled "agent.enabled=false (operator only)" -f "$CHART/ci/token-values.yaml" \
   --set agent.enabled=false
+check_scenario services-disabled "services.enabled=false (no Service controller, no rules for it)" \
+  -f "$CHART/ci/token-values.yaml" --set services.enabled=false
 # The uninstall hook can be turned off (then no Job at all).
 if render "$WORK/no-hook.yaml" -f "$CHART/ci/token-values.yaml" --set operator.uninstall.enabled=false \
   && ! grep -q '^kind: Job$' "$WORK/no-hook.yaml"; then
@@ -717,7 +753,10 @@ check_notes() { # check_notes <label> <helm args...>
 import sys, yaml
 notes = yaml.safe_load(open(sys.argv[1]))["notes"]
 need = ["kubectl get sharedips", "kubectl describe sharedip", "apiVersion: sharedip.io/v1alpha1",
-        "get lease sharedip-operator", "192.0.2.10", "helm uninstall sharedip", "No address leaves"]
+        "get lease sharedip-operator", "192.0.2.10", "helm uninstall sharedip", "No address leaves",
+        "loadBalancerClass: " + ("example.com/failover" if sys.argv[2] == "every option" else "sharedip.io/linode")]
+if sys.argv[2] == "services disabled":
+    need.pop()
 agent = ["get daemonset sharedip-agent", "app.kubernetes.io/component=agent", "sharedip-node-agent status",
          "sharedip.io/drain=true"]
 if sys.argv[2] == "agent disabled":
@@ -728,6 +767,8 @@ else:
     bad_agent = []
 missing = [n for n in need if n not in notes]
 bad = [b for b in ("<no value>", "%!") if b in notes] + bad_agent
+if sys.argv[2] == "services disabled" and "loadBalancerClass" in notes:
+    bad.append("loadBalancerClass")
 for m in missing:
     print(f"        NOTES.txt lacks {m!r}")
 for b in bad:
@@ -743,6 +784,7 @@ PY
 check_notes "token" -f "$CHART/ci/token-values.yaml"
 check_notes "every option" -f "$CHART/ci/full-values.yaml" --set operator.leaderElection.leaseName=sharedip-operator
 check_notes "agent disabled" -f "$CHART/ci/token-values.yaml" --set agent.enabled=false
+check_notes "services disabled" -f "$CHART/ci/token-values.yaml" --set services.enabled=false
 
 # ------------------------------------------------------------------ values that must be rejected
 section "rejected values"
@@ -796,6 +838,14 @@ expect_reject "addresses.ccmHolderSuffix without adoptCcmHolders" "only used wit
   "${TOK[@]}" --set addresses.ccmHolderSuffix=prod
 expect_reject "typo in addresses key (ipholder)" "additional properties 'ipholder' not allowed" "${TOK[@]}" \
   --set addresses.ipholder=off
+expect_reject "typo in services key (loadbalancerClass)" "additional properties 'loadbalancerClass' not allowed" \
+  "${TOK[@]}" --set services.loadbalancerClass=sharedip.io/linode
+expect_reject "services.enabled not a boolean" "/services/enabled.*want boolean" "${TOK[@]}" --set-string services.enabled=yes
+expect_reject "services.loadBalancerClass not a label-style key" "/services/loadBalancerClass" "${TOK[@]}" \
+  --set 'services.loadBalancerClass=sharedip io/linode'
+expect_reject "services.loadBalancerClass empty" "/services/loadBalancerClass" "${TOK[@]}" --set services.loadBalancerClass=
+expect_reject "services.serveClasslessServices not a boolean" "/services/serveClasslessServices.*want boolean" \
+  "${TOK[@]}" --set-string services.serveClasslessServices=no
 expect_reject "bad podAntiAffinity preset" "/operator/podAntiAffinity" "${TOK[@]}" --set operator.podAntiAffinity=always
 expect_reject "apiURL not a URL" "/linode/apiURL" "${TOK[@]}" --set linode.apiURL=api.linode.com
 expect_reject "bad existingSecret name" "/linode/existingSecret" --set linode.existingSecret=Not_A_Name
@@ -971,6 +1021,58 @@ then
   pass "examples/sharedip-*.yaml are SharedIPs with documentation addresses or none$([[ -f "$ROOT/crds/$CRD" ]] && echo ", valid against the CRD schema")"
 else
   fail "examples"
+fi
+
+# The Service examples: a classed LoadBalancer Service, and ingress-nginx values that make one;
+# only documentation addresses, only annotations the operator reads (commented ones included).
+if python3 - "$ROOT" <<'PY'
+import ipaddress, os, re, sys, yaml
+root = sys.argv[1]
+DOC_NETS = [ipaddress.ip_network(n) for n in ("192.0.2.0/24", "198.51.100.0/24", "203.0.113.0/24", "2001:db8::/32")]
+KNOWN = {"sharedip.io/address", "sharedip.io/sharedip", "sharedip.io/allow-shared-ip", "sharedip.io/primary-nodes",
+         "sharedip.io/secondary-nodes", "sharedip.io/reclaim-policy"}
+errors = []
+
+def annotations_ok(name, text, annotations):
+    # Commented-out annotations too: they are there to be uncommented.
+    keys = set(re.findall(r"^\s*#?\s*(sharedip\.io/[a-z-]+):", text, re.M)) | set(annotations)
+    for k in sorted(keys - KNOWN):
+        errors.append(f"{name}: unknown annotation {k}")
+    for m in re.findall(r"sharedip\.io/address:\s*\"?([^\"\n]+)\"?", text):
+        for a in m.split(","):
+            try:
+                addr = ipaddress.ip_address(a.strip())
+                if not any(addr in n for n in DOC_NETS):
+                    errors.append(f"{name}: {addr} is not a documentation address")
+            except ValueError:
+                errors.append(f"{name}: sharedip.io/address {a!r} is not an IP address")
+
+path = os.path.join(root, "examples", "service-loadbalancer.yaml")
+text = open(path).read()
+docs = [d for d in yaml.safe_load_all(text) if d]
+if len(docs) != 1 or docs[0].get("apiVersion") != "v1" or docs[0].get("kind") != "Service":
+    errors.append("service-loadbalancer.yaml: not one v1 Service")
+else:
+    spec = docs[0].get("spec", {})
+    if spec.get("type") != "LoadBalancer" or spec.get("loadBalancerClass") != "sharedip.io/linode":
+        errors.append("service-loadbalancer.yaml: not a LoadBalancer Service of class sharedip.io/linode")
+    annotations_ok("service-loadbalancer.yaml", text, docs[0]["metadata"].get("annotations") or {})
+
+path = os.path.join(root, "examples", "service-ingress-nginx-values.yaml")
+text = open(path).read()
+svc = ((yaml.safe_load(text) or {}).get("controller") or {}).get("service") or {}
+if svc.get("type") != "LoadBalancer" or svc.get("loadBalancerClass") != "sharedip.io/linode" \
+        or svc.get("externalTrafficPolicy") != "Local":
+    errors.append("service-ingress-nginx-values.yaml: controller.service not LoadBalancer, sharedip.io/linode, Local")
+annotations_ok("service-ingress-nginx-values.yaml", text, svc.get("annotations") or {})
+for e in errors:
+    print("        " + e)
+sys.exit(1 if errors else 0)
+PY
+then
+  pass "examples/service-*.yaml: a classed LoadBalancer Service and ingress-nginx values, documentation addresses"
+else
+  fail "Service examples"
 fi
 
 # ------------------------------------------------------------------ chart README documents every value
