@@ -25,7 +25,7 @@ use k8s_openapi::jiff::Timestamp;
 use kube::core::{Selector, SelectorExt};
 use kube::ResourceExt;
 use sharedip_api::rules;
-use sharedip_api::{AddressError, ReadinessGate, Role, SharedAddress, SharedIPSpec};
+use sharedip_api::{AddressError, EndpointGate, ReadinessGate, Role, SharedAddress, SharedIPSpec};
 
 use crate::binder::BoundBy;
 use crate::community::RoleCommunity;
@@ -136,20 +136,22 @@ impl Default for BgpDefaults {
     }
 }
 
-/// The state of a SharedIP's readiness gate on this node.
+/// The state of a SharedIP's gate on this node: its readiness gate (pods) or, for the
+/// SharedIP of a LoadBalancer Service, its endpoint gate (the operator's reading of the
+/// Service's endpoints).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum GateState {
-    /// The SharedIP has no readiness gate.
+    /// The SharedIP has no gate.
     NotConfigured,
-    /// This Ready pod satisfies the gate.
+    /// The gate is satisfied.
     Ready {
-        /// `namespace/name` of the pod.
-        pod: String,
+        /// By what, for the status message ("readiness gate satisfied by pod ns/name").
+        by: String,
     },
-    /// No pod satisfies the gate, but this Ready pod is terminating: it still serves.
+    /// The gate is satisfied only by what is terminating but still serves: hand over.
     Terminating {
-        /// `namespace/name` of the pod.
-        pod: String,
+        /// What terminates, for the status message.
+        by: String,
     },
     /// No pod satisfies the gate.
     NotReady {
@@ -457,18 +459,14 @@ fn announce_unless_held(
         );
     }
     let message = match gate {
-        GateState::Terminating { pod } => {
-            return Decision::withdraw(
-                Some(role),
-                Reason::EndpointTerminating,
-                format!("the readiness gate's pod {pod} is terminating"),
-            )
+        GateState::Terminating { by } => {
+            return Decision::withdraw(Some(role), Reason::EndpointTerminating, by.clone())
         }
         GateState::NotReady { message } => {
             return Decision::withdraw(Some(role), Reason::ReadinessGateFailed, message.clone())
         }
-        GateState::Ready { pod } => {
-            format!("announcing {address} with community {community}; readiness gate satisfied by pod {pod}")
+        GateState::Ready { by } => {
+            format!("announcing {address} with community {community}; {by}")
         }
         GateState::NotConfigured => format!("announcing {address} with community {community}"),
     };
@@ -578,14 +576,66 @@ pub fn evaluate_gate<'a>(
     // A pod that stays comes first.
     ready.sort();
     match ready.into_iter().next() {
-        Some((false, pod)) => GateState::Ready { pod },
-        Some((true, pod)) => GateState::Terminating { pod },
+        Some((false, pod)) => GateState::Ready {
+            by: format!("readiness gate satisfied by pod {pod}"),
+        },
+        Some((true, pod)) => GateState::Terminating {
+            by: format!("the readiness gate's pod {pod} is terminating"),
+        },
         None => GateState::NotReady {
             message: format!(
                 "no Ready pod matching the readiness gate's podSelector in namespace {} runs on this node",
                 gate.namespace
             ),
         },
+    }
+}
+
+/// Evaluates the endpoint gate the operator writes into the SharedIP of a LoadBalancer
+/// Service: this node may announce while listed `ready`, hands over while listed
+/// `terminating`, and may not otherwise. The operator computed the lists from the Service's
+/// EndpointSlices, so the agent needs no cluster-wide EndpointSlice watch.
+pub fn evaluate_endpoint_gate(gate: Option<&EndpointGate>, node: &str) -> GateState {
+    let Some(gate) = gate else {
+        return GateState::NotConfigured;
+    };
+    let listed = |nodes: &[String]| nodes.iter().any(|n| n == node);
+    if listed(&gate.ready) {
+        GateState::Ready {
+            by: format!(
+                "Service {} has endpoints that this node may serve",
+                gate.service
+            ),
+        }
+    } else if listed(&gate.terminating) {
+        GateState::Terminating {
+            by: format!(
+                "the endpoints of Service {} on this node are terminating; a node with a ready endpoint takes over",
+                gate.service
+            ),
+        }
+    } else {
+        GateState::NotReady {
+            message: format!(
+                "Service {} has no endpoint this node may serve",
+                gate.service
+            ),
+        }
+    }
+}
+
+/// Both gates of a SharedIP together: the stricter one wins (not ready, then terminating).
+pub fn stricter(a: GateState, b: GateState) -> GateState {
+    let rank = |g: &GateState| match g {
+        GateState::NotReady { .. } => 3,
+        GateState::Terminating { .. } => 2,
+        GateState::Ready { .. } => 1,
+        GateState::NotConfigured => 0,
+    };
+    if rank(&b) > rank(&a) {
+        b
+    } else {
+        a
     }
 }
 
@@ -830,7 +880,9 @@ mod tests {
         assert_eq!(d.reason, Reason::Draining);
         let d = decide(&s, &l, false, &not_ready, cordoned, &bgp);
         assert_eq!((d.reason, d.target), (Reason::Cordoned, None));
-        let terminating = GateState::Terminating { pod: "ns/p".into() };
+        let terminating = GateState::Terminating {
+            by: "the readiness gate's pod ns/p is terminating".into(),
+        };
         let d = decide(&s, &l, false, &terminating, Situation::default(), &bgp);
         assert_eq!((d.reason, d.target), (Reason::EndpointTerminating, None));
         assert!(d.message.contains("ns/p"), "{}", d.message);
@@ -839,7 +891,9 @@ mod tests {
             (d.reason, d.message.as_str()),
             (Reason::ReadinessGateFailed, "no pod")
         );
-        let ready = GateState::Ready { pod: "ns/p".into() };
+        let ready = GateState::Ready {
+            by: "readiness gate satisfied by pod ns/p".into(),
+        };
         let d = decide(&s, &l, false, &ready, Situation::default(), &bgp);
         assert_eq!(d.reason, Reason::Announced);
         assert!(d.message.contains("ns/p"), "{}", d.message);
@@ -1034,7 +1088,7 @@ mod tests {
         assert_eq!(
             g(&[pod("a", "ingress", "n1", "nginx", true)]),
             GateState::Ready {
-                pod: "ingress/a".into()
+                by: "readiness gate satisfied by pod ingress/a".into()
             }
         );
         // Each disqualifier on its own.
@@ -1061,7 +1115,7 @@ mod tests {
         assert_eq!(
             g(&[terminating.clone()]),
             GateState::Terminating {
-                pod: "ingress/a".into()
+                by: "the readiness gate's pod ingress/a is terminating".into()
             }
         );
         // A terminating pod that is no longer Ready cannot serve.
@@ -1072,7 +1126,7 @@ mod tests {
         assert_eq!(
             g(&[terminating, pod("b", "ingress", "n1", "nginx", true)]),
             GateState::Ready {
-                pod: "ingress/b".into()
+                by: "readiness gate satisfied by pod ingress/b".into()
             }
         );
         // One good pod among bad ones is enough.
@@ -1082,8 +1136,43 @@ mod tests {
                 pod("c", "ingress", "n1", "nginx", true),
             ]),
             GateState::Ready {
-                pod: "ingress/c".into()
+                by: "readiness gate satisfied by pod ingress/c".into()
             }
         );
+    }
+
+    #[test]
+    fn endpoint_gate() {
+        let gate = EndpointGate {
+            service: "ingress/web".into(),
+            ready: vec!["n1".into()],
+            terminating: vec!["n2".into()],
+        };
+        assert_eq!(evaluate_endpoint_gate(None, "n1"), GateState::NotConfigured);
+        assert!(matches!(
+            evaluate_endpoint_gate(Some(&gate), "n1"),
+            GateState::Ready { .. }
+        ));
+        assert!(matches!(
+            evaluate_endpoint_gate(Some(&gate), "n2"),
+            GateState::Terminating { .. }
+        ));
+        let other = evaluate_endpoint_gate(Some(&gate), "n3");
+        assert!(matches!(other, GateState::NotReady { .. }));
+        // An empty gate (a Service without endpoints) lets no node announce.
+        let empty = EndpointGate {
+            service: "ingress/web".into(),
+            ..Default::default()
+        };
+        assert!(matches!(
+            evaluate_endpoint_gate(Some(&empty), "n1"),
+            GateState::NotReady { .. }
+        ));
+        // Terminating here wins over a ready readiness gate; not ready wins over both.
+        let ready = GateState::Ready { by: "x".into() };
+        let terminating = evaluate_endpoint_gate(Some(&gate), "n2");
+        assert_eq!(stricter(ready.clone(), terminating.clone()), terminating);
+        assert_eq!(stricter(other.clone(), terminating.clone()), other);
+        assert_eq!(stricter(GateState::NotConfigured, ready.clone()), ready);
     }
 }

@@ -463,10 +463,16 @@ impl LoopCtx {
         let mut cannot_serve = BTreeSet::new();
         for sip in &sips {
             let name = sip.name_any();
-            let gate = decision::evaluate_gate(
-                sip.spec.readiness_gate.as_ref(),
-                &self.settings.node,
-                pods.iter().map(AsRef::as_ref),
+            let gate = decision::stricter(
+                decision::evaluate_gate(
+                    sip.spec.readiness_gate.as_ref(),
+                    &self.settings.node,
+                    pods.iter().map(AsRef::as_ref),
+                ),
+                decision::evaluate_endpoint_gate(
+                    sip.spec.endpoint_gate.as_ref(),
+                    &self.settings.node,
+                ),
             );
             let situation = Situation {
                 deleting: sip.metadata.deletion_timestamp.is_some(),

@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 pub use sharedip_process::logging::LogFormat;
 
 /// Reconciles SharedIP resources into Linode IP Sharing.
@@ -133,8 +134,50 @@ pub struct Config {
     #[arg(long, env = "EXPERIMENTAL_RESERVED_IPS", default_value_t = false, action = clap::ArgAction::Set)]
     pub experimental_reserved_ips: bool,
 
+    /// Serve `type: LoadBalancer` Services of --load-balancer-class: each gets a failover
+    /// address in `status.loadBalancer.ingress`, served by a SharedIP the operator makes.
+    #[arg(long, env = "SERVICES", default_value_t = true, action = clap::ArgAction::Set)]
+    pub services: bool,
+
+    /// The `spec.loadBalancerClass` of the Services to serve. Linode's CCM leaves Services
+    /// with a class alone.
+    #[arg(long, env = "LOAD_BALANCER_CLASS", default_value = crate::service::DEFAULT_CLASS)]
+    pub load_balancer_class: String,
+
+    /// Also serve LoadBalancer Services without a class. Only for clusters without Linode's
+    /// CCM (which serves those with NodeBalancers).
+    #[arg(long, env = "SERVE_CLASSLESS_SERVICES", default_value_t = false, action = clap::ArgAction::Set)]
+    pub serve_classless_services: bool,
+
+    /// Nodes that announce a Service's address with the primary community when the Service
+    /// has no `sharedip.io/primary-nodes` annotation (kubectl `-l` syntax, e.g.
+    /// `pool=edge`). Without it every node announces, as equals.
+    #[arg(long, env = "SERVICE_PRIMARY_NODES", value_parser = parse_node_selector)]
+    pub service_primary_nodes: Option<LabelSelector>,
+
+    /// Nodes that announce a Service's address with the secondary community when the Service
+    /// has no selector annotation (kubectl `-l` syntax); needs --service-primary-nodes.
+    #[arg(long, env = "SERVICE_SECONDARY_NODES", value_parser = parse_node_selector, requires = "service_primary_nodes")]
+    pub service_secondary_nodes: Option<LabelSelector>,
+
     #[command(subcommand)]
     pub command: Option<Command>,
+}
+
+fn parse_node_selector(s: &str) -> Result<LabelSelector, String> {
+    crate::service::node_selector::parse(s).map_err(|e| e.to_string())
+}
+
+impl Config {
+    /// The Service controller's settings, when it runs.
+    pub fn service_settings(&self) -> Option<crate::service::ServiceSettings> {
+        self.services.then(|| crate::service::ServiceSettings {
+            class: self.load_balancer_class.clone(),
+            serve_classless: self.serve_classless_services,
+            primary_nodes: self.service_primary_nodes.clone(),
+            secondary_nodes: self.service_secondary_nodes.clone(),
+        })
+    }
 }
 
 /// `--ip-holder`.

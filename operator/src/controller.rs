@@ -44,6 +44,7 @@ use crate::plan::DepartureClock;
 use crate::reconciler::{self, Backoff, Context, ReconcileConfig};
 use crate::reserved;
 use crate::retained::RetainedStore;
+use crate::service::{self, ServiceSettings};
 use crate::share_syncer::{ShareSyncer, SyncerConfig, SyncerTask};
 use crate::sweep::Sweeper;
 
@@ -113,6 +114,8 @@ pub struct ControllerSettings {
     /// The Linode API for holders and allocations; without it SharedIPs without spec.address
     /// report NoIPHolder.
     pub lifecycle_api: Option<DynLifecycleApi>,
+    /// Which LoadBalancer Services to serve; None: the Service controller does not run.
+    pub services: Option<ServiceSettings>,
 }
 
 impl ControllerSettings {
@@ -135,6 +138,7 @@ impl ControllerSettings {
             health: None,
             holders: HolderSettings::default(),
             lifecycle_api: None,
+            services: None,
         }
     }
 }
@@ -299,6 +303,7 @@ fn controller_settings(
             ..HolderSettings::default()
         },
         lifecycle_api: None,
+        services: config.service_settings(),
     }
 }
 
@@ -366,16 +371,9 @@ pub async fn run_controller(
         metrics.clone(),
         ledger.clone(),
     );
-    let recorder = Recorder::new(
-        client.clone(),
-        Reporter {
-            controller: "sharedip-operator".into(),
-            instance: Some(settings.identity.clone()),
-        },
-    );
     let ctx = Arc::new(Context {
         client: client.clone(),
-        recorder,
+        recorder: recorder(&client, &settings.identity),
         metrics: metrics.clone(),
         directory: Directory::new(linode.clone(), settings.directory.clone()),
         syncer,
@@ -398,16 +396,42 @@ pub async fn run_controller(
         .map(|rx| tokio::spawn(retry_on_token_change(rx, ctx.clone())));
     let (crd_lost, crd_task) = report_crd_loss(&client, settings.health.clone());
     info!("controller started");
-    reconcile_until(controller, nodes.triggers, stop, ctx, crd_lost).await;
+    tokio::join!(
+        reconcile_until(
+            controller,
+            nodes.triggers,
+            stop.clone(),
+            ctx.clone(),
+            crd_lost
+        ),
+        serve_services(ctx.clone(), settings.services.clone(), stop)
+    );
     let tasks = [Some(nodes.task), token_task, crd_task, Some(sweep_task)];
-    wind_down(
-        tasks.into_iter().flatten(),
-        syncer_task,
-        settings.reconcile.wave_timeout,
-    )
-    .await;
+    let tasks = tasks.into_iter().flatten();
+    wind_down(tasks, syncer_task, settings.reconcile.wave_timeout).await;
     info!("controller stopped");
     Ok(())
+}
+
+/// The recorder of the Events of this replica.
+fn recorder(client: &kube::Client, identity: &str) -> Recorder {
+    let reporter = Reporter {
+        controller: "sharedip-operator".into(),
+        instance: Some(identity.to_owned()),
+    };
+    Recorder::new(client.clone(), reporter)
+}
+
+/// Runs the Service controller beside the SharedIP controller, when enabled.
+async fn serve_services(
+    ctx: Arc<Context>,
+    settings: Option<ServiceSettings>,
+    stop: impl Future<Output = ()> + Send + Sync + 'static,
+) {
+    if let Some(s) = settings {
+        info!(class = %s.class, classless = s.serve_classless, "serving LoadBalancer Services");
+        service::controller::run(ctx, s, stop).await;
+    }
 }
 
 /// Stops the controller's background tasks, then waits (up to `bound`) for the share waves

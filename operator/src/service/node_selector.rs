@@ -11,8 +11,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, LabelSelectorRequirement};
 use sharedip_api::selector::{validate, SelectorProblem};
 
-/// Nodes with this label (any value) carry no load-balancer traffic.
-pub const EXCLUDE_FROM_LB: &str = "node.kubernetes.io/exclude-from-external-load-balancers";
+use super::EXCLUDE_LABEL;
 
 /// Why a selector was refused; `term` counts from 1 and `text` is the term as written.
 #[derive(Debug, thiserror::Error, PartialEq)]
@@ -112,7 +111,7 @@ pub fn parse(input: &str) -> Result<LabelSelector, SelectorError> {
 
 /// Adds `node.kubernetes.io/exclude-from-external-load-balancers DoesNotExist` to a selector.
 pub fn excluding_lb_excluded(mut sel: LabelSelector) -> LabelSelector {
-    let exclusion = requirement(EXCLUDE_FROM_LB.to_string(), "DoesNotExist", [].into());
+    let exclusion = requirement(EXCLUDE_LABEL.to_string(), "DoesNotExist", [].into());
     let expressions = sel.match_expressions.get_or_insert_with(Vec::new);
     if !expressions.contains(&exclusion) {
         expressions.push(exclusion);
@@ -598,16 +597,16 @@ mod tests {
         let sel = excluding_lb_excluded(parse("role=edge").unwrap());
         assert_eq!(
             sel.match_expressions,
-            Some(vec![expr(EXCLUDE_FROM_LB, "DoesNotExist", &[])])
+            Some(vec![expr(EXCLUDE_LABEL, "DoesNotExist", &[])])
         );
         assert_eq!(excluding_lb_excluded(sel.clone()), sel);
         let selector = Selector::try_from(sel).unwrap();
         assert!(selector.matches(&labels(&[("role", "edge")])));
-        assert!(!selector.matches(&labels(&[("role", "edge"), (EXCLUDE_FROM_LB, "")])));
-        assert!(!selector.matches(&labels(&[("role", "edge"), (EXCLUDE_FROM_LB, "true")])));
+        assert!(!selector.matches(&labels(&[("role", "edge"), (EXCLUDE_LABEL, "")])));
+        assert!(!selector.matches(&labels(&[("role", "edge"), (EXCLUDE_LABEL, "true")])));
         let all = excluding_lb_excluded(LabelSelector::default());
         let selector = Selector::try_from(all).unwrap();
         assert!(selector.matches(&labels(&[])));
-        assert!(!selector.matches(&labels(&[(EXCLUDE_FROM_LB, "")])));
+        assert!(!selector.matches(&labels(&[(EXCLUDE_LABEL, "")])));
     }
 }

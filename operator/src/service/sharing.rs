@@ -10,9 +10,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use k8s_openapi::api::core::v1::Service;
 
 use super::endpoints::TrafficPolicy;
-
-/// The annotation whose value is the sharing key: Services with equal keys may share.
-pub const ALLOW_SHARED_IP: &str = "sharedip.io/allow-shared-ip";
+use super::SHARING_KEY_ANNOTATION;
 
 /// What of a Service decides whether it may share an address.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
@@ -32,7 +30,7 @@ impl SharingFacts {
             .metadata
             .annotations
             .as_ref()
-            .and_then(|a| a.get(ALLOW_SHARED_IP))
+            .and_then(|a| a.get(SHARING_KEY_ANNOTATION))
             .map(|k| k.trim())
             .filter(|k| !k.is_empty())
             .map(str::to_string);
@@ -61,11 +59,11 @@ impl SharingFacts {
 /// Service, as namespace/name.
 #[derive(Debug, thiserror::Error, PartialEq)]
 pub enum SharingRefused {
-    #[error("the address is in use by {other}; to share it, annotate both Services with {ALLOW_SHARED_IP} and the same key")]
+    #[error("the address is in use by {other}; to share it, annotate both Services with {SHARING_KEY_ANNOTATION} and the same key")]
     NoKey { other: String },
-    #[error("the address is in use by {other}, which does not allow sharing; annotate it with {ALLOW_SHARED_IP}: {key}")]
+    #[error("the address is in use by {other}, which does not allow sharing; annotate it with {SHARING_KEY_ANNOTATION}: {key}")]
     OtherHasNoKey { other: String, key: String },
-    #[error("the address is in use by {other}, whose {ALLOW_SHARED_IP} is {other_key:?}, not {key:?}; use the same key on both Services")]
+    #[error("the address is in use by {other}, whose {SHARING_KEY_ANNOTATION} is {other_key:?}, not {key:?}; use the same key on both Services")]
     KeyMismatch {
         other: String,
         key: String,
@@ -171,7 +169,7 @@ mod tests {
     #[test]
     fn facts_of_a_service() {
         let svc = service(
-            json!({ALLOW_SHARED_IP: " team-a "}),
+            json!({SHARING_KEY_ANNOTATION: " team-a "}),
             json!({
                 "type": "LoadBalancer",
                 "externalTrafficPolicy": "Local",
@@ -196,7 +194,7 @@ mod tests {
             ]
             .into()
         );
-        let bare = SharingFacts::of(&service(json!({ALLOW_SHARED_IP: "  "}), json!({})));
+        let bare = SharingFacts::of(&service(json!({SHARING_KEY_ANNOTATION: "  "}), json!({})));
         assert_eq!(bare, SharingFacts::default());
     }
 

@@ -330,6 +330,7 @@ pub fn fast_settings(identity: &str) -> ControllerSettings {
             ..Default::default()
         },
         lifecycle_api: None,
+        services: None,
     }
 }
 
