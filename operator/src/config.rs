@@ -176,6 +176,7 @@ impl Config {
             serve_classless: self.serve_classless_services,
             primary_nodes: self.service_primary_nodes.clone(),
             secondary_nodes: self.service_secondary_nodes.clone(),
+            ..crate::service::ServiceSettings::default()
         })
     }
 }

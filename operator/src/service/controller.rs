@@ -12,7 +12,6 @@ use std::collections::{BTreeSet, HashMap};
 use std::future::Future;
 use std::hash::{Hash, Hasher};
 use std::sync::Arc;
-use std::time::Duration;
 
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::{Node, Service};
@@ -33,8 +32,6 @@ use crate::reconciler::Context as SharedContext;
 
 /// The label linking an EndpointSlice to its Service.
 const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
-/// How often generated SharedIPs without a living Service are looked for.
-const SWEEP_INTERVAL: Duration = Duration::from_secs(60);
 
 /// Runs until `stop`.
 pub async fn run(
@@ -162,7 +159,7 @@ async fn sweep_loop(ctx: Arc<Context>) {
     if ctx.services.wait_until_ready().await.is_err() {
         return;
     }
-    let mut tick = tokio::time::interval(SWEEP_INTERVAL);
+    let mut tick = tokio::time::interval(ctx.settings.sweep_interval);
     loop {
         tick.tick().await;
         if let Err(e) = sweep(&ctx).await {

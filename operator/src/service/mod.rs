@@ -21,6 +21,8 @@ pub mod reconcile;
 pub mod sharing;
 pub mod status;
 
+use std::time::Duration;
+
 use k8s_openapi::api::core::v1::Service;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 
@@ -71,6 +73,8 @@ pub struct ServiceSettings {
     pub primary_nodes: Option<LabelSelector>,
     /// Nodes that announce with the secondary community when a Service does not say.
     pub secondary_nodes: Option<LabelSelector>,
+    /// How often generated SharedIPs whose Services are all gone are looked for.
+    pub sweep_interval: Duration,
 }
 
 impl Default for ServiceSettings {
@@ -80,6 +84,7 @@ impl Default for ServiceSettings {
             serve_classless: false,
             primary_nodes: None,
             secondary_nodes: None,
+            sweep_interval: Duration::from_secs(60),
         }
     }
 }
