@@ -1255,8 +1255,9 @@ impl Lab {
     // -----------------------------------------------------------------------------------
     // Observations
 
-    /// One probe from the client to `addr` on the responders' port: the name of the node
-    /// that answered, or `None` (refused, unreachable, timed out).
+    /// One probe from the client to `addr` on the responders' port: the name of the node, or
+    /// of the lab pod ([`Lab::pod_node`] tells its node), that answered, or `None` (refused,
+    /// unreachable, timed out).
     pub async fn who_answers(&self, addr: IpAddr) -> Option<String> {
         let target = SocketAddr::new(addr, self.config.port);
         let socket = self
