@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # Builds the real Kubernetes control plane the e2e tests run against —
-# kube-apiserver, kubectl, etcd — plus helm (chart lint/template), from their
-# Go modules at pinned versions with this machine's Go toolchain.
+# kube-apiserver, kubectl, etcd — plus kube-proxy (the data path of the lab's
+# LoadBalancer Services) and helm (chart lint/template), from their Go modules at
+# pinned versions with this machine's Go toolchain.
 #
-# Output: ${SHAREDIP_CACHE_DIR:-$HOME/.cache/sharedip}/bin/{kube-apiserver,kubectl,etcd,helm}
+# Output: ${SHAREDIP_CACHE_DIR:-$HOME/.cache/sharedip}/bin/{kube-apiserver,kubectl,kube-proxy,etcd,helm}
 # Each binary has a version stamp next to it; a run that finds every binary at
 # its pinned version does nothing and returns at once. The Rust harness
 # (e2e/src/controlplane/) looks in the same place (or in $SHAREDIP_BIN_DIR).
@@ -21,6 +22,7 @@
 #
 # Cost: measured on the 2-core CI-like machine (shared with other builds), a cold
 # run took ~15 min wall, ~13.5 min CPU; kube-apiserver+kubectl are ~70% of it.
+# kube-proxy shares most of its packages with them, so it adds little to that build.
 # CI should cache this cache dir (and ideally Go's module and build caches:
 # `go env GOMODCACHE GOCACHE`) between runs.
 set -euo pipefail
@@ -55,7 +57,10 @@ up_to_date() {
     done
 }
 
-if up_to_date kubernetes "$K8S_VERSION" kube-apiserver kubectl &&
+# Everything the one Kubernetes build produces.
+K8S_BINS=(kube-apiserver kubectl kube-proxy)
+
+if up_to_date kubernetes "$K8S_VERSION" "${K8S_BINS[@]}" &&
     up_to_date etcd "$ETCD_VERSION" etcd &&
     up_to_date helm "$HELM_VERSION" helm; then
     log "up to date in $BIN_DIR: kubernetes $K8S_VERSION, etcd $ETCD_VERSION, helm $HELM_VERSION"
@@ -160,8 +165,8 @@ else
     built+=(etcd)
 fi
 
-# --- kube-apiserver + kubectl --------------------------------------------------------
-if up_to_date kubernetes "$K8S_VERSION" kube-apiserver kubectl; then
+# --- kube-apiserver + kubectl + kube-proxy -----------------------------------------------
+if up_to_date kubernetes "$K8S_VERSION" "${K8S_BINS[@]}"; then
     log "kubernetes $K8S_VERSION: up to date"
 else
     start=$SECONDS
@@ -193,15 +198,15 @@ else
     (
         cd "$mod"
         go mod edit "${edits[@]}"
-        log "kubernetes $K8S_VERSION: building kube-apiserver and kubectl (the slow part)"
-        # One invocation so both commands share the compiled packages.
+        log "kubernetes $K8S_VERSION: building ${K8S_BINS[*]} (the slow part)"
+        # One invocation so the commands share the compiled packages.
         go build -mod=mod -trimpath -ldflags "$ldflags" -o "$mod/out/" \
-            k8s.io/kubernetes/cmd/kube-apiserver k8s.io/kubernetes/cmd/kubectl
+            "${K8S_BINS[@]/#/k8s.io/kubernetes/cmd/}"
     )
-    install_bins "$mod/out" kube-apiserver kubectl
+    install_bins "$mod/out" "${K8S_BINS[@]}"
     printf '%s' "$K8S_VERSION" >"$(stamp_file kubernetes)"
     log "kubernetes $K8S_VERSION: built in $((SECONDS - start))s"
-    built+=(kube-apiserver kubectl)
+    built+=("${K8S_BINS[@]}")
 fi
 
 # --- helm --------------------------------------------------------------------------------
@@ -241,5 +246,6 @@ log "installed in $BIN_DIR:"
 log "  $(first_line "$BIN_DIR/etcd" --version)"
 log "  kube-apiserver $(first_line "$BIN_DIR/kube-apiserver" --version)"
 log "  kubectl $(first_line "$BIN_DIR/kubectl" version --client)"
+log "  kube-proxy $(first_line "$BIN_DIR/kube-proxy" --version)"
 log "  helm $(first_line "$BIN_DIR/helm" version --short)"
 log "built: ${built[*]:-nothing}; took $((SECONDS - total_start))s"

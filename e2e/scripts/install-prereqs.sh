@@ -10,7 +10,7 @@ log() { printf '[install-prereqs] %s\n' "$*" >&2; }
 die() { log "error: $*"; exit 1; }
 
 command -v cargo >/dev/null || die "cargo is required (install Rust with rustup)"
-command -v go >/dev/null || die "go is required (Go 1.24 or newer) to build kube-apiserver, etcd, kubectl and helm"
+command -v go >/dev/null || die "go is required (Go 1.24 or newer) to build kube-apiserver, kube-proxy, etcd, kubectl and helm"
 command -v python3 >/dev/null || die "python3 is required"
 cargo fmt --version >/dev/null 2>&1 || die "rustfmt is required: rustup component add rustfmt"
 cargo clippy --version >/dev/null 2>&1 || die "clippy is required: rustup component add clippy"
@@ -20,7 +20,9 @@ APT_PACKAGES=(iproute2 ca-certificates)
 # BGP route servers of the node agent's interop tests and the lab (e2e/src/routeserver),
 # sysctl (procps) for the network namespaces.
 APT_PACKAGES+=(bird2 gobgpd frr procps)
-# nft: the lab's fault scenarios make a route server silent (e2e/tests/lab_faults.rs).
+# nft: the lab's fault scenarios make a route server silent (e2e/tests/lab_faults.rs), and
+# kube-proxy's nftables mode (the lab's Service data path) programs the node namespaces with
+# it; kube-proxy clears conntrack entries over netlink, so it needs no conntrack tool.
 APT_PACKAGES+=(nftables)
 # A TrueType font for the text of the lab's PNG plots (e2e/src/lab/report.rs).
 APT_PACKAGES+=(fonts-dejavu-core)
@@ -41,5 +43,5 @@ if ! python3 -c 'import yaml, jsonschema' 2>/dev/null; then
     python3 -m pip install --quiet --disable-pip-version-check pyyaml jsonschema
 fi
 
-# kube-apiserver, etcd, kubectl, helm: built once per machine into the cache.
+# kube-apiserver, kube-proxy, etcd, kubectl, helm: built once per machine into the cache.
 "$(dirname "${BASH_SOURCE[0]}")/build-control-plane.sh"

@@ -4,7 +4,7 @@ use std::path::{Path, PathBuf};
 
 use super::Error;
 
-/// Directory holding `etcd`, `kube-apiserver`, `kubectl` and `helm`; overrides everything else.
+/// Directory holding `etcd`, `kube-apiserver`, `kubectl`, `kube-proxy` and `helm`; overrides everything else.
 pub const BIN_DIR_ENV: &str = "SHAREDIP_BIN_DIR";
 /// Cache root of the build script; binaries are in its `bin/` sub-directory.
 pub const CACHE_DIR_ENV: &str = "SHAREDIP_CACHE_DIR";
@@ -32,7 +32,8 @@ pub fn bin_dir() -> PathBuf {
     cache.join("bin")
 }
 
-/// Absolute path of one built binary (`"etcd"`, `"kube-apiserver"`, `"kubectl"`, `"helm"`),
+/// Absolute path of one built binary (`"etcd"`, `"kube-apiserver"`, `"kubectl"`,
+/// `"kube-proxy"`, `"helm"`),
 /// or [`Error::BinaryMissing`] saying how to build it.
 pub fn binary(name: &str) -> Result<PathBuf, Error> {
     let dir = bin_dir();

@@ -10,7 +10,10 @@
 //! - per node: a namespace, the real `sharedip-node-agent run` binary reaching the apiserver
 //!   through a [`KubeBridge`], and a [`Responder`] answering with the node's name;
 //! - two real `sharedip-operator` replicas (leader election) in the root namespace;
-//! - a client namespace behind the router ([`Lab::client_ns`]) for probes.
+//! - a client namespace behind the router ([`Lab::client_ns`]) for probes;
+//! - opt-in ([`LabConfig::kube_proxy`]): the real kube-proxy in every node namespace, the data
+//!   path of LoadBalancer Services ([`super::kubeproxy`]), pods on the nodes
+//!   ([`Lab::add_pod`]) and the Services' endpoints written by the lab ([`super::services`]).
 //!
 //! [`Lab::unwanted`] and [`Lab::wait_state`] compare every place an address can be left in
 //! with what the SharedIPs want ([`super::expect`]); [`Lab::leaks`] with nothing wanted.
@@ -35,6 +38,8 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use super::admission::Propagation;
 use super::expect::{differences, HeardRoute, Observed, Wanted};
+use super::kubeproxy::{self, KubeProxySettings};
+use super::pods::{self, LabPod, PodError};
 use super::processes::{
     self, start_agent, start_operator, AgentSettings, OperatorSettings, Process, ProcessError,
 };
@@ -104,6 +109,9 @@ pub enum LabError {
     /// The bridge to the apiserver.
     #[error("kube bridge: {0}")]
     Bridge(#[from] BridgeError),
+    /// A pod.
+    #[error("pod: {0}")]
+    Pod(#[from] PodError),
     /// A Kubernetes API call.
     #[error("{what}: {source}")]
     Kube {
@@ -139,7 +147,7 @@ pub enum LabError {
 }
 
 impl LabError {
-    fn kube(what: impl Into<String>) -> impl FnOnce(kube::Error) -> LabError {
+    pub(crate) fn kube(what: impl Into<String>) -> impl FnOnce(kube::Error) -> LabError {
         let what = what.into();
         move |source| LabError::Kube { what, source }
     }
@@ -204,6 +212,12 @@ pub struct LabConfig {
     /// Starts the agents with `--withdraw-on-cordon`: a cordoned node hands its addresses
     /// over make-before-break (the agent's default is off, so is the lab's).
     pub withdraw_on_cordon: bool,
+    /// Runs kube-proxy (nftables mode) in every node namespace, the data path of
+    /// LoadBalancer Services ([`super::kubeproxy`]). Off by default: it costs a process per
+    /// node and its start.
+    pub kube_proxy: bool,
+    /// Environment variables given to every operator replica beyond the lab's own.
+    pub operator_env: Vec<(String, String)>,
 }
 
 impl Default for LabConfig {
@@ -222,6 +236,8 @@ impl Default for LabConfig {
             port: 80,
             propagation: Propagation::default(),
             withdraw_on_cordon: false,
+            kube_proxy: false,
+            operator_env: Vec::new(),
         }
     }
 }
@@ -236,12 +252,14 @@ pub fn role_spec(address: &str) -> Value {
     })
 }
 
-/// One lab node. Field order is drop order: the agent stops before its bridge.
+/// One lab node. Field order is drop order: the agent and kube-proxy stop before their
+/// bridge.
 #[derive(Debug)]
 struct LabNode {
     /// `--unbind-delay` of this node's agent from its next start on, instead of the lab's.
     unbind_delay: Option<String>,
     agent: Option<Process>,
+    kube_proxy: Option<Process>,
     responder: Option<Responder>,
     _bridge: KubeBridge,
     spec: NodeSpec,
@@ -249,8 +267,10 @@ struct LabNode {
     dir: tempfile::TempDir,
 }
 
-/// The running lab (see the module docs). Field order is drop order.
+/// The running lab (see the module docs). Field order is drop order: pods go before the
+/// node namespaces their veths and routes are in.
 pub struct Lab {
+    pods: Vec<LabPod>,
     nodes: Vec<LabNode>,
     operators: Vec<Process>,
     routing: Routing,
@@ -345,6 +365,16 @@ impl Lab {
             "sharedip-operator",
             "SHAREDIP_OPERATOR_BIN",
         )?;
+        let kube_proxy = if config.kube_proxy {
+            if !kubeproxy::nft_available() {
+                return Err(LabError::Config(
+                    "kube-proxy's nftables mode needs nft (Debian package nftables): run e2e/scripts/install-prereqs.sh".into(),
+                ));
+            }
+            Some(KubeProxySettings::locate(pods::POD_RANGE)?)
+        } else {
+            None
+        };
         let work = tempfile::Builder::new()
             .prefix("sharedip-lab-")
             .tempdir()
@@ -405,6 +435,20 @@ impl Lab {
                 .create(&PostParams::default(), &node)
                 .await
                 .map_err(LabError::kube(format!("create Node {}", n.name)))?;
+            if config.kube_proxy {
+                // What a kubelet reports; kube-proxy waits 30 s for it before it falls back to
+                // its `--bind-address`.
+                let address = json!({"status": {"addresses": [
+                    {"type": "InternalIP", "address": topo.nodes[i].v4.to_string()},
+                ]}});
+                Api::<Node>::all(client.clone())
+                    .patch_status(&n.name, &PatchParams::default(), &Patch::Merge(&address))
+                    .await
+                    .map_err(LabError::kube(format!(
+                        "set the addresses of Node {}",
+                        n.name
+                    )))?;
+            }
         }
 
         let token_file = work.path().join("linode-token");
@@ -422,6 +466,7 @@ impl Lab {
             api_url: standin.base_url(),
             token_file,
             namespace: OPERATOR_NAMESPACE.to_owned(),
+            env: config.operator_env.clone(),
         };
 
         let apiserver = apiserver_addr(&cp)?;
@@ -435,9 +480,24 @@ impl Lab {
             bridge.write_kubeconfig(cp.kubeconfig_path(), &dir.path().join("kubeconfig"))?;
             let responder = Responder::start(&net.ns, config.port, &spec.name)?;
             let agent = start_agent(&agent_settings, &net.ns, &spec.name, dir.path())?;
+            let proxy = match &kube_proxy {
+                Some(settings) => {
+                    // kube-proxy forwards Service traffic to pods, here or on another node.
+                    net.ns.sysctl("net.ipv4.ip_forward", "1")?;
+                    Some(kubeproxy::start(
+                        settings,
+                        &net.ns,
+                        &spec.name,
+                        net.v4,
+                        dir.path(),
+                    )?)
+                }
+                None => None,
+            };
             nodes.push(LabNode {
                 unbind_delay: None,
                 agent: Some(agent),
+                kube_proxy: proxy,
                 responder: Some(responder),
                 _bridge: bridge,
                 spec: spec.clone(),
@@ -453,6 +513,7 @@ impl Lab {
         }
 
         let lab = Lab {
+            pods: Vec::new(),
             nodes,
             operators,
             routing,
@@ -466,7 +527,11 @@ impl Lab {
             startup: Duration::ZERO,
             work,
         };
-        if let Err(e) = lab.wait_sessions_or_refused(BOUND).await {
+        let ready = async {
+            lab.wait_sessions_or_refused(BOUND).await?;
+            lab.wait_kube_proxies(BOUND).await
+        };
+        if let Err(e) = ready.await {
             eprintln!("lab start failed: {e}\n{}", lab.logs());
             return Err(e);
         }
@@ -495,6 +560,20 @@ impl Lab {
             bound,
             || async { self.sessions_check(true) },
         )
+        .await
+    }
+
+    /// Waits until every node's kube-proxy (if the lab runs them) has programmed its
+    /// nftables table.
+    async fn wait_kube_proxies(&self, bound: Duration) -> Result<(), LabError> {
+        eventually("every kube-proxy programmed its table", bound, || async {
+            for (n, net) in self.nodes.iter().zip(&self.topo.nodes) {
+                if n.kube_proxy.is_some() {
+                    kubeproxy::ruleset(&net.ns).map_err(|e| format!("{}: {e}", n.spec.name))?;
+                }
+            }
+            Ok(())
+        })
         .await
     }
 
@@ -738,6 +817,92 @@ impl Lab {
                 "Pod {namespace}/{name} Ready={status}"
             )))?;
         Ok(())
+    }
+
+    // -----------------------------------------------------------------------------------
+    // Pods on the nodes: namespaces with a responder, the endpoints of Services
+
+    /// Creates pod `pod` on `node` ([`super::pods`]): its own namespace with the next free
+    /// address of [`pods::POD_RANGE`], a veth to the node, a route to it from every node, and
+    /// a responder answering with `pod` on [`pods::POD_PORT`]. Returns its address. Pod names
+    /// are unique in the lab.
+    pub fn add_pod(&mut self, node: &str, pod: &str) -> Result<IpAddr, LabError> {
+        let i = self.index(node)?;
+        if self.pod(pod).is_some() {
+            return Err(LabError::Config(format!("a lab pod named {pod:?} exists")));
+        }
+        let address = pods::free_address(self.pods.iter().map(LabPod::address))?;
+        let via = self.topo.nodes[i].v4.to_string();
+        let created = LabPod::create(pod, node, &self.topo.nodes[i].ns, address)?;
+        // Pushed before the other nodes' routes, so a failure below still removes the pod.
+        self.pods.push(created);
+        for (j, net) in self.topo.nodes.iter().enumerate() {
+            // Every node forwards: the pod's own to it, the others to the pod's node.
+            net.ns.sysctl("net.ipv4.ip_forward", "1")?;
+            if j != i {
+                net.ns
+                    .ip(&["route", "replace", &format!("{address}/32"), "via", &via])?;
+            }
+        }
+        tracing::info!(pod, node, %address, "pod added");
+        Ok(IpAddr::V4(address))
+    }
+
+    /// Removes pod `pod`: its responder stops, its namespace and veth go, and so do the other
+    /// nodes' routes to it.
+    pub fn remove_pod(&mut self, pod: &str) -> Result<(), LabError> {
+        let k = self
+            .pods
+            .iter()
+            .position(|p| p.name() == pod)
+            .ok_or_else(|| LabError::Config(format!("no lab pod named {pod:?}")))?;
+        let removed = self.pods.remove(k);
+        let address = removed.address();
+        let node = self.index(removed.node())?;
+        // The namespace goes asynchronously in the kernel, its veth with it: deleting the
+        // node's end now takes the node's route to the pod at once.
+        self.topo.nodes[node]
+            .ns
+            .ip(&["link", "del", removed.host_interface()])?;
+        drop(removed);
+        let route = format!("{address}/32");
+        for (j, net) in self.topo.nodes.iter().enumerate() {
+            if j != node {
+                net.ns.ip(&["route", "del", &route])?;
+            }
+        }
+        tracing::info!(pod, %address, "pod removed");
+        Ok(())
+    }
+
+    /// Pod `pod`, if the lab has it.
+    pub fn pod(&self, pod: &str) -> Option<&LabPod> {
+        self.pods.iter().find(|p| p.name() == pod)
+    }
+
+    /// Every pod, in the order they were added.
+    pub fn pods(&self) -> &[LabPod] {
+        &self.pods
+    }
+
+    /// The node pod `pod` runs on (what a probe answered with is the pod's name).
+    pub fn pod_node(&self, pod: &str) -> Option<&str> {
+        self.pod(pod).map(LabPod::node)
+    }
+
+    /// kube-proxy's IPv4 nftables table on `node` (`nft list table ip kube-proxy`), for
+    /// checks and failure messages.
+    pub fn kube_proxy_rules(&self, node: &str) -> Result<String, LabError> {
+        Ok(kubeproxy::ruleset(self.node_ns(node)?)?)
+    }
+
+    /// Whether the node's kube-proxy runs (`false` also when the lab runs none).
+    pub fn kube_proxy_running(&mut self, node: &str) -> Result<bool, LabError> {
+        Ok(self
+            .agent_mut(node)?
+            .kube_proxy
+            .as_mut()
+            .is_some_and(Process::is_running))
     }
 
     // -----------------------------------------------------------------------------------
@@ -1090,8 +1255,9 @@ impl Lab {
     // -----------------------------------------------------------------------------------
     // Observations
 
-    /// One probe from the client to `addr` on the responders' port: the name of the node
-    /// that answered, or `None` (refused, unreachable, timed out).
+    /// One probe from the client to `addr` on the responders' port: the name of the node, or
+    /// of the lab pod ([`Lab::pod_node`] tells its node), that answered, or `None` (refused,
+    /// unreachable, timed out).
     pub async fn who_answers(&self, addr: IpAddr) -> Option<String> {
         let target = SocketAddr::new(addr, self.config.port);
         let socket = self
@@ -1322,6 +1488,11 @@ impl Lab {
                 ));
             }
         }
+        for n in &self.nodes {
+            if let Some(p) = &n.kube_proxy {
+                out.push_str(&format!("=== {} ===\n{}\n", p.label(), p.log_tail(8_000)));
+            }
+        }
         for p in &self.operators {
             out.push_str(&format!("=== {} ===\n{}\n", p.label(), p.log_tail(8_000)));
         }
@@ -1337,11 +1508,14 @@ impl Drop for Lab {
             eprintln!("{}", self.logs());
             eprintln!("=== leaks at failure ===\n{:#?}", self.leaks());
         }
-        // Agents first (nothing announces any more), then operators; the rest goes in
-        // field order: route servers, namespaces, stand-in, control plane.
+        // Agents first (nothing announces any more), kube-proxies, then operators; the
+        // rest goes in field order: pods, route servers, namespaces, stand-in, control plane.
         for n in &mut self.nodes {
             if let Some(a) = n.agent.as_mut() {
                 a.kill();
+            }
+            if let Some(p) = n.kube_proxy.as_mut() {
+                p.kill();
             }
         }
         for p in &mut self.operators {

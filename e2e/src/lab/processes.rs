@@ -264,6 +264,8 @@ pub struct OperatorSettings {
     pub token_file: PathBuf,
     /// Namespace of the leader Lease.
     pub namespace: String,
+    /// Further environment variables.
+    pub env: Vec<(String, String)>,
 }
 
 /// Starts one operator replica named `name` (its Lease identity), logging to `log`.
@@ -282,6 +284,7 @@ pub fn start_operator(
         .env("POD_NAME", name)
         .env("RUST_LOG", "info,sharedip_operator=debug")
         .env("SHARE_BATCH_WINDOW", "100ms")
+        .envs(settings.env.iter().map(|(k, v)| (k, v)))
         .args(["--http-addr", "127.0.0.1:0"]);
     Process::spawn(name, cmd, log)
 }
