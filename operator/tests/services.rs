@@ -368,7 +368,11 @@ async fn sharing_rules_type_change_and_bad_input() {
         assert!(note.contains("sharedip.io/primary-nodes"), "{note}");
         assert!(env.get(&generated_name(&bad)).await.is_none());
         // An address of a user SharedIP: refused.
-        env.apply_sharedip("user", spec("192.0.2.11")).await;
+        env.apply_sharedip(
+            "user",
+            json!({"address": "192.0.2.11", "primary": {"nodeSelector": {"matchLabels": {"role": "edge"}}}}),
+        )
+        .await;
         create(
             &env,
             lb(

@@ -156,9 +156,6 @@ fn eligibility_fingerprint(node: &Node) -> u64 {
 }
 
 async fn sweep_loop(ctx: Arc<Context>) {
-    if ctx.services.wait_until_ready().await.is_err() {
-        return;
-    }
     let mut tick = tokio::time::interval(ctx.settings.sweep_interval);
     loop {
         tick.tick().await;
@@ -185,15 +182,28 @@ pub async fn sweep(ctx: &Context) -> Result<usize, reconcile::Error> {
             what: "list generated SharedIPs".into(),
             source,
         })?;
+    if list.items.is_empty() {
+        return Ok(0);
+    }
+    // Listed, not taken from the cache: a cache that has not synced yet would make every
+    // Service look gone.
+    let services: Vec<Service> = Api::<Service>::all(ctx.shared.client.clone())
+        .list(&kube::api::ListParams::default())
+        .await
+        .map_err(|source| reconcile::Error::Kube {
+            what: "list Services".into(),
+            source,
+        })?
+        .items;
     let mut deleted = 0;
     for sip in list.items.iter().filter(|s| generated::is_generated(s)) {
         if sip.metadata.deletion_timestamp.is_some() {
             continue;
         }
         let alive = generated::members(sip).iter().any(|m| {
-            ctx.services
-                .get(&ObjectRef::new(&m.name).within(&m.namespace))
-                .is_some_and(|s| s.uid().as_deref() == Some(m.uid.as_str()))
+            services
+                .iter()
+                .any(|s| s.uid().as_deref() == Some(m.uid.as_str()))
         });
         if alive {
             continue;
