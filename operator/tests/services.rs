@@ -457,3 +457,104 @@ async fn sweep_removes_generated_sharedips_of_services_that_are_gone() {
     })
     .await;
 }
+
+#[tokio::test]
+async fn ipv6_services_share_the_regions_range_and_dual_stack_gets_both() {
+    bounded(async {
+        let env = edge_env(SEED).await;
+        let _op = env.spawn_operator_with(settings());
+
+        // Dual-stack, asking for an address in the holder's range 2001:db8:1:2::/64.
+        create(
+            &env,
+            lb(
+                "dual",
+                json!({"sharedip.io/address": "192.0.2.10,2001:db8:1:2::10"}),
+                json!({"ipFamilyPolicy": "RequireDualStack", "ipFamilies": ["IPv4", "IPv6"]}),
+            ),
+        )
+        .await;
+        endpoints(&env, "dual", &["node-a"]).await;
+        eventually("dual-stack EXTERNAL-IPs", || async {
+            let s = get_svc(&env, "dual").await.unwrap();
+            let got = ingress(&s);
+            if got == ["192.0.2.10", "2001:db8:1:2::10"] {
+                Ok(())
+            } else {
+                Err(format!("{got:?} {:?}", s.status))
+            }
+        })
+        .await;
+        let range = env
+            .get("svc-ipv6-us-east")
+            .await
+            .expect("the region's range SharedIP");
+        assert_eq!(range.spec.address.as_deref(), Some("2001:db8:1:2::"));
+        env.eventually_shared("2001:db8:1:2::", &[101]).await;
+
+        // IPv6 only, nothing asked: the lowest free address of the same range.
+        create(
+            &env,
+            lb(
+                "six",
+                json!({}),
+                json!({"ipFamilyPolicy": "SingleStack", "ipFamilies": ["IPv6"]}),
+            ),
+        )
+        .await;
+        endpoints(&env, "six", &["node-a"]).await;
+        let (_, ip) = eventually_ingress(&env, "six").await;
+        assert_eq!(ip, "2001:db8:1:2::2");
+        let members = env.get("svc-ipv6-us-east").await.unwrap().annotations()
+            ["sharedip.io/services"]
+            .clone();
+        assert_eq!(members.lines().count(), 2, "{members}");
+
+        // IPv6 with externalTrafficPolicy Local: refused, nothing made.
+        create(
+            &env,
+            lb(
+                "local6",
+                json!({}),
+                json!({"ipFamilyPolicy": "SingleStack", "ipFamilies": ["IPv6"],
+                       "externalTrafficPolicy": "Local"}),
+            ),
+        )
+        .await;
+        let note = eventually_event(&env, "local6", "UnsupportedTrafficPolicy").await;
+        assert!(note.contains("Cluster"), "{note}");
+
+        // Outside the range: refused.
+        create(
+            &env,
+            lb(
+                "outside",
+                json!({"sharedip.io/address": "2001:db8:9::5"}),
+                json!({"ipFamilyPolicy": "SingleStack", "ipFamilies": ["IPv6"]}),
+            ),
+        )
+        .await;
+        eventually_event(&env, "outside", "AddressOutsideRange").await;
+        let members = env.get("svc-ipv6-us-east").await.unwrap().annotations()
+            ["sharedip.io/services"]
+            .clone();
+        assert_eq!(
+            members.lines().count(),
+            2,
+            "a refused Service does not join: {members}"
+        );
+
+        for name in ["dual", "six", "local6", "outside"] {
+            services(&env)
+                .delete(name, &DeleteParams::default())
+                .await
+                .unwrap();
+        }
+        for name in ["dual", "six", "local6", "outside"] {
+            eventually_gone_svc(&env, name).await;
+        }
+        assert!(env.get("svc-ipv6-us-east").await.is_none());
+        assert!(env.shared("2001:db8:1:2::").is_empty());
+    })
+    .await;
+}

@@ -353,8 +353,9 @@ impl ControlPlane {
                 "--service-account-signing-key-file={}",
                 pki.sa_private_key.display()
             ),
-            // Only an allocation range for ClusterIPs; no traffic ever goes there.
-            "--service-cluster-ip-range=10.0.0.0/24".to_owned(),
+            // Only allocation ranges for ClusterIPs; no traffic ever goes there. Both families,
+            // so IPv6 and dual-stack Services can be created.
+            "--service-cluster-ip-range=10.0.0.0/24,2001:db8:5e::/112".to_owned(),
             // Without the controller-manager no namespace gets a `default` ServiceAccount, so
             // this plugin would reject every Pod (see the module docs).
             "--disable-admission-plugins=ServiceAccount".to_owned(),

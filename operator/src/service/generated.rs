@@ -99,6 +99,14 @@ pub fn address_of(sip: &SharedIP) -> Option<IpAddr> {
         .and_then(|a| a.parse().ok())
 }
 
+/// The family of a SharedIP's address.
+pub fn family_of(sip: &SharedIP) -> Family {
+    match (&sip.spec.family, address_of(sip)) {
+        (_, Some(IpAddr::V6(_))) | (Some(AddressFamily::IPv6), None) => Family::V6,
+        _ => Family::V4,
+    }
+}
+
 /// The SharedIP (generated or not) that stands for `ip`, if any.
 pub fn find_by_address<'a>(
     sips: impl IntoIterator<Item = &'a SharedIP>,

@@ -16,6 +16,7 @@ pub mod address;
 pub mod controller;
 pub mod endpoints;
 pub mod generated;
+pub mod ipv6;
 pub mod node_selector;
 pub mod reconcile;
 pub mod sharing;

@@ -4,7 +4,7 @@
 //! finalizer goes. Bad input is reported in an Event and the condition, and touches nothing.
 
 use std::collections::BTreeSet;
-use std::net::IpAddr;
+use std::net::{IpAddr, Ipv6Addr};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -24,6 +24,7 @@ use tracing::{info, warn};
 use super::address::{self, Family, Request};
 use super::endpoints::{self, Endpoints, TrafficPolicy};
 use super::generated::{self, Desired, Member};
+use super::ipv6;
 use super::sharing::{self, SharingFacts};
 use super::status::{self, Held};
 use super::{
@@ -156,30 +157,35 @@ pub async fn reconcile(svc: Arc<Service>, ctx: Arc<Context>) -> Result<Action, E
     if let Some(name) = request.sharedip.clone() {
         return use_user_sharedip(&svc, &ctx, &name).await;
     }
-    if request.families.contains(&Family::V6) {
-        let msg = "IPv6 LoadBalancer Services are not served yet: use spec.ipFamilies [IPv4]";
-        if request.families == [Family::V6] {
-            return refuse(&svc, &ctx, "UnsupportedFamily", msg).await;
-        }
+    if request.families.contains(&Family::V6) && TrafficPolicy::of(&svc) == TrafficPolicy::Local {
+        let msg = "an IPv6 address comes from the region's IPv6 range, which Linode announces as a whole from the nodes eligible for every IPv6 Service, so it cannot follow this Service's local endpoints: use externalTrafficPolicy: Cluster, or spec.ipFamilies [IPv4] to keep Local";
+        return refuse(&svc, &ctx, "UnsupportedTrafficPolicy", msg).await;
     }
-    let (sip, outcome) = {
+    let mut placed = Vec::with_capacity(request.families.len());
+    {
         let _guard = ctx.groups.lock().await;
-        match place(&svc, &ctx, &request).await? {
-            Placed::Refused(r) => {
-                drop(_guard);
-                return refuse(&svc, &ctx, r.reason, &r.message).await;
+        for family in &request.families {
+            let p = match family {
+                Family::V4 => place(&svc, &ctx, &request).await?,
+                Family::V6 => place_in_range(&svc, &ctx, &request).await?,
+            };
+            match p {
+                Placed::Applied(p) => placed.push(*p),
+                Placed::Refused(r) => {
+                    drop(_guard);
+                    return refuse(&svc, &ctx, r.reason, &r.message).await;
+                }
             }
-            Placed::Applied(sip, outcome) => (*sip, outcome),
         }
-    };
-    let address = generated::address_of(&sip);
-    if let Some(a) = address {
-        record_assigned(&svc, &ctx, a, &request, outcome).await?;
     }
-    let held = [Held {
-        address,
-        sharedip: Some(&sip),
-    }];
+    record_assigned(&svc, &ctx, &placed, &request).await?;
+    let held: Vec<Held<'_>> = placed
+        .iter()
+        .map(|p| Held {
+            address: p.address,
+            sharedip: Some(&p.sip),
+        })
+        .collect();
     let summary = endpoints_of(&ctx, &svc).await?.summary();
     show(&svc, &ctx, &held, status::announced(&held, &summary)).await?;
     Ok(Action::requeue(RESYNC))
@@ -208,8 +214,16 @@ impl Refusal {
     }
 }
 
+/// The SharedIP serving one of a Service's addresses, and that address (None while it is
+/// being allocated).
+struct PlacedAddress {
+    sip: SharedIP,
+    address: Option<IpAddr>,
+    outcome: Outcome,
+}
+
 enum Placed {
-    Applied(Box<SharedIP>, Outcome),
+    Applied(Box<PlacedAddress>),
     Refused(Refusal),
 }
 
@@ -222,33 +236,218 @@ async fn place(svc: &Service, ctx: &Context, request: &Request) -> Result<Placed
         Ok(found) => found,
         Err(refusal) => return Ok(Placed::Refused(refusal)),
     };
-    let mut members: Vec<Member> = target.as_ref().map(live_members(ctx)).unwrap_or_default();
-    if !members.contains(&me) {
-        members.push(me.clone());
-    }
-    members.sort();
-    let desired = desire(ctx, target.as_ref(), &me, members, request, wanted).await?;
-    let sip = match target {
-        Some(t) if desired.is_met_by(&t) => t,
-        _ => {
-            let applied = ctx
-                .sharedips()
-                .patch(
-                    &desired.name,
-                    &PatchParams::apply(FIELD_MANAGER).force(),
-                    &Patch::Apply(desired.manifest()),
-                )
-                .await
-                .map_err(Error::kube(format!("apply SharedIP {}", desired.name)))?;
-            info!(
-                service = %me.key(), sharedip = %desired.name, outcome = ?outcome,
-                ready = ?desired.gate.ready, terminating = ?desired.gate.terminating,
-                "applied the Service's SharedIP"
-            );
-            applied
+    let members = members_with(ctx, target.as_ref(), &me);
+    let new = if request.is_requested(Family::V4) {
+        NewAddress {
+            address: wanted,
+            allocated: None,
+        }
+    } else {
+        NewAddress {
+            address: None,
+            allocated: wanted,
         }
     };
-    Ok(Placed::Applied(Box::new(sip), outcome))
+    let group = Group {
+        name: generated::name_for(&me.uid),
+        family: Family::V4,
+        members,
+        new,
+    };
+    let desired = desire(ctx, target.as_ref(), &me, group, request).await?;
+    let sip = apply(ctx, target, &desired, &me, outcome).await?;
+    let address = generated::address_of(&sip);
+    Ok(Placed::Applied(Box::new(PlacedAddress {
+        sip,
+        address,
+        outcome,
+    })))
+}
+
+/// Applies `desired` unless `current` already is it.
+async fn apply(
+    ctx: &Context,
+    current: Option<SharedIP>,
+    desired: &Desired,
+    me: &Member,
+    outcome: Outcome,
+) -> Result<SharedIP, Error> {
+    if let Some(c) = current.filter(|c| desired.is_met_by(c)) {
+        return Ok(c);
+    }
+    let applied = ctx
+        .sharedips()
+        .patch(
+            &desired.name,
+            &PatchParams::apply(FIELD_MANAGER).force(),
+            &Patch::Apply(desired.manifest()),
+        )
+        .await
+        .map_err(Error::kube(format!("apply SharedIP {}", desired.name)))?;
+    info!(
+        service = %me.key(), sharedip = %desired.name, outcome = ?outcome,
+        ready = ?desired.gate.ready, terminating = ?desired.gate.terminating,
+        "applied the Service's SharedIP"
+    );
+    Ok(applied)
+}
+
+/// Finds or makes the region's range-level SharedIP, joins it, and gives the Service its own
+/// address inside the range: the one it asks for, the one it had, or the lowest free one.
+async fn place_in_range(svc: &Service, ctx: &Context, request: &Request) -> Result<Placed, Error> {
+    let me = member_of(svc)?;
+    let region = match ipv6::region_of(&ctx.shared.nodes.state()) {
+        Ok(r) => r,
+        Err(m) => return Ok(Placed::Refused(Refusal::new("NoIPv6Range", m))),
+    };
+    let name = ipv6::range_name(&region);
+    let all = ctx.generated().await?;
+    for sip in all.iter().filter(|s| {
+        generated::family_of(s) == Family::V6
+            && s.name_any() != name
+            && generated::members(s).contains(&me)
+    }) {
+        leave_sharedip(sip, &me, ctx).await?;
+    }
+    let existing = all.iter().find(|s| s.name_any() == name).cloned();
+    if existing
+        .as_ref()
+        .is_some_and(|s| s.metadata.deletion_timestamp.is_some())
+    {
+        return Ok(Placed::Refused(Refusal::new(
+            "AddressChanging",
+            format!("waiting for the IPv6 SharedIP {name} of the region to be released"),
+        )));
+    }
+    let wanted = match request.wanted(Family::V6) {
+        Some(IpAddr::V6(a)) => Some(a),
+        _ => None,
+    };
+    let new = match new_range(ctx, request, wanted) {
+        Ok(n) => n,
+        Err(r) => return Ok(Placed::Refused(r)),
+    };
+    // An address that cannot be had is refused before the Service joins the range.
+    if let Some(sip) = &existing {
+        if let Err(r) = own_address_in_range(svc, ctx, sip, request, wanted) {
+            return Ok(Placed::Refused(r));
+        }
+    }
+    let members = members_with(ctx, existing.as_ref(), &me);
+    let outcome = [Outcome::Created, Outcome::Joined][usize::from(existing.is_some())];
+    let group = Group {
+        name,
+        family: Family::V6,
+        members,
+        new,
+    };
+    let desired = desire(ctx, existing.as_ref(), &me, group, request).await?;
+    let sip = apply(ctx, existing, &desired, &me, outcome).await?;
+    let address = match own_address_in_range(svc, ctx, &sip, request, wanted) {
+        Ok(a) => a.map(IpAddr::V6),
+        Err(r) => return Ok(Placed::Refused(r)),
+    };
+    Ok(Placed::Applied(Box::new(PlacedAddress {
+        sip,
+        address,
+        outcome,
+    })))
+}
+
+/// The range a new range-level SharedIP is made with: the /64 of the address asked for
+/// (spec.address) or assigned before (spec.allocatedAddress), else allocated.
+fn new_range(
+    ctx: &Context,
+    request: &Request,
+    wanted: Option<Ipv6Addr>,
+) -> Result<NewAddress, Refusal> {
+    match wanted {
+        Some(w) => {
+            let base = IpAddr::V6(ipv6::base_of(w, ipv6::DEFAULT_PREFIX));
+            let sips = ctx.shared.sharedips.state();
+            if let Some(user) = generated::find_by_address(sips.iter().map(AsRef::as_ref), base)
+                .filter(|s| !generated::is_generated(s))
+            {
+                return Err(Refusal::new(
+                    "AddressInUse",
+                    format!("{w} is inside the range of SharedIP {}", user.name_any()),
+                ));
+            }
+            if request.is_requested(Family::V6) {
+                Ok(NewAddress {
+                    address: Some(base),
+                    allocated: None,
+                })
+            } else {
+                Ok(NewAddress {
+                    address: None,
+                    allocated: Some(base),
+                })
+            }
+        }
+        None => Ok(NewAddress {
+            address: None,
+            allocated: None,
+        }),
+    }
+}
+
+/// The Service's own address in the range of `sip`: None while the range is allocated.
+fn own_address_in_range(
+    svc: &Service,
+    ctx: &Context,
+    sip: &SharedIP,
+    request: &Request,
+    wanted: Option<Ipv6Addr>,
+) -> Result<Option<Ipv6Addr>, Refusal> {
+    let Some(IpAddr::V6(base)) = generated::address_of(sip) else {
+        return Ok(None);
+    };
+    let prefix = sip
+        .spec
+        .prefix
+        .and_then(|p| u8::try_from(p).ok())
+        .unwrap_or(ipv6::DEFAULT_PREFIX);
+    // The addresses the range's other Services hold.
+    let others: Vec<(Ipv6Addr, Arc<Service>)> = live_member_services(ctx, sip)
+        .into_iter()
+        .filter(|s| s.uid() != svc.uid())
+        .filter_map(|s| match address::parse(&s).ok()?.wanted(Family::V6) {
+            Some(IpAddr::V6(a)) => Some((a, s)),
+            _ => None,
+        })
+        .collect();
+    let Some(w) = wanted else {
+        let taken = others.iter().map(|(a, _)| *a).collect();
+        return ipv6::pick(base, prefix, &taken).map(Some).ok_or_else(|| {
+            Refusal::new(
+                "RangeFull",
+                format!("no free address left in the IPv6 range {base}/{prefix}"),
+            )
+        });
+    };
+    if !ipv6::usable(base, prefix, w) {
+        let why = if request.is_requested(Family::V6) {
+            "asked for"
+        } else {
+            "assigned"
+        };
+        return Err(Refusal::new(
+            "AddressOutsideRange",
+            format!(
+                "{w} ({why}) is not a usable address of the region's IPv6 range {base}/{prefix} (its base and {} are the nodes')",
+                crate::allocation::bound_in_range(base)
+            ),
+        ));
+    }
+    let holders: Vec<(String, SharingFacts)> = others
+        .iter()
+        .filter(|(a, _)| *a == w)
+        .map(|(_, s)| (service_key(s), SharingFacts::of(s)))
+        .collect();
+    sharing::check(&SharingFacts::of(svc), &holders)
+        .map(|()| Some(w))
+        .map_err(|e| Refusal::new("SharingRefused", format!("{w} is in use: {e}")))
 }
 
 /// The generated SharedIP the Service is in (leaving those of an address it no longer asks
@@ -262,7 +461,10 @@ async fn target(
     me: &Member,
 ) -> Result<Result<(Option<SharedIP>, Outcome), Refusal>, Error> {
     let mut current = None;
-    for sip in all.iter().filter(|s| generated::members(s).contains(me)) {
+    for sip in all
+        .iter()
+        .filter(|s| generated::family_of(s) == Family::V4 && generated::members(s).contains(me))
+    {
         let keeps = match (wanted, generated::address_of(sip)) {
             (Some(w), Some(a)) => w == a,
             _ => true,
@@ -342,7 +544,7 @@ fn find_group(
             }
         }
         None if facts.key.is_some() => Ok(live
-            .filter(|s| generated::address_of(s).is_some())
+            .filter(|s| generated::family_of(s) == Family::V4 && generated::address_of(s).is_some())
             .find(|s| {
                 let h = holders(s);
                 !h.is_empty() && sharing::check(&facts, &h).is_ok()
@@ -369,6 +571,16 @@ fn live_member_services(ctx: &Context, sip: &SharedIP) -> Vec<Arc<Service>> {
         .collect()
 }
 
+/// The living Services of `sip` (if any) and `me`, sorted.
+fn members_with(ctx: &Context, sip: Option<&SharedIP>, me: &Member) -> Vec<Member> {
+    let mut members = sip.map(live_members(ctx)).unwrap_or_default();
+    if !members.contains(me) {
+        members.push(me.clone());
+    }
+    members.sort();
+    members
+}
+
 fn live_members(ctx: &Context) -> impl Fn(&SharedIP) -> Vec<Member> + '_ {
     move |sip| {
         live_member_services(ctx, sip)
@@ -378,6 +590,22 @@ fn live_members(ctx: &Context) -> impl Fn(&SharedIP) -> Vec<Member> + '_ {
     }
 }
 
+/// The address of a SharedIP to make: asked for (spec.address) or allocated before
+/// (spec.allocatedAddress, to restore it); neither: allocate.
+struct NewAddress {
+    address: Option<IpAddr>,
+    allocated: Option<IpAddr>,
+}
+
+/// The Services of one SharedIP, and what a new one is made with.
+struct Group {
+    /// The name of a new one.
+    name: String,
+    family: Family,
+    members: Vec<Member>,
+    new: NewAddress,
+}
+
 /// The SharedIP a group of Services wants. Its node selectors and reclaim policy are those of
 /// the group's first Service (sorted by namespace/name), so every member's reconcile wants
 /// the same and none undoes another's write; its endpoint gate serves them all.
@@ -385,11 +613,11 @@ async fn desire(
     ctx: &Context,
     existing: Option<&SharedIP>,
     me: &Member,
-    members: Vec<Member>,
+    group: Group,
     request: &Request,
-    wanted: Option<IpAddr>,
 ) -> Result<Desired, Error> {
-    let services: Vec<Arc<Service>> = members
+    let services: Vec<Arc<Service>> = group
+        .members
         .iter()
         .filter_map(|m| {
             ctx.services
@@ -431,17 +659,14 @@ async fn desire(
                 .as_deref()
                 .and_then(|a| a.parse().ok()),
         ),
-        None if request.is_requested(Family::V4) => (wanted, None),
-        None => (None, wanted),
+        None => (group.new.address, group.new.allocated),
     };
     Ok(Desired {
-        name: existing
-            .map(ResourceExt::name_any)
-            .unwrap_or_else(|| generated::name_for(&me.uid)),
-        members,
+        name: existing.map_or(group.name, ResourceExt::name_any),
+        members: group.members,
         address,
         allocated,
-        family: Family::V4,
+        family: group.family,
         primary,
         secondary,
         failback,
@@ -651,21 +876,24 @@ async fn set_finalizers(
     Ok(())
 }
 
-/// Writes the address the Service got into its annotation (once), so it survives restarts,
-/// a lost SharedIP and Service updates.
+/// Writes the addresses the Service got into its annotation (once), so they survive
+/// restarts, a lost SharedIP and Service updates.
 async fn record_assigned(
     svc: &Service,
     ctx: &Context,
-    address: IpAddr,
+    placed: &[PlacedAddress],
     request: &Request,
-    outcome: Outcome,
 ) -> Result<(), Error> {
     let mut assigned = request.assigned;
-    match address {
-        IpAddr::V4(a) => assigned.v4 = Some(a),
-        IpAddr::V6(a) => assigned.v6 = Some(a),
+    for a in placed.iter().filter_map(|p| p.address) {
+        match a {
+            IpAddr::V4(a) => assigned.v4 = Some(a),
+            IpAddr::V6(a) => assigned.v6 = Some(a),
+        }
     }
-    if assigned == request.assigned && svc.annotations().contains_key(ASSIGNED_ANNOTATION) {
+    if assigned.is_empty()
+        || (assigned == request.assigned && svc.annotations().contains_key(ASSIGNED_ANNOTATION))
+    {
         return Ok(());
     }
     let body =
@@ -678,21 +906,29 @@ async fn record_assigned(
         )
         .await
         .map_err(Error::kube("record the assigned address"))?;
-    let how = if request.is_requested(Family::of(address)) {
-        "requested"
-    } else if outcome == Outcome::Joined {
-        "shared with another Service"
-    } else {
-        "allocated"
-    };
-    info!(service = %service_key(svc), %address, how, "address assigned to the Service");
-    ctx.event(
-        svc,
-        EventType::Normal,
-        "AddressAssigned",
-        format!("{address} ({how})"),
-    )
-    .await;
+    for p in placed {
+        let Some(address) = p.address else { continue };
+        if request.assigned.addresses().contains(&address) {
+            continue;
+        }
+        let how = if request.is_requested(Family::of(address)) {
+            "requested"
+        } else if p.outcome == Outcome::Joined && address.is_ipv4() {
+            "shared with another Service"
+        } else if address.is_ipv6() {
+            "from the region's IPv6 range"
+        } else {
+            "allocated"
+        };
+        info!(service = %service_key(svc), %address, how, "address assigned to the Service");
+        ctx.event(
+            svc,
+            EventType::Normal,
+            "AddressAssigned",
+            format!("{address} ({how})"),
+        )
+        .await;
+    }
     Ok(())
 }
 
