@@ -396,16 +396,11 @@ pub async fn run_controller(
         .map(|rx| tokio::spawn(retry_on_token_change(rx, ctx.clone())));
     let (crd_lost, crd_task) = report_crd_loss(&client, settings.health.clone());
     info!("controller started");
-    tokio::join!(
-        reconcile_until(
-            controller,
-            nodes.triggers,
-            stop.clone(),
-            ctx.clone(),
-            crd_lost
-        ),
-        serve_services(ctx.clone(), settings.services.clone(), stop)
-    );
+    // Each owns its handle of the context: the share syncer finishes its waves only once
+    // every handle is dropped.
+    let services = serve_services(ctx.clone(), settings.services.clone(), stop.clone());
+    let sharedips = reconcile_until(controller, nodes.triggers, stop, ctx, crd_lost);
+    tokio::join!(sharedips, services);
     let tasks = [Some(nodes.task), token_task, crd_task, Some(sweep_task)];
     let tasks = tasks.into_iter().flatten();
     wind_down(tasks, syncer_task, settings.reconcile.wave_timeout).await;

@@ -581,6 +581,39 @@ async fn chart_rbac_is_enough_and_least_privilege() {
         .await;
         env.apply_sharedip("web", spec("192.0.2.10")).await;
         env.eventually_shared("192.0.2.10", &[101, 102]).await;
+        // A LoadBalancer Service of the chart's class gets its address with the chart's
+        // permissions (Services, their status, EndpointSlices, generated SharedIPs).
+        let svc: k8s_openapi::api::core::v1::Service = serde_json::from_value(json!({
+            "apiVersion": "v1",
+            "kind": "Service",
+            "metadata": {"name": "ingress", "namespace": "default",
+                         "annotations": {"sharedip.io/address": "192.0.2.11"}},
+            "spec": {"type": "LoadBalancer", "loadBalancerClass": "sharedip.io/linode",
+                     "ports": [{"port": 80, "protocol": "TCP"}]},
+        }))
+        .expect("Service");
+        let services: Api<k8s_openapi::api::core::v1::Service> =
+            Api::namespaced(env.client(), "default");
+        services
+            .create(&PostParams::default(), &svc)
+            .await
+            .expect("create Service");
+        eventually("the Service's EXTERNAL-IP", || async {
+            let s = services.get("ingress").await.map_err(|e| e.to_string())?;
+            let ips: Vec<String> = s
+                .status
+                .iter()
+                .flat_map(|st| st.load_balancer.iter())
+                .flat_map(|lb| lb.ingress.iter().flatten())
+                .filter_map(|i| i.ip.clone())
+                .collect();
+            if ips == ["192.0.2.11"] {
+                Ok(())
+            } else {
+                Err(format!("{ips:?}; log:\n{}", op.log()))
+            }
+        })
+        .await;
         env.eventually_condition("web", "Shared", "True", "Shared")
             .await;
         eventually("events written with the chart's permissions", || async {
@@ -629,20 +662,26 @@ async fn chart_rbac_is_enough_and_least_privilege() {
             "delete a Node",
             sa_nodes.delete("node-a", &DeleteParams::default()).await,
         );
+        // It makes SharedIPs for LoadBalancer Services, but never touches a Service's spec
+        // beyond its finalizer and annotation, nor creates or deletes Services.
+        use k8s_openapi::api::core::v1::Service;
+        let sa_services: Api<Service> = Api::namespaced(sa_client.clone(), "default");
         assert_forbidden(
-            "create a SharedIP",
-            Api::<SharedIP>::all(sa_client.clone())
-                .create(
-                    &PostParams::default(),
-                    &serde_json::from_value(json!({
-                        "apiVersion": "sharedip.io/v1alpha1",
-                        "kind": "SharedIP",
-                        "metadata": {"name": "intruder"},
-                        "spec": spec("192.0.2.11"),
-                    }))
-                    .expect("SharedIP"),
-                )
+            "delete a Service",
+            sa_services
+                .delete("kubernetes", &DeleteParams::default())
                 .await,
+        );
+        let intruder: Service = serde_json::from_value(json!({
+            "apiVersion": "v1",
+            "kind": "Service",
+            "metadata": {"name": "intruder"},
+            "spec": {"ports": [{"port": 80}]},
+        }))
+        .expect("Service");
+        assert_forbidden(
+            "create a Service",
+            sa_services.create(&PostParams::default(), &intruder).await,
         );
         // A Lease elsewhere: the operator may only touch Leases in its own namespace.
         let other_leases: Api<Lease> = Api::namespaced(env.client(), "default");
@@ -706,7 +745,8 @@ async fn chart_rbac_is_enough_and_least_privilege() {
         assert_eq!(data.get("cluster-id"), Some(&uid));
         assert_eq!(
             data.get("linode.101").map(String::as_str),
-            Some("192.0.2.10")
+            Some("192.0.2.10 192.0.2.11"),
+            "the SharedIP's and the Service's address"
         );
 
         // What it needs.
@@ -716,7 +756,7 @@ async fn chart_rbac_is_enough_and_least_privilege() {
             .list(&lp)
             .await
             .expect("list SharedIPs allowed");
-        assert_eq!(sips.items.len(), 1);
+        assert_eq!(sips.items.len(), 2, "web and the Service's");
         Api::<Lease>::namespaced(sa_client.clone(), ns)
             .get(&lease)
             .await
