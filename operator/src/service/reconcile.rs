@@ -187,7 +187,7 @@ pub async fn reconcile(svc: Arc<Service>, ctx: Arc<Context>) -> Result<Action, E
         })
         .collect();
     let summary = endpoints_of(&ctx, &svc).await?.summary();
-    show(&svc, &ctx, &held, status::announced(&held, &summary)).await?;
+    show(&svc, &ctx, &held, status::announced(&held, &summary), true).await?;
     Ok(Action::requeue(RESYNC))
 }
 
@@ -932,23 +932,25 @@ async fn record_assigned(
     Ok(())
 }
 
-/// Applies the Service's status when it changed, with an Event when it becomes announced.
+/// Applies the Service's status when it changed, with an Event when its state changes
+/// (`announce_changes`: refusals publish their own).
 async fn show(
     svc: &Service,
     ctx: &Context,
     held: &[Held<'_>],
     condition: DesiredCondition,
+    announce_changes: bool,
 ) -> Result<(), Error> {
     let ingress = status::ingress(svc, held);
     if status::is_current(svc, &ingress, &condition) {
         return Ok(());
     }
-    let was_true = svc
+    let before = svc
         .status
         .as_ref()
         .and_then(|s| s.conditions.as_deref())
         .and_then(|cs| sharedip_api::conditions::find(cs, super::ANNOUNCED_CONDITION))
-        .is_some_and(|c| c.status == "True");
+        .map(|c| (c.status == "True", c.reason.clone()));
     let body = status::manifest(svc, &ingress, Some(&condition), Timestamp::now());
     services_api(svc, ctx)?
         .patch_status(
@@ -958,22 +960,28 @@ async fn show(
         )
         .await
         .map_err(Error::kube("apply the Service's status"))?;
+    if !announce_changes {
+        return Ok(());
+    }
+    // One Event per change of state, saying why the Service is pending or who announces it.
+    let was_true = before.as_ref().is_some_and(|(t, _)| *t);
+    let same_reason = before.as_ref().is_some_and(|(_, r)| *r == condition.reason);
     if condition.status && !was_true {
-        ctx.event(
-            svc,
-            EventType::Normal,
-            "Announced",
-            condition.message.clone(),
-        )
-        .await;
-    } else if !condition.status && was_true {
-        ctx.event(
-            svc,
-            EventType::Warning,
-            "NotAnnounced",
-            condition.message.clone(),
-        )
-        .await;
+        let note = condition.message.clone();
+        ctx.event(svc, EventType::Normal, "Announced", note).await;
+    } else if !condition.status && (was_true || !same_reason) {
+        let type_ = if was_true || condition.reason == "NotShared" {
+            EventType::Warning
+        } else {
+            EventType::Normal
+        };
+        let reason = if was_true {
+            "NotAnnounced"
+        } else {
+            condition.reason.as_str()
+        };
+        ctx.event(svc, type_, reason, condition.message.clone())
+            .await;
     }
     Ok(())
 }
@@ -1009,7 +1017,8 @@ async fn refuse(
         ctx.event(svc, EventType::Warning, reason, message.to_owned())
             .await;
     }
-    show(svc, ctx, &shown, condition).await?;
+    // The refusal's own Event was published above.
+    show(svc, ctx, &shown, condition, false).await?;
     Ok(Action::requeue(BAD_INPUT_RETRY))
 }
 
@@ -1046,7 +1055,7 @@ async fn use_user_sharedip(svc: &Service, ctx: &Context, name: &str) -> Result<A
         sharedip: Some(&sip),
     }];
     let summary = endpoints_of(ctx, svc).await?.summary();
-    show(svc, ctx, &held, status::announced(&held, &summary)).await?;
+    show(svc, ctx, &held, status::announced(&held, &summary), true).await?;
     Ok(Action::requeue(RESYNC))
 }
 

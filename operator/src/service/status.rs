@@ -101,8 +101,16 @@ pub fn announced(held: &[Held<'_>], endpoints: &str) -> Desired {
             all = false;
             if !is_true(sip, sharedip_api::conditions::SHARED) {
                 reason = "NotShared";
+                // The SharedIP says why (an address not in the account, no IP holder, a
+                // Linode API error): the Service shows it where its users look.
+                let why = sip
+                    .status
+                    .as_ref()
+                    .and_then(|s| conditions::find(&s.conditions, conditions::SHARED))
+                    .map(|c| format!(": {}: {}", c.reason, c.message))
+                    .unwrap_or_default();
                 parts.push(format!(
-                    "{address} is not shared yet (SharedIP {})",
+                    "{address} is not shared yet (SharedIP {}){why}",
                     sip.metadata.name.as_deref().unwrap_or_default()
                 ));
             } else {
