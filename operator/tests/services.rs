@@ -384,6 +384,19 @@ async fn sharing_rules_type_change_and_bad_input() {
         .await;
         let note = eventually_event(&env, "taken", "AddressInUse").await;
         assert!(note.contains("SharedIP user"), "{note}");
+        // A Service asking to move to that address is refused and keeps the one it has.
+        services(&env)
+            .patch(
+                "d",
+                &PatchParams::default(),
+                &Patch::Merge(json!({"metadata": {"annotations": {"sharedip.io/address": "192.0.2.11"}}})),
+            )
+            .await
+            .unwrap();
+        eventually_event(&env, "d", "AddressInUse").await;
+        let sip = env.get(&sip_name).await.expect("d's SharedIP is kept");
+        assert!(sip.annotations()["sharedip.io/services"].contains(&d.uid().unwrap()));
+        assert_eq!(ingress(&get_svc(&env, "d").await.unwrap()), vec!["192.0.2.10"]);
         // Naming the user SharedIP uses it, unchanged.
         let before = env.get("user").await.unwrap();
         create(

@@ -1,6 +1,6 @@
 //! Reconciles one LoadBalancer Service: [`reconcile`] gives a Service of ours its address
 //! through a generated SharedIP (or a user SharedIP it names) and shows it in its status;
-//! a Service that is deleted or stops being ours gives it back ([`release`]) before its
+//! a Service that is deleted or stops being ours gives it back ([`leave`]) before its
 //! finalizer goes. Bad input is reported in an Event and the condition, and touches nothing.
 
 use std::collections::BTreeSet;
@@ -41,6 +41,8 @@ const RELEASE_POLL: Duration = Duration::from_secs(2);
 const RESYNC: Duration = Duration::from_secs(300);
 /// Retry of a Service whose input is bad (its own change wakes it sooner).
 const BAD_INPUT_RETRY: Duration = Duration::from_secs(600);
+/// The refusal that is only a wait: the SharedIP of a previous address is being released.
+const ADDRESS_CHANGING: &str = "AddressChanging";
 
 /// Errors of a Service reconcile; all are retried with backoff.
 #[derive(Debug, thiserror::Error)]
@@ -177,6 +179,7 @@ pub async fn reconcile(svc: Arc<Service>, ctx: Arc<Context>) -> Result<Action, E
                 }
             }
         }
+        drop_other_families(&svc, &ctx, &request).await?;
     }
     record_assigned(&svc, &ctx, &placed, &request).await?;
     let held: Vec<Held<'_>> = placed
@@ -188,7 +191,32 @@ pub async fn reconcile(svc: Arc<Service>, ctx: Arc<Context>) -> Result<Action, E
         .collect();
     let summary = endpoints_of(&ctx, &svc).await?.summary();
     show(&svc, &ctx, &held, status::announced(&held, &summary), true).await?;
+    ctx.shared.backoff.succeeded(&backoff_key(&svc));
     Ok(Action::requeue(RESYNC))
+}
+
+/// A Service that no longer has a family (dual-stack turned single-stack) gives that
+/// family's address back.
+async fn drop_other_families(svc: &Service, ctx: &Context, request: &Request) -> Result<(), Error> {
+    let dropped = request
+        .assigned
+        .addresses()
+        .iter()
+        .any(|a| !request.families.contains(&Family::of(*a)));
+    if !dropped {
+        return Ok(());
+    }
+    let me = member_of(svc)?;
+    for sip in ctx.generated().await?.iter().filter(|s| {
+        generated::members(s).contains(&me) && !request.families.contains(&generated::family_of(s))
+    }) {
+        leave_sharedip(sip, &me, ctx).await?;
+    }
+    Ok(())
+}
+
+fn backoff_key(svc: &Service) -> String {
+    format!("service:{}", service_key(svc))
 }
 
 /// How a Service came to its SharedIP.
@@ -315,7 +343,7 @@ async fn place_in_range(svc: &Service, ctx: &Context, request: &Request) -> Resu
         .is_some_and(|s| s.metadata.deletion_timestamp.is_some())
     {
         return Ok(Placed::Refused(Refusal::new(
-            "AddressChanging",
+            ADDRESS_CHANGING,
             format!("waiting for the IPv6 SharedIP {name} of the region to be released"),
         )));
     }
@@ -461,6 +489,7 @@ async fn target(
     me: &Member,
 ) -> Result<Result<(Option<SharedIP>, Outcome), Refusal>, Error> {
     let mut current = None;
+    let mut stale = Vec::new();
     for sip in all
         .iter()
         .filter(|s| generated::family_of(s) == Family::V4 && generated::members(s).contains(me))
@@ -472,18 +501,17 @@ async fn target(
         if keeps && current.is_none() && sip.metadata.deletion_timestamp.is_none() {
             current = Some(sip.clone());
         } else {
-            leave_sharedip(sip, me, ctx).await?;
+            stale.push(sip);
         }
     }
-    if let Some(sip) = current {
-        return Ok(Ok((Some(sip), Outcome::Kept)));
-    }
-    match find_group(svc, ctx, all, wanted, me) {
-        Ok(Some(sip)) => return Ok(Ok((Some(sip), Outcome::Joined))),
-        Ok(None) => {}
-        Err(refusal) => return Ok(Err(refusal)),
-    }
-    if let Some(ip) = wanted {
+    let found = match current {
+        Some(sip) => Some((sip, Outcome::Kept)),
+        None => match find_group(svc, ctx, all, wanted, me) {
+            Ok(group) => group.map(|sip| (sip, Outcome::Joined)),
+            Err(refusal) => return Ok(Err(refusal)),
+        },
+    };
+    if let (None, Some(ip)) = (&found, wanted) {
         let sips = ctx.shared.sharedips.state();
         if let Some(user) = generated::find_by_address(sips.iter().map(AsRef::as_ref), ip)
             .filter(|s| !generated::is_generated(s))
@@ -498,11 +526,19 @@ async fn target(
             )));
         }
     }
+    // Only now that the new address is known to be available does the Service let go of the
+    // old one: a refused change leaves it with the address it had.
+    for sip in stale {
+        leave_sharedip(sip, me, ctx).await?;
+    }
+    if let Some((sip, outcome)) = found {
+        return Ok(Ok((Some(sip), outcome)));
+    }
     let name = generated::name_for(&me.uid);
     if all.iter().any(|s| s.name_any() == name) {
-        // Its SharedIP of a previous address is still being released.
+        // Its SharedIP of the previous address is still being released.
         return Ok(Err(Refusal::new(
-            "AddressChanging",
+            ADDRESS_CHANGING,
             format!("waiting for SharedIP {name} of the previous address to be released"),
         )));
     }
@@ -885,19 +921,23 @@ async fn record_assigned(
     request: &Request,
 ) -> Result<(), Error> {
     let mut assigned = request.assigned;
+    if !request.families.contains(&Family::V4) {
+        assigned.v4 = None;
+    }
+    if !request.families.contains(&Family::V6) {
+        assigned.v6 = None;
+    }
     for a in placed.iter().filter_map(|p| p.address) {
         match a {
             IpAddr::V4(a) => assigned.v4 = Some(a),
             IpAddr::V6(a) => assigned.v6 = Some(a),
         }
     }
-    if assigned.is_empty()
-        || (assigned == request.assigned && svc.annotations().contains_key(ASSIGNED_ANNOTATION))
-    {
+    if assigned == request.assigned {
         return Ok(());
     }
-    let body =
-        json!({"metadata": {"annotations": {ASSIGNED_ANNOTATION: assigned.to_annotation()}}});
+    let value = (!assigned.is_empty()).then(|| assigned.to_annotation());
+    let body = json!({"metadata": {"annotations": {ASSIGNED_ANNOTATION: value}}});
     services_api(svc, ctx)?
         .patch(
             &svc.name_any(),
@@ -1012,14 +1052,23 @@ async fn refuse(
         .and_then(|s| s.conditions.as_deref())
         .and_then(|cs| sharedip_api::conditions::find(cs, super::ANNOUNCED_CONDITION))
         .is_some_and(|c| c.reason == reason && c.message == message);
+    let waiting = reason == ADDRESS_CHANGING;
     if fresh {
         warn!(service = %service_key(svc), reason, message, "refused the Service");
-        ctx.event(svc, EventType::Warning, reason, message.to_owned())
-            .await;
+        let type_ = if waiting {
+            EventType::Normal
+        } else {
+            EventType::Warning
+        };
+        ctx.event(svc, type_, reason, message.to_owned()).await;
     }
     // The refusal's own Event was published above.
     show(svc, ctx, &shown, condition, false).await?;
-    Ok(Action::requeue(BAD_INPUT_RETRY))
+    Ok(Action::requeue(if waiting {
+        RELEASE_POLL
+    } else {
+        BAD_INPUT_RETRY
+    }))
 }
 
 /// A Service that names a user SharedIP shows that SharedIP's address; the SharedIP is never
@@ -1061,8 +1110,7 @@ async fn use_user_sharedip(svc: &Service, ctx: &Context, name: &str) -> Result<A
 
 /// Retries with the SharedIP controller's backoff.
 pub fn error_policy(svc: Arc<Service>, error: &Error, ctx: Arc<Context>) -> Action {
-    let key = format!("service:{}", service_key(&svc));
-    let (attempt, delay) = ctx.shared.backoff.failed(&key);
+    let (attempt, delay) = ctx.shared.backoff.failed(&backoff_key(&svc));
     warn!(service = %service_key(&svc), error = %error, attempt, retry_in = ?delay, "Service reconcile failed");
     Action::requeue(delay)
 }
