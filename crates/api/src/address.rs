@@ -124,7 +124,9 @@ impl fmt::Display for SharedAddress {
     }
 }
 
-fn unusable(ip: IpAddr) -> Option<&'static str> {
+/// Why `ip` can never be a shared address (unspecified, loopback, link-local, multicast,
+/// broadcast), or None when it can be one.
+pub fn unusable(ip: IpAddr) -> Option<&'static str> {
     match ip {
         IpAddr::V4(a) => {
             if a.is_unspecified() {

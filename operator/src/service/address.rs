@@ -60,10 +60,8 @@ impl PerFamily {
             let ip: IpAddr = part
                 .parse()
                 .map_err(|_| bad(format!("{part:?} is not an IP address")))?;
-            if !is_usable(ip) {
-                return Err(bad(format!(
-                    "{ip} is not a public unicast address Linode could route"
-                )));
+            if let Some(what) = sharedip_api::address::unusable(ip) {
+                return Err(bad(format!("{ip} is {what}, never a Service's address")));
             }
             match ip {
                 IpAddr::V4(a) if out.v4.is_none() => out.v4 = Some(a),
@@ -72,26 +70,6 @@ impl PerFamily {
             }
         }
         Ok(out)
-    }
-}
-
-/// Loopback, unspecified, multicast, link-local and broadcast addresses can never be a
-/// Service's external address.
-fn is_usable(ip: IpAddr) -> bool {
-    match ip {
-        IpAddr::V4(a) => {
-            !(a.is_unspecified()
-                || a.is_loopback()
-                || a.is_multicast()
-                || a.is_link_local()
-                || a.is_broadcast())
-        }
-        IpAddr::V6(a) => {
-            !(a.is_unspecified()
-                || a.is_loopback()
-                || a.is_multicast()
-                || a.is_unicast_link_local())
-        }
     }
 }
 
