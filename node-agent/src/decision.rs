@@ -42,6 +42,9 @@ pub enum Reason {
     Draining,
     /// No Ready pod matching the readiness gate runs on the node.
     ReadinessGateFailed,
+    /// The LoadBalancer Service this SharedIP serves has no endpoint this node may serve
+    /// (the SharedIP's endpoint gate does not list it).
+    NoEndpoint,
     /// The only Ready pods matching the readiness gate are terminating: they still serve, so
     /// the node hands the address over before they stop.
     EndpointTerminating,
@@ -88,6 +91,7 @@ impl Reason {
             Reason::NotSelected => "NotSelected",
             Reason::Draining => "Draining",
             Reason::ReadinessGateFailed => "ReadinessGateFailed",
+            Reason::NoEndpoint => "NoEndpoint",
             Reason::EndpointTerminating => "EndpointTerminating",
             Reason::Cordoned => "Cordoned",
             Reason::HandingOver => "HandingOver",
@@ -153,11 +157,27 @@ pub enum GateState {
         /// What terminates, for the status message.
         by: String,
     },
-    /// No pod satisfies the gate.
+    /// No pod satisfies the readiness gate.
     NotReady {
         /// Why, for the status message.
         message: String,
     },
+    /// The endpoint gate does not list this node.
+    NoEndpoint {
+        /// Why, for the status message.
+        message: String,
+    },
+}
+
+impl GateState {
+    /// Whether the node cannot serve at all (so a planned withdrawal need not wait for a
+    /// successor).
+    pub fn cannot_serve(&self) -> bool {
+        matches!(
+            self,
+            GateState::NotReady { .. } | GateState::NoEndpoint { .. }
+        )
+    }
 }
 
 /// What to bind and announce. The announced prefix is derived once, here, from the validated
@@ -465,6 +485,9 @@ fn announce_unless_held(
         GateState::NotReady { message } => {
             return Decision::withdraw(Some(role), Reason::ReadinessGateFailed, message.clone())
         }
+        GateState::NoEndpoint { message } => {
+            return Decision::withdraw(Some(role), Reason::NoEndpoint, message.clone())
+        }
         GateState::Ready { by } => {
             format!("announcing {address} with community {community}; {by}")
         }
@@ -615,7 +638,7 @@ pub fn evaluate_endpoint_gate(gate: Option<&EndpointGate>, node: &str) -> GateSt
             ),
         }
     } else {
-        GateState::NotReady {
+        GateState::NoEndpoint {
             message: format!(
                 "Service {} has no endpoint this node may serve",
                 gate.service
@@ -627,7 +650,7 @@ pub fn evaluate_endpoint_gate(gate: Option<&EndpointGate>, node: &str) -> GateSt
 /// Both gates of a SharedIP together: the stricter one wins (not ready, then terminating).
 pub fn stricter(a: GateState, b: GateState) -> GateState {
     let rank = |g: &GateState| match g {
-        GateState::NotReady { .. } => 3,
+        GateState::NotReady { .. } | GateState::NoEndpoint { .. } => 3,
         GateState::Terminating { .. } => 2,
         GateState::Ready { .. } => 1,
         GateState::NotConfigured => 0,
@@ -1158,7 +1181,18 @@ mod tests {
             GateState::Terminating { .. }
         ));
         let other = evaluate_endpoint_gate(Some(&gate), "n3");
-        assert!(matches!(other, GateState::NotReady { .. }));
+        assert!(matches!(other, GateState::NoEndpoint { .. }));
+        assert!(other.cannot_serve());
+        let d = decide(
+            &base(),
+            &labels(&[("role", "primary")]),
+            false,
+            &other,
+            Situation::default(),
+            &BgpDefaults::default(),
+        );
+        assert_eq!((d.reason, d.target), (Reason::NoEndpoint, None));
+        assert!(d.message.contains("ingress/web"), "{}", d.message);
         // An empty gate (a Service without endpoints) lets no node announce.
         let empty = EndpointGate {
             service: "ingress/web".into(),
@@ -1166,7 +1200,7 @@ mod tests {
         };
         assert!(matches!(
             evaluate_endpoint_gate(Some(&empty), "n1"),
-            GateState::NotReady { .. }
+            GateState::NoEndpoint { .. }
         ));
         // Terminating here wins over a ready readiness gate; not ready wins over both.
         let ready = GateState::Ready { by: "x".into() };

@@ -20,7 +20,7 @@ use tokio::sync::Notify;
 use crate::binder::AddressBinding;
 use crate::config::RunArgs;
 use crate::decision::{
-    self, BgpDefaults, Decision, GateState, Outcome, Reason, RouteServerWait, Sessions, Situation,
+    self, BgpDefaults, Decision, Outcome, Reason, RouteServerWait, Sessions, Situation,
 };
 use crate::handover::{self, HandoverSettings, Handovers};
 use crate::http::{AgentState, LinodeShare};
@@ -487,7 +487,7 @@ impl LoopCtx {
                 situation,
                 &self.settings.bgp,
             );
-            if matches!(gate, GateState::NotReady { .. }) {
+            if gate.cannot_serve() {
                 cannot_serve.insert(name.clone());
             }
             out.insert(name, self.refuse_conflicts(sip, &sips, d));
