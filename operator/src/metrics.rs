@@ -50,6 +50,8 @@ pub struct Metrics {
     pub swept: Counter,
     pub ledger_pairs: Gauge<i64, AtomicI64>,
     pub ledger_write_failures: Counter,
+    pub service_reconciles: Family<ResultLabels, Counter>,
+    pub service_refusals: Family<ReasonLabels, Counter>,
 }
 
 fn duration_histogram() -> Histogram {
@@ -78,6 +80,8 @@ impl Default for Metrics {
         let swept = Counter::default();
         let ledger_pairs = Gauge::<i64, AtomicI64>::default();
         let ledger_write_failures = Counter::default();
+        let service_reconciles = Family::<ResultLabels, Counter>::default();
+        let service_refusals = Family::<ReasonLabels, Counter>::default();
         registry.register(
             "reconciles",
             "SharedIP reconciles by result",
@@ -148,6 +152,16 @@ impl Default for Metrics {
             "Failed writes of the ledger ConfigMap (a share whose record fails is not made)",
             ledger_write_failures.clone(),
         );
+        registry.register(
+            "service_reconciles",
+            "LoadBalancer Service reconciles by result",
+            service_reconciles.clone(),
+        );
+        registry.register(
+            "service_refusals",
+            "LoadBalancer Services refused an address (bad annotation, address in use, sharing refused...), by reason",
+            service_refusals.clone(),
+        );
         Self {
             registry,
             reconciles,
@@ -164,6 +178,8 @@ impl Default for Metrics {
             swept,
             ledger_pairs,
             ledger_write_failures,
+            service_reconciles,
+            service_refusals,
         }
     }
 }
@@ -181,6 +197,21 @@ impl Metrics {
             })
             .inc();
         self.reconcile_duration.observe(elapsed.as_secs_f64());
+    }
+
+    pub fn observe_service(&self, ok: bool) {
+        let result = if ok { "ok" } else { "error" };
+        self.service_reconciles
+            .get_or_create(&ResultLabels { result })
+            .inc();
+    }
+
+    pub fn observe_service_refusal(&self, reason: &str) {
+        self.service_refusals
+            .get_or_create(&ReasonLabels {
+                reason: reason.to_owned(),
+            })
+            .inc();
     }
 
     pub fn observe_failure(&self, reason: &str) {

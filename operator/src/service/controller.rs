@@ -40,6 +40,7 @@ pub async fn run(
     stop: impl Future<Output = ()> + Send + Sync + 'static,
 ) {
     let client = shared.client.clone();
+    let metrics = shared.metrics.clone();
     // Every Service, not only LoadBalancers: one that changes type must still be seen, to
     // release its address and remove the finalizer.
     let services: Api<Service> = Api::all(client.clone());
@@ -76,10 +77,14 @@ pub async fn run(
         )
         .graceful_shutdown_on(stop)
         .run(reconcile::reconcile, reconcile::error_policy, ctx)
-        .for_each(|res| async move {
-            match res {
-                Ok((obj, _)) => debug!(service = %obj, "Service reconciled"),
-                Err(e) => debug!(error = %e, "Service reconcile error"),
+        .for_each(|res| {
+            let metrics = metrics.clone();
+            async move {
+                metrics.observe_service(res.is_ok());
+                match res {
+                    Ok((obj, _)) => debug!(service = %obj, "Service reconciled"),
+                    Err(e) => debug!(error = %e, "Service reconcile error"),
+                }
             }
         })
         .await;

@@ -1054,6 +1054,7 @@ async fn refuse(
         .is_some_and(|c| c.reason == reason && c.message == message);
     let waiting = reason == ADDRESS_CHANGING;
     if fresh {
+        ctx.shared.metrics.observe_service_refusal(reason);
         warn!(service = %service_key(svc), reason, message, "refused the Service");
         let type_ = if waiting {
             EventType::Normal
