@@ -12,7 +12,8 @@
 //!    [ledger](crate::ledger) plus those the SharedIPs' statuses name, through the share syncer
 //!    (each Linode's list is read first and every other address on it sent back unchanged);
 //! 3. marks every SharedIP's status as not shared (reason `Uninstalled`) and removes the
-//!    operator's finalizer from every SharedIP;
+//!    operator's finalizer from every SharedIP, and the Service controller's from every
+//!    Service (their status and addresses stay);
 //! 4. repeats 2-3 until a pass changes nothing (a leader that did not acknowledge in time may
 //!    still have landed a last call), within `--timeout`.
 //!
@@ -28,6 +29,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::Service;
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{Api, ListParams, Patch, PatchParams};
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
@@ -37,7 +39,7 @@ use serde_json::json;
 use sharedip_api::conditions::{self, Desired};
 use sharedip_api::{SharedIP, FINALIZER};
 use tokio::time::Instant;
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use crate::allocation;
 use crate::cluster_id::{self, IdentityError};
@@ -347,7 +349,69 @@ impl Uninstall {
         for s in &sips {
             changes += self.let_go(s, summary).await?;
         }
+        changes += self.let_services_go(summary).await?;
         Ok(changes)
+    }
+
+    /// Removes the Service controller's finalizer from every Service: once the operator is
+    /// gone nothing would remove it, and the Service could never be deleted. What the Services
+    /// show stays, and their addresses stay in the account (their SharedIPs' allocated
+    /// addresses are retained above), so an install takes them up again. Without the Service
+    /// controller's permissions (it was disabled) there is nothing of ours on Services.
+    async fn let_services_go(&self, summary: &mut Summary) -> Result<usize, UninstallError> {
+        let api: Api<Service> = Api::all(self.api.clone().into_client());
+        let services = match api.list(&ListParams::default()).await {
+            Ok(list) => list.items,
+            Err(kube::Error::Api(s)) if s.code == 403 => {
+                debug!("uninstall: may not list Services (the Service controller is disabled)");
+                return Ok(0);
+            }
+            Err(source) => {
+                return Err(UninstallError::Kube {
+                    what: "list Services".into(),
+                    source,
+                })
+            }
+        };
+        let mut writes = 0;
+        for svc in services.iter().filter(|s| {
+            s.finalizers()
+                .iter()
+                .any(|f| f == crate::service::FINALIZER)
+        }) {
+            let (ns, name) = (svc.namespace().unwrap_or_default(), svc.name_any());
+            let rest: Vec<&String> = svc
+                .finalizers()
+                .iter()
+                .filter(|f| *f != crate::service::FINALIZER)
+                .collect();
+            let patch = json!({"metadata": {
+                "resourceVersion": svc.resource_version(),
+                "finalizers": rest,
+            }});
+            match Api::<Service>::namespaced(api.clone().into_client(), &ns)
+                .patch(&name, &PatchParams::default(), &Patch::Merge(&patch))
+                .await
+            {
+                Ok(_) => {
+                    info!(service = %format!("{ns}/{name}"), "uninstall: removed the Service's finalizer");
+                    summary
+                        .finalizers_removed
+                        .push(format!("Service {ns}/{name}"));
+                    writes += 1;
+                }
+                Err(kube::Error::Api(s)) if s.code == 404 => {}
+                // Changed meanwhile: the next pass reads it again.
+                Err(kube::Error::Api(s)) if s.code == 409 || s.code == 422 => writes += 1,
+                Err(source) => {
+                    return Err(UninstallError::Kube {
+                        what: format!("finalizers of Service {ns}/{name}"),
+                        source,
+                    })
+                }
+            }
+        }
+        Ok(writes)
     }
 
     /// Marks one SharedIP as no longer shared and removes the operator's finalizer; returns how

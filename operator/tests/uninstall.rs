@@ -14,8 +14,10 @@ use std::time::Duration;
 
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::coordination::v1::Lease;
-use k8s_openapi::api::core::v1::ConfigMap;
-use kube::api::Api;
+use k8s_openapi::api::core::v1::{ConfigMap, Service};
+use kube::api::{Api, PostParams};
+use kube::ResourceExt;
+use serde_json::json;
 use sharedip_api::FINALIZER;
 use support::kubelet::{Kubelet, Owner};
 use support::*;
@@ -419,6 +421,22 @@ async fn uninstall_and_install_keep_every_allocated_address() {
         for name in names {
             env.apply_sharedip(name, manifest()).await;
         }
+        // A LoadBalancer Service of the chart's class: its address is allocated too.
+        let services: Api<Service> = Api::namespaced(env.client(), "default");
+        let svc: Service = serde_json::from_value(json!({
+            "apiVersion": "v1",
+            "kind": "Service",
+            "metadata": {"name": "ingress"},
+            "spec": {"type": "LoadBalancer", "loadBalancerClass": "sharedip.io/linode",
+                     "ports": [{"port": 80, "protocol": "TCP"}]},
+        }))
+        .expect("Service");
+        let svc = services
+            .create(&PostParams::default(), &svc)
+            .await
+            .expect("create Service");
+        let generated = format!("svc-{}", svc.uid().expect("uid"));
+        let svc_address = allocated(&env, &mut kubelet, &generated).await;
         let mut addresses = BTreeMap::new();
         for name in names {
             addresses.insert(name, allocated(&env, &mut kubelet, name).await);
@@ -435,18 +453,31 @@ async fn uninstall_and_install_keep_every_allocated_address() {
                 before.ipv4_allocated,
                 before.ipv4_deleted
             ),
-            (1, 3, 0),
+            (1, 4, 0),
             "{before:?}"
         );
 
         uninstall(&env, &mut kubelet).await;
         assert_eq!(env.by_linode(), BTreeMap::new(), "nothing shared");
-        // Every allocated address is listed under its SharedIP's name.
-        let want: BTreeMap<String, String> = addresses
+        // Every allocated address is listed under its SharedIP's name, the Service's too.
+        let mut want: BTreeMap<String, String> = addresses
             .iter()
             .map(|(n, a)| (n.to_string(), a.clone()))
             .collect();
+        want.insert(generated.clone(), svc_address.clone());
         assert_eq!(retained(&env).await, want);
+        // Nothing keeps the Service from being deleted while the operator is away; it keeps
+        // what it shows.
+        let svc = services.get("ingress").await.expect("the Service");
+        assert!(
+            !svc.finalizers().iter().any(|f| f == "sharedip.io/service"),
+            "{:?}",
+            svc.finalizers()
+        );
+        assert_eq!(
+            svc.annotations().get("sharedip.io/assigned-addresses"),
+            Some(&svc_address)
+        );
 
         // Deleted while nothing runs: no finalizer holds them, nothing releases the addresses.
         for name in ["web", "api"] {
@@ -465,7 +496,14 @@ async fn uninstall_and_install_keep_every_allocated_address() {
                 "{name} has its old address"
             );
         }
-        let shared: Vec<&str> = addresses.values().map(String::as_str).collect();
+        // The Service is served again, with its address.
+        expect_condition(&env, &mut kubelet, &generated, "Shared").await;
+        let sip = env.get(&generated).await.expect("the Service's SharedIP");
+        assert_eq!(sip.spec.allocated_address.as_ref(), Some(&svc_address));
+        let svc = services.get("ingress").await.expect("the Service");
+        assert!(svc.finalizers().iter().any(|f| f == "sharedip.io/service"));
+        let mut shared: Vec<&str> = addresses.values().map(String::as_str).collect();
+        shared.push(&svc_address);
         expect_shared(
             &env,
             &mut kubelet,
@@ -489,7 +527,7 @@ async fn uninstall_and_install_keep_every_allocated_address() {
                 after.ipv4_allocated,
                 after.ipv4_deleted
             ),
-            (1, 3, 0),
+            (1, 4, 0),
             "nothing allocated or deleted: {after:?}"
         );
     })
