@@ -13,22 +13,28 @@
 # servers' share propagation delay D = 15 s ± 20 % as observed on Linode and with D = 0 to compare,
 # one run each (about 3 minutes together; each figure is one measurement, indicative only);
 # `--no-propagation` skips it. Into target/bench/propagation-15s and target/bench/propagation-0s.
+# Then LoadBalancer Services (`--suite services`, kube-proxy on both nodes, about 3 minutes): Service
+# created -> EXTERNAL-IP -> first probe answered through kube-proxy, lost probes during a rolling
+# update of an externalTrafficPolicy: Local Service, and failover/failback (agent SIGTERM, link cut)
+# of a Service beside a SharedIP; `--no-services` skips it. Into target/bench/services.
 # Then the operator's scale benchmark (1,000 SharedIPs × 100 nodes: time to converge, share calls
 # per Linode per wave): cargo bench -p sharedip-operator --bench scale; `--no-scale` skips it.
 #
-# Usage (root): e2e/scripts/bench.sh [--debug-binaries] [--no-scale] [--no-propagation] [--runs K] [--out DIR] [other sharedip-bench flags]
+# Usage (root): e2e/scripts/bench.sh [--debug-binaries] [--no-scale] [--no-propagation] [--no-services] [--runs K] [--out DIR] [other sharedip-bench flags]
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/../.."
 
 profile=release
 scale=1
 propagation=1
+services=1
 args=()
 for a in "$@"; do
     case $a in
         --debug-binaries) profile=debug ;;
         --no-scale) scale=0 ;;
         --no-propagation) propagation=0 ;;
+        --no-services) services=0 ;;
         *) args+=("$a") ;;
     esac
 done
@@ -63,6 +69,12 @@ if ((propagation)); then
         "$TARGET_DIR/debug/sharedip-bench" --suite propagation --runs 1 \
             --propagation-delay-ms "$d" --propagation-jitter 0.2 --out "target/bench/propagation-$((d / 1000))s"
     done
+fi
+
+if ((services)); then
+    echo
+    echo "==> LoadBalancer Services through kube-proxy (about 3 minutes)"
+    "$TARGET_DIR/debug/sharedip-bench" --suite services --out target/bench/services
 fi
 
 if ((scale)); then

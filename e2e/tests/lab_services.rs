@@ -7,11 +7,21 @@
 
 mod lab_common;
 
+use std::collections::BTreeMap;
+use std::net::{IpAddr, SocketAddr};
+
+use k8s_openapi::api::core::v1::Service;
 use lab_common::{delete_and_expect_nothing_left, preflight, shared, start, SERIAL, SIP};
-use sharedip_e2e::lab::cluster::{eventually, BOUND, SHARED_V4};
+use sharedip_e2e::lab::cluster::{eventually, BOUND, ROLE_LABEL, SHARED_V4};
+use sharedip_e2e::lab::services::{
+    announced_condition, generated_name, ingress_of, ADDRESS_ANNOTATION, ASSIGNED_ANNOTATION,
+    PRIMARY_NODES_ANNOTATION, SECONDARY_NODES_ANNOTATION, SERVICE_FINALIZER,
+};
+use sharedip_e2e::lab::traffic::{target_allowed, Prober, ProberConfig};
 use sharedip_e2e::lab::{load_balancer_service, role_spec, Lab, LabConfig, PodEndpoint, POD_PORT};
 use sharedip_e2e::netns;
 use sharedip_e2e::routeserver::Flavor;
+use sharedip_e2e::standin::IpKind;
 
 /// The Services' namespace.
 const NS: &str = "web";
@@ -176,4 +186,548 @@ async fn kube_proxy_carries_the_load_balancer_address_to_the_pods() {
             "kube-proxy on {node} ran throughout"
         );
     }
+}
+
+// ---------------------------------------------------------------------------------------
+// The operator's Service controller on: it assigns the address, writes the endpoint gate and
+// shows EXTERNAL-IP; the tests only write what users and the EndpointSlice controller would.
+
+/// A lab with kube-proxy on every node and the operators' Service controller on (its default).
+async fn start_with_services() -> Lab {
+    start(LabConfig {
+        kube_proxy: true,
+        ..LabConfig::default()
+    })
+    .await
+}
+
+/// `svc` with `annotations` added.
+fn annotated(mut svc: Service, annotations: &[(&str, &str)]) -> Service {
+    let map = svc.metadata.annotations.get_or_insert_with(BTreeMap::new);
+    for (k, v) in annotations {
+        map.insert((*k).to_owned(), (*v).to_owned());
+    }
+    svc
+}
+
+/// The Service, which must exist.
+async fn get_service(lab: &Lab) -> Service {
+    lab.service(NS, SVC)
+        .await
+        .expect("get Service")
+        .expect("the Service exists")
+}
+
+/// Waits until the operator shows an EXTERNAL-IP on the Service; returns it.
+async fn wait_external_ip(lab: &Lab) -> Vec<IpAddr> {
+    eventually("the Service's EXTERNAL-IP", BOUND, || async {
+        let svc = lab
+            .service(NS, SVC)
+            .await
+            .map_err(|e| e.to_string())?
+            .ok_or("no Service")?;
+        let ingress = ingress_of(&svc);
+        if ingress.is_empty() {
+            Err(format!("no ingress yet; status {:?}", svc.status))
+        } else {
+            Ok(ingress)
+        }
+    })
+    .await
+    .expect("the operator sets EXTERNAL-IP")
+}
+
+/// Waits until the router sends `ip` to `node` (`None`: has no route for it).
+async fn wait_routed(lab: &Lab, ip: IpAddr, node: Option<&str>) {
+    eventually(
+        &format!("the router sends {ip} to {node:?}"),
+        BOUND,
+        || async {
+            let routes = lab.router_routes();
+            let got = routes
+                .iter()
+                .find(|(p, _)| p.addr == ip)
+                .map(|(_, via)| via.clone());
+            let want = node.map(|n| Some(n.to_owned()));
+            if got == want {
+                Ok(())
+            } else {
+                Err(format!("routes {routes:?}"))
+            }
+        },
+    )
+    .await
+    .expect("the router follows the announcements");
+}
+
+/// Waits until three probes in a row to `ip` are answered, each by one of `pods`; returns the
+/// last answer. (With `Cluster` kube-proxy picks any endpoint, so which pod is not asked.)
+async fn wait_answered_by_one_of(lab: &Lab, ip: IpAddr, pods: &[&str]) -> String {
+    const CONSECUTIVE: usize = 3;
+    let streak = std::sync::atomic::AtomicUsize::new(0);
+    eventually(&format!("{ip} answered by one of {pods:?}"), BOUND, || {
+        let streak = &streak;
+        async move {
+            use std::sync::atomic::Ordering;
+            let got = lab.who_answers(ip).await;
+            match got.as_deref() {
+                Some(p) if pods.contains(&p) => {
+                    if streak.fetch_add(1, Ordering::Relaxed) + 1 >= CONSECUTIVE {
+                        return Ok(p.to_owned());
+                    }
+                    Err(format!("answered by {p}"))
+                }
+                other => {
+                    streak.store(0, Ordering::Relaxed);
+                    Err(format!("answered by {other:?}"))
+                }
+            }
+        }
+    })
+    .await
+    .expect("a pod answers through kube-proxy")
+}
+
+/// Waits until the Service's condition is True and its message contains every one of `has`
+/// and none of `lacks`; returns the message.
+async fn wait_condition(lab: &Lab, has: &[&str], lacks: &[&str]) -> String {
+    eventually(
+        &format!("condition True naming {has:?}, not {lacks:?}"),
+        BOUND,
+        || async {
+            let svc = lab
+                .service(NS, SVC)
+                .await
+                .map_err(|e| e.to_string())?
+                .ok_or("no Service")?;
+            match announced_condition(&svc) {
+                Some((true, m))
+                    if has.iter().all(|h| m.contains(h))
+                        && !lacks.iter().any(|l| m.contains(l)) =>
+                {
+                    Ok(m)
+                }
+                other => Err(format!("condition {other:?}")),
+            }
+        },
+    )
+    .await
+    .expect("the condition names the announcer")
+}
+
+/// Waits until the Service's generated SharedIP has this endpoint gate.
+async fn wait_gate(lab: &Lab, sharedip: &str, ready: &[&str], terminating: &[&str]) {
+    eventually(
+        &format!("{sharedip}'s gate: ready {ready:?}, terminating {terminating:?}"),
+        BOUND,
+        || async {
+            let sip = lab
+                .sharedip(sharedip)
+                .await
+                .map_err(|e| e.to_string())?
+                .ok_or("no SharedIP")?;
+            let gate = sip.spec.endpoint_gate.ok_or("no endpoint gate")?;
+            if gate.ready == ready && gate.terminating == terminating {
+                Ok(())
+            } else {
+                Err(format!("gate {gate:?}"))
+            }
+        },
+    )
+    .await
+    .expect("the operator follows the endpoints");
+}
+
+/// The nodes whose announcement of `ip` some route server hears.
+fn heard_from(lab: &Lab, ip: IpAddr) -> Vec<String> {
+    let mut nodes: Vec<String> = lab
+        .observe()
+        .route_servers
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter(|r| r.prefix.addr == ip)
+        .map(|r| r.node)
+        .collect();
+    nodes.sort();
+    nodes.dedup();
+    nodes
+}
+
+/// Waits until exactly `nodes` announce `ip` to the route servers.
+async fn wait_heard_from(lab: &Lab, ip: IpAddr, nodes: &[&str]) {
+    eventually(&format!("{ip} announced by {nodes:?}"), BOUND, || async {
+        let got = heard_from(lab, ip);
+        if got == nodes {
+            Ok(())
+        } else {
+            Err(format!("heard from {got:?}"))
+        }
+    })
+    .await
+    .expect("the agents follow the endpoint gate");
+}
+
+/// The name of the Service's generated SharedIP.
+async fn generated_of(lab: &Lab) -> String {
+    let uid = get_service(lab).await.metadata.uid.expect("a uid");
+    generated_name(&uid)
+}
+
+/// Waits until no generated SharedIP is left.
+async fn wait_no_generated(lab: &Lab) {
+    eventually("no generated SharedIP left", BOUND, || async {
+        let left = lab.generated_sharedips().await.map_err(|e| e.to_string())?;
+        if left.is_empty() {
+            Ok(())
+        } else {
+            Err(format!(
+                "left: {:?}",
+                left.iter()
+                    .map(|s| s.metadata.name.clone())
+                    .collect::<Vec<_>>()
+            ))
+        }
+    })
+    .await
+    .expect("the operator releases the Service's address");
+}
+
+/// Deletes the Service and its endpoints and waits until it is gone everywhere: the object
+/// (finalizer done), its generated SharedIP, the share, routes, `lo`; nobody answers `ip`.
+/// Then removes the lab's pods.
+async fn delete_service_and_expect_nothing_left(lab: &mut Lab, ip: IpAddr) {
+    lab.delete_service(NS, SVC).await.expect("delete Service");
+    eventually("the Service gone", BOUND, || async {
+        match lab.service(NS, SVC).await.map_err(|e| e.to_string())? {
+            None => Ok(()),
+            Some(s) => Err(format!("still there: {:?}", s.metadata.finalizers)),
+        }
+    })
+    .await
+    .expect("the finalizer runs");
+    lab.delete_endpoints(NS, SVC)
+        .await
+        .expect("delete endpoints");
+    wait_no_generated(lab).await;
+    lab.wait_no_leaks(BOUND).await.expect("nothing left behind");
+    assert_eq!(lab.who_answers(ip).await, None, "nobody answers {ip}");
+    let pods: Vec<String> = lab.pods().iter().map(|p| p.name().to_owned()).collect();
+    for pod in pods {
+        lab.remove_pod(&pod).expect("remove pod");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_service_fails_over_like_a_sharedip_and_is_released_on_delete() {
+    if !preflight(Flavor::Bird) {
+        return;
+    }
+    let _serial = SERIAL.lock().await;
+    let mut lab = start_with_services().await;
+    let ip = shared();
+
+    lab.create_namespace(NS).await.expect("namespace");
+    lab.add_pod("node-a", "echo-a").expect("pod on node-a");
+    lab.add_pod("node-b", "echo-b").expect("pod on node-b");
+    let primary = format!("{ROLE_LABEL}=primary");
+    let secondary = format!("{ROLE_LABEL}=secondary");
+    let svc = annotated(
+        load_balancer_service(SVC, 80, POD_PORT),
+        &[
+            (ADDRESS_ANNOTATION, "192.0.2.10"),
+            (PRIMARY_NODES_ANNOTATION, &primary),
+            (SECONDARY_NODES_ANNOTATION, &secondary),
+        ],
+    );
+    lab.apply_service(NS, &svc).await.expect("apply Service");
+    lab.set_endpoints(
+        NS,
+        SVC,
+        &[
+            PodEndpoint::ready("echo-a", "node-a"),
+            PodEndpoint::ready("echo-b", "node-b"),
+        ],
+        "http",
+        POD_PORT,
+    )
+    .await
+    .expect("endpoints");
+
+    // 1. The operator, not the test, shows the address; the primary carries the traffic.
+    assert_eq!(wait_external_ip(&lab).await, vec![ip]);
+    let s = get_service(&lab).await;
+    assert_eq!(
+        s.metadata
+            .annotations
+            .as_ref()
+            .and_then(|a| a.get(ASSIGNED_ANNOTATION))
+            .map(String::as_str),
+        Some("192.0.2.10")
+    );
+    assert!(
+        s.metadata
+            .finalizers
+            .iter()
+            .flatten()
+            .any(|f| f == SERVICE_FINALIZER),
+        "finalizer: {:?}",
+        s.metadata.finalizers
+    );
+    wait_routed(&lab, ip, Some("node-a")).await;
+    wait_answered_by_one_of(&lab, ip, &["echo-a", "echo-b"]).await;
+    wait_condition(&lab, &["192.0.2.10 announced by node-a (Primary)"], &[]).await;
+
+    // 2. The primary's agent gets SIGTERM: the secondary takes over, the pods answer again.
+    let status = lab.sigterm_agent("node-a").await.expect("node-a known");
+    assert!(
+        status.is_some_and(|s| s.success()),
+        "agent exits cleanly on SIGTERM: {status:?}"
+    );
+    wait_routed(&lab, ip, Some("node-b")).await;
+    wait_answered_by_one_of(&lab, ip, &["echo-a", "echo-b"]).await;
+    wait_condition(&lab, &["node-b (Secondary)"], &["node-a"]).await;
+    assert_eq!(
+        ingress_of(&get_service(&lab).await),
+        vec![ip],
+        "EXTERNAL-IP stays through a failover"
+    );
+
+    // 3. The agent comes back: failback to the primary.
+    lab.start_agent("node-a").expect("agent starts");
+    wait_routed(&lab, ip, Some("node-a")).await;
+    wait_answered_by_one_of(&lab, ip, &["echo-a", "echo-b"]).await;
+    wait_condition(&lab, &["node-a (Primary)"], &[]).await;
+
+    // 4. The Service deleted: its finalizer gives everything back.
+    delete_service_and_expect_nothing_left(&mut lab, ip).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_local_service_follows_a_rolling_update_make_before_break() {
+    if !preflight(Flavor::Bird) {
+        return;
+    }
+    let _serial = SERIAL.lock().await;
+    let mut lab = start_with_services().await;
+    let ip = shared();
+
+    // Local, no node selectors: every node may announce, as equals; only nodes with a ready
+    // local endpoint do.
+    lab.create_namespace(NS).await.expect("namespace");
+    lab.add_pod("node-a", "echo-a").expect("pod on node-a");
+    let mut svc = annotated(
+        load_balancer_service(SVC, 80, POD_PORT),
+        &[(ADDRESS_ANNOTATION, "192.0.2.10")],
+    );
+    svc.spec.as_mut().unwrap().external_traffic_policy = Some("Local".to_owned());
+    lab.apply_service(NS, &svc).await.expect("apply Service");
+    let a = PodEndpoint::ready("echo-a", "node-a");
+    let b = PodEndpoint::ready("echo-b", "node-b");
+    lab.set_endpoints(NS, SVC, std::slice::from_ref(&a), "http", POD_PORT)
+        .await
+        .expect("endpoints");
+
+    // 1. Only node-a announces.
+    assert_eq!(wait_external_ip(&lab).await, vec![ip]);
+    let sip = generated_of(&lab).await;
+    wait_gate(&lab, &sip, &["node-a"], &[]).await;
+    wait_routed(&lab, ip, Some("node-a")).await;
+    lab.wait_answers(ip, Some("echo-a"), BOUND)
+        .await
+        .expect("the pod on node-a answers");
+    wait_heard_from(&lab, ip, &["node-a"]).await;
+
+    // 2. The rolling update, with a client probing throughout: a new pod on node-b, ready;
+    //    then the old one terminating (still serving), then gone.
+    let prober = Prober::start(
+        lab.client_ns(),
+        ProberConfig::new(SocketAddr::new(ip, lab.config().port)),
+    )
+    .expect("prober");
+    lab.add_pod("node-b", "echo-b").expect("pod on node-b");
+    lab.set_endpoints(NS, SVC, &[a.clone(), b.clone()], "http", POD_PORT)
+        .await
+        .expect("endpoints");
+    wait_gate(&lab, &sip, &["node-a", "node-b"], &[]).await;
+    wait_heard_from(&lab, ip, &["node-a", "node-b"]).await;
+
+    prober.mark("node-a's endpoint terminating");
+    let leaving = PodEndpoint::terminating("echo-a", "node-a", true);
+    lab.set_endpoints(NS, SVC, &[leaving, b.clone()], "http", POD_PORT)
+        .await
+        .expect("endpoints");
+    wait_gate(&lab, &sip, &["node-b"], &["node-a"]).await;
+    wait_routed(&lab, ip, Some("node-b")).await;
+    wait_heard_from(&lab, ip, &["node-b"]).await;
+    lab.wait_answers(ip, Some("echo-b"), BOUND)
+        .await
+        .expect("the pod on node-b answers");
+
+    prober.mark("node-a's endpoint removed");
+    lab.set_endpoints(NS, SVC, std::slice::from_ref(&b), "http", POD_PORT)
+        .await
+        .expect("endpoints");
+    lab.remove_pod("echo-a").expect("remove the old pod");
+    wait_gate(&lab, &sip, &["node-b"], &[]).await;
+    lab.wait_answers(ip, Some("echo-b"), BOUND)
+        .await
+        .expect("the pod on node-b answers");
+    let log = prober.stop().await;
+    assert_eq!(
+        log.answered_by_last(),
+        Some("echo-b"),
+        "answered again at the end, by the new pod"
+    );
+    // Information only, never asserted.
+    let during = log.after(
+        log.mark_time("node-a's endpoint terminating")
+            .unwrap_or_default(),
+    );
+    eprintln!(
+        "rolling update: {} probes lost of {} sent during the switch ({} in all), answers {:?}",
+        during.lost(),
+        during.samples.len(),
+        log.lost(),
+        log.answers_by_node()
+    );
+    for o in during.outages() {
+        eprintln!(
+            "  outage at {:?} for {:?} ({} lost, {:?} -> {:?}); marks {:?}",
+            o.start, o.duration, o.lost, o.before, o.after, log.marks
+        );
+    }
+
+    delete_service_and_expect_nothing_left(&mut lab, ip).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_allocated_address_is_released_when_the_service_stops_being_a_load_balancer() {
+    if !preflight(Flavor::Bird) {
+        return;
+    }
+    let _serial = SERIAL.lock().await;
+    let mut lab = start_with_services().await;
+
+    lab.create_namespace(NS).await.expect("namespace");
+    lab.add_pod("node-a", "echo-a").expect("pod on node-a");
+    let svc = load_balancer_service(SVC, 80, POD_PORT);
+    lab.apply_service(NS, &svc).await.expect("apply Service");
+    lab.set_endpoints(
+        NS,
+        SVC,
+        &[PodEndpoint::ready("echo-a", "node-a")],
+        "http",
+        POD_PORT,
+    )
+    .await
+    .expect("endpoints");
+
+    // 1. No address asked for: one is allocated on the operator's holder and answers.
+    let ingress = wait_external_ip(&lab).await;
+    let [ip] = ingress[..] else {
+        panic!("one address: {ingress:?}")
+    };
+    assert!(
+        target_allowed(ip),
+        "{ip} is outside the documentation ranges"
+    );
+    let address = ip.to_string();
+    let sip = generated_of(&lab).await;
+    let generated = lab.sharedip(&sip).await.expect("get").expect("generated");
+    assert_eq!(
+        generated.spec.allocated_address.as_deref(),
+        Some(address.as_str())
+    );
+    assert_eq!(generated.spec.address, None, "allocated, not asked for");
+    let account = lab.standin().sharing();
+    let owned = account
+        .ips
+        .get(&address)
+        .expect("the address is the account's");
+    assert_eq!(owned.kind, IpKind::Ipv4);
+    assert!(
+        !lab.node_names()
+            .iter()
+            .any(|n| lab.linode_of(n).ok() == Some(owned.owner)),
+        "held by the operator's holder, not a node: {owned:?}"
+    );
+    assert_eq!(
+        get_service(&lab)
+            .await
+            .metadata
+            .annotations
+            .as_ref()
+            .and_then(|a| a.get(ASSIGNED_ANNOTATION))
+            .cloned(),
+        Some(address.clone())
+    );
+    lab.wait_answers(ip, Some("echo-a"), BOUND)
+        .await
+        .expect("the pod answers the allocated address");
+
+    // 2. No longer a LoadBalancer: the address is given back, what the operator showed goes,
+    //    the Service stays.
+    let cluster_ip: Service = serde_json::from_value(serde_json::json!({
+        "apiVersion": "v1", "kind": "Service",
+        "metadata": {"name": SVC},
+        "spec": {
+            "type": "ClusterIP",
+            "ports": [{"name": "http", "protocol": "TCP", "port": 80, "targetPort": POD_PORT}],
+        },
+    }))
+    .expect("a valid Service");
+    lab.apply_service(NS, &cluster_ip)
+        .await
+        .expect("patch to ClusterIP");
+    wait_no_generated(&lab).await;
+    eventually("the address given back", BOUND, || async {
+        match lab.standin().sharing().ips.get(&address) {
+            None => Ok(()),
+            Some(left) => Err(format!("still in the account: {left:?}")),
+        }
+    })
+    .await
+    .expect("the allocated address is released");
+    eventually("the Service shows nothing of ours", BOUND, || async {
+        let s = lab
+            .service(NS, SVC)
+            .await
+            .map_err(|e| e.to_string())?
+            .ok_or("the Service is gone")?;
+        let finalizer = s
+            .metadata
+            .finalizers
+            .iter()
+            .flatten()
+            .any(|f| f == SERVICE_FINALIZER);
+        let assigned = s
+            .metadata
+            .annotations
+            .as_ref()
+            .is_some_and(|a| a.contains_key(ASSIGNED_ANNOTATION));
+        let ingress = ingress_of(&s);
+        if !finalizer && !assigned && ingress.is_empty() {
+            Ok(())
+        } else {
+            Err(format!(
+                "finalizer {finalizer}, assigned annotation {assigned}, ingress {ingress:?}"
+            ))
+        }
+    })
+    .await
+    .expect("the operator lets the Service go");
+    assert_eq!(
+        get_service(&lab)
+            .await
+            .spec
+            .and_then(|s| s.type_)
+            .as_deref(),
+        Some("ClusterIP"),
+        "the Service stays"
+    );
+    lab.wait_no_leaks(BOUND).await.expect("nothing left behind");
+    assert_eq!(lab.who_answers(ip).await, None, "nobody answers {ip}");
+
+    delete_service_and_expect_nothing_left(&mut lab, ip).await;
 }

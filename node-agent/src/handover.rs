@@ -6,7 +6,10 @@
 //! A successor is another node that meets every [`Condition`]: it announces with a session
 //! established (as its status entry says), and Linode's route servers accept its route, which
 //! they do only once its Linode's share of the address has propagated (older than
-//! `--propagation-margin`). On timeout the node withdraws anyway with
+//! `--propagation-margin`). For a LoadBalancer Service's address (a SharedIP with an endpoint
+//! gate) the successor must also have announced for [`DATA_PATH_SETTLE`]: it joins the gate
+//! as soon as its new endpoint is ready, and kube-proxy there may not carry the traffic to that
+//! endpoint yet. On timeout the node withdraws anyway with
 //! [`Reason::HandoverTimedOut`]. A node that can no longer serve (readiness-gate pod NotReady
 //! or gone), a SharedIP being deleted, a refused spec and SIGTERM are not held.
 //!
@@ -42,6 +45,12 @@ impl HandoverSettings {
     };
 }
 
+/// How long a successor must have announced a Service's address before it takes the traffic.
+/// kube-proxy programs an EndpointSlice change at most once per `--min-sync-period` (1 s by
+/// default) and the successor starts announcing only after that change, so twice that covers
+/// the sync itself too.
+pub const DATA_PATH_SETTLE: Duration = Duration::from_secs(2);
+
 /// Whether a withdrawal for `reason` is planned, so it waits for a successor. Every other
 /// withdrawal happens at once: the node cannot serve (readiness gate), the address goes away
 /// (deletion), the spec is refused, or the agent stops (its own bounded path).
@@ -61,10 +70,16 @@ pub enum Condition {
     /// Its Linode's share of the address is older than the margin; the owner Linode has the
     /// address without a share and meets it.
     ShareOlderThanMargin,
+    /// For an address kube-proxy carries, it has announced for at least the settle time.
+    DataPathSettled,
 }
 
 /// The conditions a successor must meet, all of them.
-pub const CONDITIONS: &[Condition] = &[Condition::Announcing, Condition::ShareOlderThanMargin];
+pub const CONDITIONS: &[Condition] = &[
+    Condition::Announcing,
+    Condition::ShareOlderThanMargin,
+    Condition::DataPathSettled,
+];
 
 /// The result of one condition for one candidate.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -90,12 +105,34 @@ impl Condition {
         entry: &NodeStatus,
         status: &SharedIPStatus,
         margin: Duration,
+        settle: Duration,
         now: Timestamp,
     ) -> Check {
         match self {
             Condition::Announcing => announcing(entry),
             Condition::ShareOlderThanMargin => share_age(entry, status, margin, now),
+            Condition::DataPathSettled => settled(entry, settle, now),
         }
+    }
+}
+
+fn settled(entry: &NodeStatus, settle: Duration, now: Timestamp) -> Check {
+    if settle.is_zero() {
+        return Check::Met;
+    }
+    let Some(since) = entry.since.as_ref().map(|t| t.0) else {
+        return short("how long it has announced is unknown");
+    };
+    let age = Duration::try_from(now.duration_since(since)).unwrap_or(Duration::ZERO);
+    if age >= settle {
+        return Check::Met;
+    }
+    Check::Short {
+        why: format!(
+            "announces since {since}, kube-proxy there may not carry the traffic yet (settle {}s)",
+            settle.as_secs()
+        ),
+        met_at: jiff_add(since, settle),
     }
 }
 
@@ -162,11 +199,13 @@ pub struct Successors {
     pub next_met: Option<Timestamp>,
 }
 
-/// Evaluates every other node's status entry against [`CONDITIONS`].
+/// Evaluates every other node's status entry against [`CONDITIONS`]; `settle` is
+/// [`DATA_PATH_SETTLE`] for an address kube-proxy carries, else zero.
 pub fn successors(
     status: Option<&SharedIPStatus>,
     this_node: &str,
     margin: Duration,
+    settle: Duration,
     now: Timestamp,
 ) -> Successors {
     let mut out = Successors::default();
@@ -176,7 +215,7 @@ pub fn successors(
     for entry in status.nodes.iter().filter(|e| e.name != this_node) {
         let shortfalls: Vec<(String, Option<Timestamp>)> = CONDITIONS
             .iter()
-            .filter_map(|c| match c.check(entry, status, margin, now) {
+            .filter_map(|c| match c.check(entry, status, margin, settle, now) {
                 Check::Met => None,
                 Check::Short { why, met_at } => Some((why, met_at)),
             })
@@ -230,6 +269,8 @@ pub struct Facts<'a> {
     pub status: Option<&'a SharedIPStatus>,
     /// False when the readiness gate fails: the node cannot serve and withdraws at once.
     pub can_serve: bool,
+    /// The SharedIP has an endpoint gate: kube-proxy carries its traffic to a Service's pods.
+    pub endpoint_gated: bool,
 }
 
 /// The handovers of this node's SharedIPs.
@@ -324,7 +365,12 @@ impl Handovers {
                 }
             });
         let (deadline, until) = (pending.deadline, pending.until);
-        let found = successors(facts.status, &self.node, self.settings.margin, wall);
+        let settle = if facts.endpoint_gated {
+            DATA_PATH_SETTLE
+        } else {
+            Duration::ZERO
+        };
+        let found = successors(facts.status, &self.node, self.settings.margin, settle, wall);
         if let Some(successor) = &found.qualified {
             tracing::info!(sharedip = %name, reason = %decision.reason, %successor, "successor qualifies: withdrawing");
             self.pending.remove(name);
@@ -495,6 +541,7 @@ mod tests {
                 applied: self.applied,
                 status: self.status,
                 can_serve: self.can_serve,
+                endpoint_gated: false,
             };
             let t = h.review(
                 &mut d,
@@ -596,7 +643,7 @@ mod tests {
         let check = |e: NodeStatus, s: Option<i64>| {
             let mut st = status(s);
             st.nodes[1] = e;
-            successors(Some(&st), "node-a", MARGIN, now)
+            successors(Some(&st), "node-a", MARGIN, Duration::ZERO, now)
         };
         let ok = entry("node-b", true, "Announced", 1);
         assert_eq!(
@@ -634,7 +681,7 @@ mod tests {
         assert!(s.short[0].contains("unknown"), "{:?}", s.short);
         let mut st = status(Some(-60));
         st.shared_with.retain(|s| s.node != "node-b");
-        let s = successors(Some(&st), "node-a", MARGIN, now);
+        let s = successors(Some(&st), "node-a", MARGIN, Duration::ZERO, now);
         assert!(s.short[0].contains("no share"), "{:?}", s.short);
         // A young share of a node that does not announce yet: both shortfalls, no wake.
         let s = check(entry("node-b", false, "NoSessions", 0), Some(-5));
@@ -642,9 +689,44 @@ mod tests {
         assert_eq!(s.short.len(), 1);
         assert!(s.short[0].contains("NoSessions") && s.short[0].contains("share dates from"));
         assert_eq!(
-            successors(None, "node-a", MARGIN, now),
+            successors(None, "node-a", MARGIN, Duration::ZERO, now),
             Successors::default()
         );
+    }
+
+    #[test]
+    fn a_services_successor_must_have_announced_for_the_settle_time() {
+        let now = wall(0);
+        let with_since = |since: Option<i64>| {
+            let mut st = status(Some(-60));
+            st.nodes[1] = NodeStatus {
+                since: since.map(|s| Time(wall(s))),
+                ..entry("node-b", true, "Announced", 4)
+            };
+            st
+        };
+        // Just announced: kube-proxy there may not carry the traffic yet; time alone helps.
+        let young = with_since(Some(-1));
+        let s = successors(Some(&young), "node-a", MARGIN, DATA_PATH_SETTLE, now);
+        assert_eq!(s.qualified, None);
+        assert_eq!(s.next_met, Some(wall(1)));
+        assert!(s.short[0].contains("kube-proxy"), "{:?}", s.short);
+        // A plain SharedIP has no such wait.
+        let s = successors(Some(&young), "node-a", MARGIN, Duration::ZERO, now);
+        assert_eq!(s.qualified.as_deref(), Some("node-b"));
+        // Announcing long enough.
+        let old = with_since(Some(-2));
+        let s = successors(Some(&old), "node-a", MARGIN, DATA_PATH_SETTLE, now);
+        assert_eq!(s.qualified.as_deref(), Some("node-b"));
+        // Unknown: not taken on trust.
+        let s = successors(
+            Some(&with_since(None)),
+            "node-a",
+            MARGIN,
+            DATA_PATH_SETTLE,
+            now,
+        );
+        assert_eq!((s.qualified, s.next_met), (None, None));
     }
 
     #[test]
@@ -698,6 +780,7 @@ mod tests {
                 applied: Some(&withdrawn),
                 status: None,
                 can_serve: true,
+                endpoint_gated: false,
             },
             start,
             wall(50),

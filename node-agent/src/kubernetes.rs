@@ -681,12 +681,18 @@ impl LoopCtx {
             .iter()
             .filter_map(|s| s.status.as_ref().map(|st| (s.name_any(), st)))
             .collect();
+        let gated: BTreeSet<String> = sips
+            .iter()
+            .filter(|s| s.spec.endpoint_gate.is_some())
+            .map(|s| s.name_any())
+            .collect();
         let timed_out = self.handovers.review(
             desired,
             |name| handover::Facts {
                 applied: applied.get(name),
                 status: statuses.get(name).copied(),
                 can_serve: !cannot_serve.contains(name),
+                endpoint_gated: gated.contains(name),
             },
             tokio::time::Instant::now(),
             k8s_openapi::jiff::Timestamp::now(),

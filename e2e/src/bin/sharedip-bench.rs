@@ -28,6 +28,8 @@ use sharedip_e2e::routeserver::Flavor;
 
 #[path = "sharedip-bench/propagation.rs"]
 mod propagation;
+#[path = "sharedip-bench/services.rs"]
+mod services;
 
 /// The SharedIP the benchmark applies.
 const SIP: &str = "bench";
@@ -52,9 +54,10 @@ const SCALE_COMMAND: &str = "cargo bench -p sharedip-operator --bench scale";
 #[derive(Debug, Parser)]
 #[command(name = "sharedip-bench", version)]
 struct Args {
-    /// What to measure: `failover` (the failure modes, footprint and apply latency) or
+    /// What to measure: `failover` (the failure modes, footprint and apply latency),
     /// `propagation` (apply, a new secondary, a restart of every agent and a node recycle,
-    /// under the route servers' propagation delay; see the `propagation` module).
+    /// under the route servers' propagation delay; see the `propagation` module) or
+    /// `services` (LoadBalancer Services through kube-proxy; see the `services` module).
     #[arg(long, value_enum, default_value_t = Suite::Failover)]
     suite: Suite,
     /// Repetitions of each failure mode (and of its failback); in the propagation suite, of
@@ -93,6 +96,7 @@ struct Args {
 enum Suite {
     Failover,
     Propagation,
+    Services,
 }
 
 /// The failure modes: what fails, and how it comes back.
@@ -570,6 +574,9 @@ async fn run(args: Args) -> Result<()> {
         .with_context(|| format!("resolving {}", args.out.display()))?;
     if args.suite == Suite::Propagation {
         return propagation::run(args, &out).await;
+    }
+    if args.suite == Suite::Services {
+        return services::run(args, &out).await;
     }
 
     println!(

@@ -77,6 +77,10 @@ impl LabPod {
         ns.add_addr("eth0", &format!("{address}/32"))?;
         ns.ip(&["route", "add", "default", "dev", "eth0", "scope", "link"])?;
         node_ns.sysctl(&format!("net.ipv4.conf.{host_if}.proxy_arp"), "1")?;
+        // The kernel delays each proxy ARP answer by up to 0.8 s at random, so the first
+        // packets from a pod to a new peer would wait that long; Calico turns it off the same
+        // way.
+        node_ns.sysctl(&format!("net.ipv4.neigh.{host_if}.proxy_delay"), "0")?;
         node_ns.ip(&[
             "route",
             "replace",

@@ -12,6 +12,7 @@ use k8s_openapi::api::core::v1::{Namespace, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use serde_json::{json, Value};
+use sharedip_api::SharedIP;
 
 use super::cluster::{Lab, LabError};
 
@@ -25,6 +26,46 @@ pub const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
 pub const MANAGED_BY_LABEL: &str = "endpointslice.kubernetes.io/managed-by";
 /// The class the operator serves by default.
 pub const LOAD_BALANCER_CLASS: &str = "sharedip.io/linode";
+/// The address a Service asks for.
+pub const ADDRESS_ANNOTATION: &str = "sharedip.io/address";
+/// Nodes announcing a Service's address with the primary community.
+pub const PRIMARY_NODES_ANNOTATION: &str = "sharedip.io/primary-nodes";
+/// Nodes announcing a Service's address with the secondary community.
+pub const SECONDARY_NODES_ANNOTATION: &str = "sharedip.io/secondary-nodes";
+/// The addresses the operator assigned to a Service.
+pub const ASSIGNED_ANNOTATION: &str = "sharedip.io/assigned-addresses";
+/// The operator's finalizer on the Services it serves.
+pub const SERVICE_FINALIZER: &str = "sharedip.io/service";
+/// The operator's condition on a Service.
+pub const ANNOUNCED_CONDITION: &str = "sharedip.io/Announced";
+/// The label the operator puts on the SharedIPs it generates for Services.
+pub const GENERATED_SELECTOR: &str = "app.kubernetes.io/managed-by=sharedip-operator";
+
+/// The addresses in a Service's `status.loadBalancer.ingress` (its EXTERNAL-IP).
+pub fn ingress_of(svc: &Service) -> Vec<IpAddr> {
+    svc.status
+        .iter()
+        .flat_map(|s| s.load_balancer.iter())
+        .flat_map(|lb| lb.ingress.iter().flatten())
+        .filter_map(|i| i.ip.as_deref()?.parse().ok())
+        .collect()
+}
+
+/// The operator's condition on a Service: whether it is True, and its message.
+pub fn announced_condition(svc: &Service) -> Option<(bool, String)> {
+    svc.status
+        .as_ref()?
+        .conditions
+        .iter()
+        .flatten()
+        .find(|c| c.type_ == ANNOUNCED_CONDITION)
+        .map(|c| (c.status == "True", c.message.clone()))
+}
+
+/// The name of the SharedIP the operator generates for the Service with `uid`.
+pub fn generated_name(uid: &str) -> String {
+    format!("svc-{uid}")
+}
 
 /// One endpoint of a Service: a lab pod with the conditions its EndpointSlice entry has.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -286,6 +327,16 @@ impl Lab {
             }
         }
         Ok(())
+    }
+
+    /// The SharedIPs the operator generated for Services.
+    pub async fn generated_sharedips(&self) -> Result<Vec<SharedIP>, LabError> {
+        let lp = ListParams::default().labels(GENERATED_SELECTOR);
+        Ok(Api::<SharedIP>::all(self.client())
+            .list(&lp)
+            .await
+            .map_err(LabError::kube("list the generated SharedIPs"))?
+            .items)
     }
 
     /// The EndpointSlices of `service` in `namespace` (by [`SERVICE_NAME_LABEL`]), whoever
