@@ -731,3 +731,159 @@ async fn an_allocated_address_is_released_when_the_service_stops_being_a_load_ba
 
     delete_service_and_expect_nothing_left(&mut lab, ip).await;
 }
+
+/// Waits until the Service's EXTERNAL-IP is exactly `want` (in any order).
+async fn wait_external_ips(lab: &Lab, want: &[IpAddr]) {
+    let mut want = want.to_vec();
+    want.sort();
+    eventually(
+        &format!("the Service's EXTERNAL-IP {want:?}"),
+        BOUND,
+        || {
+            let want = &want;
+            async move {
+                let svc = lab
+                    .service(NS, SVC)
+                    .await
+                    .map_err(|e| e.to_string())?
+                    .ok_or("no Service")?;
+                let mut got = ingress_of(&svc);
+                got.sort();
+                if &got == want {
+                    Ok(())
+                } else {
+                    Err(format!("ingress {got:?}; status {:?}", svc.status))
+                }
+            }
+        },
+    )
+    .await
+    .expect("the operator sets both EXTERNAL-IPs");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dual_stack_service_is_answered_in_both_families_and_fails_over() {
+    if !preflight(Flavor::Bird) {
+        return;
+    }
+    let _serial = SERIAL.lock().await;
+    let mut lab = start_with_services().await;
+    let v4 = shared();
+    let v6: IpAddr = "2001:db8:ff::10".parse().unwrap();
+    // The region's range (SPARE_V6_RANGE), announced as a whole by the range-level SharedIP.
+    let range: IpAddr = "2001:db8:ff::".parse().unwrap();
+    let range_sip = "svc-ipv6-us-east";
+
+    lab.create_namespace(NS).await.expect("namespace");
+    lab.add_pod("node-a", "echo-a").expect("pod on node-a");
+    lab.add_pod("node-b", "echo-b").expect("pod on node-b");
+    let primary = format!("{ROLE_LABEL}=primary");
+    let secondary = format!("{ROLE_LABEL}=secondary");
+    let mut svc = annotated(
+        load_balancer_service(SVC, 80, POD_PORT),
+        &[
+            (ADDRESS_ANNOTATION, "192.0.2.10,2001:db8:ff::10"),
+            (PRIMARY_NODES_ANNOTATION, &primary),
+            (SECONDARY_NODES_ANNOTATION, &secondary),
+        ],
+    );
+    let spec = svc.spec.as_mut().unwrap();
+    spec.ip_family_policy = Some("RequireDualStack".to_owned());
+    spec.ip_families = Some(vec!["IPv4".to_owned(), "IPv6".to_owned()]);
+    lab.apply_service(NS, &svc).await.expect("apply Service");
+    let families = get_service(&lab)
+        .await
+        .spec
+        .and_then(|s| s.cluster_ips)
+        .unwrap_or_default();
+    assert_eq!(families.len(), 2, "a ClusterIP per family: {families:?}");
+    lab.set_endpoints(
+        NS,
+        SVC,
+        &[
+            PodEndpoint::ready("echo-a", "node-a"),
+            PodEndpoint::ready("echo-b", "node-b"),
+        ],
+        "http",
+        POD_PORT,
+    )
+    .await
+    .expect("endpoints");
+    let families: Vec<String> = lab
+        .endpoint_slices(NS, SVC)
+        .await
+        .expect("list EndpointSlices")
+        .into_iter()
+        .map(|s| s.address_type)
+        .collect();
+    assert!(
+        families.iter().any(|f| f == "IPv4") && families.iter().any(|f| f == "IPv6"),
+        "a slice per family: {families:?}"
+    );
+
+    // 1. The operator shows one address per family; the IPv6 one lives in the region's range,
+    //    which the primary announces; kube-proxy carries both families to the pods.
+    wait_external_ips(&lab, &[v4, v6]).await;
+    assert_eq!(
+        get_service(&lab)
+            .await
+            .metadata
+            .annotations
+            .as_ref()
+            .and_then(|a| a.get(ASSIGNED_ANNOTATION))
+            .map(String::as_str),
+        Some("192.0.2.10,2001:db8:ff::10")
+    );
+    let range_spec = lab
+        .sharedip(range_sip)
+        .await
+        .expect("get the range SharedIP")
+        .expect("the region's range SharedIP exists")
+        .spec;
+    let held = range_spec
+        .address
+        .clone()
+        .or(range_spec.allocated_address.clone());
+    assert_eq!(
+        held.and_then(|a| a.parse::<IpAddr>().ok()),
+        Some(range),
+        "the range SharedIP holds the range: {range_spec:?}"
+    );
+    wait_routed(&lab, v4, Some("node-a")).await;
+    wait_routed(&lab, range, Some("node-a")).await;
+    wait_answered_by_one_of(&lab, v4, &["echo-a", "echo-b"]).await;
+    wait_answered_by_one_of(&lab, v6, &["echo-a", "echo-b"]).await;
+    wait_condition(
+        &lab,
+        &[
+            "192.0.2.10 announced by node-a (Primary)",
+            "2001:db8:ff::10 announced by node-a (Primary)",
+        ],
+        &[],
+    )
+    .await;
+
+    // 2. The primary's agent gets SIGTERM: the secondary takes over both families.
+    let status = lab.sigterm_agent("node-a").await.expect("node-a known");
+    assert!(
+        status.is_some_and(|s| s.success()),
+        "agent exits cleanly on SIGTERM: {status:?}"
+    );
+    wait_routed(&lab, v4, Some("node-b")).await;
+    wait_routed(&lab, range, Some("node-b")).await;
+    wait_answered_by_one_of(&lab, v4, &["echo-a", "echo-b"]).await;
+    wait_answered_by_one_of(&lab, v6, &["echo-a", "echo-b"]).await;
+    wait_condition(&lab, &["node-b (Secondary)"], &["node-a"]).await;
+    wait_external_ips(&lab, &[v4, v6]).await;
+
+    // 3. The Service deleted: both addresses, the range SharedIP and the finalizer go.
+    delete_service_and_expect_nothing_left(&mut lab, v4).await;
+    assert_eq!(lab.who_answers(v6).await, None, "nobody answers {v6}");
+    assert!(
+        lab.sharedip(range_sip)
+            .await
+            .expect("get the range SharedIP")
+            .is_none(),
+        "the range SharedIP is gone"
+    );
+}

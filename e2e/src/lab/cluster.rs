@@ -371,7 +371,12 @@ impl Lab {
                     "kube-proxy's nftables mode needs nft (Debian package nftables): run e2e/scripts/install-prereqs.sh".into(),
                 ));
             }
-            Some(KubeProxySettings::locate(pods::POD_RANGE)?)
+            // Both families: kube-proxy runs its IPv4 and IPv6 proxiers side by side.
+            Some(KubeProxySettings::locate(&format!(
+                "{},{}",
+                pods::POD_RANGE,
+                pods::POD_RANGE_V6
+            ))?)
         } else {
             None
         };
@@ -436,10 +441,12 @@ impl Lab {
                 .await
                 .map_err(LabError::kube(format!("create Node {}", n.name)))?;
             if config.kube_proxy {
-                // What a kubelet reports; kube-proxy waits 30 s for it before it falls back to
-                // its `--bind-address`.
+                // What a kubelet of a dual-stack node reports; kube-proxy waits 30 s for it
+                // before it falls back to its `--bind-address`, and takes its IPv6 node IP
+                // from here (without one its IPv6 proxier uses ::1 as the node's address).
                 let address = json!({"status": {"addresses": [
                     {"type": "InternalIP", "address": topo.nodes[i].v4.to_string()},
+                    {"type": "InternalIP", "address": topo.nodes[i].v6.to_string()},
                 ]}});
                 Api::<Node>::all(client.clone())
                     .patch_status(&n.name, &PatchParams::default(), &Patch::Merge(&address))
@@ -483,7 +490,7 @@ impl Lab {
             let proxy = match &kube_proxy {
                 Some(settings) => {
                     // kube-proxy forwards Service traffic to pods, here or on another node.
-                    net.ns.sysctl("net.ipv4.ip_forward", "1")?;
+                    net.ns.enable_forwarding()?;
                     Some(kubeproxy::start(
                         settings,
                         &net.ns,
@@ -564,12 +571,14 @@ impl Lab {
     }
 
     /// Waits until every node's kube-proxy (if the lab runs them) has programmed its
-    /// nftables table.
+    /// nftables tables, one per family.
     async fn wait_kube_proxies(&self, bound: Duration) -> Result<(), LabError> {
-        eventually("every kube-proxy programmed its table", bound, || async {
+        eventually("every kube-proxy programmed its tables", bound, || async {
             for (n, net) in self.nodes.iter().zip(&self.topo.nodes) {
                 if n.kube_proxy.is_some() {
                     kubeproxy::ruleset(&net.ns).map_err(|e| format!("{}: {e}", n.spec.name))?;
+                    kubeproxy::ruleset_v6(&net.ns)
+                        .map_err(|e| format!("{} (IPv6): {e}", n.spec.name))?;
                 }
             }
             Ok(())
@@ -823,9 +832,10 @@ impl Lab {
     // Pods on the nodes: namespaces with a responder, the endpoints of Services
 
     /// Creates pod `pod` on `node` ([`super::pods`]): its own namespace with the next free
-    /// address of [`pods::POD_RANGE`], a veth to the node, a route to it from every node, and
-    /// a responder answering with `pod` on [`pods::POD_PORT`]. Returns its address. Pod names
-    /// are unique in the lab.
+    /// address of [`pods::POD_RANGE`] and its IPv6 counterpart in [`pods::POD_RANGE_V6`], a
+    /// veth to the node, routes to it from every node, and a responder answering with `pod` on
+    /// [`pods::POD_PORT`]. Returns its IPv4 address ([`LabPod::address_v6`] has the other).
+    /// Pod names are unique in the lab.
     pub fn add_pod(&mut self, node: &str, pod: &str) -> Result<IpAddr, LabError> {
         let i = self.index(node)?;
         if self.pod(pod).is_some() {
@@ -833,18 +843,28 @@ impl Lab {
         }
         let address = pods::free_address(self.pods.iter().map(LabPod::address))?;
         let via = self.topo.nodes[i].v4.to_string();
+        let via_v6 = self.topo.nodes[i].v6.to_string();
         let created = LabPod::create(pod, node, &self.topo.nodes[i].ns, address)?;
+        let address_v6 = created.address_v6();
         // Pushed before the other nodes' routes, so a failure below still removes the pod.
         self.pods.push(created);
         for (j, net) in self.topo.nodes.iter().enumerate() {
             // Every node forwards: the pod's own to it, the others to the pod's node.
-            net.ns.sysctl("net.ipv4.ip_forward", "1")?;
+            net.ns.enable_forwarding()?;
             if j != i {
                 net.ns
                     .ip(&["route", "replace", &format!("{address}/32"), "via", &via])?;
+                net.ns.ip(&[
+                    "-6",
+                    "route",
+                    "replace",
+                    &format!("{address_v6}/128"),
+                    "via",
+                    &via_v6,
+                ])?;
             }
         }
-        tracing::info!(pod, node, %address, "pod added");
+        tracing::info!(pod, node, %address, %address_v6, "pod added");
         Ok(IpAddr::V4(address))
     }
 
@@ -858,6 +878,7 @@ impl Lab {
             .ok_or_else(|| LabError::Config(format!("no lab pod named {pod:?}")))?;
         let removed = self.pods.remove(k);
         let address = removed.address();
+        let address_v6 = removed.address_v6();
         let node = self.index(removed.node())?;
         // The namespace goes asynchronously in the kernel, its veth with it: deleting the
         // node's end now takes the node's route to the pod at once.
@@ -866,9 +887,11 @@ impl Lab {
             .ip(&["link", "del", removed.host_interface()])?;
         drop(removed);
         let route = format!("{address}/32");
+        let route_v6 = format!("{address_v6}/128");
         for (j, net) in self.topo.nodes.iter().enumerate() {
             if j != node {
                 net.ns.ip(&["route", "del", &route])?;
+                net.ns.ip(&["-6", "route", "del", &route_v6])?;
             }
         }
         tracing::info!(pod, %address, "pod removed");
@@ -894,6 +917,11 @@ impl Lab {
     /// checks and failure messages.
     pub fn kube_proxy_rules(&self, node: &str) -> Result<String, LabError> {
         Ok(kubeproxy::ruleset(self.node_ns(node)?)?)
+    }
+
+    /// kube-proxy's IPv6 nftables table on `node` (`nft list table ip6 kube-proxy`).
+    pub fn kube_proxy_rules_v6(&self, node: &str) -> Result<String, LabError> {
+        Ok(kubeproxy::ruleset_v6(self.node_ns(node)?)?)
     }
 
     /// Whether the node's kube-proxy runs (`false` also when the lab runs none).

@@ -37,7 +37,8 @@ pub const LOG_FILE: &str = "kube-proxy.log";
 pub struct KubeProxySettings {
     /// The kube-proxy binary.
     pub binary: PathBuf,
-    /// `--cluster-cidr`: the pods' addresses, so traffic from a pod counts as local.
+    /// `--cluster-cidr`: the pods' addresses (both families, comma-separated), so traffic from
+    /// a pod counts as local.
     pub cluster_cidr: String,
 }
 
@@ -68,7 +69,7 @@ pub fn start(
         .arg(format!("--kubeconfig={}", kubeconfig.display()))
         .arg(format!("--hostname-override={node}"))
         .arg("--proxy-mode=nftables")
-        // The lab's Node objects carry no addresses: this is the node's primary IP.
+        // The node's primary IP, IPv4: the lab's Nodes are dual-stack with IPv4 first.
         .arg(format!("--bind-address={node_v4}"))
         .arg(format!("--cluster-cidr={}", settings.cluster_cidr))
         // nf_conntrack_max is host-wide and read-only inside a namespace; 0 leaves it alone,
@@ -89,6 +90,12 @@ pub fn start(
 /// kube-proxy has programmed it.
 pub fn ruleset(ns: &Netns) -> Result<String, NetnsError> {
     ns.exec("nft", &["list", "table", "ip", TABLE])
+}
+
+/// kube-proxy's IPv6 table in `ns` (`nft list table ip6 kube-proxy`); an error until its
+/// IPv6 proxier has programmed it.
+pub fn ruleset_v6(ns: &Netns) -> Result<String, NetnsError> {
+    ns.exec("nft", &["list", "table", "ip6", TABLE])
 }
 
 /// Whether `nft` is on `PATH` (kube-proxy's nftables mode runs it).

@@ -1,17 +1,20 @@
 //! The lab's pods: what a CNI plugin and a kubelet would leave on a node, without either.
 //!
-//! A pod is a network namespace with one address from [`POD_RANGE`] on its `eth0`, a veth
-//! to its node's namespace, and a [`Responder`] answering with the pod's name on
-//! [`POD_PORT`]. As with routed CNI plugins (Calico, Cilium's native routing), the node holds
-//! a /32 route to each of its pods and answers the pod's ARP for its default gateway by proxy
-//! ARP, so the host side of the veth needs no address; every other node routes the pod's /32
-//! via the pod's node, which is how `externalTrafficPolicy: Cluster` traffic that kube-proxy
-//! sends elsewhere reaches it.
+//! A pod is a network namespace with one address from [`POD_RANGE`] and one from
+//! [`POD_RANGE_V6`] on its `eth0`, a veth to its node's namespace, and a [`Responder`]
+//! answering with the pod's name on [`POD_PORT`] in both families. As with routed CNI plugins
+//! (Calico, Cilium's native routing), the node holds a host route (/32, /128) to each of its
+//! pods. For IPv4 it answers the pod's ARP for its default gateway by proxy ARP, so the host
+//! side of the veth needs no IPv4 address; for IPv6, where Linux proxies NDP only for listed
+//! addresses, the host side carries the link-local [`GATEWAY_V6`] the pod's default route
+//! points at (Calico does the same with its own fixed link-local address). Every other node
+//! routes the pod's addresses via the pod's node, which is how `externalTrafficPolicy:
+//! Cluster` traffic that kube-proxy sends elsewhere reaches it.
 //!
 //! The pods have no Pod objects: the lab writes EndpointSlices for them itself
 //! ([`super::services`]).
 
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 
 use super::traffic::{Responder, TrafficError};
 use crate::netns::{self, Netns, NetnsError};
@@ -19,6 +22,12 @@ use crate::netns::{self, Netns, NetnsError};
 /// Where pod addresses come from: 198.51.100.128/26, used by no link of the lab
 /// ([`super::topology`]).
 pub const POD_RANGE: &str = "198.51.100.128/26";
+/// Where pods' IPv6 addresses come from: 2001:db8:3::/64, used by no link of the lab. A pod's
+/// address is [`v6_of`] its IPv4 address.
+pub const POD_RANGE_V6: &str = "2001:db8:3::/64";
+/// The node side's address on every pod's veth, the pods' IPv6 default gateway. Link-local,
+/// so every veth can have the same one.
+pub const GATEWAY_V6: Ipv6Addr = Ipv6Addr::new(0xfe80, 0, 0, 0, 0, 0, 0, 1);
 /// The port every pod's responder listens on: a Service's `targetPort`, different from the
 /// nodes' responders so an answer through a Service proves kube-proxy translated it.
 pub const POD_PORT: u16 = 8080;
@@ -50,6 +59,16 @@ pub fn free_address(taken: impl IntoIterator<Item = Ipv4Addr>) -> Result<Ipv4Add
         .ok_or(PodError::RangeExhausted)
 }
 
+/// The IPv6 address of the pod with IPv4 `address`: its last octet, written in decimal, as
+/// the last group of [`POD_RANGE_V6`] (198.51.100.129 → 2001:db8:3::129), so logs pair them
+/// at a glance.
+pub fn v6_of(address: Ipv4Addr) -> Ipv6Addr {
+    let last = address.octets()[3];
+    // Three decimal digits read as hex always fit 16 bits.
+    let group = u16::from_str_radix(&last.to_string(), 16).unwrap_or(u16::from(last));
+    Ipv6Addr::new(0x2001, 0xdb8, 3, 0, 0, 0, 0, group)
+}
+
 /// One pod. Field order is drop order: the responder stops before its namespace goes, which
 /// takes the veth (both ends) and the node's route to the pod with it.
 #[derive(Debug)]
@@ -58,12 +77,14 @@ pub struct LabPod {
     name: String,
     node: String,
     address: Ipv4Addr,
+    address_v6: Ipv6Addr,
     host_if: String,
     ns: Netns,
 }
 
 impl LabPod {
-    /// Creates pod `name` on the node whose namespace is `node_ns`, with `address`.
+    /// Creates pod `name` on the node whose namespace is `node_ns`, with `address` and its
+    /// IPv6 counterpart ([`v6_of`]).
     pub fn create(
         name: &str,
         node: &str,
@@ -71,11 +92,32 @@ impl LabPod {
         address: Ipv4Addr,
     ) -> Result<LabPod, PodError> {
         let ns = Netns::create("pod")?;
+        // The veth is created in the pod's namespace with its defaults: without duplicate
+        // address detection its link-local address is usable at once.
+        for key in [
+            "net.ipv6.conf.all.accept_dad",
+            "net.ipv6.conf.default.accept_dad",
+        ] {
+            ns.sysctl(key, "0")?;
+        }
         // One veth per pod in the node's namespace, named by the pod's unique address.
         let host_if = host_interface(address);
         netns::veth(&ns, "eth0", node_ns, &host_if)?;
         ns.add_addr("eth0", &format!("{address}/32"))?;
         ns.ip(&["route", "add", "default", "dev", "eth0", "scope", "link"])?;
+        let address_v6 = v6_of(address);
+        ns.add_addr("eth0", &format!("{address_v6}/128"))?;
+        node_ns.add_addr(&host_if, &format!("{GATEWAY_V6}/64"))?;
+        ns.ip(&[
+            "-6",
+            "route",
+            "add",
+            "default",
+            "via",
+            &GATEWAY_V6.to_string(),
+            "dev",
+            "eth0",
+        ])?;
         node_ns.sysctl(&format!("net.ipv4.conf.{host_if}.proxy_arp"), "1")?;
         // The kernel delays each proxy ARP answer by up to 0.8 s at random, so the first
         // packets from a pod to a new peer would wait that long; Calico turns it off the same
@@ -88,13 +130,22 @@ impl LabPod {
             "dev",
             &host_if,
         ])?;
+        node_ns.ip(&[
+            "-6",
+            "route",
+            "replace",
+            &format!("{address_v6}/128"),
+            "dev",
+            &host_if,
+        ])?;
         let responder = Responder::start(&ns, POD_PORT, name)?;
-        tracing::debug!(pod = name, node, %address, netns = ns.name(), "pod created");
+        tracing::debug!(pod = name, node, %address, %address_v6, netns = ns.name(), "pod created");
         Ok(LabPod {
             responder,
             name: name.to_owned(),
             node: node.to_owned(),
             address,
+            address_v6,
             host_if,
             ns,
         })
@@ -113,6 +164,11 @@ impl LabPod {
     /// Its address.
     pub fn address(&self) -> Ipv4Addr {
         self.address
+    }
+
+    /// Its IPv6 address.
+    pub fn address_v6(&self) -> Ipv6Addr {
+        self.address_v6
     }
 
     /// The node's end of its veth, in the node's namespace.
@@ -164,5 +220,26 @@ mod tests {
             assert_eq!(u32::from(a) & mask, u32::from(net), "{a} in {POD_RANGE}");
         }
         assert!(host_interface(Ipv4Addr::new(198, 51, 100, 190)).len() <= 15);
+    }
+
+    #[test]
+    fn ipv6_addresses_mirror_the_ipv4_ones_inside_the_pod_range() {
+        let first = v6_of(Ipv4Addr::new(198, 51, 100, FIRST));
+        assert_eq!(first, "2001:db8:3::129".parse::<Ipv6Addr>().unwrap());
+        let (net, len) = POD_RANGE_V6.split_once('/').unwrap();
+        let net: Ipv6Addr = net.parse().unwrap();
+        let mask = u128::MAX << (128 - len.parse::<u32>().unwrap());
+        let all: std::collections::BTreeSet<Ipv6Addr> = (FIRST..=LAST)
+            .map(|l| v6_of(Ipv4Addr::new(198, 51, 100, l)))
+            .collect();
+        assert_eq!(all.len(), usize::from(LAST - FIRST) + 1, "one each");
+        for a in all {
+            assert_eq!(
+                u128::from(a) & mask,
+                u128::from(net),
+                "{a} in {POD_RANGE_V6}"
+            );
+        }
+        assert!(GATEWAY_V6.is_unicast_link_local());
     }
 }

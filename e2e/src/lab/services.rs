@@ -2,9 +2,9 @@
 //!
 //! The lab runs no kube-controller-manager (its node lifecycle controller would mark the
 //! kubelet-less Nodes NotReady), so nothing turns a Service's selector into EndpointSlices:
-//! [`Lab::set_endpoints`] writes the one EndpointSlice of a Service from the lab's pods
-//! ([`super::pods`]), with the conditions a test wants, as the EndpointSlice controller would
-//! from Pods. kube-proxy ([`super::kubeproxy`]) and the operator read it like any other.
+//! [`Lab::set_endpoints`] writes the EndpointSlices of a Service, one per address family, from
+//! the lab's pods ([`super::pods`]), with the conditions a test wants, as the EndpointSlice
+//! controller would from Pods. kube-proxy ([`super::kubeproxy`]) and the operator read it like any other.
 
 use std::net::IpAddr;
 
@@ -146,6 +146,9 @@ fn slice(
             json!({
                 "addresses": [address.to_string()],
                 "nodeName": e.node,
+                // The pod an endpoint is, as the EndpointSlice controller names it: a pod in
+                // the slices of both families is one endpoint to whoever counts them.
+                "targetRef": {"kind": "Pod", "namespace": namespace, "name": e.pod},
                 "conditions": {"ready": e.ready, "serving": e.serving, "terminating": e.terminating},
             })
         })
@@ -269,11 +272,13 @@ impl Lab {
         Ok(())
     }
 
-    /// Writes the endpoints of Service `service` in `namespace`: one EndpointSlice
-    /// (`addressType: IPv4`, the lab's pods have IPv4 addresses only) labelled
-    /// [`SERVICE_NAME_LABEL`]`=<service>` and [`MANAGED_BY_LABEL`]`=`[`ENDPOINTS_MANAGER`],
-    /// with TCP port `port` named `port_name` (the Service port's name; `""` for an unnamed
-    /// one). An empty list leaves the slice without endpoints: the Service has none.
+    /// Writes the endpoints of Service `service` in `namespace`: one EndpointSlice per address
+    /// family of the pods (`addressType: IPv4` and `IPv6`, the lab's pods have both), each
+    /// labelled [`SERVICE_NAME_LABEL`]`=<service>` and
+    /// [`MANAGED_BY_LABEL`]`=`[`ENDPOINTS_MANAGER`], with TCP port `port` named `port_name`
+    /// (the Service port's name; `""` for an unnamed one). An empty list leaves the slices
+    /// without endpoints: the Service has none. kube-proxy reads the slices of the families
+    /// the Service has and ignores the others, as with the EndpointSlice controller's.
     pub async fn set_endpoints(
         &self,
         namespace: &str,
@@ -283,24 +288,28 @@ impl Lab {
         port: u16,
     ) -> Result<(), LabError> {
         let mut v4 = Vec::with_capacity(endpoints.len());
+        let mut v6 = Vec::with_capacity(endpoints.len());
         for e in endpoints {
             let pod = self
                 .pod(&e.pod)
                 .ok_or_else(|| LabError::Config(format!("no lab pod named {:?}", e.pod)))?;
             v4.push((IpAddr::V4(pod.address()), e));
+            v6.push((IpAddr::V6(pod.address_v6()), e));
         }
-        let name = slice_name(service, "IPv4");
-        let obj = slice(namespace, service, "IPv4", &v4, port_name, port);
-        self.endpoint_slice_api(namespace)
-            .patch(
-                &name,
-                &PatchParams::apply(MANAGER).force(),
-                &Patch::Apply(&obj),
-            )
-            .await
-            .map_err(LabError::kube(format!(
-                "apply EndpointSlice {namespace}/{name}"
-            )))?;
+        for (family, list) in [("IPv4", &v4), ("IPv6", &v6)] {
+            let name = slice_name(service, family);
+            let obj = slice(namespace, service, family, list, port_name, port);
+            self.endpoint_slice_api(namespace)
+                .patch(
+                    &name,
+                    &PatchParams::apply(MANAGER).force(),
+                    &Patch::Apply(&obj),
+                )
+                .await
+                .map_err(LabError::kube(format!(
+                    "apply EndpointSlice {namespace}/{name}"
+                )))?;
+        }
         tracing::debug!(namespace, service, ?endpoints, "endpoints written");
         Ok(())
     }
@@ -390,6 +399,11 @@ mod tests {
         let e = &s.endpoints;
         assert_eq!(e[0].addresses, vec!["198.51.100.129".to_owned()]);
         assert_eq!(e[0].node_name.as_deref(), Some("node-b"));
+        let target = e[0].target_ref.as_ref().unwrap();
+        assert_eq!(
+            (target.kind.as_deref(), target.name.as_deref()),
+            (Some("Pod"), Some("pod-b"))
+        );
         let c = e[1].conditions.as_ref().unwrap();
         assert_eq!(
             (c.ready, c.serving, c.terminating),

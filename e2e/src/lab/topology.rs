@@ -14,7 +14,8 @@
 //! router; cutting a node's link is taking its bridge port down at the router, which tells
 //! nobody: the node's BGP sessions die by hold timer, as when a real host disappears.
 //! Shared addresses (192.0.2.0/24 and 198.51.100.200 etc.) are outside every link subnet.
-//! Pods ([`super::pods`]) take their addresses from 198.51.100.128/26, which no link uses.
+//! Pods ([`super::pods`]) take their addresses from 198.51.100.128/26 and 2001:db8:3::/64,
+//! which no link uses.
 
 use std::net::{Ipv4Addr, Ipv6Addr};
 use std::sync::Arc;
