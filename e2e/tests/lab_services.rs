@@ -853,6 +853,9 @@ async fn a_dual_stack_service_is_answered_in_both_families_and_fails_over() {
     wait_routed(&lab, range, Some("node-a")).await;
     wait_answered_by_one_of(&lab, v4, &["echo-a", "echo-b"]).await;
     wait_answered_by_one_of(&lab, v6, &["echo-a", "echo-b"]).await;
+    // The IPv6 proxier, not something else, carries it.
+    let rules = lab.kube_proxy_rules_v6("node-a").expect("ip6 table");
+    assert!(rules.contains("2001:db8:ff::10"), "ip6 table:\n{rules}");
     wait_condition(
         &lab,
         &[
