@@ -571,3 +571,33 @@ async fn ipv6_services_share_the_regions_range_and_dual_stack_gets_both() {
     })
     .await;
 }
+
+#[tokio::test]
+async fn an_address_not_in_the_account_is_pending_says_why_and_is_released() {
+    bounded(async {
+        let env = edge_env(SEED).await;
+        let _op = env.spawn_operator_with(settings());
+        let svc = create(
+            &env,
+            lb(
+                "foreign",
+                json!({"sharedip.io/address": "198.51.100.99"}),
+                json!({}),
+            ),
+        )
+        .await;
+        let note = eventually_event(&env, "foreign", "NotShared").await;
+        assert!(note.contains("198.51.100.99"), "{note}");
+        assert!(ingress(&get_svc(&env, "foreign").await.unwrap()).is_empty());
+        assert!(env.shared("198.51.100.99").is_empty());
+        let name = generated_name(&svc);
+        assert!(env.get(&name).await.is_some());
+        services(&env)
+            .delete("foreign", &DeleteParams::default())
+            .await
+            .unwrap();
+        eventually_gone_svc(&env, "foreign").await;
+        assert!(env.get(&name).await.is_none(), "its SharedIP went first");
+    })
+    .await;
+}
