@@ -60,6 +60,13 @@ async fn wait_programmed(lab: &Lab, node: &str, programmed: bool) {
 }
 
 /// Network namespaces on the machine (`ip netns list`), by name.
+/// Writes the Service's endpoints: the pods' responders behind its port `http`.
+async fn publish(lab: &Lab, endpoints: &[PodEndpoint]) {
+    lab.set_endpoints(NS, SVC, endpoints, "http", POD_PORT)
+        .await
+        .expect("endpoints");
+}
+
 fn netns_names() -> Vec<String> {
     netns::run("ip", &["netns", "list"])
         .expect("ip netns list")
@@ -82,15 +89,7 @@ async fn kube_proxy_carries_the_load_balancer_address_to_the_pods() {
     assert_eq!(lab.pod_node("echo-b"), Some("node-b"));
     let mut svc = load_balancer_service(SVC, 80, POD_PORT);
     lab.apply_service(NS, &svc).await.expect("apply Service");
-    lab.set_endpoints(
-        NS,
-        SVC,
-        &[PodEndpoint::ready("echo-b", "node-b")],
-        "http",
-        POD_PORT,
-    )
-    .await
-    .expect("endpoints");
+    publish(&lab, &[PodEndpoint::ready("echo-b", "node-b")]).await;
     // What a load-balancer controller writes; kube-proxy programs only these addresses.
     lab.set_service_ingress(NS, SVC, &[shared()])
         .await
@@ -127,18 +126,14 @@ async fn kube_proxy_carries_the_load_balancer_address_to_the_pods() {
 
     // 3. A pod on node-a: it answers, and only it (Local keeps the traffic on node-a).
     lab.add_pod("node-a", "echo-a").expect("pod on node-a");
-    lab.set_endpoints(
-        NS,
-        SVC,
+    publish(
+        &lab,
         &[
             PodEndpoint::ready("echo-b", "node-b"),
             PodEndpoint::ready("echo-a", "node-a"),
         ],
-        "http",
-        POD_PORT,
     )
-    .await
-    .expect("endpoints");
+    .await;
     lab.wait_answers(shared(), Some("echo-a"), BOUND)
         .await
         .expect("the pod on node-a answers");
@@ -441,18 +436,14 @@ async fn a_service_fails_over_like_a_sharedip_and_is_released_on_delete() {
         ],
     );
     lab.apply_service(NS, &svc).await.expect("apply Service");
-    lab.set_endpoints(
-        NS,
-        SVC,
+    publish(
+        &lab,
         &[
             PodEndpoint::ready("echo-a", "node-a"),
             PodEndpoint::ready("echo-b", "node-b"),
         ],
-        "http",
-        POD_PORT,
     )
-    .await
-    .expect("endpoints");
+    .await;
 
     // 1. The operator, not the test, shows the address; the primary carries the traffic.
     assert_eq!(wait_external_ip(&lab).await, vec![ip]);
@@ -524,9 +515,7 @@ async fn a_local_service_follows_a_rolling_update_make_before_break() {
     lab.apply_service(NS, &svc).await.expect("apply Service");
     let a = PodEndpoint::ready("echo-a", "node-a");
     let b = PodEndpoint::ready("echo-b", "node-b");
-    lab.set_endpoints(NS, SVC, std::slice::from_ref(&a), "http", POD_PORT)
-        .await
-        .expect("endpoints");
+    publish(&lab, std::slice::from_ref(&a)).await;
 
     // 1. Only node-a announces.
     assert_eq!(wait_external_ip(&lab).await, vec![ip]);
@@ -546,17 +535,13 @@ async fn a_local_service_follows_a_rolling_update_make_before_break() {
     )
     .expect("prober");
     lab.add_pod("node-b", "echo-b").expect("pod on node-b");
-    lab.set_endpoints(NS, SVC, &[a.clone(), b.clone()], "http", POD_PORT)
-        .await
-        .expect("endpoints");
+    publish(&lab, &[a.clone(), b.clone()]).await;
     wait_gate(&lab, &sip, &["node-a", "node-b"], &[]).await;
     wait_heard_from(&lab, ip, &["node-a", "node-b"]).await;
 
     prober.mark("node-a's endpoint terminating");
     let leaving = PodEndpoint::terminating("echo-a", "node-a", true);
-    lab.set_endpoints(NS, SVC, &[leaving, b.clone()], "http", POD_PORT)
-        .await
-        .expect("endpoints");
+    publish(&lab, &[leaving, b.clone()]).await;
     wait_gate(&lab, &sip, &["node-b"], &["node-a"]).await;
     wait_routed(&lab, ip, Some("node-b")).await;
     wait_heard_from(&lab, ip, &["node-b"]).await;
@@ -565,9 +550,7 @@ async fn a_local_service_follows_a_rolling_update_make_before_break() {
         .expect("the pod on node-b answers");
 
     prober.mark("node-a's endpoint removed");
-    lab.set_endpoints(NS, SVC, std::slice::from_ref(&b), "http", POD_PORT)
-        .await
-        .expect("endpoints");
+    publish(&lab, std::slice::from_ref(&b)).await;
     lab.remove_pod("echo-a").expect("remove the old pod");
     wait_gate(&lab, &sip, &["node-b"], &[]).await;
     lab.wait_answers(ip, Some("echo-b"), BOUND)
@@ -613,15 +596,7 @@ async fn an_allocated_address_is_released_when_the_service_stops_being_a_load_ba
     lab.add_pod("node-a", "echo-a").expect("pod on node-a");
     let svc = load_balancer_service(SVC, 80, POD_PORT);
     lab.apply_service(NS, &svc).await.expect("apply Service");
-    lab.set_endpoints(
-        NS,
-        SVC,
-        &[PodEndpoint::ready("echo-a", "node-a")],
-        "http",
-        POD_PORT,
-    )
-    .await
-    .expect("endpoints");
+    publish(&lab, &[PodEndpoint::ready("echo-a", "node-a")]).await;
 
     // 1. No address asked for: one is allocated on the operator's holder and answers.
     let ingress = wait_external_ip(&lab).await;
@@ -797,18 +772,14 @@ async fn a_dual_stack_service_is_answered_in_both_families_and_fails_over() {
         .and_then(|s| s.cluster_ips)
         .unwrap_or_default();
     assert_eq!(families.len(), 2, "a ClusterIP per family: {families:?}");
-    lab.set_endpoints(
-        NS,
-        SVC,
+    publish(
+        &lab,
         &[
             PodEndpoint::ready("echo-a", "node-a"),
             PodEndpoint::ready("echo-b", "node-b"),
         ],
-        "http",
-        POD_PORT,
     )
-    .await
-    .expect("endpoints");
+    .await;
     let families: Vec<String> = lab
         .endpoint_slices(NS, SVC)
         .await

@@ -57,6 +57,19 @@ pub(crate) async fn publish_action(
     note: String,
     related: Option<ObjectReference>,
 ) {
+    record(recorder, sip, type_, reason, action, note, related).await;
+}
+
+/// Records an event on any object of ours (a SharedIP, a LoadBalancer Service).
+pub(crate) async fn record<K: Resource<DynamicType = ()>>(
+    recorder: &Recorder,
+    obj: &K,
+    type_: EventType,
+    reason: &str,
+    action: &str,
+    note: String,
+    related: Option<ObjectReference>,
+) {
     let ev = Event {
         type_,
         reason: reason.into(),
@@ -65,7 +78,7 @@ pub(crate) async fn publish_action(
         secondary: related,
     };
     // Events are best effort: a failure to record one must not fail the reconcile.
-    if let Err(e) = recorder.publish(&ev, &sip.object_ref(&())).await {
+    if let Err(e) = recorder.publish(&ev, &obj.object_ref(&())).await {
         warn!(error = %e, reason, "cannot publish event");
     }
 }

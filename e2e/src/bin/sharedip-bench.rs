@@ -91,6 +91,22 @@ struct Args {
     profile: String,
 }
 
+impl Args {
+    /// The lab every suite starts from: the hold time and the route servers' propagation of
+    /// the command line.
+    fn lab_config(&self) -> LabConfig {
+        LabConfig {
+            hold_time: self.hold_time,
+            propagation: Propagation {
+                delay: Duration::from_millis(self.propagation_delay_ms),
+                jitter: self.propagation_jitter,
+                ..Propagation::default()
+            },
+            ..LabConfig::default()
+        }
+    }
+}
+
 /// The measurement suites.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 enum Suite {
@@ -230,6 +246,17 @@ struct Machine {
     cpus: usize,
     loadavg_start: String,
     loadavg_end: String,
+}
+
+impl Machine {
+    /// This machine, with the load average read at the start of a suite and now.
+    fn since(loadavg_start: String) -> Machine {
+        Machine {
+            cpus: std::thread::available_parallelism().map_or(0, |n| n.get()),
+            loadavg_start,
+            loadavg_end: loadavg(),
+        }
+    }
 }
 
 fn loadavg() -> String {
@@ -582,15 +609,7 @@ async fn run(args: Args) -> Result<()> {
     println!(
         "== starting the lab: 2 nodes ({PRIMARY} primary, {SECONDARY} secondary), 4 BIRD route servers, 2 operators"
     );
-    let config = LabConfig {
-        hold_time: args.hold_time,
-        propagation: Propagation {
-            delay: Duration::from_millis(args.propagation_delay_ms),
-            jitter: args.propagation_jitter,
-            ..Propagation::default()
-        },
-        ..LabConfig::default()
-    };
+    let config = args.lab_config();
     let mut lab = Lab::start(config).await.context("starting the lab")?;
     println!("   lab up in {}", secs(lab.startup_time()));
     let (hold, hold_source) = negotiated_hold(&lab);
@@ -867,11 +886,7 @@ async fn run(args: Args) -> Result<()> {
     write_json(&probes, &log)?;
 
     let json_path = out.join("bench.json");
-    let machine = Machine {
-        cpus: std::thread::available_parallelism().map_or(0, |n| n.get()),
-        loadavg_start: machine_start,
-        loadavg_end: loadavg(),
-    };
+    let machine = Machine::since(machine_start);
     write_json(
         &json_path,
         &BenchJson {

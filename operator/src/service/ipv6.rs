@@ -27,12 +27,7 @@ pub fn range_name(region: &str) -> String {
 pub fn region_of(nodes: &[Arc<Node>]) -> Result<String, String> {
     let regions: BTreeSet<&str> = nodes
         .iter()
-        .filter(|n| {
-            n.spec
-                .as_ref()
-                .and_then(|s| s.provider_id.as_deref())
-                .is_some_and(|p| p.starts_with("linode://"))
-        })
+        .filter(|n| sharedip_api::rules::linode_of(n).is_some())
         .filter_map(|n| {
             n.metadata
                 .labels

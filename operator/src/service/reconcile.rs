@@ -13,9 +13,9 @@ use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{DeleteParams, ListParams, Patch, PatchParams};
 use kube::runtime::controller::Action;
-use kube::runtime::events::{Event, EventType};
+use kube::runtime::events::EventType;
 use kube::runtime::reflector::{ObjectRef, Store};
-use kube::{Api, Resource, ResourceExt};
+use kube::{Api, ResourceExt};
 use serde_json::json;
 use sharedip_api::conditions::Desired as DesiredCondition;
 use sharedip_api::{EndpointGate, SharedIP};
@@ -103,21 +103,16 @@ impl Context {
     }
 
     async fn event(&self, svc: &Service, type_: EventType, reason: &str, note: String) {
-        let ev = Event {
+        crate::events::record(
+            &self.shared.recorder,
+            svc,
             type_,
-            reason: reason.into(),
-            note: Some(note),
-            action: "Reconcile".into(),
-            secondary: None,
-        };
-        if let Err(e) = self
-            .shared
-            .recorder
-            .publish(&ev, &svc.object_ref(&()))
-            .await
-        {
-            warn!(error = %e, reason, "cannot publish event");
-        }
+            reason,
+            "Reconcile",
+            note,
+            None,
+        )
+        .await;
     }
 }
 
@@ -732,9 +727,7 @@ pub fn eligible_nodes(
         .filter(|n| {
             let labels = n.metadata.labels.as_ref().unwrap_or(&empty);
             let spec = n.spec.as_ref();
-            let linode = spec
-                .and_then(|s| s.provider_id.as_deref())
-                .is_some_and(|p| p.starts_with("linode://"));
+            let linode = sharedip_api::rules::linode_of(n).is_some();
             let leaving = spec
                 .and_then(|s| s.taints.as_ref())
                 .is_some_and(|ts| ts.iter().any(|t| t.key == AUTOSCALER_TAINT));

@@ -24,7 +24,7 @@ use sharedip_e2e::lab::cluster::{eventually, BOUND, ROLE_LABEL, SHARED_V4};
 use sharedip_e2e::lab::processes::{self, AGENT_BIN};
 use sharedip_e2e::lab::report::{write_json, BenchmarkReport, Metric, ModeResult, RunResult};
 use sharedip_e2e::lab::traffic::{Prober, ProberConfig};
-use sharedip_e2e::lab::{Lab, LabConfig, NodeSpec, Propagation};
+use sharedip_e2e::lab::{Lab, LabConfig, NodeSpec};
 
 use super::{
     loadavg, measure_apply, ms, secs, shared, stats_text, wait_ready, Args, Machine, Verdict,
@@ -91,14 +91,8 @@ fn lab_config(args: &Args, withdraw_on_cordon: bool) -> LabConfig {
     nodes.push(NodeSpec::new(THIRD));
     LabConfig {
         nodes,
-        hold_time: args.hold_time,
-        propagation: Propagation {
-            delay: Duration::from_millis(args.propagation_delay_ms),
-            jitter: args.propagation_jitter,
-            ..Propagation::default()
-        },
         withdraw_on_cordon,
-        ..LabConfig::default()
+        ..args.lab_config()
     }
 }
 
@@ -403,11 +397,7 @@ pub(super) async fn run(args: Args, out: &Path) -> Result<()> {
     let f = measure(&args).await?;
     let d = Duration::from_millis(args.propagation_delay_ms);
     let (report, verdicts) = judge(&f, d, Duration::from_millis(args.interval_ms));
-    let machine = Machine {
-        cpus: std::thread::available_parallelism().map_or(0, |n| n.get()),
-        loadavg_start: machine_start,
-        loadavg_end: loadavg(),
-    };
+    let machine = Machine::since(machine_start);
     let json_path = out.join("bench.json");
     write_json(
         &json_path,

@@ -29,9 +29,7 @@ use sharedip_e2e::lab::services::{
     SECONDARY_NODES_ANNOTATION,
 };
 use sharedip_e2e::lab::traffic::{Prober, ProberConfig};
-use sharedip_e2e::lab::{
-    load_balancer_service, role_spec, Lab, LabConfig, PodEndpoint, Propagation, POD_PORT,
-};
+use sharedip_e2e::lab::{load_balancer_service, role_spec, Lab, LabConfig, PodEndpoint, POD_PORT};
 
 use super::{loadavg, ms, secs, stats_text, Args, Failure, Machine, PRIMARY, SECONDARY, SETTLE};
 
@@ -404,13 +402,7 @@ pub(super) async fn run(args: Args, out: &Path) -> Result<()> {
     );
     let config = LabConfig {
         kube_proxy: true,
-        hold_time: args.hold_time,
-        propagation: Propagation {
-            delay: Duration::from_millis(args.propagation_delay_ms),
-            jitter: args.propagation_jitter,
-            ..Propagation::default()
-        },
-        ..LabConfig::default()
+        ..args.lab_config()
     };
     let mut lab = Lab::start(config).await.context("starting the lab")?;
     println!("   lab up in {}", secs(lab.startup_time()));
@@ -564,11 +556,7 @@ pub(super) async fn run(args: Args, out: &Path) -> Result<()> {
         target: "0".into(),
     });
 
-    let machine = Machine {
-        cpus: std::thread::available_parallelism().map_or(0, |n| n.get()),
-        loadavg_start: machine_start,
-        loadavg_end: loadavg(),
-    };
+    let machine = Machine::since(machine_start);
     let json_path = out.join("bench.json");
     write_json(
         &json_path,
