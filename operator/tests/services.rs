@@ -601,3 +601,178 @@ async fn an_address_not_in_the_account_is_pending_says_why_and_is_released() {
     })
     .await;
 }
+
+#[tokio::test]
+async fn an_address_waits_for_the_sharedip_that_held_it_before_to_be_released() {
+    bounded(async {
+        let env = edge_env(SEED).await;
+        let _op = env.spawn_operator_with(settings());
+        let web = create(
+            &env,
+            lb(
+                "web",
+                json!({"sharedip.io/address": "192.0.2.10"}),
+                json!({}),
+            ),
+        )
+        .await;
+        endpoints(&env, "web", &["node-a"]).await;
+        eventually_ingress(&env, "web").await;
+        env.eventually_shared("192.0.2.10", &[101]).await;
+        // Something else's finalizer keeps web's SharedIP while it is being deleted, as a
+        // slow release would.
+        let old = generated_name(&web);
+        let mut finalizers = env.get(&old).await.unwrap().finalizers().to_vec();
+        finalizers.push("test.sharedip.io/hold".into());
+        env.sharedips()
+            .patch(
+                &old,
+                &PatchParams::default(),
+                &Patch::Merge(json!({"metadata": {"finalizers": finalizers}})),
+            )
+            .await
+            .unwrap();
+        services(&env)
+            .delete("web", &DeleteParams::default())
+            .await
+            .unwrap();
+        eventually("web's SharedIP deleting", || async {
+            match env.get(&old).await {
+                Some(s) if s.metadata.deletion_timestamp.is_some() => Ok(()),
+                s => Err(format!("{:?}", s.map(|s| s.metadata))),
+            }
+        })
+        .await;
+
+        // Another Service asks for the address meanwhile: it waits, makes nothing, shows
+        // nothing, and says why.
+        let next = create(
+            &env,
+            lb(
+                "next",
+                json!({"sharedip.io/address": "192.0.2.10"}),
+                json!({}),
+            ),
+        )
+        .await;
+        endpoints(&env, "next", &["node-a"]).await;
+        let note = eventually_event(&env, "next", "AddressChanging").await;
+        assert!(note.contains(&old) && note.contains("192.0.2.10"), "{note}");
+        assert!(env.get(&generated_name(&next)).await.is_none());
+        assert!(ingress(&get_svc(&env, "next").await.unwrap()).is_empty());
+
+        // Once it is gone, the address is the new Service's and shared again.
+        let mut finalizers = env.get(&old).await.unwrap().finalizers().to_vec();
+        finalizers.retain(|f| f != "test.sharedip.io/hold");
+        env.sharedips()
+            .patch(
+                &old,
+                &PatchParams::default(),
+                &Patch::Merge(json!({"metadata": {"finalizers": finalizers}})),
+            )
+            .await
+            .unwrap();
+        let (_, ip) = eventually_ingress(&env, "next").await;
+        assert_eq!(ip, "192.0.2.10");
+        eventually_gone_svc(&env, "web").await;
+        env.eventually_shared("192.0.2.10", &[101]).await;
+        assert!(env.get(&old).await.is_none());
+
+        services(&env)
+            .delete("next", &DeleteParams::default())
+            .await
+            .unwrap();
+        eventually_gone_svc(&env, "next").await;
+        assert!(env.get(&generated_name(&next)).await.is_none());
+    })
+    .await;
+}
+
+/// A region without an IPv6 range: the first IPv6 Service's range is allocated on the IP
+/// holder. No IPv4 addresses either.
+const SEED_NO_RANGE: &str = r#"
+linodes:
+  - {id: 101, label: node-a, region: us-east}
+  - {id: 102, label: node-b, region: us-east}
+"#;
+
+#[tokio::test]
+async fn an_ipv6_service_in_a_region_without_a_range_gets_one_allocated() {
+    bounded(async {
+        let env = edge_env(SEED_NO_RANGE).await;
+        let _op = env.spawn_operator_with(settings());
+        let v6 = json!({"ipFamilyPolicy": "SingleStack", "ipFamilies": ["IPv6"]});
+        create(&env, lb("six", json!({}), v6.clone())).await;
+        endpoints(&env, "six", &["node-a"]).await;
+        let (_, ip) = eventually_ingress(&env, "six").await;
+        let range = env
+            .get("svc-ipv6-us-east")
+            .await
+            .expect("the region's range SharedIP");
+        let bound: std::net::Ipv6Addr = range
+            .spec
+            .allocated_address
+            .as_deref()
+            .expect("an allocated range")
+            .parse()
+            .unwrap();
+        let base = std::net::Ipv6Addr::from(u128::from(bound) & !u128::from(u64::MAX));
+        assert_eq!(bound, std::net::Ipv6Addr::from(u128::from(base) | 1));
+        assert_eq!(
+            ip,
+            std::net::Ipv6Addr::from(u128::from(base) | 2).to_string(),
+            "the lowest address the nodes do not bind"
+        );
+        env.eventually_shared(&base.to_string(), &[101]).await;
+        let holder = the_holder(&env, HOLDER_LABEL);
+        assert_eq!(env.standin.counters().ranges_created, 1);
+        assert!(
+            env.standin.sharing().ips[&base.to_string()].owner == holder,
+            "the range is the holder's"
+        );
+
+        // The range's base and the nodes' own address are never a Service's.
+        for (name, addr) in [("base", base), ("bound", bound)] {
+            create(
+                &env,
+                lb(
+                    name,
+                    json!({"sharedip.io/address": addr.to_string()}),
+                    v6.clone(),
+                ),
+            )
+            .await;
+            let note = eventually_event(&env, name, "AddressOutsideRange").await;
+            assert!(note.contains(&format!("{base}/64")), "{note}");
+        }
+
+        // Deleting the Services gives the range back (reclaim policy Delete).
+        for name in ["six", "base", "bound"] {
+            services(&env)
+                .delete(name, &DeleteParams::default())
+                .await
+                .unwrap();
+        }
+        for name in ["six", "base", "bound"] {
+            eventually_gone_svc(&env, name).await;
+        }
+        assert!(env.get("svc-ipv6-us-east").await.is_none());
+        eventually("the range deleted", || async {
+            let left: Vec<String> = env
+                .standin
+                .sharing()
+                .ips
+                .keys()
+                .filter(|ip| ip.contains(':'))
+                .cloned()
+                .collect();
+            if left.is_empty() {
+                Ok(())
+            } else {
+                Err(format!("{left:?}"))
+            }
+        })
+        .await;
+    })
+    .await;
+}

@@ -388,9 +388,13 @@ fn new_range(
         Some(w) => {
             let base = IpAddr::V6(ipv6::base_of(w, ipv6::DEFAULT_PREFIX));
             let sips = ctx.shared.sharedips.state();
-            if let Some(user) = generated::find_by_address(sips.iter().map(AsRef::as_ref), base)
-                .filter(|s| !generated::is_generated(s))
-            {
+            // A user SharedIP of the range is known by its base (asked for) or by its `::1`
+            // (allocated): either way it covers `w`.
+            if let Some(user) = sips.iter().find(|s| {
+                !generated::is_generated(s)
+                    && s.metadata.deletion_timestamp.is_none()
+                    && matches!(generated::address_of(s), Some(IpAddr::V6(a)) if ipv6::contains(a, ipv6::DEFAULT_PREFIX, w))
+            }) {
                 return Err(Refusal::new(
                     "AddressInUse",
                     format!("{w} is inside the range of SharedIP {}", user.name_any()),
@@ -423,14 +427,18 @@ fn own_address_in_range(
     request: &Request,
     wanted: Option<Ipv6Addr>,
 ) -> Result<Option<Ipv6Addr>, Refusal> {
-    let Some(IpAddr::V6(base)) = generated::address_of(sip) else {
+    let Some(IpAddr::V6(address)) = generated::address_of(sip) else {
         return Ok(None);
     };
     let prefix = sip
         .spec
         .prefix
+        .or(sip.status.as_ref().and_then(|s| s.prefix))
         .and_then(|p| u8::try_from(p).ok())
         .unwrap_or(ipv6::DEFAULT_PREFIX);
+    // An allocated range is known by the address the nodes bind (its `::1`), one asked for
+    // by its base: both stand for the same range.
+    let base = ipv6::base_of(address, prefix);
     // The addresses the range's other Services hold.
     let others: Vec<(Ipv6Addr, Arc<Service>)> = live_member_services(ctx, sip)
         .into_iter()
@@ -507,18 +515,8 @@ async fn target(
         },
     };
     if let (None, Some(ip)) = (&found, wanted) {
-        let sips = ctx.shared.sharedips.state();
-        if let Some(user) = generated::find_by_address(sips.iter().map(AsRef::as_ref), ip)
-            .filter(|s| !generated::is_generated(s))
-        {
-            return Ok(Err(Refusal::new(
-                "AddressInUse",
-                format!(
-                    "{ip} is the address of SharedIP {}; name it with annotation {} to use it, or choose another address",
-                    user.name_any(),
-                    super::SHAREDIP_ANNOTATION
-                ),
-            )));
+        if let Some(refusal) = unavailable(ctx, all, ip) {
+            return Ok(Err(refusal));
         }
     }
     // Only now that the new address is known to be available does the Service let go of the
@@ -538,6 +536,39 @@ async fn target(
         )));
     }
     Ok(Ok((None, Outcome::Created)))
+}
+
+/// Why a new SharedIP for `ip` cannot be made now, if it cannot: a user SharedIP has the
+/// address, or a SharedIP that had it is being deleted. That one still has the address shared
+/// and its finalizer will unshare it, so a new one made now would lose the address to it (a
+/// Service deleted and another created for its address, a Helm release reinstalled): wait.
+fn unavailable(ctx: &Context, generated: &[SharedIP], ip: IpAddr) -> Option<Refusal> {
+    let sips = ctx.shared.sharedips.state();
+    let of_ip = |s: &&SharedIP| generated::address_of(s) == Some(ip);
+    if let Some(going) = generated
+        .iter()
+        .chain(sips.iter().map(AsRef::as_ref))
+        .filter(of_ip)
+        .find(|s| s.metadata.deletion_timestamp.is_some())
+    {
+        return Some(Refusal::new(
+            ADDRESS_CHANGING,
+            format!(
+                "waiting for SharedIP {}, which held {ip} before, to be released",
+                going.name_any()
+            ),
+        ));
+    }
+    let user = generated::find_by_address(sips.iter().map(AsRef::as_ref), ip)
+        .filter(|s| !generated::is_generated(s))?;
+    Some(Refusal::new(
+        "AddressInUse",
+        format!(
+            "{ip} is the address of SharedIP {}; name it with annotation {} to use it, or choose another address",
+            user.name_any(),
+            super::SHAREDIP_ANNOTATION
+        ),
+    ))
 }
 
 /// A generated SharedIP the Service may join: the one of the address it asks for (if the
