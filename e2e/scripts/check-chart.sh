@@ -615,6 +615,7 @@ for ds in by_kind("DaemonSet"):
         "ROUTE_SERVER_GRACE": "90s" if full else "240s",
         "HANDOVER_TIMEOUT": "10s" if full else "30s",
         "PROPAGATION_MARGIN": "15s" if full else "20s",
+        "DATA_PATH_SETTLE": "3s" if full else "2s",
         "WITHDRAW_ON_CORDON": "true" if full else "false",
         "LOG_FORMAT": "text" if full else "json",
         "LOG_LEVEL": "sharedip_node_agent=debug,info" if full else "info",

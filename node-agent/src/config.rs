@@ -223,6 +223,13 @@ pub struct RunArgs {
     #[arg(long, env = "PROPAGATION_MARGIN", default_value = "20s", value_parser = parse_duration)]
     pub propagation_margin: Duration,
 
+    /// How long a successor must have announced a LoadBalancer Service's address before this
+    /// node withdraws it in a planned move: the successor joins as soon as its new endpoint is
+    /// ready, and kube-proxy there may not carry traffic to it yet. Twice kube-proxy's
+    /// --min-sync-period (1 s by default) covers its next sync; raise it with that period.
+    #[arg(long, env = "DATA_PATH_SETTLE", default_value = "2s", value_parser = parse_duration)]
+    pub data_path_settle: Duration,
+
     /// Withdraw (make-before-break) from a cordoned node (spec.unschedulable), so a node-pool
     /// recycle moves the address before the node goes away.
     #[arg(long, env = "WITHDRAW_ON_CORDON", default_value_t = false, action = clap::ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
@@ -243,6 +250,7 @@ impl RunArgs {
         crate::handover::HandoverSettings {
             timeout: self.handover_timeout,
             margin: self.propagation_margin,
+            settle: self.data_path_settle,
         }
     }
 }
@@ -1074,12 +1082,15 @@ mod tests {
         let r = run(&[]);
         assert_eq!(r.handover_timeout, Duration::from_secs(30));
         assert_eq!(r.propagation_margin, Duration::from_secs(20));
+        assert_eq!(r.data_path_settle, crate::handover::DATA_PATH_SETTLE);
         assert!(!r.withdraw_on_cordon);
         let r = run(&[
             "--handover-timeout",
             "0",
             "--propagation-margin",
             "1500ms",
+            "--data-path-settle",
+            "5s",
             "--withdraw-on-cordon",
         ]);
         assert_eq!(
@@ -1087,6 +1098,7 @@ mod tests {
             crate::handover::HandoverSettings {
                 timeout: Duration::ZERO,
                 margin: Duration::from_millis(1500),
+                settle: Duration::from_secs(5),
             }
         );
         assert!(r.withdraw_on_cordon);
@@ -1095,6 +1107,7 @@ mod tests {
         for bad in [
             ["--handover-timeout", "soon"],
             ["--propagation-margin", "-1s"],
+            ["--data-path-settle", "two seconds"],
             ["--withdraw-on-cordon", "maybe"],
         ] {
             let mut args = vec!["x", "run", "--node-name", "n"];

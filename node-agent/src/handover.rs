@@ -7,7 +7,7 @@
 //! established (as its status entry says), and Linode's route servers accept its route, which
 //! they do only once its Linode's share of the address has propagated (older than
 //! `--propagation-margin`). For a LoadBalancer Service's address (a SharedIP with an endpoint
-//! gate) the successor must also have announced for [`DATA_PATH_SETTLE`]: it joins the gate
+//! gate) the successor must also have announced for `--data-path-settle`: it joins the gate
 //! as soon as its new endpoint is ready, and kube-proxy there may not carry the traffic to that
 //! endpoint yet. On timeout the node withdraws anyway with
 //! [`Reason::HandoverTimedOut`]. A node that can no longer serve (readiness-gate pod NotReady
@@ -35,6 +35,9 @@ pub struct HandoverSettings {
     /// Age a successor's share must have before the route servers are taken to accept its
     /// route.
     pub margin: Duration,
+    /// How long a successor must have announced a Service's address before it takes the
+    /// traffic (see [`DATA_PATH_SETTLE`], the default).
+    pub settle: Duration,
 }
 
 impl HandoverSettings {
@@ -42,13 +45,14 @@ impl HandoverSettings {
     pub const IMMEDIATE: Self = Self {
         timeout: Duration::ZERO,
         margin: Duration::ZERO,
+        settle: Duration::ZERO,
     };
 }
 
-/// How long a successor must have announced a Service's address before it takes the traffic.
-/// kube-proxy programs an EndpointSlice change at most once per `--min-sync-period` (1 s by
-/// default) and the successor starts announcing only after that change, so twice that covers
-/// the sync itself too.
+/// How long a successor must have announced a Service's address before it takes the traffic,
+/// by default (`--data-path-settle`). kube-proxy programs an EndpointSlice change at most once
+/// per `--min-sync-period` (1 s by default) and the successor starts announcing only after that
+/// change, so twice that covers the sync itself too.
 pub const DATA_PATH_SETTLE: Duration = Duration::from_secs(2);
 
 /// Whether a withdrawal for `reason` is planned, so it waits for a successor. Every other
@@ -200,7 +204,7 @@ pub struct Successors {
 }
 
 /// Evaluates every other node's status entry against [`CONDITIONS`]; `settle` is
-/// [`DATA_PATH_SETTLE`] for an address kube-proxy carries, else zero.
+/// [`HandoverSettings::settle`] for an address kube-proxy carries, else zero.
 pub fn successors(
     status: Option<&SharedIPStatus>,
     this_node: &str,
@@ -366,7 +370,7 @@ impl Handovers {
             });
         let (deadline, until) = (pending.deadline, pending.until);
         let settle = if facts.endpoint_gated {
-            DATA_PATH_SETTLE
+            self.settings.settle
         } else {
             Duration::ZERO
         };
@@ -559,6 +563,7 @@ mod tests {
             HandoverSettings {
                 timeout: TIMEOUT,
                 margin: MARGIN,
+                settle: DATA_PATH_SETTLE,
             },
         )
     }

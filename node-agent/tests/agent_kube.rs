@@ -951,6 +951,7 @@ async fn a_drain_waits_for_a_successor_whose_share_has_propagated() {
         HandoverSettings {
             timeout: Duration::from_secs(7200),
             margin,
+            settle: sharedip_node_agent::handover::DATA_PATH_SETTLE,
         },
     )
     .await;
@@ -1001,6 +1002,7 @@ async fn a_handover_that_finds_no_successor_times_out() {
         HandoverSettings {
             timeout: Duration::from_secs(3),
             margin: Duration::from_secs(3600),
+            settle: sharedip_node_agent::handover::DATA_PATH_SETTLE,
         },
     )
     .await;
