@@ -349,6 +349,10 @@ async fn sharing_rules_type_change_and_bad_input() {
         .await;
         let sip = env.get(&sip_name).await.expect("still there for d");
         assert!(!sip.annotations()["sharedip.io/services"].contains(&a.uid().unwrap()));
+        // c was refused for a's port 80; with a gone it shares d's address at once, not at
+        // its retry minutes later.
+        let (_, ip_c) = eventually_ingress(&env, "c").await;
+        assert_eq!(ip_c, "192.0.2.10");
         assert_eq!(
             ingress(&get_svc(&env, "d").await.unwrap()),
             vec!["192.0.2.10"]

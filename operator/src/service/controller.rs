@@ -25,8 +25,8 @@ use sharedip_api::SharedIP;
 use sharedip_process::sync::lock;
 use tracing::{debug, info, warn};
 
-use super::generated;
 use super::reconcile::{self, Context};
+use super::{generated, status};
 use super::{ServiceSettings, SHAREDIP_ANNOTATION};
 use crate::reconciler::Context as SharedContext;
 
@@ -109,11 +109,18 @@ fn node_mapper(store: Store<Service>) -> impl Fn(Node) -> Vec<ObjectRef<Service>
 }
 
 /// The Services a SharedIP serves: the members of a generated one, the Services naming a user
-/// one.
+/// one; and, when it lets Services go (one leaves, it is being deleted), every Service refused
+/// an address another one had ([`status::waits_for_an_address`]): the address may be free
+/// now, and their own retry is minutes away. A SharedIP's metadata does not carry its
+/// address, so all of them are woken; each finds out itself.
 fn sharedip_mapper(
     store: Store<Service>,
 ) -> impl Fn(PartialObjectMeta<SharedIP>) -> Vec<ObjectRef<Service>> {
+    let fingerprints = std::sync::Mutex::new(HashMap::<String, u64>::new());
     move |meta: PartialObjectMeta<SharedIP>| {
+        let print = release_fingerprint(&meta);
+        let before = lock(&fingerprints).insert(meta.name_any(), print);
+        let released = before.is_some_and(|b| b != print);
         let mut refs: Vec<ObjectRef<Service>> = meta
             .annotations()
             .get(super::MEMBERS_ANNOTATION)
@@ -127,11 +134,25 @@ fn sharedip_mapper(
             store
                 .state()
                 .iter()
-                .filter(|s| s.annotations().get(SHAREDIP_ANNOTATION) == Some(&name))
+                .filter(|s| {
+                    s.annotations().get(SHAREDIP_ANNOTATION) == Some(&name)
+                        || (released && status::waits_for_an_address(s))
+                })
                 .map(|s| ObjectRef::from_obj(s.as_ref())),
         );
         refs
     }
+}
+
+/// What of a SharedIP changes when it lets a Service or its address go: its members and
+/// whether it is being deleted (status writes, frequent, do not count).
+fn release_fingerprint(meta: &PartialObjectMeta<SharedIP>) -> u64 {
+    let mut h = DefaultHasher::new();
+    meta.annotations()
+        .get(super::MEMBERS_ANNOTATION)
+        .hash(&mut h);
+    meta.metadata.deletion_timestamp.is_some().hash(&mut h);
+    h.finish()
 }
 
 fn all_refs(store: &Store<Service>) -> Vec<ObjectRef<Service>> {

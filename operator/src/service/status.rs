@@ -128,6 +128,19 @@ pub fn announced(held: &[Held<'_>], endpoints: &str) -> Desired {
     Desired::new(ANNOUNCED_CONDITION, all, reason, parts.join("; "))
 }
 
+/// Reasons of a Service refused an address that another Service or SharedIP has, or had: it
+/// may have it once that one lets go.
+pub const WAITING_FOR_ADDRESS: [&str; 3] = ["SharingRefused", "AddressInUse", "AddressChanging"];
+
+/// Whether the Service's last refusal was one of [`WAITING_FOR_ADDRESS`].
+pub fn waits_for_an_address(svc: &Service) -> bool {
+    svc.status
+        .as_ref()
+        .and_then(|s| s.conditions.as_deref())
+        .and_then(|cs| conditions::find(cs, ANNOUNCED_CONDITION))
+        .is_some_and(|c| c.status == "False" && WAITING_FOR_ADDRESS.contains(&c.reason.as_str()))
+}
+
 /// A refusal (bad annotation, address in use, sharing refused) as the condition.
 pub fn refused(reason: &str, message: &str) -> Desired {
     Desired::new(ANNOUNCED_CONDITION, false, reason, message)
