@@ -11,11 +11,14 @@ use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
 
 use k8s_openapi::api::core::v1::Service;
+use k8s_openapi::api::events::v1::Event;
+use kube::Api;
 use lab_common::{delete_and_expect_nothing_left, preflight, shared, start, SERIAL, SIP};
 use sharedip_e2e::lab::cluster::{eventually, BOUND, ROLE_LABEL, SHARED_V4};
 use sharedip_e2e::lab::services::{
     announced_condition, generated_name, ingress_of, ADDRESS_ANNOTATION, ASSIGNED_ANNOTATION,
-    PRIMARY_NODES_ANNOTATION, SECONDARY_NODES_ANNOTATION, SERVICE_FINALIZER,
+    MEMBERS_ANNOTATION, PRIMARY_NODES_ANNOTATION, SECONDARY_NODES_ANNOTATION, SERVICE_FINALIZER,
+    SHARING_KEY_ANNOTATION,
 };
 use sharedip_e2e::lab::traffic::{target_allowed, Prober, ProberConfig};
 use sharedip_e2e::lab::{load_balancer_service, role_spec, Lab, LabConfig, PodEndpoint, POD_PORT};
@@ -258,27 +261,47 @@ async fn wait_routed(lab: &Lab, ip: IpAddr, node: Option<&str>) {
 /// Waits until three probes in a row to `ip` are answered, each by one of `pods`; returns the
 /// last answer. (With `Cluster` kube-proxy picks any endpoint, so which pod is not asked.)
 async fn wait_answered_by_one_of(lab: &Lab, ip: IpAddr, pods: &[&str]) -> String {
+    wait_probes_answered_by_one_of(&format!("{ip} (TCP)"), pods, || lab.who_answers(ip)).await
+}
+
+/// [`wait_answered_by_one_of`] over UDP.
+async fn wait_udp_answered_by_one_of(lab: &Lab, ip: IpAddr, pods: &[&str]) -> String {
+    wait_probes_answered_by_one_of(&format!("{ip} (UDP)"), pods, || lab.who_answers_udp(ip)).await
+}
+
+/// Waits until three `probe`s in a row are answered, each by one of `pods`; returns the last
+/// answer.
+async fn wait_probes_answered_by_one_of<F, Fut>(what: &str, pods: &[&str], probe: F) -> String
+where
+    F: Fn() -> Fut,
+    Fut: std::future::Future<Output = Option<String>>,
+{
     const CONSECUTIVE: usize = 3;
     let streak = std::sync::atomic::AtomicUsize::new(0);
-    eventually(&format!("{ip} answered by one of {pods:?}"), BOUND, || {
-        let streak = &streak;
-        async move {
-            use std::sync::atomic::Ordering;
-            let got = lab.who_answers(ip).await;
-            match got.as_deref() {
-                Some(p) if pods.contains(&p) => {
-                    if streak.fetch_add(1, Ordering::Relaxed) + 1 >= CONSECUTIVE {
-                        return Ok(p.to_owned());
+    eventually(
+        &format!("{what} answered by one of {pods:?}"),
+        BOUND,
+        || {
+            let streak = &streak;
+            let probe = &probe;
+            async move {
+                use std::sync::atomic::Ordering;
+                let got = probe().await;
+                match got.as_deref() {
+                    Some(p) if pods.contains(&p) => {
+                        if streak.fetch_add(1, Ordering::Relaxed) + 1 >= CONSECUTIVE {
+                            return Ok(p.to_owned());
+                        }
+                        Err(format!("answered by {p}"))
                     }
-                    Err(format!("answered by {p}"))
-                }
-                other => {
-                    streak.store(0, Ordering::Relaxed);
-                    Err(format!("answered by {other:?}"))
+                    other => {
+                        streak.store(0, Ordering::Relaxed);
+                        Err(format!("answered by {other:?}"))
+                    }
                 }
             }
-        }
-    })
+        },
+    )
     .await
     .expect("a pod answers through kube-proxy")
 }
@@ -392,18 +415,29 @@ async fn wait_no_generated(lab: &Lab) {
 /// (finalizer done), its generated SharedIP, the share, routes, `lo`; nobody answers `ip`.
 /// Then removes the lab's pods.
 async fn delete_service_and_expect_nothing_left(lab: &mut Lab, ip: IpAddr) {
-    lab.delete_service(NS, SVC).await.expect("delete Service");
-    eventually("the Service gone", BOUND, || async {
-        match lab.service(NS, SVC).await.map_err(|e| e.to_string())? {
+    delete_service_and_wait_gone(lab, SVC).await;
+    expect_nothing_left(lab, ip).await;
+}
+
+/// Deletes Service `name` and waits until its finalizer has run; then deletes its endpoints.
+async fn delete_service_and_wait_gone(lab: &Lab, name: &str) {
+    lab.delete_service(NS, name).await.expect("delete Service");
+    eventually(&format!("the Service {name} gone"), BOUND, || async {
+        match lab.service(NS, name).await.map_err(|e| e.to_string())? {
             None => Ok(()),
             Some(s) => Err(format!("still there: {:?}", s.metadata.finalizers)),
         }
     })
     .await
     .expect("the finalizer runs");
-    lab.delete_endpoints(NS, SVC)
+    lab.delete_endpoints(NS, name)
         .await
         .expect("delete endpoints");
+}
+
+/// With every Service deleted: no generated SharedIP, share, route or `lo` address is left
+/// and nobody answers `ip`. Then removes the lab's pods.
+async fn expect_nothing_left(lab: &mut Lab, ip: IpAddr) {
     wait_no_generated(lab).await;
     lab.wait_no_leaks(BOUND).await.expect("nothing left behind");
     assert_eq!(lab.who_answers(ip).await, None, "nobody answers {ip}");
@@ -707,18 +741,18 @@ async fn an_allocated_address_is_released_when_the_service_stops_being_a_load_ba
     delete_service_and_expect_nothing_left(&mut lab, ip).await;
 }
 
-/// Waits until the Service's EXTERNAL-IP is exactly `want` (in any order).
-async fn wait_external_ips(lab: &Lab, want: &[IpAddr]) {
+/// Waits until Service `name`'s EXTERNAL-IP is exactly `want` (in any order).
+async fn wait_external_ips(lab: &Lab, name: &str, want: &[IpAddr]) {
     let mut want = want.to_vec();
     want.sort();
     eventually(
-        &format!("the Service's EXTERNAL-IP {want:?}"),
+        &format!("the EXTERNAL-IP of {name}: {want:?}"),
         BOUND,
         || {
             let want = &want;
             async move {
                 let svc = lab
-                    .service(NS, SVC)
+                    .service(NS, name)
                     .await
                     .map_err(|e| e.to_string())?
                     .ok_or("no Service")?;
@@ -733,7 +767,7 @@ async fn wait_external_ips(lab: &Lab, want: &[IpAddr]) {
         },
     )
     .await
-    .expect("the operator sets both EXTERNAL-IPs");
+    .expect("the operator sets the EXTERNAL-IPs");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -794,7 +828,7 @@ async fn a_dual_stack_service_is_answered_in_both_families_and_fails_over() {
 
     // 1. The operator shows one address per family; the IPv6 one lives in the region's range,
     //    which the primary announces; kube-proxy carries both families to the pods.
-    wait_external_ips(&lab, &[v4, v6]).await;
+    wait_external_ips(&lab, SVC, &[v4, v6]).await;
     assert_eq!(
         get_service(&lab)
             .await
@@ -848,7 +882,7 @@ async fn a_dual_stack_service_is_answered_in_both_families_and_fails_over() {
     wait_answered_by_one_of(&lab, v4, &["echo-a", "echo-b"]).await;
     wait_answered_by_one_of(&lab, v6, &["echo-a", "echo-b"]).await;
     wait_condition(&lab, &["node-b (Secondary)"], &["node-a"]).await;
-    wait_external_ips(&lab, &[v4, v6]).await;
+    wait_external_ips(&lab, SVC, &[v4, v6]).await;
 
     // 3. The Service deleted: both addresses, the range SharedIP and the finalizer go.
     delete_service_and_expect_nothing_left(&mut lab, v4).await;
@@ -860,4 +894,268 @@ async fn a_dual_stack_service_is_answered_in_both_families_and_fails_over() {
             .is_none(),
         "the range SharedIP is gone"
     );
+}
+
+// ---------------------------------------------------------------------------------------
+// Two Services on one address, told apart by protocol: kube-proxy, not the address, decides
+// whose pods answer.
+
+/// The port both shared Services expose, and the one the lab's responders and probes use.
+const HTTPS: u16 = 443;
+/// The Service whose pods answer TCP on [`HTTPS`].
+const WEB_TCP: &str = "web-tcp";
+/// The Service whose pods answer UDP on [`HTTPS`] (HTTP/3's port).
+const WEB_UDP: &str = "web-udp";
+/// A Service that asks for TCP [`HTTPS`] too, with the same sharing key.
+const INTRUDER: &str = "intruder";
+/// The sharing key of all three.
+const KEY: &str = "ingress";
+
+/// Service `name`, which must exist.
+async fn service_named(lab: &Lab, name: &str) -> Service {
+    lab.service(NS, name)
+        .await
+        .expect("get Service")
+        .expect("the Service exists")
+}
+
+/// `namespace/name/uid` of Service `name`, as the generated SharedIP lists its Services.
+async fn member(lab: &Lab, name: &str) -> String {
+    let uid = service_named(lab, name).await.metadata.uid.expect("a uid");
+    format!("{NS}/{name}/{uid}")
+}
+
+/// Waits until exactly one generated SharedIP exists and lists exactly `members` (in any
+/// order); returns its name.
+async fn wait_one_generated_listing(lab: &Lab, members: &[String]) -> String {
+    let mut want = members.to_vec();
+    want.sort();
+    eventually(
+        &format!("one generated SharedIP listing {want:?}"),
+        BOUND,
+        || {
+            let want = &want;
+            async move {
+                let all = lab.generated_sharedips().await.map_err(|e| e.to_string())?;
+                let [sip] = &all[..] else {
+                    return Err(format!("{} generated SharedIPs", all.len()));
+                };
+                let mut listed: Vec<String> = sip
+                    .metadata
+                    .annotations
+                    .as_ref()
+                    .and_then(|a| a.get(MEMBERS_ANNOTATION))
+                    .map(|m| m.lines().map(str::to_owned).collect())
+                    .unwrap_or_default();
+                listed.sort();
+                if &listed == want {
+                    Ok(sip.metadata.name.clone().unwrap_or_default())
+                } else {
+                    Err(format!("{:?} lists {listed:?}", sip.metadata.name))
+                }
+            }
+        },
+    )
+    .await
+    .expect("the Services share one SharedIP")
+}
+
+/// Waits until Service `name` has an Event with `reason`; returns its note.
+async fn wait_event(lab: &Lab, name: &str, reason: &str) -> String {
+    let events: Api<Event> = Api::namespaced(lab.client(), NS);
+    eventually(&format!("Event {reason} on {name}"), BOUND, || async {
+        let list = events
+            .list(&Default::default())
+            .await
+            .map_err(|e| e.to_string())?;
+        let mut seen = Vec::new();
+        for e in &list.items {
+            let on = e.regarding.as_ref().and_then(|r| r.name.as_deref());
+            if on != Some(name) {
+                continue;
+            }
+            if e.reason.as_deref() == Some(reason) {
+                return Ok(e.note.clone().unwrap_or_default());
+            }
+            seen.push(e.reason.clone());
+        }
+        Err(format!("Events on {name}: {seen:?}"))
+    })
+    .await
+    .expect("the operator says why")
+}
+
+/// Waits until three TCP probes in a row to `ip` are answered by anything but `pods`
+/// (another responder, or nobody); returns the last answer.
+async fn wait_not_answered_by(lab: &Lab, ip: IpAddr, pods: &[&str]) -> Option<String> {
+    const CONSECUTIVE: usize = 3;
+    let streak = std::sync::atomic::AtomicUsize::new(0);
+    eventually(
+        &format!("{ip} (TCP) answered by none of {pods:?}"),
+        BOUND,
+        || {
+            let streak = &streak;
+            async move {
+                use std::sync::atomic::Ordering;
+                let got = lab.who_answers(ip).await;
+                if got.as_deref().is_some_and(|p| pods.contains(&p)) {
+                    streak.store(0, Ordering::Relaxed);
+                    return Err(format!("answered by {got:?}"));
+                }
+                if streak.fetch_add(1, Ordering::Relaxed) + 1 >= CONSECUTIVE {
+                    Ok(got)
+                } else {
+                    Err(format!("answered by {got:?}"))
+                }
+            }
+        },
+    )
+    .await
+    .expect("kube-proxy no longer sends TCP to the pods")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_services_share_one_address_per_protocol_through_kube_proxy() {
+    if !preflight(Flavor::Bird) {
+        return;
+    }
+    let _serial = SERIAL.lock().await;
+    // The responders and probes on HTTPS: a TCP answer from a node's own responder (not a
+    // pod's) would show that kube-proxy let the traffic through untranslated.
+    let mut lab = start(LabConfig {
+        kube_proxy: true,
+        port: HTTPS,
+        ..LabConfig::default()
+    })
+    .await;
+    let ip = shared();
+    let tcp_pods = ["tcp-a", "tcp-b"];
+    let udp_pods = ["udp-a", "udp-b"];
+
+    lab.create_namespace(NS).await.expect("namespace");
+    for (pod, node) in [
+        ("tcp-a", "node-a"),
+        ("tcp-b", "node-b"),
+        ("udp-a", "node-a"),
+        ("udp-b", "node-b"),
+    ] {
+        lab.add_pod(node, pod).expect("pod");
+    }
+    let primary = format!("{ROLE_LABEL}=primary");
+    let secondary = format!("{ROLE_LABEL}=secondary");
+    let sharing = [
+        (ADDRESS_ANNOTATION, "192.0.2.10"),
+        (SHARING_KEY_ANNOTATION, KEY),
+        (PRIMARY_NODES_ANNOTATION, primary.as_str()),
+        (SECONDARY_NODES_ANNOTATION, secondary.as_str()),
+    ];
+    let web_tcp = annotated(load_balancer_service(WEB_TCP, HTTPS, POD_PORT), &sharing);
+    let mut web_udp = annotated(load_balancer_service(WEB_UDP, HTTPS, POD_PORT), &sharing);
+    if let Some(port) = web_udp
+        .spec
+        .as_mut()
+        .and_then(|s| s.ports.as_mut())
+        .and_then(|p| p.first_mut())
+    {
+        port.protocol = Some("UDP".to_owned());
+        port.name = Some("quic".to_owned());
+    }
+    // Both at once, as a user applying one manifest would.
+    lab.apply_service(NS, &web_tcp)
+        .await
+        .expect("apply web-tcp");
+    lab.apply_service(NS, &web_udp)
+        .await
+        .expect("apply web-udp");
+    lab.set_endpoints(
+        NS,
+        WEB_TCP,
+        &[
+            PodEndpoint::ready("tcp-a", "node-a"),
+            PodEndpoint::ready("tcp-b", "node-b"),
+        ],
+        "http",
+        POD_PORT,
+    )
+    .await
+    .expect("web-tcp's endpoints");
+    lab.set_endpoints_of_protocol(
+        NS,
+        WEB_UDP,
+        &[
+            PodEndpoint::ready("udp-a", "node-a"),
+            PodEndpoint::ready("udp-b", "node-b"),
+        ],
+        "UDP",
+        "quic",
+        POD_PORT,
+    )
+    .await
+    .expect("web-udp's endpoints");
+
+    // 1. Both Services show the address, served by one SharedIP that lists both; the primary
+    //    carries it; kube-proxy sends TCP to web-tcp's pods and UDP to web-udp's.
+    wait_external_ips(&lab, WEB_TCP, &[ip]).await;
+    wait_external_ips(&lab, WEB_UDP, &[ip]).await;
+    let both = [member(&lab, WEB_TCP).await, member(&lab, WEB_UDP).await];
+    let sip = wait_one_generated_listing(&lab, &both).await;
+    wait_routed(&lab, ip, Some("node-a")).await;
+    wait_answered_by_one_of(&lab, ip, &tcp_pods).await;
+    wait_udp_answered_by_one_of(&lab, ip, &udp_pods).await;
+
+    // 2. A third Service wants TCP 443 too, with the same key: refused, no EXTERNAL-IP, no
+    //    SharedIP of its own, and TCP still reaches web-tcp's pods.
+    let intruder = annotated(load_balancer_service(INTRUDER, HTTPS, POD_PORT), &sharing);
+    lab.apply_service(NS, &intruder)
+        .await
+        .expect("apply intruder");
+    let note = wait_event(&lab, INTRUDER, "SharingRefused").await;
+    assert!(
+        note.contains("192.0.2.10") && note.contains("443") && note.contains(WEB_TCP),
+        "the refusal names the address, the port and its holder: {note}"
+    );
+    assert!(
+        ingress_of(&service_named(&lab, INTRUDER).await).is_empty(),
+        "no EXTERNAL-IP for the intruder"
+    );
+    assert_eq!(wait_one_generated_listing(&lab, &both).await, sip);
+    wait_answered_by_one_of(&lab, ip, &tcp_pods).await;
+    wait_udp_answered_by_one_of(&lab, ip, &udp_pods).await;
+
+    // 3. The primary's agent gets SIGTERM: the secondary takes over, both protocols are
+    //    answered again by their own Services' pods; then failback.
+    let status = lab.sigterm_agent("node-a").await.expect("node-a known");
+    assert!(
+        status.is_some_and(|s| s.success()),
+        "agent exits cleanly on SIGTERM: {status:?}"
+    );
+    wait_routed(&lab, ip, Some("node-b")).await;
+    wait_answered_by_one_of(&lab, ip, &tcp_pods).await;
+    wait_udp_answered_by_one_of(&lab, ip, &udp_pods).await;
+    lab.start_agent("node-a").expect("agent starts");
+    wait_routed(&lab, ip, Some("node-a")).await;
+    wait_answered_by_one_of(&lab, ip, &tcp_pods).await;
+    wait_udp_answered_by_one_of(&lab, ip, &udp_pods).await;
+    assert!(
+        ingress_of(&service_named(&lab, INTRUDER).await).is_empty(),
+        "still no EXTERNAL-IP for the intruder"
+    );
+
+    // 4. The intruder goes (it held nothing), then web-tcp: web-udp keeps the address and
+    //    its SharedIP, and still answers over UDP; TCP no longer reaches web-tcp's pods.
+    delete_service_and_wait_gone(&lab, INTRUDER).await;
+    delete_service_and_wait_gone(&lab, WEB_TCP).await;
+    let udp_only = [member(&lab, WEB_UDP).await];
+    assert_eq!(wait_one_generated_listing(&lab, &udp_only).await, sip);
+    wait_external_ips(&lab, WEB_UDP, &[ip]).await;
+    wait_routed(&lab, ip, Some("node-a")).await;
+    wait_udp_answered_by_one_of(&lab, ip, &udp_pods).await;
+    let tcp = wait_not_answered_by(&lab, ip, &tcp_pods).await;
+    // Information only: the node's own responder when the address still reaches it.
+    eprintln!("TCP {ip}:{HTTPS} after web-tcp went: answered by {tcp:?}");
+
+    // 5. web-udp goes too: nothing is left, nobody answers either protocol.
+    delete_service_and_wait_gone(&lab, WEB_UDP).await;
+    expect_nothing_left(&mut lab, ip).await;
+    assert_eq!(lab.who_answers_udp(ip).await, None, "nobody answers UDP");
 }

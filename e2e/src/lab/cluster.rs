@@ -1315,6 +1315,14 @@ impl Lab {
             .flatten()
     }
 
+    /// Like [`Lab::who_answers`], over UDP: a datagram to `addr` on the responders' port, a
+    /// few tries, each bounded. Only the lab's pods answer UDP ([`super::pods`]); `None` when
+    /// nobody did.
+    pub async fn who_answers_udp(&self, addr: IpAddr) -> Option<String> {
+        let target = SocketAddr::new(addr, self.config.port);
+        super::traffic::ask_udp(&self.topo.client, target, 3, Duration::from_millis(500)).await
+    }
+
     /// Waits until `consecutive` probes in a row to `addr` are answered by `node` (`None`:
     /// by nobody).
     pub async fn wait_answers(

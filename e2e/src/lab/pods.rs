@@ -2,14 +2,15 @@
 //!
 //! A pod is a network namespace with one address from [`POD_RANGE`] and one from
 //! [`POD_RANGE_V6`] on its `eth0`, a veth to its node's namespace, and a [`Responder`]
-//! answering with the pod's name on [`POD_PORT`] in both families. As with routed CNI plugins
-//! (Calico, Cilium's native routing), the node holds a host route (/32, /128) to each of its
-//! pods. For IPv4 it answers the pod's ARP for its default gateway by proxy ARP, so the host
-//! side of the veth needs no IPv4 address; for IPv6, where Linux proxies NDP only for listed
-//! addresses, the host side carries the link-local [`GATEWAY_V6`] the pod's default route
-//! points at (Calico does the same with its own fixed link-local address). Every other node
-//! routes the pod's addresses via the pod's node, which is how `externalTrafficPolicy:
-//! Cluster` traffic that kube-proxy sends elsewhere reaches it.
+//! answering with the pod's name on [`POD_PORT`], TCP and UDP, in both families (UDP so a
+//! UDP Service sharing an address and port number with a TCP one shows whose pods answer).
+//! As with routed CNI plugins (Calico, Cilium's native routing), the node holds a host route
+//! (/32, /128) to each of its pods. For IPv4 it answers the pod's ARP for its default gateway
+//! by proxy ARP, so the host side of the veth needs no IPv4 address; for IPv6, where Linux
+//! proxies NDP only for listed addresses, the host side carries the link-local
+//! [`GATEWAY_V6`] the pod's default route points at (Calico does the same with its own fixed
+//! link-local address). Every other node routes the pod's addresses via the pod's node, which
+//! is how `externalTrafficPolicy: Cluster` traffic that kube-proxy sends elsewhere reaches it.
 //!
 //! The pods have no Pod objects: the lab writes EndpointSlices for them itself
 //! ([`super::services`]).
@@ -138,7 +139,7 @@ impl LabPod {
             "dev",
             &host_if,
         ])?;
-        let responder = Responder::start(&ns, POD_PORT, name)?;
+        let responder = Responder::start_with_udp(&ns, POD_PORT, name)?;
         tracing::debug!(pod = name, node, %address, %address_v6, netns = ns.name(), "pod created");
         Ok(LabPod {
             responder,

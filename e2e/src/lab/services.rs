@@ -28,6 +28,11 @@ pub const MANAGED_BY_LABEL: &str = "endpointslice.kubernetes.io/managed-by";
 pub const LOAD_BALANCER_CLASS: &str = "sharedip.io/linode";
 /// The address a Service asks for.
 pub const ADDRESS_ANNOTATION: &str = "sharedip.io/address";
+/// Services with the same value may share an address.
+pub const SHARING_KEY_ANNOTATION: &str = "sharedip.io/allow-shared-ip";
+/// On a generated SharedIP: `namespace/name/uid` of every Service using its address, one a
+/// line.
+pub const MEMBERS_ANNOTATION: &str = "sharedip.io/services";
 /// Nodes announcing a Service's address with the primary community.
 pub const PRIMARY_NODES_ANNOTATION: &str = "sharedip.io/primary-nodes";
 /// Nodes announcing a Service's address with the secondary community.
@@ -137,6 +142,7 @@ fn slice(
     service: &str,
     family: &str,
     endpoints: &[(IpAddr, &PodEndpoint)],
+    protocol: &str,
     port_name: &str,
     port: u16,
 ) -> Value {
@@ -162,7 +168,7 @@ fn slice(
         },
         "addressType": family,
         "endpoints": endpoints,
-        "ports": [{"name": port_name, "protocol": "TCP", "port": port}],
+        "ports": [{"name": port_name, "protocol": protocol, "port": port}],
     })
 }
 
@@ -287,6 +293,22 @@ impl Lab {
         port_name: &str,
         port: u16,
     ) -> Result<(), LabError> {
+        self.set_endpoints_of_protocol(namespace, service, endpoints, "TCP", port_name, port)
+            .await
+    }
+
+    /// [`Lab::set_endpoints`] for a Service port of `protocol` (`TCP`, `UDP`): kube-proxy
+    /// pairs a Service port with the slices' port of the same name and protocol, so a UDP
+    /// Service's slices must say UDP.
+    pub async fn set_endpoints_of_protocol(
+        &self,
+        namespace: &str,
+        service: &str,
+        endpoints: &[PodEndpoint],
+        protocol: &str,
+        port_name: &str,
+        port: u16,
+    ) -> Result<(), LabError> {
         let mut v4 = Vec::with_capacity(endpoints.len());
         let mut v6 = Vec::with_capacity(endpoints.len());
         for e in endpoints {
@@ -298,7 +320,7 @@ impl Lab {
         }
         for (family, list) in [("IPv4", &v4), ("IPv6", &v6)] {
             let name = slice_name(service, family);
-            let obj = slice(namespace, service, family, list, port_name, port);
+            let obj = slice(namespace, service, family, list, protocol, port_name, port);
             self.endpoint_slice_api(namespace)
                 .patch(
                     &name,
@@ -382,6 +404,7 @@ mod tests {
             "echo",
             "IPv4",
             &[(a, &ready), (b, &leaving)],
+            "UDP",
             "http",
             8080,
         );
@@ -393,8 +416,8 @@ mod tests {
         assert_eq!(s.address_type, "IPv4");
         let port = &s.ports.unwrap()[0];
         assert_eq!(
-            (port.name.as_deref(), port.port),
-            (Some("http"), Some(8080))
+            (port.name.as_deref(), port.protocol.as_deref(), port.port),
+            (Some("http"), Some("UDP"), Some(8080))
         );
         let e = &s.endpoints;
         assert_eq!(e[0].addresses, vec!["198.51.100.129".to_owned()]);

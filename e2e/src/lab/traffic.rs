@@ -2,8 +2,9 @@
 //! connection with the node's name, a [`Prober`] in the client namespace connects to the
 //! shared IP every few milliseconds and records who answered, and a [`ProbeLog`] tells
 //! what the client saw: outages (runs of failed probes) and switches of the answering node.
+//! Pods' responders answer UDP too, which [`ask_udp`] asks.
 //!
-//! Network safety: the prober only ever connects to its configured target, and refuses
+//! Network safety: the prober and [`ask_udp`] only ever send to their target, and refuse
 //! targets outside loopback and the documentation ranges (192.0.2.0/24, 198.51.100.0/24,
 //! 203.0.113.0/24, 2001:db8::/32).
 
@@ -60,7 +61,7 @@ const CONNECTION_BUDGET: Duration = Duration::from_secs(2);
 ///
 /// It listens on `0.0.0.0:port` and `[::]:port` (IPv6 only), so it answers on every
 /// address the node has or will get: bound before the shared IP is announced. Dropping it
-/// stops it.
+/// stops it. [`Responder::start_with_udp`] answers UDP datagrams too ([`ask_udp`] asks).
 #[derive(Debug)]
 pub struct Responder {
     name: String,
@@ -70,8 +71,26 @@ pub struct Responder {
 }
 
 impl Responder {
-    /// Starts answering with `name` on `port` inside `ns`.
+    /// Starts answering with `name` on TCP `port` inside `ns`.
     pub fn start(ns: &Netns, port: u16, name: &str) -> Result<Responder, TrafficError> {
+        Responder::start_inner(ns, port, name, false)
+    }
+
+    /// Like [`Responder::start`], and also answers every UDP datagram to `port` (both
+    /// families) with one datagram `"<name>\n"`, so a UDP Service can be told apart from a
+    /// TCP one on the same address and port. Only for namespaces with one address per
+    /// family (the lab's pods): the answer leaves from the address the kernel picks, which
+    /// must be the one the datagram came to for a connected client to take it.
+    pub fn start_with_udp(ns: &Netns, port: u16, name: &str) -> Result<Responder, TrafficError> {
+        Responder::start_inner(ns, port, name, true)
+    }
+
+    fn start_inner(
+        ns: &Netns,
+        port: u16,
+        name: &str,
+        udp: bool,
+    ) -> Result<Responder, TrafficError> {
         let v4 = SocketAddr::from((Ipv4Addr::UNSPECIFIED, port));
         let v6 = SocketAddr::from((Ipv6Addr::UNSPECIFIED, port));
         let listeners = ns.in_namespace(|| -> Result<_, TrafficError> {
@@ -102,7 +121,27 @@ impl Responder {
                 .handle()
                 .spawn(serve(listener, answer.clone(), name.to_owned()));
         }
-        tracing::debug!(netns = ns.name(), name, port, "responder started");
+        if udp {
+            let sockets = ns.in_namespace(|| -> Result<_, TrafficError> {
+                Ok(vec![bind_udp(ns, v4)?, bind_udp(ns, v6)?])
+            })??;
+            for std_socket in sockets {
+                let socket = {
+                    let _guard = runtime.handle().enter();
+                    tokio::net::UdpSocket::from_std(std_socket).map_err(|source| {
+                        TrafficError::Listen {
+                            addr: v4,
+                            netns: ns.name().to_owned(),
+                            source,
+                        }
+                    })?
+                };
+                runtime
+                    .handle()
+                    .spawn(serve_udp(socket, answer.clone(), name.to_owned()));
+            }
+        }
+        tracing::debug!(netns = ns.name(), name, port, udp, "responder started");
         Ok(Responder {
             name: name.to_owned(),
             addrs,
@@ -139,6 +178,87 @@ fn listen(ns: &Netns, addr: SocketAddr) -> Result<std::net::TcpListener, Traffic
     socket.bind(&addr.into()).map_err(err)?;
     socket.listen(1024).map_err(err)?;
     Ok(socket.into())
+}
+
+/// Binds a non-blocking UDP socket; `[::]` is IPv6-only so `0.0.0.0` can share the port.
+fn bind_udp(ns: &Netns, addr: SocketAddr) -> Result<std::net::UdpSocket, TrafficError> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let err = |source| TrafficError::Listen {
+        addr,
+        netns: ns.name().to_owned(),
+        source,
+    };
+    let socket =
+        Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP)).map_err(err)?;
+    if addr.is_ipv6() {
+        socket.set_only_v6(true).map_err(err)?;
+    }
+    socket.set_nonblocking(true).map_err(err)?;
+    socket.bind(&addr.into()).map_err(err)?;
+    Ok(socket.into())
+}
+
+async fn serve_udp(socket: tokio::net::UdpSocket, answer: Arc<str>, name: String) {
+    let mut buf = [0u8; 1500];
+    loop {
+        match socket.recv_from(&mut buf).await {
+            Ok((_, peer)) => {
+                if let Err(error) = socket.send_to(answer.as_bytes(), peer).await {
+                    tracing::trace!(responder = %name, %peer, %error, "UDP answer failed");
+                }
+            }
+            Err(error) => {
+                // ICMP errors of earlier answers surface here: keep serving, a little later.
+                tracing::trace!(responder = %name, %error, "UDP receive failed");
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        }
+    }
+}
+
+/// Asks who answers UDP at `target` from inside `ns`: one datagram `"who\n"`, up to `tries`
+/// times, each waiting `wait` for the answer. The socket is connected, so only an answer
+/// from `target` itself counts (what a client of a UDP Service gets back after kube-proxy's
+/// translation is undone). `None` when nothing answered (dropped, ICMP unreachable, empty).
+pub async fn ask_udp(
+    ns: &Netns,
+    target: SocketAddr,
+    tries: usize,
+    wait: Duration,
+) -> Option<String> {
+    if !target_allowed(target.ip()) {
+        tracing::warn!(%target, "UDP probe target outside the documentation ranges");
+        return None;
+    }
+    let local = if target.is_ipv4() {
+        SocketAddr::from((Ipv4Addr::UNSPECIFIED, 0))
+    } else {
+        SocketAddr::from((Ipv6Addr::UNSPECIFIED, 0))
+    };
+    let std_socket = ns
+        .in_namespace(|| {
+            let s = std::net::UdpSocket::bind(local)?;
+            s.set_nonblocking(true)?;
+            Ok::<_, std::io::Error>(s)
+        })
+        .ok()?
+        .ok()?;
+    let socket = tokio::net::UdpSocket::from_std(std_socket).ok()?;
+    socket.connect(target).await.ok()?;
+    let mut buf = [0u8; 1500];
+    for _ in 0..tries {
+        if socket.send(b"who\n").await.is_err() {
+            // An ICMP error of the previous try is reported on this call; try again.
+            continue;
+        }
+        if let Ok(Ok(n)) = tokio::time::timeout(wait, socket.recv(&mut buf)).await {
+            let name = String::from_utf8_lossy(&buf[..n]).trim().to_owned();
+            if !name.is_empty() {
+                return Some(name);
+            }
+        }
+    }
+    None
 }
 
 async fn serve(listener: TcpListener, answer: Arc<str>, name: String) {
@@ -925,6 +1045,49 @@ mod tests {
         })
         .unwrap()
         .unwrap()
+    }
+
+    /// A pod-like namespace whose responder answers UDP too, in both families, and one that
+    /// answers TCP only: a UDP probe gets the first's name and nothing from the second.
+    #[tokio::test]
+    async fn udp_probes_are_answered_by_udp_responders_only() {
+        if !crate::netns::is_root() {
+            eprintln!("skipped: network namespaces need root");
+            return;
+        }
+        let client = Netns::create("trf-uclient").unwrap();
+        let pod = Netns::create("trf-upod").unwrap();
+        crate::netns::veth(&client, "c0", &pod, "p0").unwrap();
+        for ns in [&client, &pod] {
+            ns.sysctl("net.ipv6.conf.all.accept_dad", "0").unwrap();
+            ns.sysctl("net.ipv6.conf.default.accept_dad", "0").unwrap();
+        }
+        client.add_addr("c0", "198.51.100.1/24").unwrap();
+        pod.add_addr("p0", "198.51.100.2/24").unwrap();
+        client.add_addr("c0", "2001:db8:7::1/64").unwrap();
+        pod.add_addr("p0", "2001:db8:7::2/64").unwrap();
+        let wait = Duration::from_millis(500);
+
+        let responder = Responder::start_with_udp(&pod, 8080, "pod-a").unwrap();
+        for target in ["198.51.100.2:8080", "[2001:db8:7::2]:8080"] {
+            let target: SocketAddr = target.parse().unwrap();
+            assert_eq!(
+                ask_udp(&client, target, 3, wait).await.as_deref(),
+                Some("pod-a"),
+                "{target}"
+            );
+            assert_eq!(plain_read(&client, target), "pod-a\n", "TCP still answers");
+        }
+        drop(responder);
+
+        let _tcp_only = Responder::start(&pod, 8080, "node-a").unwrap();
+        let target: SocketAddr = "198.51.100.2:8080".parse().unwrap();
+        assert_eq!(ask_udp(&client, target, 2, wait).await, None);
+        assert_eq!(
+            ask_udp(&client, "8.8.8.8:53".parse().unwrap(), 1, wait).await,
+            None,
+            "never sent outside the documentation ranges"
+        );
     }
 
     /// Two namespaces joined by a veth: a responder on one side, the prober on the other.
