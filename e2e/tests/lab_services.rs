@@ -1141,10 +1141,14 @@ async fn two_services_share_one_address_per_protocol_through_kube_proxy() {
         "still no EXTERNAL-IP for the intruder"
     );
 
-    // 4. The intruder goes (it held nothing), then web-tcp: web-udp keeps the address and
-    //    its SharedIP, and still answers over UDP; TCP no longer reaches web-tcp's pods.
-    delete_service_and_wait_gone(&lab, INTRUDER).await;
+    // 4. web-tcp goes: the intruder, refused only for web-tcp's port, joins at once (its own
+    //    retry is minutes away); web-udp keeps the address and its SharedIP and still answers
+    //    over UDP; TCP no longer reaches web-tcp's pods. Then the intruder goes too.
     delete_service_and_wait_gone(&lab, WEB_TCP).await;
+    wait_external_ips(&lab, INTRUDER, &[ip]).await;
+    let joined = [member(&lab, WEB_UDP).await, member(&lab, INTRUDER).await];
+    assert_eq!(wait_one_generated_listing(&lab, &joined).await, sip);
+    delete_service_and_wait_gone(&lab, INTRUDER).await;
     let udp_only = [member(&lab, WEB_UDP).await];
     assert_eq!(wait_one_generated_listing(&lab, &udp_only).await, sip);
     wait_external_ips(&lab, WEB_UDP, &[ip]).await;
