@@ -1,0 +1,344 @@
+//! The flow handover's data path against the kernel, in network namespaces: a client, a
+//! router, and two nodes holding one shared address with a server on it. Established TCP
+//! connections (20 sending a line every 50 ms, one uploading full-size segments) keep being
+//! answered by the old node after the router moves the address to the new one, whose
+//! forwarder rules send their packets through a VXLAN tunnel to the old node; a new
+//! connection is the new node's; a flow the new node counts as its own stays there (and is
+//! reset, as it has no socket for it). The old node runs with strict reverse-path filtering.
+//!
+//! The tunnel and the receiver's routing are set up here with `ip`; the rules are the
+//! product's ([`ruleset`]), applied with the product's netlink code. Needs root.
+
+// Test code: a panic is a failed test.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::too_many_lines)]
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::thread;
+use std::time::{Duration, Instant};
+
+use sharedip_e2e::netns::{self, Netns};
+use sharedip_node_agent::flow_handover::ruleset::{
+    self, clamp, forwarder, receiver, Forwarder, Prefix, Receiver,
+};
+use sharedip_node_agent::nftables::{apply, Op};
+
+const SHARED: &str = "192.0.2.10";
+const PORT: u16 = 8000;
+const MARK: u32 = 0x5f1;
+const OLD_MAC: [u8; 6] = [2, 0, 0, 0, 0, 0x0a];
+const NEW_MAC: [u8; 6] = [2, 0, 0, 0, 0, 0x0b];
+const IO_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// Serves `name` on `SHARED:PORT` in `ns`: a line is answered with `name` and the line;
+/// `BULK n` then n bytes is answered with `name bulk n`.
+fn serve(ns: &Netns, name: &'static str) {
+    let listener = ns
+        .in_namespace(|| TcpListener::bind(("0.0.0.0", PORT)))
+        .unwrap()
+        .unwrap();
+    thread::spawn(move || {
+        for conn in listener.incoming() {
+            let Ok(conn) = conn else { return };
+            thread::spawn(move || {
+                let _ = conn.set_read_timeout(Some(Duration::from_secs(30)));
+                let mut writer = conn.try_clone().unwrap();
+                let mut reader = BufReader::new(conn);
+                let mut line = String::new();
+                while reader.read_line(&mut line).is_ok_and(|n| n > 0) {
+                    if let Some(n) = line.strip_prefix("BULK ") {
+                        let n: u64 = n.trim().parse().unwrap();
+                        let mut body = (&mut reader).take(n);
+                        let got = std::io::copy(&mut body, &mut std::io::sink()).unwrap_or(0);
+                        if writer
+                            .write_all(format!("{name} bulk {got}\n").as_bytes())
+                            .is_err()
+                        {
+                            return;
+                        }
+                    } else if writer
+                        .write_all(format!("{name} {line}").as_bytes())
+                        .is_err()
+                    {
+                        return;
+                    }
+                    line.clear();
+                }
+            });
+        }
+    });
+}
+
+/// A client connection, made inside the client's namespace.
+fn connect(client: &Netns) -> TcpStream {
+    let target = SocketAddr::new(SHARED.parse().unwrap(), PORT);
+    let s = client
+        .in_namespace(move || TcpStream::connect_timeout(&target, IO_TIMEOUT))
+        .unwrap()
+        .unwrap();
+    s.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
+    s.set_write_timeout(Some(IO_TIMEOUT)).unwrap();
+    s
+}
+
+/// Sends a line every 50 ms until `stop`; returns who answered each, or the error that
+/// ended it.
+fn chat(conn: TcpStream, stop: Arc<AtomicBool>) -> thread::JoinHandle<Result<Vec<String>, String>> {
+    thread::spawn(move || {
+        let mut writer = conn.try_clone().unwrap();
+        let mut reader = BufReader::new(conn);
+        let mut who = Vec::new();
+        let mut i = 0;
+        while !stop.load(Ordering::Relaxed) {
+            writer
+                .write_all(format!("ping {i}\n").as_bytes())
+                .map_err(|e| format!("send {i}: {e}"))?;
+            let mut line = String::new();
+            match reader.read_line(&mut line) {
+                Ok(0) => return Err(format!("closed after {i}")),
+                Ok(_) => who.push(line.split(' ').next().unwrap_or("").to_owned()),
+                Err(e) => return Err(format!("answer {i}: {e}")),
+            }
+            i += 1;
+            thread::sleep(Duration::from_millis(50));
+        }
+        Ok(who)
+    })
+}
+
+/// Uploads 1 MiB at a time (full-size segments) until `stop`; who answered each.
+fn upload(
+    conn: TcpStream,
+    stop: Arc<AtomicBool>,
+) -> thread::JoinHandle<Result<Vec<String>, String>> {
+    thread::spawn(move || {
+        let mut writer = conn.try_clone().unwrap();
+        let mut reader = BufReader::new(conn);
+        let chunk = vec![b'x'; 1 << 20];
+        let mut who = Vec::new();
+        while !stop.load(Ordering::Relaxed) {
+            writer
+                .write_all(format!("BULK {}\n", chunk.len()).as_bytes())
+                .and_then(|()| writer.write_all(&chunk))
+                .map_err(|e| format!("upload: {e}"))?;
+            let mut line = String::new();
+            match reader.read_line(&mut line) {
+                Ok(0) => return Err("closed".into()),
+                Ok(_) => who.push(line.split(' ').next().unwrap_or("").to_owned()),
+                Err(e) => return Err(format!("upload answer: {e}")),
+            }
+        }
+        Ok(who)
+    })
+}
+
+fn ifindex(ns: &Netns, dev: &str) -> u32 {
+    ns.exec("cat", &[format!("/sys/class/net/{dev}/ifindex")])
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap()
+}
+
+fn mac(m: [u8; 6]) -> String {
+    m.iter()
+        .map(|b| format!("{b:02x}"))
+        .collect::<Vec<_>>()
+        .join(":")
+}
+
+#[test]
+fn established_flows_survive_the_move_through_the_tunnel() {
+    if !netns::is_root() {
+        eprintln!("skipped: network namespaces need root");
+        return;
+    }
+    let client = Netns::create("fhc").unwrap();
+    let router = Netns::create("fhr").unwrap();
+    let old = Netns::create("fha").unwrap();
+    let new = Netns::create("fhb").unwrap();
+    router.enable_forwarding().unwrap();
+    netns::veth(&client, "eth0", &router, "to-c").unwrap();
+    netns::veth(&old, "eth0", &router, "to-a").unwrap();
+    netns::veth(&new, "eth0", &router, "to-b").unwrap();
+    client.add_addr("eth0", "198.51.100.66/26").unwrap();
+    router.add_addr("to-c", "198.51.100.65/26").unwrap();
+    for (ns, dev, v4, r4, v6, r6) in [
+        (
+            &old,
+            "to-a",
+            "198.51.100.2/30",
+            "198.51.100.1/30",
+            "2001:db8:a::2/64",
+            "2001:db8:a::1/64",
+        ),
+        (
+            &new,
+            "to-b",
+            "198.51.100.6/30",
+            "198.51.100.5/30",
+            "2001:db8:b::2/64",
+            "2001:db8:b::1/64",
+        ),
+    ] {
+        ns.add_addr("eth0", v4).unwrap();
+        ns.add_addr("eth0", v6).unwrap();
+        router.add_addr(dev, r4).unwrap();
+        router.add_addr(dev, r6).unwrap();
+        ns.add_route("default", &r4[..r4.len() - 3]).unwrap();
+        ns.add_route("default", &r6[..r6.len() - 3]).unwrap();
+        ns.add_addr("lo", &format!("{SHARED}/32")).unwrap();
+        // Strict reverse-path filtering, as many distributions ship.
+        ns.sysctl("net.ipv4.conf.all.rp_filter", "1").unwrap();
+        ns.sysctl("net.ipv4.conf.eth0.rp_filter", "1").unwrap();
+    }
+    client.add_route("default", "198.51.100.65").unwrap();
+    router
+        .add_route(&format!("{SHARED}/32"), "198.51.100.2")
+        .unwrap();
+
+    // The tunnel, both ways, between the nodes' own IPv6 addresses.
+    for (ns, me, peer, m) in [
+        (&old, "2001:db8:a::2", "2001:db8:b::2", OLD_MAC),
+        (&new, "2001:db8:b::2", "2001:db8:a::2", NEW_MAC),
+    ] {
+        ns.ip(&[
+            "link",
+            "add",
+            "fh0",
+            "address",
+            &mac(m),
+            "type",
+            "vxlan",
+            "id",
+            "4242",
+            "local",
+            me,
+            "remote",
+            peer,
+            "dstport",
+            "4790",
+            "nolearning",
+        ])
+        .unwrap();
+        ns.set_link("fh0", true).unwrap();
+    }
+    // The receiver's reverse path: what the tunnel delivers is marked, and marked packets'
+    // sources are routed back into the tunnel.
+    old.sysctl("net.ipv4.conf.fh0.src_valid_mark", "1").unwrap();
+    old.sysctl("net.ipv4.conf.fh0.rp_filter", "1").unwrap();
+    old.ip(&[
+        "rule",
+        "add",
+        "fwmark",
+        &MARK.to_string(),
+        "lookup",
+        "5151",
+        "pref",
+        "900",
+    ])
+    .unwrap();
+    old.ip(&["route", "add", "default", "dev", "fh0", "table", "5151"])
+        .unwrap();
+
+    let shared = Prefix {
+        address: SHARED.parse().unwrap(),
+        len: 32,
+    };
+    for ns in [&old, &new] {
+        ns.in_namespace(|| apply(&[Op::Add(clamp("sharedip-clamp", &shared))]))
+            .unwrap()
+            .expect("clamp");
+    }
+    let [mark, check] = receiver(&Receiver {
+        table: "sharedip-handover".into(),
+        tunnel: "fh0".into(),
+        mark: MARK,
+    });
+    old.in_namespace(|| apply(&[Op::Add(mark), Op::Add(check)]))
+        .unwrap()
+        .expect("receiver");
+    serve(&old, "old");
+    serve(&new, "new");
+
+    // Connections to the old node, then one the new node will think its own.
+    let stop = Arc::new(AtomicBool::new(false));
+    let chats: Vec<_> = (0..20)
+        .map(|_| chat(connect(&client), stop.clone()))
+        .collect();
+    let bulk = upload(connect(&client), stop.clone());
+    let claimed = connect(&client);
+    let claimed_port = claimed.local_addr().unwrap().port();
+    let claimed = chat(claimed, stop.clone());
+    thread::sleep(Duration::from_millis(500));
+
+    let table = forwarder(&Forwarder {
+        table: "sharedip-handover".into(),
+        uplink: "eth0".into(),
+        shared,
+        tunnel_ifindex: ifindex(&new, "fh0"),
+        tunnel_mac: NEW_MAC,
+        peer_mac: OLD_MAC,
+        seed: vec![("198.51.100.66".parse::<IpAddr>().unwrap(), claimed_port)],
+        flow_timeout: Duration::from_secs(60),
+    });
+    new.in_namespace(|| apply(&[Op::Add(table)]))
+        .unwrap()
+        .expect("forwarder");
+    router
+        .ip(&[
+            "route",
+            "replace",
+            &format!("{SHARED}/32"),
+            "via",
+            "198.51.100.6",
+        ])
+        .unwrap();
+    let moved = Instant::now();
+
+    // A new connection is the new node's.
+    let mut fresh = BufReader::new(connect(&client));
+    fresh.get_mut().write_all(b"hello\n").unwrap();
+    let mut line = String::new();
+    fresh.read_line(&mut line).unwrap();
+    assert_eq!(line, "new hello\n");
+
+    while moved.elapsed() < Duration::from_secs(3) {
+        thread::sleep(Duration::from_millis(100));
+    }
+    stop.store(true, Ordering::Relaxed);
+    for (i, c) in chats.into_iter().enumerate() {
+        let who = c
+            .join()
+            .unwrap()
+            .unwrap_or_else(|e| panic!("connection {i}: {e}"));
+        assert!(
+            who.len() > 40,
+            "connection {i} answered {} times",
+            who.len()
+        );
+        assert!(who.iter().all(|w| w == "old"), "connection {i}: {who:?}");
+    }
+    let uploads = bulk.join().unwrap().expect("the upload survives");
+    assert!(
+        uploads.iter().all(|w| w == "old") && !uploads.is_empty(),
+        "{uploads:?}"
+    );
+    let claimed = claimed.join().unwrap();
+    assert!(
+        claimed.is_err(),
+        "a flow the new node counts as its own stays there: {claimed:?}"
+    );
+    eprintln!(
+        "forwarded: {}",
+        new.exec("nft", &["list", "table", "netdev", "sharedip-handover"])
+            .unwrap_or_default()
+            .lines()
+            .find(|l| l.contains("fwd"))
+            .unwrap_or("")
+            .trim()
+    );
+    assert_eq!(ruleset::clamped_mss(true), 1390);
+}
