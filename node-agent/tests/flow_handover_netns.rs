@@ -6,8 +6,9 @@
 //! connection is the new node's; a flow the new node counts as its own stays there (and is
 //! reset, as it has no socket for it). The old node runs with strict reverse-path filtering.
 //!
-//! The tunnel and the receiver's routing are set up here with `ip`; the rules are the
-//! product's ([`ruleset`]), applied with the product's netlink code. Needs root.
+//! The tunnel, the receiver's routing and the rules are the product's ([`tunnel`],
+//! [`ruleset`]); only the namespaces are the test's. The tunnel port admits only the peer: a
+//! VXLAN packet from the client is dropped (and counted). Needs root.
 
 // Test code: a panic is a failed test.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::too_many_lines)]
@@ -21,15 +22,17 @@ use std::time::{Duration, Instant};
 
 use sharedip_e2e::netns::{self, Netns};
 use sharedip_node_agent::flow_handover::ruleset::{
-    self, clamp, forwarder, receiver, Forwarder, Prefix, Receiver,
+    self, clamp, forwarder, guard, receiver, Forwarder, Prefix, Receiver,
 };
+use sharedip_node_agent::flow_handover::tunnel::{self, mac_of, Tunnel};
 use sharedip_node_agent::nftables::{apply, Op};
 
 const SHARED: &str = "192.0.2.10";
 const PORT: u16 = 8000;
 const MARK: u32 = 0x5f1;
-const OLD_MAC: [u8; 6] = [2, 0, 0, 0, 0, 0x0a];
-const NEW_MAC: [u8; 6] = [2, 0, 0, 0, 0, 0x0b];
+const TUNNEL_PORT: u16 = 4790;
+const OLD_V6: &str = "2001:db8:a::2";
+const NEW_V6: &str = "2001:db8:b::2";
 const IO_TIMEOUT: Duration = Duration::from_secs(3);
 
 /// Serves `name` on `SHARED:PORT` in `ns`: a line is answered with `name` and the line;
@@ -134,19 +137,35 @@ fn upload(
     })
 }
 
-fn ifindex(ns: &Netns, dev: &str) -> u32 {
-    ns.exec("cat", &[format!("/sys/class/net/{dev}/ifindex")])
-        .unwrap()
-        .trim()
-        .parse()
-        .unwrap()
+type Job<'a, T> = std::pin::Pin<Box<dyn std::future::Future<Output = T> + 'a>>;
+
+/// Runs `f` with an rtnetlink handle of `ns`, on a runtime of its own.
+fn with_netlink<T: Send>(
+    ns: &Netns,
+    f: impl for<'a> FnOnce(&'a rtnetlink::Handle) -> Job<'a, T> + Send,
+) -> T {
+    ns.in_namespace(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async move {
+            let (connection, handle, _) = rtnetlink::new_connection().unwrap();
+            let driver = tokio::spawn(connection);
+            let out = f(&handle).await;
+            driver.abort();
+            out
+        })
+    })
+    .unwrap()
 }
 
-fn mac(m: [u8; 6]) -> String {
-    m.iter()
-        .map(|b| format!("{b:02x}"))
-        .collect::<Vec<_>>()
-        .join(":")
+fn tunnel_of(local: &str, remote: &str) -> Tunnel {
+    Tunnel {
+        local: local.parse().unwrap(),
+        remote: remote.parse().unwrap(),
+        port: TUNNEL_PORT,
+    }
 }
 
 #[test]
@@ -164,7 +183,9 @@ fn established_flows_survive_the_move_through_the_tunnel() {
     netns::veth(&old, "eth0", &router, "to-a").unwrap();
     netns::veth(&new, "eth0", &router, "to-b").unwrap();
     client.add_addr("eth0", "198.51.100.66/26").unwrap();
+    client.add_addr("eth0", "2001:db8:2::10/64").unwrap();
     router.add_addr("to-c", "198.51.100.65/26").unwrap();
+    router.add_addr("to-c", "2001:db8:2::1/64").unwrap();
     for (ns, dev, v4, r4, v6, r6) in [
         (
             &old,
@@ -195,53 +216,34 @@ fn established_flows_survive_the_move_through_the_tunnel() {
         ns.sysctl("net.ipv4.conf.eth0.rp_filter", "1").unwrap();
     }
     client.add_route("default", "198.51.100.65").unwrap();
+    client.add_route("default", "2001:db8:2::1").unwrap();
     router
         .add_route(&format!("{SHARED}/32"), "198.51.100.2")
         .unwrap();
 
-    // The tunnel, both ways, between the nodes' own IPv6 addresses.
-    for (ns, me, peer, m) in [
-        (&old, "2001:db8:a::2", "2001:db8:b::2", OLD_MAC),
-        (&new, "2001:db8:b::2", "2001:db8:a::2", NEW_MAC),
-    ] {
-        ns.ip(&[
-            "link",
-            "add",
-            "fh0",
-            "address",
-            &mac(m),
-            "type",
-            "vxlan",
-            "id",
-            "4242",
-            "local",
-            me,
-            "remote",
-            peer,
-            "dstport",
-            "4790",
-            "nolearning",
-        ])
-        .unwrap();
-        ns.set_link("fh0", true).unwrap();
+    // The tunnel, both ways, between the nodes' own IPv6 addresses, each end admitting only
+    // the other; the receiver's reverse path through it.
+    let old_end = tunnel_of(OLD_V6, NEW_V6);
+    let new_end = tunnel_of(NEW_V6, OLD_V6);
+    let old_tunnel = with_netlink(&old, move |h| {
+        Box::pin(async move {
+            let index = old_end.create(h).await.unwrap();
+            tunnel::route_marked(h, &old_end.name(), index, MARK)
+                .await
+                .unwrap();
+            index
+        })
+    });
+    let new_tunnel = with_netlink(&new, move |h| {
+        Box::pin(async move { new_end.create(h).await.unwrap() })
+    });
+    for (ns, peer) in [(&old, NEW_V6), (&new, OLD_V6)] {
+        let table = guard("sharedip-guard", TUNNEL_PORT, &[peer.parse().unwrap()]);
+        ns.in_namespace(|| apply(&[Op::Add(table)]))
+            .unwrap()
+            .expect("guard");
     }
-    // The receiver's reverse path: what the tunnel delivers is marked, and marked packets'
-    // sources are routed back into the tunnel.
-    old.sysctl("net.ipv4.conf.fh0.src_valid_mark", "1").unwrap();
-    old.sysctl("net.ipv4.conf.fh0.rp_filter", "1").unwrap();
-    old.ip(&[
-        "rule",
-        "add",
-        "fwmark",
-        &MARK.to_string(),
-        "lookup",
-        "5151",
-        "pref",
-        "900",
-    ])
-    .unwrap();
-    old.ip(&["route", "add", "default", "dev", "fh0", "table", "5151"])
-        .unwrap();
+    assert!(old_tunnel > 0 && new_tunnel > 0);
 
     let shared = Prefix {
         address: SHARED.parse().unwrap(),
@@ -254,7 +256,7 @@ fn established_flows_survive_the_move_through_the_tunnel() {
     }
     let [mark, check] = receiver(&Receiver {
         table: "sharedip-handover".into(),
-        tunnel: "fh0".into(),
+        tunnel: old_end.name(),
         mark: MARK,
     });
     old.in_namespace(|| apply(&[Op::Add(mark), Op::Add(check)]))
@@ -278,9 +280,9 @@ fn established_flows_survive_the_move_through_the_tunnel() {
         table: "sharedip-handover".into(),
         uplink: "eth0".into(),
         shared,
-        tunnel_ifindex: ifindex(&new, "fh0"),
-        tunnel_mac: NEW_MAC,
-        peer_mac: OLD_MAC,
+        tunnel_ifindex: new_tunnel,
+        tunnel_mac: mac_of(NEW_V6.parse().unwrap()),
+        peer_mac: mac_of(OLD_V6.parse().unwrap()),
         seed: vec![("198.51.100.66".parse::<IpAddr>().unwrap(), claimed_port)],
         flow_timeout: Duration::from_secs(60),
     });
@@ -331,6 +333,40 @@ fn established_flows_survive_the_move_through_the_tunnel() {
         claimed.is_err(),
         "a flow the new node counts as its own stays there: {claimed:?}"
     );
+    // A VXLAN packet to the old node's tunnel port from anyone but the peer is dropped.
+    let target = SocketAddr::new(OLD_V6.parse().unwrap(), TUNNEL_PORT);
+    client
+        .in_namespace(move || {
+            let s = std::net::UdpSocket::bind("[::]:0").unwrap();
+            let vni = old_end.vni().to_be_bytes();
+            let mut packet = vec![0x08, 0, 0, 0, vni[1], vni[2], vni[3], 0];
+            packet.extend_from_slice(&[0u8; 60]);
+            s.send_to(&packet, target).unwrap();
+        })
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let listed = old
+            .exec("nft", &["list", "table", "inet", "sharedip-guard"])
+            .unwrap();
+        if listed.contains("counter packets 1 ") {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "injected packet not dropped:\n{listed}"
+        );
+        thread::sleep(Duration::from_millis(50));
+    }
+
+    // Removing the tunnels removes the routes through them; the rule goes too.
+    with_netlink(&old, move |h| {
+        Box::pin(async move {
+            let removed = tunnel::remove_all(h).await.unwrap();
+            assert_eq!(removed, vec![old_end.name()]);
+        })
+    });
+    assert!(!old.ip(&["rule"]).unwrap().contains("5151"));
     eprintln!(
         "forwarded: {}",
         new.exec("nft", &["list", "table", "netdev", "sharedip-handover"])

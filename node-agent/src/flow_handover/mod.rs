@@ -5,3 +5,4 @@
 //! survive the move instead of being reset by a node that never saw them.
 
 pub mod ruleset;
+pub mod tunnel;

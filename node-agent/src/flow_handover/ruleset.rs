@@ -34,6 +34,8 @@ pub const PATH_MTU: u16 = 1500;
 const INGRESS_PRIORITY: i32 = -500;
 /// After conntrack (-200) and before kube-proxy's DNAT (-100).
 const RECEIVE_PRIORITY: i32 = -150;
+/// Before conntrack: the tunnel's packets of an unlisted source are not worth tracking.
+const GUARD_PRIORITY: i32 = -300;
 /// After source NAT (100): the SYN-ACK of a kube-proxy endpoint carries the shared
 /// address again by then.
 const CLAMP_PRIORITY: i32 = 200;
@@ -41,6 +43,7 @@ const ETH_P_IP: [u8; 2] = [0x08, 0x00];
 const ETH_P_IPV6: [u8; 2] = [0x86, 0xdd];
 const ARPHRD_ETHER: u16 = 1;
 const TCP: u8 = 6;
+const UDP: u8 = 17;
 const TCP_SYN: u8 = 0x02;
 const TCP_ACK: u8 = 0x10;
 const TCPOPT_MAXSEG: u8 = 2;
@@ -455,6 +458,60 @@ pub fn clamp(table: &str, shared: &Prefix) -> Table {
             ]
             .concat(),
         )],
+    }
+}
+
+/// The tunnel port's guard (inet, before conntrack): the port is open on a public address,
+/// so only the listed peers may send to it, and only while this table exists (a window).
+/// Everything else to the port is dropped and counted.
+pub fn guard(table: &str, port: u16, peers: &[std::net::Ipv6Addr]) -> Table {
+    let to_port = || {
+        vec![
+            meta(MetaKey::L4Proto),
+            cmp(CmpOp::Eq, &[UDP]),
+            load(Base::Transport, 2, 2, REG_1),
+            cmp(CmpOp::Eq, &port.to_be_bytes()),
+        ]
+    };
+    let mut rules: Vec<(String, Vec<Expr>)> = peers
+        .iter()
+        .map(|peer| {
+            let from_peer = address_is(
+                &Prefix {
+                    address: IpAddr::V6(*peer),
+                    len: 128,
+                },
+                false,
+                CmpOp::Eq,
+            );
+            (
+                "guard".to_owned(),
+                [
+                    vec![meta(MetaKey::NfProto), cmp(CmpOp::Eq, &[NFPROTO_IPV6])],
+                    to_port(),
+                    from_peer,
+                    vec![accept()],
+                ]
+                .concat(),
+            )
+        })
+        .collect();
+    rules.push((
+        "guard".to_owned(),
+        [to_port(), vec![Expr::Counter, Expr::Verdict(Verdict::Drop)]].concat(),
+    ));
+    Table {
+        family: Family::Inet,
+        name: table.to_owned(),
+        chains: vec![Chain {
+            name: "guard".into(),
+            hook: Hook::Prerouting,
+            priority: GUARD_PRIORITY,
+            device: None,
+            policy: Verdict::Accept,
+        }],
+        sets: vec![],
+        rules,
     }
 }
 

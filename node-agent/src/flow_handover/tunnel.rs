@@ -1,0 +1,299 @@
+//! The tunnel of a flow handover window: a point-to-point VXLAN device between this node's
+//! and the peer's own IPv6 addresses, and, on the receiving side, the route that makes the
+//! reverse-path check accept what comes out of it.
+//!
+//! VXLAN because every kernel a node runs on has it (some lack ip6tnl, GRE, FOU or
+//! WireGuard), and over IPv6 because every Linode has a public IPv6 address. Both ends derive
+//! the device's name, its VXLAN network id and both MAC addresses from the two nodes'
+//! addresses, so nothing but the peer's address has to be exchanged. Everything made here is
+//! named or numbered with the constants below, so a restart finds and removes it.
+
+use std::net::Ipv6Addr;
+use std::time::Duration;
+
+use futures::TryStreamExt;
+use rtnetlink::packet_route::link::LinkAttribute;
+use rtnetlink::packet_route::route::RouteScope;
+use rtnetlink::packet_route::rule::{RuleAction, RuleAttribute, RuleMessage};
+use rtnetlink::{Handle, IpVersion, LinkVxlan, RouteMessageBuilder};
+
+/// Prefix of the tunnel devices' names.
+pub const NAME_PREFIX: &str = "sipfh";
+/// Routing table of the receiver's marked reverse path.
+pub const TABLE: u32 = 5151;
+/// Priority of its rule (before `main`, 32766).
+pub const RULE_PRIORITY: u32 = 5151;
+/// The MTU of the device: the inner frames are full-size; the MSS clamp keeps TCP segments
+/// small enough that the encapsulated packet fits the path.
+const MTU: u32 = 1500;
+/// Bound of each netlink request.
+const TIMEOUT: Duration = Duration::from_secs(5);
+
+/// What went wrong making or removing a tunnel.
+#[derive(Debug, thiserror::Error)]
+pub enum TunnelError {
+    #[error("{what}: {source}")]
+    Netlink {
+        what: String,
+        #[source]
+        source: rtnetlink::Error,
+    },
+    #[error("{what}: no answer from the kernel within {TIMEOUT:?}")]
+    Timeout { what: String },
+    #[error("tunnel device {0} not found after it was made")]
+    Missing(String),
+    #[error("setting {path}: {source}")]
+    Sysctl {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// One end of a tunnel.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Tunnel {
+    /// This node's own IPv6 address.
+    pub local: Ipv6Addr,
+    /// The peer's.
+    pub remote: Ipv6Addr,
+    /// The UDP port both ends use.
+    pub port: u16,
+}
+
+/// FNV-1a: stable across builds, machines and Rust versions, as both ends must agree.
+fn fnv(parts: &[&[u8]]) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for part in parts {
+        for b in *part {
+            h ^= u64::from(*b);
+            h = h.wrapping_mul(0x0100_0000_01b3);
+        }
+    }
+    h
+}
+
+/// The MAC address of a node's tunnel device: locally administered, unicast.
+pub fn mac_of(node: Ipv6Addr) -> [u8; 6] {
+    let h = fnv(&[b"sharedip-mac", &node.octets()]).to_be_bytes();
+    [0x02, h[0], h[1], h[2], h[3], h[4]]
+}
+
+impl Tunnel {
+    /// The device's name (at most 15 bytes).
+    pub fn name(&self) -> String {
+        let h = fnv(&[&self.local.octets(), &self.remote.octets()]);
+        format!("{NAME_PREFIX}{:08x}", h & 0xffff_ffff)
+    }
+
+    /// The VXLAN network id, the same at both ends (several tunnels share the port).
+    pub fn vni(&self) -> u32 {
+        let (a, b) = if self.local < self.remote {
+            (self.local, self.remote)
+        } else {
+            (self.remote, self.local)
+        };
+        let v = u32::try_from(fnv(&[&a.octets(), &b.octets()]) & 0x00ff_ffff).unwrap_or(1);
+        v.max(1)
+    }
+
+    /// Makes the device (replacing one of the same name left by an earlier run) and brings
+    /// it up; returns its interface index.
+    pub async fn create(&self, handle: &Handle) -> Result<u32, TunnelError> {
+        let name = self.name();
+        remove_link(handle, &name).await?;
+        let message = LinkVxlan::new(&name, self.vni())
+            .local6(self.local)
+            .remote6(self.remote)
+            .port(self.port)
+            .learning(false)
+            .address(mac_of(self.local).to_vec())
+            .mtu(MTU)
+            .up()
+            .build();
+        bounded(
+            format!("create tunnel {name}"),
+            handle.link().add(message).execute(),
+        )
+        .await?;
+        link_index(handle, &name)
+            .await?
+            .ok_or(TunnelError::Missing(name))
+    }
+
+    /// Removes the device (and with it the routes through it); fine if it is gone.
+    pub async fn remove(&self, handle: &Handle) -> Result<(), TunnelError> {
+        remove_link(handle, &self.name()).await
+    }
+}
+
+async fn bounded<T>(
+    what: String,
+    request: impl std::future::Future<Output = Result<T, rtnetlink::Error>>,
+) -> Result<T, TunnelError> {
+    match tokio::time::timeout(TIMEOUT, request).await {
+        Ok(Ok(v)) => Ok(v),
+        Ok(Err(source)) => Err(TunnelError::Netlink { what, source }),
+        Err(_) => Err(TunnelError::Timeout { what }),
+    }
+}
+
+fn errno(e: &rtnetlink::Error) -> Option<i32> {
+    match e {
+        rtnetlink::Error::NetlinkError(m) => m.code.map(|c| c.get().abs()),
+        _ => None,
+    }
+}
+
+async fn link_index(handle: &Handle, name: &str) -> Result<Option<u32>, TunnelError> {
+    let mut links = handle.link().get().match_name(name.to_owned()).execute();
+    match bounded(format!("find {name}"), links.try_next()).await {
+        Ok(found) => Ok(found.map(|l| l.header.index)),
+        Err(TunnelError::Netlink { source, .. }) if errno(&source) == Some(libc::ENODEV) => {
+            Ok(None)
+        }
+        Err(e) => Err(e),
+    }
+}
+
+async fn remove_link(handle: &Handle, name: &str) -> Result<(), TunnelError> {
+    let Some(index) = link_index(handle, name).await? else {
+        return Ok(());
+    };
+    match bounded(format!("remove {name}"), handle.link().del(index).execute()).await {
+        Err(TunnelError::Netlink { source, .. }) if errno(&source) == Some(libc::ENODEV) => Ok(()),
+        other => other,
+    }
+}
+
+/// Removes every tunnel device an earlier run left (they all carry [`NAME_PREFIX`]), and the
+/// receiver's rule.
+pub async fn remove_all(handle: &Handle) -> Result<Vec<String>, TunnelError> {
+    let mut links = handle.link().get().execute();
+    let mut ours = Vec::new();
+    while let Some(link) = bounded("list links".into(), links.try_next()).await? {
+        let name = link.attributes.iter().find_map(|a| match a {
+            LinkAttribute::IfName(n) => Some(n.clone()),
+            _ => None,
+        });
+        if let Some(name) = name.filter(|n| n.starts_with(NAME_PREFIX)) {
+            ours.push(name);
+        }
+    }
+    for name in &ours {
+        remove_link(handle, name).await?;
+    }
+    unroute_marked(handle).await?;
+    Ok(ours)
+}
+
+/// The receiver's reverse path: IPv4 packets carrying `mark` (what the tunnel delivered, as
+/// the receiver's rules mark it) are looked up in [`TABLE`], whose default route is the
+/// tunnel, and the tunnel device validates the mark in that lookup. Without this, strict and
+/// loose reverse-path filtering alike drop them: the tunnel has no IPv4 address of its own.
+pub async fn route_marked(
+    handle: &Handle,
+    device: &str,
+    index: u32,
+    mark: u32,
+) -> Result<(), TunnelError> {
+    set_sysctl(
+        &format!("/proc/sys/net/ipv4/conf/{device}/src_valid_mark"),
+        "1",
+    )?;
+    unroute_marked(handle).await?;
+    let rule = handle
+        .rule()
+        .add()
+        .v4()
+        .fw_mark(mark)
+        .table_id(TABLE)
+        .priority(RULE_PRIORITY)
+        .action(RuleAction::ToTable)
+        .execute();
+    bounded("add the tunnel's rule".into(), rule).await?;
+    let route = RouteMessageBuilder::<std::net::Ipv4Addr>::new()
+        .output_interface(index)
+        .table_id(TABLE)
+        .scope(RouteScope::Link)
+        .build();
+    match bounded(
+        "add the tunnel's route".into(),
+        handle.route().add(route).execute(),
+    )
+    .await
+    {
+        Err(TunnelError::Netlink { source, .. }) if errno(&source) == Some(libc::EEXIST) => Ok(()),
+        other => other,
+    }
+}
+
+/// Removes the rule [`route_marked`] adds (the route goes with the device).
+pub async fn unroute_marked(handle: &Handle) -> Result<(), TunnelError> {
+    let mut rules = handle.rule().get(IpVersion::V4).execute();
+    let mut ours: Vec<RuleMessage> = Vec::new();
+    while let Some(rule) = bounded("list rules".into(), rules.try_next()).await? {
+        let priority = rule.attributes.iter().find_map(|a| match a {
+            RuleAttribute::Priority(p) => Some(*p),
+            _ => None,
+        });
+        let table = rule.attributes.iter().find_map(|a| match a {
+            RuleAttribute::Table(t) => Some(*t),
+            _ => None,
+        });
+        if priority == Some(RULE_PRIORITY) && table == Some(TABLE) {
+            ours.push(rule);
+        }
+    }
+    for rule in ours {
+        match bounded(
+            "remove the tunnel's rule".into(),
+            handle.rule().del(rule).execute(),
+        )
+        .await
+        {
+            Err(TunnelError::Netlink { source, .. }) if errno(&source) == Some(libc::ENOENT) => {}
+            other => other?,
+        }
+    }
+    Ok(())
+}
+
+/// Writes a sysctl of the calling thread's network namespace.
+fn set_sysctl(path: &str, value: &str) -> Result<(), TunnelError> {
+    std::fs::write(path, value).map_err(|source| TunnelError::Sysctl {
+        path: path.to_owned(),
+        source,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn t(local: &str, remote: &str) -> Tunnel {
+        Tunnel {
+            local: local.parse().unwrap(),
+            remote: remote.parse().unwrap(),
+            port: 4790,
+        }
+    }
+
+    #[test]
+    fn both_ends_agree_on_the_network_id_and_macs() {
+        let a = t("2001:db8:a::2", "2001:db8:b::2");
+        let b = t("2001:db8:b::2", "2001:db8:a::2");
+        assert_eq!(a.vni(), b.vni());
+        assert!(a.vni() > 0 && a.vni() < 1 << 24);
+        assert_ne!(mac_of(a.local), mac_of(b.local));
+        assert_eq!(mac_of(a.local)[0], 0x02, "locally administered, unicast");
+        assert!(a.name().len() <= 15 && a.name().starts_with(NAME_PREFIX));
+        assert_ne!(a.name(), b.name());
+        // Stable: the peer computes the same from the same addresses in another process.
+        assert_eq!(
+            mac_of("2001:db8::1".parse().unwrap()),
+            mac_of("2001:db8::1".parse().unwrap())
+        );
+        assert_ne!(t("2001:db8:a::2", "2001:db8:c::2").vni(), a.vni());
+    }
+}
