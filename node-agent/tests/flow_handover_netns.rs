@@ -29,7 +29,6 @@ use sharedip_node_agent::nftables::{apply, Op};
 
 const SHARED: &str = "192.0.2.10";
 const PORT: u16 = 8000;
-const MARK: u32 = 0x5f1;
 const TUNNEL_PORT: u16 = 4790;
 const OLD_V6: &str = "2001:db8:a::2";
 const NEW_V6: &str = "2001:db8:b::2";
@@ -168,8 +167,60 @@ fn tunnel_of(local: &str, remote: &str) -> Tunnel {
     }
 }
 
+/// A pod behind `node`, as a routed CNI plugin leaves it, and kube-proxy's translation of
+/// the shared address's port to it (a DNAT rule, as kube-proxy's nftables mode writes one):
+/// the node has no socket for the flow, only the conntrack entry of the translation.
+fn pod_behind(node: &Netns, node_side: &str, pod_side: &str, name: &'static str) -> Netns {
+    let pod = Netns::create("fhpod").unwrap();
+    netns::veth(node, "pod0", &pod, "eth0").unwrap();
+    node.add_addr("pod0", &format!("{node_side}/30")).unwrap();
+    pod.add_addr("eth0", &format!("{pod_side}/30")).unwrap();
+    pod.add_route("default", node_side).unwrap();
+    node.sysctl("net.ipv4.ip_forward", "1").unwrap();
+    node.exec("nft", &["add", "table", "ip", "kube-proxy-test"])
+        .unwrap();
+    node.exec(
+        "nft",
+        &[
+            "add",
+            "chain",
+            "ip",
+            "kube-proxy-test",
+            "nat",
+            "{ type nat hook prerouting priority dstnat; }",
+        ],
+    )
+    .unwrap();
+    node.exec(
+        "nft",
+        &[
+            "add",
+            "rule",
+            "ip",
+            "kube-proxy-test",
+            "nat",
+            &format!("ip daddr {SHARED} tcp dport {PORT} dnat to {pod_side}"),
+        ],
+    )
+    .unwrap();
+    serve(&pod, name);
+    pod
+}
+
 #[test]
 fn established_flows_survive_the_move_through_the_tunnel() {
+    handover(false);
+}
+
+/// The same with kube-proxy's translation on both nodes, as for a LoadBalancer Service:
+/// the forwarder decides before the new node's conntrack and DNAT see a moved flow, and the
+/// old node's conntrack entry carries the tunnel's packets to the old pod.
+#[test]
+fn translated_flows_survive_the_move_through_the_tunnel() {
+    handover(true);
+}
+
+fn handover(kube_proxy: bool) {
     if !netns::is_root() {
         eprintln!("skipped: network namespaces need root");
         return;
@@ -228,9 +279,12 @@ fn established_flows_survive_the_move_through_the_tunnel() {
     let old_tunnel = with_netlink(&old, move |h| {
         Box::pin(async move {
             let index = old_end.create(h).await.unwrap();
-            tunnel::route_marked(h, &old_end.name(), index, MARK)
-                .await
-                .unwrap();
+            // Twice, as a restarted window would: the second finds everything in place.
+            for _ in 0..2 {
+                tunnel::route_marked(h, &old_end.name(), index, old_end.mark(), old_end.table())
+                    .await
+                    .unwrap();
+            }
             index
         })
     });
@@ -244,6 +298,15 @@ fn established_flows_survive_the_move_through_the_tunnel() {
             .expect("guard");
     }
     assert!(old_tunnel > 0 && new_tunnel > 0);
+    let rules = old.exec("ip", &["-4", "rule"]).unwrap();
+    assert_eq!(
+        (
+            rules.matches("5150:").count(),
+            rules.matches("5151:").count()
+        ),
+        (1, 1),
+        "{rules}"
+    );
 
     let shared = Prefix {
         address: SHARED.parse().unwrap(),
@@ -257,13 +320,21 @@ fn established_flows_survive_the_move_through_the_tunnel() {
     let [mark, check] = receiver(&Receiver {
         table: "sharedip-handover".into(),
         tunnel: old_end.name(),
-        mark: MARK,
+        mark: old_end.mark(),
     });
     old.in_namespace(|| apply(&[Op::Add(mark), Op::Add(check)]))
         .unwrap()
         .expect("receiver");
-    serve(&old, "old");
-    serve(&new, "new");
+    let _pods = if kube_proxy {
+        vec![
+            pod_behind(&old, "198.51.100.9", "198.51.100.10", "old"),
+            pod_behind(&new, "198.51.100.13", "198.51.100.14", "new"),
+        ]
+    } else {
+        serve(&old, "old");
+        serve(&new, "new");
+        Vec::new()
+    };
 
     // Connections to the old node, then one the new node will think its own.
     let stop = Arc::new(AtomicBool::new(false));
@@ -366,7 +437,11 @@ fn established_flows_survive_the_move_through_the_tunnel() {
             assert_eq!(removed, vec![old_end.name()]);
         })
     });
-    assert!(!old.ip(&["rule"]).unwrap().contains("5151"));
+    let rules = old.ip(&["rule"]).unwrap();
+    assert!(
+        !rules.contains("5150:") && !rules.contains("5151:"),
+        "{rules}"
+    );
     eprintln!(
         "forwarded: {}",
         new.exec("nft", &["list", "table", "netdev", "sharedip-handover"])

@@ -4,5 +4,6 @@
 //! clients directly. New connections stay on the new holder. Established connections then
 //! survive the move instead of being reset by a node that never saw them.
 
+pub mod own_flows;
 pub mod ruleset;
 pub mod tunnel;

@@ -19,10 +19,14 @@ use rtnetlink::{Handle, IpVersion, LinkVxlan, RouteMessageBuilder};
 
 /// Prefix of the tunnel devices' names.
 pub const NAME_PREFIX: &str = "sipfh";
-/// Routing table of the receiver's marked reverse path.
-pub const TABLE: u32 = 5151;
-/// Priority of its rule (before `main`, 32766).
+/// First routing table of the receivers' marked reverse paths (one per tunnel).
+const TABLE_BASE: u32 = 0x5151_0000;
+/// First mark of what the tunnels deliver (one per tunnel).
+const MARK_BASE: u32 = 0x5f1_0000;
+/// Priority of the reverse-path rule (before `main`, 32766); the onward rule's is one less.
+/// Only these rules use these two priorities: that is how a restart finds them.
 pub const RULE_PRIORITY: u32 = 5151;
+const MAIN_TABLE: u32 = 254;
 /// The MTU of the device: the inner frames are full-size; the MSS clamp keeps TCP segments
 /// small enough that the encapsulated packet fits the path.
 const MTU: u32 = 1500;
@@ -95,6 +99,16 @@ impl Tunnel {
         };
         let v = u32::try_from(fnv(&[&a.octets(), &b.octets()]) & 0x00ff_ffff).unwrap_or(1);
         v.max(1)
+    }
+
+    /// The mark of what this tunnel delivers (receiver side).
+    pub fn mark(&self) -> u32 {
+        MARK_BASE | (self.vni() & 0xffff)
+    }
+
+    /// The routing table of this tunnel's reverse path (receiver side).
+    pub fn table(&self) -> u32 {
+        TABLE_BASE | (self.vni() & 0xffff)
     }
 
     /// Makes the device (replacing one of the same name left by an earlier run) and brings
@@ -187,48 +201,74 @@ pub async fn remove_all(handle: &Handle) -> Result<Vec<String>, TunnelError> {
     Ok(ours)
 }
 
-/// The receiver's reverse path: IPv4 packets carrying `mark` (what the tunnel delivered, as
-/// the receiver's rules mark it) are looked up in [`TABLE`], whose default route is the
-/// tunnel, and the tunnel device validates the mark in that lookup. Without this, strict and
-/// loose reverse-path filtering alike drop them: the tunnel has no IPv4 address of its own.
+/// The receiver's reverse path through the tunnel `device` (interface `index`), for IPv4
+/// packets carrying `mark` (what the tunnel delivered, as the receiver's rules mark it).
+/// Without it, strict and loose reverse-path filtering alike drop them: the tunnel has no
+/// IPv4 address of its own. The tunnel device validates the mark in its reverse-path lookups,
+/// and two rules route marked lookups:
+/// - from the tunnel (forwarding a delivered packet on, to a pod after kube-proxy's
+///   translation): the main table, as if unmarked;
+/// - any other (the reverse-path lookup, made as if from `lo` for local delivery and from
+///   the outgoing device when forwarding): the tunnel's table, whose default route is the
+///   tunnel, so the source is found behind the device it came from.
+///
+/// Each tunnel has its own mark and table ([`Tunnel::mark`], [`Tunnel::table`]).
 pub async fn route_marked(
     handle: &Handle,
     device: &str,
     index: u32,
     mark: u32,
+    table: u32,
 ) -> Result<(), TunnelError> {
     set_sysctl(
         &format!("/proc/sys/net/ipv4/conf/{device}/src_valid_mark"),
         "1",
     )?;
-    unroute_marked(handle).await?;
-    let rule = handle
+    let onward = handle
         .rule()
         .add()
         .v4()
         .fw_mark(mark)
-        .table_id(TABLE)
+        .input_interface(device)
+        .table_id(MAIN_TABLE)
+        .priority(RULE_PRIORITY - 1)
+        .action(RuleAction::ToTable)
+        .execute();
+    existing_is_fine(bounded(format!("add the rule of {device}'s packets"), onward).await)?;
+    let back = handle
+        .rule()
+        .add()
+        .v4()
+        .fw_mark(mark)
+        .table_id(table)
         .priority(RULE_PRIORITY)
         .action(RuleAction::ToTable)
         .execute();
-    bounded("add the tunnel's rule".into(), rule).await?;
+    existing_is_fine(bounded(format!("add the reverse-path rule of {device}"), back).await)?;
     let route = RouteMessageBuilder::<std::net::Ipv4Addr>::new()
         .output_interface(index)
-        .table_id(TABLE)
+        .table_id(table)
         .scope(RouteScope::Link)
         .build();
-    match bounded(
-        "add the tunnel's route".into(),
-        handle.route().add(route).execute(),
+    existing_is_fine(
+        bounded(
+            format!("add the route of {device}"),
+            handle.route().add(route).execute(),
+        )
+        .await,
     )
-    .await
-    {
+}
+
+/// An add that finds what it adds already there (a repeated call) has done its job.
+fn existing_is_fine(added: Result<(), TunnelError>) -> Result<(), TunnelError> {
+    match added {
         Err(TunnelError::Netlink { source, .. }) if errno(&source) == Some(libc::EEXIST) => Ok(()),
         other => other,
     }
 }
 
-/// Removes the rule [`route_marked`] adds (the route goes with the device).
+/// Removes the rules [`route_marked`] adds, for every tunnel (their routes go with the
+/// devices).
 pub async fn unroute_marked(handle: &Handle) -> Result<(), TunnelError> {
     let mut rules = handle.rule().get(IpVersion::V4).execute();
     let mut ours: Vec<RuleMessage> = Vec::new();
@@ -237,11 +277,7 @@ pub async fn unroute_marked(handle: &Handle) -> Result<(), TunnelError> {
             RuleAttribute::Priority(p) => Some(*p),
             _ => None,
         });
-        let table = rule.attributes.iter().find_map(|a| match a {
-            RuleAttribute::Table(t) => Some(*t),
-            _ => None,
-        });
-        if priority == Some(RULE_PRIORITY) && table == Some(TABLE) {
+        if priority.is_some_and(|p| p == RULE_PRIORITY || p == RULE_PRIORITY - 1) {
             ours.push(rule);
         }
     }
