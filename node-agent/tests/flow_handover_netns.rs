@@ -25,6 +25,9 @@ use sharedip_node_agent::flow_handover::ruleset::{
     self, clamp, forwarder, guard, receiver, Forwarder, Prefix, Receiver,
 };
 use sharedip_node_agent::flow_handover::tunnel::{self, mac_of, Tunnel};
+use sharedip_node_agent::flow_handover::windows::{
+    remove_leftovers, Settings, Side, WindowError, Windows,
+};
 use sharedip_node_agent::nftables::{apply, Op};
 
 const SHARED: &str = "192.0.2.10";
@@ -207,24 +210,17 @@ fn pod_behind(node: &Netns, node_side: &str, pod_side: &str, name: &'static str)
     pod
 }
 
-#[test]
-fn established_flows_survive_the_move_through_the_tunnel() {
-    handover(false);
+/// The namespaces: a client, a router, and the old and new node, each node with the shared
+/// address on `lo`, its own IPv4 and IPv6 address on its uplink `eth0`, and strict
+/// reverse-path filtering; the router sends the shared address to the old node.
+struct Lab {
+    client: Netns,
+    router: Netns,
+    old: Netns,
+    new: Netns,
 }
 
-/// The same with kube-proxy's translation on both nodes, as for a LoadBalancer Service:
-/// the forwarder decides before the new node's conntrack and DNAT see a moved flow, and the
-/// old node's conntrack entry carries the tunnel's packets to the old pod.
-#[test]
-fn translated_flows_survive_the_move_through_the_tunnel() {
-    handover(true);
-}
-
-fn handover(kube_proxy: bool) {
-    if !netns::is_root() {
-        eprintln!("skipped: network namespaces need root");
-        return;
-    }
+fn lab() -> Lab {
     let client = Netns::create("fhc").unwrap();
     let router = Netns::create("fhr").unwrap();
     let old = Netns::create("fha").unwrap();
@@ -271,6 +267,38 @@ fn handover(kube_proxy: bool) {
     router
         .add_route(&format!("{SHARED}/32"), "198.51.100.2")
         .unwrap();
+    Lab {
+        client,
+        router,
+        old,
+        new,
+    }
+}
+
+#[test]
+fn established_flows_survive_the_move_through_the_tunnel() {
+    handover(false);
+}
+
+/// The same with kube-proxy's translation on both nodes, as for a LoadBalancer Service:
+/// the forwarder decides before the new node's conntrack and DNAT see a moved flow, and the
+/// old node's conntrack entry carries the tunnel's packets to the old pod.
+#[test]
+fn translated_flows_survive_the_move_through_the_tunnel() {
+    handover(true);
+}
+
+fn handover(kube_proxy: bool) {
+    if !netns::is_root() {
+        eprintln!("skipped: network namespaces need root");
+        return;
+    }
+    let Lab {
+        client,
+        router,
+        old,
+        new,
+    } = lab();
 
     // The tunnel, both ways, between the nodes' own IPv6 addresses, each end admitting only
     // the other; the receiver's reverse path through it.
@@ -313,7 +341,7 @@ fn handover(kube_proxy: bool) {
         len: 32,
     };
     for ns in [&old, &new] {
-        ns.in_namespace(|| apply(&[Op::Add(clamp("sharedip-clamp", &shared))]))
+        ns.in_namespace(|| apply(&[Op::Add(clamp("sharedip-clamp", &[shared]))]))
             .unwrap()
             .expect("clamp");
     }
@@ -452,4 +480,151 @@ fn handover(kube_proxy: bool) {
             .trim()
     );
     assert_eq!(ruleset::clamped_mss(true), 1390);
+}
+
+/// Sends `line` on `conn` and returns the first word of the answer.
+fn ask(conn: &mut BufReader<TcpStream>, line: &str) -> String {
+    conn.get_mut()
+        .write_all(format!("{line}\n").as_bytes())
+        .unwrap();
+    let mut answer = String::new();
+    conn.read_line(&mut answer).unwrap();
+    answer.split(' ').next().unwrap_or("").to_owned()
+}
+
+/// What flow handover left in `ns`: its tables, tunnel devices and rules.
+fn installed(ns: &Netns) -> Vec<String> {
+    let tables = ns.exec("nft", &["list", "tables"]).unwrap();
+    let links = ns.ip(&["-o", "link"]).unwrap();
+    let rules = ns.ip(&["-4", "rule"]).unwrap();
+    tables
+        .lines()
+        .chain(links.lines())
+        .chain(rules.lines())
+        .filter(|l| l.contains("sipfh") || l.starts_with("5150:") || l.starts_with("5151:"))
+        .map(str::to_owned)
+        .collect()
+}
+
+/// The product's windows end to end: the old node receives, the new node forwards, seeded
+/// with the flow it already served before the move (which stays its own); then the old
+/// node closes its window cleanly and the new node's agent "dies" with its window open: the
+/// next start's leftover removal finds and removes everything.
+#[test]
+fn windows_seed_own_flows_and_leave_nothing_behind() {
+    if !netns::is_root() {
+        eprintln!("skipped: network namespaces need root");
+        return;
+    }
+    let Lab {
+        client,
+        router,
+        old,
+        new,
+    } = lab();
+    let shared = Prefix {
+        address: SHARED.parse().unwrap(),
+        len: 32,
+    };
+    let settings = |local: &str| Settings {
+        local: local.parse().unwrap(),
+        port: TUNNEL_PORT,
+        uplink: "eth0".into(),
+    };
+    let mut old_windows = Windows::new(settings(OLD_V6));
+    let mut new_windows = Windows::new(settings(NEW_V6));
+    for (ns, windows) in [(&old, &mut old_windows), (&new, &mut new_windows)] {
+        ns.in_namespace(|| windows.clamp(&[shared]))
+            .unwrap()
+            .expect("clamp");
+    }
+    serve(&old, "old");
+    serve(&new, "new");
+
+    // A flow the new node served before (the address was there a while ago), idle since.
+    let via = |node: &str| {
+        router
+            .ip(&["route", "replace", &format!("{SHARED}/32"), "via", node])
+            .unwrap();
+    };
+    via("198.51.100.6");
+    let mut mine = BufReader::new(connect(&client));
+    assert_eq!(ask(&mut mine, "before"), "new");
+    via("198.51.100.2");
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let chats: Vec<_> = (0..20)
+        .map(|_| chat(connect(&client), stop.clone()))
+        .collect();
+    let bulk = upload(connect(&client), stop.clone());
+    thread::sleep(Duration::from_millis(300));
+
+    let old_peer: std::net::Ipv6Addr = OLD_V6.parse().unwrap();
+    let new_peer: std::net::Ipv6Addr = NEW_V6.parse().unwrap();
+    old_windows = with_netlink(&old, move |h| {
+        Box::pin(async move {
+            let side = Side::Receive { peer: new_peer };
+            old_windows.open(h, "web", side).await.expect("receive");
+            old_windows
+        })
+    });
+    new_windows = with_netlink(&new, move |h| {
+        Box::pin(async move {
+            let side = Side::Forward {
+                peer: old_peer,
+                shared,
+                length: Duration::from_secs(60),
+            };
+            new_windows
+                .open(h, "web", side.clone())
+                .await
+                .expect("forward");
+            let again = new_windows.open(h, "web", side).await;
+            assert!(matches!(again, Err(WindowError::AlreadyOpen { .. })));
+            new_windows
+        })
+    });
+    via("198.51.100.6");
+
+    assert_eq!(ask(&mut mine, "after"), "new", "a seeded flow stays");
+    let mut fresh = BufReader::new(connect(&client));
+    assert_eq!(
+        ask(&mut fresh, "hello"),
+        "new",
+        "a new flow is the new node's"
+    );
+    thread::sleep(Duration::from_secs(2));
+    stop.store(true, Ordering::Relaxed);
+    for (i, c) in chats.into_iter().enumerate() {
+        let who = c
+            .join()
+            .unwrap()
+            .unwrap_or_else(|e| panic!("connection {i}: {e}"));
+        assert!(who.iter().all(|w| w == "old"), "connection {i}: {who:?}");
+    }
+    let uploads = bulk.join().unwrap().expect("the upload survives");
+    assert!(uploads.iter().all(|w| w == "old"), "{uploads:?}");
+
+    // The old node closes cleanly: nothing of it stays.
+    assert!(!installed(&old).is_empty());
+    with_netlink(&old, move |h| {
+        Box::pin(async move { old_windows.close_all(h).await.expect("close") })
+    });
+    assert_eq!(installed(&old), Vec::<String>::new());
+
+    // The new node's agent is gone with its window open; its next start removes it all.
+    assert!(!new_windows.open_windows().is_empty());
+    drop(new_windows);
+    let left = installed(&new);
+    assert!(left.len() >= 4, "forwarder, guard, clamp, tunnel: {left:?}");
+    let removed = with_netlink(&new, |h| {
+        Box::pin(async move { remove_leftovers(h).await.expect("leftovers") })
+    });
+    assert_eq!(removed.tunnels.len(), 1, "{removed:?}");
+    assert_eq!(removed.tables.len(), 3, "{removed:?}");
+    assert_eq!(installed(&new), Vec::<String>::new());
+    let again = with_netlink(&new, |h| {
+        Box::pin(async move { remove_leftovers(h).await.expect("leftovers") })
+    });
+    assert!(again.is_empty());
 }

@@ -7,3 +7,4 @@
 pub mod own_flows;
 pub mod ruleset;
 pub mod tunnel;
+pub mod windows;

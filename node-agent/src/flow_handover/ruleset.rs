@@ -51,6 +51,8 @@ const NFPROTO_IPV4: u8 = 2;
 const NFPROTO_IPV6: u8 = 10;
 /// ct state established, as `ct load state` gives it (a bit per state).
 const CT_STATE_ESTABLISHED: u32 = 2;
+/// ct state invalid.
+const CT_STATE_INVALID: u32 = 1;
 /// The name of the set of the forwarder's own flows.
 const OWN: &str = "own";
 
@@ -408,10 +410,10 @@ pub fn clamped_mss(v4: bool) -> u16 {
     PATH_MTU - TUNNEL_OVERHEAD - headers
 }
 
-/// The MSS clamp (inet, postrouting) for the SYN-ACKs of `shared`, on both holders.
-pub fn clamp(table: &str, shared: &Prefix) -> Table {
-    let v4 = shared.is_v4();
-    let mss = clamped_mss(v4).to_be_bytes();
+/// The MSS clamp (inet, postrouting) for the SYN-ACKs of every address of `shared`, on
+/// every node that may hold one of them while flow handover is on: a flow's MSS is fixed by
+/// its handshake, so it must be clamped before any move.
+pub fn clamp(table: &str, shared: &[Prefix]) -> Table {
     Table {
         family: Family::Inet,
         name: table.to_owned(),
@@ -423,42 +425,67 @@ pub fn clamp(table: &str, shared: &Prefix) -> Table {
             policy: Verdict::Accept,
         }],
         sets: vec![],
-        rules: vec![(
-            "clamp".into(),
-            [
-                vec![
-                    meta(MetaKey::NfProto),
-                    cmp(CmpOp::Eq, &[if v4 { NFPROTO_IPV4 } else { NFPROTO_IPV6 }]),
-                ],
-                address_is(shared, false, CmpOp::Eq),
-                vec![
-                    meta(MetaKey::L4Proto),
-                    cmp(CmpOp::Eq, &[TCP]),
-                    load(Base::Transport, 13, 1, REG_1),
-                    mask(&[TCP_SYN | TCP_ACK]),
-                    cmp(CmpOp::Eq, &[TCP_SYN | TCP_ACK]),
-                    Expr::TcpOption {
-                        kind: TCPOPT_MAXSEG,
-                        offset: 2,
-                        len: 2,
-                        dreg: REG_1,
-                    },
-                    cmp(CmpOp::Gt, &mss),
-                    Expr::Immediate {
-                        dreg: REG_1,
-                        data: mss.to_vec(),
-                    },
-                    Expr::TcpOptionWrite {
-                        kind: TCPOPT_MAXSEG,
-                        offset: 2,
-                        len: 2,
-                        sreg: REG_1,
-                    },
-                ],
-            ]
-            .concat(),
-        )],
+        rules: std::iter::once(track())
+            .chain(shared.iter().map(clamp_rule))
+            .collect(),
     }
+}
+
+/// Counts invalid packets; its real work is that a `ct` expression makes the kernel track
+/// connections in this namespace from now on. The receiver admits from the tunnel only the
+/// flows conntrack knows as established, so conntrack must have seen them before any move:
+/// kube-proxy's rules keep it on, but a node serving sockets only may have nothing else that
+/// does.
+fn track() -> (String, Vec<Expr>) {
+    (
+        "clamp".into(),
+        vec![
+            Expr::CtState { dreg: REG_1 },
+            mask(&CT_STATE_INVALID.to_ne_bytes()),
+            cmp(CmpOp::Neq, &[0; 4]),
+            Expr::Counter,
+        ],
+    )
+}
+
+fn clamp_rule(shared: &Prefix) -> (String, Vec<Expr>) {
+    let v4 = shared.is_v4();
+    let mss = clamped_mss(v4).to_be_bytes();
+    (
+        "clamp".into(),
+        [
+            vec![
+                meta(MetaKey::NfProto),
+                cmp(CmpOp::Eq, &[if v4 { NFPROTO_IPV4 } else { NFPROTO_IPV6 }]),
+            ],
+            address_is(shared, false, CmpOp::Eq),
+            vec![
+                meta(MetaKey::L4Proto),
+                cmp(CmpOp::Eq, &[TCP]),
+                load(Base::Transport, 13, 1, REG_1),
+                mask(&[TCP_SYN | TCP_ACK]),
+                cmp(CmpOp::Eq, &[TCP_SYN | TCP_ACK]),
+                Expr::TcpOption {
+                    kind: TCPOPT_MAXSEG,
+                    offset: 2,
+                    len: 2,
+                    dreg: REG_1,
+                },
+                cmp(CmpOp::Gt, &mss),
+                Expr::Immediate {
+                    dreg: REG_1,
+                    data: mss.to_vec(),
+                },
+                Expr::TcpOptionWrite {
+                    kind: TCPOPT_MAXSEG,
+                    offset: 2,
+                    len: 2,
+                    sreg: REG_1,
+                },
+            ],
+        ]
+        .concat(),
+    )
 }
 
 /// The tunnel port's guard (inet, before conntrack): the port is open on a public address,

@@ -197,7 +197,7 @@ pub async fn remove_all(handle: &Handle) -> Result<Vec<String>, TunnelError> {
     for name in &ours {
         remove_link(handle, name).await?;
     }
-    unroute_marked(handle).await?;
+    unroute_marked(handle, None).await?;
     Ok(ours)
 }
 
@@ -267,9 +267,9 @@ fn existing_is_fine(added: Result<(), TunnelError>) -> Result<(), TunnelError> {
     }
 }
 
-/// Removes the rules [`route_marked`] adds, for every tunnel (their routes go with the
-/// devices).
-pub async fn unroute_marked(handle: &Handle) -> Result<(), TunnelError> {
+/// Removes the rules [`route_marked`] adds for the tunnel whose mark is `mark`, or for every
+/// tunnel (`None`); their routes go with the devices.
+pub async fn unroute_marked(handle: &Handle, mark: Option<u32>) -> Result<(), TunnelError> {
     let mut rules = handle.rule().get(IpVersion::V4).execute();
     let mut ours: Vec<RuleMessage> = Vec::new();
     while let Some(rule) = bounded("list rules".into(), rules.try_next()).await? {
@@ -277,7 +277,13 @@ pub async fn unroute_marked(handle: &Handle) -> Result<(), TunnelError> {
             RuleAttribute::Priority(p) => Some(*p),
             _ => None,
         });
-        if priority.is_some_and(|p| p == RULE_PRIORITY || p == RULE_PRIORITY - 1) {
+        let rule_mark = rule.attributes.iter().find_map(|a| match a {
+            RuleAttribute::FwMark(m) => Some(*m),
+            _ => None,
+        });
+        if priority.is_some_and(|p| p == RULE_PRIORITY || p == RULE_PRIORITY - 1)
+            && mark.is_none_or(|m| rule_mark == Some(m))
+        {
             ours.push(rule);
         }
     }
