@@ -833,7 +833,7 @@ impl Lab {
 
     /// Creates pod `pod` on `node` ([`super::pods`]): its own namespace with the next free
     /// address of [`pods::POD_RANGE`] and its IPv6 counterpart in [`pods::POD_RANGE_V6`], a
-    /// veth to the node, routes to it from every node, and a responder answering with `pod` on
+    /// veth to the node, routes to it from the router, and a responder answering with `pod` on
     /// [`pods::POD_PORT`]. Returns its IPv4 address ([`LabPod::address_v6`] has the other).
     /// Pod names are unique in the lab.
     pub fn add_pod(&mut self, node: &str, pod: &str) -> Result<IpAddr, LabError> {
@@ -846,30 +846,29 @@ impl Lab {
         let via_v6 = self.topo.nodes[i].v6.to_string();
         let created = LabPod::create(pod, node, &self.topo.nodes[i].ns, address)?;
         let address_v6 = created.address_v6();
-        // Pushed before the other nodes' routes, so a failure below still removes the pod.
+        // Pushed before the router's routes, so a failure below still removes the pod.
         self.pods.push(created);
-        for (j, net) in self.topo.nodes.iter().enumerate() {
-            // Every node forwards: the pod's own to it, the others to the pod's node.
+        // Every node forwards: the pod's own to it, the others through the router (the nodes
+        // share no link), which routes the pod's addresses to the pod's node.
+        for net in &self.topo.nodes {
             net.ns.enable_forwarding()?;
-            if j != i {
-                net.ns
-                    .ip(&["route", "replace", &format!("{address}/32"), "via", &via])?;
-                net.ns.ip(&[
-                    "-6",
-                    "route",
-                    "replace",
-                    &format!("{address_v6}/128"),
-                    "via",
-                    &via_v6,
-                ])?;
-            }
         }
+        let router = &self.topo.router;
+        router.ip(&["route", "replace", &format!("{address}/32"), "via", &via])?;
+        router.ip(&[
+            "-6",
+            "route",
+            "replace",
+            &format!("{address_v6}/128"),
+            "via",
+            &via_v6,
+        ])?;
         tracing::info!(pod, node, %address, %address_v6, "pod added");
         Ok(IpAddr::V4(address))
     }
 
-    /// Removes pod `pod`: its responder stops, its namespace and veth go, and so do the other
-    /// nodes' routes to it.
+    /// Removes pod `pod`: its responder stops, its namespace and veth go, and so does the
+    /// router's route to it.
     pub fn remove_pod(&mut self, pod: &str) -> Result<(), LabError> {
         let k = self
             .pods
@@ -886,14 +885,9 @@ impl Lab {
             .ns
             .ip(&["link", "del", removed.host_interface()])?;
         drop(removed);
-        let route = format!("{address}/32");
-        let route_v6 = format!("{address_v6}/128");
-        for (j, net) in self.topo.nodes.iter().enumerate() {
-            if j != node {
-                net.ns.ip(&["route", "del", &route])?;
-                net.ns.ip(&["-6", "route", "del", &route_v6])?;
-            }
-        }
+        let router = &self.topo.router;
+        router.ip(&["route", "del", &format!("{address}/32")])?;
+        router.ip(&["-6", "route", "del", &format!("{address_v6}/128")])?;
         tracing::info!(pod, %address, "pod removed");
         Ok(())
     }

@@ -9,8 +9,9 @@
 //! by proxy ARP, so the host side of the veth needs no IPv4 address; for IPv6, where Linux
 //! proxies NDP only for listed addresses, the host side carries the link-local
 //! [`GATEWAY_V6`] the pod's default route points at (Calico does the same with its own fixed
-//! link-local address). Every other node routes the pod's addresses via the pod's node, which
-//! is how `externalTrafficPolicy: Cluster` traffic that kube-proxy sends elsewhere reaches it.
+//! link-local address). The router routes the pod's addresses via the pod's node (the nodes
+//! share no link, so the others reach the pod through the router), which is how
+//! `externalTrafficPolicy: Cluster` traffic that kube-proxy sends elsewhere reaches it.
 //!
 //! The pods have no Pod objects: the lab writes EndpointSlices for them itself
 //! ([`super::services`]).

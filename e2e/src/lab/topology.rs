@@ -4,10 +4,15 @@
 //!  client ns                 router ns                               node ns (one per node)
 //!  eth0 198.51.100.66/26 ── to-client 198.51.100.65/26
 //!       2001:db8:2::10/64             2001:db8:2::1/64
-//!                            br-nodes 198.51.100.1/26  ─ n<i> ──── eth0 198.51.100.<10+i>/26
-//!                                     2001:db8:1::1/64                 2001:db8:1::<10+i>/64
+//!                            br-nodes 198.51.100.1/26  ─ n<i> ──── eth0 198.51.100.<10+i>/32
+//!                                     2001:db8:1::1/64                 2001:db8:1::<10+i>/128
 //!                            br-rs    2001:db8:1:34::ff/64 ─ rs<j> ── rs<j> ns: eth0 2001:db8:1:34::<j>
 //! ```
+//!
+//! The nodes are not on one link with each other, as Linodes are not: each has a host
+//! address (/32, /128) and only the router on-link, and the router's bridge isolates their
+//! ports, so traffic between two nodes is routed through the router (and nothing that
+//! works here relies on a shared segment between nodes).
 //!
 //! The four route servers sit at the addresses the agent derives from the neighbor pattern
 //! `2001:db8:%d:34::%d` with dcid 1. Each node reaches them (and the client) through the
@@ -104,16 +109,57 @@ impl Topology {
         router.add_bridge(NODES_BRIDGE)?;
         router.add_addr(NODES_BRIDGE, &format!("{ROUTER_NODE_SIDE_V6}/64"))?;
         router.add_addr(NODES_BRIDGE, &format!("{ROUTER_NODE_SIDE_V4}/26"))?;
+        // Traffic between two nodes goes in and out of the bridge: no redirect may tell a
+        // node to send it directly (it could not: the ports are isolated).
+        for key in [
+            "net.ipv4.conf.all.send_redirects",
+            "net.ipv4.conf.default.send_redirects",
+        ] {
+            router.sysctl(key, "0")?;
+        }
         let mut node_nets = Vec::with_capacity(nodes);
         for i in 0..nodes {
             let ns = Netns::create(&format!("n{i}"))?;
             let port = format!("n{i}");
             netns::veth(&ns, "eth0", &router, &port)?;
             router.attach_to_bridge(&port, NODES_BRIDGE)?;
+            router.ip(&[
+                "link",
+                "set",
+                "dev",
+                &port,
+                "type",
+                "bridge_slave",
+                "isolated",
+                "on",
+            ])?;
             let v6 = Ipv6Addr::new(0x2001, 0xdb8, 1, 0, 0, 0, 0, 0x10 + i as u16);
             let v4 = Ipv4Addr::new(198, 51, 100, 10 + i as u8);
-            ns.add_addr("eth0", &format!("{v6}/64"))?;
-            ns.add_addr("eth0", &format!("{v4}/26"))?;
+            for key in [
+                "net.ipv4.conf.all.accept_redirects",
+                "net.ipv4.conf.eth0.accept_redirects",
+                "net.ipv6.conf.all.accept_redirects",
+                "net.ipv6.conf.eth0.accept_redirects",
+            ] {
+                ns.sysctl(key, "0")?;
+            }
+            ns.add_addr("eth0", &format!("{v6}/128"))?;
+            ns.add_addr("eth0", &format!("{v4}/32"))?;
+            ns.ip(&[
+                "route",
+                "add",
+                &format!("{ROUTER_NODE_SIDE_V4}/32"),
+                "dev",
+                "eth0",
+            ])?;
+            ns.ip(&[
+                "-6",
+                "route",
+                "add",
+                &format!("{ROUTER_NODE_SIDE_V6}/128"),
+                "dev",
+                "eth0",
+            ])?;
             ns.add_route("default", &ROUTER_NODE_SIDE_V6.to_string())?;
             ns.add_route("default", &ROUTER_NODE_SIDE_V4.to_string())?;
             node_nets.push(NodeNet {
