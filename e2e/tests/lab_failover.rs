@@ -13,6 +13,7 @@ mod lab_common;
 use lab_common::{delete_and_expect_nothing_left, preflight, shared, SERIAL, SIP};
 use sharedip_e2e::lab::cluster::{BOUND, SHARED_V4};
 use sharedip_e2e::lab::{role_spec, Lab, LabConfig};
+use sharedip_e2e::netns::Netns;
 use sharedip_e2e::routeserver::Flavor;
 
 async fn start() -> Lab {
@@ -100,12 +101,74 @@ async fn secondary_takes_over_when_the_primary_agent_is_killed() {
         .await
         .expect("the secondary answers");
 
-    // The agent restarts: it finds its state file and takes over again.
+    // What a flow handover window leaves when its agent is killed: tables, a tunnel and the
+    // tunnel's routing rules (as the agent names them), plus a rule of someone else's at
+    // the same priority.
+    let ns = lab.node_ns("node-a").unwrap();
+    let plant: &[&[&str]] = &[
+        &["nft", "add", "table", "inet", "sipfh-guard"],
+        &["nft", "add", "table", "netdev", "sipfh-w00000001"],
+        &[
+            "ip",
+            "link",
+            "add",
+            "sipfh00000001",
+            "type",
+            "vxlan",
+            "id",
+            "42",
+            "local",
+            "2001:db8:1::10",
+            "remote",
+            "2001:db8:1::11",
+            "dstport",
+            "4799",
+        ],
+        &[
+            "ip",
+            "rule",
+            "add",
+            "fwmark",
+            "0x5f10001",
+            "lookup",
+            "1364262913",
+            "pref",
+            "5151",
+        ],
+        &[
+            "ip", "rule", "add", "fwmark", "0x42", "lookup", "main", "pref", "5151",
+        ],
+    ];
+    for cmd in plant {
+        ns.exec(cmd[0], &cmd[1..]).expect("plant a leftover");
+    }
+    assert_eq!(flow_handover_leftovers(ns).len(), 4);
+
+    // The agent restarts: it finds its state file and takes over again, and removes the
+    // leftovers (only its own).
     lab.start_agent("node-a").expect("agent starts");
     lab.wait_answers(shared(), Some("node-a"), BOUND)
         .await
         .expect("failback to the primary");
+    let ns = lab.node_ns("node-a").unwrap();
+    assert_eq!(flow_handover_leftovers(ns), Vec::<String>::new());
+    let rules = ns.exec("ip", &["rule"]).unwrap();
+    assert!(rules.contains("fwmark 0x42"), "{rules}");
     delete_and_expect_nothing_left(&lab).await;
+}
+
+/// Flow handover's tables, tunnels and rules in `ns`.
+fn flow_handover_leftovers(ns: &Netns) -> Vec<String> {
+    let tables = ns.exec("nft", &["list", "tables"]).unwrap();
+    let links = ns.exec("ip", &["-o", "link"]).unwrap();
+    let rules = ns.exec("ip", &["rule"]).unwrap();
+    tables
+        .lines()
+        .chain(links.lines())
+        .filter(|l| l.contains("sipfh"))
+        .chain(rules.lines().filter(|l| l.contains("0x5f1")))
+        .map(str::to_owned)
+        .collect()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -69,6 +69,7 @@ pub async fn run(args: RunArgs) -> Result<(), AgentError> {
     };
     let (speaker, report, session_addresses) = start_speaker(&args, &node)?;
     let binder = setup::open_binder(common).await?;
+    setup::remove_flow_handover_leftovers().await;
     let monitor = speaker.monitor();
     state.set_speaker(report, monitor.clone());
     let orchestrator = Orchestrator::new(binder, speaker, common.unbind_delay);

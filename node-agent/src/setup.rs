@@ -73,6 +73,35 @@ pub async fn open_binder(common: &CommonArgs) -> Result<crate::binder::Binder, A
     .map_err(AgentError::Binder)
 }
 
+/// Removes what flow handover windows of an earlier run left on the node (the run was
+/// killed, or the node rebooted mid-window with the state kept): its nf_tables tables, tunnel
+/// devices and routing rules. Before anything is announced, so no leftover forwarder takes
+/// traffic this run serves. A failure is logged, not fatal: the agent's own work does not
+/// depend on it, and what cannot be listed cannot be removed either.
+pub async fn remove_flow_handover_leftovers() {
+    let removed = match rtnetlink::new_connection() {
+        Ok((connection, handle, _)) => {
+            let driver = tokio::spawn(connection);
+            let removed = crate::flow_handover::windows::remove_leftovers(&handle).await;
+            driver.abort();
+            removed
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "flow handover leftovers: no netlink socket; not checked");
+            return;
+        }
+    };
+    match removed {
+        Ok(left) if left.is_empty() => {}
+        Ok(left) => tracing::warn!(
+            tables = ?left.tables,
+            tunnels = ?left.tunnels,
+            "removed flow handover leftovers of an earlier run"
+        ),
+        Err(e) => tracing::warn!(error = %e, "flow handover leftovers: not removed"),
+    }
+}
+
 /// The node's address toward `peer` as the kernel would pick it (a connected UDP socket sends
 /// nothing; it only asks the routing table).
 pub fn source_toward(peer: SocketAddr) -> Result<IpAddr, String> {

@@ -168,6 +168,7 @@ pub async fn run(args: StandaloneArgs) -> Result<(), AgentError> {
     // The binder also in discovery mode: it lists the interfaces and recognises (and removes)
     // what an earlier run bound.
     let binder = setup::open_binder(common).await?;
+    setup::remove_flow_handover_leftovers().await;
     let listing = binder
         .interface_addresses()
         .await

@@ -24,7 +24,7 @@ const TABLE_BASE: u32 = 0x5151_0000;
 /// First mark of what the tunnels deliver (one per tunnel).
 const MARK_BASE: u32 = 0x5f1_0000;
 /// Priority of the reverse-path rule (before `main`, 32766); the onward rule's is one less.
-/// Only these rules use these two priorities: that is how a restart finds them.
+/// A restart finds the rules by these priorities and a mark of [`MARK_BASE`]'s range.
 pub const RULE_PRIORITY: u32 = 5151;
 const MAIN_TABLE: u32 = 254;
 /// The MTU of the device: the inner frames are full-size; the MSS clamp keeps TCP segments
@@ -281,9 +281,12 @@ pub async fn unroute_marked(handle: &Handle, mark: Option<u32>) -> Result<(), Tu
             RuleAttribute::FwMark(m) => Some(*m),
             _ => None,
         });
-        if priority.is_some_and(|p| p == RULE_PRIORITY || p == RULE_PRIORITY - 1)
-            && mark.is_none_or(|m| rule_mark == Some(m))
-        {
+        // Ours by priority and mark: a rule someone else put at these priorities stays.
+        let ours_by_mark = match mark {
+            Some(m) => rule_mark == Some(m),
+            None => rule_mark.is_some_and(|m| m & 0xffff_0000 == MARK_BASE),
+        };
+        if priority.is_some_and(|p| p == RULE_PRIORITY || p == RULE_PRIORITY - 1) && ours_by_mark {
             ours.push(rule);
         }
     }
