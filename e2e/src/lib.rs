@@ -1,5 +1,6 @@
 //! Test support for sharedip.
 pub mod controlplane;
+pub mod handover_net;
 pub mod https;
 pub mod kubebridge;
 pub mod lab;

@@ -4,22 +4,26 @@
 //! answered by the old node after the router moves the address to the new one, whose
 //! forwarder rules send their packets through a VXLAN tunnel to the old node; a new
 //! connection is the new node's; a flow the new node counts as its own stays there (and is
-//! reset, as it has no socket for it). The old node runs with strict reverse-path filtering.
+//! reset, as it has no socket for it). The nodes run with strict or loose reverse-path
+//! filtering.
 //!
 //! The tunnel, the receiver's routing and the rules are the product's ([`tunnel`],
-//! [`ruleset`]); only the namespaces are the test's. The tunnel port admits only the peer: a
+//! [`ruleset`], [`windows`]); only the namespaces ([`handover_net`]) are the test's. The tunnel port admits only the peer: a
 //! VXLAN packet from the client is dropped (and counted). Needs root.
 
 // Test code: a panic is a failed test.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::too_many_lines)]
 
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream};
+use std::io::{BufRead, BufReader, Write};
+use std::net::{IpAddr, Ipv6Addr, SocketAddr, TcpStream};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
 
+use sharedip_e2e::handover_net::{
+    self, HandoverNet, Job, NEW_V4, NEW_V6, OLD_V4, OLD_V6, PORT, SHARED,
+};
 use sharedip_e2e::netns::{self, Netns};
 use sharedip_node_agent::flow_handover::ruleset::{
     self, clamp, forwarder, guard, receiver, Forwarder, Prefix, Receiver,
@@ -30,62 +34,25 @@ use sharedip_node_agent::flow_handover::windows::{
 };
 use sharedip_node_agent::nftables::{apply, Op};
 
-const SHARED: &str = "192.0.2.10";
-const PORT: u16 = 8000;
 const TUNNEL_PORT: u16 = 4790;
-const OLD_V6: &str = "2001:db8:a::2";
-const NEW_V6: &str = "2001:db8:b::2";
-const IO_TIMEOUT: Duration = Duration::from_secs(3);
 
-/// Serves `name` on `SHARED:PORT` in `ns`: a line is answered with `name` and the line;
-/// `BULK n` then n bytes is answered with `name bulk n`.
-fn serve(ns: &Netns, name: &'static str) {
-    let listener = ns
-        .in_namespace(|| TcpListener::bind(("0.0.0.0", PORT)))
-        .unwrap()
-        .unwrap();
-    thread::spawn(move || {
-        for conn in listener.incoming() {
-            let Ok(conn) = conn else { return };
-            thread::spawn(move || {
-                let _ = conn.set_read_timeout(Some(Duration::from_secs(30)));
-                let mut writer = conn.try_clone().unwrap();
-                let mut reader = BufReader::new(conn);
-                let mut line = String::new();
-                while reader.read_line(&mut line).is_ok_and(|n| n > 0) {
-                    if let Some(n) = line.strip_prefix("BULK ") {
-                        let n: u64 = n.trim().parse().unwrap();
-                        let mut body = (&mut reader).take(n);
-                        let got = std::io::copy(&mut body, &mut std::io::sink()).unwrap_or(0);
-                        if writer
-                            .write_all(format!("{name} bulk {got}\n").as_bytes())
-                            .is_err()
-                        {
-                            return;
-                        }
-                    } else if writer
-                        .write_all(format!("{name} {line}").as_bytes())
-                        .is_err()
-                    {
-                        return;
-                    }
-                    line.clear();
-                }
-            });
-        }
-    });
+fn lab(rp_filter: u8) -> HandoverNet {
+    HandoverNet::create(rp_filter).unwrap()
 }
 
-/// A client connection, made inside the client's namespace.
+fn serve(ns: &Netns, name: &'static str) {
+    handover_net::serve(ns, name).unwrap();
+}
+
 fn connect(client: &Netns) -> TcpStream {
-    let target = SocketAddr::new(SHARED.parse().unwrap(), PORT);
-    let s = client
-        .in_namespace(move || TcpStream::connect_timeout(&target, IO_TIMEOUT))
-        .unwrap()
-        .unwrap();
-    s.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
-    s.set_write_timeout(Some(IO_TIMEOUT)).unwrap();
-    s
+    handover_net::connect(client).unwrap()
+}
+
+fn with_netlink<T: Send>(
+    ns: &Netns,
+    f: impl for<'a> FnOnce(&'a rtnetlink::Handle) -> Job<'a, T> + Send,
+) -> T {
+    handover_net::with_netlink(ns, f).unwrap()
 }
 
 /// Sends a line every 50 ms until `stop`; returns who answered each, or the error that
@@ -139,33 +106,10 @@ fn upload(
     })
 }
 
-type Job<'a, T> = std::pin::Pin<Box<dyn std::future::Future<Output = T> + 'a>>;
-
-/// Runs `f` with an rtnetlink handle of `ns`, on a runtime of its own.
-fn with_netlink<T: Send>(
-    ns: &Netns,
-    f: impl for<'a> FnOnce(&'a rtnetlink::Handle) -> Job<'a, T> + Send,
-) -> T {
-    ns.in_namespace(move || {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
-        rt.block_on(async move {
-            let (connection, handle, _) = rtnetlink::new_connection().unwrap();
-            let driver = tokio::spawn(connection);
-            let out = f(&handle).await;
-            driver.abort();
-            out
-        })
-    })
-    .unwrap()
-}
-
-fn tunnel_of(local: &str, remote: &str) -> Tunnel {
+fn tunnel_of(local: Ipv6Addr, remote: Ipv6Addr) -> Tunnel {
     Tunnel {
-        local: local.parse().unwrap(),
-        remote: remote.parse().unwrap(),
+        local,
+        remote,
         port: TUNNEL_PORT,
     }
 }
@@ -210,74 +154,9 @@ fn pod_behind(node: &Netns, node_side: &str, pod_side: &str, name: &'static str)
     pod
 }
 
-/// The namespaces: a client, a router, and the old and new node, each node with the shared
-/// address on `lo`, its own IPv4 and IPv6 address on its uplink `eth0`, and strict
-/// reverse-path filtering; the router sends the shared address to the old node.
-struct Lab {
-    client: Netns,
-    router: Netns,
-    old: Netns,
-    new: Netns,
-}
-
-fn lab() -> Lab {
-    let client = Netns::create("fhc").unwrap();
-    let router = Netns::create("fhr").unwrap();
-    let old = Netns::create("fha").unwrap();
-    let new = Netns::create("fhb").unwrap();
-    router.enable_forwarding().unwrap();
-    netns::veth(&client, "eth0", &router, "to-c").unwrap();
-    netns::veth(&old, "eth0", &router, "to-a").unwrap();
-    netns::veth(&new, "eth0", &router, "to-b").unwrap();
-    client.add_addr("eth0", "198.51.100.66/26").unwrap();
-    client.add_addr("eth0", "2001:db8:2::10/64").unwrap();
-    router.add_addr("to-c", "198.51.100.65/26").unwrap();
-    router.add_addr("to-c", "2001:db8:2::1/64").unwrap();
-    for (ns, dev, v4, r4, v6, r6) in [
-        (
-            &old,
-            "to-a",
-            "198.51.100.2/30",
-            "198.51.100.1/30",
-            "2001:db8:a::2/64",
-            "2001:db8:a::1/64",
-        ),
-        (
-            &new,
-            "to-b",
-            "198.51.100.6/30",
-            "198.51.100.5/30",
-            "2001:db8:b::2/64",
-            "2001:db8:b::1/64",
-        ),
-    ] {
-        ns.add_addr("eth0", v4).unwrap();
-        ns.add_addr("eth0", v6).unwrap();
-        router.add_addr(dev, r4).unwrap();
-        router.add_addr(dev, r6).unwrap();
-        ns.add_route("default", &r4[..r4.len() - 3]).unwrap();
-        ns.add_route("default", &r6[..r6.len() - 3]).unwrap();
-        ns.add_addr("lo", &format!("{SHARED}/32")).unwrap();
-        // Strict reverse-path filtering, as many distributions ship.
-        ns.sysctl("net.ipv4.conf.all.rp_filter", "1").unwrap();
-        ns.sysctl("net.ipv4.conf.eth0.rp_filter", "1").unwrap();
-    }
-    client.add_route("default", "198.51.100.65").unwrap();
-    client.add_route("default", "2001:db8:2::1").unwrap();
-    router
-        .add_route(&format!("{SHARED}/32"), "198.51.100.2")
-        .unwrap();
-    Lab {
-        client,
-        router,
-        old,
-        new,
-    }
-}
-
 #[test]
 fn established_flows_survive_the_move_through_the_tunnel() {
-    handover(false);
+    handover(false, 1);
 }
 
 /// The same with kube-proxy's translation on both nodes, as for a LoadBalancer Service:
@@ -285,26 +164,25 @@ fn established_flows_survive_the_move_through_the_tunnel() {
 /// old node's conntrack entry carries the tunnel's packets to the old pod.
 #[test]
 fn translated_flows_survive_the_move_through_the_tunnel() {
-    handover(true);
+    handover(true, 2);
 }
 
-fn handover(kube_proxy: bool) {
+/// `rp_filter`: the nodes' reverse-path filtering, strict (1) or loose (2).
+fn handover(kube_proxy: bool, rp_filter: u8) {
     if !netns::is_root() {
         eprintln!("skipped: network namespaces need root");
         return;
     }
-    let Lab {
-        client,
-        router,
-        old,
-        new,
-    } = lab();
+    let net = lab(rp_filter);
+    let HandoverNet {
+        client, old, new, ..
+    } = &net;
 
     // The tunnel, both ways, between the nodes' own IPv6 addresses, each end admitting only
     // the other; the receiver's reverse path through it.
     let old_end = tunnel_of(OLD_V6, NEW_V6);
     let new_end = tunnel_of(NEW_V6, OLD_V6);
-    let old_tunnel = with_netlink(&old, move |h| {
+    let old_tunnel = with_netlink(old, move |h| {
         Box::pin(async move {
             let index = old_end.create(h).await.unwrap();
             // Twice, as a restarted window would: the second finds everything in place.
@@ -316,11 +194,11 @@ fn handover(kube_proxy: bool) {
             index
         })
     });
-    let new_tunnel = with_netlink(&new, move |h| {
+    let new_tunnel = with_netlink(new, move |h| {
         Box::pin(async move { new_end.create(h).await.unwrap() })
     });
     for (ns, peer) in [(&old, NEW_V6), (&new, OLD_V6)] {
-        let table = guard("sharedip-guard", TUNNEL_PORT, &[peer.parse().unwrap()]);
+        let table = guard("sharedip-guard", TUNNEL_PORT, &[peer]);
         ns.in_namespace(|| apply(&[Op::Add(table)]))
             .unwrap()
             .expect("guard");
@@ -355,22 +233,22 @@ fn handover(kube_proxy: bool) {
         .expect("receiver");
     let _pods = if kube_proxy {
         vec![
-            pod_behind(&old, "198.51.100.9", "198.51.100.10", "old"),
-            pod_behind(&new, "198.51.100.13", "198.51.100.14", "new"),
+            pod_behind(old, "198.51.100.9", "198.51.100.10", "old"),
+            pod_behind(new, "198.51.100.13", "198.51.100.14", "new"),
         ]
     } else {
-        serve(&old, "old");
-        serve(&new, "new");
+        serve(old, "old");
+        serve(new, "new");
         Vec::new()
     };
 
     // Connections to the old node, then one the new node will think its own.
     let stop = Arc::new(AtomicBool::new(false));
     let chats: Vec<_> = (0..20)
-        .map(|_| chat(connect(&client), stop.clone()))
+        .map(|_| chat(connect(client), stop.clone()))
         .collect();
-    let bulk = upload(connect(&client), stop.clone());
-    let claimed = connect(&client);
+    let bulk = upload(connect(client), stop.clone());
+    let claimed = connect(client);
     let claimed_port = claimed.local_addr().unwrap().port();
     let claimed = chat(claimed, stop.clone());
     thread::sleep(Duration::from_millis(500));
@@ -380,27 +258,19 @@ fn handover(kube_proxy: bool) {
         uplink: "eth0".into(),
         shared,
         tunnel_ifindex: new_tunnel,
-        tunnel_mac: mac_of(NEW_V6.parse().unwrap()),
-        peer_mac: mac_of(OLD_V6.parse().unwrap()),
+        tunnel_mac: mac_of(NEW_V6),
+        peer_mac: mac_of(OLD_V6),
         seed: vec![("198.51.100.66".parse::<IpAddr>().unwrap(), claimed_port)],
         flow_timeout: Duration::from_secs(60),
     });
     new.in_namespace(|| apply(&[Op::Add(table)]))
         .unwrap()
         .expect("forwarder");
-    router
-        .ip(&[
-            "route",
-            "replace",
-            &format!("{SHARED}/32"),
-            "via",
-            "198.51.100.6",
-        ])
-        .unwrap();
+    net.route_via(NEW_V4).unwrap();
     let moved = Instant::now();
 
     // A new connection is the new node's.
-    let mut fresh = BufReader::new(connect(&client));
+    let mut fresh = BufReader::new(connect(client));
     fresh.get_mut().write_all(b"hello\n").unwrap();
     let mut line = String::new();
     fresh.read_line(&mut line).unwrap();
@@ -433,7 +303,7 @@ fn handover(kube_proxy: bool) {
         "a flow the new node counts as its own stays there: {claimed:?}"
     );
     // A VXLAN packet to the old node's tunnel port from anyone but the peer is dropped.
-    let target = SocketAddr::new(OLD_V6.parse().unwrap(), TUNNEL_PORT);
+    let target = SocketAddr::new(OLD_V6.into(), TUNNEL_PORT);
     client
         .in_namespace(move || {
             let s = std::net::UdpSocket::bind("[::]:0").unwrap();
@@ -459,7 +329,7 @@ fn handover(kube_proxy: bool) {
     }
 
     // Removing the tunnels removes the routes through them; the rule goes too.
-    with_netlink(&old, move |h| {
+    with_netlink(old, move |h| {
         Box::pin(async move {
             let removed = tunnel::remove_all(h).await.unwrap();
             assert_eq!(removed, vec![old_end.name()]);
@@ -516,18 +386,16 @@ fn windows_seed_own_flows_and_leave_nothing_behind() {
         eprintln!("skipped: network namespaces need root");
         return;
     }
-    let Lab {
-        client,
-        router,
-        old,
-        new,
-    } = lab();
+    let net = lab(2);
+    let HandoverNet {
+        client, old, new, ..
+    } = &net;
     let shared = Prefix {
         address: SHARED.parse().unwrap(),
         len: 32,
     };
-    let settings = |local: &str| Settings {
-        local: local.parse().unwrap(),
+    let settings = |local: Ipv6Addr| Settings {
+        local,
         port: TUNNEL_PORT,
         uplink: "eth0".into(),
     };
@@ -538,37 +406,32 @@ fn windows_seed_own_flows_and_leave_nothing_behind() {
             .unwrap()
             .expect("clamp");
     }
-    serve(&old, "old");
-    serve(&new, "new");
+    serve(old, "old");
+    serve(new, "new");
 
     // A flow the new node served before (the address was there a while ago), idle since.
-    let via = |node: &str| {
-        router
-            .ip(&["route", "replace", &format!("{SHARED}/32"), "via", node])
-            .unwrap();
-    };
-    via("198.51.100.6");
-    let mut mine = BufReader::new(connect(&client));
+    let via = |node: &str| net.route_via(node).unwrap();
+    via(NEW_V4);
+    let mut mine = BufReader::new(connect(client));
     assert_eq!(ask(&mut mine, "before"), "new");
-    via("198.51.100.2");
+    via(OLD_V4);
 
     let stop = Arc::new(AtomicBool::new(false));
     let chats: Vec<_> = (0..20)
-        .map(|_| chat(connect(&client), stop.clone()))
+        .map(|_| chat(connect(client), stop.clone()))
         .collect();
-    let bulk = upload(connect(&client), stop.clone());
+    let bulk = upload(connect(client), stop.clone());
     thread::sleep(Duration::from_millis(300));
 
-    let old_peer: std::net::Ipv6Addr = OLD_V6.parse().unwrap();
-    let new_peer: std::net::Ipv6Addr = NEW_V6.parse().unwrap();
-    old_windows = with_netlink(&old, move |h| {
+    let (old_peer, new_peer) = (OLD_V6, NEW_V6);
+    old_windows = with_netlink(old, move |h| {
         Box::pin(async move {
             let side = Side::Receive { peer: new_peer };
             old_windows.open(h, "web", side).await.expect("receive");
             old_windows
         })
     });
-    new_windows = with_netlink(&new, move |h| {
+    new_windows = with_netlink(new, move |h| {
         Box::pin(async move {
             let side = Side::Forward {
                 peer: old_peer,
@@ -584,10 +447,10 @@ fn windows_seed_own_flows_and_leave_nothing_behind() {
             new_windows
         })
     });
-    via("198.51.100.6");
+    via(NEW_V4);
 
     assert_eq!(ask(&mut mine, "after"), "new", "a seeded flow stays");
-    let mut fresh = BufReader::new(connect(&client));
+    let mut fresh = BufReader::new(connect(client));
     assert_eq!(
         ask(&mut fresh, "hello"),
         "new",
@@ -606,24 +469,24 @@ fn windows_seed_own_flows_and_leave_nothing_behind() {
     assert!(uploads.iter().all(|w| w == "old"), "{uploads:?}");
 
     // The old node closes cleanly: nothing of it stays.
-    assert!(!installed(&old).is_empty());
-    with_netlink(&old, move |h| {
+    assert!(!installed(old).is_empty());
+    with_netlink(old, move |h| {
         Box::pin(async move { old_windows.close_all(h).await.expect("close") })
     });
-    assert_eq!(installed(&old), Vec::<String>::new());
+    assert_eq!(installed(old), Vec::<String>::new());
 
     // The new node's agent is gone with its window open; its next start removes it all.
     assert!(!new_windows.open_windows().is_empty());
     drop(new_windows);
-    let left = installed(&new);
+    let left = installed(new);
     assert!(left.len() >= 4, "forwarder, guard, clamp, tunnel: {left:?}");
-    let removed = with_netlink(&new, |h| {
+    let removed = with_netlink(new, |h| {
         Box::pin(async move { remove_leftovers(h).await.expect("leftovers") })
     });
     assert_eq!(removed.tunnels.len(), 1, "{removed:?}");
     assert_eq!(removed.tables.len(), 3, "{removed:?}");
-    assert_eq!(installed(&new), Vec::<String>::new());
-    let again = with_netlink(&new, |h| {
+    assert_eq!(installed(new), Vec::<String>::new());
+    let again = with_netlink(new, |h| {
         Box::pin(async move { remove_leftovers(h).await.expect("leftovers") })
     });
     assert!(again.is_empty());

@@ -1,0 +1,205 @@
+//! The namespaces of the flow handover's data-path tests and benchmark: a client, a router,
+//! and two nodes, each with the shared address on `lo` and its own IPv4 and IPv6 address on
+//! its uplink `eth0`, each on its own link to the router (nodes share no link, as on
+//! Linode), with reverse-path filtering of the given mode. The router sends the shared
+//! address to the old node until told otherwise.
+//!
+//! ```text
+//!  client eth0 198.51.100.66/26 ── router ── eth0 198.51.100.2/30, 2001:db8:a::2/64  old
+//!              2001:db8:2::10/64         └── eth0 198.51.100.6/30, 2001:db8:b::2/64  new
+//! ```
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, TcpListener, TcpStream};
+use std::time::Duration;
+
+use crate::netns::{self, Netns, NetnsError};
+
+/// The shared address (on both nodes' `lo`).
+pub const SHARED: &str = "192.0.2.10";
+pub const SHARED_V4: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 10);
+/// The port [`serve`] listens on.
+pub const PORT: u16 = 8000;
+/// The client's address.
+pub const CLIENT: &str = "198.51.100.66";
+/// The nodes' uplink addresses, the router's next hops for the shared address.
+pub const OLD_V4: &str = "198.51.100.2";
+pub const NEW_V4: &str = "198.51.100.6";
+/// The nodes' own IPv6 addresses (the tunnel's ends).
+pub const OLD_V6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0xa, 0, 0, 0, 0, 2);
+pub const NEW_V6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0xb, 0, 0, 0, 0, 2);
+/// How long the client's reads and writes wait.
+pub const IO_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// What went wrong setting the namespaces up or using them.
+#[derive(Debug, thiserror::Error)]
+pub enum HandoverNetError {
+    #[error(transparent)]
+    Netns(#[from] NetnsError),
+    #[error("{what}: {source}")]
+    Io {
+        what: String,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> HandoverNetError {
+    let what = what.into();
+    move |source| HandoverNetError::Io { what, source }
+}
+
+/// The four namespaces (see the module docs). Field order is drop order.
+#[derive(Debug)]
+pub struct HandoverNet {
+    pub client: Netns,
+    pub old: Netns,
+    pub new: Netns,
+    pub router: Netns,
+}
+
+impl HandoverNet {
+    /// Creates the namespaces; `rp_filter` is the nodes' reverse-path filtering (0 off,
+    /// 1 strict, 2 loose).
+    pub fn create(rp_filter: u8) -> Result<Self, NetnsError> {
+        let client = Netns::create("fhc")?;
+        let router = Netns::create("fhr")?;
+        let old = Netns::create("fha")?;
+        let new = Netns::create("fhb")?;
+        router.enable_forwarding()?;
+        netns::veth(&client, "eth0", &router, "to-c")?;
+        netns::veth(&old, "eth0", &router, "to-a")?;
+        netns::veth(&new, "eth0", &router, "to-b")?;
+        client.add_addr("eth0", &format!("{CLIENT}/26"))?;
+        client.add_addr("eth0", "2001:db8:2::10/64")?;
+        router.add_addr("to-c", "198.51.100.65/26")?;
+        router.add_addr("to-c", "2001:db8:2::1/64")?;
+        let rp = rp_filter.to_string();
+        for (ns, dev, v4, r4, v6, r6) in [
+            (
+                &old,
+                "to-a",
+                OLD_V4,
+                "198.51.100.1",
+                OLD_V6,
+                "2001:db8:a::1",
+            ),
+            (
+                &new,
+                "to-b",
+                NEW_V4,
+                "198.51.100.5",
+                NEW_V6,
+                "2001:db8:b::1",
+            ),
+        ] {
+            ns.add_addr("eth0", &format!("{v4}/30"))?;
+            ns.add_addr("eth0", &format!("{v6}/64"))?;
+            router.add_addr(dev, &format!("{r4}/30"))?;
+            router.add_addr(dev, &format!("{r6}/64"))?;
+            ns.add_route("default", r4)?;
+            ns.add_route("default", r6)?;
+            ns.add_addr("lo", &format!("{SHARED}/32"))?;
+            ns.sysctl("net.ipv4.conf.all.rp_filter", &rp)?;
+            ns.sysctl("net.ipv4.conf.eth0.rp_filter", &rp)?;
+        }
+        client.add_route("default", "198.51.100.65")?;
+        client.add_route("default", "2001:db8:2::1")?;
+        router.add_route(&format!("{SHARED}/32"), OLD_V4)?;
+        Ok(Self {
+            client,
+            old,
+            new,
+            router,
+        })
+    }
+
+    /// Points the router's route for the shared address at the node with uplink address
+    /// `via` ([`OLD_V4`] or [`NEW_V4`]): the move, as the route servers would make it.
+    pub fn route_via(&self, via: &str) -> Result<(), NetnsError> {
+        self.router
+            .ip(&["route", "replace", &format!("{SHARED}/32"), "via", via])
+            .map(drop)
+    }
+
+    /// A client connection to the shared address, made inside the client's namespace.
+    pub fn connect(&self) -> Result<TcpStream, HandoverNetError> {
+        connect(&self.client)
+    }
+}
+
+/// A connection from `client` to the shared address.
+pub fn connect(client: &Netns) -> Result<TcpStream, HandoverNetError> {
+    let target = SocketAddr::new(SHARED_V4.into(), PORT);
+    let s = client
+        .in_namespace(move || TcpStream::connect_timeout(&target, IO_TIMEOUT))?
+        .map_err(io(format!("connect to {target}")))?;
+    s.set_read_timeout(Some(IO_TIMEOUT))
+        .map_err(io("timeout"))?;
+    s.set_write_timeout(Some(IO_TIMEOUT))
+        .map_err(io("timeout"))?;
+    Ok(s)
+}
+
+/// Serves `name` on port [`PORT`] of every address of `ns`: a line is answered with `name`
+/// and the line; `BULK n` then n bytes is answered with `name bulk n`. Runs until the
+/// namespace goes.
+pub fn serve(ns: &Netns, name: &'static str) -> Result<(), HandoverNetError> {
+    let listener = ns
+        .in_namespace(|| TcpListener::bind(("0.0.0.0", PORT)))?
+        .map_err(io(format!("listen in {}", ns.name())))?;
+    std::thread::spawn(move || {
+        for conn in listener.incoming() {
+            let Ok(conn) = conn else { return };
+            std::thread::spawn(move || answer(conn, name));
+        }
+    });
+    Ok(())
+}
+
+fn answer(conn: TcpStream, name: &str) {
+    let _ = conn.set_read_timeout(Some(Duration::from_secs(30)));
+    let Ok(mut writer) = conn.try_clone() else {
+        return;
+    };
+    let mut reader = BufReader::new(conn);
+    let mut line = String::new();
+    while reader.read_line(&mut line).is_ok_and(|n| n > 0) {
+        let reply = match line.strip_prefix("BULK ") {
+            Some(n) => {
+                let n: u64 = n.trim().parse().unwrap_or(0);
+                let mut body = (&mut reader).take(n);
+                let got = std::io::copy(&mut body, &mut std::io::sink()).unwrap_or(0);
+                format!("{name} bulk {got}\n")
+            }
+            None => format!("{name} {line}"),
+        };
+        if writer.write_all(reply.as_bytes()).is_err() {
+            return;
+        }
+        line.clear();
+    }
+}
+
+/// What [`with_netlink`] runs.
+pub type Job<'a, T> = std::pin::Pin<Box<dyn std::future::Future<Output = T> + 'a>>;
+
+/// Runs `f` with an rtnetlink handle of `ns`, on a runtime of its own.
+pub fn with_netlink<T: Send>(
+    ns: &Netns,
+    f: impl for<'a> FnOnce(&'a rtnetlink::Handle) -> Job<'a, T> + Send,
+) -> Result<T, HandoverNetError> {
+    ns.in_namespace(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(io("a runtime"))?;
+        rt.block_on(async move {
+            let (connection, handle, _) = rtnetlink::new_connection().map_err(io("netlink"))?;
+            let driver = tokio::spawn(connection);
+            let out = f(&handle).await;
+            driver.abort();
+            Ok(out)
+        })
+    })?
+}
