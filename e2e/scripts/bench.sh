@@ -19,8 +19,11 @@
 # of a Service beside a SharedIP; `--no-services` skips it. Into target/bench/services.
 # Then the operator's scale benchmark (1,000 SharedIPs × 100 nodes: time to converge, share calls
 # per Linode per wave): cargo bench -p sharedip-operator --bench scale; `--no-scale` skips it.
+# Then what flow handover's forwarding costs (an established connection direct, then forwarded
+# through the tunnel: round-trip time, upload rate, CPU per GiB; about 20 s after its release
+# build): cargo bench -p sharedip-node-agent --bench flow_forwarding; `--no-forwarding` skips it.
 #
-# Usage (root): e2e/scripts/bench.sh [--debug-binaries] [--no-scale] [--no-propagation] [--no-services] [--runs K] [--out DIR] [other sharedip-bench flags]
+# Usage (root): e2e/scripts/bench.sh [--debug-binaries] [--no-scale] [--no-propagation] [--no-services] [--no-forwarding] [--runs K] [--out DIR] [other sharedip-bench flags]
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/../.."
 
@@ -28,6 +31,7 @@ profile=release
 scale=1
 propagation=1
 services=1
+forwarding=1
 args=()
 for a in "$@"; do
     case $a in
@@ -35,6 +39,7 @@ for a in "$@"; do
         --no-scale) scale=0 ;;
         --no-propagation) propagation=0 ;;
         --no-services) services=0 ;;
+        --no-forwarding) forwarding=0 ;;
         *) args+=("$a") ;;
     esac
 done
@@ -81,4 +86,10 @@ if ((scale)); then
     echo
     echo "==> the operator at scale (release build, about 2 minutes)"
     cargo bench --quiet --locked -p sharedip-operator --bench scale
+fi
+
+if ((forwarding)); then
+    echo
+    echo "==> flow handover: what forwarding a connection through the tunnel costs (release build)"
+    cargo bench --quiet --locked -p sharedip-node-agent --bench flow_forwarding
 fi
