@@ -1,8 +1,8 @@
 //! The namespaces of the flow handover's data-path tests and benchmark: a client, a router,
-//! and two nodes, each with the shared address on `lo` and its own IPv4 and IPv6 address on
-//! its uplink `eth0`, each on its own link to the router (nodes share no link, as on
+//! and two nodes, each with the shared addresses on `lo` (an IPv4 address and an address of
+//! an IPv6 range) and its own IPv4 and IPv6 address on its uplink `eth0`, each on its own link to the router (nodes share no link, as on
 //! Linode), with reverse-path filtering of the given mode. The router sends the shared
-//! address to the old node until told otherwise.
+//! addresses to the old node until told otherwise.
 //!
 //! ```text
 //!  client eth0 198.51.100.66/26 ── router ── eth0 198.51.100.2/30, 2001:db8:a::2/64  old
@@ -10,7 +10,7 @@
 //! ```
 
 use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, TcpListener, TcpStream};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpListener, TcpStream};
 use std::time::Duration;
 
 use crate::netns::{self, Netns, NetnsError};
@@ -18,6 +18,9 @@ use crate::netns::{self, Netns, NetnsError};
 /// The shared address (on both nodes' `lo`).
 pub const SHARED: &str = "192.0.2.10";
 pub const SHARED_V4: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 10);
+/// The shared IPv6 range, and the address of it the nodes serve.
+pub const SHARED_RANGE_V6: &str = "2001:db8:5::/64";
+pub const SHARED_V6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 5, 0, 0, 0, 0, 0x10);
 /// The port [`serve`] listens on.
 pub const PORT: u16 = 8000;
 /// The client's address.
@@ -100,12 +103,14 @@ impl HandoverNet {
             ns.add_route("default", r4)?;
             ns.add_route("default", r6)?;
             ns.add_addr("lo", &format!("{SHARED}/32"))?;
+            ns.add_addr("lo", &format!("{SHARED_V6}/128"))?;
             ns.sysctl("net.ipv4.conf.all.rp_filter", &rp)?;
             ns.sysctl("net.ipv4.conf.eth0.rp_filter", &rp)?;
         }
         client.add_route("default", "198.51.100.65")?;
         client.add_route("default", "2001:db8:2::1")?;
         router.add_route(&format!("{SHARED}/32"), OLD_V4)?;
+        router.add_route(SHARED_RANGE_V6, &OLD_V6.to_string())?;
         Ok(Self {
             client,
             old,
@@ -114,11 +119,25 @@ impl HandoverNet {
         })
     }
 
-    /// Points the router's route for the shared address at the node with uplink address
+    /// Points the router's route for the shared IPv4 address at the node with uplink address
     /// `via` ([`OLD_V4`] or [`NEW_V4`]): the move, as the route servers would make it.
     pub fn route_via(&self, via: &str) -> Result<(), NetnsError> {
         self.router
             .ip(&["route", "replace", &format!("{SHARED}/32"), "via", via])
+            .map(drop)
+    }
+
+    /// The same for the shared IPv6 range, `via` [`OLD_V6`] or [`NEW_V6`].
+    pub fn route_range_via(&self, via: Ipv6Addr) -> Result<(), NetnsError> {
+        self.router
+            .ip(&[
+                "-6",
+                "route",
+                "replace",
+                SHARED_RANGE_V6,
+                "via",
+                &via.to_string(),
+            ])
             .map(drop)
     }
 
@@ -128,9 +147,14 @@ impl HandoverNet {
     }
 }
 
-/// A connection from `client` to the shared address.
+/// A connection from `client` to the shared IPv4 address.
 pub fn connect(client: &Netns) -> Result<TcpStream, HandoverNetError> {
-    let target = SocketAddr::new(SHARED_V4.into(), PORT);
+    connect_to(client, SHARED_V4.into())
+}
+
+/// A connection from `client` to `address` (a shared address).
+pub fn connect_to(client: &Netns, address: IpAddr) -> Result<TcpStream, HandoverNetError> {
+    let target = SocketAddr::new(address, PORT);
     let s = client
         .in_namespace(move || TcpStream::connect_timeout(&target, IO_TIMEOUT))?
         .map_err(io(format!("connect to {target}")))?;
@@ -141,12 +165,13 @@ pub fn connect(client: &Netns) -> Result<TcpStream, HandoverNetError> {
     Ok(s)
 }
 
-/// Serves `name` on port [`PORT`] of every address of `ns`: a line is answered with `name`
+/// Serves `name` on port [`PORT`] of every address of `ns`, IPv4 and IPv6 (one dual-stack
+/// socket, as many servers listen): a line is answered with `name`
 /// and the line; `BULK n` then n bytes is answered with `name bulk n`. Runs until the
 /// namespace goes.
 pub fn serve(ns: &Netns, name: &'static str) -> Result<(), HandoverNetError> {
     let listener = ns
-        .in_namespace(|| TcpListener::bind(("0.0.0.0", PORT)))?
+        .in_namespace(|| TcpListener::bind((Ipv6Addr::UNSPECIFIED, PORT)))?
         .map_err(io(format!("listen in {}", ns.name())))?;
     std::thread::spawn(move || {
         for conn in listener.incoming() {

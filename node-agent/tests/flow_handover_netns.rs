@@ -22,7 +22,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use sharedip_e2e::handover_net::{
-    self, HandoverNet, Job, NEW_V4, NEW_V6, OLD_V4, OLD_V6, PORT, SHARED,
+    self, HandoverNet, Job, NEW_V4, NEW_V6, OLD_V4, OLD_V6, PORT, SHARED, SHARED_V6,
 };
 use sharedip_e2e::netns::{self, Netns};
 use sharedip_node_agent::flow_handover::ruleset::{
@@ -490,4 +490,92 @@ fn windows_seed_own_flows_and_leave_nothing_behind() {
         Box::pin(async move { remove_leftovers(h).await.expect("leftovers") })
     });
     assert!(again.is_empty());
+}
+
+/// The same through the product's windows for an IPv6 range, as a LoadBalancer Service's
+/// IPv6 addresses are served: the forwarder matches the whole range, the clamp keeps IPv6
+/// segments (MSS 1370) small enough for the tunnel.
+#[test]
+fn ipv6_range_flows_survive_the_move() {
+    if !netns::is_root() {
+        eprintln!("skipped: network namespaces need root");
+        return;
+    }
+    let net = lab(1);
+    let HandoverNet {
+        client, old, new, ..
+    } = &net;
+    let range = Prefix {
+        address: "2001:db8:5::".parse().unwrap(),
+        len: 64,
+    };
+    let settings = |local: Ipv6Addr| Settings {
+        local,
+        port: TUNNEL_PORT,
+        uplink: "eth0".into(),
+    };
+    let mut old_windows = Windows::new(settings(OLD_V6));
+    let mut new_windows = Windows::new(settings(NEW_V6));
+    for (ns, windows) in [(old, &mut old_windows), (new, &mut new_windows)] {
+        ns.in_namespace(|| windows.clamp(&[range]))
+            .unwrap()
+            .expect("clamp");
+    }
+    serve(old, "old");
+    serve(new, "new");
+    let to_shared = || handover_net::connect_to(client, SHARED_V6.into()).unwrap();
+    let stop = Arc::new(AtomicBool::new(false));
+    let chats: Vec<_> = (0..20).map(|_| chat(to_shared(), stop.clone())).collect();
+    let bulk = upload(to_shared(), stop.clone());
+    thread::sleep(Duration::from_millis(300));
+
+    old_windows = with_netlink(old, move |h| {
+        Box::pin(async move {
+            let side = Side::Receive { peer: NEW_V6 };
+            old_windows.open(h, "web-v6", side).await.expect("receive");
+            old_windows
+        })
+    });
+    new_windows = with_netlink(new, move |h| {
+        Box::pin(async move {
+            let side = Side::Forward {
+                peer: OLD_V6,
+                shared: range,
+                length: Duration::from_secs(60),
+            };
+            new_windows.open(h, "web-v6", side).await.expect("forward");
+            new_windows
+        })
+    });
+    net.route_range_via(NEW_V6).unwrap();
+
+    let mut fresh = BufReader::new(to_shared());
+    assert_eq!(
+        ask(&mut fresh, "hello"),
+        "new",
+        "a new flow is the new node's"
+    );
+    thread::sleep(Duration::from_secs(2));
+    stop.store(true, Ordering::Relaxed);
+    for (i, c) in chats.into_iter().enumerate() {
+        let who = c
+            .join()
+            .unwrap()
+            .unwrap_or_else(|e| panic!("connection {i}: {e}"));
+        assert!(
+            who.len() > 20,
+            "connection {i} answered {} times",
+            who.len()
+        );
+        assert!(who.iter().all(|w| w == "old"), "connection {i}: {who:?}");
+    }
+    let uploads = bulk.join().unwrap().expect("the upload survives");
+    assert!(uploads.iter().all(|w| w == "old"), "{uploads:?}");
+
+    for (ns, mut windows) in [(old, old_windows), (new, new_windows)] {
+        with_netlink(ns, move |h| {
+            Box::pin(async move { windows.close_all(h).await.expect("close") })
+        });
+        assert_eq!(installed(ns), Vec::<String>::new());
+    }
 }
