@@ -617,12 +617,15 @@ for ds in by_kind("DaemonSet"):
         "PROPAGATION_MARGIN": "15s" if full else "20s",
         "DATA_PATH_SETTLE": "3s" if full else "2s",
         "WITHDRAW_ON_CORDON": "true" if full else "false",
+        "FLOW_HANDOVER": "true" if full else "false",
+        "FLOW_HANDOVER_PORT": "4800" if full else "4799",
         "LOG_FORMAT": "text" if full else "json",
         "LOG_LEVEL": "sharedip_node_agent=debug,info" if full else "info",
     }
     optional_env = {"DCID": "18", "NEIGHBOR_PATTERN": "2001:db8:%d:34::%d", "MULTIHOP_TTL": "10",
                     "LOCAL_ASN": "4200000001", "PEER_ASN": "65000", "PRIMARY_COMMUNITY": "63949:1:1",
-                    "SECONDARY_COMMUNITY": "63949:1:2", "HOLD_TIME": "3", "UNBIND_DELAY": "3s"}
+                    "SECONDARY_COMMUNITY": "63949:1:2", "HOLD_TIME": "3", "UNBIND_DELAY": "3s",
+                    "FLOW_HANDOVER_UPLINK": "eth0"}
     if full:
         want_env.update(optional_env)
         want_env.update({"TLS_CERT_FILE": "/etc/sharedip/tls/tls.crt", "TLS_KEY_FILE": "/etc/sharedip/tls/tls.key"})

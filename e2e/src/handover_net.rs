@@ -11,6 +11,8 @@
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpListener, TcpStream};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use crate::netns::{self, Netns, NetnsError};
@@ -204,6 +206,57 @@ fn answer(conn: TcpStream, name: &str) {
         }
         line.clear();
     }
+}
+
+/// What a long-lived connection saw: who answered each request, or the error that ended it.
+pub type Conversation = std::thread::JoinHandle<Result<Vec<String>, String>>;
+
+/// Sends a line every 50 ms on `conn` until `stop`; who answered each (the first word of
+/// [`serve`]'s answer).
+pub fn chat(conn: TcpStream, stop: Arc<AtomicBool>) -> Conversation {
+    std::thread::spawn(move || {
+        let mut writer = conn.try_clone().map_err(|e| format!("clone: {e}"))?;
+        let mut reader = BufReader::new(conn);
+        let mut who = Vec::new();
+        let mut i = 0;
+        while !stop.load(Ordering::Relaxed) {
+            writer
+                .write_all(format!("ping {i}\n").as_bytes())
+                .map_err(|e| format!("send {i}: {e}"))?;
+            let mut line = String::new();
+            match reader.read_line(&mut line) {
+                Ok(0) => return Err(format!("closed after {i}")),
+                Ok(_) => who.push(line.split(' ').next().unwrap_or("").to_owned()),
+                Err(e) => return Err(format!("answer {i}: {e}")),
+            }
+            i += 1;
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Ok(who)
+    })
+}
+
+/// Uploads 1 MiB at a time (full-size segments) on `conn` until `stop`; who answered each.
+pub fn upload(conn: TcpStream, stop: Arc<AtomicBool>) -> Conversation {
+    std::thread::spawn(move || {
+        let mut writer = conn.try_clone().map_err(|e| format!("clone: {e}"))?;
+        let mut reader = BufReader::new(conn);
+        let chunk = vec![b'x'; 1 << 20];
+        let mut who = Vec::new();
+        while !stop.load(Ordering::Relaxed) {
+            writer
+                .write_all(format!("BULK {}\n", chunk.len()).as_bytes())
+                .and_then(|()| writer.write_all(&chunk))
+                .map_err(|e| format!("upload: {e}"))?;
+            let mut line = String::new();
+            match reader.read_line(&mut line) {
+                Ok(0) => return Err("closed".into()),
+                Ok(_) => who.push(line.split(' ').next().unwrap_or("").to_owned()),
+                Err(e) => return Err(format!("upload answer: {e}")),
+            }
+        }
+        Ok(who)
+    })
 }
 
 /// What [`with_netlink`] runs.

@@ -235,9 +235,29 @@ pub struct RunArgs {
     #[arg(long, env = "WITHDRAW_ON_CORDON", default_value_t = false, action = clap::ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
     pub withdraw_on_cordon: bool,
 
+    /// Flow handover: planned moves of SharedIPs whose spec allows it keep established TCP
+    /// connections, forwarded for a window through a tunnel between the two nodes. Off by
+    /// default while it is new.
+    #[arg(long, env = "FLOW_HANDOVER", default_value_t = false, action = clap::ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
+    pub flow_handover: bool,
+
+    /// UDP port of flow handover's tunnels (VXLAN), the same on every node; allow it between
+    /// the nodes' IPv6 addresses in the Cloud Firewall. Not 4789 or 8472, which Calico and
+    /// Cilium use.
+    #[arg(long, env = "FLOW_HANDOVER_PORT", default_value_t = DEFAULT_FLOW_HANDOVER_PORT, value_parser = clap::value_parser!(u16).range(1..))]
+    pub flow_handover_port: u16,
+
+    /// The interface the shared addresses' traffic arrives on (default: the one holding the
+    /// BGP sessions' next hop).
+    #[arg(long, env = "FLOW_HANDOVER_UPLINK")]
+    pub flow_handover_uplink: Option<String>,
+
     #[command(flatten)]
     pub common: CommonArgs,
 }
+
+/// The default of `--flow-handover-port`.
+pub const DEFAULT_FLOW_HANDOVER_PORT: u16 = 4799;
 
 impl RunArgs {
     /// The HTTPS server's address.

@@ -76,6 +76,9 @@ pub enum Condition {
     ShareOlderThanMargin,
     /// For an address kube-proxy carries, it has announced for at least the settle time.
     DataPathSettled,
+    /// With flow handover on, it forwards the connections of this node to it and this node
+    /// receives them ([`crate::flow_handover::plan`]).
+    FlowsForwarded,
 }
 
 /// The conditions a successor must meet, all of them.
@@ -83,6 +86,7 @@ pub const CONDITIONS: &[Condition] = &[
     Condition::Announcing,
     Condition::ShareOlderThanMargin,
     Condition::DataPathSettled,
+    Condition::FlowsForwarded,
 ];
 
 /// The result of one condition for one candidate.
@@ -108,15 +112,37 @@ impl Condition {
         self,
         entry: &NodeStatus,
         status: &SharedIPStatus,
-        margin: Duration,
-        settle: Duration,
+        wait: &Wait<'_>,
         now: Timestamp,
     ) -> Check {
         match self {
             Condition::Announcing => announcing(entry),
-            Condition::ShareOlderThanMargin => share_age(entry, status, margin, now),
-            Condition::DataPathSettled => settled(entry, settle, now),
+            Condition::ShareOlderThanMargin => share_age(entry, status, wait.margin, now),
+            Condition::DataPathSettled => settled(entry, wait.settle, now),
+            Condition::FlowsForwarded => forwarded(entry, wait.receiving),
         }
+    }
+}
+
+/// What a successor is waited for, besides its own entry.
+#[derive(Debug, Clone, Copy)]
+pub struct Wait<'a> {
+    /// Age its Linode's share must have.
+    pub margin: Duration,
+    /// How long it must have announced (an address kube-proxy carries), else zero.
+    pub settle: Duration,
+    /// With flow handover on: the nodes this node receives forwarded connections from.
+    pub receiving: Option<&'a BTreeSet<String>>,
+}
+
+/// A candidate whose entry has no flow handover part cannot forward (its agent runs without
+/// `--flow-handover`): the move resets the connections, as without the feature.
+fn forwarded(entry: &NodeStatus, receiving: Option<&BTreeSet<String>>) -> Check {
+    match receiving {
+        None => Check::Met,
+        Some(_) if entry.flow_handover.is_none() => Check::Met,
+        Some(r) if r.contains(&entry.name) => Check::Met,
+        Some(_) => short("does not forward this node's connections yet (flow handover)"),
     }
 }
 
@@ -203,13 +229,11 @@ pub struct Successors {
     pub next_met: Option<Timestamp>,
 }
 
-/// Evaluates every other node's status entry against [`CONDITIONS`]; `settle` is
-/// [`HandoverSettings::settle`] for an address kube-proxy carries, else zero.
+/// Evaluates every other node's status entry against [`CONDITIONS`].
 pub fn successors(
     status: Option<&SharedIPStatus>,
     this_node: &str,
-    margin: Duration,
-    settle: Duration,
+    wait: &Wait<'_>,
     now: Timestamp,
 ) -> Successors {
     let mut out = Successors::default();
@@ -219,7 +243,7 @@ pub fn successors(
     for entry in status.nodes.iter().filter(|e| e.name != this_node) {
         let shortfalls: Vec<(String, Option<Timestamp>)> = CONDITIONS
             .iter()
-            .filter_map(|c| match c.check(entry, status, margin, settle, now) {
+            .filter_map(|c| match c.check(entry, status, wait, now) {
                 Check::Met => None,
                 Check::Short { why, met_at } => Some((why, met_at)),
             })
@@ -275,6 +299,9 @@ pub struct Facts<'a> {
     pub can_serve: bool,
     /// The SharedIP has an endpoint gate: kube-proxy carries its traffic to a Service's pods.
     pub endpoint_gated: bool,
+    /// With flow handover on for it: the nodes whose forwarded connections this node
+    /// receives (a successor must be one).
+    pub flow_receiving: Option<&'a BTreeSet<String>>,
 }
 
 /// The handovers of this node's SharedIPs.
@@ -369,12 +396,7 @@ impl Handovers {
                 }
             });
         let (deadline, until) = (pending.deadline, pending.until);
-        let settle = if facts.endpoint_gated {
-            self.settings.settle
-        } else {
-            Duration::ZERO
-        };
-        let found = successors(facts.status, &self.node, self.settings.margin, settle, wall);
+        let found = successors(facts.status, &self.node, &self.wait(&facts), wall);
         if let Some(successor) = &found.qualified {
             tracing::info!(sharedip = %name, reason = %decision.reason, %successor, "successor qualifies: withdrawing");
             self.pending.remove(name);
@@ -402,6 +424,19 @@ impl Handovers {
             ),
         };
         None
+    }
+
+    /// What a successor of this SharedIP is waited for.
+    fn wait<'a>(&self, facts: &Facts<'a>) -> Wait<'a> {
+        Wait {
+            margin: self.settings.margin,
+            settle: if facts.endpoint_gated {
+                self.settings.settle
+            } else {
+                Duration::ZERO
+            },
+            receiving: facts.flow_receiving,
+        }
     }
 
     fn time_out(&mut self, name: &str, decision: &mut Decision, missing: &str) -> TimedOut {
@@ -457,6 +492,14 @@ mod tests {
     const MARGIN: Duration = Duration::from_secs(20);
     /// The wall clock at the tests' start.
     const T0: i64 = 1_800_000_000;
+
+    fn wait(margin: Duration, settle: Duration) -> Wait<'static> {
+        Wait {
+            margin,
+            settle,
+            receiving: None,
+        }
+    }
 
     fn wall(secs: i64) -> Timestamp {
         Timestamp::from_second(T0 + secs).unwrap()
@@ -546,6 +589,7 @@ mod tests {
                 status: self.status,
                 can_serve: self.can_serve,
                 endpoint_gated: false,
+                flow_receiving: None,
             };
             let t = h.review(
                 &mut d,
@@ -648,7 +692,7 @@ mod tests {
         let check = |e: NodeStatus, s: Option<i64>| {
             let mut st = status(s);
             st.nodes[1] = e;
-            successors(Some(&st), "node-a", MARGIN, Duration::ZERO, now)
+            successors(Some(&st), "node-a", &wait(MARGIN, Duration::ZERO), now)
         };
         let ok = entry("node-b", true, "Announced", 1);
         assert_eq!(
@@ -686,7 +730,7 @@ mod tests {
         assert!(s.short[0].contains("unknown"), "{:?}", s.short);
         let mut st = status(Some(-60));
         st.shared_with.retain(|s| s.node != "node-b");
-        let s = successors(Some(&st), "node-a", MARGIN, Duration::ZERO, now);
+        let s = successors(Some(&st), "node-a", &wait(MARGIN, Duration::ZERO), now);
         assert!(s.short[0].contains("no share"), "{:?}", s.short);
         // A young share of a node that does not announce yet: both shortfalls, no wake.
         let s = check(entry("node-b", false, "NoSessions", 0), Some(-5));
@@ -694,7 +738,7 @@ mod tests {
         assert_eq!(s.short.len(), 1);
         assert!(s.short[0].contains("NoSessions") && s.short[0].contains("share dates from"));
         assert_eq!(
-            successors(None, "node-a", MARGIN, Duration::ZERO, now),
+            successors(None, "node-a", &wait(MARGIN, Duration::ZERO), now),
             Successors::default()
         );
     }
@@ -712,26 +756,53 @@ mod tests {
         };
         // Just announced: kube-proxy there may not carry the traffic yet; time alone helps.
         let young = with_since(Some(-1));
-        let s = successors(Some(&young), "node-a", MARGIN, DATA_PATH_SETTLE, now);
+        let s = successors(Some(&young), "node-a", &wait(MARGIN, DATA_PATH_SETTLE), now);
         assert_eq!(s.qualified, None);
         assert_eq!(s.next_met, Some(wall(1)));
         assert!(s.short[0].contains("kube-proxy"), "{:?}", s.short);
         // A plain SharedIP has no such wait.
-        let s = successors(Some(&young), "node-a", MARGIN, Duration::ZERO, now);
+        let s = successors(Some(&young), "node-a", &wait(MARGIN, Duration::ZERO), now);
         assert_eq!(s.qualified.as_deref(), Some("node-b"));
         // Announcing long enough.
         let old = with_since(Some(-2));
-        let s = successors(Some(&old), "node-a", MARGIN, DATA_PATH_SETTLE, now);
+        let s = successors(Some(&old), "node-a", &wait(MARGIN, DATA_PATH_SETTLE), now);
         assert_eq!(s.qualified.as_deref(), Some("node-b"));
         // Unknown: not taken on trust.
         let s = successors(
             Some(&with_since(None)),
             "node-a",
-            MARGIN,
-            DATA_PATH_SETTLE,
+            &wait(MARGIN, DATA_PATH_SETTLE),
             now,
         );
         assert_eq!((s.qualified, s.next_met), (None, None));
+    }
+
+    #[test]
+    fn with_flow_handover_a_successor_must_forward_this_nodes_connections() {
+        let now = wall(0);
+        let st = status(Some(-60));
+        let none = BTreeSet::new();
+        let b = BTreeSet::from(["node-b".to_owned()]);
+        let with = |receiving| Wait {
+            receiving: Some(receiving),
+            ..wait(MARGIN, Duration::ZERO)
+        };
+        // A successor that cannot take part does not hold the move.
+        let s = successors(Some(&st), "node-a", &with(&none), now);
+        assert_eq!(s.qualified.as_deref(), Some("node-b"));
+        let mut st = st;
+        st.nodes[1].flow_handover = Some(sharedip_api::FlowHandoverStatus {
+            endpoint: "2001:db8:1::11".into(),
+            ..Default::default()
+        });
+        let s = successors(Some(&st), "node-a", &with(&none), now);
+        assert_eq!((s.qualified, s.next_met), (None, None));
+        assert!(s.short[0].contains("flow handover"), "{:?}", s.short);
+        let s = successors(Some(&st), "node-a", &with(&b), now);
+        assert_eq!(s.qualified.as_deref(), Some("node-b"));
+        // Without flow handover, no such wait.
+        let s = successors(Some(&st), "node-a", &wait(MARGIN, Duration::ZERO), now);
+        assert_eq!(s.qualified.as_deref(), Some("node-b"));
     }
 
     #[test]
@@ -786,6 +857,7 @@ mod tests {
                 status: None,
                 can_serve: true,
                 endpoint_gated: false,
+                flow_receiving: None,
             },
             start,
             wall(50),

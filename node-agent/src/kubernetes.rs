@@ -22,6 +22,7 @@ use crate::config::RunArgs;
 use crate::decision::{
     self, BgpDefaults, Decision, Outcome, Reason, RouteServerWait, Sessions, Situation,
 };
+use crate::flow_handover::driver::FlowHandover;
 use crate::handover::{self, HandoverSettings, Handovers};
 use crate::http::{AgentState, LinodeShare};
 use crate::node_addresses::{self, OwnAddresses};
@@ -53,6 +54,8 @@ pub struct KubeSettings {
     pub handover: HandoverSettings,
     /// Whether a cordoned node (`spec.unschedulable`) withdraws.
     pub withdraw_on_cordon: bool,
+    /// Flow handover's tunnels, when it is on (`--flow-handover`).
+    pub flow_handover: Option<crate::flow_handover::windows::Settings>,
 }
 
 /// Runs `sharedip-node-agent run` until SIGTERM; SIGHUP re-evaluates everything.
@@ -67,9 +70,14 @@ pub async fn run(args: RunArgs) -> Result<(), AgentError> {
         tracing::info!("stopped before the Node could be read; nothing was bound or announced");
         return Ok(());
     };
-    let (speaker, report, session_addresses) = start_speaker(&args, &node)?;
+    let (speaker, report, session_addresses, next_hop) = start_speaker(&args, &node)?;
     let binder = setup::open_binder(common).await?;
     setup::remove_flow_handover_leftovers().await;
+    let flow_handover = if args.flow_handover {
+        Some(flow_handover_settings(&args, &binder, next_hop).await?)
+    } else {
+        None
+    };
     let monitor = speaker.monitor();
     state.set_speaker(report, monitor.clone());
     let orchestrator = Orchestrator::new(binder, speaker, common.unbind_delay);
@@ -84,6 +92,7 @@ pub async fn run(args: RunArgs) -> Result<(), AgentError> {
             session_addresses,
             handover: args.handover_settings(),
             withdraw_on_cordon: args.withdraw_on_cordon,
+            flow_handover,
         },
         orchestrator,
         monitor,
@@ -91,6 +100,37 @@ pub async fn run(args: RunArgs) -> Result<(), AgentError> {
         signals.into_stream(),
     )
     .await
+}
+
+/// Flow handover's settings: tunnels from the next hop (the node's own IPv6 address toward
+/// the route servers), traffic arriving on `--flow-handover-uplink` or else the interface
+/// that holds the next hop.
+async fn flow_handover_settings(
+    args: &RunArgs,
+    binder: &crate::binder::Binder,
+    next_hop: std::net::Ipv6Addr,
+) -> Result<crate::flow_handover::windows::Settings, AgentError> {
+    let uplink = match &args.flow_handover_uplink {
+        Some(u) => u.clone(),
+        None => binder
+            .interface_addresses()
+            .await
+            .map_err(AgentError::Interfaces)?
+            .into_iter()
+            .find(|a| a.address == std::net::IpAddr::V6(next_hop))
+            .map(|a| a.interface)
+            .ok_or_else(|| {
+                AgentError::FlowHandover(format!(
+                    "no interface holds the next hop {next_hop}; set --flow-handover-uplink"
+                ))
+            })?,
+    };
+    tracing::info!(%next_hop, %uplink, port = args.flow_handover_port, "flow handover on");
+    Ok(crate::flow_handover::windows::Settings {
+        local: next_hop,
+        port: args.flow_handover_port,
+        uplink,
+    })
 }
 
 /// Serves HTTPS and the status socket before anything else: while the Node cannot be read yet
@@ -131,7 +171,7 @@ async fn serve_endpoints(
 fn start_speaker(
     args: &RunArgs,
     node: &Node,
-) -> Result<(Speaker, AgentReport, OwnAddresses), AgentError> {
+) -> Result<(Speaker, AgentReport, OwnAddresses, std::net::Ipv6Addr), AgentError> {
     let common = &args.common;
     let region = node.labels().get(sharedip_api::REGION_LABEL).cloned();
     let dcid = if common.neighbors.is_empty() {
@@ -161,7 +201,7 @@ fn start_speaker(
         router_id: Some(router_id.to_string()),
         ..Default::default()
     };
-    Ok((speaker, report, session_addresses))
+    Ok((speaker, report, session_addresses, next_hop))
 }
 
 /// The longest wait between two reads of this node's Node at start.
@@ -360,7 +400,13 @@ pub async fn run_loop<B: AddressBinding, A: Announcer>(
     let (stores, tasks) = Stores::watch(&client, &settings.node, &notify);
     let mut control = Box::pin(control.fuse());
     let stopped_early = stores.wait_synced(&mut control).await?;
+    let flow = settings.flow_handover.clone().and_then(|fh| {
+        FlowHandover::new(&settings.node, fh)
+            .map_err(|error| tracing::warn!(%error, "flow handover: no netlink socket; off"))
+            .ok()
+    });
     let mut ctx = LoopCtx {
+        flow,
         handovers: Handovers::new(&settings.node, settings.handover),
         grace_over: None,
         events: Events::new(client.clone(), &settings.node),
@@ -424,6 +470,8 @@ struct LoopCtx {
     handovers: Handovers,
     /// When the earliest wait for the route servers turns into an outage, if one waits.
     grace_over: Option<tokio::time::Instant>,
+    /// Flow handover, when it is on.
+    flow: Option<FlowHandover>,
 }
 
 /// What the decisions read of this node's Node.
@@ -569,6 +617,7 @@ impl LoopCtx {
                 () = orchestrator.unbinds_due() => {}
                 () = self.handovers.due() => {}
                 () = sleep_until(self.grace_over) => {}
+                () = sleep_until(self.flow.as_ref().and_then(FlowHandover::next_end)) => {}
                 _ = resync.tick() => self.statuses.forget_written(),
                 Some(c) = control.next() => match c {
                     Control::Stop => return,
@@ -589,6 +638,9 @@ impl LoopCtx {
     ) {
         let t = orchestrator.shutdown("node agent stopping").await;
         self.after_transitions(&t).await;
+        if let Some(flow) = &mut self.flow {
+            flow.close_all().await;
+        }
         self.state
             .set_prefixes(report::prefix_reports(orchestrator.applied()));
         // SIGTERM has its own bounded path: nothing is held.
@@ -610,11 +662,29 @@ impl LoopCtx {
     ) {
         self.refresh_own(orchestrator.binder()).await;
         let (mut desired, cannot_serve) = self.decisions(false);
+        let sips = self.stores.sharedips.state();
+        if let Some(flow) = &mut self.flow {
+            let announcing: BTreeSet<String> = orchestrator
+                .applied()
+                .iter()
+                .filter(|(_, a)| a.outcome.announced)
+                .map(|(name, _)| name.clone())
+                .collect();
+            flow.prepare(&sips, &desired, &announcing).await;
+        }
         self.hold_handovers(&mut desired, &cannot_serve, orchestrator.applied())
             .await;
+        if let Some(flow) = &mut self.flow {
+            flow.note_handovers(&sips, &desired);
+        }
         self.hurry_on_new_shares(&desired, orchestrator.announcer());
         self.events.refusals(&self.stores.sharedips, &desired).await;
         let effects = orchestrator.apply(&desired).await;
+        if let Some(flow) = &self.flow {
+            for (address, until) in flow.keep_bound(&sips) {
+                orchestrator.keep_bound_until(address, until);
+            }
+        }
         self.after_transitions(&effects.transitions).await;
         self.state
             .set_prefixes(report::prefix_reports(orchestrator.applied()));
@@ -687,6 +757,19 @@ impl LoopCtx {
             .filter(|s| s.spec.endpoint_gate.is_some())
             .map(|s| s.name_any())
             .collect();
+        // With flow handover on for a SharedIP, a successor must forward its connections.
+        let receiving: BTreeMap<String, BTreeSet<String>> = match &self.flow {
+            Some(flow) => sips
+                .iter()
+                .filter(|s| s.spec.wants_flow_handover())
+                .map(|s| {
+                    let name = s.name_any();
+                    let r = flow.receiving(&name).unwrap_or_default();
+                    (name, r)
+                })
+                .collect(),
+            None => BTreeMap::new(),
+        };
         let timed_out = self.handovers.review(
             desired,
             |name| handover::Facts {
@@ -694,6 +777,7 @@ impl LoopCtx {
                 status: statuses.get(name).copied(),
                 can_serve: !cannot_serve.contains(name),
                 endpoint_gated: gated.contains(name),
+                flow_receiving: receiving.get(name),
             },
             tokio::time::Instant::now(),
             k8s_openapi::jiff::Timestamp::now(),
@@ -758,6 +842,13 @@ impl LoopCtx {
         sessions: Sessions,
         waits: &BTreeMap<String, RouteServerWait>,
     ) {
+        let flow: BTreeMap<String, sharedip_api::FlowHandoverStatus> = match &self.flow {
+            Some(flow) => desired
+                .keys()
+                .filter_map(|name| flow.status(name).map(|st| (name.clone(), st)))
+                .collect(),
+            None => BTreeMap::new(),
+        };
         self.statuses
             .write(
                 self.stores.sharedips.state(),
@@ -765,6 +856,7 @@ impl LoopCtx {
                 outcomes,
                 sessions,
                 waits,
+                &flow,
             )
             .await;
     }

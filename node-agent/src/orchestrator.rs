@@ -164,6 +164,15 @@ impl<B: AddressBinding, A: Announcer> Orchestrator<B, A> {
         &self.binder
     }
 
+    /// Keeps `address`, withdrawn and waiting for its unbind, bound until at least `until`
+    /// (a flow handover window: the connections it had are still answered here). An address
+    /// not waiting for its unbind is left alone.
+    pub fn keep_bound_until(&mut self, address: IpAddr, until: Instant) {
+        if self.unbinds.due.contains_key(&address) {
+            self.unbinds.push(address, until);
+        }
+    }
+
     /// When the earliest queued unbind is due, if any.
     pub fn next_unbind(&self) -> Option<Instant> {
         self.unbinds.earliest()

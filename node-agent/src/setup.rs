@@ -56,6 +56,8 @@ pub enum AgentError {
     AllAddressesRefused(String),
     #[error("cannot list interface addresses: {0}")]
     Interfaces(#[source] crate::binder::BindError),
+    #[error("flow handover: {0}")]
+    FlowHandover(String),
     /// Withdraw, CEASE and unbind did not finish within the shutdown timeout: routes or
     /// addresses may be left behind, so the exit status must say so.
     #[error("shutdown did not finish within {0:?}; routes or addresses may be left behind")]

@@ -215,6 +215,7 @@ impl TestAgent {
                 session_addresses: o.session_addresses,
                 handover: o.handover,
                 withdraw_on_cordon: false,
+                flow_handover: None,
             },
             Orchestrator::new(binder.clone(), speaker, o.unbind_delay),
             monitor.clone(),

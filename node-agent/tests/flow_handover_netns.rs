@@ -22,7 +22,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use sharedip_e2e::handover_net::{
-    self, HandoverNet, Job, NEW_V4, NEW_V6, OLD_V4, OLD_V6, PORT, SHARED, SHARED_V6,
+    self, chat, upload, HandoverNet, Job, NEW_V4, NEW_V6, OLD_V4, OLD_V6, PORT, SHARED, SHARED_V6,
 };
 use sharedip_e2e::netns::{self, Netns};
 use sharedip_node_agent::flow_handover::ruleset::{
@@ -53,57 +53,6 @@ fn with_netlink<T: Send>(
     f: impl for<'a> FnOnce(&'a rtnetlink::Handle) -> Job<'a, T> + Send,
 ) -> T {
     handover_net::with_netlink(ns, f).unwrap()
-}
-
-/// Sends a line every 50 ms until `stop`; returns who answered each, or the error that
-/// ended it.
-fn chat(conn: TcpStream, stop: Arc<AtomicBool>) -> thread::JoinHandle<Result<Vec<String>, String>> {
-    thread::spawn(move || {
-        let mut writer = conn.try_clone().unwrap();
-        let mut reader = BufReader::new(conn);
-        let mut who = Vec::new();
-        let mut i = 0;
-        while !stop.load(Ordering::Relaxed) {
-            writer
-                .write_all(format!("ping {i}\n").as_bytes())
-                .map_err(|e| format!("send {i}: {e}"))?;
-            let mut line = String::new();
-            match reader.read_line(&mut line) {
-                Ok(0) => return Err(format!("closed after {i}")),
-                Ok(_) => who.push(line.split(' ').next().unwrap_or("").to_owned()),
-                Err(e) => return Err(format!("answer {i}: {e}")),
-            }
-            i += 1;
-            thread::sleep(Duration::from_millis(50));
-        }
-        Ok(who)
-    })
-}
-
-/// Uploads 1 MiB at a time (full-size segments) until `stop`; who answered each.
-fn upload(
-    conn: TcpStream,
-    stop: Arc<AtomicBool>,
-) -> thread::JoinHandle<Result<Vec<String>, String>> {
-    thread::spawn(move || {
-        let mut writer = conn.try_clone().unwrap();
-        let mut reader = BufReader::new(conn);
-        let chunk = vec![b'x'; 1 << 20];
-        let mut who = Vec::new();
-        while !stop.load(Ordering::Relaxed) {
-            writer
-                .write_all(format!("BULK {}\n", chunk.len()).as_bytes())
-                .and_then(|()| writer.write_all(&chunk))
-                .map_err(|e| format!("upload: {e}"))?;
-            let mut line = String::new();
-            match reader.read_line(&mut line) {
-                Ok(0) => return Err("closed".into()),
-                Ok(_) => who.push(line.split(' ').next().unwrap_or("").to_owned()),
-                Err(e) => return Err(format!("upload answer: {e}")),
-            }
-        }
-        Ok(who)
-    })
 }
 
 fn tunnel_of(local: Ipv6Addr, remote: Ipv6Addr) -> Tunnel {

@@ -183,6 +183,8 @@ mod tests {
             readiness_gate: None,
             endpoint_gate: None,
             bgp: None,
+            flow_handover: None,
+            flow_handover_window_seconds: None,
         }
     }
 

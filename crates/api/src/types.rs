@@ -172,7 +172,41 @@ pub struct SharedIPSpec {
     /// Linode: the defaults match Linode's route servers.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub bgp: Option<BgpOverrides>,
+
+    /// Whether a planned move of the address (a drain, a deselection, a terminating endpoint)
+    /// keeps established TCP connections: for a window after the move, the node that takes
+    /// the traffic forwards the packets of connections it does not serve, through a tunnel,
+    /// to the node that held the address, which answers them. `Off`, `On`, or `Auto` (the
+    /// default: on where the node agents run with `--flow-handover`). Hard failures (a node
+    /// or link lost) still end the connections.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub flow_handover: Option<FlowHandoverMode>,
+
+    /// How long, in seconds, the node that handed the address over keeps answering the
+    /// connections it had (default 300). Connections also end when that node's server or
+    /// endpoint does.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 5, max = 3600))]
+    pub flow_handover_window_seconds: Option<i32>,
 }
+
+/// Whether planned moves keep established connections (flow handover).
+#[derive(
+    schemars::JsonSchema, Deserialize, Serialize, Clone, Copy, Debug, Default, PartialEq, Eq, Hash,
+)]
+#[schemars(transform = without_description)]
+pub enum FlowHandoverMode {
+    /// Moves reset established connections.
+    Off,
+    /// Moves keep them, on nodes whose agents can.
+    On,
+    /// As `On` (the default).
+    #[default]
+    Auto,
+}
+
+/// The default of `flowHandoverWindowSeconds`.
+pub const FLOW_HANDOVER_WINDOW_SECONDS: i32 = 300;
 
 fn default_true() -> bool {
     true
@@ -196,6 +230,21 @@ impl SharedIPSpec {
     /// ([`Self::is_allocated`]): an address given in `address` is never deleted.
     pub fn effective_reclaim_policy(&self) -> ReclaimPolicy {
         self.reclaim_policy.unwrap_or_default()
+    }
+
+    /// Whether planned moves of the address keep established connections, as far as the
+    /// spec says (the node agents must be able to, too).
+    pub fn wants_flow_handover(&self) -> bool {
+        self.flow_handover.unwrap_or_default() != FlowHandoverMode::Off
+    }
+
+    /// `flowHandoverWindowSeconds`, or its default.
+    pub fn flow_handover_window(&self) -> std::time::Duration {
+        let secs = self
+            .flow_handover_window_seconds
+            .unwrap_or(FLOW_HANDOVER_WINDOW_SECONDS)
+            .clamp(5, 3600);
+        std::time::Duration::from_secs(u64::from(secs.unsigned_abs()))
     }
 
     /// The family of the SharedIP's address: that of the address in use when it is an IP
@@ -516,6 +565,25 @@ pub struct NodeStatus {
     /// When `announcing` last changed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub since: Option<Time>,
+    /// The node's part in a flow handover, while it has one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub flow_handover: Option<FlowHandoverStatus>,
+}
+
+/// A node's part in a flow handover of the address.
+#[derive(KubeSchema, Deserialize, Serialize, Clone, Debug, PartialEq, Eq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct FlowHandoverStatus {
+    /// The node's tunnel endpoint: its own IPv6 address.
+    pub endpoint: String,
+    /// Set while the node hands the address over: until when it answers the connections it
+    /// had, forwarded to it by the nodes in their `forwardingTo`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub handing_over_until: Option<Time>,
+    /// Nodes handing the address over whose connections this node forwards to them (its
+    /// forwarding is in place).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub forwarding_to: Vec<String>,
 }
 
 #[cfg(test)]

@@ -10,7 +10,7 @@ use k8s_openapi::jiff::Timestamp;
 use kube::api::{Api, Patch, PatchParams};
 use kube::ResourceExt;
 use serde_json::{json, Value};
-use sharedip_api::{NodeStatus, SharedIP};
+use sharedip_api::{FlowHandoverStatus, NodeStatus, SharedIP};
 
 use crate::decision::{self, Decision, Outcome, RouteServerWait, Sessions};
 
@@ -42,7 +42,8 @@ impl StatusWriter {
     /// Writes this node's entry of every SharedIP in `sharedips` whose entry changed:
     /// `desired` is what this turn decided, `outcomes` what applying it achieved (empty at
     /// shutdown: nothing is applied any more), `waits` whether a SharedIP's sessions are still
-    /// expected to come up (absent: not waiting).
+    /// expected to come up (absent: not waiting), `flow_handover` the node's part in a flow
+    /// handover of a SharedIP (absent: none).
     pub async fn write(
         &mut self,
         sharedips: Vec<Arc<SharedIP>>,
@@ -50,6 +51,7 @@ impl StatusWriter {
         outcomes: &BTreeMap<String, Outcome>,
         sessions: Sessions,
         waits: &BTreeMap<String, RouteServerWait>,
+        flow_handover: &BTreeMap<String, FlowHandoverStatus>,
     ) {
         let params = PatchParams::apply(&field_manager(&self.node)).force();
         let now = Time(Timestamp::now());
@@ -70,7 +72,11 @@ impl StatusWriter {
                 waits.get(&name).copied().unwrap_or_default(),
                 previous,
                 now.clone(),
-            );
+            )
+            .map(|mut e| {
+                e.flow_handover = flow_handover.get(&name).cloned();
+                e
+            });
             if same_entry(entry.as_ref(), previous) {
                 continue;
             }
@@ -142,6 +148,7 @@ pub fn node_entry(
         sessions_established: Some(i32::try_from(sessions.established).unwrap_or(i32::MAX)),
         sessions_total: Some(i32::try_from(sessions.total).unwrap_or(i32::MAX)),
         since,
+        flow_handover: None,
     })
 }
 

@@ -189,6 +189,8 @@ impl Desired {
             readiness_gate: None,
             endpoint_gate: Some(self.gate.clone()),
             bgp: None,
+            flow_handover: None,
+            flow_handover_window_seconds: None,
         }
     }
 

@@ -1,0 +1,226 @@
+//! Flow handover in the agent's loop: what persists across turns (the windows, until when
+//! this node hands each SharedIP over) and the steps a turn takes (see
+//! [`super::plan`] for the protocol).
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::Ipv6Addr;
+use std::time::Duration;
+
+use k8s_openapi::jiff::{SignedDuration, Timestamp};
+use sharedip_api::{FlowHandoverStatus, SharedAddress, SharedIP};
+use tokio::time::Instant;
+
+use super::plan::{self, SharedIpFacts};
+use super::ruleset::Prefix;
+use super::windows::{Settings, Side, Windows};
+use crate::decision::{Decision, Reason};
+
+/// This node's flow handover.
+pub struct FlowHandover {
+    /// This node's name, as the status entries have it.
+    node: String,
+    endpoint: Ipv6Addr,
+    windows: Windows,
+    handle: rtnetlink::Handle,
+    /// SharedIP → until when this node hands it over (wall clock, and the same on the
+    /// monotonic clock).
+    handing_over: BTreeMap<String, (Timestamp, Instant)>,
+    /// The SharedIPs with flow handover on, as of the last turn.
+    enabled: BTreeSet<String>,
+}
+
+/// A SharedIP with flow handover on, as the turn sees it.
+struct Candidate<'a> {
+    name: String,
+    shared: Prefix,
+    window: Duration,
+    sip: &'a SharedIP,
+}
+
+impl FlowHandover {
+    /// Flow handover of node `node`, with tunnels from `settings.local` (its own IPv6
+    /// address).
+    pub fn new(node: &str, settings: Settings) -> Result<Self, std::io::Error> {
+        let (connection, handle, _) = rtnetlink::new_connection()?;
+        tokio::spawn(connection);
+        Ok(Self {
+            node: node.to_owned(),
+            endpoint: settings.local,
+            windows: Windows::new(settings),
+            handle,
+            handing_over: BTreeMap::new(),
+            enabled: BTreeSet::new(),
+        })
+    }
+
+    fn candidates(sips: &[std::sync::Arc<SharedIP>]) -> Vec<Candidate<'_>> {
+        sips.iter()
+            .filter(|s| s.spec.wants_flow_handover() && s.metadata.deletion_timestamp.is_none())
+            .filter_map(|s| {
+                let a = SharedAddress::from_spec(&s.spec).ok()?;
+                Some(Candidate {
+                    name: kube::ResourceExt::name_any(s.as_ref()),
+                    shared: Prefix {
+                        address: a.network(),
+                        len: a.prefix(),
+                    },
+                    window: s.spec.flow_handover_window(),
+                    sip: s.as_ref(),
+                })
+            })
+            .collect()
+    }
+
+    /// The first step of a turn, before the planned withdrawals are reviewed: forgets
+    /// windows that ended, clamps the MSS of every address with flow handover on that this
+    /// node has a role for, and opens and closes windows as the status entries ask.
+    /// `announcing`: the SharedIPs this node announces now.
+    pub async fn prepare(
+        &mut self,
+        sips: &[std::sync::Arc<SharedIP>],
+        desired: &BTreeMap<String, Decision>,
+        announcing: &BTreeSet<String>,
+    ) {
+        let now = Instant::now();
+        let wall = Timestamp::now();
+        let candidates = Self::candidates(sips);
+        self.enabled = candidates.iter().map(|c| c.name.clone()).collect();
+        let enabled = &self.enabled;
+        self.handing_over
+            .retain(|name, (_, until)| *until > now && enabled.contains(name));
+        let clamped: Vec<Prefix> = candidates
+            .iter()
+            .filter(|c| desired.get(&c.name).is_some_and(|d| d.role.is_some()))
+            .map(|c| c.shared)
+            .collect();
+        if let Err(error) = self.windows.clamp(&clamped) {
+            tracing::warn!(%error, "flow handover: cannot clamp the MSS");
+        }
+        let facts: Vec<SharedIpFacts<'_>> = candidates
+            .iter()
+            .map(|c| SharedIpFacts {
+                name: &c.name,
+                shared: c.shared,
+                status: c.sip.status.as_ref(),
+                handing_over_until: self.handing_over.get(&c.name).map(|(t, _)| *t),
+                announcing: announcing.contains(&c.name),
+            })
+            .collect();
+        let wanted = plan::wanted(&self.node, wall, &facts);
+        self.converge(wanted).await;
+    }
+
+    /// Closes the windows not wanted (or wanted differently) and opens the missing ones.
+    async fn converge(&mut self, wanted: BTreeMap<String, Side>) {
+        let open = self.windows.open_windows().clone();
+        for (key, side) in &open {
+            if !wanted.get(key).is_some_and(|w| same_window(w, side)) {
+                if let Err(error) = self.windows.close(&self.handle, key).await {
+                    tracing::warn!(window = %key, %error, "flow handover: closing the window");
+                }
+            }
+        }
+        for (key, side) in wanted {
+            if self.windows.open_windows().contains_key(&key) {
+                continue;
+            }
+            if let Err(error) = self.windows.open(&self.handle, &key, side).await {
+                tracing::warn!(window = %key, %error, "flow handover: cannot open the window");
+            }
+        }
+    }
+
+    /// The nodes whose forwarded connections of `sharedip` this node receives, when it
+    /// hands `sharedip` over; None when it does not (no condition on its successor).
+    pub fn receiving(&self, sharedip: &str) -> Option<BTreeSet<String>> {
+        self.handing_over
+            .contains_key(sharedip)
+            .then(|| plan::receiving(sharedip, self.windows.open_windows()))
+    }
+
+    /// The second step, after the review: a SharedIP whose withdrawal is held for a successor
+    /// starts its window (once; it runs from then on, whatever the withdrawal does).
+    pub fn note_handovers(
+        &mut self,
+        sips: &[std::sync::Arc<SharedIP>],
+        desired: &BTreeMap<String, Decision>,
+    ) {
+        let (now, wall) = (Instant::now(), Timestamp::now());
+        for c in Self::candidates(sips) {
+            let held = desired
+                .get(&c.name)
+                .is_some_and(|d| d.reason == Reason::HandingOver);
+            if !held || self.handing_over.contains_key(&c.name) {
+                continue;
+            }
+            let Ok(signed) = SignedDuration::try_from(c.window) else {
+                continue;
+            };
+            let Ok(until) = wall.checked_add(signed) else {
+                continue;
+            };
+            tracing::info!(sharedip = %c.name, %until, "flow handover: handing the connections over");
+            self.handing_over.insert(c.name, (until, now + c.window));
+        }
+    }
+
+    /// The addresses to keep bound after their withdrawal, and until when.
+    pub fn keep_bound(
+        &self,
+        sips: &[std::sync::Arc<SharedIP>],
+    ) -> Vec<(std::net::IpAddr, Instant)> {
+        Self::candidates(sips)
+            .into_iter()
+            .filter_map(|c| {
+                let (_, until) = self.handing_over.get(&c.name)?;
+                let address = SharedAddress::from_spec(&c.sip.spec).ok()?.address();
+                Some((address, *until))
+            })
+            .collect()
+    }
+
+    /// This node's status of `sharedip`, if flow handover is on for it.
+    pub fn status(&self, sharedip: &str) -> Option<FlowHandoverStatus> {
+        self.enabled.contains(sharedip).then(|| {
+            plan::status(
+                sharedip,
+                self.endpoint,
+                self.handing_over.get(sharedip).map(|(t, _)| *t),
+                self.windows.open_windows(),
+            )
+        })
+    }
+
+    /// When the earliest window ends, so the loop wakes to close it.
+    pub fn next_end(&self) -> Option<Instant> {
+        self.handing_over.values().map(|(_, i)| *i).min()
+    }
+
+    /// Closes every window and removes the clamp: the agent stops.
+    pub async fn close_all(&mut self) {
+        if let Err(error) = self.windows.close_all(&self.handle).await {
+            tracing::warn!(%error, "flow handover: closing the windows at exit");
+        }
+    }
+}
+
+/// Whether two sides are the same window (a forwarder's remaining length shrinks every
+/// turn and does not make it another).
+fn same_window(a: &Side, b: &Side) -> bool {
+    match (a, b) {
+        (
+            Side::Forward {
+                peer: p1,
+                shared: s1,
+                ..
+            },
+            Side::Forward {
+                peer: p2,
+                shared: s2,
+                ..
+            },
+        ) => p1 == p2 && s1 == s2,
+        (Side::Receive { peer: p1 }, Side::Receive { peer: p2 }) => p1 == p2,
+        _ => false,
+    }
+}
