@@ -259,6 +259,30 @@ pub fn upload(conn: TcpStream, stop: Arc<AtomicBool>) -> Conversation {
     })
 }
 
+/// Joins the conversations: Ok when every one lasted and was answered by `by` alone, at
+/// least `at_least` times each (the upload, `bulk`, at least once), else what went wrong.
+pub fn answered_by_alone(
+    chats: Vec<Conversation>,
+    bulk: Conversation,
+    by: &str,
+    at_least: usize,
+) -> Result<(), String> {
+    let joined = |c: Conversation| c.join().map_err(|_| "a conversation panicked".to_owned())?;
+    for (i, c) in chats.into_iter().enumerate() {
+        let who = joined(c).map_err(|e| format!("connection {i} broke: {e}"))?;
+        if who.len() < at_least || who.iter().any(|w| w != by) {
+            return Err(format!(
+                "connection {i} answered by {who:?}, want {by} ({at_least}+)"
+            ));
+        }
+    }
+    let who = joined(bulk).map_err(|e| format!("the upload broke: {e}"))?;
+    if who.is_empty() || who.iter().any(|w| w != by) {
+        return Err(format!("the upload answered by {who:?}, want {by}"));
+    }
+    Ok(())
+}
+
 /// What [`with_netlink`] runs.
 pub type Job<'a, T> = std::pin::Pin<Box<dyn std::future::Future<Output = T> + 'a>>;
 

@@ -96,15 +96,8 @@ async fn a_drain_keeps_established_connections_until_the_window_ends() {
 
     tokio::time::sleep(Duration::from_secs(3)).await;
     stop.store(true, Ordering::Relaxed);
-    for (i, c) in chats.into_iter().enumerate() {
-        let who = c
-            .join()
-            .unwrap()
-            .unwrap_or_else(|e| panic!("connection {i} broke: {e}\n{}", lab.logs()));
-        assert!(who.iter().all(|w| w == "node-a"), "connection {i}: {who:?}");
-    }
-    let uploads = bulk.join().unwrap().expect("the upload survives");
-    assert!(uploads.iter().all(|w| w == "node-a"), "{uploads:?}");
+    handover_net::answered_by_alone(chats, bulk, "node-a", 1)
+        .unwrap_or_else(|e| panic!("{e}\n{}", lab.logs()));
     assert_eq!(
         lab.lo_addresses("node-a").unwrap(),
         vec!["192.0.2.10/32".to_owned()],

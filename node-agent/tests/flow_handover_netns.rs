@@ -229,23 +229,7 @@ fn handover(kube_proxy: bool, rp_filter: u8) {
         thread::sleep(Duration::from_millis(100));
     }
     stop.store(true, Ordering::Relaxed);
-    for (i, c) in chats.into_iter().enumerate() {
-        let who = c
-            .join()
-            .unwrap()
-            .unwrap_or_else(|e| panic!("connection {i}: {e}"));
-        assert!(
-            who.len() > 40,
-            "connection {i} answered {} times",
-            who.len()
-        );
-        assert!(who.iter().all(|w| w == "old"), "connection {i}: {who:?}");
-    }
-    let uploads = bulk.join().unwrap().expect("the upload survives");
-    assert!(
-        uploads.iter().all(|w| w == "old") && !uploads.is_empty(),
-        "{uploads:?}"
-    );
+    handover_net::answered_by_alone(chats, bulk, "old", 41).unwrap_or_else(|e| panic!("{e}"));
     let claimed = claimed.join().unwrap();
     assert!(
         claimed.is_err(),
@@ -407,15 +391,7 @@ fn windows_seed_own_flows_and_leave_nothing_behind() {
     );
     thread::sleep(Duration::from_secs(2));
     stop.store(true, Ordering::Relaxed);
-    for (i, c) in chats.into_iter().enumerate() {
-        let who = c
-            .join()
-            .unwrap()
-            .unwrap_or_else(|e| panic!("connection {i}: {e}"));
-        assert!(who.iter().all(|w| w == "old"), "connection {i}: {who:?}");
-    }
-    let uploads = bulk.join().unwrap().expect("the upload survives");
-    assert!(uploads.iter().all(|w| w == "old"), "{uploads:?}");
+    handover_net::answered_by_alone(chats, bulk, "old", 1).unwrap_or_else(|e| panic!("{e}"));
 
     // The old node closes cleanly: nothing of it stays.
     assert!(!installed(old).is_empty());
@@ -506,20 +482,7 @@ fn ipv6_range_flows_survive_the_move() {
     );
     thread::sleep(Duration::from_secs(2));
     stop.store(true, Ordering::Relaxed);
-    for (i, c) in chats.into_iter().enumerate() {
-        let who = c
-            .join()
-            .unwrap()
-            .unwrap_or_else(|e| panic!("connection {i}: {e}"));
-        assert!(
-            who.len() > 20,
-            "connection {i} answered {} times",
-            who.len()
-        );
-        assert!(who.iter().all(|w| w == "old"), "connection {i}: {who:?}");
-    }
-    let uploads = bulk.join().unwrap().expect("the upload survives");
-    assert!(uploads.iter().all(|w| w == "old"), "{uploads:?}");
+    handover_net::answered_by_alone(chats, bulk, "old", 21).unwrap_or_else(|e| panic!("{e}"));
 
     for (ns, mut windows) in [(old, old_windows), (new, new_windows)] {
         with_netlink(ns, move |h| {
