@@ -1,8 +1,8 @@
 //! Flow handover in the whole lab: the real agents with `--flow-handover`, the real
 //! operator, route servers and router; the nodes share no link, so the tunnel between them
 //! is routed like any node-to-node traffic. Long-lived connections (20 sending a line every
-//! 50 ms, one uploading full-size segments) to a server on both nodes survive a drain of
-//! the node that carried them: the new node forwards them to the old one, which keeps the
+//! 50 ms, one uploading full-size segments) to a server on both nodes survive a drain or a
+//! deselection of the node that carried them: the new node forwards them to the old one, which keeps the
 //! address bound and answers them until the window ends; new connections are the new
 //! node's. Asserts outcomes only (who answered, that nothing broke, that nothing is left).
 //! Root only.
@@ -19,8 +19,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use lab_common::{delete_and_expect_nothing_left, preflight, shared, SERIAL, SIP};
-use sharedip_e2e::handover_net::{self, chat, upload};
-use sharedip_e2e::lab::cluster::{eventually, BOUND, SHARED_V4};
+use sharedip_e2e::handover_net::{self, chat, upload, Conversation};
+use sharedip_e2e::lab::cluster::{eventually, BOUND, ROLE_LABEL, SHARED_V4};
 use sharedip_e2e::lab::{role_spec, Lab, LabConfig};
 use sharedip_e2e::netns::Netns;
 use sharedip_e2e::routeserver::Flavor;
@@ -48,47 +48,48 @@ fn installed(ns: &Netns) -> Vec<String> {
         .collect()
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_drain_keeps_established_connections_until_the_window_ends() {
-    if !preflight(Flavor::Bird) {
-        return;
-    }
-    let _serial = SERIAL.lock().await;
-    let lab = start().await;
+/// The SharedIP applied with a short window, node-a answering, a line server on both nodes,
+/// and 20 chatting connections plus an upload to node-a.
+async fn with_conversations(lab: &Lab) -> (Vec<Conversation>, Conversation, Arc<AtomicBool>) {
     let mut spec = role_spec(&SHARED_V4.to_string());
     spec["flowHandoverWindowSeconds"] = WINDOW_SECONDS.into();
     lab.apply_sharedip(SIP, spec).await.expect("apply SharedIP");
     lab.wait_answers(shared(), Some("node-a"), BOUND)
         .await
         .expect("the primary answers");
-    for node in ["node-a", "node-b"] {
-        handover_net::serve(
-            lab.node_ns(node).unwrap(),
-            if node == "node-a" { "node-a" } else { "node-b" },
-        )
-        .unwrap();
-    }
-    let client = lab.client_ns();
-    let connect = || handover_net::connect_to(client, IpAddr::V4(SHARED_V4)).unwrap();
+    handover_net::serve(lab.node_ns("node-a").unwrap(), "node-a").unwrap();
+    handover_net::serve(lab.node_ns("node-b").unwrap(), "node-b").unwrap();
     let stop = Arc::new(AtomicBool::new(false));
-    let chats: Vec<_> = (0..20).map(|_| chat(connect(), stop.clone())).collect();
-    let bulk = upload(connect(), stop.clone());
+    let chats = (0..20).map(|_| chat(connect(lab), stop.clone())).collect();
+    let bulk = upload(connect(lab), stop.clone());
     tokio::time::sleep(Duration::from_millis(500)).await;
+    (chats, bulk, stop)
+}
 
-    // The drain: node-a holds its withdrawal until node-b forwards its connections.
-    lab.set_drain("node-a", true).await.expect("drain");
+fn connect(lab: &Lab) -> std::net::TcpStream {
+    handover_net::connect_to(lab.client_ns(), IpAddr::V4(SHARED_V4)).unwrap()
+}
+
+/// After the move to node-b: node-b forwards to node-a, a new connection is node-b's, every
+/// conversation lasted and was answered by node-a alone, which still has the address.
+async fn expect_handed_over(
+    lab: &Lab,
+    chats: Vec<Conversation>,
+    bulk: Conversation,
+    stop: &AtomicBool,
+) {
     lab.wait_answers(shared(), Some("node-b"), BOUND)
         .await
-        .expect("the secondary answers while the primary drains");
-    let status = lab.node_status(SIP, "node-b").await.unwrap();
-    let forwarding = status
+        .expect("node-b answers");
+    let forwarding = lab
+        .node_status(SIP, "node-b")
+        .await
+        .unwrap()
         .and_then(|s| s.flow_handover)
         .map(|f| f.forwarding_to)
         .unwrap_or_default();
     assert_eq!(forwarding, vec!["node-a".to_owned()]);
-
-    // A new connection is node-b's.
-    let mut fresh = BufReader::new(connect());
+    let mut fresh = BufReader::new(connect(lab));
     fresh.get_mut().write_all(b"hello\n").unwrap();
     let mut line = String::new();
     fresh.read_line(&mut line).unwrap();
@@ -103,8 +104,10 @@ async fn a_drain_keeps_established_connections_until_the_window_ends() {
         vec!["192.0.2.10/32".to_owned()],
         "the old holder keeps the address for its window"
     );
+}
 
-    // The window ends: both nodes remove their part, node-a unbinds.
+/// The window ends: both nodes remove their part and node-a unbinds.
+async fn expect_window_over(lab: &Lab) {
     eventually(
         "the window ends",
         Duration::from_secs(WINDOW_SECONDS + 15),
@@ -123,10 +126,59 @@ async fn a_drain_keeps_established_connections_until_the_window_ends() {
     )
     .await
     .expect("nothing of the window stays");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_drain_keeps_established_connections_until_the_window_ends() {
+    if !preflight(Flavor::Bird) {
+        return;
+    }
+    let _serial = SERIAL.lock().await;
+    let lab = start().await;
+    let (chats, bulk, stop) = with_conversations(&lab).await;
+
+    // node-a holds its withdrawal until node-b forwards its connections.
+    lab.set_drain("node-a", true).await.expect("drain");
+    expect_handed_over(&lab, chats, bulk, &stop).await;
+    expect_window_over(&lab).await;
 
     lab.set_drain("node-a", false).await.expect("undrain");
     lab.wait_answers(shared(), Some("node-a"), BOUND)
         .await
         .expect("the primary answers again");
+    delete_and_expect_nothing_left(&lab).await;
+}
+
+/// A deselected node no longer takes the address, but its Linode keeps the share until its
+/// window ends: its replies carry the shared address, which Linode accepts only from a
+/// Linode it is shared with.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deselected_node_keeps_its_connections_and_its_share_until_the_window_ends() {
+    if !preflight(Flavor::Bird) {
+        return;
+    }
+    let _serial = SERIAL.lock().await;
+    let lab = start().await;
+    let (chats, bulk, stop) = with_conversations(&lab).await;
+
+    lab.label_node("node-a", ROLE_LABEL, None)
+        .await
+        .expect("deselect node-a");
+    expect_handed_over(&lab, chats, bulk, &stop).await;
+    assert!(
+        lab.shared_with(&SHARED_V4.to_string()).contains("node-a"),
+        "node-a's Linode keeps its share during the window"
+    );
+    expect_window_over(&lab).await;
+    eventually("node-a's share goes", BOUND, || async {
+        let with = lab.shared_with(&SHARED_V4.to_string());
+        if with.contains("node-a") {
+            Err(format!("shared with {with:?}"))
+        } else {
+            Ok(())
+        }
+    })
+    .await
+    .expect("the share ends with the window");
     delete_and_expect_nothing_left(&lab).await;
 }

@@ -341,6 +341,27 @@ pub fn departure(
     }
 }
 
+/// How long `node`'s agent still answers connections of the address it handed over (flow
+/// handover: its entry's `flowHandover.handingOverUntil`), if it does. Its Linode keeps its
+/// share until then, whatever it announces: Linode filters the source addresses of a
+/// Linode's packets, and the node's replies carry the shared address.
+pub fn handing_over_left(
+    node: &str,
+    entries: &[NodeStatus],
+    now: k8s_openapi::jiff::Timestamp,
+) -> Option<Duration> {
+    let until = entries
+        .iter()
+        .find(|e| e.name == node)?
+        .flow_handover
+        .as_ref()?
+        .handing_over_until
+        .as_ref()?
+        .0;
+    let left = Duration::try_from(until.duration_since(now)).ok()?;
+    (!left.is_zero()).then_some(left)
+}
+
 /// Since when each kept share has waited for its node's agent, per SharedIP and Linode. In
 /// memory: a restarted operator starts the wait again, which the timeout still bounds.
 #[derive(Debug, Default)]
@@ -632,6 +653,35 @@ mod tests {
             departure("b2", true, &[entry("a1", true)], early, timeout),
             Departure::Release(Released::NoEntry)
         );
+    }
+
+    #[test]
+    fn a_node_handing_its_connections_over_keeps_its_share_until_its_window_ends() {
+        let now = k8s_openapi::jiff::Timestamp::from_second(1_800_000_000).unwrap();
+        let later = |s: i64| {
+            k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
+                now.checked_add(k8s_openapi::jiff::SignedDuration::from_secs(s))
+                    .unwrap(),
+            )
+        };
+        let mut b2 = entry("b2", false);
+        assert_eq!(
+            handing_over_left("b2", std::slice::from_ref(&b2), now),
+            None
+        );
+        b2.flow_handover = Some(sharedip_api::FlowHandoverStatus {
+            endpoint: "2001:db8:1::11".into(),
+            handing_over_until: Some(later(90)),
+            forwarding_to: vec![],
+        });
+        let entries = [entry("a1", true), b2.clone()];
+        assert_eq!(
+            handing_over_left("b2", &entries, now),
+            Some(Duration::from_secs(90))
+        );
+        assert_eq!(handing_over_left("a1", &entries, now), None);
+        b2.flow_handover.as_mut().unwrap().handing_over_until = Some(later(0));
+        assert_eq!(handing_over_left("b2", &[b2], now), None);
     }
 
     #[test]

@@ -38,8 +38,8 @@ use crate::membership::MembershipDamper;
 use crate::metrics::Metrics;
 use crate::move_to_holder::{self, Moved};
 use crate::plan::{
-    departure, leaving, plan, Blocked, Departure, DepartureClock, Plan, Previously, Refusal, Retry,
-    DEFAULT_UNSHARE_AFTER_WITHDRAW_TIMEOUT,
+    departure, handing_over_left, leaving, plan, Blocked, Departure, DepartureClock, Plan,
+    Previously, Refusal, Retry, DEFAULT_UNSHARE_AFTER_WITHDRAW_TIMEOUT,
 };
 use crate::selection::{self, linodes_of};
 use crate::share_syncer::{Claim, LinodeOutcome, Outcome, Request, ShareSyncer, SyncerError};
@@ -440,12 +440,17 @@ fn keep_leaving(
     let present: BTreeSet<String> = ctx.nodes.state().iter().map(|n| n.name_any()).collect();
     let timeout = ctx.config.unshare_after_withdraw_timeout;
     let now = Instant::now();
+    let wall = Timestamp::now();
     let mut waiting = BTreeSet::new();
     let mut recheck: Option<Duration> = None;
     for (linode, entry) in leaving(plan, previous.address, &previous.linodes) {
         let (waited, starts) = ctx.departures.waited(&name, linode, now);
         let node = &entry.node;
-        match departure(node, present.contains(node), entries, waited, timeout) {
+        let decided = match handing_over_left(node, entries, wall) {
+            Some(left) if present.contains(node) => Departure::Keep { remaining: left },
+            _ => departure(node, present.contains(node), entries, waited, timeout),
+        };
+        match decided {
             Departure::Keep { remaining } => {
                 if starts {
                     info!(sharedip = %name, linode, node = %node, timeout = ?timeout, "share kept until the node's agent withdraws");

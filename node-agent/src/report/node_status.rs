@@ -72,11 +72,15 @@ impl StatusWriter {
                 waits.get(&name).copied().unwrap_or_default(),
                 previous,
                 now.clone(),
-            )
-            .map(|mut e| {
-                e.flow_handover = flow_handover.get(&name).cloned();
-                e
-            });
+            );
+            let entry = with_flow_handover(
+                &self.node,
+                entry,
+                d,
+                flow_handover.get(&name),
+                previous,
+                &now,
+            );
             if same_entry(entry.as_ref(), previous) {
                 continue;
             }
@@ -152,6 +156,44 @@ pub fn node_entry(
     })
 }
 
+/// Adds the node's flow handover part to its entry. A node that hands the address over keeps
+/// an entry until its window ends, even when it has no role any more (deselected): the node
+/// that forwards its connections, and the operator that keeps its share, read it there.
+fn with_flow_handover(
+    node: &str,
+    entry: Option<NodeStatus>,
+    decision: &Decision,
+    flow_handover: Option<&FlowHandoverStatus>,
+    previous: Option<&NodeStatus>,
+    now: &Time,
+) -> Option<NodeStatus> {
+    let Some(fh) = flow_handover else {
+        return entry;
+    };
+    if let Some(mut e) = entry {
+        e.flow_handover = Some(fh.clone());
+        return Some(e);
+    }
+    fh.handing_over_until.as_ref()?;
+    let since = match previous {
+        Some(p) if !p.announcing && p.since.is_some() => p.since.clone(),
+        _ => Some(now.clone()),
+    };
+    Some(NodeStatus {
+        name: node.to_string(),
+        role: None,
+        announcing: false,
+        reason: Some(decision.reason.as_str().to_string()),
+        message: Some(format!(
+            "{}; answers the connections it had until the flow handover window ends",
+            decision.message
+        )),
+        since,
+        flow_handover: Some(fh.clone()),
+        ..Default::default()
+    })
+}
+
 /// Whether two entries say the same, ignoring `since`.
 pub fn same_entry(a: Option<&NodeStatus>, b: Option<&NodeStatus>) -> bool {
     match (a, b) {
@@ -218,6 +260,43 @@ mod tests {
 
     fn t(secs: i64) -> Time {
         Time(Timestamp::from_second(secs).unwrap())
+    }
+
+    #[test]
+    fn a_node_handing_over_keeps_an_entry_until_its_window_ends_even_without_a_role() {
+        let now = Time(Timestamp::from_second(1_800_000_000).unwrap());
+        let deselected = Decision {
+            role: None,
+            target: None,
+            reason: Reason::NotSelected,
+            message: "m".into(),
+        };
+        let mut fh = FlowHandoverStatus {
+            endpoint: "2001:db8:1::10".into(),
+            handing_over_until: Some(now.clone()),
+            forwarding_to: vec![],
+        };
+        let e = with_flow_handover("n", None, &deselected, Some(&fh), None, &now).unwrap();
+        assert_eq!((e.role, e.announcing), (None, false));
+        assert_eq!(e.reason.as_deref(), Some("NotSelected"));
+        assert_eq!(e.flow_handover.as_ref(), Some(&fh));
+        // Not handing over: no role, no entry.
+        fh.handing_over_until = None;
+        assert_eq!(
+            with_flow_handover("n", None, &deselected, Some(&fh), None, &now),
+            None
+        );
+        assert_eq!(
+            with_flow_handover("n", None, &deselected, None, None, &now),
+            None
+        );
+        // An entry of its own carries the part as it is.
+        let own = NodeStatus {
+            name: "n".into(),
+            ..Default::default()
+        };
+        let e = with_flow_handover("n", Some(own), &deselected, Some(&fh), None, &now).unwrap();
+        assert_eq!(e.flow_handover, Some(fh));
     }
 
     #[test]
