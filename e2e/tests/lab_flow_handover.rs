@@ -12,12 +12,15 @@
 
 mod lab_common;
 
+use std::collections::BTreeSet;
 use std::io::{BufRead, BufReader, Write};
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use k8s_openapi::api::events::v1::Event;
+use kube::Api;
 use lab_common::{delete_and_expect_nothing_left, preflight, shared, SERIAL, SIP};
 use sharedip_e2e::handover_net::{self, chat, upload, Conversation};
 use sharedip_e2e::lab::cluster::{eventually, BOUND, ROLE_LABEL, SHARED_V4};
@@ -128,6 +131,45 @@ async fn expect_window_over(lab: &Lab) {
     .expect("nothing of the window stays");
 }
 
+/// Each node said when its window started and ended, as Events on the SharedIP.
+async fn expect_window_events(lab: &Lab) {
+    let events: Api<Event> = Api::all(lab.client());
+    eventually("the windows' Events", BOUND, || async {
+        let list = events
+            .list(&Default::default())
+            .await
+            .map_err(|e| e.to_string())?;
+        let said: BTreeSet<(String, String)> = list
+            .items
+            .iter()
+            .filter(|e| e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some(SIP))
+            .filter_map(|e| {
+                let reason = e.reason.clone()?;
+                let note = e.note.as_deref()?;
+                let node = ["node-a", "node-b"]
+                    .into_iter()
+                    .find(|n| note.starts_with(&format!("node {n}")))?;
+                reason
+                    .starts_with("FlowHandover")
+                    .then(|| (node.to_owned(), reason))
+            })
+            .collect();
+        let want: BTreeSet<(String, String)> = ["node-a", "node-b"]
+            .into_iter()
+            .flat_map(|n| {
+                ["FlowHandoverStarted", "FlowHandoverEnded"].map(|r| (n.to_owned(), r.to_owned()))
+            })
+            .collect();
+        if said == want {
+            Ok(())
+        } else {
+            Err(format!("flow handover Events: {said:?}"))
+        }
+    })
+    .await
+    .expect("the windows are in the SharedIP's Events");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_drain_keeps_established_connections_until_the_window_ends() {
     if !preflight(Flavor::Bird) {
@@ -141,6 +183,7 @@ async fn a_drain_keeps_established_connections_until_the_window_ends() {
     lab.set_drain("node-a", true).await.expect("drain");
     expect_handed_over(&lab, chats, bulk, &stop).await;
     expect_window_over(&lab).await;
+    expect_window_events(&lab).await;
 
     lab.set_drain("node-a", false).await.expect("undrain");
     lab.wait_answers(shared(), Some("node-a"), BOUND)

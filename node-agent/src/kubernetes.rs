@@ -670,7 +670,12 @@ impl LoopCtx {
                 .filter(|(_, a)| a.outcome.announced)
                 .map(|(name, _)| name.clone())
                 .collect();
-            flow.prepare(&sips, &desired, &announcing).await;
+            let changes = flow.prepare(&sips, &desired, &announcing).await;
+            for change in &changes {
+                self.events
+                    .flow_handover(&self.stores.sharedips, change)
+                    .await;
+            }
         }
         self.hold_handovers(&mut desired, &cannot_serve, orchestrator.applied())
             .await;

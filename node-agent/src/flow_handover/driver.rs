@@ -29,6 +29,36 @@ pub struct FlowHandover {
     enabled: BTreeSet<String>,
 }
 
+/// A window opened, closed, or refused by the kernel: worth an Event on its SharedIP.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WindowEvent {
+    pub sharedip: String,
+    /// The other node.
+    pub peer: String,
+    /// This node forwards to the peer (else it receives from it).
+    pub forwarding: bool,
+    pub what: WindowChange,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum WindowChange {
+    Opened,
+    Closed,
+    Failed(String),
+}
+
+impl WindowEvent {
+    fn new(key: &str, side: &Side, what: WindowChange) -> Self {
+        let (sharedip, peer) = key.split_once('/').unwrap_or((key, ""));
+        Self {
+            sharedip: sharedip.to_owned(),
+            peer: peer.to_owned(),
+            forwarding: matches!(side, Side::Forward { .. }),
+            what,
+        }
+    }
+}
+
 /// A SharedIP with flow handover on, as the turn sees it.
 struct Candidate<'a> {
     name: String,
@@ -74,13 +104,13 @@ impl FlowHandover {
     /// The first step of a turn, before the planned withdrawals are reviewed: forgets
     /// windows that ended, clamps the MSS of every address with flow handover on that this
     /// node has a role for, and opens and closes windows as the status entries ask.
-    /// `announcing`: the SharedIPs this node announces now.
+    /// `announcing`: the SharedIPs this node announces now. Returns what changed.
     pub async fn prepare(
         &mut self,
         sips: &[std::sync::Arc<SharedIP>],
         desired: &BTreeMap<String, Decision>,
         announcing: &BTreeSet<String>,
-    ) {
+    ) -> Vec<WindowEvent> {
         let now = Instant::now();
         let wall = Timestamp::now();
         let candidates = Self::candidates(sips);
@@ -107,27 +137,35 @@ impl FlowHandover {
             })
             .collect();
         let wanted = plan::wanted(&self.node, wall, &facts);
-        self.converge(wanted).await;
+        self.converge(wanted).await
     }
 
     /// Closes the windows not wanted (or wanted differently) and opens the missing ones.
-    async fn converge(&mut self, wanted: BTreeMap<String, Side>) {
+    async fn converge(&mut self, wanted: BTreeMap<String, Side>) -> Vec<WindowEvent> {
+        let mut events = Vec::new();
         let open = self.windows.open_windows().clone();
         for (key, side) in &open {
             if !wanted.get(key).is_some_and(|w| same_window(w, side)) {
                 if let Err(error) = self.windows.close(&self.handle, key).await {
                     tracing::warn!(window = %key, %error, "flow handover: closing the window");
                 }
+                events.push(WindowEvent::new(key, side, WindowChange::Closed));
             }
         }
         for (key, side) in wanted {
             if self.windows.open_windows().contains_key(&key) {
                 continue;
             }
-            if let Err(error) = self.windows.open(&self.handle, &key, side).await {
-                tracing::warn!(window = %key, %error, "flow handover: cannot open the window");
-            }
+            let what = match self.windows.open(&self.handle, &key, side.clone()).await {
+                Ok(()) => WindowChange::Opened,
+                Err(error) => {
+                    tracing::warn!(window = %key, %error, "flow handover: cannot open the window");
+                    WindowChange::Failed(error.to_string())
+                }
+            };
+            events.push(WindowEvent::new(&key, &side, what));
         }
+        events
     }
 
     /// The nodes whose forwarded connections of `sharedip` this node receives, when it

@@ -12,6 +12,7 @@ use kube::Resource;
 use sharedip_api::SharedIP;
 
 use crate::decision::{Decision, Reason};
+use crate::flow_handover::driver::{WindowChange, WindowEvent};
 use crate::handover::TimedOut;
 use crate::orchestrator::Transition;
 
@@ -135,6 +136,37 @@ impl Events {
             note,
         )
         .await;
+    }
+
+    /// A flow handover window of this node opened, closed or failed.
+    pub async fn flow_handover(&self, sharedips: &Store<SharedIP>, e: &WindowEvent) {
+        let (direction, towards) = if e.forwarding {
+            ("forwards the connections of", "to")
+        } else {
+            ("answers its connections forwarded by", "from")
+        };
+        let (type_, reason, note) = match &e.what {
+            WindowChange::Opened => (
+                EventType::Normal,
+                "FlowHandoverStarted",
+                format!("node {} {direction} node {}", self.node, e.peer),
+            ),
+            WindowChange::Closed => (
+                EventType::Normal,
+                "FlowHandoverEnded",
+                format!("node {}: the window {towards} node {} ended", self.node, e.peer),
+            ),
+            WindowChange::Failed(error) => (
+                EventType::Warning,
+                "FlowHandoverFailed",
+                format!(
+                    "node {}: no window {towards} node {}: {error}; moving the address resets its connections",
+                    self.node, e.peer
+                ),
+            ),
+        };
+        self.publish(sharedips, &e.sharedip, type_, reason, "FlowHandover", note)
+            .await;
     }
 
     /// Records an event on SharedIP `name`, with this Node as the related object.
