@@ -153,6 +153,17 @@ fn handover(kube_proxy: bool, rp_filter: u8) {
             .expect("guard");
     }
     assert!(old_tunnel > 0 && new_tunnel > 0);
+    // Set over rtnetlink (an unprivileged agent has /proc/sys read-only); read back here.
+    let valid_mark = old
+        .exec(
+            "cat",
+            &[format!(
+                "/proc/sys/net/ipv4/conf/{}/src_valid_mark",
+                old_end.name()
+            )],
+        )
+        .unwrap();
+    assert_eq!(valid_mark.trim(), "1");
     let rules = old.exec("ip", &["-4", "rule"]).unwrap();
     assert_eq!(
         (

@@ -12,10 +12,10 @@ use std::net::Ipv6Addr;
 use std::time::Duration;
 
 use futures::TryStreamExt;
-use rtnetlink::packet_route::link::LinkAttribute;
+use rtnetlink::packet_route::link::{AfSpecInet, AfSpecUnspec, InetDevConf, LinkAttribute};
 use rtnetlink::packet_route::route::RouteScope;
 use rtnetlink::packet_route::rule::{RuleAction, RuleAttribute, RuleMessage};
-use rtnetlink::{Handle, IpVersion, LinkVxlan, RouteMessageBuilder};
+use rtnetlink::{Handle, IpVersion, LinkUnspec, LinkVxlan, RouteMessageBuilder};
 
 /// Prefix of the tunnel devices' names.
 pub const NAME_PREFIX: &str = "sipfh";
@@ -46,12 +46,6 @@ pub enum TunnelError {
     Timeout { what: String },
     #[error("tunnel device {0} not found after it was made")]
     Missing(String),
-    #[error("setting {path}: {source}")]
-    Sysctl {
-        path: String,
-        #[source]
-        source: std::io::Error,
-    },
 }
 
 /// One end of a tunnel.
@@ -220,10 +214,7 @@ pub async fn route_marked(
     mark: u32,
     table: u32,
 ) -> Result<(), TunnelError> {
-    set_sysctl(
-        &format!("/proc/sys/net/ipv4/conf/{device}/src_valid_mark"),
-        "1",
-    )?;
+    validate_marks(handle, device, index).await?;
     let onward = handle
         .rule()
         .add()
@@ -304,12 +295,23 @@ pub async fn unroute_marked(handle: &Handle, mark: Option<u32>) -> Result<(), Tu
     Ok(())
 }
 
-/// Writes a sysctl of the calling thread's network namespace.
-fn set_sysctl(path: &str, value: &str) -> Result<(), TunnelError> {
-    std::fs::write(path, value).map_err(|source| TunnelError::Sysctl {
-        path: path.to_owned(),
-        source,
-    })
+/// Sets the device's `src_valid_mark` (its reverse-path lookups take the packet's mark) over
+/// rtnetlink, not through /proc/sys: an agent that is not privileged has /proc/sys
+/// read-only, while CAP_NET_ADMIN is enough for this. Only this one setting is sent.
+async fn validate_marks(handle: &Handle, device: &str, index: u32) -> Result<(), TunnelError> {
+    let mut conf = InetDevConf::default();
+    conf.src_vmark = 1;
+    let mut message = LinkUnspec::new_with_index(index).build();
+    message
+        .attributes
+        .push(LinkAttribute::AfSpecUnspec(vec![AfSpecUnspec::Inet(vec![
+            AfSpecInet::DevConfRequest(conf),
+        ])]));
+    bounded(
+        format!("set src_valid_mark on {device}"),
+        handle.link().set(message).execute(),
+    )
+    .await
 }
 
 #[cfg(test)]
