@@ -15,31 +15,10 @@ use sharedip_node_agent::nftables::{
     Set, Table, Verdict,
 };
 
-fn meta(key: MetaKey) -> Expr {
-    Expr::Meta { key, dreg: REG_1 }
-}
-
-fn cmp(op: CmpOp, data: &[u8]) -> Expr {
-    Expr::Cmp {
-        op,
-        sreg: REG_1,
-        data: data.to_vec(),
-    }
-}
-
-fn load(base: Base, offset: u32, len: u32, dreg: u32) -> Expr {
-    Expr::Payload {
-        base,
-        offset,
-        len,
-        dreg,
-    }
-}
-
 fn netdev_table(fh0: u32) -> Table {
     let key = [
-        load(Base::Network, 12, 4, REG_1),
-        load(Base::Transport, 0, 2, REG32_00 + 1),
+        Expr::load(Base::Network, 12, 4, REG_1),
+        Expr::load(Base::Transport, 0, 2, REG32_00 + 1),
     ];
     let mut seed = vec![198, 51, 100, 66, 0xc3, 0x50, 0, 0];
     seed.truncate(8);
@@ -64,8 +43,8 @@ fn netdev_table(fh0: u32) -> Table {
             (
                 "in".into(),
                 vec![
-                    meta(MetaKey::Protocol),
-                    cmp(CmpOp::Neq, &[0x08, 0x00]),
+                    Expr::meta(MetaKey::Protocol),
+                    Expr::cmp(CmpOp::Neq, &[0x08, 0x00]),
                     Expr::Verdict(Verdict::Accept),
                 ],
             ),
@@ -73,16 +52,16 @@ fn netdev_table(fh0: u32) -> Table {
                 "in".into(),
                 [
                     &[
-                        meta(MetaKey::L4Proto),
-                        cmp(CmpOp::Eq, &[6]),
-                        load(Base::Transport, 13, 1, REG_1),
+                        Expr::meta(MetaKey::L4Proto),
+                        Expr::cmp(CmpOp::Eq, &[6]),
+                        Expr::load(Base::Transport, 13, 1, REG_1),
                         Expr::Bitwise {
                             sreg: REG_1,
                             dreg: REG_1,
                             mask: vec![0x12],
                             xor: vec![0],
                         },
-                        cmp(CmpOp::Eq, &[0x02]),
+                        Expr::cmp(CmpOp::Eq, &[0x02]),
                     ][..],
                     &key,
                     &[
@@ -116,8 +95,8 @@ fn netdev_table(fh0: u32) -> Table {
                 "in".into(),
                 vec![
                     Expr::Counter,
-                    meta(MetaKey::IifType),
-                    cmp(CmpOp::Eq, &1u16.to_ne_bytes()),
+                    Expr::meta(MetaKey::IifType),
+                    Expr::cmp(CmpOp::Eq, &1u16.to_ne_bytes()),
                     Expr::Immediate {
                         dreg: REG_1,
                         data: vec![2, 0, 0, 0, 0, 0x0a],
@@ -167,17 +146,17 @@ fn inet_table() -> Table {
             (
                 "post".into(),
                 vec![
-                    meta(MetaKey::NfProto),
-                    cmp(CmpOp::Eq, &[2]),
-                    load(Base::Network, 12, 4, REG_1),
-                    cmp(CmpOp::Eq, &[192, 0, 2, 10]),
+                    Expr::meta(MetaKey::NfProto),
+                    Expr::cmp(CmpOp::Eq, &[2]),
+                    Expr::load(Base::Network, 12, 4, REG_1),
+                    Expr::cmp(CmpOp::Eq, &[192, 0, 2, 10]),
                     Expr::TcpOption {
                         kind: 2,
                         offset: 2,
                         len: 2,
                         dreg: REG_1,
                     },
-                    cmp(CmpOp::Gt, &mss),
+                    Expr::cmp(CmpOp::Gt, &mss),
                     Expr::Immediate {
                         dreg: REG_1,
                         data: mss.to_vec(),
@@ -193,8 +172,8 @@ fn inet_table() -> Table {
             (
                 "pre".into(),
                 vec![
-                    meta(MetaKey::IifName),
-                    cmp(CmpOp::Eq, &fh0),
+                    Expr::meta(MetaKey::IifName),
+                    Expr::cmp(CmpOp::Eq, &fh0),
                     Expr::CtState { dreg: REG_1 },
                     Expr::Bitwise {
                         sreg: REG_1,
@@ -202,15 +181,15 @@ fn inet_table() -> Table {
                         mask: 2u32.to_ne_bytes().to_vec(),
                         xor: vec![0; 4],
                     },
-                    cmp(CmpOp::Neq, &[0; 4]),
+                    Expr::cmp(CmpOp::Neq, &[0; 4]),
                     Expr::Verdict(Verdict::Accept),
                 ],
             ),
             (
                 "pre".into(),
                 vec![
-                    meta(MetaKey::IifName),
-                    cmp(CmpOp::Eq, &fh0),
+                    Expr::meta(MetaKey::IifName),
+                    Expr::cmp(CmpOp::Eq, &fh0),
                     Expr::Counter,
                     Expr::Verdict(Verdict::Drop),
                 ],

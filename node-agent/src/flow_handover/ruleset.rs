@@ -121,40 +121,6 @@ pub struct Receiver {
     pub mark: u32,
 }
 
-fn meta(key: MetaKey) -> Expr {
-    Expr::Meta { key, dreg: REG_1 }
-}
-
-fn cmp(op: CmpOp, data: &[u8]) -> Expr {
-    Expr::Cmp {
-        op,
-        sreg: REG_1,
-        data: data.to_vec(),
-    }
-}
-
-fn load(base: Base, offset: u32, len: u32, dreg: u32) -> Expr {
-    Expr::Payload {
-        base,
-        offset,
-        len,
-        dreg,
-    }
-}
-
-fn accept() -> Expr {
-    Expr::Verdict(Verdict::Accept)
-}
-
-fn mask(mask: &[u8]) -> Expr {
-    Expr::Bitwise {
-        sreg: REG_1,
-        dreg: REG_1,
-        mask: mask.to_vec(),
-        xor: vec![0; mask.len()],
-    }
-}
-
 /// Offset and length of the source / destination address in the network header.
 fn address_field(v4: bool, destination: bool) -> (u32, u32) {
     match (v4, destination) {
@@ -168,9 +134,9 @@ fn address_field(v4: bool, destination: bool) -> (u32, u32) {
 /// `<ip|ip6> <saddr|daddr> <op> prefix`.
 fn address_is(prefix: &Prefix, destination: bool, op: CmpOp) -> Vec<Expr> {
     let (offset, len) = address_field(prefix.is_v4(), destination);
-    let mut e = vec![load(Base::Network, offset, len, REG_1)];
+    let mut e = vec![Expr::load(Base::Network, offset, len, REG_1)];
     if !prefix.is_host() {
-        e.push(mask(&prefix.mask()));
+        e.push(Expr::mask(&prefix.mask()));
     }
     let masked: Vec<u8> = prefix
         .bytes()
@@ -178,7 +144,7 @@ fn address_is(prefix: &Prefix, destination: bool, op: CmpOp) -> Vec<Expr> {
         .zip(prefix.mask())
         .map(|(b, m)| b & m)
         .collect();
-    e.push(cmp(op, &masked));
+    e.push(Expr::cmp(op, &masked));
     e
 }
 
@@ -189,8 +155,8 @@ fn client_key(v4: bool) -> Vec<Expr> {
     // IPv4 address, reg 12 after a 16-byte IPv6 one.
     let port_reg = REG32_00 + len / 4;
     vec![
-        load(Base::Network, offset, len, REG_1),
-        load(Base::Transport, 0, 2, port_reg),
+        Expr::load(Base::Network, offset, len, REG_1),
+        Expr::load(Base::Transport, 0, 2, port_reg),
     ]
 }
 
@@ -254,29 +220,33 @@ fn forwarder_rules(f: &Forwarder) -> Vec<Vec<Expr>> {
     let v4 = f.shared.is_v4();
     let (ethertype, l4_offset) = if v4 { (ETH_P_IP, 9) } else { (ETH_P_IPV6, 6) };
     let tcp_flags = vec![
-        load(Base::Transport, 13, 1, REG_1),
-        mask(&[TCP_SYN | TCP_ACK]),
+        Expr::load(Base::Transport, 13, 1, REG_1),
+        Expr::mask(&[TCP_SYN | TCP_ACK]),
     ];
     vec![
         // Not this family (ARP among it): not ours. This comes first, as every other match
         // breaks on such a packet and would fall through to the forwarding.
         vec![
-            meta(MetaKey::Protocol),
-            cmp(CmpOp::Neq, &ethertype),
-            accept(),
+            Expr::meta(MetaKey::Protocol),
+            Expr::cmp(CmpOp::Neq, &ethertype),
+            Expr::accept(),
         ],
-        [address_is(&f.shared, true, CmpOp::Neq), vec![accept()]].concat(),
+        [
+            address_is(&f.shared, true, CmpOp::Neq),
+            vec![Expr::accept()],
+        ]
+        .concat(),
         // Only TCP, whose SYN says which flows are new; the IPv6 next header is taken as the
         // transport (the address's traffic carries no extension headers).
         vec![
-            load(Base::Network, l4_offset, 1, REG_1),
-            cmp(CmpOp::Neq, &[TCP]),
-            accept(),
+            Expr::load(Base::Network, l4_offset, 1, REG_1),
+            Expr::cmp(CmpOp::Neq, &[TCP]),
+            Expr::accept(),
         ],
         // A new flow is this node's own from its SYN on.
         [
             tcp_flags,
-            vec![cmp(CmpOp::Eq, &[TCP_SYN])],
+            vec![Expr::cmp(CmpOp::Eq, &[TCP_SYN])],
             client_key(v4),
             vec![
                 Expr::DynsetUpdate {
@@ -284,7 +254,7 @@ fn forwarder_rules(f: &Forwarder) -> Vec<Vec<Expr>> {
                     set_id: 1,
                     sreg_key: REG_1,
                 },
-                accept(),
+                Expr::accept(),
             ],
         ]
         .concat(),
@@ -296,7 +266,7 @@ fn forwarder_rules(f: &Forwarder) -> Vec<Vec<Expr>> {
                     set_id: 1,
                     sreg: REG_1,
                 },
-                accept(),
+                Expr::accept(),
             ],
         ]
         .concat(),
@@ -310,8 +280,8 @@ fn forwarder_rules(f: &Forwarder) -> Vec<Vec<Expr>> {
 fn to_tunnel(f: &Forwarder) -> Vec<Expr> {
     vec![
         Expr::Counter,
-        meta(MetaKey::IifType),
-        cmp(CmpOp::Eq, &ARPHRD_ETHER.to_ne_bytes()),
+        Expr::meta(MetaKey::IifType),
+        Expr::cmp(CmpOp::Eq, &ARPHRD_ETHER.to_ne_bytes()),
         Expr::Immediate {
             dreg: REG_1,
             data: f.tunnel_mac.to_vec(),
@@ -378,7 +348,7 @@ fn receiver_check(r: &Receiver) -> Table {
     let mut ifname = [0u8; 16];
     let n = r.tunnel.len().min(15);
     ifname[..n].copy_from_slice(&r.tunnel.as_bytes()[..n]);
-    let from_tunnel = || vec![meta(MetaKey::IifName), cmp(CmpOp::Eq, &ifname)];
+    let from_tunnel = || vec![Expr::meta(MetaKey::IifName), Expr::cmp(CmpOp::Eq, &ifname)];
     let rule = |exprs: Vec<Expr>| ("receive".to_owned(), [from_tunnel(), exprs].concat());
     Table {
         family: Family::Inet,
@@ -394,9 +364,9 @@ fn receiver_check(r: &Receiver) -> Table {
         rules: vec![
             rule(vec![
                 Expr::CtState { dreg: REG_1 },
-                mask(&CT_STATE_ESTABLISHED.to_ne_bytes()),
-                cmp(CmpOp::Neq, &[0; 4]),
-                accept(),
+                Expr::mask(&CT_STATE_ESTABLISHED.to_ne_bytes()),
+                Expr::cmp(CmpOp::Neq, &[0; 4]),
+                Expr::accept(),
             ]),
             rule(vec![Expr::Counter, Expr::Verdict(Verdict::Drop)]),
         ],
@@ -441,8 +411,8 @@ fn track() -> (String, Vec<Expr>) {
         "clamp".into(),
         vec![
             Expr::CtState { dreg: REG_1 },
-            mask(&CT_STATE_INVALID.to_ne_bytes()),
-            cmp(CmpOp::Neq, &[0; 4]),
+            Expr::mask(&CT_STATE_INVALID.to_ne_bytes()),
+            Expr::cmp(CmpOp::Neq, &[0; 4]),
             Expr::Counter,
         ],
     )
@@ -455,23 +425,23 @@ fn clamp_rule(shared: &Prefix) -> (String, Vec<Expr>) {
         "clamp".into(),
         [
             vec![
-                meta(MetaKey::NfProto),
-                cmp(CmpOp::Eq, &[if v4 { NFPROTO_IPV4 } else { NFPROTO_IPV6 }]),
+                Expr::meta(MetaKey::NfProto),
+                Expr::cmp(CmpOp::Eq, &[if v4 { NFPROTO_IPV4 } else { NFPROTO_IPV6 }]),
             ],
             address_is(shared, false, CmpOp::Eq),
             vec![
-                meta(MetaKey::L4Proto),
-                cmp(CmpOp::Eq, &[TCP]),
-                load(Base::Transport, 13, 1, REG_1),
-                mask(&[TCP_SYN | TCP_ACK]),
-                cmp(CmpOp::Eq, &[TCP_SYN | TCP_ACK]),
+                Expr::meta(MetaKey::L4Proto),
+                Expr::cmp(CmpOp::Eq, &[TCP]),
+                Expr::load(Base::Transport, 13, 1, REG_1),
+                Expr::mask(&[TCP_SYN | TCP_ACK]),
+                Expr::cmp(CmpOp::Eq, &[TCP_SYN | TCP_ACK]),
                 Expr::TcpOption {
                     kind: TCPOPT_MAXSEG,
                     offset: 2,
                     len: 2,
                     dreg: REG_1,
                 },
-                cmp(CmpOp::Gt, &mss),
+                Expr::cmp(CmpOp::Gt, &mss),
                 Expr::Immediate {
                     dreg: REG_1,
                     data: mss.to_vec(),
@@ -494,10 +464,10 @@ fn clamp_rule(shared: &Prefix) -> (String, Vec<Expr>) {
 pub fn guard(table: &str, port: u16, peers: &[std::net::Ipv6Addr]) -> Table {
     let to_port = || {
         vec![
-            meta(MetaKey::L4Proto),
-            cmp(CmpOp::Eq, &[UDP]),
-            load(Base::Transport, 2, 2, REG_1),
-            cmp(CmpOp::Eq, &port.to_be_bytes()),
+            Expr::meta(MetaKey::L4Proto),
+            Expr::cmp(CmpOp::Eq, &[UDP]),
+            Expr::load(Base::Transport, 2, 2, REG_1),
+            Expr::cmp(CmpOp::Eq, &port.to_be_bytes()),
         ]
     };
     let mut rules: Vec<(String, Vec<Expr>)> = peers
@@ -514,10 +484,13 @@ pub fn guard(table: &str, port: u16, peers: &[std::net::Ipv6Addr]) -> Table {
             (
                 "guard".to_owned(),
                 [
-                    vec![meta(MetaKey::NfProto), cmp(CmpOp::Eq, &[NFPROTO_IPV6])],
+                    vec![
+                        Expr::meta(MetaKey::NfProto),
+                        Expr::cmp(CmpOp::Eq, &[NFPROTO_IPV6]),
+                    ],
                     to_port(),
                     from_peer,
-                    vec![accept()],
+                    vec![Expr::accept()],
                 ]
                 .concat(),
             )
@@ -581,11 +554,11 @@ mod tests {
         // The key registers: IPv4 port right after the address (reg 9), IPv6 after 16 bytes.
         assert_eq!(
             client_key(true)[1],
-            load(Base::Transport, 0, 2, REG32_00 + 1)
+            Expr::load(Base::Transport, 0, 2, REG32_00 + 1)
         );
         assert_eq!(
             client_key(false)[1],
-            load(Base::Transport, 0, 2, REG32_00 + 4)
+            Expr::load(Base::Transport, 0, 2, REG32_00 + 4)
         );
     }
 }

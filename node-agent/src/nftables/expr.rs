@@ -177,6 +177,49 @@ fn data(a: &mut Attrs, kind: u16, value: &[u8]) {
     });
 }
 
+/// Shorthands for the expressions rules are mostly made of, loading into and comparing
+/// register 1 (the rest are written out).
+impl Expr {
+    /// `meta <key>` into register 1.
+    pub fn meta(key: MetaKey) -> Self {
+        Expr::Meta { key, dreg: REG_1 }
+    }
+
+    /// Compares register 1 with `data`.
+    pub fn cmp(op: CmpOp, data: &[u8]) -> Self {
+        Expr::Cmp {
+            op,
+            sreg: REG_1,
+            data: data.to_vec(),
+        }
+    }
+
+    /// `len` bytes at `offset` of header `base` into register `dreg`.
+    pub fn load(base: Base, offset: u32, len: u32, dreg: u32) -> Self {
+        Expr::Payload {
+            base,
+            offset,
+            len,
+            dreg,
+        }
+    }
+
+    /// Register 1 AND `mask`.
+    pub fn mask(mask: &[u8]) -> Self {
+        Expr::Bitwise {
+            sreg: REG_1,
+            dreg: REG_1,
+            mask: mask.to_vec(),
+            xor: vec![0; mask.len()],
+        }
+    }
+
+    /// The `accept` verdict.
+    pub fn accept() -> Self {
+        Expr::Verdict(Verdict::Accept)
+    }
+}
+
 impl Expr {
     /// The expression's name in the kernel.
     pub fn name(&self) -> &'static str {

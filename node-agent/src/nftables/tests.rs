@@ -102,42 +102,11 @@ fn captured(file: &str) -> Vec<Vec<u8>> {
         .collect()
 }
 
-fn meta(key: MetaKey) -> Expr {
-    Expr::Meta { key, dreg: REG_1 }
-}
-
-fn cmp(op: CmpOp, data: &[u8]) -> Expr {
-    Expr::Cmp {
-        op,
-        sreg: REG_1,
-        data: data.to_vec(),
-    }
-}
-
-fn load(base: Base, offset: u32, len: u32, dreg: u32) -> Expr {
-    Expr::Payload {
-        base,
-        offset,
-        len,
-        dreg,
-    }
-}
-
-fn bitwise(mask: &[u8]) -> Expr {
-    Expr::Bitwise {
-        sreg: REG_1,
-        dreg: REG_1,
-        mask: mask.to_vec(),
-        xor: vec![0; mask.len()],
-    }
-}
-
-fn accept() -> Expr {
-    Expr::Verdict(Verdict::Accept)
-}
-
 fn is_ipv4() -> [Expr; 2] {
-    [meta(MetaKey::Protocol), cmp(CmpOp::Eq, &[0x08, 0x00])]
+    [
+        Expr::meta(MetaKey::Protocol),
+        Expr::cmp(CmpOp::Eq, &[0x08, 0x00]),
+    ]
 }
 
 fn ether_set(offset: u32, mac: [u8; 6]) -> [Expr; 2] {
@@ -158,42 +127,42 @@ fn ether_set(offset: u32, mac: [u8; 6]) -> [Expr; 2] {
 /// `testdata/rules.nft`, rule by rule, as this encoder writes it.
 fn netdev_rules() -> Vec<Vec<Expr>> {
     let own_key = [
-        load(Base::Network, 12, 4, REG_1),
-        load(Base::Transport, 0, 2, REG32_00 + 1),
+        Expr::load(Base::Network, 12, 4, REG_1),
+        Expr::load(Base::Transport, 0, 2, REG32_00 + 1),
     ];
     let tcp_flags = [
-        meta(MetaKey::L4Proto),
-        cmp(CmpOp::Eq, &[6]),
-        load(Base::Transport, 13, 1, REG_1),
-        bitwise(&[0x12]),
+        Expr::meta(MetaKey::L4Proto),
+        Expr::cmp(CmpOp::Eq, &[6]),
+        Expr::load(Base::Transport, 13, 1, REG_1),
+        Expr::mask(&[0x12]),
     ];
     vec![
         vec![
-            meta(MetaKey::Protocol),
-            cmp(CmpOp::Neq, &[0x08, 0x00]),
-            accept(),
+            Expr::meta(MetaKey::Protocol),
+            Expr::cmp(CmpOp::Neq, &[0x08, 0x00]),
+            Expr::accept(),
         ],
         [
             &is_ipv4()[..],
             &[
-                load(Base::Network, 16, 4, REG_1),
-                cmp(CmpOp::Neq, &[192, 0, 2, 10]),
-                accept(),
+                Expr::load(Base::Network, 16, 4, REG_1),
+                Expr::cmp(CmpOp::Neq, &[192, 0, 2, 10]),
+                Expr::accept(),
             ],
         ]
         .concat(),
         [
             &is_ipv4()[..],
             &[
-                load(Base::Network, 9, 1, REG_1),
-                cmp(CmpOp::Neq, &[6]),
-                accept(),
+                Expr::load(Base::Network, 9, 1, REG_1),
+                Expr::cmp(CmpOp::Neq, &[6]),
+                Expr::accept(),
             ],
         ]
         .concat(),
         [
             &tcp_flags[..],
-            &[cmp(CmpOp::Eq, &[0x02])],
+            &[Expr::cmp(CmpOp::Eq, &[0x02])],
             &is_ipv4(),
             &own_key,
             &[
@@ -203,13 +172,13 @@ fn netdev_rules() -> Vec<Vec<Expr>> {
                     sreg_key: REG_1,
                 },
                 Expr::Counter,
-                accept(),
+                Expr::accept(),
             ],
         ]
         .concat(),
         [
             &is_ipv4()[..],
-            &[meta(MetaKey::L4Proto), cmp(CmpOp::Eq, &[6])],
+            &[Expr::meta(MetaKey::L4Proto), Expr::cmp(CmpOp::Eq, &[6])],
             &own_key,
             &[
                 Expr::Lookup {
@@ -218,15 +187,15 @@ fn netdev_rules() -> Vec<Vec<Expr>> {
                     sreg: REG_1,
                 },
                 Expr::Counter,
-                accept(),
+                Expr::accept(),
             ],
         ]
         .concat(),
         [
             &[
                 Expr::Counter,
-                meta(MetaKey::IifType),
-                cmp(CmpOp::Eq, &1u16.to_ne_bytes()),
+                Expr::meta(MetaKey::IifType),
+                Expr::cmp(CmpOp::Eq, &1u16.to_ne_bytes()),
             ][..],
             &ether_set(6, [2, 0, 0, 0, 0, 0x0b]),
             &ether_set(0, [2, 0, 0, 0, 0, 0x0a]),
@@ -260,22 +229,22 @@ fn inet_rules() -> Vec<Vec<Expr>> {
     let mss = 1390u16.to_be_bytes();
     vec![
         vec![
-            meta(MetaKey::NfProto),
-            cmp(CmpOp::Eq, &[2]),
-            load(Base::Network, 12, 4, REG_1),
-            cmp(CmpOp::Eq, &[192, 0, 2, 10]),
-            meta(MetaKey::L4Proto),
-            cmp(CmpOp::Eq, &[6]),
-            load(Base::Transport, 13, 1, REG_1),
-            bitwise(&[0x12]),
-            cmp(CmpOp::Eq, &[0x12]),
+            Expr::meta(MetaKey::NfProto),
+            Expr::cmp(CmpOp::Eq, &[2]),
+            Expr::load(Base::Network, 12, 4, REG_1),
+            Expr::cmp(CmpOp::Eq, &[192, 0, 2, 10]),
+            Expr::meta(MetaKey::L4Proto),
+            Expr::cmp(CmpOp::Eq, &[6]),
+            Expr::load(Base::Transport, 13, 1, REG_1),
+            Expr::mask(&[0x12]),
+            Expr::cmp(CmpOp::Eq, &[0x12]),
             Expr::TcpOption {
                 kind: 2,
                 offset: 2,
                 len: 2,
                 dreg: REG_1,
             },
-            cmp(CmpOp::Gt, &mss),
+            Expr::cmp(CmpOp::Gt, &mss),
             Expr::Immediate {
                 dreg: REG_1,
                 data: mss.to_vec(),
@@ -289,17 +258,17 @@ fn inet_rules() -> Vec<Vec<Expr>> {
             Expr::Counter,
         ],
         vec![
-            meta(MetaKey::IifName),
-            cmp(CmpOp::Eq, &fh0),
+            Expr::meta(MetaKey::IifName),
+            Expr::cmp(CmpOp::Eq, &fh0),
             Expr::CtState { dreg: REG_1 },
-            bitwise(&2u32.to_ne_bytes()),
-            cmp(CmpOp::Neq, &[0; 4]),
+            Expr::mask(&2u32.to_ne_bytes()),
+            Expr::cmp(CmpOp::Neq, &[0; 4]),
             Expr::Counter,
-            accept(),
+            Expr::accept(),
         ],
         vec![
-            meta(MetaKey::IifName),
-            cmp(CmpOp::Eq, &fh0),
+            Expr::meta(MetaKey::IifName),
+            Expr::cmp(CmpOp::Eq, &fh0),
             Expr::Counter,
             Expr::Verdict(Verdict::Drop),
         ],
@@ -328,7 +297,7 @@ fn inet_rules_encode_as_nft_sends_them() {
 #[test]
 fn the_comparison_sees_a_difference() {
     let mut rules = netdev_rules();
-    rules[1][3] = cmp(CmpOp::Neq, &[192, 0, 2, 11]);
+    rules[1][3] = Expr::cmp(CmpOp::Neq, &[192, 0, 2, 11]);
     let want = captured(include_str!("testdata/rules.hex"));
     let got = super::expr::encode_list(&rules[1]);
     assert_ne!(tree(&got), tree(&want[1]));
