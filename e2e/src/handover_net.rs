@@ -283,6 +283,21 @@ pub fn answered_by_alone(
     Ok(())
 }
 
+/// What flow handover has installed in `ns`, a line each: its nf_tables tables and tunnel
+/// devices (named `sipfh…`) and its routing rules (marks of the tunnels' range, 0x5f1…).
+pub fn installed(ns: &Netns) -> Result<Vec<String>, HandoverNetError> {
+    let tables = ns.exec("nft", &["list", "tables"])?;
+    let links = ns.ip(&["-o", "link"])?;
+    let rules = ns.ip(&["-4", "rule"])?;
+    Ok(tables
+        .lines()
+        .chain(links.lines())
+        .filter(|l| l.contains("sipfh"))
+        .chain(rules.lines().filter(|l| l.contains("fwmark 0x5f1")))
+        .map(str::to_owned)
+        .collect())
+}
+
 /// What [`with_netlink`] runs.
 pub type Job<'a, T> = std::pin::Pin<Box<dyn std::future::Future<Output = T> + 'a>>;
 

@@ -11,9 +11,9 @@
 mod lab_common;
 
 use lab_common::{delete_and_expect_nothing_left, preflight, shared, SERIAL, SIP};
+use sharedip_e2e::handover_net;
 use sharedip_e2e::lab::cluster::{BOUND, SHARED_V4};
 use sharedip_e2e::lab::{role_spec, Lab, LabConfig};
-use sharedip_e2e::netns::Netns;
 use sharedip_e2e::routeserver::Flavor;
 
 async fn start() -> Lab {
@@ -142,7 +142,7 @@ async fn secondary_takes_over_when_the_primary_agent_is_killed() {
     for cmd in plant {
         ns.exec(cmd[0], &cmd[1..]).expect("plant a leftover");
     }
-    assert_eq!(flow_handover_leftovers(ns).len(), 4);
+    assert_eq!(handover_net::installed(ns).unwrap().len(), 4);
 
     // The agent restarts: it finds its state file and takes over again, and removes the
     // leftovers (only its own).
@@ -151,24 +151,10 @@ async fn secondary_takes_over_when_the_primary_agent_is_killed() {
         .await
         .expect("failback to the primary");
     let ns = lab.node_ns("node-a").unwrap();
-    assert_eq!(flow_handover_leftovers(ns), Vec::<String>::new());
+    assert_eq!(handover_net::installed(ns).unwrap(), Vec::<String>::new());
     let rules = ns.exec("ip", &["rule"]).unwrap();
     assert!(rules.contains("fwmark 0x42"), "{rules}");
     delete_and_expect_nothing_left(&lab).await;
-}
-
-/// Flow handover's tables, tunnels and rules in `ns`.
-fn flow_handover_leftovers(ns: &Netns) -> Vec<String> {
-    let tables = ns.exec("nft", &["list", "tables"]).unwrap();
-    let links = ns.exec("ip", &["-o", "link"]).unwrap();
-    let rules = ns.exec("ip", &["rule"]).unwrap();
-    tables
-        .lines()
-        .chain(links.lines())
-        .filter(|l| l.contains("sipfh"))
-        .chain(rules.lines().filter(|l| l.contains("0x5f1")))
-        .map(str::to_owned)
-        .collect()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -25,7 +25,6 @@ use lab_common::{delete_and_expect_nothing_left, preflight, shared, SERIAL, SIP}
 use sharedip_e2e::handover_net::{self, chat, upload, Conversation};
 use sharedip_e2e::lab::cluster::{eventually, BOUND, ROLE_LABEL, SHARED_V4};
 use sharedip_e2e::lab::{role_spec, Lab, LabConfig};
-use sharedip_e2e::netns::Netns;
 use sharedip_e2e::routeserver::Flavor;
 
 /// Long enough to outlast the scenario's checks, short enough to watch it end.
@@ -37,18 +36,6 @@ async fn start() -> Lab {
         ..LabConfig::default()
     })
     .await
-}
-
-/// Flow handover's tables and tunnels in `ns`.
-fn installed(ns: &Netns) -> Vec<String> {
-    let tables = ns.exec("nft", &["list", "tables"]).unwrap();
-    let links = ns.exec("ip", &["-o", "link"]).unwrap();
-    tables
-        .lines()
-        .chain(links.lines())
-        .filter(|l| l.contains("sipfh") && !l.contains("sipfh-clamp"))
-        .map(str::to_owned)
-        .collect()
 }
 
 /// The SharedIP applied with a short window, node-a answering, a line server on both nodes,
@@ -117,7 +104,9 @@ async fn expect_window_over(lab: &Lab) {
         || async {
             let left: Vec<String> = ["node-a", "node-b"]
                 .iter()
-                .flat_map(|n| installed(lab.node_ns(n).unwrap()))
+                .flat_map(|n| handover_net::installed(lab.node_ns(n).unwrap()).unwrap())
+                // The MSS clamp stays while flow handover is on for the address.
+                .filter(|l| !l.contains("sipfh-clamp"))
                 .collect();
             let bound = lab.lo_addresses("node-a").map_err(|e| e.to_string())?;
             if left.is_empty() && bound.is_empty() {

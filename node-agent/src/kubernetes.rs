@@ -767,11 +767,7 @@ impl LoopCtx {
             Some(flow) => sips
                 .iter()
                 .filter(|s| s.spec.wants_flow_handover())
-                .map(|s| {
-                    let name = s.name_any();
-                    let r = flow.receiving(&name).unwrap_or_default();
-                    (name, r)
-                })
+                .map(|s| (s.name_any(), flow.receiving(&s.name_any())))
                 .collect(),
             None => BTreeMap::new(),
         };

@@ -306,20 +306,6 @@ fn ask(conn: &mut BufReader<TcpStream>, line: &str) -> String {
     answer.split(' ').next().unwrap_or("").to_owned()
 }
 
-/// What flow handover left in `ns`: its tables, tunnel devices and rules.
-fn installed(ns: &Netns) -> Vec<String> {
-    let tables = ns.exec("nft", &["list", "tables"]).unwrap();
-    let links = ns.ip(&["-o", "link"]).unwrap();
-    let rules = ns.ip(&["-4", "rule"]).unwrap();
-    tables
-        .lines()
-        .chain(links.lines())
-        .chain(rules.lines())
-        .filter(|l| l.contains("sipfh") || l.starts_with("5150:") || l.starts_with("5151:"))
-        .map(str::to_owned)
-        .collect()
-}
-
 /// The product's windows end to end: the old node receives, the new node forwards, seeded
 /// with the flow it already served before the move (which stays its own); then the old
 /// node closes its window cleanly and the new node's agent "dies" with its window open: the
@@ -405,23 +391,23 @@ fn windows_seed_own_flows_and_leave_nothing_behind() {
     handover_net::answered_by_alone(chats, bulk, "old", 1).unwrap_or_else(|e| panic!("{e}"));
 
     // The old node closes cleanly: nothing of it stays.
-    assert!(!installed(old).is_empty());
+    assert!(!handover_net::installed(old).unwrap().is_empty());
     with_netlink(old, move |h| {
         Box::pin(async move { old_windows.close_all(h).await.expect("close") })
     });
-    assert_eq!(installed(old), Vec::<String>::new());
+    assert_eq!(handover_net::installed(old).unwrap(), Vec::<String>::new());
 
     // The new node's agent is gone with its window open; its next start removes it all.
     assert!(!new_windows.open_windows().is_empty());
     drop(new_windows);
-    let left = installed(new);
+    let left = handover_net::installed(new).unwrap();
     assert!(left.len() >= 4, "forwarder, guard, clamp, tunnel: {left:?}");
     let removed = with_netlink(new, |h| {
         Box::pin(async move { remove_leftovers(h).await.expect("leftovers") })
     });
     assert_eq!(removed.tunnels.len(), 1, "{removed:?}");
     assert_eq!(removed.tables.len(), 3, "{removed:?}");
-    assert_eq!(installed(new), Vec::<String>::new());
+    assert_eq!(handover_net::installed(new).unwrap(), Vec::<String>::new());
     let again = with_netlink(new, |h| {
         Box::pin(async move { remove_leftovers(h).await.expect("leftovers") })
     });
@@ -499,6 +485,6 @@ fn ipv6_range_flows_survive_the_move() {
         with_netlink(ns, move |h| {
             Box::pin(async move { windows.close_all(h).await.expect("close") })
         });
-        assert_eq!(installed(ns), Vec::<String>::new());
+        assert_eq!(handover_net::installed(ns).unwrap(), Vec::<String>::new());
     }
 }

@@ -162,40 +162,44 @@ impl Responder {
 
 /// Binds a non-blocking listener; `[::]` is IPv6-only so `0.0.0.0` can share the port.
 fn listen(ns: &Netns, addr: SocketAddr) -> Result<std::net::TcpListener, TrafficError> {
-    use socket2::{Domain, Protocol, Socket, Type};
-    let err = |source| TrafficError::Listen {
-        addr,
-        netns: ns.name().to_owned(),
-        source,
-    };
-    let socket =
-        Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP)).map_err(err)?;
-    if addr.is_ipv6() {
-        socket.set_only_v6(true).map_err(err)?;
-    }
-    socket.set_reuse_address(true).map_err(err)?;
-    socket.set_nonblocking(true).map_err(err)?;
-    socket.bind(&addr.into()).map_err(err)?;
-    socket.listen(1024).map_err(err)?;
+    let socket = bound(ns, addr, socket2::Type::STREAM, socket2::Protocol::TCP)?;
+    socket.listen(1024).map_err(listen_error(ns, addr))?;
     Ok(socket.into())
 }
 
 /// Binds a non-blocking UDP socket; `[::]` is IPv6-only so `0.0.0.0` can share the port.
 fn bind_udp(ns: &Netns, addr: SocketAddr) -> Result<std::net::UdpSocket, TrafficError> {
-    use socket2::{Domain, Protocol, Socket, Type};
-    let err = |source| TrafficError::Listen {
+    Ok(bound(ns, addr, socket2::Type::DGRAM, socket2::Protocol::UDP)?.into())
+}
+
+/// A non-blocking socket bound to `addr` (IPv6-only for an IPv6 address; a TCP one may take
+/// the address again at once).
+fn bound(
+    ns: &Netns,
+    addr: SocketAddr,
+    kind: socket2::Type,
+    protocol: socket2::Protocol,
+) -> Result<socket2::Socket, TrafficError> {
+    let err = listen_error(ns, addr);
+    let socket = socket2::Socket::new(socket2::Domain::for_address(addr), kind, Some(protocol))
+        .map_err(&err)?;
+    if addr.is_ipv6() {
+        socket.set_only_v6(true).map_err(&err)?;
+    }
+    if protocol == socket2::Protocol::TCP {
+        socket.set_reuse_address(true).map_err(&err)?;
+    }
+    socket.set_nonblocking(true).map_err(&err)?;
+    socket.bind(&addr.into()).map_err(&err)?;
+    Ok(socket)
+}
+
+fn listen_error(ns: &Netns, addr: SocketAddr) -> impl Fn(std::io::Error) -> TrafficError + '_ {
+    move |source| TrafficError::Listen {
         addr,
         netns: ns.name().to_owned(),
         source,
-    };
-    let socket =
-        Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP)).map_err(err)?;
-    if addr.is_ipv6() {
-        socket.set_only_v6(true).map_err(err)?;
     }
-    socket.set_nonblocking(true).map_err(err)?;
-    socket.bind(&addr.into()).map_err(err)?;
-    Ok(socket.into())
 }
 
 async fn serve_udp(socket: tokio::net::UdpSocket, answer: Arc<str>, name: String) {

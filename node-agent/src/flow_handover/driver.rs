@@ -168,12 +168,10 @@ impl FlowHandover {
         events
     }
 
-    /// The nodes whose forwarded connections of `sharedip` this node receives, when it
-    /// hands `sharedip` over; None when it does not (no condition on its successor).
-    pub fn receiving(&self, sharedip: &str) -> Option<BTreeSet<String>> {
-        self.handing_over
-            .contains_key(sharedip)
-            .then(|| plan::receiving(sharedip, self.windows.open_windows()))
+    /// The nodes whose forwarded connections of `sharedip` this node receives (none while it
+    /// does not hand `sharedip` over).
+    pub fn receiving(&self, sharedip: &str) -> BTreeSet<String> {
+        plan::receiving(sharedip, self.windows.open_windows())
     }
 
     /// The second step, after the review: a SharedIP whose withdrawal is held for a successor

@@ -179,12 +179,7 @@ impl Windows {
             return Ok(());
         }
         let table = (!wanted.is_empty()).then(|| ruleset::clamp(CLAMP, &wanted));
-        replace(Family::Inet, CLAMP, !self.clamped.is_empty(), table).map_err(|source| {
-            WindowError::Rules {
-                key: "(clamp)".into(),
-                source,
-            }
-        })?;
+        replace(Family::Inet, CLAMP, !self.clamped.is_empty(), table)?;
         self.clamped = wanted;
         Ok(())
     }
@@ -286,12 +281,7 @@ impl Windows {
         }
         let list: Vec<Ipv6Addr> = peers.iter().copied().collect();
         let table = (!list.is_empty()).then(|| ruleset::guard(GUARD, self.settings.port, &list));
-        replace(Family::Inet, GUARD, !self.guarded.is_empty(), table).map_err(|source| {
-            WindowError::Rules {
-                key: "(guard)".into(),
-                source,
-            }
-        })?;
+        replace(Family::Inet, GUARD, !self.guarded.is_empty(), table)?;
         self.guarded = peers;
         Ok(())
     }
@@ -457,9 +447,21 @@ fn window_table(key: &str) -> String {
     format!("{TABLE_PREFIX}-w{h:08x}")
 }
 
-/// Puts `table` in place of the table `name` (there when `installed`), in one transaction so
-/// no packet sees neither; `None` deletes it.
+/// Puts `table` in place of the node-wide table `name` (there when `installed`), in one
+/// transaction so no packet sees neither; `None` deletes it.
 fn replace(
+    family: Family,
+    name: &str,
+    installed: bool,
+    table: Option<Table>,
+) -> Result<(), WindowError> {
+    replace_table(family, name, installed, table).map_err(|source| WindowError::Rules {
+        key: format!("({name})"),
+        source,
+    })
+}
+
+fn replace_table(
     family: Family,
     name: &str,
     installed: bool,
