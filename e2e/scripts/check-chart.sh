@@ -619,6 +619,7 @@ for ds in by_kind("DaemonSet"):
         "WITHDRAW_ON_CORDON": "true" if full else "false",
         "FLOW_HANDOVER": "true" if full else "false",
         "FLOW_HANDOVER_PORT": "4800" if full else "4799",
+        "TAKEOVER_TIMEOUT": "5s" if full else "10s",
         "LOG_FORMAT": "text" if full else "json",
         "LOG_LEVEL": "sharedip_node_agent=debug,info" if full else "info",
     }

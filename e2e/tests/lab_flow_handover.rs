@@ -2,10 +2,12 @@
 //! operator, route servers and router; the nodes share no link, so the tunnel between them
 //! is routed like any node-to-node traffic. Long-lived connections (20 sending a line every
 //! 50 ms, one uploading full-size segments) to a server on both nodes survive a drain or a
-//! deselection of the node that carried them: the new node forwards them to the old one, which keeps the
-//! address bound and answers them until the window ends; new connections are the new
-//! node's. Asserts outcomes only (who answered, that nothing broke, that nothing is left).
-//! Root only.
+//! deselection of the node that carried them, and the failback after it: the new node
+//! forwards them to the old one, which keeps the address bound and answers them until the
+//! window ends; new connections are the new node's. A SIGTERM'd agent hands its connections
+//! over the same way until its bounded shutdown ends, and the restarted agent takes the
+//! address back without breaking the connections made meanwhile. Asserts outcomes only (who
+//! answered, that nothing broke, that nothing is left). Root only.
 
 // Test code: a panic is a failed test.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -38,9 +40,9 @@ async fn start() -> Lab {
     .await
 }
 
-/// The SharedIP applied with a short window, node-a answering, a line server on both nodes,
-/// and 20 chatting connections plus an upload to node-a.
-async fn with_conversations(lab: &Lab) -> (Vec<Conversation>, Conversation, Arc<AtomicBool>) {
+/// The SharedIP applied with a short window, node-a answering, and a line server on both
+/// nodes.
+async fn with_servers(lab: &Lab) {
     let mut spec = role_spec(&SHARED_V4.to_string());
     spec["flowHandoverWindowSeconds"] = WINDOW_SECONDS.into();
     lab.apply_sharedip(SIP, spec).await.expect("apply SharedIP");
@@ -49,46 +51,67 @@ async fn with_conversations(lab: &Lab) -> (Vec<Conversation>, Conversation, Arc<
         .expect("the primary answers");
     handover_net::serve(lab.node_ns("node-a").unwrap(), "node-a").unwrap();
     handover_net::serve(lab.node_ns("node-b").unwrap(), "node-b").unwrap();
-    let stop = Arc::new(AtomicBool::new(false));
-    let chats = (0..20).map(|_| chat(connect(lab), stop.clone())).collect();
-    let bulk = upload(connect(lab), stop.clone());
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    (chats, bulk, stop)
+}
+
+/// 20 connections sending a line every 50 ms and one uploading full-size segments, to
+/// whichever node answers the address now.
+struct Talk {
+    chats: Vec<Conversation>,
+    bulk: Conversation,
+    stop: Arc<AtomicBool>,
+}
+
+impl Talk {
+    async fn start(lab: &Lab) -> Self {
+        let stop = Arc::new(AtomicBool::new(false));
+        let chats = (0..20).map(|_| chat(connect(lab), stop.clone())).collect();
+        let bulk = upload(connect(lab), stop.clone());
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        Self { chats, bulk, stop }
+    }
+
+    /// Every conversation lasted and was answered by `node` alone.
+    fn expect_answered_by(self, lab: &Lab, node: &str) {
+        self.stop.store(true, Ordering::Relaxed);
+        handover_net::answered_by_alone(self.chats, self.bulk, node, 1)
+            .unwrap_or_else(|e| panic!("connections to {node}: {e}\n{}", lab.logs()));
+    }
 }
 
 fn connect(lab: &Lab) -> std::net::TcpStream {
     handover_net::connect_to(lab.client_ns(), IpAddr::V4(SHARED_V4)).unwrap()
 }
 
-/// After the move to node-b: node-b forwards to node-a, a new connection is node-b's, every
-/// conversation lasted and was answered by node-a alone, which still has the address.
-async fn expect_handed_over(
-    lab: &Lab,
-    chats: Vec<Conversation>,
-    bulk: Conversation,
-    stop: &AtomicBool,
-) {
-    lab.wait_answers(shared(), Some("node-b"), BOUND)
+/// The address moved to `to`, which forwards the connections of `from` to it (its entry
+/// says so) and answers a new connection itself.
+async fn expect_moved(lab: &Lab, to: &str, from: &str) {
+    lab.wait_answers(shared(), Some(to), BOUND)
         .await
-        .expect("node-b answers");
+        .unwrap_or_else(|e| panic!("{to} answers: {e}"));
     let forwarding = lab
-        .node_status(SIP, "node-b")
+        .node_status(SIP, to)
         .await
         .unwrap()
         .and_then(|s| s.flow_handover)
         .map(|f| f.forwarding_to)
         .unwrap_or_default();
-    assert_eq!(forwarding, vec!["node-a".to_owned()]);
+    assert!(
+        forwarding.iter().any(|n| n == from),
+        "{to} forwards to {forwarding:?}, want {from}"
+    );
     let mut fresh = BufReader::new(connect(lab));
     fresh.get_mut().write_all(b"hello\n").unwrap();
     let mut line = String::new();
     fresh.read_line(&mut line).unwrap();
-    assert!(line.starts_with("node-b "), "{line:?}");
+    assert!(line.starts_with(&format!("{to} ")), "{line:?}");
+}
 
+/// After the move to node-b: every conversation of node-a lasted and was answered by node-a
+/// alone, which still has the address.
+async fn expect_handed_over(lab: &Lab, talk: Talk) {
+    expect_moved(lab, "node-b", "node-a").await;
     tokio::time::sleep(Duration::from_secs(3)).await;
-    stop.store(true, Ordering::Relaxed);
-    handover_net::answered_by_alone(chats, bulk, "node-a", 1)
-        .unwrap_or_else(|e| panic!("{e}\n{}", lab.logs()));
+    talk.expect_answered_by(lab, "node-a");
     assert_eq!(
         lab.lo_addresses("node-a").unwrap(),
         vec!["192.0.2.10/32".to_owned()],
@@ -96,8 +119,14 @@ async fn expect_handed_over(
     );
 }
 
-/// The window ends: both nodes remove their part and node-a unbinds.
-async fn expect_window_over(lab: &Lab) {
+/// The windows end: both nodes remove their part, and node-a has the address only if it
+/// announces it (`a_holds`).
+async fn expect_window_over(lab: &Lab, a_holds: bool) {
+    let want: Vec<String> = if a_holds {
+        vec!["192.0.2.10/32".to_owned()]
+    } else {
+        vec![]
+    };
     eventually(
         "the window ends",
         Duration::from_secs(WINDOW_SECONDS + 15),
@@ -109,7 +138,7 @@ async fn expect_window_over(lab: &Lab) {
                 .filter(|l| !l.contains("sipfh-clamp"))
                 .collect();
             let bound = lab.lo_addresses("node-a").map_err(|e| e.to_string())?;
-            if left.is_empty() && bound.is_empty() {
+            if left.is_empty() && bound == want {
                 Ok(())
             } else {
                 Err(format!("left: {left:?}, node-a's lo: {bound:?}"))
@@ -159,49 +188,59 @@ async fn expect_window_events(lab: &Lab) {
     .expect("the windows are in the SharedIP's Events");
 }
 
+/// A drain moves the address to node-b, which forwards node-a's connections to it; node-a
+/// is undrained within its window and takes the address back: it waits (`TakingOver`) until
+/// node-b hands over in turn, then forwards node-b's newer connections to it while its own
+/// arrive directly again. No connection of either breaks.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_drain_keeps_established_connections_until_the_window_ends() {
+async fn a_drain_and_its_failback_keep_established_connections() {
     if !preflight(Flavor::Bird) {
         return;
     }
     let _serial = SERIAL.lock().await;
     let lab = start().await;
-    let (chats, bulk, stop) = with_conversations(&lab).await;
+    with_servers(&lab).await;
+    let on_a = Talk::start(&lab).await;
 
     // node-a holds its withdrawal until node-b forwards its connections.
     lab.set_drain("node-a", true).await.expect("drain");
-    expect_handed_over(&lab, chats, bulk, &stop).await;
-    expect_window_over(&lab).await;
-    expect_window_events(&lab).await;
+    expect_moved(&lab, "node-b", "node-a").await;
+    let on_b = Talk::start(&lab).await;
 
     lab.set_drain("node-a", false).await.expect("undrain");
-    lab.wait_answers(shared(), Some("node-a"), BOUND)
-        .await
-        .expect("the primary answers again");
+    expect_moved(&lab, "node-a", "node-b").await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    on_a.expect_answered_by(&lab, "node-a");
+    on_b.expect_answered_by(&lab, "node-b");
+
+    expect_window_over(&lab, true).await;
+    expect_window_events(&lab).await;
     delete_and_expect_nothing_left(&lab).await;
 }
 
 /// A deselected node no longer takes the address, but its Linode keeps the share until its
 /// window ends: its replies carry the shared address, which Linode accepts only from a
-/// Linode it is shared with.
+/// Linode it is shared with. Selected again after its window, it takes the address back
+/// once node-b hands over the connections made meanwhile.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_deselected_node_keeps_its_connections_and_its_share_until_the_window_ends() {
+async fn a_deselection_and_the_failback_after_it_keep_established_connections() {
     if !preflight(Flavor::Bird) {
         return;
     }
     let _serial = SERIAL.lock().await;
     let lab = start().await;
-    let (chats, bulk, stop) = with_conversations(&lab).await;
+    with_servers(&lab).await;
+    let on_a = Talk::start(&lab).await;
 
     lab.label_node("node-a", ROLE_LABEL, None)
         .await
         .expect("deselect node-a");
-    expect_handed_over(&lab, chats, bulk, &stop).await;
+    expect_handed_over(&lab, on_a).await;
     assert!(
         lab.shared_with(&SHARED_V4.to_string()).contains("node-a"),
         "node-a's Linode keeps its share during the window"
     );
-    expect_window_over(&lab).await;
+    expect_window_over(&lab, false).await;
     eventually("node-a's share goes", BOUND, || async {
         let with = lab.shared_with(&SHARED_V4.to_string());
         if with.contains("node-a") {
@@ -212,5 +251,51 @@ async fn a_deselected_node_keeps_its_connections_and_its_share_until_the_window_
     })
     .await
     .expect("the share ends with the window");
+
+    let on_b = Talk::start(&lab).await;
+    lab.label_node("node-a", ROLE_LABEL, Some("primary"))
+        .await
+        .expect("select node-a again");
+    expect_moved(&lab, "node-a", "node-b").await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    on_b.expect_answered_by(&lab, "node-b");
+    delete_and_expect_nothing_left(&lab).await;
+}
+
+/// SIGTERM on node-a's agent: it hands its connections over like a drain and answers them
+/// until its bounded shutdown ends (after that they reset: the agent is gone). Started
+/// again, it takes the address back once node-b hands over the connections made meanwhile.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sigterm_and_the_restart_after_it_keep_established_connections() {
+    if !preflight(Flavor::Bird) {
+        return;
+    }
+    let _serial = SERIAL.lock().await;
+    let mut lab = start().await;
+    with_servers(&lab).await;
+    let on_a = Talk::start(&lab).await;
+
+    lab.sigterm_agent_nowait("node-a").expect("SIGTERM");
+    expect_moved(&lab, "node-b", "node-a").await;
+    // Checked before the agent's bounded shutdown ends (the lab's 10 s).
+    on_a.expect_answered_by(&lab, "node-a");
+    let exit = lab.wait_agent("node-a").await.expect("the agent exits");
+    assert!(
+        exit.is_some_and(|s| s.success()),
+        "{exit:?}\n{}",
+        lab.logs()
+    );
+    assert_eq!(
+        handover_net::installed(lab.node_ns("node-a").unwrap()).unwrap(),
+        Vec::<String>::new(),
+        "the stopped agent leaves nothing of flow handover"
+    );
+
+    let on_b = Talk::start(&lab).await;
+    lab.start_agent("node-a").expect("start node-a's agent");
+    expect_moved(&lab, "node-a", "node-b").await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    on_b.expect_answered_by(&lab, "node-b");
+    expect_window_over(&lab, true).await;
     delete_and_expect_nothing_left(&lab).await;
 }

@@ -230,6 +230,13 @@ pub struct RunArgs {
     #[arg(long, env = "DATA_PATH_SETTLE", default_value = "2s", value_parser = parse_duration)]
     pub data_path_settle: Duration,
 
+    /// With flow handover: how long a primary about to announce again (after a drain, a
+    /// restart, a failure) waits for the secondaries carrying the traffic to hand their
+    /// connections over; then it announces anyway and those connections reset. Bounded
+    /// because a secondary whose agent died never answers. 0: never waits.
+    #[arg(long, env = "TAKEOVER_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
+    pub takeover_timeout: Duration,
+
     /// Withdraw (make-before-break) from a cordoned node (spec.unschedulable), so a node-pool
     /// recycle moves the address before the node goes away.
     #[arg(long, env = "WITHDRAW_ON_CORDON", default_value_t = false, action = clap::ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
@@ -271,6 +278,7 @@ impl RunArgs {
             timeout: self.handover_timeout,
             margin: self.propagation_margin,
             settle: self.data_path_settle,
+            takeover_timeout: self.takeover_timeout,
         }
     }
 }
@@ -1103,6 +1111,7 @@ mod tests {
         assert_eq!(r.handover_timeout, Duration::from_secs(30));
         assert_eq!(r.propagation_margin, Duration::from_secs(20));
         assert_eq!(r.data_path_settle, crate::handover::DATA_PATH_SETTLE);
+        assert_eq!(r.takeover_timeout, Duration::from_secs(10));
         assert!(!r.withdraw_on_cordon);
         let r = run(&[
             "--handover-timeout",
@@ -1111,6 +1120,8 @@ mod tests {
             "1500ms",
             "--data-path-settle",
             "5s",
+            "--takeover-timeout",
+            "4s",
             "--withdraw-on-cordon",
         ]);
         assert_eq!(
@@ -1119,6 +1130,7 @@ mod tests {
                 timeout: Duration::ZERO,
                 margin: Duration::from_millis(1500),
                 settle: Duration::from_secs(5),
+                takeover_timeout: Duration::from_secs(4),
             }
         );
         assert!(r.withdraw_on_cordon);
@@ -1128,6 +1140,7 @@ mod tests {
             ["--handover-timeout", "soon"],
             ["--propagation-margin", "-1s"],
             ["--data-path-settle", "two seconds"],
+            ["--takeover-timeout", "-3s"],
             ["--withdraw-on-cordon", "maybe"],
         ] {
             let mut args = vec!["x", "run", "--node-name", "n"];

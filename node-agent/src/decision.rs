@@ -56,6 +56,9 @@ pub enum Reason {
     HandingOver,
     /// A planned withdrawal waited `--handover-timeout` for another node in vain and withdrew.
     HandoverTimedOut,
+    /// A primary about to announce again waits until the secondaries that carry the traffic
+    /// hand their connections over (flow handover); they keep announcing meanwhile.
+    TakingOver,
     /// Announced, but no BGP session is established, so no route server hears it.
     NoSessions,
     /// Announced, no BGP session established yet, and Linode's route servers are not
@@ -96,6 +99,7 @@ impl Reason {
             Reason::Cordoned => "Cordoned",
             Reason::HandingOver => "HandingOver",
             Reason::HandoverTimedOut => "HandoverTimedOut",
+            Reason::TakingOver => "TakingOver",
             Reason::NoSessions => "NoSessions",
             Reason::AwaitingRouteServers => "AwaitingRouteServers",
             Reason::Deleting => "Deleting",

@@ -38,6 +38,9 @@ pub struct HandoverSettings {
     /// How long a successor must have announced a Service's address before it takes the
     /// traffic (see [`DATA_PATH_SETTLE`], the default).
     pub settle: Duration,
+    /// Upper bound of a returning primary's wait for the secondaries to hand their
+    /// connections over ([`crate::takeover`]); zero announces at once.
+    pub takeover_timeout: Duration,
 }
 
 impl HandoverSettings {
@@ -46,6 +49,7 @@ impl HandoverSettings {
         timeout: Duration::ZERO,
         margin: Duration::ZERO,
         settle: Duration::ZERO,
+        takeover_timeout: Duration::ZERO,
     };
 }
 
@@ -117,7 +121,7 @@ impl Condition {
     ) -> Check {
         match self {
             Condition::Announcing => announcing(entry),
-            Condition::ShareOlderThanMargin => share_age(entry, status, wait.margin, now),
+            Condition::ShareOlderThanMargin => share_age(&entry.name, status, wait.margin, now),
             Condition::DataPathSettled => settled(entry, wait.settle, now),
             Condition::FlowsForwarded => forwarded(entry, wait.receiving),
         }
@@ -183,17 +187,27 @@ fn announcing(entry: &NodeStatus) -> Check {
     Check::Met
 }
 
-fn share_age(
-    entry: &NodeStatus,
+/// Whether the route servers are taken to accept `node`'s route of the address: it owns
+/// the address, or its Linode's share is older than `margin`. Else `Err` with when they
+/// will by the passing of time alone, if they will.
+pub fn share_propagated(
+    node: &str,
     status: &SharedIPStatus,
     margin: Duration,
     now: Timestamp,
-) -> Check {
+) -> Result<(), Option<Timestamp>> {
+    match share_age(node, status, margin, now) {
+        Check::Met => Ok(()),
+        Check::Short { met_at, .. } => Err(met_at),
+    }
+}
+
+fn share_age(node: &str, status: &SharedIPStatus, margin: Duration, now: Timestamp) -> Check {
     let owner = status.owner.as_ref().and_then(|o| o.node.as_deref());
-    if owner == Some(entry.name.as_str()) {
+    if owner == Some(node) {
         return Check::Met;
     }
-    let Some(share) = status.shared_with.iter().find(|s| s.node == entry.name) else {
+    let Some(share) = status.shared_with.iter().find(|s| s.node == node) else {
         return short("its Linode has no share of the address");
     };
     let Some(since) = share.since.as_ref().map(|t| t.0) else {
@@ -324,6 +338,11 @@ impl Handovers {
         }
     }
 
+    /// Whether a withdrawal is held for a successor now.
+    pub fn holding(&self) -> bool {
+        self.pending.values().any(|p| p.timed_out.is_none())
+    }
+
     /// When a wait can end without any other change: a deadline, or a candidate's share
     /// reaching the margin.
     pub fn next_wake(&self) -> Option<Instant> {
@@ -371,7 +390,11 @@ impl Handovers {
         now: Instant,
         wall: Timestamp,
     ) -> Option<TimedOut> {
-        if !is_planned(decision.reason) || !facts.can_serve || self.settings.timeout.is_zero() {
+        // With flow handover on, SIGTERM hands the connections over too, within the
+        // shutdown's bound (the agent's stop ends the wait).
+        let planned = is_planned(decision.reason)
+            || (decision.reason == Reason::ShuttingDown && facts.flow_receiving.is_some());
+        if !planned || !facts.can_serve || self.settings.timeout.is_zero() {
             self.pending.remove(name);
             return None;
         }
@@ -569,10 +592,12 @@ mod tests {
         )])
     }
 
+    #[derive(Clone, Copy)]
     struct Turn<'a> {
         applied: Option<&'a Applied>,
         status: Option<&'a SharedIPStatus>,
         can_serve: bool,
+        flow_receiving: Option<&'a BTreeSet<String>>,
     }
 
     impl Turn<'_> {
@@ -589,7 +614,7 @@ mod tests {
                 status: self.status,
                 can_serve: self.can_serve,
                 endpoint_gated: false,
-                flow_receiving: None,
+                flow_receiving: self.flow_receiving,
             };
             let t = h.review(
                 &mut d,
@@ -608,6 +633,7 @@ mod tests {
                 timeout: TIMEOUT,
                 margin: MARGIN,
                 settle: DATA_PATH_SETTLE,
+                takeover_timeout: Duration::ZERO,
             },
         )
     }
@@ -622,6 +648,7 @@ mod tests {
             applied: Some(&announced),
             status: Some(&young),
             can_serve: true,
+            flow_receiving: None,
         };
         let (d, t) = turn.run(&mut h, Reason::Draining, start, 0);
         assert!(t.is_empty());
@@ -660,6 +687,7 @@ mod tests {
             applied: Some(&announced),
             status: Some(&old),
             can_serve: true,
+            flow_receiving: None,
         };
         for reason in [
             Reason::Draining,
@@ -818,6 +846,7 @@ mod tests {
             applied: Some(&announced),
             status: Some(&lone),
             can_serve: true,
+            flow_receiving: None,
         };
         let (d, _) = turn.run(&mut h, Reason::NotSelected, start, 0);
         assert_eq!(d.reason, Reason::HandingOver);
@@ -881,6 +910,7 @@ mod tests {
             applied: Some(&announced),
             status: Some(&lone),
             can_serve: true,
+            flow_receiving: None,
         };
         for reason in [
             Reason::Deleting,
@@ -923,5 +953,32 @@ mod tests {
             Reason::Draining
         );
         assert_eq!(h.next_wake(), None);
+    }
+
+    #[test]
+    fn sigterm_hands_over_only_with_flow_handover() {
+        let start = Instant::now();
+        let announced = applied(true);
+        let young = status(Some(-5));
+        let nobody = BTreeSet::new();
+        let turn = Turn {
+            applied: Some(&announced),
+            status: Some(&young),
+            can_serve: true,
+            flow_receiving: Some(&nobody),
+        };
+        let mut h = handovers();
+        let (d, _) = turn.run(&mut h, Reason::ShuttingDown, start, 0);
+        assert_eq!(d.reason, Reason::HandingOver);
+        assert!(d.message.contains("ShuttingDown"), "{}", d.message);
+        assert!(h.holding());
+        let plain = Turn {
+            flow_receiving: None,
+            ..turn
+        };
+        let mut h = handovers();
+        let (d, _) = plain.run(&mut h, Reason::ShuttingDown, start, 0);
+        assert_eq!(d.reason, Reason::ShuttingDown);
+        assert!(!h.holding());
     }
 }

@@ -33,6 +33,7 @@ use crate::report::{self, AgentReport};
 use crate::setup::{self, AgentError, Control};
 use crate::shares::{self, ShareFacts, ShareTimes};
 use crate::speaker::{Announcer, Speaker, SpeakerMonitor};
+use crate::takeover::{self, Takeovers};
 
 /// Settings of the Kubernetes loop.
 #[derive(Debug, Clone)]
@@ -407,7 +408,13 @@ pub async fn run_loop<B: AddressBinding, A: Announcer>(
     });
     let mut ctx = LoopCtx {
         flow,
+        stopping: None,
         handovers: Handovers::new(&settings.node, settings.handover),
+        takeovers: Takeovers::new(
+            &settings.node,
+            settings.handover.takeover_timeout,
+            settings.handover.margin,
+        ),
         grace_over: None,
         events: Events::new(client.clone(), &settings.node),
         statuses: StatusWriter::new(client, &settings.node),
@@ -420,14 +427,17 @@ pub async fn run_loop<B: AddressBinding, A: Announcer>(
         // took longer than the start's fast-retry window left the sessions on the backoff.
         shares: ShareFacts::new(),
     };
+    let bound = ctx.settings.shutdown_timeout;
+    let mut stop_started = tokio::time::Instant::now();
     if !stopped_early {
         tracing::info!(node = %ctx.settings.node, "caches synced");
-        ctx.serve(&mut orchestrator, &mut monitor, &notify, &mut control)
+        stop_started = ctx
+            .serve_until_stopped(&mut orchestrator, &mut monitor, &notify, &mut control)
             .await;
     }
     tracing::info!("stopping: withdrawing, closing sessions, unbinding");
-    let bound = ctx.settings.shutdown_timeout;
-    let finished = tokio::time::timeout(bound, ctx.stop(&mut orchestrator))
+    let left = bound.saturating_sub(stop_started.elapsed());
+    let finished = tokio::time::timeout(left, ctx.stop(&mut orchestrator))
         .await
         .is_ok();
     for t in tasks {
@@ -438,6 +448,10 @@ pub async fn run_loop<B: AddressBinding, A: Announcer>(
     }
     Ok(())
 }
+
+/// The part of `--shutdown-timeout` kept for the last step of a stop (withdraw, CEASE,
+/// unbind, statuses), besides the unbind delay, when flow handover uses the rest.
+const STOP_RESERVE: Duration = Duration::from_secs(3);
 
 /// Resolves at `at`, never when there is none.
 async fn sleep_until(at: Option<tokio::time::Instant>) {
@@ -468,10 +482,14 @@ struct LoopCtx {
     shares: ShareFacts,
     /// Planned withdrawals waiting for a successor.
     handovers: Handovers,
+    /// Returning primaries waiting for the secondaries to hand their connections over.
+    takeovers: Takeovers,
     /// When the earliest wait for the route servers turns into an outage, if one waits.
     grace_over: Option<tokio::time::Instant>,
     /// Flow handover, when it is on.
     flow: Option<FlowHandover>,
+    /// SIGTERM came, and this node hands its connections over until then before it stops.
+    stopping: Option<tokio::time::Instant>,
 }
 
 /// What the decisions read of this node's Node.
@@ -610,16 +628,23 @@ impl LoopCtx {
         resync.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             self.reconcile(orchestrator).await;
-            self.state.ready.store(true, Ordering::Relaxed);
+            if self.stopping.is_none() {
+                self.state.ready.store(true, Ordering::Relaxed);
+            } else if !self.handing_over_to_stop() {
+                return;
+            }
             tokio::select! {
                 () = notify.notified() => {}
                 () = monitor.changed() => {}
                 () = orchestrator.unbinds_due() => {}
                 () = self.handovers.due() => {}
+                () = self.takeovers.due() => {}
                 () = sleep_until(self.grace_over) => {}
                 () = sleep_until(self.flow.as_ref().and_then(FlowHandover::next_end)) => {}
+                () = sleep_until(self.stopping) => return,
                 _ = resync.tick() => self.statuses.forget_written(),
                 Some(c) = control.next() => match c {
+                    // A second signal while handing over: stop now.
                     Control::Stop => return,
                     Control::Reload => {
                         tracing::info!("SIGHUP: re-evaluating every SharedIP and rewriting this node's status entries");
@@ -628,6 +653,82 @@ impl LoopCtx {
                 },
             }
         }
+    }
+
+    /// Serves until SIGTERM, then hands connections over within the shutdown's bound, less
+    /// what the last step needs (the CEASE, the unbind delay of what it withdraws, the
+    /// status writes). Returns when SIGTERM came.
+    async fn serve_until_stopped<B: AddressBinding, A: Announcer>(
+        &mut self,
+        orchestrator: &mut Orchestrator<B, A>,
+        monitor: &mut SpeakerMonitor,
+        notify: &Notify,
+        control: &mut (impl Stream<Item = Control> + Unpin),
+    ) -> tokio::time::Instant {
+        self.serve(orchestrator, monitor, notify, control).await;
+        let stop_started = tokio::time::Instant::now();
+        let last_step = orchestrator.unbind_delay() + STOP_RESERVE;
+        if let Some(until) = self.settings.shutdown_timeout.checked_sub(last_step) {
+            self.hand_over_before_stopping(
+                orchestrator,
+                monitor,
+                notify,
+                control,
+                stop_started + until,
+            )
+            .await;
+        }
+        stop_started
+    }
+
+    /// After SIGTERM, with flow handover on: the SharedIPs with flow handover that this node
+    /// announces are handed over as in a planned move (a successor forwards their
+    /// connections, then this node withdraws and keeps answering them), until `until` — the
+    /// shutdown's bound less its last step — or until nothing is handed over any more. A
+    /// second signal ends it.
+    async fn hand_over_before_stopping<B: AddressBinding, A: Announcer>(
+        &mut self,
+        orchestrator: &mut Orchestrator<B, A>,
+        monitor: &mut SpeakerMonitor,
+        notify: &Notify,
+        control: &mut (impl Stream<Item = Control> + Unpin),
+        until: tokio::time::Instant,
+    ) {
+        let Some(flow) = &mut self.flow else {
+            return;
+        };
+        let sips = self.stores.sharedips.state();
+        let with_flows: BTreeSet<String> = sips
+            .iter()
+            .filter(|s| s.spec.wants_flow_handover())
+            .map(|s| s.name_any())
+            .collect();
+        let announced = orchestrator
+            .applied()
+            .iter()
+            .any(|(name, a)| a.outcome.announced && with_flows.contains(name));
+        let left = until.saturating_duration_since(tokio::time::Instant::now());
+        if !announced || left.is_zero() {
+            return;
+        }
+        flow.stop_by(until);
+        self.stopping = Some(until);
+        tracing::info!(
+            ?left,
+            "SIGTERM: handing the connections over before stopping"
+        );
+        self.serve(orchestrator, monitor, notify, control).await;
+    }
+
+    /// While stopping: whether a withdrawal still waits for a successor or a window still
+    /// runs.
+    fn handing_over_to_stop(&self) -> bool {
+        self.handovers.holding()
+            || self
+                .flow
+                .as_ref()
+                .and_then(FlowHandover::next_end)
+                .is_some()
     }
 
     /// The stop turn: withdraw, CEASE and unbind, then (best effort) write statuses that say
@@ -661,16 +762,10 @@ impl LoopCtx {
         orchestrator: &mut Orchestrator<B, A>,
     ) {
         self.refresh_own(orchestrator.binder()).await;
-        let (mut desired, cannot_serve) = self.decisions(false);
+        let (mut desired, cannot_serve) = self.decisions(self.stopping.is_some());
         let sips = self.stores.sharedips.state();
         if let Some(flow) = &mut self.flow {
-            let announcing: BTreeSet<String> = orchestrator
-                .applied()
-                .iter()
-                .filter(|(_, a)| a.outcome.announced)
-                .map(|(name, _)| name.clone())
-                .collect();
-            let changes = flow.prepare(&sips, &desired, &announcing).await;
+            let changes = flow.prepare(&sips, &desired).await;
             for change in &changes {
                 self.events
                     .flow_handover(&self.stores.sharedips, change)
@@ -679,6 +774,12 @@ impl LoopCtx {
         }
         self.hold_handovers(&mut desired, &cannot_serve, orchestrator.applied())
             .await;
+        self.hold_takeovers(
+            &mut desired,
+            orchestrator.applied(),
+            orchestrator.announcer().established(),
+        )
+        .await;
         if let Some(flow) = &mut self.flow {
             flow.note_handovers(&sips, &desired);
         }
@@ -786,6 +887,43 @@ impl LoopCtx {
         for t in &timed_out {
             self.events
                 .handover_timed_out(&self.stores.sharedips, t)
+                .await;
+        }
+    }
+
+    /// Holds a returning primary's announcements until the secondaries carrying the traffic
+    /// hand their connections over (see [`takeover`]), and warns of those that waited in vain.
+    async fn hold_takeovers(
+        &mut self,
+        desired: &mut BTreeMap<String, Decision>,
+        applied: &BTreeMap<String, orchestrator::Applied>,
+        sessions_established: usize,
+    ) {
+        let Some(flow) = &self.flow else {
+            return;
+        };
+        let sips = self.stores.sharedips.state();
+        let by_name: BTreeMap<String, &SharedIP> =
+            sips.iter().map(|s| (s.name_any(), s.as_ref())).collect();
+        let forwarding: BTreeMap<String, Vec<String>> = by_name
+            .keys()
+            .filter_map(|name| Some((name.clone(), flow.status(name)?.forwarding_to)))
+            .collect();
+        let timed_out = self.takeovers.review(
+            desired,
+            |name| takeover::Facts {
+                applied: applied.get(name),
+                status: by_name.get(name).and_then(|s| s.status.as_ref()),
+                failback: by_name.get(name).is_some_and(|s| s.spec.failback),
+                forwarding_to: forwarding.get(name).map(Vec::as_slice),
+                sessions_established,
+            },
+            tokio::time::Instant::now(),
+            k8s_openapi::jiff::Timestamp::now(),
+        );
+        for t in &timed_out {
+            self.events
+                .takeover_timed_out(&self.stores.sharedips, t)
                 .await;
         }
     }

@@ -58,5 +58,6 @@ pub mod setup;
 pub mod shares;
 pub mod speaker;
 pub mod standalone;
+pub mod takeover;
 #[cfg(any(test, feature = "testing"))]
 pub mod testing;

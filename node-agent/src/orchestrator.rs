@@ -173,6 +173,11 @@ impl<B: AddressBinding, A: Announcer> Orchestrator<B, A> {
         }
     }
 
+    /// How long a withdrawn address stays bound.
+    pub fn unbind_delay(&self) -> Duration {
+        self.unbind_delay
+    }
+
     /// When the earliest queued unbind is due, if any.
     pub fn next_unbind(&self) -> Option<Instant> {
         self.unbinds.earliest()

@@ -953,6 +953,7 @@ async fn a_drain_waits_for_a_successor_whose_share_has_propagated() {
             timeout: Duration::from_secs(7200),
             margin,
             settle: sharedip_node_agent::handover::DATA_PATH_SETTLE,
+            takeover_timeout: Duration::ZERO,
         },
     )
     .await;
@@ -1004,6 +1005,7 @@ async fn a_handover_that_finds_no_successor_times_out() {
             timeout: Duration::from_secs(3),
             margin: Duration::from_secs(3600),
             settle: sharedip_node_agent::handover::DATA_PATH_SETTLE,
+            takeover_timeout: Duration::ZERO,
         },
     )
     .await;

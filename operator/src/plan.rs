@@ -672,7 +672,7 @@ mod tests {
         b2.flow_handover = Some(sharedip_api::FlowHandoverStatus {
             endpoint: "2001:db8:1::11".into(),
             handing_over_until: Some(later(90)),
-            forwarding_to: vec![],
+            ..Default::default()
         });
         let entries = [entry("a1", true), b2.clone()];
         assert_eq!(

@@ -60,6 +60,9 @@ pub mod reason {
     pub const HANDOVER_TIMED_OUT: &str = "HandoverTimedOut";
     /// Node entry reason of a node that still announces while it hands the address over.
     pub const NODE_HANDING_OVER: &str = "HandingOver";
+    /// Node entry reason of a primary that waits for the secondaries to hand their
+    /// connections over before it announces again (flow handover).
+    pub const NODE_TAKING_OVER: &str = "TakingOver";
     /// Allocation: the selected nodes' Linodes are in several regions.
     pub const REGION_AMBIGUOUS: &str = "RegionAmbiguous";
     /// Allocation: no IP holder may be used or created (`--ip-holder=off`, no API).
@@ -305,6 +308,7 @@ fn announced_condition(nodes: &[NodeStatus], selected: &BTreeSet<String>) -> Des
         let (reason, message) = not_announced(&entries);
         return Desired::new(conditions::ANNOUNCED, false, reason, message);
     };
+    let message = with_takeovers(message, &entries);
     if handing_over.is_empty() {
         return Desired::new(conditions::ANNOUNCED, true, reason, message);
     }
@@ -316,6 +320,22 @@ fn announced_condition(nodes: &[NodeStatus], selected: &BTreeSet<String>) -> Des
             "{message}; {} hand(s) the address over, waiting for a successor the route servers accept",
             handing_over.join(", ")
         ),
+    )
+}
+
+/// `message`, saying which primaries wait to take the address back (flow handover).
+fn with_takeovers(message: String, entries: &[&NodeStatus]) -> String {
+    let taking_over: Vec<&str> = entries
+        .iter()
+        .filter(|n| !n.announcing && n.reason.as_deref() == Some(reason::NODE_TAKING_OVER))
+        .map(|n| n.name.as_str())
+        .collect();
+    if taking_over.is_empty() {
+        return message;
+    }
+    format!(
+        "{message}; primary {} takes the address back once the connections are handed over",
+        taking_over.join(", ")
     )
 }
 
@@ -618,6 +638,17 @@ mod tests {
         assert_eq!(
             (a.reason.as_str(), r.reason.as_str()),
             (reason::SECONDARY_ANNOUNCES, reason::READY)
+        );
+        // A primary waiting to take the address back: still served by the secondary, said.
+        let (a, _) = ready(&[
+            entry("a", Role::Primary, false, "TakingOver"),
+            entry("b", Role::Secondary, true, "Announced"),
+        ]);
+        assert_eq!(a.reason, reason::SECONDARY_ANNOUNCES);
+        assert!(
+            a.message.contains("primary a takes the address back"),
+            "{}",
+            a.message
         );
     }
 }

@@ -584,6 +584,11 @@ pub struct FlowHandoverStatus {
     /// forwarding is in place).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub forwarding_to: Vec<String>,
+    /// While the node hands the address over: the nodes whose forwarded connections it
+    /// answers (its receiving side is in place). A node taking the address back waits for
+    /// its name here before it announces.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub receiving_from: Vec<String>,
 }
 
 #[cfg(test)]

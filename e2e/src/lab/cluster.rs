@@ -938,11 +938,25 @@ impl Lab {
     /// Sends SIGTERM to the node's agent and waits (bounded) for it to exit; returns the
     /// exit status (`None`: it did not exit in time and was killed).
     pub async fn sigterm_agent(&mut self, node: &str) -> Result<Option<ExitStatus>, LabError> {
+        self.sigterm_agent_nowait(node)?;
+        self.wait_agent(node).await
+    }
+
+    /// Sends SIGTERM to the node's agent and returns at once.
+    pub fn sigterm_agent_nowait(&mut self, node: &str) -> Result<(), LabError> {
+        if let Some(agent) = self.agent_mut(node)?.agent.as_mut() {
+            agent.signal(libc::SIGTERM);
+        }
+        Ok(())
+    }
+
+    /// Waits (bounded) for the node's agent to exit; returns the exit status (`None`: it did
+    /// not exit in time and was killed).
+    pub async fn wait_agent(&mut self, node: &str) -> Result<Option<ExitStatus>, LabError> {
         let n = self.agent_mut(node)?;
         let Some(mut agent) = n.agent.take() else {
             return Ok(None);
         };
-        agent.signal(libc::SIGTERM);
         let agent = tokio::task::spawn_blocking(move || {
             let status = agent.wait(Duration::from_secs(20));
             (agent, status)

@@ -27,6 +27,8 @@ pub struct FlowHandover {
     handing_over: BTreeMap<String, (Timestamp, Instant)>,
     /// The SharedIPs with flow handover on, as of the last turn.
     enabled: BTreeSet<String>,
+    /// The agent stops then: no window of this node lasts longer.
+    stop_by: Option<(Timestamp, Instant)>,
 }
 
 /// A window opened, closed, or refused by the kernel: worth an Event on its SharedIP.
@@ -49,7 +51,7 @@ pub enum WindowChange {
 
 impl WindowEvent {
     fn new(key: &str, side: &Side, what: WindowChange) -> Self {
-        let (sharedip, peer) = key.split_once('/').unwrap_or((key, ""));
+        let (sharedip, peer) = plan::parse_key(key).unwrap_or((key, ""));
         Self {
             sharedip: sharedip.to_owned(),
             peer: peer.to_owned(),
@@ -80,6 +82,7 @@ impl FlowHandover {
             handle,
             handing_over: BTreeMap::new(),
             enabled: BTreeSet::new(),
+            stop_by: None,
         })
     }
 
@@ -101,15 +104,18 @@ impl FlowHandover {
             .collect()
     }
 
-    /// The first step of a turn, before the planned withdrawals are reviewed: forgets
-    /// windows that ended, clamps the MSS of every address with flow handover on that this
-    /// node has a role for, and opens and closes windows as the status entries ask.
-    /// `announcing`: the SharedIPs this node announces now. Returns what changed.
+    /// The first step of a turn, before the planned withdrawals and takeovers are reviewed:
+    /// forgets windows that ended, clamps the MSS of every address with flow handover on that
+    /// this node has a role for, starts handing over what a returning primary takes back, and
+    /// opens and closes windows as the status entries ask. Returns what changed.
+    ///
+    /// A SharedIP whose decision announces is one this node takes or keeps the traffic of,
+    /// also a returning primary before it announces ([`crate::takeover`]); a planned
+    /// withdrawal is not (it is held only later in the turn).
     pub async fn prepare(
         &mut self,
         sips: &[std::sync::Arc<SharedIP>],
         desired: &BTreeMap<String, Decision>,
-        announcing: &BTreeSet<String>,
     ) -> Vec<WindowEvent> {
         let now = Instant::now();
         let wall = Timestamp::now();
@@ -118,25 +124,33 @@ impl FlowHandover {
         let enabled = &self.enabled;
         self.handing_over
             .retain(|name, (_, until)| *until > now && enabled.contains(name));
+        let role = |name: &str| desired.get(name).and_then(|d| d.role);
         let clamped: Vec<Prefix> = candidates
             .iter()
-            .filter(|c| desired.get(&c.name).is_some_and(|d| d.role.is_some()))
+            .filter(|c| role(&c.name).is_some())
             .map(|c| c.shared)
             .collect();
         if let Err(error) = self.windows.clamp(&clamped) {
             tracing::warn!(%error, "flow handover: cannot clamp the MSS");
         }
-        let facts: Vec<SharedIpFacts<'_>> = candidates
-            .iter()
-            .map(|c| SharedIpFacts {
-                name: &c.name,
-                shared: c.shared,
-                status: c.sip.status.as_ref(),
-                handing_over_until: self.handing_over.get(&c.name).map(|(t, _)| *t),
-                announcing: announcing.contains(&c.name),
-            })
-            .collect();
-        let wanted = plan::wanted(&self.node, wall, &facts);
+        let facts = |handing_over: &BTreeMap<String, (Timestamp, Instant)>| {
+            candidates
+                .iter()
+                .map(|c| SharedIpFacts {
+                    name: &c.name,
+                    shared: c.shared,
+                    status: c.sip.status.as_ref(),
+                    handing_over_until: handing_over.get(&c.name).map(|(t, _)| *t),
+                    announcing: desired.get(&c.name).is_some_and(|d| d.target.is_some()),
+                    role: role(&c.name),
+                })
+                .collect::<Vec<_>>()
+        };
+        let taken_back = plan::taken_back(&self.node, &facts(&self.handing_over));
+        for c in candidates.iter().filter(|c| taken_back.contains(&c.name)) {
+            self.start_window(c, "a primary takes the address back");
+        }
+        let wanted = plan::wanted(&self.node, wall, &facts(&self.handing_over));
         self.converge(wanted).await
     }
 
@@ -181,23 +195,53 @@ impl FlowHandover {
         sips: &[std::sync::Arc<SharedIP>],
         desired: &BTreeMap<String, Decision>,
     ) {
-        let (now, wall) = (Instant::now(), Timestamp::now());
         for c in Self::candidates(sips) {
-            let held = desired
+            if desired
                 .get(&c.name)
-                .is_some_and(|d| d.reason == Reason::HandingOver);
-            if !held || self.handing_over.contains_key(&c.name) {
-                continue;
+                .is_some_and(|d| d.reason == Reason::HandingOver)
+            {
+                self.start_window(&c, "a planned withdrawal");
             }
-            let Ok(signed) = SignedDuration::try_from(c.window) else {
-                continue;
-            };
-            let Ok(until) = wall.checked_add(signed) else {
-                continue;
-            };
-            tracing::info!(sharedip = %c.name, %until, "flow handover: handing the connections over");
-            self.handing_over.insert(c.name, (until, now + c.window));
         }
+    }
+
+    /// Starts this node's window of handing `c` over, unless one runs.
+    fn start_window(&mut self, c: &Candidate<'_>, why: &str) {
+        if self.handing_over.contains_key(&c.name) {
+            return;
+        }
+        let (now, wall) = (Instant::now(), Timestamp::now());
+        let Ok(signed) = SignedDuration::try_from(c.window) else {
+            return;
+        };
+        let Ok(until) = wall.checked_add(signed) else {
+            return;
+        };
+        let (until, end) = match self.stop_by {
+            Some((stop, stop_end)) if stop < until => (stop, stop_end),
+            _ => (until, now + c.window),
+        };
+        tracing::info!(sharedip = %c.name, %until, why, "flow handover: handing the connections over");
+        self.handing_over.insert(c.name.clone(), (until, end));
+    }
+
+    /// The agent stops at `end`: every window of this node, running or to come, ends by
+    /// then, and says so in the status (the forwarding nodes stop forwarding to it then).
+    pub fn stop_by(&mut self, end: Instant) {
+        let left = end.saturating_duration_since(Instant::now());
+        let Ok(signed) = SignedDuration::try_from(left) else {
+            return;
+        };
+        let Ok(wall) = Timestamp::now().checked_add(signed) else {
+            return;
+        };
+        for (until, at) in self.handing_over.values_mut() {
+            if *at > end {
+                *until = wall;
+                *at = end;
+            }
+        }
+        self.stop_by = Some((wall, end));
     }
 
     /// The addresses to keep bound after their withdrawal, and until when.

@@ -4,21 +4,30 @@
 //! 1. A node that holds a planned withdrawal (make-before-break, reason `HandingOver`) of an
 //!    address with flow handover on publishes its tunnel endpoint and `handingOverUntil`, the
 //!    end of its window, in its status entry, and keeps it there until then.
-//! 2. Every other node that announces the address (the route servers may pick any of them)
-//!    opens a forwarding window to it and, once it is in place, lists it in `forwardingTo`.
-//! 3. The handing-over node opens a receiving window for each node that forwards to it; a
-//!    successor qualifies for the withdrawal only once its window and the receiving one are in
-//!    place (`handover`'s `FlowsForwarded`). After the withdrawal the node keeps the address
-//!    bound, and both keep their windows, until `handingOverUntil`.
+//! 2. Every other node that announces the address or is about to, and does not withdraw it
+//!    (the route servers may pick any of them), opens a forwarding window to it and, once it
+//!    is in place, lists it in `forwardingTo`.
+//! 3. The handing-over node opens a receiving window for each node that forwards to it and
+//!    lists it in `receivingFrom`; a successor qualifies for the withdrawal only once its
+//!    window and the receiving one are in place (`handover`'s `FlowsForwarded`). After the
+//!    withdrawal the node keeps the address bound, and both keep their windows, until
+//!    `handingOverUntil`.
+//! 4. A failback runs the same protocol the other way round: the returning primary reports
+//!    `TakingOver` instead of announcing ([`crate::takeover`]); each secondary that carries
+//!    the traffic then hands over ([`taken_back`]) while it keeps announcing, and the primary
+//!    announces once it forwards to each of them and each lists it in `receivingFrom`.
 //!
-//! Windows are keyed `<sharedip>/<peer node>`.
+//! Windows are keyed `<sharedip>/<peer node>/<forward|receive>`: a node may have both sides
+//! with one peer. That happens when a primary is undrained within its own window: it still
+//! answers the connections the secondary forwards to it while it takes the address back,
+//! so it forwards the secondary's newer connections while receiving its own older ones.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::Ipv6Addr;
 use std::time::Duration;
 
 use k8s_openapi::jiff::Timestamp;
-use sharedip_api::{FlowHandoverStatus, NodeStatus, SharedIPStatus};
+use sharedip_api::{FlowHandoverStatus, NodeStatus, Role, SharedIPStatus};
 
 use super::ruleset::Prefix;
 use super::windows::Side;
@@ -32,11 +41,14 @@ pub struct SharedIpFacts<'a> {
     pub status: Option<&'a SharedIPStatus>,
     /// This node hands the address over until then.
     pub handing_over_until: Option<Timestamp>,
-    /// This node announces the address (it may receive the traffic).
+    /// This node announces the address or is about to, and does not withdraw it: it may
+    /// receive the traffic.
     pub announcing: bool,
+    /// This node's role for the address.
+    pub role: Option<Role>,
 }
 
-/// The windows this node wants, keyed `<sharedip>/<peer node>`.
+/// The windows this node wants, by key.
 pub fn wanted(
     node: &str,
     now: Timestamp,
@@ -54,63 +66,95 @@ pub fn wanted(
             let Some((fh, peer)) = endpoint(entry) else {
                 continue;
             };
-            let side = if handing_over {
-                fh.forwarding_to
-                    .iter()
-                    .any(|n| n == node)
-                    .then_some(Side::Receive { peer })
-            } else if sip.announcing {
-                remaining(fh, now).map(|length| Side::Forward {
-                    peer,
-                    shared: sip.shared,
-                    length,
-                })
-            } else {
-                None
-            };
-            if let Some(side) = side {
-                out.insert(key(sip.name, &entry.name), side);
+            if handing_over && fh.forwarding_to.iter().any(|n| n == node) {
+                out.insert(key(sip.name, &entry.name, RECEIVE), Side::Receive { peer });
+            }
+            let forward = sip.announcing.then(|| remaining(fh, now)).flatten();
+            if let Some(length) = forward {
+                out.insert(
+                    key(sip.name, &entry.name, FORWARD),
+                    Side::Forward {
+                        peer,
+                        shared: sip.shared,
+                        length,
+                    },
+                );
             }
         }
     }
     out
 }
 
+/// The SharedIPs this node hands over because a primary takes the address back from it:
+/// it announces as a secondary and another node reports `TakingOver` with a session
+/// established, so its route would be heard (see [`crate::takeover`], which waits for
+/// exactly these nodes).
+pub fn taken_back(node: &str, sharedips: &[SharedIpFacts<'_>]) -> BTreeSet<String> {
+    sharedips
+        .iter()
+        .filter(|sip| sip.announcing && sip.role == Some(Role::Secondary))
+        .filter(|sip| {
+            sip.status
+                .into_iter()
+                .flat_map(|s| s.nodes.iter())
+                .any(|e| {
+                    e.name != node
+                        && e.role == Some(Role::Primary)
+                        && e.reason.as_deref() == Some(crate::decision::Reason::TakingOver.as_str())
+                        && e.sessions_established.unwrap_or(0) > 0
+                        && endpoint(e).is_some()
+                })
+        })
+        .map(|sip| sip.name.to_owned())
+        .collect()
+}
+
 /// This node's status of a SharedIP with flow handover on: its endpoint (which also says
-/// that it can take part), until when it hands over, and the nodes its open forwarding
-/// windows serve.
+/// that it can take part), until when it hands over, the nodes its open forwarding windows
+/// serve and those its receiving windows answer.
 pub fn status(
     sharedip: &str,
     endpoint: Ipv6Addr,
     handing_over_until: Option<Timestamp>,
     open: &BTreeMap<String, Side>,
 ) -> FlowHandoverStatus {
-    let prefix = format!("{sharedip}/");
-    let forwarding_to: Vec<String> = open
-        .iter()
-        .filter(|(_, side)| matches!(side, Side::Forward { .. }))
-        .filter_map(|(k, _)| k.strip_prefix(&prefix).map(str::to_owned))
-        .collect();
     FlowHandoverStatus {
         endpoint: endpoint.to_string(),
         handing_over_until: handing_over_until
             .map(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time),
-        forwarding_to,
+        forwarding_to: peers(sharedip, open, true).into_iter().collect(),
+        receiving_from: peers(sharedip, open, false).into_iter().collect(),
     }
 }
 
 /// The peers whose receiving window for `sharedip` is open on this node: those may take
 /// the traffic without resetting its connections.
 pub fn receiving(sharedip: &str, open: &BTreeMap<String, Side>) -> BTreeSet<String> {
-    let prefix = format!("{sharedip}/");
+    peers(sharedip, open, false)
+}
+
+/// The peers of this node's open windows for `sharedip` on one side.
+fn peers(sharedip: &str, open: &BTreeMap<String, Side>, forwarding: bool) -> BTreeSet<String> {
     open.iter()
-        .filter(|(_, side)| matches!(side, Side::Receive { .. }))
-        .filter_map(|(k, _)| k.strip_prefix(&prefix).map(str::to_owned))
+        .filter(|(_, side)| matches!(side, Side::Forward { .. }) == forwarding)
+        .filter_map(|(k, _)| parse_key(k))
+        .filter(|(sip, _)| *sip == sharedip)
+        .map(|(_, peer)| peer.to_owned())
         .collect()
 }
 
-fn key(sharedip: &str, node: &str) -> String {
-    format!("{sharedip}/{node}")
+const FORWARD: &str = "forward";
+const RECEIVE: &str = "receive";
+
+fn key(sharedip: &str, node: &str, side: &str) -> String {
+    format!("{sharedip}/{node}/{side}")
+}
+
+/// The SharedIP and the peer node of a window's key.
+pub fn parse_key(key: &str) -> Option<(&str, &str)> {
+    let (sharedip, rest) = key.split_once('/')?;
+    let (peer, _side) = rest.rsplit_once('/')?;
+    Some((sharedip, peer))
 }
 
 fn endpoint(entry: &NodeStatus) -> Option<(&FlowHandoverStatus, Ipv6Addr)> {
@@ -163,15 +207,15 @@ mod tests {
         FlowHandoverStatus {
             endpoint: endpoint.to_string(),
             handing_over_until: Some(Time(at(until))),
-            forwarding_to: vec![],
+            ..Default::default()
         }
     }
 
     fn forwarding(endpoint: Ipv6Addr, to: &str) -> FlowHandoverStatus {
         FlowHandoverStatus {
             endpoint: endpoint.to_string(),
-            handing_over_until: None,
             forwarding_to: vec![to.into()],
+            ..Default::default()
         }
     }
 
@@ -193,6 +237,7 @@ mod tests {
             status: Some(st),
             handing_over_until: handing_over_until.map(at),
             announcing,
+            role: Some(Role::Secondary),
         }
     }
 
@@ -203,7 +248,7 @@ mod tests {
         assert_eq!(
             w,
             BTreeMap::from([(
-                "web/a".to_owned(),
+                "web/a/forward".to_owned(),
                 Side::Forward {
                     peer: A,
                     shared: shared(),
@@ -227,7 +272,7 @@ mod tests {
         let w = wanted("a", at(100), &[facts(&st, Some(300), true)]);
         assert_eq!(
             w,
-            BTreeMap::from([("web/b".to_owned(), Side::Receive { peer: B })])
+            BTreeMap::from([("web/b/receive".to_owned(), Side::Receive { peer: B })])
         );
         assert_eq!(receiving("web", &w), BTreeSet::from(["b".to_owned()]));
         assert!(receiving("other", &w).is_empty());
@@ -236,12 +281,39 @@ mod tests {
     }
 
     #[test]
-    fn a_node_handing_over_itself_forwards_to_nobody() {
+    fn a_withdrawing_node_forwards_to_nobody() {
         let st = status(vec![
             entry("a", Some(handing_over(A, 300))),
             entry("b", Some(handing_over(B, 300))),
         ]);
-        assert!(wanted("b", at(100), &[facts(&st, Some(300), true)]).is_empty());
+        assert!(wanted("b", at(100), &[facts(&st, Some(300), false)]).is_empty());
+    }
+
+    #[test]
+    fn two_nodes_handing_over_to_each_other_have_both_sides() {
+        // a, undrained within its window, takes the address back from b, which hands over
+        // in turn: each forwards the other's connections and answers its own.
+        let mut a = handing_over(A, 300);
+        a.forwarding_to = vec!["b".into()];
+        let st = status(vec![entry("a", Some(a)), entry("b", None)]);
+        let w = wanted("b", at(100), &[facts(&st, Some(200), true)]);
+        assert_eq!(
+            w.keys().map(String::as_str).collect::<Vec<_>>(),
+            ["web/a/forward", "web/a/receive"]
+        );
+        let s = super::status("web", B, Some(at(200)), &w);
+        assert_eq!(
+            (s.forwarding_to, s.receiving_from),
+            (vec!["a".to_owned()], vec!["a".to_owned()])
+        );
+    }
+
+    #[test]
+    fn keys_name_the_sharedip_and_the_peer() {
+        assert_eq!(parse_key("web/node-a/forward"), Some(("web", "node-a")));
+        assert_eq!(parse_key("web/node-a/receive"), Some(("web", "node-a")));
+        assert_eq!(parse_key("web/node-a"), None);
+        assert_eq!(parse_key("web"), None);
     }
 
     #[test]
@@ -261,16 +333,16 @@ mod tests {
     fn the_status_says_until_when_and_to_whom() {
         let open = BTreeMap::from([
             (
-                "web/a".to_owned(),
+                "web/a/forward".to_owned(),
                 Side::Forward {
                     peer: A,
                     shared: shared(),
                     length: Duration::from_secs(1),
                 },
             ),
-            ("web/c".to_owned(), Side::Receive { peer: A }),
+            ("web/c/receive".to_owned(), Side::Receive { peer: A }),
             (
-                "api/x".to_owned(),
+                "api/x/forward".to_owned(),
                 Side::Forward {
                     peer: A,
                     shared: shared(),
@@ -280,6 +352,7 @@ mod tests {
         ]);
         let s = super::status("web", B, None, &open);
         assert_eq!(s.forwarding_to, vec!["a".to_owned()]);
+        assert_eq!(s.receiving_from, vec!["c".to_owned()]);
         assert_eq!(s.endpoint, B.to_string());
         assert_eq!(s.handing_over_until, None);
         let s = super::status("web", B, Some(at(300)), &BTreeMap::new());
@@ -287,5 +360,48 @@ mod tests {
         assert!(super::status("none", B, None, &open)
             .forwarding_to
             .is_empty());
+    }
+
+    fn taking_over(name: &str, endpoint: Ipv6Addr) -> NodeStatus {
+        NodeStatus {
+            name: name.into(),
+            role: Some(Role::Primary),
+            reason: Some("TakingOver".into()),
+            sessions_established: Some(1),
+            flow_handover: Some(FlowHandoverStatus {
+                endpoint: endpoint.to_string(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn a_secondary_hands_over_to_a_primary_taking_the_address_back() {
+        let st = status(vec![taking_over("a", A), entry("b", None)]);
+        let web = facts(&st, None, true);
+        assert_eq!(taken_back("b", &[web]), BTreeSet::from(["web".to_owned()]));
+        // Not a node that does not announce, not a primary, not the one taking over.
+        assert!(taken_back("b", &[facts(&st, None, false)]).is_empty());
+        let primary = SharedIpFacts {
+            role: Some(Role::Primary),
+            ..web
+        };
+        assert!(taken_back("b", &[primary]).is_empty());
+        assert!(taken_back("a", &[web]).is_empty());
+        // Not for a secondary waiting, nor for a primary without flow handover.
+        let mut other = taking_over("a", A);
+        other.role = Some(Role::Secondary);
+        let st = status(vec![other]);
+        assert!(taken_back("b", &[facts(&st, None, true)]).is_empty());
+        let mut plain = taking_over("a", A);
+        plain.flow_handover = None;
+        let st = status(vec![plain]);
+        assert!(taken_back("b", &[facts(&st, None, true)]).is_empty());
+        // Nor before its route would be heard.
+        let mut unheard = taking_over("a", A);
+        unheard.sessions_established = Some(0);
+        let st = status(vec![unheard]);
+        assert!(taken_back("b", &[facts(&st, None, true)]).is_empty());
     }
 }

@@ -138,6 +138,21 @@ impl Events {
         .await;
     }
 
+    /// One warning event when a returning primary waited `--takeover-timeout` in vain for
+    /// the secondaries to hand their connections over, and announced anyway.
+    pub async fn takeover_timed_out(&self, sharedips: &Store<SharedIP>, t: &TimedOut) {
+        let note = format!("node {}: {}", self.node, t.message);
+        self.publish(
+            sharedips,
+            &t.name,
+            EventType::Warning,
+            "TakeoverTimedOut",
+            "Announce",
+            note,
+        )
+        .await;
+    }
+
     /// A flow handover window of this node opened, closed or failed.
     pub async fn flow_handover(&self, sharedips: &Store<SharedIP>, e: &WindowEvent) {
         let (direction, towards) = if e.forwarding {

@@ -274,7 +274,7 @@ mod tests {
         let mut fh = FlowHandoverStatus {
             endpoint: "2001:db8:1::10".into(),
             handing_over_until: Some(now.clone()),
-            forwarding_to: vec![],
+            ..Default::default()
         };
         let e = with_flow_handover("n", None, &deselected, Some(&fh), None, &now).unwrap();
         assert_eq!((e.role, e.announcing), (None, false));
