@@ -6,7 +6,8 @@
 //! forwards them to the old one, which keeps the address bound and answers them until the
 //! window ends; new connections are the new node's. A SIGTERM'd agent hands its connections
 //! over the same way until its bounded shutdown ends, and the restarted agent takes the
-//! address back without breaking the connections made meanwhile. Asserts outcomes only (who
+//! address back without breaking the connections made meanwhile. A cordon, and a
+//! LoadBalancer Service's terminating endpoint through the real kube-proxy, likewise. Asserts outcomes only (who
 //! answered, that nothing broke, that nothing is left). Root only.
 
 // Test code: a panic is a failed test.
@@ -26,18 +27,23 @@ use kube::Api;
 use lab_common::{delete_and_expect_nothing_left, preflight, shared, SERIAL, SIP};
 use sharedip_e2e::handover_net::{self, chat, upload, Conversation};
 use sharedip_e2e::lab::cluster::{eventually, BOUND, ROLE_LABEL, SHARED_V4};
-use sharedip_e2e::lab::{role_spec, Lab, LabConfig};
+use sharedip_e2e::lab::services::{
+    ADDRESS_ANNOTATION, PRIMARY_NODES_ANNOTATION, SECONDARY_NODES_ANNOTATION,
+};
+use sharedip_e2e::lab::{load_balancer_service, role_spec, Lab, LabConfig, PodEndpoint};
 use sharedip_e2e::routeserver::Flavor;
 
 /// Long enough to outlast the scenario's checks, short enough to watch it end.
 const WINDOW_SECONDS: u64 = 20;
 
 async fn start() -> Lab {
-    lab_common::start(LabConfig {
-        agent_args: vec!["--flow-handover".into()],
-        ..LabConfig::default()
-    })
-    .await
+    start_with(LabConfig::default()).await
+}
+
+/// A lab as `config` says, its agents with flow handover on.
+async fn start_with(mut config: LabConfig) -> Lab {
+    config.agent_args.push("--flow-handover".into());
+    lab_common::start(config).await
 }
 
 /// The SharedIP applied with a short window, node-a answering, and a line server on both
@@ -88,8 +94,14 @@ async fn expect_moved(lab: &Lab, to: &str, from: &str) {
     lab.wait_answers(shared(), Some(to), BOUND)
         .await
         .unwrap_or_else(|e| panic!("{to} answers: {e}"));
+    expect_forwarding(lab, SIP, to, from).await;
+    assert_eq!(fresh_answer(lab).unwrap(), to, "a new connection is {to}'s");
+}
+
+/// Node `to`'s entry of SharedIP `sip` says that it forwards to `from`.
+async fn expect_forwarding(lab: &Lab, sip: &str, to: &str, from: &str) {
     let forwarding = lab
-        .node_status(SIP, to)
+        .node_status(sip, to)
         .await
         .unwrap()
         .and_then(|s| s.flow_handover)
@@ -99,11 +111,20 @@ async fn expect_moved(lab: &Lab, to: &str, from: &str) {
         forwarding.iter().any(|n| n == from),
         "{to} forwards to {forwarding:?}, want {from}"
     );
-    let mut fresh = BufReader::new(connect(lab));
-    fresh.get_mut().write_all(b"hello\n").unwrap();
+}
+
+/// Who answers a new connection to the address (the first word of the answer).
+fn fresh_answer(lab: &Lab) -> Result<String, String> {
+    let conn = handover_net::connect_to(lab.client_ns(), IpAddr::V4(SHARED_V4))
+        .map_err(|e| e.to_string())?;
+    let mut fresh = BufReader::new(conn);
+    fresh
+        .get_mut()
+        .write_all(b"hello\n")
+        .map_err(|e| e.to_string())?;
     let mut line = String::new();
-    fresh.read_line(&mut line).unwrap();
-    assert!(line.starts_with(&format!("{to} ")), "{line:?}");
+    fresh.read_line(&mut line).map_err(|e| e.to_string())?;
+    Ok(line.split(' ').next().unwrap_or_default().to_owned())
 }
 
 /// After the move to node-b: every conversation of node-a lasted and was answered by node-a
@@ -298,4 +319,152 @@ async fn a_sigterm_and_the_restart_after_it_keep_established_connections() {
     on_b.expect_answered_by(&lab, "node-b");
     expect_window_over(&lab, true).await;
     delete_and_expect_nothing_left(&lab).await;
+}
+
+/// A cordon with `--withdraw-on-cordon` hands the connections over like a drain, and the
+/// uncordon takes the address back without breaking those made on node-b meanwhile.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cordon_and_the_uncordon_keep_established_connections() {
+    if !preflight(Flavor::Bird) {
+        return;
+    }
+    let _serial = SERIAL.lock().await;
+    let lab = start_with(LabConfig {
+        agent_args: vec!["--withdraw-on-cordon".into()],
+        ..LabConfig::default()
+    })
+    .await;
+    with_servers(&lab).await;
+    let on_a = Talk::start(&lab).await;
+
+    lab.cordon_node("node-a", true).await.expect("cordon");
+    expect_moved(&lab, "node-b", "node-a").await;
+    let on_b = Talk::start(&lab).await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    on_a.expect_answered_by(&lab, "node-a");
+
+    lab.cordon_node("node-a", false).await.expect("uncordon");
+    expect_moved(&lab, "node-a", "node-b").await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    on_b.expect_answered_by(&lab, "node-b");
+    delete_and_expect_nothing_left(&lab).await;
+}
+
+/// The Services' namespace and Service.
+const NS: &str = "web";
+const SVC: &str = "echo";
+
+/// A LoadBalancer Service (`externalTrafficPolicy: Local`) carried by the real kube-proxy to
+/// a pod on each node. node-a's endpoint terminates (still serving): node-b forwards the
+/// connections to node-a, where kube-proxy's conntrack entries still carry them to node-a's
+/// pod with the original destination. The endpoint comes back: node-a takes the address
+/// back and forwards node-b's newer connections, which node-b's kube-proxy carries to its
+/// pod. Deleting the Service removes everything flow handover installed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_services_terminating_endpoint_and_its_return_keep_connections_through_kube_proxy() {
+    if !preflight(Flavor::Bird) {
+        return;
+    }
+    let _serial = SERIAL.lock().await;
+    let mut lab = start_with(LabConfig {
+        kube_proxy: true,
+        ..LabConfig::default()
+    })
+    .await;
+    lab.create_namespace(NS).await.expect("namespace");
+    for (node, pod) in [("node-a", "echo-a"), ("node-b", "echo-b")] {
+        lab.add_pod(node, pod).expect("pod");
+        let ns = lab.pods().iter().find(|p| p.name() == pod).unwrap().netns();
+        handover_net::serve(ns, pod).unwrap();
+    }
+    let primary = format!("{ROLE_LABEL}=primary");
+    let secondary = format!("{ROLE_LABEL}=secondary");
+    let mut svc = load_balancer_service(SVC, handover_net::PORT, handover_net::PORT);
+    svc.metadata.annotations = Some(
+        [
+            (ADDRESS_ANNOTATION, "192.0.2.10"),
+            (PRIMARY_NODES_ANNOTATION, primary.as_str()),
+            (SECONDARY_NODES_ANNOTATION, secondary.as_str()),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .collect(),
+    );
+    svc.spec.as_mut().unwrap().external_traffic_policy = Some("Local".to_owned());
+    lab.apply_service(NS, &svc).await.expect("apply Service");
+    let endpoints = |a: PodEndpoint| [a, PodEndpoint::ready("echo-b", "node-b")];
+    let publish = |list: [PodEndpoint; 2]| {
+        let lab = &lab;
+        async move {
+            lab.set_endpoints(NS, SVC, &list, "http", handover_net::PORT)
+                .await
+                .expect("endpoints");
+        }
+    };
+    publish(endpoints(PodEndpoint::ready("echo-a", "node-a"))).await;
+    wait_fresh_answer(&lab, "echo-a").await;
+    let sip = lab
+        .generated_sharedips()
+        .await
+        .expect("list")
+        .first()
+        .and_then(|s| s.metadata.name.clone())
+        .expect("the Service's SharedIP");
+    let on_a = Talk::start(&lab).await;
+
+    publish(endpoints(PodEndpoint::terminating(
+        "echo-a", "node-a", true,
+    )))
+    .await;
+    wait_fresh_answer(&lab, "echo-b").await;
+    expect_forwarding(&lab, &sip, "node-b", "node-a").await;
+    let on_b = Talk::start(&lab).await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    on_a.expect_answered_by(&lab, "echo-a");
+
+    publish(endpoints(PodEndpoint::ready("echo-a", "node-a"))).await;
+    wait_fresh_answer(&lab, "echo-a").await;
+    expect_forwarding(&lab, &sip, "node-a", "node-b").await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    on_b.expect_answered_by(&lab, "echo-b");
+
+    lab.delete_service(NS, SVC).await.expect("delete Service");
+    eventually("the Service's SharedIP and windows gone", BOUND, || async {
+        let left = lab.generated_sharedips().await.map_err(|e| e.to_string())?;
+        let installed: Vec<String> = ["node-a", "node-b"]
+            .iter()
+            .flat_map(|n| handover_net::installed(lab.node_ns(n).unwrap()).unwrap())
+            .collect();
+        if left.is_empty() && installed.is_empty() {
+            Ok(())
+        } else {
+            Err(format!(
+                "SharedIPs left: {}, installed: {installed:?}",
+                left.len()
+            ))
+        }
+    })
+    .await
+    .expect("nothing of flow handover stays");
+    lab.delete_endpoints(NS, SVC)
+        .await
+        .expect("delete endpoints");
+    lab.wait_no_leaks(BOUND).await.expect("nothing left behind");
+    for pod in ["echo-a", "echo-b"] {
+        lab.remove_pod(pod).expect("remove pod");
+    }
+}
+
+/// Waits until a new connection to the address is answered by `by`.
+async fn wait_fresh_answer(lab: &Lab, by: &str) {
+    eventually(&format!("{by} answers a new connection"), BOUND, || async {
+        let got = tokio::task::block_in_place(|| fresh_answer(lab))?;
+        if got == by {
+            Ok(())
+        } else {
+            Err(format!("answered by {got}"))
+        }
+    })
+    .await
+    .unwrap_or_else(|e| panic!("{e}\n{}", lab.logs()));
 }
