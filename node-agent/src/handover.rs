@@ -21,7 +21,7 @@ use std::future::Future;
 use std::time::Duration;
 
 use k8s_openapi::jiff::Timestamp;
-use sharedip_api::{NodeStatus, SharedIPStatus};
+use sharedip_api::{FlowHandoverStatus, NodeStatus, SharedIPStatus};
 use tokio::time::Instant;
 
 use crate::decision::{Decision, Reason};
@@ -139,12 +139,20 @@ pub struct Wait<'a> {
     pub receiving: Option<&'a BTreeSet<String>>,
 }
 
-/// A candidate whose entry has no flow handover part cannot forward (its agent runs without
-/// `--flow-handover`): the move resets the connections, as without the feature.
+/// A candidate whose entry has no flow handover part (its agent runs without
+/// `--flow-handover`), or says it is unavailable there, cannot forward: the move resets the
+/// connections, as without the feature.
 fn forwarded(entry: &NodeStatus, receiving: Option<&BTreeSet<String>>) -> Check {
     match receiving {
         None => Check::Met,
-        Some(_) if entry.flow_handover.is_none() => Check::Met,
+        Some(_)
+            if !entry
+                .flow_handover
+                .as_ref()
+                .is_some_and(FlowHandoverStatus::takes_part) =>
+        {
+            Check::Met
+        }
         Some(r) if r.contains(&entry.name) => Check::Met,
         Some(_) => short("does not forward this node's connections yet (flow handover)"),
     }

@@ -640,7 +640,7 @@ impl LoopCtx {
                 () = self.handovers.due() => {}
                 () = self.takeovers.due() => {}
                 () = sleep_until(self.grace_over) => {}
-                () = sleep_until(self.flow.as_ref().and_then(FlowHandover::next_end)) => {}
+                () = sleep_until(self.flow.as_ref().and_then(FlowHandover::next_wake)) => {}
                 () = sleep_until(self.stopping) => return,
                 _ = resync.tick() => self.statuses.forget_written(),
                 Some(c) = control.next() => match c {

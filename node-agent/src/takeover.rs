@@ -250,7 +250,9 @@ fn holders<'a>(status: Option<&'a SharedIPStatus>, node: &str) -> Vec<&'a NodeSt
                 && e.announcing
                 && e.role == Some(Role::Secondary)
                 && e.sessions_established.unwrap_or(0) > 0
-                && e.flow_handover.is_some()
+                && e.flow_handover
+                    .as_ref()
+                    .is_some_and(sharedip_api::FlowHandoverStatus::takes_part)
         })
         .collect()
 }

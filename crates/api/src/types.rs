@@ -589,6 +589,18 @@ pub struct FlowHandoverStatus {
     /// its name here before it announces.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub receiving_from: Vec<String>,
+    /// Set when the node cannot take part for this address, and why (a LoadBalancer
+    /// Service's dataplane it does not serve, such as kube-proxy in IPVS mode): other nodes
+    /// neither forward to it nor wait for it, and its moves reset the connections.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub unavailable: Option<String>,
+}
+
+impl FlowHandoverStatus {
+    /// Whether the node takes part in flow handover of this address.
+    pub fn takes_part(&self) -> bool {
+        self.unavailable.is_none()
+    }
 }
 
 #[cfg(test)]

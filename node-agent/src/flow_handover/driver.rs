@@ -11,6 +11,7 @@ use sharedip_api::{FlowHandoverStatus, SharedAddress, SharedIP};
 use tokio::time::Instant;
 
 use super::plan::{self, SharedIpFacts};
+use super::retry::Retries;
 use super::ruleset::Prefix;
 use super::windows::{Settings, Side, Windows};
 use crate::decision::{Decision, Reason};
@@ -29,7 +30,19 @@ pub struct FlowHandover {
     enabled: BTreeSet<String>,
     /// The agent stops then: no window of this node lasts longer.
     stop_by: Option<(Timestamp, Instant)>,
+    /// The windows the kernel refused, tried again later.
+    retries: Retries,
+    /// Why this node cannot serve LoadBalancer Services' connections (see
+    /// [`super::dataplane`]), as of the last look at its devices, and when that was.
+    dataplane: Option<&'static str>,
+    dataplane_seen: Option<Instant>,
+    /// The SharedIPs of LoadBalancer Services that flow handover cannot serve here.
+    unavailable: BTreeSet<String>,
 }
+
+/// How often the node's devices are listed again (kube-proxy or a CNI may start after the
+/// agent).
+const DATAPLANE_RECHECK: Duration = Duration::from_secs(30);
 
 /// A window opened, closed, or refused by the kernel: worth an Event on its SharedIP.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -83,10 +96,23 @@ impl FlowHandover {
             handing_over: BTreeMap::new(),
             enabled: BTreeSet::new(),
             stop_by: None,
+            retries: Retries::default(),
+            dataplane: None,
+            dataplane_seen: None,
+            unavailable: BTreeSet::new(),
         })
     }
 
-    fn candidates(sips: &[std::sync::Arc<SharedIP>]) -> Vec<Candidate<'_>> {
+    /// The SharedIPs with flow handover on that this node serves.
+    fn candidates<'s>(&self, sips: &'s [std::sync::Arc<SharedIP>]) -> Vec<Candidate<'s>> {
+        Self::all_candidates(sips)
+            .into_iter()
+            .filter(|c| !self.unavailable.contains(&c.name))
+            .collect()
+    }
+
+    /// The SharedIPs with flow handover on.
+    fn all_candidates(sips: &[std::sync::Arc<SharedIP>]) -> Vec<Candidate<'_>> {
         sips.iter()
             .filter(|s| s.spec.wants_flow_handover() && s.metadata.deletion_timestamp.is_none())
             .filter_map(|s| {
@@ -119,11 +145,21 @@ impl FlowHandover {
     ) -> Vec<WindowEvent> {
         let now = Instant::now();
         let wall = Timestamp::now();
-        let candidates = Self::candidates(sips);
-        self.enabled = candidates.iter().map(|c| c.name.clone()).collect();
-        let enabled = &self.enabled;
+        self.check_dataplane(now).await;
+        let all = Self::all_candidates(sips);
+        self.enabled = all.iter().map(|c| c.name.clone()).collect();
+        self.unavailable = match self.dataplane {
+            Some(_) => all
+                .iter()
+                .filter(|c| c.sip.spec.endpoint_gate.is_some())
+                .map(|c| c.name.clone())
+                .collect(),
+            None => BTreeSet::new(),
+        };
+        let candidates = self.candidates(sips);
+        let served: BTreeSet<&String> = candidates.iter().map(|c| &c.name).collect();
         self.handing_over
-            .retain(|name, (_, until)| *until > now && enabled.contains(name));
+            .retain(|name, (_, until)| *until > now && served.contains(name));
         let role = |name: &str| desired.get(name).and_then(|d| d.role);
         let clamped: Vec<Prefix> = candidates
             .iter()
@@ -154,6 +190,36 @@ impl FlowHandover {
         self.converge(wanted).await
     }
 
+    /// Looks at the node's devices again when the last look is older than
+    /// [`DATAPLANE_RECHECK`]; a failed listing keeps the last answer.
+    async fn check_dataplane(&mut self, now: Instant) {
+        if self
+            .dataplane_seen
+            .is_some_and(|at| now.duration_since(at) < DATAPLANE_RECHECK)
+        {
+            return;
+        }
+        match super::tunnel::link_names(&self.handle).await {
+            Ok(names) => {
+                let found = super::dataplane::unsupported(names.iter().map(String::as_str));
+                if found != self.dataplane {
+                    match found {
+                        Some(why) => tracing::warn!(
+                            why,
+                            "flow handover: off for LoadBalancer Services on this node"
+                        ),
+                        None => {
+                            tracing::info!("flow handover: this node's Service dataplane is served")
+                        }
+                    }
+                }
+                self.dataplane = found;
+                self.dataplane_seen = Some(now);
+            }
+            Err(error) => tracing::warn!(%error, "flow handover: cannot list the node's devices"),
+        }
+    }
+
     /// Closes the windows not wanted (or wanted differently) and opens the missing ones.
     async fn converge(&mut self, wanted: BTreeMap<String, Side>) -> Vec<WindowEvent> {
         let mut events = Vec::new();
@@ -166,18 +232,30 @@ impl FlowHandover {
                 events.push(WindowEvent::new(key, side, WindowChange::Closed));
             }
         }
+        let now = Instant::now();
+        self.retries.retain(|k| wanted.contains_key(k));
         for (key, side) in wanted {
-            if self.windows.open_windows().contains_key(&key) {
+            if self.windows.open_windows().contains_key(&key) || !self.retries.may_try(&key, now) {
                 continue;
             }
-            let what = match self.windows.open(&self.handle, &key, side.clone()).await {
-                Ok(()) => WindowChange::Opened,
-                Err(error) => {
-                    tracing::warn!(window = %key, %error, "flow handover: cannot open the window");
-                    WindowChange::Failed(error.to_string())
+            match self.windows.open(&self.handle, &key, side.clone()).await {
+                Ok(()) => {
+                    self.retries.opened(&key);
+                    events.push(WindowEvent::new(&key, &side, WindowChange::Opened));
                 }
-            };
-            events.push(WindowEvent::new(&key, &side, what));
+                Err(error) => {
+                    if self.retries.refused(&key, now) {
+                        tracing::warn!(window = %key, %error, "flow handover: cannot open the window; trying again later");
+                        events.push(WindowEvent::new(
+                            &key,
+                            &side,
+                            WindowChange::Failed(error.to_string()),
+                        ));
+                    } else {
+                        tracing::debug!(window = %key, %error, "flow handover: cannot open the window, again");
+                    }
+                }
+            }
         }
         events
     }
@@ -195,7 +273,7 @@ impl FlowHandover {
         sips: &[std::sync::Arc<SharedIP>],
         desired: &BTreeMap<String, Decision>,
     ) {
-        for c in Self::candidates(sips) {
+        for c in self.candidates(sips) {
             if desired
                 .get(&c.name)
                 .is_some_and(|d| d.reason == Reason::HandingOver)
@@ -249,7 +327,7 @@ impl FlowHandover {
         &self,
         sips: &[std::sync::Arc<SharedIP>],
     ) -> Vec<(std::net::IpAddr, Instant)> {
-        Self::candidates(sips)
+        self.candidates(sips)
             .into_iter()
             .filter_map(|c| {
                 let (_, until) = self.handing_over.get(&c.name)?;
@@ -261,6 +339,16 @@ impl FlowHandover {
 
     /// This node's status of `sharedip`, if flow handover is on for it.
     pub fn status(&self, sharedip: &str) -> Option<FlowHandoverStatus> {
+        if let Some(why) = self
+            .dataplane
+            .filter(|_| self.unavailable.contains(sharedip))
+        {
+            return Some(FlowHandoverStatus {
+                endpoint: self.endpoint.to_string(),
+                unavailable: Some(why.to_owned()),
+                ..Default::default()
+            });
+        }
         self.enabled.contains(sharedip).then(|| {
             plan::status(
                 sharedip,
@@ -271,9 +359,18 @@ impl FlowHandover {
         })
     }
 
-    /// When the earliest window ends, so the loop wakes to close it.
+    /// When the earliest window of this node ends, so the loop wakes to close it.
     pub fn next_end(&self) -> Option<Instant> {
         self.handing_over.values().map(|(_, i)| *i).min()
+    }
+
+    /// When the loop should wake for flow handover: a window's end, or a refused window's
+    /// next attempt.
+    pub fn next_wake(&self) -> Option<Instant> {
+        [self.next_end(), self.retries.next_retry()]
+            .into_iter()
+            .flatten()
+            .min()
     }
 
     /// Closes every window and removes the clamp: the agent stops.

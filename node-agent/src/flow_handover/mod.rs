@@ -4,9 +4,11 @@
 //! clients directly. New connections stay on the new holder. Established connections then
 //! survive the move instead of being reset by a node that never saw them.
 
+pub mod dataplane;
 pub mod driver;
 pub mod own_flows;
 pub mod plan;
+pub mod retry;
 pub mod ruleset;
 pub mod tunnel;
 pub mod windows;

@@ -124,6 +124,7 @@ pub fn status(
             .map(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time),
         forwarding_to: peers(sharedip, open, true).into_iter().collect(),
         receiving_from: peers(sharedip, open, false).into_iter().collect(),
+        unavailable: None,
     }
 }
 
@@ -158,7 +159,7 @@ pub fn parse_key(key: &str) -> Option<(&str, &str)> {
 }
 
 fn endpoint(entry: &NodeStatus) -> Option<(&FlowHandoverStatus, Ipv6Addr)> {
-    let fh = entry.flow_handover.as_ref()?;
+    let fh = entry.flow_handover.as_ref().filter(|f| f.takes_part())?;
     let peer: Ipv6Addr = fh.endpoint.parse().ok()?;
     // A tunnel to an address that cannot be a node's would go nowhere, or somewhere wrong.
     if peer.is_unspecified() || peer.is_loopback() || peer.is_multicast() {
@@ -314,6 +315,14 @@ mod tests {
         assert_eq!(parse_key("web/node-a/receive"), Some(("web", "node-a")));
         assert_eq!(parse_key("web/node-a"), None);
         assert_eq!(parse_key("web"), None);
+    }
+
+    #[test]
+    fn a_node_that_cannot_take_part_is_not_forwarded_to() {
+        let mut fh = handing_over(A, 300);
+        fh.unavailable = Some("kube-proxy runs in IPVS mode".into());
+        let st = status(vec![entry("a", Some(fh))]);
+        assert!(wanted("b", at(100), &[facts(&st, None, true)]).is_empty());
     }
 
     #[test]

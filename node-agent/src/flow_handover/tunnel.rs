@@ -174,20 +174,27 @@ async fn remove_link(handle: &Handle, name: &str) -> Result<(), TunnelError> {
     }
 }
 
+/// The names of the network devices in this namespace.
+pub async fn link_names(handle: &Handle) -> Result<Vec<String>, TunnelError> {
+    let mut links = handle.link().get().execute();
+    let mut names = Vec::new();
+    while let Some(link) = bounded("list links".into(), links.try_next()).await? {
+        names.extend(link.attributes.iter().find_map(|a| match a {
+            LinkAttribute::IfName(n) => Some(n.clone()),
+            _ => None,
+        }));
+    }
+    Ok(names)
+}
+
 /// Removes every tunnel device an earlier run left (they all carry [`NAME_PREFIX`]), and the
 /// receiver's rule.
 pub async fn remove_all(handle: &Handle) -> Result<Vec<String>, TunnelError> {
-    let mut links = handle.link().get().execute();
-    let mut ours = Vec::new();
-    while let Some(link) = bounded("list links".into(), links.try_next()).await? {
-        let name = link.attributes.iter().find_map(|a| match a {
-            LinkAttribute::IfName(n) => Some(n.clone()),
-            _ => None,
-        });
-        if let Some(name) = name.filter(|n| n.starts_with(NAME_PREFIX)) {
-            ours.push(name);
-        }
-    }
+    let ours: Vec<String> = link_names(handle)
+        .await?
+        .into_iter()
+        .filter(|n| n.starts_with(NAME_PREFIX))
+        .collect();
     for name in &ours {
         remove_link(handle, name).await?;
     }
