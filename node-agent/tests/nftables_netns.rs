@@ -2,8 +2,9 @@
 //! with a netdev ingress chain (set, dynset, lookup, link-header rewrite, fwd) and an inet
 //! one (ct state, TCP MSS rewrite) is accepted and reads back as `nft` shows it; adding it
 //! again is refused and changes nothing; a transaction the kernel refuses leaves nothing;
-//! deleting works, also when there is nothing to delete. Needs root (skipped otherwise) and
-//! Debian's `nft` only to read the result back.
+//! deleting works, also when there is nothing to delete. Rule counters and set sizes (with
+//! elements the packet path added) read back as the packets sent make them. Needs root
+//! (skipped otherwise) and Debian's `nft` only to read the result back.
 
 // Test code: a panic is a failed test.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::too_many_lines)]
@@ -11,8 +12,8 @@
 use sharedip_e2e::netns::{self, Netns};
 use sharedip_node_agent::nftables::expr::{REG32_00, REG_1};
 use sharedip_node_agent::nftables::{
-    apply, delete_table, Base, Chain, CmpOp, Expr, Family, Hook, KeyType, MetaKey, NftError, Op,
-    Set, Table, Verdict,
+    apply, counters, delete_table, set_len, Base, Chain, CmpOp, Expr, Family, Hook, KeyType,
+    MetaKey, NftError, Op, RuleCounter, Set, Table, Verdict,
 };
 
 fn netdev_table(fh0: u32) -> Table {
@@ -315,4 +316,178 @@ fn tables_are_applied_whole_refused_whole_and_deleted() {
     delete_both().expect("deleted");
     assert!(!listing(&ns).contains("sharedip-test"), "{}", listing(&ns));
     delete_both().expect("nothing to delete is not an error");
+}
+
+/// A table counting UDP to 192.0.2.2 after routing and adding each destination (address and
+/// port) to a set from the packet path; a counter on a chain no packet takes; a rule without
+/// one.
+fn counting_table() -> Table {
+    let udp_to_peer = [
+        Expr::meta(MetaKey::NfProto),
+        Expr::cmp(CmpOp::Eq, &[2]),
+        Expr::meta(MetaKey::L4Proto),
+        Expr::cmp(CmpOp::Eq, &[17]),
+        Expr::load(Base::Network, 16, 4, REG_1),
+        Expr::cmp(CmpOp::Eq, &[192, 0, 2, 2]),
+    ];
+    let key = [
+        Expr::load(Base::Network, 16, 4, REG_1),
+        Expr::load(Base::Transport, 2, 2, REG32_00 + 1),
+    ];
+    Table {
+        family: Family::Inet,
+        name: "sharedip-count".into(),
+        chains: vec![
+            Chain {
+                name: "post".into(),
+                hook: Hook::Postrouting,
+                priority: 0,
+                device: None,
+                policy: Verdict::Accept,
+            },
+            Chain {
+                name: "pre".into(),
+                hook: Hook::Prerouting,
+                priority: 0,
+                device: None,
+                policy: Verdict::Accept,
+            },
+        ],
+        sets: vec![Set {
+            name: "seen".into(),
+            id: 1,
+            key: vec![KeyType::Ipv4Addr, KeyType::InetService],
+            timeout_ms: 600_000,
+            elements: vec![
+                vec![198, 51, 100, 7, 0, 53, 0, 0],
+                vec![198, 51, 100, 8, 0, 53, 0, 0],
+            ],
+        }],
+        rules: vec![
+            ("post".into(), [&udp_to_peer[..], &[Expr::Counter]].concat()),
+            (
+                "post".into(),
+                [
+                    &udp_to_peer[..],
+                    &key,
+                    &[Expr::DynsetUpdate {
+                        set: "seen".into(),
+                        set_id: 1,
+                        sreg_key: REG_1,
+                    }],
+                ]
+                .concat(),
+            ),
+            (
+                "post".into(),
+                vec![Expr::meta(MetaKey::L4Proto), Expr::accept()],
+            ),
+            (
+                "pre".into(),
+                vec![
+                    Expr::meta(MetaKey::IifName),
+                    Expr::cmp(CmpOp::Eq, b"none\0\0\0\0\0\0\0\0\0\0\0\0"),
+                    Expr::Counter,
+                ],
+            ),
+        ],
+    }
+}
+
+#[test]
+fn counters_and_set_sizes_are_read_back() {
+    if !netns::is_root() {
+        eprintln!("skipped: network namespaces need root");
+        return;
+    }
+    let ns = Netns::create("nftread").unwrap();
+    // The peer is a neighbour entry: nothing answers, nothing needs to.
+    ns.ip(&["link", "add", "eth0", "type", "veth", "peer", "eth1"])
+        .unwrap();
+    ns.add_addr("eth0", "192.0.2.1/24").unwrap();
+    ns.set_link("eth0", true).unwrap();
+    ns.set_link("eth1", true).unwrap();
+    ns.ip(&[
+        "neigh",
+        "add",
+        "192.0.2.2",
+        "lladdr",
+        "02:00:00:00:00:02",
+        "dev",
+        "eth0",
+    ])
+    .unwrap();
+    let empty = Table {
+        family: Family::Inet,
+        name: "sharedip-empty".into(),
+        chains: vec![],
+        sets: vec![],
+        rules: vec![],
+    };
+    ns.in_namespace(|| apply(&[Op::Add(counting_table()), Op::Add(empty)]))
+        .unwrap()
+        .expect("accepted");
+    let read = || {
+        ns.in_namespace(|| {
+            let mut found = counters(Family::Inet, "sharedip-count")?;
+            found.sort_by(|a, b| a.chain.cmp(&b.chain));
+            Ok::<_, NftError>((found, set_len(Family::Inet, "sharedip-count", "seen")?))
+        })
+        .unwrap()
+        .unwrap()
+    };
+    let counter = |chain: &str, packets, bytes| RuleCounter {
+        chain: chain.into(),
+        packets,
+        bytes,
+    };
+    assert_eq!(
+        read(),
+        (vec![counter("post", 0, 0), counter("pre", 0, 0)], 2)
+    );
+
+    // Three datagrams of 100 bytes (128 with the IP and UDP headers) to three ports, one of
+    // them twice.
+    ns.in_namespace(|| {
+        let socket = std::net::UdpSocket::bind("192.0.2.1:0").unwrap();
+        for port in [9, 10, 11, 11] {
+            socket.send_to(&[0; 100], ("192.0.2.2", port)).unwrap();
+        }
+    })
+    .unwrap();
+    assert_eq!(
+        read(),
+        (vec![counter("post", 4, 4 * 128), counter("pre", 0, 0)], 5)
+    );
+    let listed = ns
+        .exec("nft", &["list", "set", "inet", "sharedip-count", "seen"])
+        .unwrap();
+    assert_eq!(listed.matches("192.0.2.2 . ").count(), 3, "{listed}");
+
+    // A table without rules has no counters; a missing table or set is an error.
+    let missing = ns
+        .in_namespace(|| {
+            (
+                counters(Family::Inet, "sharedip-empty"),
+                counters(Family::Inet, "sharedip-missing"),
+                counters(Family::Netdev, "sharedip-count"),
+                set_len(Family::Inet, "sharedip-missing", "seen"),
+                set_len(Family::Inet, "sharedip-count", "missing"),
+            )
+        })
+        .unwrap();
+    assert!(missing.0.expect("no rules, no counters").is_empty());
+    for (what, got) in [
+        ("table", missing.1.map(|c| c.len())),
+        ("family", missing.2.map(|c| c.len())),
+        ("set's table", missing.3),
+        ("set", missing.4),
+    ] {
+        match got {
+            Err(NftError::Refused(e)) => {
+                assert_eq!(e.raw_os_error(), Some(libc::ENOENT), "{what}: {e}");
+            }
+            other => panic!("missing {what}: {other:?}"),
+        }
+    }
 }

@@ -11,7 +11,7 @@ pub mod wire;
 
 pub use batch::{Chain, Hook, KeyType, Op, Set, Table};
 pub use expr::{Base, CmpOp, Expr, MetaKey, Verdict};
-pub use netlink::{apply, delete_table, tables, NftError};
+pub use netlink::{apply, counters, delete_table, set_len, tables, NftError, RuleCounter};
 pub use wire::Family;
 
 #[cfg(test)]

@@ -1,6 +1,7 @@
 //! nf_tables' netlink wire format: message headers, attributes and the numbers of
-//! `linux/netfilter/nf_tables.h` this agent uses. Encoding only: the agent writes its own
-//! tables and deletes them; it never needs to parse a ruleset.
+//! `linux/netfilter/nf_tables.h` this agent uses. Mostly encoding: the agent writes its own
+//! tables and deletes them; what it reads back (the table list, its own rules' counters and
+//! sets' sizes) is parsed in `netlink.rs`.
 
 /// `NETLINK_NETFILTER`'s nf_tables subsystem.
 pub const NFNL_SUBSYS_NFTABLES: u16 = 10;
