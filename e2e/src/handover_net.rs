@@ -283,6 +283,58 @@ pub fn answered_by_alone(
     Ok(())
 }
 
+/// Long-lived connections to one address: some sending a line every 50 ms ([`chat`]) and
+/// one uploading full-size segments ([`upload`]).
+pub struct Talk {
+    chats: Vec<Conversation>,
+    bulk: Conversation,
+    stop: Arc<AtomicBool>,
+}
+
+impl Talk {
+    /// Opens `chats` chatting connections and the upload from `client` to `address`.
+    pub fn start(client: &Netns, address: IpAddr, chats: usize) -> Result<Self, HandoverNetError> {
+        let stop = Arc::new(AtomicBool::new(false));
+        let mut started = Vec::with_capacity(chats);
+        for _ in 0..chats {
+            started.push(chat(connect_to(client, address)?, stop.clone()));
+        }
+        let bulk = upload(connect_to(client, address)?, stop.clone());
+        Ok(Self {
+            chats: started,
+            bulk,
+            stop,
+        })
+    }
+
+    /// How many connections it holds, the upload included.
+    pub fn len(&self) -> usize {
+        self.chats.len() + 1
+    }
+
+    /// Whether it holds none (never: the upload is always there).
+    pub fn is_empty(&self) -> bool {
+        false
+    }
+
+    /// Stops every connection: how many lasted to the end (were never reset or stalled).
+    pub fn survivors(self) -> usize {
+        self.stop.store(true, Ordering::Relaxed);
+        self.chats
+            .into_iter()
+            .chain(std::iter::once(self.bulk))
+            .map(std::thread::JoinHandle::join)
+            .filter(|c| matches!(c, Ok(Ok(_))))
+            .count()
+    }
+
+    /// Stops every connection: Ok when each lasted and was answered by `by` alone.
+    pub fn answered_by_alone(self, by: &str) -> Result<(), String> {
+        self.stop.store(true, Ordering::Relaxed);
+        answered_by_alone(self.chats, self.bulk, by, 1)
+    }
+}
+
 /// What flow handover has installed in `ns`, a line each: its nf_tables tables and tunnel
 /// devices (named `sipfh…`) and its routing rules (marks of the tunnels' range, 0x5f1…).
 pub fn installed(ns: &Netns) -> Result<Vec<String>, HandoverNetError> {

@@ -18,14 +18,12 @@ mod lab_common;
 use std::collections::BTreeSet;
 use std::io::{BufRead, BufReader, Write};
 use std::net::IpAddr;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
 use std::time::Duration;
 
 use k8s_openapi::api::events::v1::Event;
 use kube::Api;
 use lab_common::{delete_and_expect_nothing_left, preflight, shared, SERIAL, SIP};
-use sharedip_e2e::handover_net::{self, chat, upload, Conversation};
+use sharedip_e2e::handover_net;
 use sharedip_e2e::lab::cluster::{eventually, BOUND, ROLE_LABEL, SHARED_V4};
 use sharedip_e2e::lab::services::{
     ADDRESS_ANNOTATION, PRIMARY_NODES_ANNOTATION, SECONDARY_NODES_ANNOTATION,
@@ -61,31 +59,21 @@ async fn with_servers(lab: &Lab) {
 
 /// 20 connections sending a line every 50 ms and one uploading full-size segments, to
 /// whichever node answers the address now.
-struct Talk {
-    chats: Vec<Conversation>,
-    bulk: Conversation,
-    stop: Arc<AtomicBool>,
-}
+struct Talk(handover_net::Talk);
 
 impl Talk {
     async fn start(lab: &Lab) -> Self {
-        let stop = Arc::new(AtomicBool::new(false));
-        let chats = (0..20).map(|_| chat(connect(lab), stop.clone())).collect();
-        let bulk = upload(connect(lab), stop.clone());
+        let talk = handover_net::Talk::start(lab.client_ns(), IpAddr::V4(SHARED_V4), 20).unwrap();
         tokio::time::sleep(Duration::from_millis(500)).await;
-        Self { chats, bulk, stop }
+        Self(talk)
     }
 
     /// Every conversation lasted and was answered by `node` alone.
     fn expect_answered_by(self, lab: &Lab, node: &str) {
-        self.stop.store(true, Ordering::Relaxed);
-        handover_net::answered_by_alone(self.chats, self.bulk, node, 1)
+        self.0
+            .answered_by_alone(node)
             .unwrap_or_else(|e| panic!("connections to {node}: {e}\n{}", lab.logs()));
     }
-}
-
-fn connect(lab: &Lab) -> std::net::TcpStream {
-    handover_net::connect_to(lab.client_ns(), IpAddr::V4(SHARED_V4)).unwrap()
 }
 
 /// The address moved to `to`, which forwards the connections of `from` to it (its entry

@@ -766,6 +766,9 @@ impl LoopCtx {
         let sips = self.stores.sharedips.state();
         if let Some(flow) = &mut self.flow {
             let changes = flow.prepare(&sips, &desired).await;
+            self.state
+                .metrics
+                .observe_flow_handover(&flow.take_samples());
             for change in &changes {
                 self.events
                     .flow_handover(&self.stores.sharedips, change)

@@ -389,6 +389,14 @@ fn windows_seed_own_flows_and_leave_nothing_behind() {
     thread::sleep(Duration::from_secs(2));
     stop.store(true, Ordering::Relaxed);
     handover_net::answered_by_alone(chats, bulk, "old", 1).unwrap_or_else(|e| panic!("{e}"));
+    // What the metrics read: the 21 older flows went through the tunnel, the two own did not.
+    let counts = new
+        .in_namespace(|| new_windows.counts("web"))
+        .unwrap()
+        .expect("counts")
+        .expect("a forwarding window");
+    assert_eq!(counts.flows, 21, "{counts:?}");
+    assert!(counts.packets > 21, "{counts:?}");
 
     // The old node closes cleanly: nothing of it stays.
     assert!(!handover_net::installed(old).unwrap().is_empty());

@@ -13,7 +13,7 @@ use tokio::time::Instant;
 use super::plan::{self, SharedIpFacts};
 use super::retry::Retries;
 use super::ruleset::Prefix;
-use super::windows::{Settings, Side, Windows};
+use super::windows::{Counts, Settings, Side, Windows};
 use crate::decision::{Decision, Reason};
 
 /// This node's flow handover.
@@ -38,6 +38,21 @@ pub struct FlowHandover {
     dataplane_seen: Option<Instant>,
     /// The SharedIPs of LoadBalancer Services that flow handover cannot serve here.
     unavailable: BTreeSet<String>,
+    /// What the kernel counted, read this turn, for the metrics.
+    samples: Vec<Sample>,
+}
+
+/// What a forwarding window had counted when it was read.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Sample {
+    /// The window's key: the same key again is the same window until it closes.
+    pub key: String,
+    pub sharedip: String,
+    /// The node forwarded to.
+    pub peer: String,
+    pub counts: Counts,
+    /// The window closes after this reading.
+    pub closing: bool,
 }
 
 /// How often the node's devices are listed again (kube-proxy or a CNI may start after the
@@ -100,6 +115,7 @@ impl FlowHandover {
             dataplane: None,
             dataplane_seen: None,
             unavailable: BTreeSet::new(),
+            samples: Vec::new(),
         })
     }
 
@@ -187,7 +203,37 @@ impl FlowHandover {
             self.start_window(c, "a primary takes the address back");
         }
         let wanted = plan::wanted(&self.node, wall, &facts(&self.handing_over));
-        self.converge(wanted).await
+        let events = self.converge(wanted).await;
+        let open: Vec<String> = self.windows.open_windows().keys().cloned().collect();
+        for key in open {
+            self.sample(&key, false);
+        }
+        events
+    }
+
+    /// Reads what the kernel counted for forwarding window `key` into the samples.
+    fn sample(&mut self, key: &str, closing: bool) {
+        match self.windows.counts(key) {
+            Ok(Some(counts)) => {
+                let (sharedip, peer) = plan::parse_key(key).unwrap_or((key, ""));
+                self.samples.push(Sample {
+                    key: key.to_owned(),
+                    sharedip: sharedip.to_owned(),
+                    peer: peer.to_owned(),
+                    counts,
+                    closing,
+                });
+            }
+            Ok(None) => {}
+            Err(error) => {
+                tracing::debug!(window = %key, %error, "flow handover: cannot read the window's counters")
+            }
+        }
+    }
+
+    /// The forwarding windows' numbers read since the last call.
+    pub fn take_samples(&mut self) -> Vec<Sample> {
+        std::mem::take(&mut self.samples)
     }
 
     /// Looks at the node's devices again when the last look is older than
@@ -226,6 +272,8 @@ impl FlowHandover {
         let open = self.windows.open_windows().clone();
         for (key, side) in &open {
             if !wanted.get(key).is_some_and(|w| same_window(w, side)) {
+                // Its last numbers, before its tables go.
+                self.sample(key, true);
                 if let Err(error) = self.windows.close(&self.handle, key).await {
                     tracing::warn!(window = %key, %error, "flow handover: closing the window");
                 }

@@ -55,6 +55,9 @@ const CT_STATE_ESTABLISHED: u32 = 2;
 const CT_STATE_INVALID: u32 = 1;
 /// The name of the set of the forwarder's own flows.
 const OWN: &str = "own";
+/// The name of the set of the flows the forwarder sent through the tunnel (its size is the
+/// window's forwarded flows, for the metrics).
+pub const FORWARDED: &str = "forwarded";
 
 /// A shared address or range: what the rules match as destination (forwarder) or source
 /// (clamp).
@@ -202,13 +205,22 @@ pub fn forwarder(f: &Forwarder) -> Table {
             device: Some(f.uplink.clone()),
             policy: Verdict::Accept,
         }],
-        sets: vec![Set {
-            name: OWN.into(),
-            id: 1,
-            key: set_key(v4),
-            timeout_ms: u64::try_from(f.flow_timeout.as_millis()).unwrap_or(u64::MAX),
-            elements: seed,
-        }],
+        sets: vec![
+            Set {
+                name: OWN.into(),
+                id: 1,
+                key: set_key(v4),
+                timeout_ms: u64::try_from(f.flow_timeout.as_millis()).unwrap_or(u64::MAX),
+                elements: seed,
+            },
+            Set {
+                name: FORWARDED.into(),
+                id: 2,
+                key: set_key(v4),
+                timeout_ms: u64::try_from(f.flow_timeout.as_millis()).unwrap_or(u64::MAX),
+                elements: vec![],
+            },
+        ],
         rules: forwarder_rules(f)
             .into_iter()
             .map(|r| (chain.to_owned(), r))
@@ -270,8 +282,18 @@ fn forwarder_rules(f: &Forwarder) -> Vec<Vec<Expr>> {
             ],
         ]
         .concat(),
-        // Everything else of the address is an older flow: to the node that has it.
-        to_tunnel(f),
+        // Everything else of the address is an older flow: to the node that has it, counted
+        // as a packet and as a flow.
+        [
+            client_key(v4),
+            vec![Expr::DynsetUpdate {
+                set: FORWARDED.into(),
+                set_id: 2,
+                sreg_key: REG_1,
+            }],
+            to_tunnel(f),
+        ]
+        .concat(),
     ]
 }
 

@@ -133,6 +133,15 @@ pub async fn remove_leftovers(handle: &Handle) -> Result<Leftovers, WindowError>
     Ok(removed)
 }
 
+/// What the kernel counted for a forwarding window.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Counts {
+    /// Packets sent through the tunnel.
+    pub packets: u64,
+    /// Flows they belong to.
+    pub flows: usize,
+}
+
 /// A tunnel in use, and by how many windows.
 #[derive(Debug)]
 struct InUse {
@@ -209,6 +218,27 @@ impl Windows {
             return Err(e);
         }
         Ok(())
+    }
+
+    /// What the kernel counted for open window `key`: for a forwarding window, the packets
+    /// it sent through the tunnel and the flows they belong to (None: not open, or a
+    /// receiving window, which counts nothing of its own).
+    pub fn counts(&self, key: &str) -> Result<Option<Counts>, WindowError> {
+        if !matches!(self.open.get(key), Some(Side::Forward { .. })) {
+            return Ok(None);
+        }
+        let rules = |source| WindowError::Rules {
+            key: key.into(),
+            source,
+        };
+        let table = window_table(key);
+        let packets = nftables::counters(Family::Netdev, &table)
+            .map_err(rules)?
+            .iter()
+            .map(|c| c.packets)
+            .sum();
+        let flows = nftables::set_len(Family::Netdev, &table, ruleset::FORWARDED).map_err(rules)?;
+        Ok(Some(Counts { packets, flows }))
     }
 
     /// Closes window `key` (a window not open is closed already).

@@ -29,6 +29,13 @@ pub struct PeerStateLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct WindowLabels {
+    pub sharedip: String,
+    /// The node forwarded to.
+    pub peer: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct TransitionLabels {
     /// announce, withdraw or bind_failed.
     pub action: &'static str,
@@ -45,8 +52,13 @@ pub struct Metrics {
     pub sessions_established: Family<PeerLabels, Counter>,
     pub prefixes_announced: Gauge<i64, AtomicI64>,
     pub transitions: Family<TransitionLabels, Counter>,
+    pub forwarded_packets: Family<WindowLabels, Counter>,
+    pub forwarded_flows: Family<WindowLabels, Counter>,
+    pub forwarding_flows: Family<WindowLabels, Gauge<i64, AtomicI64>>,
     /// Counters already exported per peer: the sessions report totals, counters take deltas.
     seen: Mutex<HashMap<String, (u64, u64, u64)>>,
+    /// Packets already exported per open forwarding window (the kernel counts totals).
+    seen_windows: Mutex<HashMap<String, u64>>,
 }
 
 impl Default for Metrics {
@@ -60,7 +72,11 @@ impl Default for Metrics {
             sessions_established: Family::default(),
             prefixes_announced: Gauge::default(),
             transitions: Family::default(),
+            forwarded_packets: Family::default(),
+            forwarded_flows: Family::default(),
+            forwarding_flows: Family::default(),
             seen: Mutex::new(HashMap::new()),
+            seen_windows: Mutex::new(HashMap::new()),
         };
         m.registry.register(
             "bgp_session_state",
@@ -97,11 +113,30 @@ impl Default for Metrics {
             "Announcements, withdrawals and bind failures by reason",
             m.transitions.clone(),
         );
+        m.register_flow_handover();
         m
     }
 }
 
 impl Metrics {
+    fn register_flow_handover(&mut self) {
+        self.registry.register(
+            "flow_handover_forwarded_packets",
+            "Packets of connections this node forwarded to the node handing the address over (flow handover), as of the loop's last turn",
+            self.forwarded_packets.clone(),
+        );
+        self.registry.register(
+            "flow_handover_forwarded_flows",
+            "Connections this node forwarded in flow handover windows that have ended",
+            self.forwarded_flows.clone(),
+        );
+        self.registry.register(
+            "flow_handover_forwarding_flows",
+            "Connections this node forwards in its open flow handover window, as of the loop's last turn",
+            self.forwarding_flows.clone(),
+        );
+    }
+
     /// Refreshes the session metrics from the speaker and returns the text format.
     pub fn encode(&self, monitor: &SpeakerMonitor) -> String {
         self.observe_peers(&peer_reports(monitor));
@@ -140,6 +175,33 @@ impl Metrics {
                 prev.1.max(p.updates_received),
                 prev.2.max(p.established_count),
             );
+        }
+    }
+
+    /// Takes in what the forwarding windows counted (see
+    /// [`crate::flow_handover::driver::Sample`]).
+    pub fn observe_flow_handover(&self, samples: &[crate::flow_handover::driver::Sample]) {
+        let mut seen = lock(&self.seen_windows);
+        for s in samples {
+            let labels = WindowLabels {
+                sharedip: s.sharedip.clone(),
+                peer: s.peer.clone(),
+            };
+            let before = seen.get(&s.key).copied().unwrap_or(0);
+            self.forwarded_packets
+                .get_or_create(&labels)
+                .inc_by(s.counts.packets.saturating_sub(before));
+            let flows = i64::try_from(s.counts.flows).unwrap_or(i64::MAX);
+            if s.closing {
+                seen.remove(&s.key);
+                self.forwarding_flows.get_or_create(&labels).set(0);
+                self.forwarded_flows
+                    .get_or_create(&labels)
+                    .inc_by(u64::try_from(s.counts.flows).unwrap_or(u64::MAX));
+            } else {
+                seen.insert(s.key.clone(), before.max(s.counts.packets));
+                self.forwarding_flows.get_or_create(&labels).set(flows);
+            }
         }
     }
 
@@ -211,5 +273,40 @@ mod tests {
         ] {
             assert!(text.contains(want), "missing {want} in\n{text}");
         }
+    }
+
+    #[test]
+    fn forwarding_windows_count_packets_once_and_flows_when_they_end() {
+        use crate::flow_handover::driver::Sample;
+        use crate::flow_handover::windows::Counts;
+        let m = Metrics::default();
+        let sample = |packets, flows, closing| Sample {
+            key: "web/node-a/forward".into(),
+            sharedip: "web".into(),
+            peer: "node-a".into(),
+            counts: Counts { packets, flows },
+            closing,
+        };
+        let labels = WindowLabels {
+            sharedip: "web".into(),
+            peer: "node-a".into(),
+        };
+        m.observe_flow_handover(&[sample(10, 2, false)]);
+        m.observe_flow_handover(&[sample(25, 3, false)]);
+        assert_eq!(m.forwarded_packets.get_or_create(&labels).get(), 25);
+        assert_eq!(m.forwarding_flows.get_or_create(&labels).get(), 3);
+        assert_eq!(m.forwarded_flows.get_or_create(&labels).get(), 0);
+        m.observe_flow_handover(&[sample(30, 3, true)]);
+        assert_eq!(m.forwarded_packets.get_or_create(&labels).get(), 30);
+        assert_eq!(m.forwarding_flows.get_or_create(&labels).get(), 0);
+        assert_eq!(m.forwarded_flows.get_or_create(&labels).get(), 3);
+        // The same key again is a new window: its count starts over.
+        m.observe_flow_handover(&[sample(4, 1, false)]);
+        assert_eq!(m.forwarded_packets.get_or_create(&labels).get(), 34);
+        let text = sharedip_process::metrics::encode(&m.registry);
+        assert!(
+            text.contains("sharedip_agent_flow_handover_forwarded_packets_total{sharedip=\"web\",peer=\"node-a\"} 34"),
+            "{text}"
+        );
     }
 }
