@@ -19,9 +19,12 @@
 # of a Service beside a SharedIP; `--no-services` skips it. Into target/bench/services.
 # Then the operator's scale benchmark (1,000 SharedIPs × 100 nodes: time to converge, share calls
 # per Linode per wave): cargo bench -p sharedip-operator --bench scale; `--no-scale` skips it.
-# Then what flow handover's forwarding costs (an established connection direct, then forwarded
-# through the tunnel: round-trip time, upload rate, CPU per GiB; about 20 s after its release
-# build): cargo bench -p sharedip-node-agent --bench flow_forwarding; `--no-forwarding` skips it.
+# Then established connections through each move (`--suite connections`, one run, about 6
+# minutes): per event (drain, SIGTERM, SIGKILL, link cut, the failback after each) 21 long-lived
+# connections open / survived and the lost probes, with flow handover off and on; then what its
+# forwarding costs (an established connection direct, then forwarded through the tunnel:
+# round-trip time, upload rate, CPU per GiB; about 20 s after its release build):
+# cargo bench -p sharedip-node-agent --bench flow_forwarding. `--no-forwarding` skips both.
 #
 # Usage (root): e2e/scripts/bench.sh [--debug-binaries] [--no-scale] [--no-propagation] [--no-services] [--no-forwarding] [--runs K] [--out DIR] [other sharedip-bench flags]
 set -euo pipefail
@@ -89,6 +92,9 @@ if ((scale)); then
 fi
 
 if ((forwarding)); then
+    echo
+    echo "==> flow handover: established connections through each move, off and on (about 6 minutes)"
+    "$TARGET_DIR/debug/sharedip-bench" --suite connections --runs 1 --out target/bench/connections
     echo
     echo "==> flow handover: what forwarding a connection through the tunnel costs (release build)"
     cargo bench --quiet --locked -p sharedip-node-agent --bench flow_forwarding

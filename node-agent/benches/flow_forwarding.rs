@@ -132,6 +132,7 @@ fn main() {
                 peer: OLD_V6,
                 shared,
                 length: Duration::from_secs(600),
+                seed: true,
             };
             new.open(h, "bench", side).await.unwrap();
             new

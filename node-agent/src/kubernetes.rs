@@ -765,7 +765,13 @@ impl LoopCtx {
         let (mut desired, cannot_serve) = self.decisions(self.stopping.is_some());
         let sips = self.stores.sharedips.state();
         if let Some(flow) = &mut self.flow {
-            let changes = flow.prepare(&sips, &desired).await;
+            let announced: BTreeSet<String> = orchestrator
+                .applied()
+                .iter()
+                .filter(|(_, a)| a.outcome.announced)
+                .map(|(name, _)| name.clone())
+                .collect();
+            let changes = flow.prepare(&sips, &desired, &announced).await;
             self.state
                 .metrics
                 .observe_flow_handover(&flow.take_samples());

@@ -37,8 +37,8 @@ use crate::orchestrator::Applied;
 /// What one SharedIP's takeover needs to know this turn.
 #[derive(Debug, Clone, Copy)]
 pub struct Facts<'a> {
-    /// What is applied for it on this node: a node that announces already has nothing to
-    /// take over.
+    /// What is applied for it on this node: a node whose route is heard (announced, a
+    /// session established) has nothing to take over.
     pub applied: Option<&'a Applied>,
     /// The other nodes' entries.
     pub status: Option<&'a SharedIPStatus>,
@@ -128,12 +128,16 @@ impl Takeovers {
         now: Instant,
         wall: Timestamp,
     ) -> Option<TimedOut> {
+        // A route no session carries is not heard: a node whose sessions all dropped (its
+        // link cut, the route servers restarted) comes back like one that never announced.
+        let heard =
+            facts.applied.is_some_and(|a| a.outcome.announced) && facts.sessions_established > 0;
         let takes_back = decision.target.is_some()
             && decision.reason == Reason::Announced
             && decision.role == Some(Role::Primary)
             && facts.failback
             && !self.timeout.is_zero()
-            && !facts.applied.is_some_and(|a| a.outcome.announced);
+            && !heard;
         let forwarding = match facts.forwarding_to {
             Some(f) if takes_back => f,
             _ => {
@@ -500,6 +504,15 @@ mod tests {
             applied: Some(&announced),
             ..Turn::new(&st, Some(&none))
         });
+        // But announced without a session (its link was cut): it takes the address back.
+        let mut t = takeovers();
+        let (d, _) = Turn {
+            applied: Some(&announced),
+            sessions: 0,
+            ..Turn::new(&st, Some(&none))
+        }
+        .run(&mut t, start, 0);
+        assert_eq!(d.reason, Reason::TakingOver);
         // Holders that cannot hand over: no flow handover, not announcing, no session, a
         // primary, this node itself.
         let mut variants = Vec::new();

@@ -367,6 +367,7 @@ fn windows_seed_own_flows_and_leave_nothing_behind() {
                 peer: old_peer,
                 shared,
                 length: Duration::from_secs(60),
+                seed: true,
             };
             new_windows
                 .open(h, "web", side.clone())
@@ -472,6 +473,7 @@ fn ipv6_range_flows_survive_the_move() {
                 peer: OLD_V6,
                 shared: range,
                 length: Duration::from_secs(60),
+                seed: true,
             };
             new_windows.open(h, "web-v6", side).await.expect("forward");
             new_windows

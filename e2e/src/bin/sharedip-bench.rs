@@ -26,6 +26,8 @@ use sharedip_e2e::lab::{role_spec, Lab, LabConfig, Propagation};
 use sharedip_e2e::netns;
 use sharedip_e2e::routeserver::Flavor;
 
+#[path = "sharedip-bench/connections.rs"]
+mod connections;
 #[path = "sharedip-bench/propagation.rs"]
 mod propagation;
 #[path = "sharedip-bench/services.rs"]
@@ -56,8 +58,10 @@ const SCALE_COMMAND: &str = "cargo bench -p sharedip-operator --bench scale";
 struct Args {
     /// What to measure: `failover` (the failure modes, footprint and apply latency),
     /// `propagation` (apply, a new secondary, a restart of every agent and a node recycle,
-    /// under the route servers' propagation delay; see the `propagation` module) or
-    /// `services` (LoadBalancer Services through kube-proxy; see the `services` module).
+    /// under the route servers' propagation delay; see the `propagation` module),
+    /// `services` (LoadBalancer Services through kube-proxy; see the `services` module) or
+    /// `connections` (established connections through each move, flow handover off and on;
+    /// see the `connections` module).
     #[arg(long, value_enum, default_value_t = Suite::Failover)]
     suite: Suite,
     /// Repetitions of each failure mode (and of its failback); in the propagation suite, of
@@ -113,6 +117,7 @@ enum Suite {
     Failover,
     Propagation,
     Services,
+    Connections,
 }
 
 /// The failure modes: what fails, and how it comes back.
@@ -604,6 +609,9 @@ async fn run(args: Args) -> Result<()> {
     }
     if args.suite == Suite::Services {
         return services::run(args, &out).await;
+    }
+    if args.suite == Suite::Connections {
+        return connections::run(args, &out).await;
     }
 
     println!(

@@ -153,11 +153,13 @@ impl FlowHandover {
     ///
     /// A SharedIP whose decision announces is one this node takes or keeps the traffic of,
     /// also a returning primary before it announces ([`crate::takeover`]); a planned
-    /// withdrawal is not (it is held only later in the turn).
+    /// withdrawal is not (it is held only later in the turn). `announced`: the SharedIPs
+    /// this node announces now.
     pub async fn prepare(
         &mut self,
         sips: &[std::sync::Arc<SharedIP>],
         desired: &BTreeMap<String, Decision>,
+        announced: &BTreeSet<String>,
     ) -> Vec<WindowEvent> {
         let now = Instant::now();
         let wall = Timestamp::now();
@@ -194,6 +196,7 @@ impl FlowHandover {
                     status: c.sip.status.as_ref(),
                     handing_over_until: handing_over.get(&c.name).map(|(t, _)| *t),
                     announcing: desired.get(&c.name).is_some_and(|d| d.target.is_some()),
+                    announced: announced.contains(&c.name),
                     role: role(&c.name),
                 })
                 .collect::<Vec<_>>()

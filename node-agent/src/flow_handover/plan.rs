@@ -44,6 +44,9 @@ pub struct SharedIpFacts<'a> {
     /// This node announces the address or is about to, and does not withdraw it: it may
     /// receive the traffic.
     pub announcing: bool,
+    /// This node announces the address now: it may carry traffic, and the flows it has are
+    /// its own. One that does not, and does not hand the address over, carries none.
+    pub announced: bool,
     /// This node's role for the address.
     pub role: Option<Role>,
 }
@@ -77,6 +80,7 @@ pub fn wanted(
                         peer,
                         shared: sip.shared,
                         length,
+                        seed: sip.announced || handing_over,
                     },
                 );
             }
@@ -238,6 +242,7 @@ mod tests {
             status: Some(st),
             handing_over_until: handing_over_until.map(at),
             announcing,
+            announced: announcing,
             role: Some(Role::Secondary),
         }
     }
@@ -253,7 +258,8 @@ mod tests {
                 Side::Forward {
                     peer: A,
                     shared: shared(),
-                    length: Duration::from_secs(200)
+                    length: Duration::from_secs(200),
+                    seed: true,
                 }
             )])
         );
@@ -347,6 +353,7 @@ mod tests {
                     peer: A,
                     shared: shared(),
                     length: Duration::from_secs(1),
+                    seed: true,
                 },
             ),
             ("web/c/receive".to_owned(), Side::Receive { peer: A }),
@@ -356,6 +363,7 @@ mod tests {
                     peer: A,
                     shared: shared(),
                     length: Duration::from_secs(1),
+                    seed: true,
                 },
             ),
         ]);
@@ -412,5 +420,29 @@ mod tests {
         unheard.sessions_established = Some(0);
         let st = status(vec![unheard]);
         assert!(taken_back("b", &[facts(&st, None, true)]).is_empty());
+    }
+
+    #[test]
+    fn a_node_that_carries_no_traffic_seeds_no_flows() {
+        let st = status(vec![entry("a", Some(handing_over(A, 300)))]);
+        let taking_over = SharedIpFacts {
+            announced: false,
+            ..facts(&st, None, true)
+        };
+        let w = wanted("b", at(100), &[taking_over]);
+        assert!(matches!(
+            w.get("web/a/forward"),
+            Some(Side::Forward { seed: false, .. })
+        ));
+        // Unless it hands the address over itself: those flows are its own.
+        let undrained = SharedIpFacts {
+            announced: false,
+            ..facts(&st, Some(200), true)
+        };
+        let w = wanted("b", at(100), &[undrained]);
+        assert!(matches!(
+            w.get("web/a/forward"),
+            Some(Side::Forward { seed: true, .. })
+        ));
     }
 }

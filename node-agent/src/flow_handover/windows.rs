@@ -51,11 +51,15 @@ pub struct Settings {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Side {
     /// Take the traffic of `shared`, forwarding flows this node does not serve to `peer`,
-    /// remembering the flows it accepts for `length` after their last SYN.
+    /// remembering the flows it accepts for `length` after their last SYN. `seed`: the
+    /// flows its sockets and conntrack entries have are its own; false for a node that
+    /// carries none of the address's traffic, whose entries can only be stale (a server's
+    /// socket of a connection reset elsewhere, whose client port a new connection reuses).
     Forward {
         peer: Ipv6Addr,
         shared: Prefix,
         length: Duration,
+        seed: bool,
     },
     /// Answer what `peer` forwards.
     Receive { peer: Ipv6Addr },
@@ -327,11 +331,20 @@ impl Windows {
             return Ok(());
         };
         match side {
-            Side::Forward { shared, length, .. } => {
-                let seed = own_flows(shared).map_err(|source| WindowError::OwnFlows {
-                    key: key.into(),
-                    source,
-                })?;
+            Side::Forward {
+                shared,
+                length,
+                seed,
+                ..
+            } => {
+                let seed = if *seed {
+                    own_flows(shared).map_err(|source| WindowError::OwnFlows {
+                        key: key.into(),
+                        source,
+                    })?
+                } else {
+                    Vec::new()
+                };
                 tracing::info!(
                     window = key,
                     peer = %peer,
