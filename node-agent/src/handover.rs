@@ -17,7 +17,6 @@
 //! every rule is unit-tested; the Kubernetes loop wakes at [`Handovers::next_wake`].
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::future::Future;
 use std::time::Duration;
 
 use k8s_openapi::jiff::Timestamp;
@@ -355,17 +354,6 @@ impl Handovers {
     /// reaching the margin.
     pub fn next_wake(&self) -> Option<Instant> {
         self.next_wake
-    }
-
-    /// Resolves at [`Self::next_wake`] (never while there is none), without borrowing.
-    pub fn due(&self) -> impl Future<Output = ()> + Send + 'static {
-        let at = self.next_wake;
-        async move {
-            match at {
-                Some(at) => tokio::time::sleep_until(at).await,
-                None => std::future::pending().await,
-            }
-        }
     }
 
     /// Holds the planned withdrawals in `desired` that wait for a successor, turns those

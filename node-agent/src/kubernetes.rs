@@ -637,8 +637,8 @@ impl LoopCtx {
                 () = notify.notified() => {}
                 () = monitor.changed() => {}
                 () = orchestrator.unbinds_due() => {}
-                () = self.handovers.due() => {}
-                () = self.takeovers.due() => {}
+                () = sleep_until(self.handovers.next_wake()) => {}
+                () = sleep_until(self.takeovers.next_wake()) => {}
                 () = sleep_until(self.grace_over) => {}
                 () = sleep_until(self.flow.as_ref().and_then(FlowHandover::next_wake)) => {}
                 () = sleep_until(self.stopping) => return,
@@ -697,16 +697,10 @@ impl LoopCtx {
         let Some(flow) = &mut self.flow else {
             return;
         };
-        let sips = self.stores.sharedips.state();
-        let with_flows: BTreeSet<String> = sips
-            .iter()
-            .filter(|s| s.spec.wants_flow_handover())
-            .map(|s| s.name_any())
-            .collect();
         let announced = orchestrator
             .applied()
             .iter()
-            .any(|(name, a)| a.outcome.announced && with_flows.contains(name));
+            .any(|(name, a)| a.outcome.announced && flow.serves(name));
         let left = until.saturating_duration_since(tokio::time::Instant::now());
         if !announced || left.is_zero() {
             return;
@@ -876,8 +870,12 @@ impl LoopCtx {
         let receiving: BTreeMap<String, BTreeSet<String>> = match &self.flow {
             Some(flow) => sips
                 .iter()
-                .filter(|s| s.spec.wants_flow_handover())
-                .map(|s| (s.name_any(), flow.receiving(&s.name_any())))
+                .map(|s| s.name_any())
+                .filter(|name| flow.serves(name))
+                .map(|name| {
+                    let receiving = flow.receiving(&name);
+                    (name, receiving)
+                })
                 .collect(),
             None => BTreeMap::new(),
         };
@@ -916,6 +914,7 @@ impl LoopCtx {
             sips.iter().map(|s| (s.name_any(), s.as_ref())).collect();
         let forwarding: BTreeMap<String, Vec<String>> = by_name
             .keys()
+            .filter(|name| flow.serves(name))
             .filter_map(|name| Some((name.clone(), flow.status(name)?.forwarding_to)))
             .collect();
         let timed_out = self.takeovers.review(

@@ -23,7 +23,6 @@
 //! [`Takeovers::next_wake`].
 
 use std::collections::BTreeMap;
-use std::future::Future;
 use std::time::Duration;
 
 use k8s_openapi::jiff::Timestamp;
@@ -31,6 +30,7 @@ use sharedip_api::{NodeStatus, Role, SharedIPStatus};
 use tokio::time::Instant;
 
 use crate::decision::{Decision, Reason};
+use crate::flow_handover::plan;
 use crate::handover::{self, TimedOut};
 use crate::orchestrator::Applied;
 
@@ -86,17 +86,6 @@ impl Takeovers {
     /// When a wait runs out.
     pub fn next_wake(&self) -> Option<Instant> {
         self.next_wake
-    }
-
-    /// Resolves at [`Self::next_wake`] (never while there is none), without borrowing.
-    pub fn due(&self) -> impl Future<Output = ()> + Send + 'static {
-        let at = self.next_wake;
-        async move {
-            match at {
-                Some(at) => tokio::time::sleep_until(at).await,
-                None => std::future::pending().await,
-            }
-        }
     }
 
     /// Holds the announcements in `desired` that take the address back from secondaries
@@ -244,20 +233,18 @@ fn taking_over(decision: &Decision, message: String) -> Decision {
     }
 }
 
-/// The other nodes that carry the traffic with the secondary community and can hand over.
+/// The other node that carries the traffic with the secondary community and can hand over
+/// (see [`plan::carrying_secondary`]), if any.
 fn holders<'a>(status: Option<&'a SharedIPStatus>, node: &str) -> Vec<&'a NodeStatus> {
     status
-        .into_iter()
-        .flat_map(|s| s.nodes.iter())
+        .and_then(plan::carrying_secondary)
         .filter(|e| {
             e.name != node
-                && e.announcing
-                && e.role == Some(Role::Secondary)
-                && e.sessions_established.unwrap_or(0) > 0
                 && e.flow_handover
                     .as_ref()
                     .is_some_and(sharedip_api::FlowHandoverStatus::takes_part)
         })
+        .into_iter()
         .collect()
 }
 
@@ -542,23 +529,25 @@ mod tests {
     }
 
     #[test]
-    fn every_secondary_carrying_the_traffic_is_waited_for() {
+    fn only_the_secondary_carrying_the_traffic_is_waited_for() {
         let start = Instant::now();
         let mut t = takeovers();
-        let mut c = holder(true, true);
+        // node-c announces longer: the route servers keep its route, it carries.
+        let mut c = holder(false, false);
         c.name = "node-c".into();
-        let st = status(vec![holder(true, true), c]);
+        c.since = Some(Time(wall(-50)));
+        let mut b = holder(true, true);
+        b.since = Some(Time(wall(-10)));
+        let st = status(vec![b, c]);
         let only_b = vec!["node-b".to_owned()];
         let (d, _) = Turn::new(&st, Some(&only_b)).run(&mut t, start, 0);
         assert_eq!(d.reason, Reason::TakingOver);
         assert!(
-            d.message.contains("node-c: this node's forwarding"),
+            d.message.contains("node-c: has not started"),
             "{}",
             d.message
         );
-        let both = vec!["node-b".to_owned(), "node-c".to_owned()];
-        let (d, _) = Turn::new(&st, Some(&both)).run(&mut t, start, 1);
-        assert_eq!(d.reason, Reason::Announced);
+        assert!(!d.message.contains("node-b"), "{}", d.message);
     }
 
     #[test]

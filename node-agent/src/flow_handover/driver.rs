@@ -311,6 +311,12 @@ impl FlowHandover {
         events
     }
 
+    /// Whether this node takes part in flow handover of `sharedip`, as of the last turn:
+    /// on in its spec, and a dataplane this node serves.
+    pub fn serves(&self, sharedip: &str) -> bool {
+        self.enabled.contains(sharedip) && !self.unavailable.contains(sharedip)
+    }
+
     /// The nodes whose forwarded connections of `sharedip` this node receives (none while it
     /// does not hand `sharedip` over).
     pub fn receiving(&self, sharedip: &str) -> BTreeSet<String> {

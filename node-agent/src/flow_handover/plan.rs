@@ -99,6 +99,11 @@ pub fn taken_back(node: &str, sharedips: &[SharedIpFacts<'_>]) -> BTreeSet<Strin
         .filter(|sip| sip.announcing && sip.role == Some(Role::Secondary))
         .filter(|sip| {
             sip.status
+                .and_then(carrying_secondary)
+                .is_some_and(|e| e.name == node)
+        })
+        .filter(|sip| {
+            sip.status
                 .into_iter()
                 .flat_map(|s| s.nodes.iter())
                 .any(|e| {
@@ -111,6 +116,32 @@ pub fn taken_back(node: &str, sharedips: &[SharedIpFacts<'_>]) -> BTreeSet<Strin
         })
         .map(|sip| sip.name.to_owned())
         .collect()
+}
+
+/// The secondary that carries the traffic while no primary does: of those whose entry says
+/// announcing with a session established, the one announcing longest, as the route servers
+/// keep the older of equal routes (ties by name). Only it hands over to a returning primary:
+/// a primary forwarding to two nodes would send some connections to the wrong one.
+pub fn carrying_secondary(status: &SharedIPStatus) -> Option<&NodeStatus> {
+    status
+        .nodes
+        .iter()
+        .filter(|e| {
+            e.announcing
+                && e.role == Some(Role::Secondary)
+                && e.sessions_established.unwrap_or(0) > 0
+        })
+        .min_by(|a, b| {
+            let since = |e: &NodeStatus| e.since.as_ref().map(|t| t.0);
+            // An entry without `since` sorts last.
+            match (since(a), since(b)) {
+                (Some(x), Some(y)) => x.cmp(&y),
+                (Some(_), None) => std::cmp::Ordering::Less,
+                (None, Some(_)) => std::cmp::Ordering::Greater,
+                (None, None) => std::cmp::Ordering::Equal,
+            }
+            .then_with(|| a.name.cmp(&b.name))
+        })
 }
 
 /// This node's status of a SharedIP with flow handover on: its endpoint (which also says
@@ -393,9 +424,36 @@ mod tests {
         }
     }
 
+    fn carrying(name: &str, since: i64) -> NodeStatus {
+        NodeStatus {
+            name: name.into(),
+            role: Some(Role::Secondary),
+            announcing: true,
+            sessions_established: Some(4),
+            since: Some(Time(at(since))),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn only_the_secondary_announcing_longest_carries_the_traffic() {
+        let st = status(vec![
+            carrying("c", 50),
+            carrying("b", 10),
+            taking_over("a", A),
+        ]);
+        assert_eq!(carrying_secondary(&st).map(|e| e.name.as_str()), Some("b"));
+        assert_eq!(taken_back("b", &[facts(&st, None, true)]).len(), 1);
+        assert!(taken_back("c", &[facts(&st, None, true)]).is_empty());
+        let mut quiet = carrying("b", 10);
+        quiet.sessions_established = Some(0);
+        let st = status(vec![carrying("c", 50), quiet]);
+        assert_eq!(carrying_secondary(&st).map(|e| e.name.as_str()), Some("c"));
+    }
+
     #[test]
     fn a_secondary_hands_over_to_a_primary_taking_the_address_back() {
-        let st = status(vec![taking_over("a", A), entry("b", None)]);
+        let st = status(vec![taking_over("a", A), carrying("b", 10)]);
         let web = facts(&st, None, true);
         assert_eq!(taken_back("b", &[web]), BTreeSet::from(["web".to_owned()]));
         // Not a node that does not announce, not a primary, not the one taking over.
