@@ -1,17 +1,18 @@
 //! Failback without resets: a primary about to announce an address (it returns from a drain,
 //! a cordon, a failed readiness gate, a restart or a failure) while secondaries carry its
-//! traffic takes it back only once they hand their connections over. Until then it reports
-//! [`Reason::TakingOver`] and neither binds nor announces; the secondaries, seeing that,
-//! open their receiving side ([`crate::flow_handover::plan::taken_back`]) and keep announcing,
-//! so the traffic stays where it is meanwhile.
+//! traffic takes it back only once the one carrying it hands its connections over. Until then
+//! it reports [`Reason::TakingOver`] and neither binds nor announces; that secondary, seeing
+//! it, opens its receiving side ([`crate::flow_handover::plan::taken_back`]) and keeps
+//! announcing, so the traffic stays where it is meanwhile.
 //!
 //! The wait has two parts. First this node waits until its own route would be heard: a BGP
 //! session established and its Linode's share older than `--propagation-margin` (a
 //! secondary starts its window only when this node's entry shows a session, so the window is
 //! not spent before the traffic can move). Then it waits for the secondaries, bounded.
 //!
-//! A secondary is waited for when its status entry says it announces with a session
-//! established and takes part in flow handover (it has an endpoint). It is ready when its
+//! The secondary carrying the traffic ([`plan::carrying_secondary`]: of those announcing
+//! with a session established, the one announcing longest) is waited for when it takes part
+//! in flow handover (its entry has an endpoint and no `unavailable`). It is ready when its
 //! entry says it hands over (`handingOverUntil` ahead) and answers this node's forwarded
 //! connections (`receivingFrom` lists this node), and this node's forwarding to it is in place.
 //! Without flow handover on either side, or with `failback: false` (the route servers keep the
