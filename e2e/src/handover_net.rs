@@ -208,6 +208,17 @@ fn answer(conn: TcpStream, name: &str) {
     }
 }
 
+/// Sends `line` on `conn` and returns who answered it (the first word of [`serve`]'s
+/// answer).
+pub fn ask(conn: &mut BufReader<TcpStream>, line: &str) -> Result<String, HandoverNetError> {
+    conn.get_mut()
+        .write_all(format!("{line}\n").as_bytes())
+        .map_err(io("send"))?;
+    let mut answer = String::new();
+    conn.read_line(&mut answer).map_err(io("answer"))?;
+    Ok(answer.split(' ').next().unwrap_or("").to_owned())
+}
+
 /// What a long-lived connection saw: who answered each request, or the error that ended it.
 pub type Conversation = std::thread::JoinHandle<Result<Vec<String>, String>>;
 
@@ -308,13 +319,8 @@ impl Talk {
     }
 
     /// How many connections it holds, the upload included.
-    pub fn len(&self) -> usize {
+    pub fn connections(&self) -> usize {
         self.chats.len() + 1
-    }
-
-    /// Whether it holds none (never: the upload is always there).
-    pub fn is_empty(&self) -> bool {
-        false
     }
 
     /// Stops every connection: how many lasted to the end (were never reset or stalled).

@@ -16,7 +16,7 @@
 mod lab_common;
 
 use std::collections::BTreeSet;
-use std::io::{BufRead, BufReader, Write};
+use std::io::BufReader;
 use std::net::IpAddr;
 use std::time::Duration;
 
@@ -103,16 +103,9 @@ async fn expect_forwarding(lab: &Lab, sip: &str, to: &str, from: &str) {
 
 /// Who answers a new connection to the address (the first word of the answer).
 fn fresh_answer(lab: &Lab) -> Result<String, String> {
-    let conn = handover_net::connect_to(lab.client_ns(), IpAddr::V4(SHARED_V4))
-        .map_err(|e| e.to_string())?;
-    let mut fresh = BufReader::new(conn);
-    fresh
-        .get_mut()
-        .write_all(b"hello\n")
-        .map_err(|e| e.to_string())?;
-    let mut line = String::new();
-    fresh.read_line(&mut line).map_err(|e| e.to_string())?;
-    Ok(line.split(' ').next().unwrap_or_default().to_owned())
+    handover_net::connect_to(lab.client_ns(), IpAddr::V4(SHARED_V4))
+        .and_then(|conn| handover_net::ask(&mut BufReader::new(conn), "hello"))
+        .map_err(|e| e.to_string())
 }
 
 /// After the move to node-b: every conversation of node-a lasted and was answered by node-a

@@ -20,7 +20,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 use k8s_openapi::jiff::Timestamp;
-use sharedip_api::{FlowHandoverStatus, NodeStatus, SharedIPStatus};
+use sharedip_api::{NodeStatus, SharedIPStatus};
 use tokio::time::Instant;
 
 use crate::decision::{Decision, Reason};
@@ -144,14 +144,7 @@ pub struct Wait<'a> {
 fn forwarded(entry: &NodeStatus, receiving: Option<&BTreeSet<String>>) -> Check {
     match receiving {
         None => Check::Met,
-        Some(_)
-            if !entry
-                .flow_handover
-                .as_ref()
-                .is_some_and(FlowHandoverStatus::takes_part) =>
-        {
-            Check::Met
-        }
+        Some(_) if crate::flow_handover::plan::part(entry).is_none() => Check::Met,
         Some(r) if r.contains(&entry.name) => Check::Met,
         Some(_) => short("does not forward this node's connections yet (flow handover)"),
     }
@@ -234,7 +227,8 @@ fn share_age(node: &str, status: &SharedIPStatus, margin: Duration, now: Timesta
     }
 }
 
-fn jiff_add(t: Timestamp, d: Duration) -> Option<Timestamp> {
+/// `t` + `d`, unless it does not fit the timestamp's range.
+pub(crate) fn jiff_add(t: Timestamp, d: Duration) -> Option<Timestamp> {
     let d = k8s_openapi::jiff::SignedDuration::try_from(d).ok()?;
     t.checked_add(d).ok()
 }

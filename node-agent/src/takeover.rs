@@ -135,19 +135,16 @@ impl Takeovers {
                 return None;
             }
         };
-        let holders = holders(facts.status, &self.node);
-        let waiting: Vec<String> = holders
-            .iter()
-            .filter_map(|h| {
-                not_ready(h, &self.node, forwarding, wall).map(|why| format!("{}: {why}", h.name))
-            })
-            .collect();
-        if waiting.is_empty() {
+        let Some(holder) = holder(facts.status, &self.node) else {
+            self.pending.remove(name);
+            return None;
+        };
+        let Some(why) = not_ready(holder, &self.node, forwarding, wall) else {
             if self.pending.remove(name).is_some() {
-                tracing::info!(sharedip = %name, holders = ?holders.iter().map(|h| &h.name).collect::<Vec<_>>(), "the secondaries hand their connections over: taking the address back");
+                tracing::info!(sharedip = %name, holder = %holder.name, "the secondary hands its connections over: taking the address back");
             }
             return None;
-        }
+        };
         if let Some(why) = self.unheard(&facts, wall, now) {
             *decision = taking_over(
                 decision,
@@ -155,7 +152,7 @@ impl Takeovers {
             );
             return None;
         }
-        let missing = waiting.join("; ");
+        let missing = format!("{}: {why}", holder.name);
         let timed_out = self.wait(name, &missing, now)?;
         if !timed_out {
             *decision = taking_over(
@@ -236,17 +233,10 @@ fn taking_over(decision: &Decision, message: String) -> Decision {
 
 /// The other node that carries the traffic with the secondary community and can hand over
 /// (see [`plan::carrying_secondary`]), if any.
-fn holders<'a>(status: Option<&'a SharedIPStatus>, node: &str) -> Vec<&'a NodeStatus> {
+fn holder<'a>(status: Option<&'a SharedIPStatus>, node: &str) -> Option<&'a NodeStatus> {
     status
         .and_then(plan::carrying_secondary)
-        .filter(|e| {
-            e.name != node
-                && e.flow_handover
-                    .as_ref()
-                    .is_some_and(sharedip_api::FlowHandoverStatus::takes_part)
-        })
-        .into_iter()
-        .collect()
+        .filter(|e| e.name != node && plan::part(e).is_some())
 }
 
 /// Why a holder cannot give the address back yet, or None when it can.

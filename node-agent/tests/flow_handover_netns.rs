@@ -296,14 +296,9 @@ fn handover(kube_proxy: bool, rp_filter: u8) {
     assert_eq!(ruleset::clamped_mss(true), 1390);
 }
 
-/// Sends `line` on `conn` and returns the first word of the answer.
+/// Sends `line` on `conn` and returns who answered it.
 fn ask(conn: &mut BufReader<TcpStream>, line: &str) -> String {
-    conn.get_mut()
-        .write_all(format!("{line}\n").as_bytes())
-        .unwrap();
-    let mut answer = String::new();
-    conn.read_line(&mut answer).unwrap();
-    answer.split(' ').next().unwrap_or("").to_owned()
+    handover_net::ask(conn, line).unwrap()
 }
 
 /// The product's windows end to end: the old node receives, the new node forwards, seeded

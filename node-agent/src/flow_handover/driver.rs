@@ -6,7 +6,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::net::Ipv6Addr;
 use std::time::Duration;
 
-use k8s_openapi::jiff::{SignedDuration, Timestamp};
+use k8s_openapi::jiff::Timestamp;
 use sharedip_api::{FlowHandoverStatus, SharedAddress, SharedIP};
 use tokio::time::Instant;
 
@@ -15,6 +15,7 @@ use super::retry::Retries;
 use super::ruleset::Prefix;
 use super::windows::{Counts, Settings, Side, Windows};
 use crate::decision::{Decision, Reason};
+use crate::handover::jiff_add;
 
 /// This node's flow handover.
 pub struct FlowHandover {
@@ -345,11 +346,8 @@ impl FlowHandover {
         if self.handing_over.contains_key(&c.name) {
             return;
         }
-        let (now, wall) = (Instant::now(), Timestamp::now());
-        let Ok(signed) = SignedDuration::try_from(c.window) else {
-            return;
-        };
-        let Ok(until) = wall.checked_add(signed) else {
+        let now = Instant::now();
+        let Some(until) = jiff_add(Timestamp::now(), c.window) else {
             return;
         };
         let (until, end) = match self.stop_by {
@@ -364,10 +362,7 @@ impl FlowHandover {
     /// then, and says so in the status (the forwarding nodes stop forwarding to it then).
     pub fn stop_by(&mut self, end: Instant) {
         let left = end.saturating_duration_since(Instant::now());
-        let Ok(signed) = SignedDuration::try_from(left) else {
-            return;
-        };
-        let Ok(wall) = Timestamp::now().checked_add(signed) else {
+        let Some(wall) = jiff_add(Timestamp::now(), left) else {
             return;
         };
         for (until, at) in self.handing_over.values_mut() {

@@ -13,9 +13,10 @@
 //!    withdrawal the node keeps the address bound, and both keep their windows, until
 //!    `handingOverUntil`.
 //! 4. A failback runs the same protocol the other way round: the returning primary reports
-//!    `TakingOver` instead of announcing ([`crate::takeover`]); each secondary that carries
-//!    the traffic then hands over ([`taken_back`]) while it keeps announcing, and the primary
-//!    announces once it forwards to each of them and each lists it in `receivingFrom`.
+//!    `TakingOver` instead of announcing ([`crate::takeover`]); the secondary that carries the
+//!    traffic ([`carrying_secondary`]) then hands over ([`taken_back`]) while it keeps
+//!    announcing, and the primary announces once it forwards to it and it lists the primary
+//!    in `receivingFrom`.
 //!
 //! Windows are keyed `<sharedip>/<peer node>/<forward|receive>`: a node may have both sides
 //! with one peer. That happens when a primary is undrained within its own window: it still
@@ -131,17 +132,8 @@ pub fn carrying_secondary(status: &SharedIPStatus) -> Option<&NodeStatus> {
                 && e.role == Some(Role::Secondary)
                 && e.sessions_established.unwrap_or(0) > 0
         })
-        .min_by(|a, b| {
-            let since = |e: &NodeStatus| e.since.as_ref().map(|t| t.0);
-            // An entry without `since` sorts last.
-            match (since(a), since(b)) {
-                (Some(x), Some(y)) => x.cmp(&y),
-                (Some(_), None) => std::cmp::Ordering::Less,
-                (None, Some(_)) => std::cmp::Ordering::Greater,
-                (None, None) => std::cmp::Ordering::Equal,
-            }
-            .then_with(|| a.name.cmp(&b.name))
-        })
+        // An entry without `since` sorts last.
+        .min_by_key(|e| (e.since.is_none(), e.since.as_ref().map(|t| t.0), &e.name))
 }
 
 /// This node's status of a SharedIP with flow handover on: its endpoint (which also says
@@ -193,8 +185,14 @@ pub fn parse_key(key: &str) -> Option<(&str, &str)> {
     Some((sharedip, peer))
 }
 
+/// A node's part in flow handover of the address, if it takes part (its agent runs with
+/// flow handover and its dataplane is served).
+pub fn part(entry: &NodeStatus) -> Option<&FlowHandoverStatus> {
+    entry.flow_handover.as_ref().filter(|f| f.takes_part())
+}
+
 fn endpoint(entry: &NodeStatus) -> Option<(&FlowHandoverStatus, Ipv6Addr)> {
-    let fh = entry.flow_handover.as_ref().filter(|f| f.takes_part())?;
+    let fh = part(entry)?;
     let peer: Ipv6Addr = fh.endpoint.parse().ok()?;
     // A tunnel to an address that cannot be a node's would go nowhere, or somewhere wrong.
     if peer.is_unspecified() || peer.is_loopback() || peer.is_multicast() {

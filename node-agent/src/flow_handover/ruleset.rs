@@ -195,6 +195,7 @@ pub fn forwarder(f: &Forwarder) -> Table {
         .filter(|(a, _)| a.is_ipv4() == v4)
         .map(|(a, p)| element(*a, *p))
         .collect();
+    let timeout_ms = u64::try_from(f.flow_timeout.as_millis()).unwrap_or(u64::MAX);
     Table {
         family: Family::Netdev,
         name: f.table.clone(),
@@ -210,14 +211,14 @@ pub fn forwarder(f: &Forwarder) -> Table {
                 name: OWN.into(),
                 id: 1,
                 key: set_key(v4),
-                timeout_ms: u64::try_from(f.flow_timeout.as_millis()).unwrap_or(u64::MAX),
+                timeout_ms,
                 elements: seed,
             },
             Set {
                 name: FORWARDED.into(),
                 id: 2,
                 key: set_key(v4),
-                timeout_ms: u64::try_from(f.flow_timeout.as_millis()).unwrap_or(u64::MAX),
+                timeout_ms,
                 elements: vec![],
             },
         ],

@@ -143,7 +143,7 @@ async fn event(
         (f.failback_mode(), PRIMARY)
     };
     let talk = Talk::start(lab.client_ns(), IpAddr::V4(SHARED_V4), CHATS)?;
-    let open = talk.len();
+    let open = talk.connections();
     tokio::time::sleep(Duration::from_millis(500)).await;
     let mark = prober.mark(label);
     match (f, fail) {
