@@ -334,6 +334,20 @@ impl Talk {
             .count()
     }
 
+    /// Stops every connection: how each ended, the upload last (Ok: it lasted, with how
+    /// many answers; Err: what ended it).
+    pub fn endings(self) -> Vec<Result<usize, String>> {
+        self.stop.store(true, Ordering::Relaxed);
+        self.chats
+            .into_iter()
+            .chain(std::iter::once(self.bulk))
+            .map(|c| match c.join() {
+                Ok(ended) => ended.map(|who| who.len()),
+                Err(_) => Err("the conversation panicked".into()),
+            })
+            .collect()
+    }
+
     /// Stops every connection: Ok when each lasted and was answered by `by` alone.
     pub fn answered_by_alone(self, by: &str) -> Result<(), String> {
         self.stop.store(true, Ordering::Relaxed);

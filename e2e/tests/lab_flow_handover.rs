@@ -86,18 +86,24 @@ async fn expect_moved(lab: &Lab, to: &str, from: &str) {
     assert_eq!(fresh_answer(lab).unwrap(), to, "a new connection is {to}'s");
 }
 
-/// Node `to`'s entry of SharedIP `sip` says that it forwards to `from`.
+/// Node `to`'s entry of SharedIP `sip` says that it forwards to `from`, through a tunnel
+/// whose self-test passed (`Auto`, the default): it heard `from`'s probes.
 async fn expect_forwarding(lab: &Lab, sip: &str, to: &str, from: &str) {
-    let forwarding = lab
+    let fh = lab
         .node_status(sip, to)
         .await
         .unwrap()
         .and_then(|s| s.flow_handover)
-        .map(|f| f.forwarding_to)
         .unwrap_or_default();
     assert!(
-        forwarding.iter().any(|n| n == from),
-        "{to} forwards to {forwarding:?}, want {from}"
+        fh.forwarding_to.iter().any(|n| n == from),
+        "{to} forwards to {:?}, want {from}",
+        fh.forwarding_to
+    );
+    assert!(
+        fh.tunnel_heard_from.iter().any(|n| n == from),
+        "{to} heard the probes of {:?}, want {from}",
+        fh.tunnel_heard_from
     );
 }
 
@@ -329,6 +335,92 @@ async fn a_cordon_and_the_uncordon_keep_established_connections() {
     tokio::time::sleep(Duration::from_secs(3)).await;
     on_b.expect_answered_by(&lab, "node-b");
     delete_and_expect_nothing_left(&lab).await;
+}
+
+/// The tunnel port of the blocked-tunnel scenario (not the default, to prove the flag).
+const TUNNEL_PORT: u16 = 4797;
+
+/// A firewall that drops the tunnel's port on node-a (as a Cloud Firewall without the rule
+/// would): the self-test fails, the drain goes ahead as without flow handover, and node-a's
+/// connections are reset at once by node-b, the new holder, instead of being forwarded into
+/// the blocked tunnel and stalling. The failure is in the entries and in a Warning Event.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_blocked_tunnel_port_makes_the_move_reset_connections_instead_of_stalling_them() {
+    if !preflight(Flavor::Bird) {
+        return;
+    }
+    let _serial = SERIAL.lock().await;
+    let lab = start_with(LabConfig {
+        agent_args: vec![format!("--flow-handover-port={TUNNEL_PORT}")],
+        ..LabConfig::default()
+    })
+    .await;
+    with_servers(&lab).await;
+    lab.node_ns("node-a")
+        .unwrap()
+        .exec(
+            "nft",
+            &[
+                "add table inet firewall;",
+                "add chain inet firewall input { type filter hook input priority -400; };",
+                &format!("add rule inet firewall input udp dport {TUNNEL_PORT} drop"),
+            ],
+        )
+        .expect("node-a's firewall");
+    let on_a = Talk::start(&lab).await;
+
+    lab.set_drain("node-a", true).await.expect("drain");
+    lab.wait_answers(shared(), Some("node-b"), BOUND)
+        .await
+        .expect("node-b answers");
+    let failed = |node: &str| {
+        let lab = &lab;
+        let node = node.to_owned();
+        async move {
+            lab.node_status(SIP, &node)
+                .await
+                .unwrap()
+                .and_then(|s| s.flow_handover)
+                .map(|f| f.tunnel_failed_with)
+                .unwrap_or_default()
+        }
+    };
+    let (a, b) = (failed("node-a").await, failed("node-b").await);
+    assert!(
+        a.iter().any(|n| n == "node-b") || b.iter().any(|n| n == "node-a"),
+        "the failed test is in an entry: node-a {a:?}, node-b {b:?}"
+    );
+    assert_eq!(fresh_answer(&lab).unwrap(), "node-b");
+    // Not forwarded into the tunnel: every connection ended, and by a reset, not by the
+    // client's read timeout.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    for (i, ended) in on_a.0.endings().into_iter().enumerate() {
+        match ended {
+            Err(e) if !e.contains("timed out") && !e.contains("temporarily unavailable") => {}
+            other => panic!("connection {i}: {other:?}, want a reset\n{}", lab.logs()),
+        }
+    }
+    expect_event(&lab, "FlowHandoverTunnelFailed").await;
+    delete_and_expect_nothing_left(&lab).await;
+}
+
+/// Some node said `reason` in an Event on the SharedIP.
+async fn expect_event(lab: &Lab, reason: &str) {
+    let events: Api<Event> = Api::all(lab.client());
+    eventually(reason, BOUND, || async {
+        let list = events
+            .list(&Default::default())
+            .await
+            .map_err(|e| e.to_string())?;
+        list.items
+            .iter()
+            .filter(|e| e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some(SIP))
+            .any(|e| e.reason.as_deref() == Some(reason))
+            .then_some(())
+            .ok_or_else(|| format!("no {reason} Event"))
+    })
+    .await
+    .unwrap_or_else(|e| panic!("{e}"));
 }
 
 /// The Services' namespace and Service.

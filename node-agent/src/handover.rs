@@ -122,7 +122,7 @@ impl Condition {
             Condition::Announcing => announcing(entry),
             Condition::ShareOlderThanMargin => share_age(&entry.name, status, wait.margin, now),
             Condition::DataPathSettled => settled(entry, wait.settle, now),
-            Condition::FlowsForwarded => forwarded(entry, wait.receiving),
+            Condition::FlowsForwarded => forwarded(entry, wait.flow),
         }
     }
 }
@@ -134,18 +134,32 @@ pub struct Wait<'a> {
     pub margin: Duration,
     /// How long it must have announced (an address kube-proxy carries), else zero.
     pub settle: Duration,
-    /// With flow handover on: the nodes this node receives forwarded connections from.
-    pub receiving: Option<&'a BTreeSet<String>>,
+    /// With flow handover on: where this node's stands.
+    pub flow: Option<FlowFacts<'a>>,
 }
 
-/// A candidate whose entry has no flow handover part (its agent runs without
-/// `--flow-handover`), or says it is unavailable there, cannot forward: the move resets the
-/// connections, as without the feature.
-fn forwarded(entry: &NodeStatus, receiving: Option<&BTreeSet<String>>) -> Check {
-    match receiving {
+/// This node's flow handover of a SharedIP, as its successors are judged by it.
+#[derive(Debug, Clone, Copy)]
+pub struct FlowFacts<'a> {
+    /// The nodes whose forwarded connections this node receives, through a tunnel that
+    /// passed its self-test where one is required (a successor that can forward must be
+    /// one).
+    pub receiving: &'a BTreeSet<String>,
+    /// The nodes whose tunnel with this node failed its self-test in this move: they cannot
+    /// forward.
+    pub failed: &'a BTreeSet<String>,
+}
+
+/// A candidate whose entry has no flow handover part (its agent runs without flow
+/// handover), says it is unavailable there, or whose tunnel with this node failed its
+/// self-test, cannot forward: the move resets the connections, as without the feature.
+fn forwarded(entry: &NodeStatus, flow: Option<FlowFacts<'_>>) -> Check {
+    match flow {
         None => Check::Met,
         Some(_) if crate::flow_handover::plan::part(entry).is_none() => Check::Met,
-        Some(r) if r.contains(&entry.name) => Check::Met,
+        Some(f) if f.failed.contains(&entry.name) || f.receiving.contains(&entry.name) => {
+            Check::Met
+        }
         Some(_) => short("does not forward this node's connections yet (flow handover)"),
     }
 }
@@ -314,9 +328,9 @@ pub struct Facts<'a> {
     pub can_serve: bool,
     /// The SharedIP has an endpoint gate: kube-proxy carries its traffic to a Service's pods.
     pub endpoint_gated: bool,
-    /// With flow handover on for it: the nodes whose forwarded connections this node
-    /// receives (a successor must be one).
-    pub flow_receiving: Option<&'a BTreeSet<String>>,
+    /// With flow handover on for it: where this node's stands (a successor that can
+    /// forward must forward to it).
+    pub flow: Option<FlowFacts<'a>>,
 }
 
 /// The handovers of this node's SharedIPs.
@@ -383,7 +397,7 @@ impl Handovers {
         // With flow handover on, SIGTERM hands the connections over too, within the
         // shutdown's bound (the agent's stop ends the wait).
         let planned = is_planned(decision.reason)
-            || (decision.reason == Reason::ShuttingDown && facts.flow_receiving.is_some());
+            || (decision.reason == Reason::ShuttingDown && facts.flow.is_some());
         if !planned || !facts.can_serve || self.settings.timeout.is_zero() {
             self.pending.remove(name);
             return None;
@@ -448,7 +462,7 @@ impl Handovers {
             } else {
                 Duration::ZERO
             },
-            receiving: facts.flow_receiving,
+            flow: facts.flow,
         }
     }
 
@@ -510,7 +524,7 @@ mod tests {
         Wait {
             margin,
             settle,
-            receiving: None,
+            flow: None,
         }
     }
 
@@ -587,7 +601,7 @@ mod tests {
         applied: Option<&'a Applied>,
         status: Option<&'a SharedIPStatus>,
         can_serve: bool,
-        flow_receiving: Option<&'a BTreeSet<String>>,
+        flow: Option<FlowFacts<'a>>,
     }
 
     impl Turn<'_> {
@@ -604,7 +618,7 @@ mod tests {
                 status: self.status,
                 can_serve: self.can_serve,
                 endpoint_gated: false,
-                flow_receiving: self.flow_receiving,
+                flow: self.flow,
             };
             let t = h.review(
                 &mut d,
@@ -638,7 +652,7 @@ mod tests {
             applied: Some(&announced),
             status: Some(&young),
             can_serve: true,
-            flow_receiving: None,
+            flow: None,
         };
         let (d, t) = turn.run(&mut h, Reason::Draining, start, 0);
         assert!(t.is_empty());
@@ -677,7 +691,7 @@ mod tests {
             applied: Some(&announced),
             status: Some(&old),
             can_serve: true,
-            flow_receiving: None,
+            flow: None,
         };
         for reason in [
             Reason::Draining,
@@ -802,7 +816,10 @@ mod tests {
         let none = BTreeSet::new();
         let b = BTreeSet::from(["node-b".to_owned()]);
         let with = |receiving| Wait {
-            receiving: Some(receiving),
+            flow: Some(FlowFacts {
+                receiving,
+                failed: &none,
+            }),
             ..wait(MARGIN, Duration::ZERO)
         };
         // A successor that cannot take part does not hold the move.
@@ -817,6 +834,16 @@ mod tests {
         assert_eq!((s.qualified, s.next_met), (None, None));
         assert!(s.short[0].contains("flow handover"), "{:?}", s.short);
         let s = successors(Some(&st), "node-a", &with(&b), now);
+        assert_eq!(s.qualified.as_deref(), Some("node-b"));
+        // Nor does one whose tunnel with this node failed its self-test.
+        let failed = Wait {
+            flow: Some(FlowFacts {
+                receiving: &none,
+                failed: &b,
+            }),
+            ..wait(MARGIN, Duration::ZERO)
+        };
+        let s = successors(Some(&st), "node-a", &failed, now);
         assert_eq!(s.qualified.as_deref(), Some("node-b"));
         // Without flow handover, no such wait.
         let s = successors(Some(&st), "node-a", &wait(MARGIN, Duration::ZERO), now);
@@ -836,7 +863,7 @@ mod tests {
             applied: Some(&announced),
             status: Some(&lone),
             can_serve: true,
-            flow_receiving: None,
+            flow: None,
         };
         let (d, _) = turn.run(&mut h, Reason::NotSelected, start, 0);
         assert_eq!(d.reason, Reason::HandingOver);
@@ -876,7 +903,7 @@ mod tests {
                 status: None,
                 can_serve: true,
                 endpoint_gated: false,
-                flow_receiving: None,
+                flow: None,
             },
             start,
             wall(50),
@@ -900,7 +927,7 @@ mod tests {
             applied: Some(&announced),
             status: Some(&lone),
             can_serve: true,
-            flow_receiving: None,
+            flow: None,
         };
         for reason in [
             Reason::Deleting,
@@ -955,17 +982,17 @@ mod tests {
             applied: Some(&announced),
             status: Some(&young),
             can_serve: true,
-            flow_receiving: Some(&nobody),
+            flow: Some(FlowFacts {
+                receiving: &nobody,
+                failed: &nobody,
+            }),
         };
         let mut h = handovers();
         let (d, _) = turn.run(&mut h, Reason::ShuttingDown, start, 0);
         assert_eq!(d.reason, Reason::HandingOver);
         assert!(d.message.contains("ShuttingDown"), "{}", d.message);
         assert!(h.holding());
-        let plain = Turn {
-            flow_receiving: None,
-            ..turn
-        };
+        let plain = Turn { flow: None, ..turn };
         let mut h = handovers();
         let (d, _) = plain.run(&mut h, Reason::ShuttingDown, start, 0);
         assert_eq!(d.reason, Reason::ShuttingDown);

@@ -866,15 +866,16 @@ impl LoopCtx {
             .filter(|s| s.spec.endpoint_gate.is_some())
             .map(|s| s.name_any())
             .collect();
-        // With flow handover on for a SharedIP, a successor must forward its connections.
-        let receiving: BTreeMap<String, BTreeSet<String>> = match &self.flow {
+        // With flow handover on for a SharedIP, a successor that can forward its connections
+        // must.
+        let flow: BTreeMap<String, (BTreeSet<String>, BTreeSet<String>)> = match &self.flow {
             Some(flow) => sips
                 .iter()
-                .map(|s| s.name_any())
-                .filter(|name| flow.serves(name))
-                .map(|name| {
-                    let receiving = flow.receiving(&name);
-                    (name, receiving)
+                .filter(|s| flow.serves(&s.name_any()))
+                .map(|s| {
+                    let name = s.name_any();
+                    let ready = (flow.receiving(&name), flow.failed_with(s));
+                    (name, ready)
                 })
                 .collect(),
             None => BTreeMap::new(),
@@ -886,7 +887,9 @@ impl LoopCtx {
                 status: statuses.get(name).copied(),
                 can_serve: !cannot_serve.contains(name),
                 endpoint_gated: gated.contains(name),
-                flow_receiving: receiving.get(name),
+                flow: flow
+                    .get(name)
+                    .map(|(receiving, failed)| handover::FlowFacts { receiving, failed }),
             },
             tokio::time::Instant::now(),
             k8s_openapi::jiff::Timestamp::now(),
@@ -912,10 +915,14 @@ impl LoopCtx {
         let sips = self.stores.sharedips.state();
         let by_name: BTreeMap<String, &SharedIP> =
             sips.iter().map(|s| (s.name_any(), s.as_ref())).collect();
-        let forwarding: BTreeMap<String, Vec<String>> = by_name
-            .keys()
-            .filter(|name| flow.serves(name))
-            .filter_map(|name| Some((name.clone(), flow.status(name)?.forwarding_to)))
+        let forwarding: BTreeMap<String, (Vec<String>, Vec<String>)> = by_name
+            .iter()
+            .filter(|(name, _)| flow.serves(name))
+            .map(|(name, sip)| {
+                let ready = flow.forwarding(name).into_iter().collect();
+                let failed = flow.failed_with(sip).into_iter().collect();
+                (name.clone(), (ready, failed))
+            })
             .collect();
         let timed_out = self.takeovers.review(
             desired,
@@ -923,7 +930,8 @@ impl LoopCtx {
                 applied: applied.get(name),
                 status: by_name.get(name).and_then(|s| s.status.as_ref()),
                 failback: by_name.get(name).is_some_and(|s| s.spec.failback),
-                forwarding_to: forwarding.get(name).map(Vec::as_slice),
+                forwarding_to: forwarding.get(name).map(|(ready, _)| ready.as_slice()),
+                tunnel_failed: forwarding.get(name).map_or(&[], |(_, failed)| failed),
                 sessions_established,
             },
             tokio::time::Instant::now(),

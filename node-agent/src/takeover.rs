@@ -46,8 +46,12 @@ pub struct Facts<'a> {
     /// `spec.failback`: the primary's community wins over the secondaries'.
     pub failback: bool,
     /// With flow handover on for it on this node: the nodes whose connections this node's
-    /// open windows forward to them; None: flow handover is off for it here.
+    /// open windows forward to them, through a tunnel that passed its self-test where one is
+    /// required; None: flow handover is off for it here.
     pub forwarding_to: Option<&'a [String]>,
+    /// The nodes whose tunnel with this node failed its self-test in this move: they cannot
+    /// hand over, and are not waited for.
+    pub tunnel_failed: &'a [String],
     /// This node's BGP sessions established now.
     pub sessions_established: usize,
 }
@@ -135,7 +139,7 @@ impl Takeovers {
                 return None;
             }
         };
-        let Some(holder) = holder(facts.status, &self.node) else {
+        let Some(holder) = holder(facts.status, &self.node, facts.tunnel_failed) else {
             self.pending.remove(name);
             return None;
         };
@@ -232,11 +236,15 @@ fn taking_over(decision: &Decision, message: String) -> Decision {
 }
 
 /// The other node that carries the traffic with the secondary community and can hand over
-/// (see [`plan::carrying_secondary`]), if any.
-fn holder<'a>(status: Option<&'a SharedIPStatus>, node: &str) -> Option<&'a NodeStatus> {
+/// (see [`plan::carrying_secondary`]; not one whose tunnel with this node failed), if any.
+fn holder<'a>(
+    status: Option<&'a SharedIPStatus>,
+    node: &str,
+    failed: &[String],
+) -> Option<&'a NodeStatus> {
     status
         .and_then(plan::carrying_secondary)
-        .filter(|e| e.name != node && plan::part(e).is_some())
+        .filter(|e| e.name != node && plan::part(e).is_some() && !failed.contains(&e.name))
 }
 
 /// Why a holder cannot give the address back yet, or None when it can.
@@ -341,6 +349,7 @@ mod tests {
     struct Turn<'a> {
         status: &'a SharedIPStatus,
         forwarding: Option<&'a [String]>,
+        failed: &'a [String],
         applied: Option<&'a Applied>,
         failback: bool,
         role: Role,
@@ -352,6 +361,7 @@ mod tests {
             Self {
                 status,
                 forwarding,
+                failed: &[],
                 applied: None,
                 failback: true,
                 role: Role::Primary,
@@ -366,6 +376,7 @@ mod tests {
                 status: Some(self.status),
                 failback: self.failback,
                 forwarding_to: self.forwarding,
+                tunnel_failed: self.failed,
                 sessions_established: self.sessions,
             };
             let out = t.review(
@@ -513,6 +524,12 @@ mod tests {
             let st = status(vec![h]);
             ready(Turn::new(&st, Some(&none)));
         }
+        // Nor one whose tunnel with this node failed its self-test.
+        let failed = vec!["node-b".to_owned()];
+        ready(Turn {
+            failed: &failed,
+            ..Turn::new(&st, Some(&none))
+        });
         // A zero timeout never waits.
         let mut t = Takeovers::new("node-a", Duration::ZERO, MARGIN);
         let (d, _) = Turn::new(&st, Some(&none)).run(&mut t, start, 0);

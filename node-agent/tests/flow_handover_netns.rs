@@ -405,12 +405,15 @@ fn windows_seed_own_flows_and_leave_nothing_behind() {
     assert!(!new_windows.open_windows().is_empty());
     drop(new_windows);
     let left = handover_net::installed(new).unwrap();
-    assert!(left.len() >= 4, "forwarder, guard, clamp, tunnel: {left:?}");
+    assert!(
+        left.len() >= 5,
+        "forwarder, guard, clamp, probe counter, tunnel: {left:?}"
+    );
     let removed = with_netlink(new, |h| {
         Box::pin(async move { remove_leftovers(h).await.expect("leftovers") })
     });
     assert_eq!(removed.tunnels.len(), 1, "{removed:?}");
-    assert_eq!(removed.tables.len(), 3, "{removed:?}");
+    assert_eq!(removed.tables.len(), 4, "{removed:?}");
     assert_eq!(handover_net::installed(new).unwrap(), Vec::<String>::new());
     let again = with_netlink(new, |h| {
         Box::pin(async move { remove_leftovers(h).await.expect("leftovers") })
@@ -491,5 +494,138 @@ fn ipv6_range_flows_survive_the_move() {
             Box::pin(async move { windows.close_all(h).await.expect("close") })
         });
         assert_eq!(handover_net::installed(ns).unwrap(), Vec::<String>::new());
+    }
+}
+
+/// The tunnel self-test's probes: each node's reach the other's tunnel device and are
+/// counted there, once both windows are open; with the receiving node's tunnel port blocked
+/// (a firewall rule of the test's, as a Cloud Firewall without the rule would), the
+/// forwarder's probes do not arrive while the receiver's still do, which is what makes the
+/// test two-way.
+#[test]
+fn probes_cross_the_tunnel_only_where_its_port_is_open() {
+    if !netns::is_root() {
+        eprintln!("skipped: network namespaces need root");
+        return;
+    }
+    let net = lab(1);
+    let HandoverNet { old, new, .. } = &net;
+    let settings = |local: Ipv6Addr| Settings {
+        local,
+        port: TUNNEL_PORT,
+        uplink: "eth0".into(),
+    };
+    let shared = Prefix {
+        address: SHARED.parse().unwrap(),
+        len: 32,
+    };
+    let mut old_windows = Windows::new(settings(OLD_V6));
+    let mut new_windows = Windows::new(settings(NEW_V6));
+    // Before any window: no tunnel, nothing heard, nothing to probe through.
+    assert!(!old
+        .in_namespace(|| old_windows.heard(NEW_V6))
+        .unwrap()
+        .unwrap());
+    new.in_namespace(|| new_windows.probe(OLD_V6))
+        .unwrap()
+        .expect("no tunnel: nothing to send");
+    new_windows = with_netlink(new, move |h| {
+        Box::pin(async move {
+            let side = Side::Forward {
+                peer: OLD_V6,
+                shared,
+                length: Duration::from_secs(60),
+                seed: false,
+            };
+            new_windows.open(h, "web", side).await.expect("forward");
+            new_windows
+        })
+    });
+    // The forwarder's probe before the receiver's window: the guard-less port has no
+    // tunnel to deliver it to.
+    new.in_namespace(|| new_windows.probe(OLD_V6))
+        .unwrap()
+        .expect("probe");
+    old_windows = with_netlink(old, move |h| {
+        Box::pin(async move {
+            let side = Side::Receive { peer: NEW_V6 };
+            old_windows.open(h, "web", side).await.expect("receive");
+            old_windows
+        })
+    });
+    let heard = |ns: &Netns, windows: &Windows, peer: Ipv6Addr| {
+        // A probe crosses two namespaces' stacks: give it a moment.
+        for _ in 0..50 {
+            if ns.in_namespace(|| windows.heard(peer)).unwrap().unwrap() {
+                return true;
+            }
+            thread::sleep(Duration::from_millis(20));
+        }
+        false
+    };
+    assert!(!heard(old, &old_windows, NEW_V6), "sent before the window");
+    old.in_namespace(|| old_windows.probe(NEW_V6))
+        .unwrap()
+        .expect("probe");
+    assert!(heard(new, &new_windows, OLD_V6));
+    new.in_namespace(|| new_windows.probe(OLD_V6))
+        .unwrap()
+        .expect("probe");
+    assert!(heard(old, &old_windows, NEW_V6));
+
+    // The same with the receiver's tunnel port blocked: the forwarder's probes stop there.
+    for (ns, mut windows) in [(old, old_windows), (new, new_windows)] {
+        with_netlink(ns, move |h| {
+            Box::pin(async move { windows.close_all(h).await.expect("close") })
+        });
+        assert_eq!(handover_net::installed(ns).unwrap(), Vec::<String>::new());
+    }
+    old.exec(
+        "nft",
+        &[
+            "add table inet firewall",
+            ";",
+            "add chain inet firewall input { type filter hook input priority -400; }",
+            ";",
+            &format!("add rule inet firewall input udp dport {TUNNEL_PORT} drop"),
+        ],
+    )
+    .unwrap();
+    let mut old_windows = Windows::new(settings(OLD_V6));
+    let mut new_windows = Windows::new(settings(NEW_V6));
+    new_windows = with_netlink(new, move |h| {
+        Box::pin(async move {
+            let side = Side::Forward {
+                peer: OLD_V6,
+                shared,
+                length: Duration::from_secs(60),
+                seed: false,
+            };
+            new_windows.open(h, "web", side).await.expect("forward");
+            new_windows
+        })
+    });
+    old_windows = with_netlink(old, move |h| {
+        Box::pin(async move {
+            let side = Side::Receive { peer: NEW_V6 };
+            old_windows.open(h, "web", side).await.expect("receive");
+            old_windows
+        })
+    });
+    new.in_namespace(|| new_windows.probe(OLD_V6))
+        .unwrap()
+        .expect("probe");
+    old.in_namespace(|| old_windows.probe(NEW_V6))
+        .unwrap()
+        .expect("probe");
+    assert!(heard(new, &new_windows, OLD_V6), "the open way still works");
+    assert!(
+        !heard(old, &old_windows, NEW_V6),
+        "the blocked way does not"
+    );
+    for (ns, mut windows) in [(old, old_windows), (new, new_windows)] {
+        with_netlink(ns, move |h| {
+            Box::pin(async move { windows.close_all(h).await.expect("close") })
+        });
     }
 }

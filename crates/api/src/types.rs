@@ -176,9 +176,11 @@ pub struct SharedIPSpec {
     /// Whether a planned move of the address (a drain, a deselection, a terminating endpoint)
     /// keeps established TCP connections: for a window after the move, the node that takes
     /// the traffic forwards the packets of connections it does not serve, through a tunnel,
-    /// to the node that held the address, which answers them. `Off`, `On`, or `Auto` (the
-    /// default: on where the node agents run with `--flow-handover`). Hard failures (a node
-    /// or link lost) still end the connections.
+    /// to the node that held the address, which answers them. `Off`; `On`; or `Auto` (the
+    /// default): on between two nodes once a two-way self-test of the tunnel between them
+    /// passed, so a firewall that blocks the tunnel makes the move reset the connections
+    /// instead of stalling them. Takes effect on nodes whose agents run with flow handover
+    /// (the default). Hard failures (a node or link lost) still end the connections.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub flow_handover: Option<FlowHandoverMode>,
 
@@ -198,9 +200,10 @@ pub struct SharedIPSpec {
 pub enum FlowHandoverMode {
     /// Moves reset established connections.
     Off,
-    /// Moves keep them, on nodes whose agents can.
+    /// Moves keep them, on nodes whose agents can, without testing the tunnel first.
     On,
-    /// As `On` (the default).
+    /// As `On`, between two nodes whose tunnel passed a two-way self-test during the move
+    /// (the default).
     #[default]
     Auto,
 }
@@ -236,6 +239,11 @@ impl SharedIPSpec {
     /// spec says (the node agents must be able to, too).
     pub fn wants_flow_handover(&self) -> bool {
         self.flow_handover.unwrap_or_default() != FlowHandoverMode::Off
+    }
+
+    /// Whether flow handover between two nodes waits for the tunnel's self-test (`Auto`).
+    pub fn tests_flow_handover_tunnel(&self) -> bool {
+        self.flow_handover.unwrap_or_default() == FlowHandoverMode::Auto
     }
 
     /// `flowHandoverWindowSeconds`, or its default.
@@ -594,6 +602,17 @@ pub struct FlowHandoverStatus {
     /// neither forward to it nor wait for it, and its moves reset the connections.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub unavailable: Option<String>,
+    /// Nodes whose tunnel self-test probes reached this node through the tunnel of a window
+    /// with them. With `flowHandover: Auto`, two nodes forward each other's connections only
+    /// once each lists the other here.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tunnel_heard_from: Vec<String>,
+    /// Nodes whose tunnel with this node failed its self-test during the current move
+    /// (`flowHandover: Auto`): the probes of one of the two did not reach the other in time,
+    /// as when a firewall blocks the tunnel's port. Flow handover between the two is off
+    /// until the move ends, and its connections reset.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tunnel_failed_with: Vec<String>,
 }
 
 impl FlowHandoverStatus {

@@ -13,6 +13,7 @@ use tokio::time::Instant;
 use super::plan::{self, SharedIpFacts};
 use super::retry::Retries;
 use super::ruleset::Prefix;
+use super::self_test::{Observed, Pair, SelfTests};
 use super::windows::{Counts, Settings, Side, Windows};
 use crate::decision::{Decision, Reason};
 use crate::handover::jiff_add;
@@ -29,6 +30,10 @@ pub struct FlowHandover {
     handing_over: BTreeMap<String, (Timestamp, Instant)>,
     /// The SharedIPs with flow handover on, as of the last turn.
     enabled: BTreeSet<String>,
+    /// Those of them whose tunnels are tested first (`Auto`).
+    tested: BTreeSet<String>,
+    /// The tunnels' self-tests.
+    tests: SelfTests,
     /// The agent stops then: no window of this node lasts longer.
     stop_by: Option<(Timestamp, Instant)>,
     /// The windows the kernel refused, tried again later.
@@ -76,6 +81,8 @@ pub enum WindowChange {
     Opened,
     Closed,
     Failed(String),
+    /// The tunnel with the peer failed its self-test, and why.
+    TunnelFailed(String),
 }
 
 impl WindowEvent {
@@ -95,6 +102,8 @@ struct Candidate<'a> {
     name: String,
     shared: Prefix,
     window: Duration,
+    /// Its tunnels are tested first (`Auto`).
+    tested: bool,
     sip: &'a SharedIP,
 }
 
@@ -111,6 +120,8 @@ impl FlowHandover {
             handle,
             handing_over: BTreeMap::new(),
             enabled: BTreeSet::new(),
+            tested: BTreeSet::new(),
+            tests: SelfTests::default(),
             stop_by: None,
             retries: Retries::default(),
             dataplane: None,
@@ -141,6 +152,7 @@ impl FlowHandover {
                         len: a.prefix(),
                     },
                     window: s.spec.flow_handover_window(),
+                    tested: s.spec.tests_flow_handover_tunnel(),
                     sip: s.as_ref(),
                 })
             })
@@ -167,6 +179,11 @@ impl FlowHandover {
         self.check_dataplane(now).await;
         let all = Self::all_candidates(sips);
         self.enabled = all.iter().map(|c| c.name.clone()).collect();
+        self.tested = all
+            .iter()
+            .filter(|c| c.tested)
+            .map(|c| c.name.clone())
+            .collect();
         self.unavailable = match self.dataplane {
             Some(_) => all
                 .iter()
@@ -207,12 +224,135 @@ impl FlowHandover {
             self.start_window(c, "a primary takes the address back");
         }
         let wanted = plan::wanted(&self.node, wall, &facts(&self.handing_over));
-        let events = self.converge(wanted).await;
+        let events = self.converge_tested(&wanted, &candidates).await;
         let open: Vec<String> = self.windows.open_windows().keys().cloned().collect();
         for key in open {
             self.sample(&key, false);
         }
         events
+    }
+
+    /// Opens and closes windows as `wanted`, but not with peers whose tunnel failed its
+    /// self-test in this move, then probes and judges the tunnels; a failure found closes
+    /// the windows with that peer in the same turn.
+    async fn converge_tested(
+        &mut self,
+        wanted: &BTreeMap<String, Side>,
+        candidates: &[Candidate<'_>],
+    ) -> Vec<WindowEvent> {
+        let ready = self.without_failed(wanted, candidates);
+        let mut events = self.converge(ready).await;
+        let failed = self.test_tunnels(candidates).await;
+        if !failed.is_empty() {
+            events.extend(failed);
+            let ready = self.without_failed(wanted, candidates);
+            events.extend(self.converge(ready).await);
+        }
+        events
+    }
+
+    /// The windows of `wanted` but those with a peer whose tunnel failed its self-test in
+    /// this move (as this node found, or the peer reports).
+    fn without_failed(
+        &mut self,
+        wanted: &BTreeMap<String, Side>,
+        candidates: &[Candidate<'_>],
+    ) -> BTreeMap<String, Side> {
+        let tested: BTreeMap<&str, &Candidate<'_>> = candidates
+            .iter()
+            .filter(|c| c.tested)
+            .map(|c| (c.name.as_str(), c))
+            .collect();
+        let pairs: BTreeSet<Pair> = wanted
+            .keys()
+            .filter_map(|k| plan::parse_key(k))
+            .filter(|(sip, _)| tested.contains_key(sip))
+            .map(|(sip, peer)| (sip.to_owned(), peer.to_owned()))
+            .collect();
+        let reported: BTreeSet<Pair> = pairs
+            .iter()
+            .filter(|(sip, peer)| {
+                tested
+                    .get(sip.as_str())
+                    .and_then(|c| entry(c.sip, peer))
+                    .and_then(|e| e.flow_handover.as_ref())
+                    .is_some_and(|fh| fh.tunnel_failed_with.contains(&self.node))
+            })
+            .cloned()
+            .collect();
+        self.tests.keep(&pairs, &reported);
+        wanted
+            .iter()
+            .filter(|(k, _)| {
+                plan::parse_key(k).is_none_or(|(sip, peer)| {
+                    !self.tests.failed(&(sip.to_owned(), peer.to_owned()))
+                })
+            })
+            .map(|(k, side)| (k.clone(), side.clone()))
+            .collect()
+    }
+
+    /// Probes and judges the tunnels of the open windows of SharedIPs whose tunnels are
+    /// tested first ([`self_test`]); returns the failures found.
+    async fn test_tunnels(&mut self, candidates: &[Candidate<'_>]) -> Vec<WindowEvent> {
+        let tested: BTreeMap<&str, &Candidate<'_>> = candidates
+            .iter()
+            .filter(|c| c.tested)
+            .map(|c| (c.name.as_str(), c))
+            .collect();
+        let mut heard: BTreeMap<Ipv6Addr, bool> = BTreeMap::new();
+        let mut observed = Vec::new();
+        for (key, side) in self.windows.open_windows() {
+            let Some((sip, peer)) = plan::parse_key(key) else {
+                continue;
+            };
+            let Some(c) = tested.get(sip) else {
+                continue;
+            };
+            let endpoint = side.peer();
+            let heard_here = *heard.entry(endpoint).or_insert_with(|| {
+                self.windows.heard(endpoint).unwrap_or_else(|error| {
+                    tracing::debug!(%error, "flow handover: cannot read the probe counter");
+                    false
+                })
+            });
+            let heard_there = entry(c.sip, peer)
+                .and_then(|e| e.flow_handover.as_ref())
+                .is_some_and(|fh| fh.tunnel_heard_from.contains(&self.node));
+            observed.push(Observed {
+                key: key.clone(),
+                pair: (sip.to_owned(), peer.to_owned()),
+                endpoint,
+                heard_here,
+                heard_there,
+            });
+        }
+        let review = self.tests.review(&observed, Instant::now());
+        for endpoint in &review.probe {
+            if let Err(error) = self.windows.probe(*endpoint) {
+                tracing::debug!(%endpoint, %error, "flow handover: cannot send a tunnel probe");
+            }
+        }
+        for (sip, peer) in &review.passed {
+            tracing::info!(sharedip = %sip, %peer, "flow handover: the tunnel passed its self-test both ways");
+        }
+        let port = self.windows.settings().port;
+        review
+            .failed
+            .into_iter()
+            .map(|((sip, peer), why)| {
+                let why = format!(
+                    "{why}: allow UDP port {port} between the two nodes' IPv6 addresses"
+                );
+                tracing::warn!(sharedip = %sip, %peer, %why, "flow handover: the tunnel failed its self-test; off with this peer until the move ends");
+                WindowEvent {
+                    sharedip: sip,
+                    peer,
+                    forwarding: false,
+                    what: WindowChange::TunnelFailed(why),
+                }
+            })
+            .collect()
     }
 
     /// Reads what the kernel counted for forwarding window `key` into the samples.
@@ -319,9 +459,57 @@ impl FlowHandover {
     }
 
     /// The nodes whose forwarded connections of `sharedip` this node receives (none while it
-    /// does not hand `sharedip` over).
+    /// does not hand `sharedip` over), through a tunnel that passed its self-test where one
+    /// is required.
     pub fn receiving(&self, sharedip: &str) -> BTreeSet<String> {
-        plan::receiving(sharedip, self.windows.open_windows())
+        self.ready(
+            sharedip,
+            plan::receiving(sharedip, self.windows.open_windows()),
+        )
+    }
+
+    /// The nodes this node forwards the connections of `sharedip` to, through a tunnel that
+    /// passed its self-test where one is required.
+    pub fn forwarding(&self, sharedip: &str) -> BTreeSet<String> {
+        self.ready(
+            sharedip,
+            plan::forwarding(sharedip, self.windows.open_windows()),
+        )
+    }
+
+    fn ready(&self, sharedip: &str, peers: BTreeSet<String>) -> BTreeSet<String> {
+        if !self.tested.contains(sharedip) {
+            return peers;
+        }
+        peers
+            .into_iter()
+            .filter(|peer| self.tests.passed(&(sharedip.to_owned(), peer.clone())))
+            .collect()
+    }
+
+    /// The nodes whose tunnel with this node failed its self-test in the current move, as
+    /// this node found or their entries in `sharedip`'s status report: flow handover with
+    /// them is off, so they are neither waited for nor forwarded to.
+    pub fn failed_with(&self, sharedip: &SharedIP) -> BTreeSet<String> {
+        let name = kube::ResourceExt::name_any(sharedip);
+        if !self.tested.contains(&name) {
+            return BTreeSet::new();
+        }
+        let reported = sharedip
+            .status
+            .iter()
+            .flat_map(|s| s.nodes.iter())
+            .filter(|e| {
+                e.flow_handover
+                    .as_ref()
+                    .is_some_and(|fh| fh.tunnel_failed_with.contains(&self.node))
+            })
+            .map(|e| e.name.clone());
+        self.tests
+            .failed_with(&name)
+            .map(str::to_owned)
+            .chain(reported)
+            .collect()
     }
 
     /// The second step, after the review: a SharedIP whose withdrawal is held for a successor
@@ -402,12 +590,23 @@ impl FlowHandover {
             });
         }
         self.enabled.contains(sharedip).then(|| {
-            plan::status(
+            let open = self.windows.open_windows();
+            let mut status = plan::status(
                 sharedip,
                 self.endpoint,
                 self.handing_over.get(sharedip).map(|(t, _)| *t),
-                self.windows.open_windows(),
-            )
+                open,
+            );
+            if self.tested.contains(sharedip) {
+                status.tunnel_heard_from =
+                    plan::peers_where(sharedip, open, |side| self.tests.heard(side.peer()));
+                status.tunnel_failed_with = self
+                    .tests
+                    .failed_with(sharedip)
+                    .map(str::to_owned)
+                    .collect();
+            }
+            status
         })
     }
 
@@ -416,13 +615,17 @@ impl FlowHandover {
         self.handing_over.values().map(|(_, i)| *i).min()
     }
 
-    /// When the loop should wake for flow handover: a window's end, or a refused window's
-    /// next attempt.
+    /// When the loop should wake for flow handover: a window's end, a refused window's next
+    /// attempt, or a tunnel's next probe or verdict.
     pub fn next_wake(&self) -> Option<Instant> {
-        [self.next_end(), self.retries.next_retry()]
-            .into_iter()
-            .flatten()
-            .min()
+        [
+            self.next_end(),
+            self.retries.next_retry(),
+            self.tests.next_wake(),
+        ]
+        .into_iter()
+        .flatten()
+        .min()
     }
 
     /// Closes every window and removes the clamp: the agent stops.
@@ -431,6 +634,11 @@ impl FlowHandover {
             tracing::warn!(%error, "flow handover: closing the windows at exit");
         }
     }
+}
+
+/// The entry of node `name` in the SharedIP's status.
+fn entry<'a>(sip: &'a SharedIP, name: &str) -> Option<&'a sharedip_api::NodeStatus> {
+    sip.status.as_ref()?.nodes.iter().find(|e| e.name == name)
 }
 
 /// Whether two sides are the same window (a forwarder's remaining length shrinks every

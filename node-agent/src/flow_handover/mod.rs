@@ -10,5 +10,6 @@ pub mod own_flows;
 pub mod plan;
 pub mod retry;
 pub mod ruleset;
+pub mod self_test;
 pub mod tunnel;
 pub mod windows;

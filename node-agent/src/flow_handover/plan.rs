@@ -151,7 +151,7 @@ pub fn status(
             .map(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time),
         forwarding_to: peers(sharedip, open, true).into_iter().collect(),
         receiving_from: peers(sharedip, open, false).into_iter().collect(),
-        unavailable: None,
+        ..Default::default()
     }
 }
 
@@ -161,14 +161,35 @@ pub fn receiving(sharedip: &str, open: &BTreeMap<String, Side>) -> BTreeSet<Stri
     peers(sharedip, open, false)
 }
 
+/// The peers this node's open windows forward the connections of `sharedip` to.
+pub fn forwarding(sharedip: &str, open: &BTreeMap<String, Side>) -> BTreeSet<String> {
+    peers(sharedip, open, true)
+}
+
 /// The peers of this node's open windows for `sharedip` on one side.
 fn peers(sharedip: &str, open: &BTreeMap<String, Side>, forwarding: bool) -> BTreeSet<String> {
-    open.iter()
-        .filter(|(_, side)| matches!(side, Side::Forward { .. }) == forwarding)
+    peers_where(sharedip, open, |side| {
+        matches!(side, Side::Forward { .. }) == forwarding
+    })
+    .into_iter()
+    .collect()
+}
+
+/// The peers of this node's open windows for `sharedip` whose side meets `keep`, in order,
+/// once each.
+pub fn peers_where(
+    sharedip: &str,
+    open: &BTreeMap<String, Side>,
+    keep: impl Fn(&Side) -> bool,
+) -> Vec<String> {
+    let found: BTreeSet<String> = open
+        .iter()
+        .filter(|(_, side)| keep(side))
         .filter_map(|(k, _)| parse_key(k))
         .filter(|(sip, _)| *sip == sharedip)
         .map(|(_, peer)| peer.to_owned())
-        .collect()
+        .collect();
+    found.into_iter().collect()
 }
 
 const FORWARD: &str = "forward";

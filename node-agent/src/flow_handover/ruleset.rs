@@ -32,6 +32,11 @@ pub const TUNNEL_OVERHEAD: u16 = 70;
 pub const PATH_MTU: u16 = 1500;
 /// Ingress priority: before anything else on the device (tc, other netdev chains).
 const INGRESS_PRIORITY: i32 = -500;
+/// The probe counter's, on a tunnel device: before the receiver's mark.
+const PROBE_PRIORITY: i32 = -510;
+/// The EtherType of the tunnel self-test's probe frames: IEEE 802's first "local
+/// experimental" type, which no protocol of a node uses.
+pub const PROBE_ETHERTYPE: u16 = 0x88b5;
 /// After conntrack (-200) and before kube-proxy's DNAT (-100).
 const RECEIVE_PRIORITY: i32 = -150;
 /// Before conntrack: the tunnel's packets of an unlisted source are not worth tracking.
@@ -393,6 +398,33 @@ fn receiver_check(r: &Receiver) -> Table {
             ]),
             rule(vec![Expr::Counter, Expr::Verdict(Verdict::Drop)]),
         ],
+    }
+}
+
+/// The tunnel self-test's counter (netdev, at the ingress of tunnel device `tunnel`):
+/// counts the peer's probe frames and drops them, so a probe never goes further than the
+/// device it proves reachable.
+pub fn probe_counter(table: &str, tunnel: &str) -> Table {
+    Table {
+        family: Family::Netdev,
+        name: table.to_owned(),
+        chains: vec![Chain {
+            name: "probe".into(),
+            hook: Hook::Ingress,
+            priority: PROBE_PRIORITY,
+            device: Some(tunnel.to_owned()),
+            policy: Verdict::Accept,
+        }],
+        sets: vec![],
+        rules: vec![(
+            "probe".into(),
+            vec![
+                Expr::meta(MetaKey::Protocol),
+                Expr::cmp(CmpOp::Eq, &PROBE_ETHERTYPE.to_be_bytes()),
+                Expr::Counter,
+                Expr::Verdict(Verdict::Drop),
+            ],
+        )],
     }
 }
 

@@ -8,8 +8,8 @@
 //! - [`Side::Receive`]: this node held the address; it answers what the peer forwards.
 //!
 //! What the windows share is installed once per node and follows them: one tunnel per peer
-//! (made with the first window with that peer, removed with the last), the receiver's rules
-//! per tunnel, and the tunnel port's guard, which admits exactly the peers of the open
+//! (made with the first window with that peer, removed with the last) with the counter of
+//! the peer's self-test probes ([`Windows::heard`]), the receiver's rules per tunnel, and the tunnel port's guard, which admits exactly the peers of the open
 //! windows (one table: a guard per window would drop the other windows' peers). The MSS clamp
 //! is not a window's: it covers every address this node may hold while flow handover is on
 //! ([`Windows::clamp`]).
@@ -178,6 +178,11 @@ impl Windows {
         }
     }
 
+    /// How the windows are made.
+    pub fn settings(&self) -> &Settings {
+        &self.settings
+    }
+
     /// The open windows.
     pub fn open_windows(&self) -> &BTreeMap<String, Side> {
         &self.open
@@ -245,6 +250,30 @@ impl Windows {
         Ok(Some(Counts { packets, flows }))
     }
 
+    /// Whether the tunnel to `peer` delivered one of the peer's self-test probes here since
+    /// it was made (false: no tunnel to it).
+    pub fn heard(&self, peer: Ipv6Addr) -> Result<bool, WindowError> {
+        let Some(used) = self.tunnels.get(&peer) else {
+            return Ok(false);
+        };
+        let counters =
+            nftables::counters(Family::Netdev, &probe_table(&used.tunnel)).map_err(|source| {
+                WindowError::Rules {
+                    key: format!("(probes from {peer})"),
+                    source,
+                }
+            })?;
+        Ok(counters.iter().any(|c| c.packets > 0))
+    }
+
+    /// Sends a self-test probe through the tunnel to `peer`, if there is one.
+    pub fn probe(&self, peer: Ipv6Addr) -> std::io::Result<()> {
+        match self.tunnels.get(&peer) {
+            Some(used) => used.tunnel.send_probe(),
+            None => Ok(()),
+        }
+    }
+
     /// Closes window `key` (a window not open is closed already).
     pub async fn close(&mut self, handle: &Handle, key: &str) -> Result<(), WindowError> {
         let Some(side) = self.open.remove(key) else {
@@ -295,6 +324,16 @@ impl Windows {
                 peer,
                 source: Box::new(source),
             })?;
+        let counter = ruleset::probe_counter(&probe_table(&tunnel), &tunnel.name());
+        if let Err(source) = nftables::apply(&[Op::Add(counter)]) {
+            if let Err(undo) = tunnel.remove(handle).await {
+                tracing::warn!(window = key, error = %undo, "undoing a tunnel");
+            }
+            return Err(WindowError::Rules {
+                key: key.into(),
+                source,
+            });
+        }
         self.tunnels.insert(
             peer,
             InUse {
@@ -432,6 +471,10 @@ impl Windows {
         });
         if last {
             if let Some(used) = self.tunnels.remove(&peer) {
+                let counter = probe_table(&used.tunnel);
+                if let Err(e) = nftables::delete_table(Family::Netdev, &counter) {
+                    first_error.get_or_insert(rules(e));
+                }
                 if let Err(source) = used.tunnel.remove(handle).await {
                     first_error.get_or_insert(WindowError::Tunnel {
                         key: key.into(),
@@ -477,6 +520,12 @@ async fn receive_through(
         });
     }
     Ok(())
+}
+
+/// The name of the table of `tunnel`'s probe counter (it carries the tunnel's name, and so
+/// [`TABLE_PREFIX`]).
+fn probe_table(tunnel: &Tunnel) -> String {
+    format!("{}-probe", tunnel.name())
 }
 
 /// The name of window `key`'s own table: stable for the key, within nf_tables' 256 bytes

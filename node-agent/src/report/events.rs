@@ -179,6 +179,14 @@ impl Events {
                     self.node, e.peer
                 ),
             ),
+            WindowChange::TunnelFailed(why) => (
+                EventType::Warning,
+                "FlowHandoverTunnelFailed",
+                format!(
+                    "node {}: the tunnel with node {} failed its self-test ({why}); until this move ends, flow handover between them is off and the move resets their connections",
+                    self.node, e.peer
+                ),
+            ),
         };
         self.publish(sharedips, &e.sharedip, type_, reason, "FlowHandover", note)
             .await;
