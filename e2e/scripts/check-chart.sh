@@ -617,7 +617,7 @@ for ds in by_kind("DaemonSet"):
         "PROPAGATION_MARGIN": "15s" if full else "20s",
         "DATA_PATH_SETTLE": "3s" if full else "2s",
         "WITHDRAW_ON_CORDON": "true" if full else "false",
-        "FLOW_HANDOVER": "true" if full else "false",
+        "FLOW_HANDOVER": "false" if full else "true",
         "FLOW_HANDOVER_PORT": "4800" if full else "4799",
         "TAKEOVER_TIMEOUT": "5s" if full else "10s",
         "LOG_FORMAT": "text" if full else "json",

@@ -1,4 +1,4 @@
-//! Flow handover in the whole lab: the real agents with `--flow-handover`, the real
+//! Flow handover in the whole lab: the real agents (flow handover is their default), the real
 //! operator, route servers and router; the nodes share no link, so the tunnel between them
 //! is routed like any node-to-node traffic. Long-lived connections (20 sending a line every
 //! 50 ms, one uploading full-size segments) to a server on both nodes survive a drain or a
@@ -7,8 +7,11 @@
 //! window ends; new connections are the new node's. A SIGTERM'd agent hands its connections
 //! over the same way until its bounded shutdown ends, and the restarted agent takes the
 //! address back without breaking the connections made meanwhile. A cordon, and a
-//! LoadBalancer Service's terminating endpoint through the real kube-proxy, likewise. Asserts outcomes only (who
-//! answered, that nothing broke, that nothing is left). Root only.
+//! LoadBalancer Service's terminating endpoint through the real kube-proxy, likewise. Where
+//! flow handover cannot work — a firewall blocking the tunnel's port, a node with kube-proxy
+//! in IPVS mode — the move goes ahead as without it: connections end instead of stalling.
+//! Asserts outcomes only (who answered, what broke and how, that nothing is left). Root
+//! only.
 
 // Test code: a panic is a failed test.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -38,9 +41,9 @@ async fn start() -> Lab {
     start_with(LabConfig::default()).await
 }
 
-/// A lab as `config` says, its agents with flow handover on.
+/// A lab as `config` says, its agents with flow handover on (their default).
 async fn start_with(mut config: LabConfig) -> Lab {
-    config.agent_args.push("--flow-handover".into());
+    config.flow_handover = true;
     lab_common::start(config).await
 }
 
@@ -141,9 +144,7 @@ async fn expect_window_over(lab: &Lab, a_holds: bool) {
         || async {
             let left: Vec<String> = ["node-a", "node-b"]
                 .iter()
-                .flat_map(|n| handover_net::installed(lab.node_ns(n).unwrap()).unwrap())
-                // The MSS clamp stays while flow handover is on for the address.
-                .filter(|l| !l.contains("sipfh-clamp"))
+                .flat_map(|n| windows(lab, n))
                 .collect();
             let bound = lab.lo_addresses("node-a").map_err(|e| e.to_string())?;
             if left.is_empty() && bound == want {
@@ -155,6 +156,16 @@ async fn expect_window_over(lab: &Lab, a_holds: bool) {
     )
     .await
     .expect("nothing of the window stays");
+}
+
+/// What the windows installed on `node`: everything of flow handover but the MSS clamp,
+/// which stays while flow handover is on for the address.
+fn windows(lab: &Lab, node: &str) -> Vec<String> {
+    handover_net::installed(lab.node_ns(node).unwrap())
+        .unwrap()
+        .into_iter()
+        .filter(|l| !l.contains("sipfh-clamp"))
+        .collect()
 }
 
 /// Each node said when its window started and ended, as Events on the SharedIP.
@@ -308,6 +319,42 @@ async fn a_sigterm_and_the_restart_after_it_keep_established_connections() {
     delete_and_expect_nothing_left(&lab).await;
 }
 
+/// node-a's agent is SIGKILLed during its window (after a drain, node-b forwarding to it):
+/// what it installed stays in the kernel, and the agent started again removes all of it
+/// before anything else; node-b, seeing node-a no longer handing over, closes its side.
+/// Nothing of flow handover is left on either node.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agent_killed_during_its_window_leaves_nothing_after_its_restart() {
+    if !preflight(Flavor::Bird) {
+        return;
+    }
+    let _serial = SERIAL.lock().await;
+    let mut lab = start().await;
+    with_servers(&lab).await;
+    lab.set_drain("node-a", true).await.expect("drain");
+    expect_moved(&lab, "node-b", "node-a").await;
+    lab.sigkill_agent("node-a").expect("SIGKILL");
+    assert!(
+        !windows(&lab, "node-a").is_empty(),
+        "a killed agent's window stays in the kernel"
+    );
+    lab.start_agent("node-a").expect("start node-a's agent");
+    eventually("nothing of the window stays", BOUND, || async {
+        let left: Vec<String> = ["node-a", "node-b"]
+            .iter()
+            .flat_map(|n| windows(&lab, n))
+            .collect();
+        if left.is_empty() {
+            Ok(())
+        } else {
+            Err(format!("left: {left:?}"))
+        }
+    })
+    .await
+    .unwrap_or_else(|e| panic!("{e}\n{}", lab.logs()));
+    delete_and_expect_nothing_left(&lab).await;
+}
+
 /// A cordon with `--withdraw-on-cordon` hands the connections over like a drain, and the
 /// uncordon takes the address back without breaking those made on node-b meanwhile.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -444,6 +491,116 @@ async fn a_services_terminating_endpoint_and_its_return_keep_connections_through
         ..LabConfig::default()
     })
     .await;
+    let sip = serve_service(&mut lab).await;
+    let publish = |a: PodEndpoint| publish_endpoints(&lab, a);
+    let on_a = Talk::start(&lab).await;
+
+    publish(PodEndpoint::terminating("echo-a", "node-a", true)).await;
+    wait_fresh_answer(&lab, "echo-b").await;
+    expect_forwarding(&lab, &sip, "node-b", "node-a").await;
+    let on_b = Talk::start(&lab).await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    on_a.expect_answered_by(&lab, "echo-a");
+
+    publish(PodEndpoint::ready("echo-a", "node-a")).await;
+    wait_fresh_answer(&lab, "echo-a").await;
+    expect_forwarding(&lab, &sip, "node-a", "node-b").await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    on_b.expect_answered_by(&lab, "echo-b");
+
+    remove_service(&mut lab).await;
+}
+
+/// A node whose Service dataplane flow handover cannot serve (a device `kube-ipvs0`, as
+/// kube-proxy in IPVS mode makes it) says so in its entry of the Service's SharedIP and
+/// takes no part for it: nobody forwards to it, it waits for nobody's forwarding, so its
+/// endpoint's termination moves the address as without flow handover and its connections
+/// end (the other node has no state for them), rather than being forwarded to a node whose
+/// dataplane would not answer them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_with_an_ipvs_dataplane_takes_no_part_for_services() {
+    if !preflight(Flavor::Bird) {
+        return;
+    }
+    let _serial = SERIAL.lock().await;
+    let mut lab = start_with(LabConfig {
+        kube_proxy: true,
+        ..LabConfig::default()
+    })
+    .await;
+    // The device as kube-proxy in IPVS mode makes it (a veth here: this kernel has no dummy
+    // devices); the agent lists the devices as it starts, then every 30 s.
+    lab.node_ns("node-a")
+        .unwrap()
+        .exec(
+            "ip",
+            &[
+                "link",
+                "add",
+                "kube-ipvs0",
+                "type",
+                "veth",
+                "peer",
+                "name",
+                "kube-ipvs0p",
+            ],
+        )
+        .expect("kube-ipvs0");
+    lab.sigterm_agent("node-a")
+        .await
+        .expect("stop node-a's agent");
+    lab.start_agent("node-a").expect("start node-a's agent");
+    let sip = serve_service(&mut lab).await;
+    let unavailable = |node: &'static str| {
+        let (lab, sip) = (&lab, &sip);
+        async move {
+            lab.node_status(sip, node)
+                .await
+                .map_err(|e| e.to_string())?
+                .and_then(|s| s.flow_handover)
+                .map(|f| f.unavailable)
+                .ok_or_else(|| format!("{node}: no flowHandover in its entry"))
+        }
+    };
+    eventually("node-a reports its dataplane", BOUND, || async {
+        match unavailable("node-a").await? {
+            Some(why) if why.contains("IPVS") => Ok(()),
+            other => Err(format!("node-a: unavailable {other:?}")),
+        }
+    })
+    .await
+    .unwrap_or_else(|e| panic!("{e}\n{}", lab.logs()));
+    assert_eq!(
+        unavailable("node-b").await.unwrap(),
+        None,
+        "node-b takes part"
+    );
+    let on_a = Talk::start(&lab).await;
+    let open = on_a.0.connections();
+
+    publish_endpoints(&lab, PodEndpoint::terminating("echo-a", "node-a", true)).await;
+    wait_fresh_answer(&lab, "echo-b").await;
+    let forwarding = lab
+        .node_status(&sip, "node-b")
+        .await
+        .unwrap()
+        .and_then(|s| s.flow_handover)
+        .map(|f| f.forwarding_to)
+        .unwrap_or_default();
+    assert!(forwarding.is_empty(), "node-b forwards to {forwarding:?}");
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(
+        on_a.0.survivors(),
+        0,
+        "of {open}: moved as without flow handover"
+    );
+    remove_service(&mut lab).await;
+}
+
+/// A LoadBalancer Service (`externalTrafficPolicy: Local`, address 192.0.2.10) with a line
+/// server pod on each node, both endpoints ready, node-a (primary) answering; returns the
+/// name of the SharedIP the operator made for it.
+async fn serve_service(lab: &mut Lab) -> String {
     lab.create_namespace(NS).await.expect("namespace");
     for (node, pod) in [("node-a", "echo-a"), ("node-b", "echo-b")] {
         lab.add_pod(node, pod).expect("pod");
@@ -465,42 +622,26 @@ async fn a_services_terminating_endpoint_and_its_return_keep_connections_through
     );
     svc.spec.as_mut().unwrap().external_traffic_policy = Some("Local".to_owned());
     lab.apply_service(NS, &svc).await.expect("apply Service");
-    let endpoints = |a: PodEndpoint| [a, PodEndpoint::ready("echo-b", "node-b")];
-    let publish = |list: [PodEndpoint; 2]| {
-        let lab = &lab;
-        async move {
-            lab.set_endpoints(NS, SVC, &list, "http", handover_net::PORT)
-                .await
-                .expect("endpoints");
-        }
-    };
-    publish(endpoints(PodEndpoint::ready("echo-a", "node-a"))).await;
-    wait_fresh_answer(&lab, "echo-a").await;
-    let sip = lab
-        .generated_sharedips()
+    publish_endpoints(lab, PodEndpoint::ready("echo-a", "node-a")).await;
+    wait_fresh_answer(lab, "echo-a").await;
+    lab.generated_sharedips()
         .await
         .expect("list")
         .first()
         .and_then(|s| s.metadata.name.clone())
-        .expect("the Service's SharedIP");
-    let on_a = Talk::start(&lab).await;
+        .expect("the Service's SharedIP")
+}
 
-    publish(endpoints(PodEndpoint::terminating(
-        "echo-a", "node-a", true,
-    )))
-    .await;
-    wait_fresh_answer(&lab, "echo-b").await;
-    expect_forwarding(&lab, &sip, "node-b", "node-a").await;
-    let on_b = Talk::start(&lab).await;
-    tokio::time::sleep(Duration::from_secs(1)).await;
-    on_a.expect_answered_by(&lab, "echo-a");
+/// Publishes the Service's endpoints: node-a's as given, node-b's ready.
+async fn publish_endpoints(lab: &Lab, a: PodEndpoint) {
+    let list = [a, PodEndpoint::ready("echo-b", "node-b")];
+    lab.set_endpoints(NS, SVC, &list, "http", handover_net::PORT)
+        .await
+        .expect("endpoints");
+}
 
-    publish(endpoints(PodEndpoint::ready("echo-a", "node-a"))).await;
-    wait_fresh_answer(&lab, "echo-a").await;
-    expect_forwarding(&lab, &sip, "node-a", "node-b").await;
-    tokio::time::sleep(Duration::from_secs(3)).await;
-    on_b.expect_answered_by(&lab, "echo-b");
-
+/// Deletes the Service: its SharedIP goes, and everything flow handover installed with it.
+async fn remove_service(lab: &mut Lab) {
     lab.delete_service(NS, SVC).await.expect("delete Service");
     eventually("the Service's SharedIP and windows gone", BOUND, || async {
         let left = lab.generated_sharedips().await.map_err(|e| e.to_string())?;

@@ -243,10 +243,11 @@ pub struct RunArgs {
     pub withdraw_on_cordon: bool,
 
     /// Flow handover: planned moves of SharedIPs whose spec allows it keep established TCP
-    /// connections, forwarded for a window through a tunnel between the two nodes. Off by
-    /// default while it is new.
-    #[arg(long, env = "FLOW_HANDOVER", default_value_t = false, action = clap::ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
-    pub flow_handover: bool,
+    /// connections, forwarded for a window through a tunnel between the two nodes (default:
+    /// on; `false` turns it off). Left to its default, a node where it cannot be set up runs
+    /// without it and says why; asked for explicitly, the agent refuses to start instead.
+    #[arg(long, env = "FLOW_HANDOVER", action = clap::ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
+    pub flow_handover: Option<bool>,
 
     /// UDP port of flow handover's tunnels (VXLAN), the same on every node; allow it between
     /// the nodes' IPv6 addresses in the Cloud Firewall. Not 4789 or 8472, which Calico and

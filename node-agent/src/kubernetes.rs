@@ -74,10 +74,17 @@ pub async fn run(args: RunArgs) -> Result<(), AgentError> {
     let (speaker, report, session_addresses, next_hop) = start_speaker(&args, &node)?;
     let binder = setup::open_binder(common).await?;
     setup::remove_flow_handover_leftovers().await;
-    let flow_handover = if args.flow_handover {
-        Some(flow_handover_settings(&args, &binder, next_hop).await?)
-    } else {
-        None
+    let flow_handover = match args.flow_handover {
+        Some(false) => None,
+        Some(true) => Some(flow_handover_settings(&args, &binder, next_hop).await?),
+        // The default: a node that cannot serves without it.
+        None => match flow_handover_settings(&args, &binder, next_hop).await {
+            Ok(settings) => Some(settings),
+            Err(error) => {
+                tracing::warn!(%error, "flow handover off on this node: planned moves reset its connections; --flow-handover=false silences this");
+                None
+            }
+        },
     };
     let monitor = speaker.monitor();
     state.set_speaker(report, monitor.clone());

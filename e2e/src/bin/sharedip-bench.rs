@@ -87,6 +87,11 @@ struct Args {
     /// How far the route servers' delays spread around the mean, as a fraction (0 to 1).
     #[arg(long, default_value_t = 0.5, value_parser = Propagation::parse_jitter)]
     propagation_jitter: f64,
+    /// Runs the agents with flow handover (their default) in the failover, propagation and
+    /// services suites; off there by default, as their recorded numbers were measured
+    /// without it. The connections suite runs both.
+    #[arg(long, default_value_t = false, action = clap::ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
+    flow_handover: bool,
     /// Directory for bench.json, probes.json and failover.png.
     #[arg(long, default_value = "target/bench")]
     out: PathBuf,
@@ -106,6 +111,7 @@ impl Args {
                 jitter: self.propagation_jitter,
                 ..Propagation::default()
             },
+            flow_handover: self.flow_handover,
             ..LabConfig::default()
         }
     }

@@ -212,6 +212,11 @@ pub struct LabConfig {
     /// Starts the agents with `--withdraw-on-cordon`: a cordoned node hands its addresses
     /// over make-before-break (the agent's default is off, so is the lab's).
     pub withdraw_on_cordon: bool,
+    /// The agents' flow handover (their default) when true; false starts them with
+    /// `--flow-handover=false`, which is the lab's default: most scenarios assert the state of
+    /// moves without flow handover's windows (the old node unbinds after the unbind delay, its
+    /// Linode's share goes at once), which a window holds for its length.
+    pub flow_handover: bool,
     /// Runs kube-proxy (nftables mode) in every node namespace, the data path of
     /// LoadBalancer Services ([`super::kubeproxy`]). Off by default: it costs a process per
     /// node and its start.
@@ -236,6 +241,7 @@ impl Default for LabConfig {
             port: 80,
             propagation: Propagation::default(),
             withdraw_on_cordon: false,
+            flow_handover: false,
             kube_proxy: false,
             operator_env: Vec::new(),
         }
@@ -329,6 +335,9 @@ fn agent_args(config: &LabConfig) -> Vec<String> {
     let mut args = config.agent_args.clone();
     if config.withdraw_on_cordon {
         args.push("--withdraw-on-cordon".to_owned());
+    }
+    if !config.flow_handover {
+        args.push("--flow-handover=false".to_owned());
     }
     args
 }

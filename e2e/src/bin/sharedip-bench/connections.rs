@@ -1,7 +1,7 @@
 //! `--suite connections`: what each move does to established TCP connections, with flow
 //! handover on and off.
 //!
-//! Two labs, one after the other: the agents without `--flow-handover`, then with it. In
+//! Two labs, one after the other: the agents with `--flow-handover=false`, then with flow handover (their default). In
 //! each, a SharedIP (window 15 s), the line server of the flow handover tests on both nodes
 //! and a client probing the address every `--interval-ms`. Per event — a drain, a SIGTERM
 //! of the agent, a SIGKILL, a link cut, and the failback after each — `--runs` times: 20
@@ -90,9 +90,7 @@ pub(super) async fn run(args: Args, out: &Path) -> Result<()> {
 /// Every event `--runs` times in one lab.
 async fn one_lab(args: &Args, on: bool) -> Result<Vec<Row>> {
     let mut config = args.lab_config();
-    if on {
-        config.agent_args.push("--flow-handover".into());
-    }
+    config.flow_handover = on;
     let mut lab = Lab::start(config).await.context("starting the lab")?;
     println!("   lab up in {}", secs(lab.startup_time()));
     let mut spec = role_spec(&SHARED_V4.to_string());
