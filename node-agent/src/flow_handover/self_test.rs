@@ -12,7 +12,9 @@
 //! a returning primary does not count its forwarding as in place, so nothing moves onto an
 //! untested tunnel. A pair that has not passed within [`BOUND`] of the window's opening
 //! failed: the node lists the peer in `tunnelFailedWith`, both close their windows with
-//! each other, and the move goes ahead as without flow handover. A failure is remembered
+//! each other, and the move goes ahead as without flow handover. A pair that passed stays
+//! passed while its windows are open, but probes again whenever one side misses the other's
+//! probe (the peer made its tunnel again). A failure is remembered
 //! while the move lasts (the peer's windows are still wanted), so a failed tunnel is not
 //! tried again and again within one move; the next move tests afresh.
 //!
@@ -101,16 +103,18 @@ impl SelfTests {
                 }
                 continue;
             }
-            if self.passed.contains(&o.pair) {
-                // Passed with another window of the pair, whose tunnel this one shares: the
-                // peer's list catches up within a turn.
-                continue;
-            }
-            let deadline = started + BOUND;
-            if now >= deadline {
-                self.failed.insert(o.pair.clone());
-                review.failed.push((o.pair.clone(), why(o)));
-                continue;
+            // Passed, but one side no longer has the other's probe: the peer made its
+            // tunnel again (its agent restarted, or its last window with this node closed
+            // and another opened). Probes go on so it hears this node again; the verdict
+            // stands, as traffic may be moving through the tunnel already.
+            if !self.passed.contains(&o.pair) {
+                let deadline = started + BOUND;
+                if now >= deadline {
+                    self.failed.insert(o.pair.clone());
+                    review.failed.push((o.pair.clone(), why(o)));
+                    continue;
+                }
+                self.wake_at(deadline);
             }
             let due = self
                 .probed
@@ -122,7 +126,6 @@ impl SelfTests {
             } else {
                 self.wake_at(due);
             }
-            self.wake_at(deadline);
         }
         for endpoint in &review.probe {
             self.probed.insert(*endpoint, now);
@@ -227,6 +230,22 @@ mod tests {
         // Long after: still passed, never failed.
         t.review(&[seen(true, true)], t0 + Duration::from_secs(60));
         assert!(t.passed(&pair()) && !t.failed(&pair()));
+    }
+
+    #[test]
+    fn a_passed_pair_probes_again_when_the_peer_lost_its_probes_but_never_fails() {
+        let mut t = SelfTests::default();
+        let t0 = Instant::now();
+        t.review(&[seen(true, true)], t0);
+        assert!(t.passed(&pair()));
+        // The peer's agent restarted: its new tunnel has heard nothing yet.
+        let r = t.review(&[seen(true, false)], t0 + BOUND * 3);
+        assert_eq!(r.probe, BTreeSet::from([A]), "it must hear this node again");
+        assert!(r.failed.is_empty() && t.passed(&pair()) && !t.failed(&pair()));
+        assert_eq!(t.next_wake(), Some(t0 + BOUND * 3 + PROBE_INTERVAL));
+        let r = t.review(&[seen(true, true)], t0 + BOUND * 4);
+        assert!(r.probe.is_empty() && r.passed.is_empty());
+        assert_eq!(t.next_wake(), None);
     }
 
     #[test]
