@@ -25,8 +25,18 @@ async fn allocates_on_a_created_holder_then_deletes_or_retains_and_takes_back_by
         assert_eq!((status.as_str(), region.as_str()), ("offline", "us-east"));
         assert_eq!(owner_of(&env, &web), Some(holder), "{web} is on the holder");
         env.eventually_shared(&web, &[101]).await;
-        let sip = env.get("web").await.expect("web");
-        assert_eq!(sip.status.and_then(|s| s.address), Some(web.clone()));
+        // The status follows the share in the operator's turn, not before it.
+        eventually("web's status names its address", || async {
+            let sip = env
+                .get("web")
+                .await
+                .ok_or_else(|| "web is gone".to_owned())?;
+            match sip.status.and_then(|s| s.address) {
+                Some(a) if a == web => Ok(()),
+                other => Err(format!("status address {other:?}")),
+            }
+        })
+        .await;
 
         // A second SharedIP gets another address on the same holder; the Retain one is kept.
         env.apply_sharedip("api", allocated_spec(json!({"reclaimPolicy": "Retain"})))
