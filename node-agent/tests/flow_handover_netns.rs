@@ -529,30 +529,13 @@ fn probes_cross_the_tunnel_only_where_its_port_is_open() {
     new.in_namespace(|| new_windows.probe(OLD_V6))
         .unwrap()
         .expect("no tunnel: nothing to send");
-    new_windows = with_netlink(new, move |h| {
-        Box::pin(async move {
-            let side = Side::Forward {
-                peer: OLD_V6,
-                shared,
-                length: Duration::from_secs(60),
-                seed: false,
-            };
-            new_windows.open(h, "web", side).await.expect("forward");
-            new_windows
-        })
-    });
+    new_windows = open(new, new_windows, forward(OLD_V6, shared));
     // The forwarder's probe before the receiver's window: the guard-less port has no
     // tunnel to deliver it to.
     new.in_namespace(|| new_windows.probe(OLD_V6))
         .unwrap()
         .expect("probe");
-    old_windows = with_netlink(old, move |h| {
-        Box::pin(async move {
-            let side = Side::Receive { peer: NEW_V6 };
-            old_windows.open(h, "web", side).await.expect("receive");
-            old_windows
-        })
-    });
+    old_windows = open(old, old_windows, Side::Receive { peer: NEW_V6 });
     let heard = |ns: &Netns, windows: &Windows, peer: Ipv6Addr| {
         // A probe crosses two namespaces' stacks: give it a moment.
         for _ in 0..50 {
@@ -593,25 +576,8 @@ fn probes_cross_the_tunnel_only_where_its_port_is_open() {
     .unwrap();
     let mut old_windows = Windows::new(settings(OLD_V6));
     let mut new_windows = Windows::new(settings(NEW_V6));
-    new_windows = with_netlink(new, move |h| {
-        Box::pin(async move {
-            let side = Side::Forward {
-                peer: OLD_V6,
-                shared,
-                length: Duration::from_secs(60),
-                seed: false,
-            };
-            new_windows.open(h, "web", side).await.expect("forward");
-            new_windows
-        })
-    });
-    old_windows = with_netlink(old, move |h| {
-        Box::pin(async move {
-            let side = Side::Receive { peer: NEW_V6 };
-            old_windows.open(h, "web", side).await.expect("receive");
-            old_windows
-        })
-    });
+    new_windows = open(new, new_windows, forward(OLD_V6, shared));
+    old_windows = open(old, old_windows, Side::Receive { peer: NEW_V6 });
     new.in_namespace(|| new_windows.probe(OLD_V6))
         .unwrap()
         .expect("probe");
@@ -628,4 +594,24 @@ fn probes_cross_the_tunnel_only_where_its_port_is_open() {
             Box::pin(async move { windows.close_all(h).await.expect("close") })
         });
     }
+}
+
+/// A forwarding window to `peer` for `shared`, seeding nothing.
+fn forward(peer: Ipv6Addr, shared: Prefix) -> Side {
+    Side::Forward {
+        peer,
+        shared,
+        length: Duration::from_secs(60),
+        seed: false,
+    }
+}
+
+/// Opens window "web" with `side` on `windows` in `ns`.
+fn open(ns: &Netns, mut windows: Windows, side: Side) -> Windows {
+    with_netlink(ns, move |h| {
+        Box::pin(async move {
+            windows.open(h, "web", side).await.expect("open");
+            windows
+        })
+    })
 }
