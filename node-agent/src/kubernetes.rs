@@ -77,7 +77,7 @@ pub async fn run(args: RunArgs) -> Result<(), AgentError> {
     let flow_handover = match args.flow_handover {
         Some(false) => None,
         Some(true) => Some(flow_handover_settings(&args, &binder, next_hop).await?),
-        // The default: a node that cannot serves without it.
+        // The default: a node that cannot set it up serves without it.
         None => match flow_handover_settings(&args, &binder, next_hop).await {
             Ok(settings) => Some(settings),
             Err(error) => {

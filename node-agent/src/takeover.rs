@@ -14,7 +14,9 @@
 //! with a session established, the one announcing longest) is waited for when it takes part
 //! in flow handover (its entry has an endpoint and no `unavailable`). It is ready when its
 //! entry says it hands over (`handingOverUntil` ahead) and answers this node's forwarded
-//! connections (`receivingFrom` lists this node), and this node's forwarding to it is in place.
+//! connections (`receivingFrom` lists this node), and this node's forwarding to it is in place
+//! (with `flowHandover: Auto`, through a tunnel that passed its self-test,
+//! [`crate::flow_handover::self_test`]; one that failed it is not waited for).
 //! Without flow handover on either side, or with `failback: false` (the route servers keep the
 //! secondary), nothing waits. The wait is bounded by `--takeover-timeout`: a secondary whose
 //! agent died leaves a stale entry that would never answer, and its sessions are gone, so

@@ -9,9 +9,10 @@
 //!
 //! What the windows share is installed once per node and follows them: one tunnel per peer
 //! (made with the first window with that peer, removed with the last) with the counter of
-//! the peer's self-test probes ([`Windows::heard`]), the receiver's rules per tunnel, and the tunnel port's guard, which admits exactly the peers of the open
-//! windows (one table: a guard per window would drop the other windows' peers). The MSS clamp
-//! is not a window's: it covers every address this node may hold while flow handover is on
+//! the peer's self-test probes ([`Windows::heard`]), the receiver's rules per tunnel, and
+//! the tunnel port's guard, which admits exactly the peers of the open windows (one table:
+//! a guard per window would drop the other windows' peers). The MSS clamp is not a window's:
+//! it covers every address this node may hold while flow handover is on
 //! ([`Windows::clamp`]).
 //!
 //! Everything carries [`TABLE_PREFIX`] or the tunnel's prefix, so [`remove_leftovers`] finds
