@@ -26,6 +26,7 @@ use std::time::Duration;
 use k8s_openapi::api::events::v1::Event;
 use kube::Api;
 use lab_common::{delete_and_expect_nothing_left, preflight, shared, SERIAL, SIP};
+use sharedip_api::FlowHandoverStatus;
 use sharedip_e2e::handover_net;
 use sharedip_e2e::lab::cluster::{eventually, BOUND, ROLE_LABEL, SHARED_V4};
 use sharedip_e2e::lab::services::{
@@ -39,6 +40,15 @@ const WINDOW_SECONDS: u64 = 20;
 
 async fn start() -> Lab {
     start_with(LabConfig::default()).await
+}
+
+/// A lab with kube-proxy on every node, its agents with flow handover on.
+async fn start_with_kube_proxy() -> Lab {
+    start_with(LabConfig {
+        kube_proxy: true,
+        ..LabConfig::default()
+    })
+    .await
 }
 
 /// A lab as `config` says, its agents with flow handover on (their default).
@@ -92,12 +102,7 @@ async fn expect_moved(lab: &Lab, to: &str, from: &str) {
 /// Node `to`'s entry of SharedIP `sip` says that it forwards to `from`, through a tunnel
 /// whose self-test passed (`Auto`, the default): it heard `from`'s probes.
 async fn expect_forwarding(lab: &Lab, sip: &str, to: &str, from: &str) {
-    let fh = lab
-        .node_status(sip, to)
-        .await
-        .unwrap()
-        .and_then(|s| s.flow_handover)
-        .unwrap_or_default();
+    let fh = flow_status(lab, sip, to).await.unwrap().unwrap_or_default();
     assert!(
         fh.forwarding_to.iter().any(|n| n == from),
         "{to} forwards to {:?}, want {from}",
@@ -168,18 +173,39 @@ fn windows(lab: &Lab, node: &str) -> Vec<String> {
         .collect()
 }
 
+/// Node `node`'s flow handover part of its entry in SharedIP `sip`'s status.
+async fn flow_status(
+    lab: &Lab,
+    sip: &str,
+    node: &str,
+) -> Result<Option<FlowHandoverStatus>, String> {
+    Ok(lab
+        .node_status(sip, node)
+        .await
+        .map_err(|e| e.to_string())?
+        .and_then(|s| s.flow_handover))
+}
+
+/// The Events on the SharedIP.
+async fn sip_events(lab: &Lab) -> Result<Vec<Event>, String> {
+    let events: Api<Event> = Api::all(lab.client());
+    let list = events
+        .list(&Default::default())
+        .await
+        .map_err(|e| e.to_string())?;
+    Ok(list
+        .items
+        .into_iter()
+        .filter(|e| e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some(SIP))
+        .collect())
+}
+
 /// Each node said when its window started and ended, as Events on the SharedIP.
 async fn expect_window_events(lab: &Lab) {
-    let events: Api<Event> = Api::all(lab.client());
     eventually("the windows' Events", BOUND, || async {
-        let list = events
-            .list(&Default::default())
-            .await
-            .map_err(|e| e.to_string())?;
-        let said: BTreeSet<(String, String)> = list
-            .items
+        let said: BTreeSet<(String, String)> = sip_events(lab)
+            .await?
             .iter()
-            .filter(|e| e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some(SIP))
             .filter_map(|e| {
                 let reason = e.reason.clone()?;
                 let note = e.note.as_deref()?;
@@ -420,14 +446,12 @@ async fn a_blocked_tunnel_port_makes_the_move_reset_connections_instead_of_stall
     lab.wait_answers(shared(), Some("node-b"), BOUND)
         .await
         .expect("node-b answers");
-    let failed = |node: &str| {
+    let failed = |node: &'static str| {
         let lab = &lab;
-        let node = node.to_owned();
         async move {
-            lab.node_status(SIP, &node)
+            flow_status(lab, SIP, node)
                 .await
                 .unwrap()
-                .and_then(|s| s.flow_handover)
                 .map(|f| f.tunnel_failed_with)
                 .unwrap_or_default()
         }
@@ -453,15 +477,10 @@ async fn a_blocked_tunnel_port_makes_the_move_reset_connections_instead_of_stall
 
 /// Some node said `reason` in an Event on the SharedIP.
 async fn expect_event(lab: &Lab, reason: &str) {
-    let events: Api<Event> = Api::all(lab.client());
     eventually(reason, BOUND, || async {
-        let list = events
-            .list(&Default::default())
-            .await
-            .map_err(|e| e.to_string())?;
-        list.items
+        sip_events(lab)
+            .await?
             .iter()
-            .filter(|e| e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some(SIP))
             .any(|e| e.reason.as_deref() == Some(reason))
             .then_some(())
             .ok_or_else(|| format!("no {reason} Event"))
@@ -486,11 +505,7 @@ async fn a_services_terminating_endpoint_and_its_return_keep_connections_through
         return;
     }
     let _serial = SERIAL.lock().await;
-    let mut lab = start_with(LabConfig {
-        kube_proxy: true,
-        ..LabConfig::default()
-    })
-    .await;
+    let mut lab = start_with_kube_proxy().await;
     let sip = serve_service(&mut lab).await;
     let publish = |a: PodEndpoint| publish_endpoints(&lab, a);
     let on_a = Talk::start(&lab).await;
@@ -523,11 +538,7 @@ async fn a_node_with_an_ipvs_dataplane_takes_no_part_for_services() {
         return;
     }
     let _serial = SERIAL.lock().await;
-    let mut lab = start_with(LabConfig {
-        kube_proxy: true,
-        ..LabConfig::default()
-    })
-    .await;
+    let mut lab = start_with_kube_proxy().await;
     // The device as kube-proxy in IPVS mode makes it (a veth here: this kernel has no dummy
     // devices); the agent lists the devices as it starts, then every 30 s.
     lab.node_ns("node-a")
@@ -554,10 +565,8 @@ async fn a_node_with_an_ipvs_dataplane_takes_no_part_for_services() {
     let unavailable = |node: &'static str| {
         let (lab, sip) = (&lab, &sip);
         async move {
-            lab.node_status(sip, node)
-                .await
-                .map_err(|e| e.to_string())?
-                .and_then(|s| s.flow_handover)
+            flow_status(lab, sip, node)
+                .await?
                 .map(|f| f.unavailable)
                 .ok_or_else(|| format!("{node}: no flowHandover in its entry"))
         }
@@ -580,11 +589,9 @@ async fn a_node_with_an_ipvs_dataplane_takes_no_part_for_services() {
 
     publish_endpoints(&lab, PodEndpoint::terminating("echo-a", "node-a", true)).await;
     wait_fresh_answer(&lab, "echo-b").await;
-    let forwarding = lab
-        .node_status(&sip, "node-b")
+    let forwarding = flow_status(&lab, &sip, "node-b")
         .await
         .unwrap()
-        .and_then(|s| s.flow_handover)
         .map(|f| f.forwarding_to)
         .unwrap_or_default();
     assert!(forwarding.is_empty(), "node-b forwards to {forwarding:?}");

@@ -258,11 +258,7 @@ impl FlowHandover {
         wanted: &BTreeMap<String, Side>,
         candidates: &[Candidate<'_>],
     ) -> BTreeMap<String, Side> {
-        let tested: BTreeMap<&str, &Candidate<'_>> = candidates
-            .iter()
-            .filter(|c| c.tested)
-            .map(|c| (c.name.as_str(), c))
-            .collect();
+        let tested = tested(candidates);
         let pairs: BTreeSet<Pair> = wanted
             .keys()
             .filter_map(|k| plan::parse_key(k))
@@ -274,9 +270,7 @@ impl FlowHandover {
             .filter(|(sip, peer)| {
                 tested
                     .get(sip.as_str())
-                    .and_then(|c| entry(c.sip, peer))
-                    .and_then(|e| e.flow_handover.as_ref())
-                    .is_some_and(|fh| fh.tunnel_failed_with.contains(&self.node))
+                    .is_some_and(|c| lists(c.sip, peer, &self.node, |fh| &fh.tunnel_failed_with))
             })
             .cloned()
             .collect();
@@ -295,11 +289,7 @@ impl FlowHandover {
     /// Probes and judges the tunnels of the open windows of SharedIPs whose tunnels are
     /// tested first ([`self_test`]); returns the failures found.
     async fn test_tunnels(&mut self, candidates: &[Candidate<'_>]) -> Vec<WindowEvent> {
-        let tested: BTreeMap<&str, &Candidate<'_>> = candidates
-            .iter()
-            .filter(|c| c.tested)
-            .map(|c| (c.name.as_str(), c))
-            .collect();
+        let tested = tested(candidates);
         let mut heard: BTreeMap<Ipv6Addr, bool> = BTreeMap::new();
         let mut observed = Vec::new();
         for (key, side) in self.windows.open_windows() {
@@ -316,9 +306,7 @@ impl FlowHandover {
                     false
                 })
             });
-            let heard_there = entry(c.sip, peer)
-                .and_then(|e| e.flow_handover.as_ref())
-                .is_some_and(|fh| fh.tunnel_heard_from.contains(&self.node));
+            let heard_there = lists(c.sip, peer, &self.node, |fh| &fh.tunnel_heard_from);
             observed.push(Observed {
                 key: key.clone(),
                 pair: (sip.to_owned(), peer.to_owned()),
@@ -599,7 +587,9 @@ impl FlowHandover {
             );
             if self.tested.contains(sharedip) {
                 status.tunnel_heard_from =
-                    plan::peers_where(sharedip, open, |side| self.tests.heard(side.peer()));
+                    plan::peers_where(sharedip, open, |side| self.tests.heard(side.peer()))
+                        .into_iter()
+                        .collect();
                 status.tunnel_failed_with = self
                     .tests
                     .failed_with(sharedip)
@@ -636,9 +626,29 @@ impl FlowHandover {
     }
 }
 
-/// The entry of node `name` in the SharedIP's status.
-fn entry<'a>(sip: &'a SharedIP, name: &str) -> Option<&'a sharedip_api::NodeStatus> {
-    sip.status.as_ref()?.nodes.iter().find(|e| e.name == name)
+/// The candidates whose tunnels are tested first (`Auto`), by name.
+fn tested<'c, 's>(candidates: &'c [Candidate<'s>]) -> BTreeMap<&'c str, &'c Candidate<'s>> {
+    candidates
+        .iter()
+        .filter(|c| c.tested)
+        .map(|c| (c.name.as_str(), c))
+        .collect()
+}
+
+/// Whether node `peer`'s entry in the SharedIP's status lists node `node` in the list of
+/// its flow handover part that `field` picks.
+fn lists(
+    sip: &SharedIP,
+    peer: &str,
+    node: &str,
+    field: impl Fn(&FlowHandoverStatus) -> &Vec<String>,
+) -> bool {
+    sip.status
+        .iter()
+        .flat_map(|s| s.nodes.iter())
+        .find(|e| e.name == peer)
+        .and_then(|e| e.flow_handover.as_ref())
+        .is_some_and(|fh| field(fh).iter().any(|n| n == node))
 }
 
 /// Whether two sides are the same window (a forwarder's remaining length shrinks every

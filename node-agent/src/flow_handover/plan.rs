@@ -171,25 +171,20 @@ fn peers(sharedip: &str, open: &BTreeMap<String, Side>, forwarding: bool) -> BTr
     peers_where(sharedip, open, |side| {
         matches!(side, Side::Forward { .. }) == forwarding
     })
-    .into_iter()
-    .collect()
 }
 
-/// The peers of this node's open windows for `sharedip` whose side meets `keep`, in order,
-/// once each.
+/// The peers of this node's open windows for `sharedip` whose side meets `keep`.
 pub fn peers_where(
     sharedip: &str,
     open: &BTreeMap<String, Side>,
     keep: impl Fn(&Side) -> bool,
-) -> Vec<String> {
-    let found: BTreeSet<String> = open
-        .iter()
+) -> BTreeSet<String> {
+    open.iter()
         .filter(|(_, side)| keep(side))
         .filter_map(|(k, _)| parse_key(k))
         .filter(|(sip, _)| *sip == sharedip)
         .map(|(_, peer)| peer.to_owned())
-        .collect();
-    found.into_iter().collect()
+        .collect()
 }
 
 const FORWARD: &str = "forward";
